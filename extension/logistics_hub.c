@@ -1,0 +1,36 @@
+/*-------------------------------------------------------------------------
+ *
+ * logistics_hub.c
+ *		Library entry point of the logistics_hub extension.
+ *
+ * _PG_init must never break plain use: the identifier types and functions
+ * work in any backend that loads the library on demand.  Settings that
+ * every backend needs are defined here; background workers and settings
+ * that only make sense at server start are registered only while the
+ * library is being preloaded (shared_preload_libraries) and never during a
+ * binary upgrade.  The GUC prefix "logistics_hub." is reserved so that a
+ * misspelt setting is reported instead of silently ignored.
+ *
+ * extension/logistics_hub.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("logistics_hub");
+#else
+	EmitWarningsOnPlaceholders("logistics_hub");
+#endif
+}

@@ -1,0 +1,20 @@
+-- A tour of the canonical identifier types: what a WMS, ERP or carrier
+-- feed can store, index and join in logistics_hub.
+SET search_path = public, hub;
+\set SHOW_CONTEXT never
+
+-- GTINs of every length are stored as GTIN-14 and compare equal.
+SELECT '96385074'::gtin AS gtin8_as_14, '96385074'::gtin = '00000096385074'::gtin AS same_item,
+       gtin_format('00000096385074', 8) AS back_to_8;
+
+-- A typo in a scanned barcode is caught, with the digit that was expected.
+\set ON_ERROR_STOP 0
+SELECT '6291041500214'::gtin;
+\set ON_ERROR_STOP 1
+
+-- WMS label printing: build SSCCs for three pallets.
+SELECT make_sscc(3, '7610425', s) AS pallet_label FROM generate_series(2123456, 2123458) s;
+
+-- Container numbers from a carrier feed, however they were typed.
+SELECT c::container_no AS canonical FROM (VALUES ('csqu 305438 3'), ('TASU1170000')) v(c);
+SELECT container_no_is_valid('CSQU3054384') AS typo_is_valid;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# test/harness/run-tests.sh --- `make test`: install what is missing, build,
+# start a throwaway cluster with the library preloaded and run every test
+# layer against it:
+#   1. pg_regress       test/sql/*.sql against test/expected/*.out (exact text)
+#   2. isolation        test/isolation/specs/*.spec (pg_isolation_regress)
+#   3. pgTAP            test/pgtap/*.sql through pg_prove, each file in a fresh
+#                       database made from a template
+#   4. scripts          test/scripts/*.sh, each a self-contained test that exits
+#                       non-zero on failure (sweeps, HTTP and crash tests)
+# It ends with one line "N passed, N failed" and exits non-zero on any failure.
+# The cluster is removed on exit, whatever happens.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$LH_TOP"
+
+PORT=${LH_TEST_PORT:-54329}
+ONLY=${LH_TEST_ONLY:-}		# e.g. LH_TEST_ONLY=pgtap to run one layer
+passed=0
+failed=0
+failures=()
+
+count() { passed=$((passed + $1)); failed=$((failed + $2)); }
+
+trap 'lh_cluster_stop test-$PORT' EXIT
+lh_prepare "test-$PORT" "$PORT" "max_connections = 100"
+
+OUT=${LH_TEST_OUT:-$LH_TOP/test/results}
+rm -rf "$OUT"
+mkdir -p "$OUT"
+[ "$(id -u)" -eq 0 ] && chown "$CLUSTER_USER" "$OUT"
+
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+# 1. pg_regress
+if want regress && compgen -G "test/sql/*.sql" >/dev/null; then
+	lh_log "pg_regress"
+	tests=$(ls test/sql/*.sql | xargs -n1 basename | sed 's/\.sql$//' | sort)
+	set +e
+	"$PGXS_DIR/src/test/regress/pg_regress" --inputdir=test --outputdir="$OUT" \
+		--bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+		--dbname=regression_hub --load-extension=logistics_hub $tests >"$OUT/regress.log" 2>&1
+	rc=$?
+	set -e
+	cat "$OUT/regress.log"
+	p=$(grep -cE '\.\.\. ok|^ok ' "$OUT/regress.log" || true)
+	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$OUT/regress.log" || true)
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	count "$p" "$f"
+	[ "$f" -eq 0 ] || { failures+=("pg_regress: see $OUT/regression.diffs"); cat "$OUT/regression.diffs" 2>/dev/null | head -200; }
+fi
+
+# 2. isolation specs
+if want isolation && compgen -G "test/isolation/specs/*.spec" >/dev/null; then
+	lh_log "pg_isolation_regress"
+	specs=$(ls test/isolation/specs/*.spec | xargs -n1 basename | sed 's/\.spec$//' | sort)
+	mkdir -p "$OUT/isolation"
+	set +e
+	"$PGXS_DIR/src/test/isolation/pg_isolation_regress" --inputdir=test/isolation \
+		--outputdir="$OUT/isolation" --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" \
+		--user=postgres --dbname=isolation_hub --load-extension=logistics_hub $specs >"$OUT/isolation.log" 2>&1
+	rc=$?
+	set -e
+	cat "$OUT/isolation.log"
+	p=$(grep -cE '\.\.\. ok|^ok ' "$OUT/isolation.log" || true)
+	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$OUT/isolation.log" || true)
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	count "$p" "$f"
+	[ "$f" -eq 0 ] || { failures+=("isolation: see $OUT/isolation/regression.diffs"); head -200 "$OUT/isolation/regression.diffs" 2>/dev/null; }
+fi
+
+# 3. pgTAP
+if want pgtap && compgen -G "test/pgtap/*.sql" >/dev/null; then
+	lh_log "pgTAP"
+	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE tap_template" \
+		-c "\\c tap_template" -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION logistics_hub" >/dev/null
+	for t in test/pgtap/*.sql; do
+		db="tap_$(basename "$t" .sql | tr -c 'a-z0-9_\n' '_')"
+		psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db TEMPLATE tap_template" >/dev/null
+		set +e
+		pg_prove -v -d "$db" "$t" >"$OUT/$(basename "$t" .sql).tap" 2>&1
+		rc=$?
+		set -e
+		p=$(grep -cE '^ok [0-9]' "$OUT/$(basename "$t" .sql).tap" || true)
+		f=$(grep -cE '^not ok [0-9]' "$OUT/$(basename "$t" .sql).tap" || true)
+		if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+		count "$p" "$f"
+		if [ "$f" -ne 0 ]; then
+			failures+=("pgTAP $t")
+			cat "$OUT/$(basename "$t" .sql).tap"
+		else
+			echo "pgTAP $(basename "$t") ... ok ($p assertions)"
+		fi
+	done
+fi
+
+# 4. script tests
+if want scripts && compgen -G "test/scripts/*.sh" >/dev/null; then
+	for t in test/scripts/*.sh; do
+		lh_log "script $t"
+		set +e
+		bash "$t" >"$OUT/$(basename "$t" .sh).log" 2>&1
+		rc=$?
+		set -e
+		if [ "$rc" -eq 0 ]; then
+			count 1 0
+			echo "script $(basename "$t") ... ok"
+			tail -3 "$OUT/$(basename "$t" .sh).log"
+		else
+			count 0 1
+			failures+=("script $t")
+			echo "script $(basename "$t") ... FAILED (exit $rc)"
+			tail -40 "$OUT/$(basename "$t" .sh).log"
+		fi
+	done
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+	echo
+	echo "Failures:"
+	printf '  %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
