@@ -136,7 +136,7 @@ lh_cluster_stop()
 }
 
 # lh_cluster_start NAME PORT [extra postgresql.conf lines...] --- a fresh
-# cluster with the library preloaded; sets PGHOST, PGPORT, PGUSER and
+# cluster with the library preloaded (unless LH_NO_PRELOAD is set); sets PGHOST, PGPORT, PGUSER and
 # LH_CLUSTER_DIR for the caller.
 lh_cluster_start()
 {
@@ -155,7 +155,7 @@ lh_cluster_start()
 		echo "listen_addresses = ''"
 		echo "port = $port"
 		echo "unix_socket_directories = '$dir/sock'"
-		echo "shared_preload_libraries = 'logistics_hub'"
+		[ -n "${LH_NO_PRELOAD:-}" ] || echo "shared_preload_libraries = 'logistics_hub'"
 		echo "max_worker_processes = 16"
 		echo "fsync = off"
 		echo "logging_collector = off"

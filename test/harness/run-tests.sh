@@ -76,7 +76,7 @@ if want pgtap && compgen -G "test/pgtap/*.sql" >/dev/null; then
 		-c "\\c tap_template" -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION logistics_hub" >/dev/null
 	for t in test/pgtap/*.sql; do
 		db="tap_$(basename "$t" .sql | tr -c 'a-z0-9_\n' '_')"
-		psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db TEMPLATE tap_template" >/dev/null
+		psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db TEMPLATE tap_template" >/dev/null
 		set +e
 		pg_prove -v -d "$db" "$t" >"$OUT/$(basename "$t" .sql).tap" 2>&1
 		rc=$?
