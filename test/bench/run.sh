@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# test/bench/run.sh --- `make bench`: run every benchmark script in
+# test/bench/ one after the other (each starts and removes its own cluster)
+# and print their figures.  Benchmarks assert nothing.
+set -euo pipefail
+cd "$(dirname "$0")"
+for b in *.sh; do
+	[ "$b" = run.sh ] && continue
+	echo "################ $b"
+	bash "$b"
+done
