@@ -95,7 +95,7 @@ container_parse(const char *str, bool error_ok, int64 *result)
 
 			c = pg_ascii_toupper(c);
 			if (want_letter ? !(c >= 'A' && c <= 'Z') : !(c >= '0' && c <= '9'))
-				return lh_input_error(error_ok, "container_no", str, NULL,
+				return lh_input_error(error_ok, "type container_no", str, NULL,
 									  "Character \"%s\" at position %d should be %s.",
 									  lh_char_at(p), (int) (p - str) + 1,
 									  n < 3 ? "a letter of the owner code" :
@@ -107,14 +107,14 @@ container_parse(const char *str, bool error_ok, int64 *result)
 		n++;
 	}
 	if (n != CONTAINER_LEN)
-		return lh_input_error(error_ok, "container_no", str, NULL,
+		return lh_input_error(error_ok, "type container_no", str, NULL,
 							  "An ISO 6346 container number has 11 characters (owner code, category, 6-digit serial, check digit); this value has %d.",
 							  n);
 	canon[CONTAINER_LEN] = '\0';
 
 	cat = strchr(container_categories, canon[3]);
 	if (cat == NULL)
-		return lh_input_error(error_ok, "container_no", str,
+		return lh_input_error(error_ok, "type container_no", str,
 							  "U is a freight container, J detachable equipment, Z a trailer or chassis.",
 							  "The category identifier is \"%c\"; it must be U, J or Z.",
 							  canon[3]);
@@ -125,7 +125,7 @@ container_parse(const char *str, bool error_ok, int64 *result)
 		char	   *hint = psprintf("The expected check digit is %d: \"%.10s%d\".",
 									expected, canon, expected);
 
-		return lh_input_error(error_ok, "container_no", str, hint,
+		return lh_input_error(error_ok, "type container_no", str, hint,
 							  "The check digit is %c, but the other characters call for %d.",
 							  canon[10], expected);
 	}

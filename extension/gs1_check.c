@@ -73,7 +73,7 @@ gs1_mod10_int(int64 body, int n)
  * lh_input_error --- see gs1_check.h.  With error_ok it only returns false.
  */
 bool
-lh_input_error(bool error_ok, const char *typname, const char *input,
+lh_input_error(bool error_ok, const char *subject, const char *input,
 			   const char *hint, const char *detail_fmt,...)
 {
 	StringInfoData detail;
@@ -97,7 +97,7 @@ lh_input_error(bool error_ok, const char *typname, const char *input,
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-			 errmsg("invalid input syntax for type %s: \"%s\"", typname, input),
+			 errmsg("invalid input syntax for %s: \"%s\"", subject, input),
 			 errdetail_internal("%s", detail.data),
 			 hint ? errhint("%s", hint) : 0));
 	pg_unreachable();

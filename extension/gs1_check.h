@@ -34,11 +34,11 @@ extern int	gs1_mod10_int(int64 body, int n);
 
 /*
  * lh_input_error --- raise (or, with error_ok, swallow) an invalid-input
- * error for type `typname` and input `input`, with a printf-style detail and
- * an optional hint (NULL for none).  Returns false so that parsers can write
+ * error (22P02) about `subject` ("type gtin", "GS1 element string") and input
+ * `input`, with a printf-style detail and an optional hint (NULL for none).  Returns false so that parsers can write
  * `return lh_input_error(...)`.
  */
-extern bool lh_input_error(bool error_ok, const char *typname, const char *input,
+extern bool lh_input_error(bool error_ok, const char *subject, const char *input,
 						   const char *hint, const char *detail_fmt,...)
 			pg_attribute_printf(5, 6);
 

@@ -34,15 +34,16 @@
 typedef struct Gs1KeyKind
 {
 	const char *typname;		/* SQL type name, for messages */
+	const char *subject;		/* "type gtin", for input errors */
 	const char *noun;			/* "A GTIN", for details */
 	int			lengths[4];		/* accepted digit counts, 0-terminated */
 	const char *lengths_text;	/* the same, in words */
 	int			width;			/* digits of the canonical form */
 } Gs1KeyKind;
 
-static const Gs1KeyKind gtin_kind = {"gtin", "A GTIN", {8, 12, 13, 14}, "8, 12, 13 or 14", 14};
-static const Gs1KeyKind sscc_kind = {"sscc", "An SSCC", {18, 0}, "18", 18};
-static const Gs1KeyKind gln_kind = {"gln", "A GLN", {13, 0}, "13", 13};
+static const Gs1KeyKind gtin_kind = {"gtin", "type gtin", "A GTIN", {8, 12, 13, 14}, "8, 12, 13 or 14", 14};
+static const Gs1KeyKind sscc_kind = {"sscc", "type sscc", "An SSCC", {18, 0}, "18", 18};
+static const Gs1KeyKind gln_kind = {"gln", "type gln", "A GLN", {13, 0}, "13", 13};
 
 /*
  * gs1_key_parse --- parse `str` as a key of `kind` into *result.  Returns
@@ -67,7 +68,7 @@ gs1_key_parse(const Gs1KeyKind *kind, const char *str, bool error_ok, int64 *res
 	for (const char *p = start; p < end; p++)
 	{
 		if (!isdigit((unsigned char) *p))
-			return lh_input_error(error_ok, kind->typname, str, NULL,
+			return lh_input_error(error_ok, kind->subject, str, NULL,
 								  "Character \"%s\" at position %d is not a digit.",
 								  lh_char_at(p), (int) (p - str) + 1);
 	}
@@ -76,7 +77,7 @@ gs1_key_parse(const Gs1KeyKind *kind, const char *str, bool error_ok, int64 *res
 	for (int i = 0; i < 4 && kind->lengths[i] != 0; i++)
 		length_ok |= (ndigits == kind->lengths[i]);
 	if (!length_ok)
-		return lh_input_error(error_ok, kind->typname, str, NULL,
+		return lh_input_error(error_ok, kind->subject, str, NULL,
 							  "%s has %s digits; this value has %d.",
 							  kind->noun, kind->lengths_text, ndigits);
 
@@ -87,7 +88,7 @@ gs1_key_parse(const Gs1KeyKind *kind, const char *str, bool error_ok, int64 *res
 
 		hint = psprintf("The expected check digit is %d: \"%.*s%d\".",
 						expected, ndigits - 1, start, expected);
-		return lh_input_error(error_ok, kind->typname, str, hint,
+		return lh_input_error(error_ok, kind->subject, str, hint,
 							  "The check digit is %c, but the other digits call for %d.",
 							  start[ndigits - 1], expected);
 	}

@@ -179,3 +179,12 @@ CREATE FUNCTION hub.make_sscc(extension_digit integer, company_prefix text, seri
 COMMENT ON FUNCTION hub.make_sscc(integer, text, bigint) IS
 	'build an SSCC from extension digit, GS1 company prefix (4-12 digits) and serial reference; the check digit is computed';
 
+CREATE FUNCTION hub.gs1_parse(text) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'gs1_parse' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.gs1_parse(text) IS
+	'parse a GS1 element string, bracketed "(01)...(10)..." or raw scanner form with GS separators, into {"AI": "value"}; validates lengths, check digits and dates';
+
+CREATE FUNCTION hub.gs1_is_valid(text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'gs1_is_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.gs1_is_valid(text) IS
+	'true if hub.gs1_parse would accept the element string; never raises';
