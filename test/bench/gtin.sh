@@ -22,7 +22,7 @@ CREATE EXTENSION IF NOT EXISTS logistics_hub;
 CREATE TABLE gtin_strings AS
 SELECT body || ((10 - (SELECT sum(substr(body, k, 1)::int * CASE WHEN k % 2 = 0 THEN 3 ELSE 1 END)
 					   FROM generate_series(1, 12) k) % 10) % 10)::text AS s
-FROM (SELECT '6' || lpad((i * 7919 % 100000000000)::text, 11, '0') AS body
+FROM (SELECT '6' || lpad((i::bigint * 7919 % 100000000000)::text, 11, '0') AS body
 	  FROM generate_series(1, $N) i) b;
 VACUUM ANALYZE gtin_strings;
 
