@@ -31,7 +31,9 @@ SHLIB_LINK = $(shell curl-config --libs 2>/dev/null)
 override with_llvm = no
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
-PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+# Only a PGXS makefile that exists counts: Debian's /usr/bin/pg_config can
+# be there before the server headers are.
+PGXS := $(wildcard $(shell $(PG_CONFIG) --pgxs 2>/dev/null))
 
 .PHONY: demo test bench stop-demo
 

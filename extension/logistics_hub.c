@@ -17,8 +17,11 @@
  */
 #include "postgres.h"
 
+#include <curl/curl.h>
+
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
@@ -33,4 +36,15 @@ _PG_init(void)
 #else
 	EmitWarningsOnPlaceholders("logistics_hub");
 #endif
+}
+
+/*
+ * hub_libcurl_version --- SQL hub.libcurl_version(): the libcurl the library
+ * is linked with, its TLS backend and protocols, as libcurl reports them.
+ */
+PG_FUNCTION_INFO_V1(hub_libcurl_version);
+Datum
+hub_libcurl_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(curl_version()));
 }

@@ -188,3 +188,8 @@ CREATE FUNCTION hub.gs1_is_valid(text) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'gs1_is_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION hub.gs1_is_valid(text) IS
 	'true if hub.gs1_parse would accept the element string; never raises';
+
+CREATE FUNCTION hub.libcurl_version() RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_libcurl_version' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.libcurl_version() IS
+	'the libcurl version, TLS library and protocols the hub''s HTTP workers are linked with';

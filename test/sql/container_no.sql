@@ -28,3 +28,26 @@ SELECT 'CSQU305438'::hub.container_no;
 SELECT 'CSQU30543833'::hub.container_no;
 SELECT ''::hub.container_no;
 SELECT 'CSQU-305438-3'::hub.container_no;
+
+-- text and binary round trips; binary input rejects values out of range
+CREATE TEMP TABLE boxes (c hub.container_no);
+INSERT INTO boxes VALUES ('CSQU3054383'), ('TASU1170000'), ('ZZZZ9999996'), ('AAAJ0000000');
+SELECT c, c = hub.container_no_in(hub.container_no_out(c)) AS text_rt FROM boxes ORDER BY c;
+CREATE TEMP TABLE boxes2 (LIKE boxes);
+CREATE TEMP TABLE raw_box (c bigint);
+INSERT INTO raw_box VALUES (52728000000);
+DO $$
+DECLARE f text := '/tmp/lh_boxes_' || pg_backend_pid() || '.bin';
+BEGIN
+	EXECUTE format('COPY boxes TO %L WITH (FORMAT binary)', f);
+	EXECUTE format('COPY boxes2 FROM %L WITH (FORMAT binary)', f);
+	EXECUTE format('COPY raw_box TO %L WITH (FORMAT binary)', f);
+	BEGIN
+		EXECUTE format('COPY boxes2 FROM %L WITH (FORMAT binary)', f);
+	EXCEPTION WHEN others THEN
+		RAISE NOTICE 'binary input out of range: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+	END;
+	EXECUTE format('COPY (SELECT 1) TO %L', f);
+END
+$$;
+SELECT (SELECT array_agg(c ORDER BY c) FROM boxes) = (SELECT array_agg(c ORDER BY c) FROM boxes2) AS binary_rt;
