@@ -32,41 +32,43 @@ mkdir -p "$OUT"
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
+# run_regress LAYER DRIVER INPUTDIR OUTDIR TEST... --- run pg_regress or
+# pg_isolation_regress (same options, same output) and count its results;
+# a driver that fails before running a test counts as one failure.
+run_regress()
+{
+	local layer=$1 driver=$2 inputdir=$3 outdir=$4 rc p f
+	shift 4
+	mkdir -p "$outdir"
+	set +e
+	"$driver" --inputdir="$inputdir" --outputdir="$outdir" --bindir="$PG_BIN" \
+		--host="$PGHOST" --port="$PGPORT" --user=postgres --dbname="${layer}_hub" \
+		--load-extension=logistics_hub "$@" >"$outdir/$layer.log" 2>&1
+	rc=$?
+	set -e
+	cat "$outdir/$layer.log"
+	p=$(grep -cE '\.\.\. ok|^ok ' "$outdir/$layer.log" || true)
+	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$outdir/$layer.log" || true)
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	count "$p" "$f"
+	if [ "$f" -ne 0 ]; then
+		failures+=("$layer: see $outdir/regression.diffs")
+		head -200 "$outdir/regression.diffs" 2>/dev/null || true
+	fi
+}
+
 # 1. pg_regress
 if want regress && compgen -G "test/sql/*.sql" >/dev/null; then
 	lh_log "pg_regress"
-	tests=$(ls test/sql/*.sql | xargs -n1 basename | sed 's/\.sql$//' | sort)
-	set +e
-	"$PGXS_DIR/src/test/regress/pg_regress" --inputdir=test --outputdir="$OUT" \
-		--bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
-		--dbname=regression_hub --load-extension=logistics_hub $tests >"$OUT/regress.log" 2>&1
-	rc=$?
-	set -e
-	cat "$OUT/regress.log"
-	p=$(grep -cE '\.\.\. ok|^ok ' "$OUT/regress.log" || true)
-	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$OUT/regress.log" || true)
-	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-	count "$p" "$f"
-	[ "$f" -eq 0 ] || { failures+=("pg_regress: see $OUT/regression.diffs"); cat "$OUT/regression.diffs" 2>/dev/null | head -200; }
+	run_regress regress "$PGXS_DIR/src/test/regress/pg_regress" test "$OUT" \
+		$(ls test/sql/*.sql | xargs -n1 basename | sed 's/\.sql$//' | sort)
 fi
 
 # 2. isolation specs
 if want isolation && compgen -G "test/isolation/specs/*.spec" >/dev/null; then
 	lh_log "pg_isolation_regress"
-	specs=$(ls test/isolation/specs/*.spec | xargs -n1 basename | sed 's/\.spec$//' | sort)
-	mkdir -p "$OUT/isolation"
-	set +e
-	"$PGXS_DIR/src/test/isolation/pg_isolation_regress" --inputdir=test/isolation \
-		--outputdir="$OUT/isolation" --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" \
-		--user=postgres --dbname=isolation_hub --load-extension=logistics_hub $specs >"$OUT/isolation.log" 2>&1
-	rc=$?
-	set -e
-	cat "$OUT/isolation.log"
-	p=$(grep -cE '\.\.\. ok|^ok ' "$OUT/isolation.log" || true)
-	f=$(grep -cE '\.\.\. FAILED|^not ok ' "$OUT/isolation.log" || true)
-	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-	count "$p" "$f"
-	[ "$f" -eq 0 ] || { failures+=("isolation: see $OUT/isolation/regression.diffs"); head -200 "$OUT/isolation/regression.diffs" 2>/dev/null; }
+	run_regress isolation "$PGXS_DIR/src/test/isolation/pg_isolation_regress" test/isolation "$OUT/isolation" \
+		$(ls test/isolation/specs/*.spec | xargs -n1 basename | sed 's/\.spec$//' | sort)
 fi
 
 # 3. pgTAP
