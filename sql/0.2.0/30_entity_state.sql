@@ -496,7 +496,7 @@ AS $$
 BEGIN
 	RETURN hub.unmap_status(p_system, p_lifecycle, p_state) = p_code;
 EXCEPTION
-	WHEN invalid_parameter_value OR no_data_found THEN
+	WHEN invalid_parameter_value OR no_data_found OR undefined_object OR undefined_function THEN
 		RETURN false;
 END
 $$;
