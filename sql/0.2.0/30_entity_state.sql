@@ -353,19 +353,27 @@ BEGIN
 				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''carrier'').', system);
 	END IF;
 
-	-- one row lock per key serializes every report of it
-	INSERT INTO hub.entity_state AS es (lifecycle, business_key)
-	VALUES (apply_canonical_status.lifecycle, apply_canonical_status.business_key) ON CONFLICT DO NOTHING;
+	-- one row lock per key serializes every report of it; a new key is
+	-- inserted first (ON CONFLICT: a concurrent insert of it waits for us)
 	SELECT * INTO e FROM hub.entity_state es
-	WHERE es.lifecycle = apply_canonical_status.lifecycle AND es.business_key = apply_canonical_status.business_key
+	WHERE es.lifecycle = apply_canonical_status.lifecycle
+	  AND es.business_key = apply_canonical_status.business_key
 	FOR UPDATE;
+	IF NOT FOUND THEN
+		INSERT INTO hub.entity_state AS es (lifecycle, business_key)
+		VALUES (apply_canonical_status.lifecycle, apply_canonical_status.business_key)
+		ON CONFLICT DO NOTHING;
+		SELECT * INTO e FROM hub.entity_state es
+		WHERE es.lifecycle = apply_canonical_status.lifecycle
+		  AND es.business_key = apply_canonical_status.business_key
+		FOR UPDATE;
+	END IF;
 
-	v_owner := m_state IS NULL OR EXISTS (
-		SELECT FROM hub.state_owners o
-		WHERE o.lifecycle = apply_canonical_status.lifecycle AND o.state = m_state AND o.role = v_role);
-	v_overlays := EXISTS (
-		SELECT FROM hub.state_owners o
-		WHERE o.lifecycle = apply_canonical_status.lifecycle AND o.role = v_role);
+	-- owner of the reported state; overlays from roles owning any state
+	SELECT coalesce(bool_or(o.state = m_state), false) OR m_state IS NULL, count(*) > 0
+	INTO v_owner, v_overlays
+	FROM hub.state_owners o
+	WHERE o.lifecycle = apply_canonical_status.lifecycle AND o.role = v_role;
 
 	r.previous_state := e.state;
 	r.reported_state := m_state;
