@@ -2,7 +2,7 @@
 -- corrections, overlays, history, drift and stale views.  Times are explicit
 -- and relative to now() (constant in the transaction).
 BEGIN;
-SELECT plan(48);
+SELECT plan(50);
 SET search_path = public, hub;
 
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, at interval,
@@ -164,6 +164,26 @@ SELECT ok(has_table_privilege('hub_reader', 'hub.drift', 'SELECT')
 	AND has_table_privilege('hub_admin', 'hub.stale_thresholds', 'UPDATE')
 	AND NOT has_table_privilege('hub_reader', 'hub.stale_thresholds', 'UPDATE'),
 	'views readable by hub_reader; thresholds writable by hub_admin only');
+
+-- ---- catalog hygiene
+SELECT ok(ARRAY['hub.systems'::regclass, 'hub.state_owners'::regclass,
+				 'hub.stale_thresholds'::regclass, 'hub.drift_tolerances'::regclass]::oid[]
+	<@ (SELECT extconfig FROM pg_extension WHERE extname = 'logistics_hub'),
+	'the ownership, role, threshold and tolerance tables are registered for pg_dump');
+SELECT is_empty($$
+	SELECT c.oid::regclass::text FROM pg_class c
+	WHERE c.relnamespace = 'hub'::regnamespace AND c.relkind IN ('r', 'v')
+	  AND c.relname IN ('systems', 'state_owners', 'stale_thresholds', 'drift_tolerances',
+						'entity_state', 'entity_system_state', 'status_history',
+						'status_conflicts', 'drift', 'stale_entities')
+	  AND obj_description(c.oid, 'pg_class') IS NULL
+	UNION ALL
+	SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace = 'hub'::regnamespace
+	  AND p.proname IN ('apply_status', 'apply_canonical_status', 'classify_transition',
+						'lifecycle_states', 'lifecycle_transitions', 'lifecycle_state_valid')
+	  AND obj_description(p.oid, 'pg_proc') IS NULL$$,
+	'every public lifecycle and entity-state object has a comment');
 
 SELECT * FROM finish();
 ROLLBACK;
