@@ -160,15 +160,14 @@ static const LifecycleEdge return_edges[] = {
 };
 
 static Lifecycle lifecycles[] = {
-	{"order", "order_status", order_states, lengthof(order_states),
-	order_edges, lengthof_edges(order_edges), order_back, lengthof_edges(order_back)},
-	{"shipment", "shipment_status", shipment_states, lengthof(shipment_states),
-	shipment_edges, lengthof_edges(shipment_edges), NULL, 0},
-	{"movement", "movement_status", movement_states, lengthof(movement_states),
-	movement_edges, lengthof_edges(movement_edges), movement_back,
-	lengthof_edges(movement_back)},
-	{"return", "return_status", return_states, lengthof(return_states),
-	return_edges, lengthof_edges(return_edges), NULL, 0}
+	{.name = "order", .typname = "order_status", .states = order_states, .nstates = lengthof(order_states),
+	 .edges = order_edges, .nedges = lengthof_edges(order_edges), .back = order_back, .nback = lengthof_edges(order_back)},
+	{.name = "shipment", .typname = "shipment_status", .states = shipment_states, .nstates = lengthof(shipment_states),
+	 .edges = shipment_edges, .nedges = lengthof_edges(shipment_edges), .back = NULL, .nback = 0},
+	{.name = "movement", .typname = "movement_status", .states = movement_states, .nstates = lengthof(movement_states),
+	 .edges = movement_edges, .nedges = lengthof_edges(movement_edges), .back = movement_back, .nback = lengthof_edges(movement_back)},
+	{.name = "return", .typname = "return_status", .states = return_states, .nstates = lengthof(return_states),
+	 .edges = return_edges, .nedges = lengthof_edges(return_edges), .back = NULL, .nback = 0}
 };
 
 #define HUB_NLIFECYCLES ((int) lengthof(lifecycles))

@@ -60,6 +60,9 @@ INSERT INTO hub.systems (system, qualifier, role, builtin) VALUES
 	('odoo', 'incoming', 'wms', true),
 	('odoo', 'outgoing', 'wms', true),
 	('odoo', 'internal', 'wms', true),
+	('odoo', 'internal_pick', 'wms', true),
+	('odoo', 'internal_pack', 'wms', true),
+	('odoo', 'incoming_return', 'wms', true),
 	('sap', '', 'erp', true),
 	('netsuite', '', 'erp', true),
 	('oracle_om', '', 'erp', true),
@@ -230,7 +233,7 @@ CREATE TABLE hub.status_history (
 CREATE INDEX status_history_key_idx ON hub.status_history (lifecycle, business_key, history_id);
 COMMENT ON TABLE hub.status_history IS
 'Append-only audit trail: one row per hub.apply_status call, with the mapping, the classification and what was done. UPDATE, DELETE and TRUNCATE are refused.';
-COMMENT ON COLUMN hub.status_history.outcome IS 'created, advanced, corrected, duplicate, stale, conflict, not_owner or overlay.';
+COMMENT ON COLUMN hub.status_history.outcome IS 'created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay, or informational (a code that maps to neither state nor overlay, e.g. an X12 estimate).';
 COMMENT ON COLUMN hub.status_history.kind IS 'hub.transition_kind of mapped_state against previous_state; NULL when there was nothing to compare.';
 COMMENT ON COLUMN hub.status_history.regression_suspect IS 'A stale report whose occurred_at is later than that of the current state: a mis-scan or a return (LOGISTICS.md 5.1 point 5).';
 
@@ -287,7 +290,7 @@ CREATE TYPE hub.apply_result AS (
 	history_id			bigint
 );
 COMMENT ON TYPE hub.apply_result IS
-'What hub.apply_status did: outcome (created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay), the classification, the canonical state before and after, the mapped state, whether the system owns it, the overlays after, and the history row.';
+'What hub.apply_status did: outcome (created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay, informational), the classification, the canonical state before and after, the mapped state, whether the system owns it, the overlays after, and the history row.';
 
 CREATE FUNCTION hub._system_role(p_system text, p_qualifier text)
 RETURNS text
@@ -329,10 +332,6 @@ BEGIN
 	   OR system IS NULL THEN
 		RAISE EXCEPTION 'business_key, system, code and occurred_at must not be null or empty'
 			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF m_state IS NULL AND m_overlay IS NULL THEN
-		RAISE EXCEPTION 'a status report needs a state or an overlay'
-			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF m_state IS NOT NULL AND NOT hub.lifecycle_state_valid(lifecycle, m_state) THEN
 		RAISE EXCEPTION 'unknown % state: "%"', lifecycle, m_state
@@ -383,6 +382,7 @@ BEGIN
 	END IF;
 
 	r.outcome := CASE
+		WHEN m_state IS NULL AND m_overlay IS NULL THEN 'informational'
 		WHEN m_state IS NULL THEN 'overlay'
 		WHEN NOT v_owner THEN 'not_owner'
 		WHEN e.state IS NULL THEN 'created'

@@ -1,7 +1,7 @@
 -- Documentation is part of the feature: every public object of the
 -- extension (everything not prefixed with an underscore) has a COMMENT, so
--- \d+, \df+ and \dT+ explain themselves.  Operator families are created
--- implicitly with their operator classes and are not listed.
+-- \d+, \df+ and \dT+ explain themselves.  Operator families (created with
+-- their operator classes) and sequences owned by a column are not listed.
 BEGIN;
 SELECT plan(3);
 
@@ -17,6 +17,9 @@ SELECT is_empty($$
 	SELECT member FROM members m
 	WHERE m.classid <> 'pg_opfamily'::regclass
 		AND m.member !~ 'hub\._'
+		AND NOT EXISTS (SELECT 1 FROM pg_depend o			-- identity and serial sequences
+						WHERE o.classid = 'pg_class'::regclass AND o.objid = m.objid
+							AND m.classid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))
 		AND NOT EXISTS (SELECT 1 FROM pg_description c
 						WHERE c.classoid = m.classid AND c.objoid = m.objid AND c.objsubid = 0)
 	ORDER BY 1
