@@ -2,7 +2,7 @@
 -- corrections, overlays, history, drift and stale views.  Times are explicit
 -- and relative to now() (constant in the transaction).
 BEGIN;
-SELECT plan(50);
+SELECT plan(53);
 SET search_path = public, hub;
 
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, at interval,
@@ -60,6 +60,14 @@ SELECT is((SELECT count(*) FROM hub.status_conflicts
 SELECT is((SELECT history_id FROM hub.status_conflicts WHERE business_key = 'SO1'),
 	(SELECT max(history_id) FROM hub.status_history WHERE business_key = 'SO1'),
 	'the conflict points at its history row');
+SELECT is(hub.resolve_conflict(c.conflict_id, 'ERP cancelled in error; order stays closed'), true,
+	'an operator resolves the conflict')
+FROM hub.status_conflicts c WHERE c.business_key = 'SO1';
+SELECT is(coalesce(e.exception_reason, 'none') || '/' || e.state, 'none/closed',
+	'resolving the last open conflict lifts the state_conflict exception')
+FROM hub.entity_state e WHERE e.business_key = 'SO1';
+SELECT is(hub.resolve_conflict(c.conflict_id, 'again'), false, 'a resolved conflict is not resolved twice')
+FROM hub.status_conflicts c WHERE c.business_key = 'SO1';
 
 -- ---- history completeness
 SELECT is((SELECT count(*) FROM hub.status_history WHERE business_key = 'SO1')::int, 11,
