@@ -17,6 +17,7 @@
  *   not_owner   the reporting system's role does not own the mapped state
  *               (hub.state_owners): kept in history and per-system state only
  *   overlay     the code maps only to an overlay (on_hold / exception)
+ *   recorded    the code maps to nothing (EasyPost "unknown"): history only
  * Every call appends one row to hub.status_history (UPDATE, DELETE and
  * TRUNCATE refused).  Each system's last report (by occurred_at) is kept in
  * hub.entity_system_state, a child table rather than a jsonb column of
@@ -230,7 +231,7 @@ CREATE TABLE hub.status_history (
 CREATE INDEX status_history_key_idx ON hub.status_history (lifecycle, business_key, history_id);
 COMMENT ON TABLE hub.status_history IS
 'Append-only audit trail: one row per hub.apply_status call, with the mapping, the classification and what was done. UPDATE, DELETE and TRUNCATE are refused.';
-COMMENT ON COLUMN hub.status_history.outcome IS 'created, advanced, corrected, duplicate, stale, conflict, not_owner or overlay.';
+COMMENT ON COLUMN hub.status_history.outcome IS 'created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay or recorded.';
 COMMENT ON COLUMN hub.status_history.kind IS 'hub.transition_kind of mapped_state against previous_state; NULL when there was nothing to compare.';
 COMMENT ON COLUMN hub.status_history.regression_suspect IS 'A stale report whose occurred_at is later than that of the current state: a mis-scan or a return (LOGISTICS.md 5.1 point 5).';
 
@@ -287,7 +288,7 @@ CREATE TYPE hub.apply_result AS (
 	history_id			bigint
 );
 COMMENT ON TYPE hub.apply_result IS
-'What hub.apply_status did: outcome (created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay), the classification, the canonical state before and after, the mapped state, whether the system owns it, the overlays after, and the history row.';
+'What hub.apply_status did: outcome (created, advanced, corrected, duplicate, stale, conflict, not_owner, overlay, recorded), the classification, the canonical state before and after, the mapped state, whether the system owns it, the overlays after, and the history row.';
 
 CREATE FUNCTION hub._system_role(p_system text, p_qualifier text)
 RETURNS text
@@ -329,10 +330,6 @@ BEGIN
 	   OR system IS NULL THEN
 		RAISE EXCEPTION 'business_key, system, code and occurred_at must not be null or empty'
 			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF m_state IS NULL AND m_overlay IS NULL THEN
-		RAISE EXCEPTION 'a status report needs a state or an overlay'
-			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF m_state IS NOT NULL AND NOT hub.lifecycle_state_valid(lifecycle, m_state) THEN
 		RAISE EXCEPTION 'unknown % state: "%"', lifecycle, m_state
@@ -383,6 +380,7 @@ BEGIN
 	END IF;
 
 	r.outcome := CASE
+		WHEN m_state IS NULL AND m_overlay IS NULL THEN 'recorded'
 		WHEN m_state IS NULL THEN 'overlay'
 		WHEN NOT v_owner THEN 'not_owner'
 		WHEN e.state IS NULL THEN 'created'

@@ -2,7 +2,7 @@
 -- corrections, overlays, history, drift and stale views.  Times are explicit
 -- and relative to now() (constant in the transaction).
 BEGIN;
-SELECT plan(53);
+SELECT plan(55);
 SET search_path = public, hub;
 
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, at interval,
@@ -117,6 +117,12 @@ SELECT is(r.outcome || '/' || r.state || '/' || r.exception_reason, 'conflict/de
 FROM pg_temp.ap('shipment', 'SH1', 'x12_214', 'return_to_sender', '2 hours') r;
 SELECT is((pg_temp.ap('shipment', 'SH1', 'easypost', 'delivered', '1 hour')).exception_reason, 'state_conflict',
 	'a duplicate does not clear a state_conflict exception');
+SELECT is(r.outcome || '/' || r.state, 'recorded/delivered',
+	'a code mapped to neither state nor overlay (EasyPost unknown) is only recorded')
+FROM hub.apply_canonical_status('shipment', 'SH1', 'easypost', 'unknown', now() - interval '30 minutes', NULL) r;
+SELECT is(code || '/' || state, 'unknown/delivered',
+	'the per-system row keeps the code and the last known state of the system')
+FROM hub.entity_system_state WHERE business_key = 'SH1' AND system = 'easypost';
 
 -- on_hold: set by the ERP, cleared by an advance; a portal cannot set it
 SELECT pg_temp.ap('order', 'SO4', 'sap', 'created', '5 hours');
