@@ -17,6 +17,7 @@
  *   not_owner   the reporting system's role does not own the mapped state
  *               (hub.state_owners): kept in history and per-system state only
  *   overlay     the code maps only to an overlay (on_hold / exception)
+ *   recorded    the code maps to nothing (EasyPost "unknown"): history only
  * Every call appends one row to hub.status_history (UPDATE, DELETE and
  * TRUNCATE refused).  Each system's last report (by occurred_at) is kept in
  * hub.entity_system_state, a child table rather than a jsonb column of
@@ -493,6 +494,38 @@ $$;
 COMMENT ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text) IS
 'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system.';
 
+CREATE FUNCTION hub.resolve_conflict(conflict_id bigint, resolution text)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c	hub.status_conflicts;
+BEGIN
+	IF resolution IS NULL OR resolution = '' THEN
+		RAISE EXCEPTION 'a conflict resolution must say what was decided'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	UPDATE hub.status_conflicts sc SET resolved_at = now(), resolution = resolve_conflict.resolution
+	WHERE sc.conflict_id = resolve_conflict.conflict_id AND sc.resolved_at IS NULL
+	RETURNING * INTO c;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	-- the last open conflict of the key lifts its state_conflict exception
+	UPDATE hub.entity_state es SET exception_reason = NULL, exception_since = NULL, updated_at = now()
+	WHERE es.lifecycle = c.lifecycle AND es.business_key = c.business_key
+	  AND es.exception_reason = 'state_conflict'
+	  AND NOT EXISTS (SELECT FROM hub.status_conflicts o
+					  WHERE o.lifecycle = c.lifecycle AND o.business_key = c.business_key
+						AND o.resolved_at IS NULL);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION hub.resolve_conflict(bigint, text) IS
+'Mark an open conflict resolved with a note; when it was the key''s last open conflict, the state_conflict exception overlay is cleared. Returns false when the conflict does not exist or was already resolved. The canonical state is not changed: apply the decided state with hub.apply_status (correction => true for a backward edge).';
+
 -- ---------------------------------------------------------------- views
 
 CREATE FUNCTION hub._projection_agrees(p_system text, p_lifecycle text, p_state text, p_code text)
@@ -543,8 +576,10 @@ REVOKE EXECUTE ON FUNCTION
 	hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean),
 	hub._system_role(text, text),
 	hub._projection_agrees(text, text, text, text),
-	hub._refuse_history_change()
+	hub._refuse_history_change(),
+	hub.resolve_conflict(bigint, text)
 FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.resolve_conflict(bigint, text) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text),
 	hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean)
 	TO hub_writer;

@@ -2,7 +2,7 @@
 -- corrections, overlays, history, drift and stale views.  Times are explicit
 -- and relative to now() (constant in the transaction).
 BEGIN;
-SELECT plan(50);
+SELECT plan(55);
 SET search_path = public, hub;
 
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, at interval,
@@ -60,6 +60,14 @@ SELECT is((SELECT count(*) FROM hub.status_conflicts
 SELECT is((SELECT history_id FROM hub.status_conflicts WHERE business_key = 'SO1'),
 	(SELECT max(history_id) FROM hub.status_history WHERE business_key = 'SO1'),
 	'the conflict points at its history row');
+SELECT is(hub.resolve_conflict(c.conflict_id, 'ERP cancelled in error; order stays closed'), true,
+	'an operator resolves the conflict')
+FROM hub.status_conflicts c WHERE c.business_key = 'SO1';
+SELECT is(coalesce(e.exception_reason, 'none') || '/' || e.state, 'none/closed',
+	'resolving the last open conflict lifts the state_conflict exception')
+FROM hub.entity_state e WHERE e.business_key = 'SO1';
+SELECT is(hub.resolve_conflict(c.conflict_id, 'again'), false, 'a resolved conflict is not resolved twice')
+FROM hub.status_conflicts c WHERE c.business_key = 'SO1';
 
 -- ---- history completeness
 SELECT is((SELECT count(*) FROM hub.status_history WHERE business_key = 'SO1')::int, 11,
@@ -109,6 +117,12 @@ SELECT is(r.outcome || '/' || r.state || '/' || r.exception_reason, 'conflict/de
 FROM pg_temp.ap('shipment', 'SH1', 'x12_214', 'return_to_sender', '2 hours') r;
 SELECT is((pg_temp.ap('shipment', 'SH1', 'easypost', 'delivered', '1 hour')).exception_reason, 'state_conflict',
 	'a duplicate does not clear a state_conflict exception');
+SELECT is(r.outcome || '/' || r.state, 'informational/delivered',
+	'a code mapped to neither state nor overlay (EasyPost unknown) is only recorded')
+FROM hub.apply_canonical_status('shipment', 'SH1', 'easypost', 'unknown', now() - interval '30 minutes', NULL) r;
+SELECT is(code || '/' || state, 'unknown/delivered',
+	'the per-system row keeps the code and the last known state of the system')
+FROM hub.entity_system_state WHERE business_key = 'SH1' AND system = 'easypost';
 
 -- on_hold: set by the ERP, cleared by an advance; a portal cannot set it
 SELECT pg_temp.ap('order', 'SO4', 'sap', 'created', '5 hours');
