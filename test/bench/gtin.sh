@@ -26,13 +26,7 @@ FROM (SELECT '6' || lpad((i::bigint * 7919 % 100000000000)::text, 11, '0') AS bo
 	  FROM generate_series(1, $N) i) b;
 VACUUM ANALYZE gtin_strings;
 
-CREATE FUNCTION bench_time(q text) RETURNS double precision LANGUAGE plpgsql AS \$\$
-DECLARE t0 timestamptz;
-BEGIN
-	t0 := clock_timestamp();
-	EXECUTE q;
-	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
-END \$\$;
+\i test/bench/bench_time.sql
 SQL
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), PostgreSQL $($PG_BIN/postgres --version | awk '{print $3}')"

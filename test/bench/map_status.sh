@@ -29,13 +29,7 @@ SELECT r.system, r.lifecycle, r.code, nullif(r.qualifier, '') AS qualifier
 FROM generate_series(1, ($N / (SELECT count(*) FROM hub.status_map)) + 1) g, hub.status_map r
 LIMIT $N;
 ANALYZE calls;
-CREATE FUNCTION bench_time(q text) RETURNS double precision LANGUAGE plpgsql AS \$\$
-DECLARE t0 timestamptz;
-BEGIN
-	t0 := clock_timestamp();
-	EXECUTE q;
-	RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
-END \$\$;
+\i test/bench/bench_time.sql
 CREATE TEMP TABLE runs (kind text, ms double precision);
 DO \$\$
 BEGIN
