@@ -57,8 +57,8 @@ echo "clients: $CLIENTS on distinct keys, duration: ${T}s per run"
 u=$(tps "$WORK/update.sql")
 c=$(tps "$WORK/canonical.sql")
 have_map=$(psql -X -A -t -d postgres -c "SELECT to_regprocedure('hub.map_status(text,text,text,text,text)') IS NOT NULL")
-if [ "$have_map" = t ]; then m=$(tps "$WORK/mapped.sql"); else m="n/a (hub.map_status not installed)"; fi
-printf '%-32s %s\n' "plain UPDATE of one row" "$u tps" "hub.apply_canonical_status" "$c tps" "hub.apply_status" "$m tps"
+if [ "$have_map" = t ]; then m=$(tps "$WORK/mapped.sql"); mshow="$m tps"; else m=n/a; mshow="n/a (hub.map_status not installed)"; fi
+printf '%-32s %s\n' "plain UPDATE of one row" "$u tps" "hub.apply_canonical_status" "$c tps" "hub.apply_status" "$mshow"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo "ratio: apply_canonical_status tps / UPDATE tps = $(ratio "$c" "$u")"
 echo "ratio: apply_status tps / UPDATE tps = $(ratio "$m" "$u")"
