@@ -1,0 +1,291 @@
+/*
+ * 40_outbox.sql --- transactional outbox, endpoints, subscriptions,
+ * deliveries and attempts (the table model of the push side).
+ *
+ * Publishing writes one row to hub.outbox in the application's transaction
+ * and nothing else: fan-out to subscriptions happens afterwards, in bulk, in
+ * hub._route_events(), which every claim runs first.  Sequence numbers commit
+ * out of order, so routing does not follow an id cursor: it follows a
+ * watermark of transaction ids.  Every event carries the xid8 of the
+ * transaction that wrote it; a routing pass handles the committed events
+ * with xid >= watermark and then moves the watermark to its snapshot's xmin,
+ * below which every transaction has ended.  An event whose transaction
+ * commits after a later-numbered one was delivered is therefore still routed
+ * and delivered.
+ *
+ * A delivery (one per subscription and event) moves through
+ *   pending -> in_flight (leased until lease_until, fencing lease_token)
+ *           -> delivered | retry_wait (next_attempt_at) | dead | skipped
+ * and an expired lease makes an in_flight delivery claimable again.  Results
+ * carry the lease token; a result whose lease was reclaimed is recorded as a
+ * stale attempt and changes nothing.  For per_key subscriptions only the head
+ * of each aggregate (the lowest event not delivered or skipped) is claimable.
+ * All tables are WAL-logged.
+ */
+
+-- ---------------------------------------------------------------- catalogue
+
+CREATE TABLE hub.event_types (
+	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$'),
+	version			integer NOT NULL DEFAULT 1 CHECK (version > 0),
+	required_keys	text[] NOT NULL DEFAULT '{}',
+	description		text,
+	builtin			boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE hub.event_types IS
+'Catalogue of event types (<entity>.<verb>) with their contract: a version and the payload keys each event must carry.';
+SELECT pg_catalog.pg_extension_config_dump('hub.event_types', 'WHERE NOT builtin');
+
+INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VALUES
+	('order.created', '{order_id}', 'An order exists in the ERP', true),
+	('order.released', '{order_id,warehouse}', 'The order is released to a warehouse', true),
+	('order.allocated', '{order_id}', 'Stock is reserved for the order', true),
+	('order.picked', '{order_id}', 'The order is picked', true),
+	('order.packed', '{order_id}', 'The order is packed', true),
+	('order.shipped', '{order_id,shipment_id}', 'The order left the warehouse', true),
+	('order.cancelled', '{order_id}', 'The order is cancelled', true),
+	('shipment.label_created', '{shipment_id,carrier}', 'A carrier label exists', true),
+	('shipment.dispatched', '{shipment_id,carrier}', 'The carrier picked the shipment up', true),
+	('shipment.in_transit', '{shipment_id}', 'The shipment is moving', true),
+	('shipment.delivered', '{shipment_id}', 'The shipment is delivered', true),
+	('shipment.exception', '{shipment_id,reason}', 'Something is wrong with the shipment', true),
+	('inventory.adjusted', '{sku,quantity,location}', 'Stock on hand changed', true),
+	('inventory.reserved', '{sku,quantity,order_id}', 'Stock was reserved', true),
+	('return.authorized', '{return_id,order_id}', 'An RMA was authorized', true),
+	('return.received', '{return_id}', 'The returned item arrived', true),
+	('return.resolved', '{return_id,resolution}', 'Refund, replacement or repair decided', true);
+
+-- ---------------------------------------------------------------- outbox
+
+CREATE TABLE hub.outbox (
+	event_id		uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	seq				bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+	event_type		text NOT NULL,
+	aggregate_id	text NOT NULL,
+	payload			jsonb NOT NULL,
+	correlation_id	text,
+	causation_id	text,
+	headers			jsonb NOT NULL DEFAULT '{}',
+	occurred_at		timestamptz NOT NULL DEFAULT now(),
+	published_at	timestamptz NOT NULL DEFAULT now(),
+	xid				xid8 NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX outbox_xid_idx ON hub.outbox (xid);
+CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
+COMMENT ON TABLE hub.outbox IS
+'Published events, immutable. Write with hub.publish() or a plain INSERT in the application''s transaction; nothing is routed or delivered unless that transaction commits.';
+COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
+COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
+
+CREATE FUNCTION hub._outbox_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t hub.event_types;
+	k text;
+BEGIN
+	IF TG_OP <> 'INSERT' THEN
+		RAISE EXCEPTION 'published events are immutable'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Publish a new event (a correction or compensation) instead.';
+	END IF;
+	IF NEW.event_type !~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' THEN
+		RAISE EXCEPTION 'invalid event type: "%"', NEW.event_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Event types are named <entity>.<verb>, e.g. shipment.dispatched.';
+	END IF;
+	IF jsonb_typeof(NEW.payload) <> 'object' THEN
+		RAISE EXCEPTION 'the payload of a % event must be a JSON object', NEW.event_type
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO t FROM hub.event_types WHERE event_type = NEW.event_type;
+	IF NOT FOUND THEN
+		IF current_setting('logistics_hub.unknown_event_types', true) = 'reject' THEN
+			RAISE EXCEPTION 'unknown event type: "%"', NEW.event_type
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Add it to hub.event_types, or SET logistics_hub.unknown_event_types = accept.';
+		END IF;
+		RETURN NEW;
+	END IF;
+	FOREACH k IN ARRAY t.required_keys LOOP
+		IF NOT NEW.payload ? k THEN
+			RAISE EXCEPTION '% event lacks the required payload key "%"', NEW.event_type, k
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Contract version %s of %s requires: %s.', t.version, t.event_type,
+									  array_to_string(t.required_keys, ', '));
+		END IF;
+	END LOOP;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION hub._outbox_check() IS
+'API: Private. Trigger on hub.outbox: validates the event type and its payload contract on INSERT, refuses UPDATE and DELETE.';
+CREATE TRIGGER outbox_check BEFORE INSERT OR UPDATE OR DELETE ON hub.outbox
+	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
+CREATE FUNCTION hub._outbox_no_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION 'published events are immutable' USING ERRCODE = 'object_not_in_prerequisite_state';
+END
+$$;
+COMMENT ON FUNCTION hub._outbox_no_truncate() IS 'API: Private. Refuses TRUNCATE of hub.outbox.';
+CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._outbox_no_truncate();
+
+CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
+							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
+							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now())
+RETURNS uuid
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at)
+	VALUES (event_type, aggregate_id, payload, correlation_id, causation_id,
+			coalesce(headers, '{}'), coalesce(occurred_at, now()))
+	RETURNING event_id
+$$;
+COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) IS
+'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types.';
+
+-- ---------------------------------------------------------------- endpoints
+
+CREATE TABLE hub.endpoints (
+	endpoint_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL UNIQUE,
+	kind			text NOT NULL DEFAULT 'other' CHECK (kind IN ('erp', 'wms', 'tms', 'carrier', 'portal', 'other')),
+	url				text NOT NULL CHECK (url ~* '^https?://[^/?#[:space:]]+'),
+	enabled			boolean NOT NULL DEFAULT true,
+	paused			boolean NOT NULL DEFAULT false,
+	timeout_ms		integer NOT NULL DEFAULT 10000 CHECK (timeout_ms BETWEEN 100 AND 600000),
+	max_concurrency	integer NOT NULL DEFAULT 16 CHECK (max_concurrency > 0),
+	rate_limit		numeric CHECK (rate_limit > 0),
+	allow_redirects	boolean NOT NULL DEFAULT false,
+	auth_kind		text NOT NULL DEFAULT 'none' CHECK (auth_kind IN ('none', 'bearer', 'basic', 'api_key', 'oauth2')),
+	api_key_header	text,
+	oauth2_token_url text,
+	headers			jsonb NOT NULL DEFAULT '{}',
+	circuit_failure_threshold integer NOT NULL DEFAULT 5 CHECK (circuit_failure_threshold > 0),
+	circuit_cooloff	interval NOT NULL DEFAULT '30 seconds',
+	circuit_state	text NOT NULL DEFAULT 'closed' CHECK (circuit_state IN ('closed', 'open', 'half_open')),
+	circuit_opened_at timestamptz,
+	consecutive_failures integer NOT NULL DEFAULT 0,
+	created_at		timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE hub.endpoints IS
+'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
+
+CREATE TABLE hub._endpoint_secrets (
+	endpoint_id		integer PRIMARY KEY REFERENCES hub.endpoints ON DELETE CASCADE,
+	auth_secret		text,
+	oauth2_client_id text,
+	oauth2_client_secret text,
+	signing_secrets	text[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE hub._endpoint_secrets IS
+'API: Private. Endpoint credentials and webhook signing secrets (newest first); readable by hub_admin only.';
+
+CREATE TABLE hub.subscriptions (
+	subscription_id	integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	endpoint_id		integer NOT NULL REFERENCES hub.endpoints ON DELETE CASCADE,
+	event_pattern	text NOT NULL CHECK (event_pattern ~ '^([a-z][a-z0-9_]*|\*)\.([a-z][a-z0-9_]*|\*)$'),
+	filter			jsonb,
+	transform		regproc,
+	ordering		text NOT NULL DEFAULT 'per_key' CHECK (ordering IN ('per_key', 'none')),
+	priority		integer NOT NULL DEFAULT 0,
+	max_attempts	integer NOT NULL DEFAULT 12 CHECK (max_attempts > 0),
+	retry_base		interval NOT NULL DEFAULT '1 second',
+	retry_max		interval NOT NULL DEFAULT '1 hour',
+	retry_on_4xx	boolean NOT NULL DEFAULT false,
+	body_format		text NOT NULL DEFAULT 'event' CHECK (body_format IN ('event', 'cloudevents', 'batch')),
+	batch_max		integer NOT NULL DEFAULT 100 CHECK (batch_max > 0),
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (endpoint_id, event_pattern)
+);
+COMMENT ON TABLE hub.subscriptions IS
+'Which events go to which endpoint: an event type pattern (shipment.*), an optional payload filter (@>), an optional transform, ordering per_key or none, priority and retry policy.';
+
+SELECT pg_catalog.pg_extension_config_dump('hub.endpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('hub._endpoint_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('hub.subscriptions', '');
+
+-- ---------------------------------------------------------------- deliveries
+
+CREATE TABLE hub.deliveries (
+	delivery_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	subscription_id	integer NOT NULL REFERENCES hub.subscriptions ON DELETE CASCADE,
+	endpoint_id		integer NOT NULL,
+	event_id		uuid NOT NULL REFERENCES hub.outbox,
+	seq				bigint NOT NULL,
+	aggregate_id	text NOT NULL,
+	ordering		text NOT NULL,
+	priority		integer NOT NULL,
+	state			text NOT NULL DEFAULT 'pending'
+		CHECK (state IN ('pending', 'in_flight', 'delivered', 'retry_wait', 'dead', 'skipped')),
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at	timestamptz NOT NULL DEFAULT now(),
+	lease_until		timestamptz,
+	lease_token		bigint,
+	last_error		text,
+	updated_at		timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (subscription_id, event_id)
+);
+CREATE INDEX deliveries_ready_idx ON hub.deliveries (next_attempt_at)
+	WHERE state IN ('pending', 'retry_wait');
+CREATE INDEX deliveries_leased_idx ON hub.deliveries (lease_until) WHERE state = 'in_flight';
+CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggregate_id, seq)
+	WHERE state NOT IN ('delivered', 'skipped');
+CREATE INDEX deliveries_event_idx ON hub.deliveries (event_id);
+COMMENT ON TABLE hub.deliveries IS
+'One delivery per (subscription, event): pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
+
+CREATE SEQUENCE hub._lease_token_seq;
+COMMENT ON SEQUENCE hub._lease_token_seq IS 'API: Private. Fencing tokens for delivery leases.';
+
+CREATE TABLE hub.attempts (
+	attempt_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	delivery_id		bigint NOT NULL REFERENCES hub.deliveries ON DELETE CASCADE,
+	attempt			integer NOT NULL,
+	at				timestamptz NOT NULL DEFAULT now(),
+	worker			text,
+	lease_token		bigint,
+	http_status		integer,
+	error			text,
+	latency_ms		integer,
+	response_excerpt text CHECK (length(response_excerpt) <= 1024),
+	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale'))
+);
+CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
+COMMENT ON TABLE hub.attempts IS
+'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed).';
+
+CREATE TABLE hub.operator_audit (
+	audit_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	at				timestamptz NOT NULL DEFAULT now(),
+	actor			text NOT NULL DEFAULT session_user,
+	action			text NOT NULL,
+	target			text NOT NULL,
+	reason			text
+);
+COMMENT ON TABLE hub.operator_audit IS 'Who replayed, skipped, paused or resumed what, when and why.';
+
+CREATE FUNCTION hub._append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'object_not_in_prerequisite_state';
+END
+$$;
+COMMENT ON FUNCTION hub._append_only() IS 'API: Private. Refuses UPDATE and DELETE on audit tables.';
+CREATE TRIGGER attempts_append_only BEFORE UPDATE ON hub.attempts
+	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+CREATE TRIGGER operator_audit_append_only BEFORE UPDATE OR DELETE ON hub.operator_audit
+	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+
+CREATE TABLE hub._router_state (
+	one			boolean PRIMARY KEY DEFAULT true CHECK (one),
+	watermark	xid8 NOT NULL
+);
+COMMENT ON TABLE hub._router_state IS
+'API: Private. Routing watermark: every event of a transaction whose xid is below it has been routed.';
+INSERT INTO hub._router_state VALUES (true, pg_current_xact_id());

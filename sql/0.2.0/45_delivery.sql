@@ -1,0 +1,413 @@
+/*
+ * 45_delivery.sql --- the claim / complete / fail API that the delivery
+ * workers call (and that works the same with no worker running), plus the
+ * operator functions: endpoints, subscriptions, pause, resume, skip, replay.
+ */
+
+CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
+		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
+		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
+		auth_kind text DEFAULT 'none', auth_secret text DEFAULT NULL,
+		api_key_header text DEFAULT NULL, oauth2_token_url text DEFAULT NULL,
+		oauth2_client_id text DEFAULT NULL, oauth2_client_secret text DEFAULT NULL,
+		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id integer;
+BEGIN
+	IF url !~* '^https?://[^/?#[:space:]]+' THEN
+		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Only http:// and https:// URLs can be delivered to.';
+	END IF;
+	IF signing_secret IS NOT NULL AND signing_secret !~ '^whsec_[A-Za-z0-9+/=]+$' THEN
+		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
+	END IF;
+	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+							   auth_kind, api_key_header, oauth2_token_url, headers)
+	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'))
+	RETURNING endpoint_id INTO id;
+	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
+	VALUES (id, auth_secret, oauth2_client_id, oauth2_client_secret,
+			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[signing_secret] END);
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
+'Register an HTTP receiver; everything after kind is optional and passed by name. Secrets go to a table only hub_admin can read. Returns the endpoint id.';
+
+CREATE FUNCTION hub.subscribe(endpoint text, event_pattern text, filter jsonb DEFAULT NULL,
+		transform regproc DEFAULT NULL, ordering text DEFAULT 'per_key', priority integer DEFAULT 0,
+		max_attempts integer DEFAULT 12, retry_base interval DEFAULT '1 second',
+		retry_max interval DEFAULT '1 hour', retry_on_4xx boolean DEFAULT false,
+		body_format text DEFAULT 'event', batch_max integer DEFAULT 100)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	e integer;
+	id integer;
+BEGIN
+	SELECT endpoint_id INTO e FROM hub.endpoints WHERE name = endpoint;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', endpoint
+			USING ERRCODE = 'undefined_object', HINT = 'Create it with hub.create_endpoint().';
+	END IF;
+	INSERT INTO hub.subscriptions (endpoint_id, event_pattern, filter, transform, ordering, priority,
+								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max)
+	VALUES (e, event_pattern, filter, transform, ordering, priority, max_attempts, retry_base,
+			retry_max, retry_on_4xx, body_format, batch_max)
+	RETURNING subscription_id INTO id;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer) IS
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay to backfill. Returns the subscription id.';
+
+/*
+ * _route_events --- fan out every committed event that is not routed yet.
+ * Serialized by the row lock on hub._router_state.  A pass considers the
+ * events with xid >= watermark that its snapshot sees (committed ones only)
+ * and then raises the watermark to the snapshot's xmin: every transaction
+ * below it has ended, so nothing below can still appear, while an event of a
+ * transaction still running (xid >= xmin) is looked at again by the next pass
+ * (ON CONFLICT keeps that idempotent).  No routing waits for a long
+ * transaction; it only makes the re-examined window longer.
+ */
+CREATE FUNCTION hub._route_events() RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	w_old xid8;
+	w_new xid8 := pg_snapshot_xmin(pg_current_snapshot());
+	n bigint;
+BEGIN
+	SELECT watermark INTO w_old FROM hub._router_state FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN 0;				-- another router is at work
+	END IF;
+	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
+	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
+	FROM hub.outbox o
+	JOIN hub.subscriptions s
+		ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
+			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
+		AND (s.filter IS NULL OR o.payload @> s.filter)
+		AND s.created_at <= o.published_at
+	WHERE o.xid >= w_old
+	ON CONFLICT (subscription_id, event_id) DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE hub._router_state SET watermark = greatest(w_old, w_new);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION hub._route_events() IS
+'API: Private. Create the deliveries of every committed event not routed yet (xid8 watermark at the snapshot xmin, safe against out-of-order commits). Returns the number created.';
+
+CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
+		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1)
+RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF max IS NULL OR max < 1 OR nshards < 1 OR shard < 0 OR shard >= nshards THEN
+		RAISE EXCEPTION 'invalid claim: max %, shard % of %', max, shard, nshards
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._route_events();
+	-- half-open circuits whose cool-off is over let one probe through
+	UPDATE hub.endpoints e SET circuit_state = 'half_open'
+	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now();
+
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id
+		FROM hub.deliveries d
+		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+		WHERE ((d.state IN ('pending', 'retry_wait') AND d.next_attempt_at <= now())
+			   OR (d.state = 'in_flight' AND d.lease_until < now()))
+			AND d.endpoint_id % nshards = shard
+			AND e.enabled AND NOT e.paused AND e.circuit_state <> 'open'
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT max
+		FOR UPDATE OF d SKIP LOCKED
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1, updated_at = now()
+		FROM candidates c
+		WHERE d.delivery_id = c.delivery_id
+		RETURNING d.*
+	)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN s.transform IS NULL THEN o.payload ELSE hub._transform(s.transform, o.payload) END,
+		   c.subscription_id, c.endpoint_id, s.body_format
+	FROM claimed c
+	JOIN hub.outbox o ON o.event_id = c.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	ORDER BY c.priority DESC, c.seq;
+END
+$$;
+COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer) IS
+'Route what is not routed yet, then lease up to max ready deliveries (never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again). shard/nshards split endpoints between workers. Each row carries a fencing lease_token for complete/fail/defer.';
+
+CREATE FUNCTION hub._transform(f regproc, payload jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result jsonb;
+BEGIN
+	EXECUTE format('SELECT %s($1)', f::text) INTO result USING payload;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION hub._transform(regproc, jsonb) IS 'API: Private. Apply a subscription''s transform function to a payload.';
+
+/*
+ * _fenced --- lock a delivery and return it only when the lease token still
+ * holds; otherwise record a stale attempt and return NULL.
+ */
+CREATE FUNCTION hub._fenced(p_delivery bigint, p_token bigint, p_status integer, p_error text,
+							p_latency integer, p_excerpt text, p_worker text)
+RETURNS hub.deliveries
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d hub.deliveries;
+BEGIN
+	SELECT * INTO d FROM hub.deliveries WHERE delivery_id = p_delivery FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'delivery % does not exist', p_delivery USING ERRCODE = 'undefined_object';
+	END IF;
+	IF d.state <> 'in_flight' OR d.lease_token IS DISTINCT FROM p_token THEN
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, error, latency_ms, response_excerpt, outcome)
+		VALUES (p_delivery, d.attempts, p_worker, p_token, p_status, p_error, p_latency, left(p_excerpt, 1024), 'stale');
+		RETURN NULL;
+	END IF;
+	RETURN d;
+END
+$$;
+COMMENT ON FUNCTION hub._fenced(bigint, bigint, integer, text, integer, text, text) IS
+'API: Private. Fencing check shared by complete, fail and defer.';
+
+CREATE FUNCTION hub.complete_delivery(delivery_id bigint, lease_token bigint, http_status integer,
+		latency_ms integer, response_excerpt text DEFAULT NULL, worker text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d hub.deliveries := hub._fenced(delivery_id, lease_token, http_status, NULL, latency_ms, response_excerpt, worker);
+BEGIN
+	IF d.delivery_id IS NULL THEN
+		RETURN false;
+	END IF;
+	UPDATE hub.deliveries x SET state = 'delivered', lease_until = NULL, last_error = NULL, updated_at = now()
+	WHERE x.delivery_id = d.delivery_id;
+	INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
+	VALUES (d.delivery_id, d.attempts, worker, d.lease_token, http_status, latency_ms, left(response_excerpt, 1024), 'delivered');
+	UPDATE hub.endpoints e SET circuit_state = 'closed', circuit_opened_at = NULL, consecutive_failures = 0
+	WHERE e.endpoint_id = d.endpoint_id AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION hub.complete_delivery(bigint, bigint, integer, integer, text, text) IS
+'Record a successful delivery under its lease. false (and a stale attempt row) when the lease was reclaimed meanwhile. Closes the endpoint''s circuit.';
+
+CREATE FUNCTION hub.fail_delivery(delivery_id bigint, lease_token bigint, http_status integer, error text,
+		latency_ms integer, response_excerpt text DEFAULT NULL, retry_after interval DEFAULT NULL,
+		worker text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d hub.deliveries := hub._fenced(delivery_id, lease_token, http_status, error, latency_ms, response_excerpt, worker);
+	s hub.subscriptions;
+	permanent boolean;
+	backoff interval;
+	new_state text;
+BEGIN
+	IF d.delivery_id IS NULL THEN
+		RETURN 'stale';
+	END IF;
+	SELECT * INTO s FROM hub.subscriptions WHERE subscription_id = d.subscription_id;
+	permanent := http_status BETWEEN 400 AND 499 AND http_status NOT IN (408, 429) AND NOT s.retry_on_4xx;
+	IF permanent OR d.attempts >= s.max_attempts THEN
+		new_state := 'dead';
+	ELSE
+		new_state := 'retry_wait';
+		-- capped exponential backoff with full jitter, never sooner than Retry-After
+		backoff := least(s.retry_max, s.retry_base * power(2, least(d.attempts - 1, 30))) * random();
+		backoff := greatest(backoff, coalesce(retry_after, interval '0'));
+	END IF;
+	UPDATE hub.deliveries x
+	SET state = new_state, lease_until = NULL, updated_at = now(),
+		next_attempt_at = now() + coalesce(backoff, interval '0'),
+		last_error = coalesce(http_status::text || ' ', '') || coalesce(error, '')
+	WHERE x.delivery_id = d.delivery_id;
+	INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, error, latency_ms, response_excerpt, outcome)
+	VALUES (d.delivery_id, d.attempts, worker, d.lease_token, http_status, error, latency_ms,
+			left(response_excerpt, 1024), CASE new_state WHEN 'dead' THEN 'dead' ELSE 'retry' END);
+	UPDATE hub.endpoints e
+	SET consecutive_failures = e.consecutive_failures + 1,
+		circuit_state = CASE WHEN e.circuit_state = 'half_open'
+								  OR e.consecutive_failures + 1 >= e.circuit_failure_threshold
+							 THEN 'open' ELSE e.circuit_state END,
+		circuit_opened_at = CASE WHEN e.circuit_state = 'half_open'
+									  OR e.consecutive_failures + 1 >= e.circuit_failure_threshold
+								 THEN now() ELSE e.circuit_opened_at END
+	WHERE e.endpoint_id = d.endpoint_id AND NOT permanent;
+	RETURN new_state;
+END
+$$;
+COMMENT ON FUNCTION hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text) IS
+'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker. Returns the new state, or stale when the lease was reclaimed.';
+
+CREATE FUNCTION hub.defer_delivery(delivery_id bigint, lease_token bigint, until timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d hub.deliveries := hub._fenced(delivery_id, lease_token, NULL, 'deferred', NULL, NULL, NULL);
+BEGIN
+	IF d.delivery_id IS NULL THEN
+		RETURN false;
+	END IF;
+	UPDATE hub.deliveries x
+	SET state = CASE WHEN d.attempts > 1 THEN 'retry_wait' ELSE 'pending' END,
+		attempts = d.attempts - 1, lease_until = NULL, next_attempt_at = until, updated_at = now()
+	WHERE x.delivery_id = d.delivery_id;
+	INSERT INTO hub.attempts (delivery_id, attempt, lease_token, outcome)
+	VALUES (d.delivery_id, d.attempts, d.lease_token, 'deferred');
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION hub.defer_delivery(bigint, bigint, timestamptz) IS
+'Give a leased delivery back without spending an attempt (circuit opened or rate limit reached mid-batch); it is claimable again at until.';
+
+-- ---------------------------------------------------------------- operations
+
+CREATE FUNCTION hub._audit(action text, target text, reason text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO hub.operator_audit (action, target, reason) VALUES (action, target, reason)
+$$;
+COMMENT ON FUNCTION hub._audit(text, text, text) IS 'API: Private. Append an operator action to hub.operator_audit.';
+
+CREATE FUNCTION hub.pause_endpoint(name text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.endpoints e SET paused = true WHERE e.name = pause_endpoint.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM hub._audit('pause_endpoint', name, reason);
+END
+$$;
+COMMENT ON FUNCTION hub.pause_endpoint(text, text) IS 'Stop handing out the endpoint''s deliveries (they wait, spending no attempts); audited.';
+
+CREATE FUNCTION hub.resume_endpoint(name text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.endpoints e SET paused = false WHERE e.name = resume_endpoint.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM hub._audit('resume_endpoint', name, reason);
+END
+$$;
+COMMENT ON FUNCTION hub.resume_endpoint(text, text) IS 'Resume a paused endpoint; audited.';
+
+CREATE FUNCTION hub.skip_delivery(delivery_id bigint, reason text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.deliveries d SET state = 'skipped', lease_until = NULL, updated_at = now()
+	WHERE d.delivery_id = skip_delivery.delivery_id AND d.state IN ('pending', 'retry_wait', 'dead');
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'delivery % cannot be skipped', delivery_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Only a pending, retrying or dead delivery can be skipped; an in-flight one is leased.';
+	END IF;
+	PERFORM hub._audit('skip_delivery', delivery_id::text, reason);
+END
+$$;
+COMMENT ON FUNCTION hub.skip_delivery(bigint, text) IS
+'Give up on a delivery to unblock its aggregate''s later events (per_key ordering); audited with the reason.';
+
+CREATE FUNCTION hub.replay(delivery_id bigint, reason text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.deliveries d
+	SET state = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now()
+	WHERE d.delivery_id = replay.delivery_id AND d.state IN ('delivered', 'dead', 'skipped', 'retry_wait');
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'delivery % cannot be replayed now', delivery_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'It does not exist, or it is pending or leased (in flight): wait for its outcome.';
+	END IF;
+	PERFORM hub._audit('replay', delivery_id::text, reason);
+END
+$$;
+COMMENT ON FUNCTION hub.replay(bigint, text) IS
+'Deliver one delivery again (same event id, the receiver''s idempotency key); refused while it is leased; audited.';
+
+-- no outbox or delivery function keeps EXECUTE for PUBLIC (the identifier
+-- type functions of 0.1.0 are left as they are)
+DO $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+			 WHERE p.pronamespace = 'hub'::regnamespace
+			   AND p.proname IN ('publish', 'create_endpoint', 'subscribe', 'claim_deliveries',
+								 'complete_delivery', 'fail_delivery', 'defer_delivery',
+								 'pause_endpoint', 'resume_endpoint', 'skip_delivery', 'replay',
+								 '_route_events', '_transform', '_fenced', '_audit', '_append_only',
+								 '_outbox_check', '_outbox_no_truncate')
+	LOOP
+		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+	END LOOP;
+END
+$$;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) TO hub_writer;
+GRANT INSERT ON hub.outbox TO hub_writer;
+GRANT SELECT ON hub.outbox, hub.event_types, hub.endpoints, hub.subscriptions, hub.deliveries,
+	hub.attempts, hub.operator_audit TO hub_reader;
+GRANT ALL ON hub.event_types TO hub_admin;
+GRANT SELECT ON hub._endpoint_secrets TO hub_admin;
+GRANT EXECUTE ON FUNCTION
+	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb),
+	hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer),
+	hub.pause_endpoint(text, text), hub.resume_endpoint(text, text), hub.skip_delivery(bigint, text),
+	hub.replay(bigint, text)
+	TO hub_admin;
