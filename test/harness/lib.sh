@@ -81,6 +81,8 @@ lh_build_install()
 		mkdir -p "$LH_PGROOT/usr/lib/postgresql" "$LH_PGROOT/usr/share/postgresql"
 		cp -a /usr/lib/postgresql/$PG_MAJOR "$LH_PGROOT/usr/lib/postgresql/"
 		cp -a /usr/share/postgresql/$PG_MAJOR "$LH_PGROOT/usr/share/postgresql/"
+		# the relocated pg_config points at usr/include under the copy
+		ln -sfn /usr/include "$LH_PGROOT/usr/include"
 	fi
 	make -C "$LH_TOP" -s PG_CONFIG="$PG_CONFIG" all >/dev/null
 	if [ "$(id -u)" -eq 0 ] || [ -w "$($PG_CONFIG --pkglibdir)" ]; then
