@@ -231,7 +231,7 @@ CREATE TABLE hub.deliveries (
 	updated_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (subscription_id, event_id)
 );
-CREATE INDEX deliveries_ready_idx ON hub.deliveries (next_attempt_at)
+CREATE INDEX deliveries_ready_idx ON hub.deliveries (priority DESC, next_attempt_at, seq)
 	WHERE state IN ('pending', 'retry_wait');
 CREATE INDEX deliveries_leased_idx ON hub.deliveries (lease_until) WHERE state = 'in_flight';
 CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggregate_id, seq)

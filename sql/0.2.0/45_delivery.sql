@@ -131,14 +131,17 @@ BEGIN
 	-- half-open circuits whose cool-off is over let one probe through
 	UPDATE hub.endpoints e SET circuit_state = 'half_open'
 	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now();
+	-- expired leases (a worker died or hung) become claimable again; a late
+	-- result for them is fenced off because the state is no longer in_flight
+	UPDATE hub.deliveries d SET state = 'retry_wait', lease_until = NULL, next_attempt_at = now()
+	WHERE d.state = 'in_flight' AND d.lease_until < now();
 
 	RETURN QUERY
 	WITH candidates AS (
 		SELECT d.delivery_id
 		FROM hub.deliveries d
 		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
-		WHERE ((d.state IN ('pending', 'retry_wait') AND d.next_attempt_at <= now())
-			   OR (d.state = 'in_flight' AND d.lease_until < now()))
+		WHERE d.state IN ('pending', 'retry_wait') AND d.next_attempt_at <= now()
 			AND d.endpoint_id % nshards = shard
 			AND e.enabled AND NOT e.paused AND e.circuit_state <> 'open'
 			AND (d.ordering = 'none' OR NOT EXISTS (
