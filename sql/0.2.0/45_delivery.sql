@@ -323,30 +323,27 @@ AS $$
 $$;
 COMMENT ON FUNCTION hub._audit(text, text, text) IS 'API: Private. Append an operator action to hub.operator_audit.';
 
-CREATE FUNCTION hub.pause_endpoint(name text, reason text DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION hub._set_paused(p_name text, p_paused boolean, p_reason text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE hub.endpoints e SET paused = true WHERE e.name = pause_endpoint.name;
+	UPDATE hub.endpoints e SET paused = p_paused WHERE e.name = p_name;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'endpoint "%" does not exist', p_name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM hub._audit('pause_endpoint', name, reason);
+	PERFORM hub._audit(CASE WHEN p_paused THEN 'pause_endpoint' ELSE 'resume_endpoint' END, p_name, p_reason);
 END
 $$;
+COMMENT ON FUNCTION hub._set_paused(text, boolean, text) IS 'API: Private. Pause or resume an endpoint, audited.';
+
+CREATE FUNCTION hub.pause_endpoint(name text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT hub._set_paused(name, true, reason) $$;
 COMMENT ON FUNCTION hub.pause_endpoint(text, text) IS 'Stop handing out the endpoint''s deliveries (they wait, spending no attempts); audited.';
 
 CREATE FUNCTION hub.resume_endpoint(name text, reason text DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	UPDATE hub.endpoints e SET paused = false WHERE e.name = resume_endpoint.name;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM hub._audit('resume_endpoint', name, reason);
-END
-$$;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT hub._set_paused(name, false, reason) $$;
 COMMENT ON FUNCTION hub.resume_endpoint(text, text) IS 'Resume a paused endpoint; audited.';
 
 CREATE FUNCTION hub.skip_delivery(delivery_id bigint, reason text) RETURNS void
@@ -395,7 +392,7 @@ BEGIN
 			   AND p.proname IN ('publish', 'create_endpoint', 'subscribe', 'claim_deliveries',
 								 'complete_delivery', 'fail_delivery', 'defer_delivery',
 								 'pause_endpoint', 'resume_endpoint', 'skip_delivery', 'replay',
-								 '_route_events', '_transform', '_fenced', '_audit', '_append_only',
+								 '_route_events', '_transform', '_fenced', '_audit', '_append_only', '_set_paused',
 								 '_outbox_check', '_outbox_no_truncate')
 	LOOP
 		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);

@@ -1,7 +1,7 @@
 -- Operations over the outbox: dead letters, sync status, trace, replay of
 -- all dead deliveries of a subscription, and backfill of a new endpoint.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(11);
+SELECT plan(15);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', max_attempts => 1);
@@ -31,5 +31,16 @@ SELECT is((SELECT count(*) FROM hub.deliveries d JOIN hub.endpoints e USING (end
 SELECT is(hub.replay_events((SELECT subscription_id FROM hub.subscriptions s JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'portal'),
 	'backfill the new portal', published_from => now() - interval '1 day'), 2, 'replay_events backfills the new endpoint');
 SELECT throws_ok($$SELECT hub.replay_events(1, 'x')$$, '22023', 'a replay needs a time range or a correlation id', 'a replay must be bounded');
+
+-- pausing an endpoint holds its deliveries without spending attempts
+SELECT hub.pause_endpoint('portal', 'portal maintenance');
+SELECT is((SELECT count(*) FROM hub.claim_deliveries(100) c JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'portal')::int, 0,
+	'a paused endpoint''s deliveries are not handed out');
+SELECT hub.resume_endpoint('portal', 'maintenance over');
+SELECT is((SELECT count(*) FROM hub.claim_deliveries(100) c JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'portal')::int, 2,
+	'after resume they are handed out');
+SELECT is((SELECT array_agg(action || ':' || coalesce(reason, '') ORDER BY audit_id) FROM hub.operator_audit WHERE action LIKE '%endpoint'),
+	ARRAY['pause_endpoint:portal maintenance', 'resume_endpoint:maintenance over'], 'pause and resume are audited with the reason');
+SELECT throws_ok($$SELECT hub.pause_endpoint('nowhere')$$, '42704', 'endpoint "nowhere" does not exist', 'pausing an unknown endpoint fails');
 
 SELECT * FROM finish();
