@@ -59,7 +59,7 @@ INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VA
 
 CREATE TABLE hub.outbox (
 	event_id		uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	seq				bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+	seq				bigint GENERATED ALWAYS AS IDENTITY,
 	event_type		text NOT NULL,
 	aggregate_id	text NOT NULL,
 	payload			jsonb NOT NULL,
@@ -77,61 +77,103 @@ COMMENT ON TABLE hub.outbox IS
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
 
+/*
+ * _outbox_check --- contract check shared by hub.publish and plain INSERTs.
+ * Runs as the publisher (no SECURITY DEFINER, no SET clause: either would
+ * cost a GUC save and restore on every row of the hot path), so it names
+ * every object and operator with its schema.  It also stamps the columns the
+ * routing relies on, so that a plain INSERT cannot forge them: an event
+ * carrying a made-up xid below the routing watermark would never be routed.
+ */
 CREATE FUNCTION hub._outbox_check() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	t hub.event_types;
+	t record;
 	k text;
 BEGIN
-	IF TG_OP <> 'INSERT' THEN
-		RAISE EXCEPTION 'published events are immutable'
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'Publish a new event (a correction or compensation) instead.';
-	END IF;
-	IF NEW.event_type !~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' THEN
+	IF NEW.event_type OPERATOR(pg_catalog.!~) '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' THEN
 		RAISE EXCEPTION 'invalid event type: "%"', NEW.event_type
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Event types are named <entity>.<verb>, e.g. shipment.dispatched.';
+				  HINT = 'Event types are named <entity>.<verb> in lower case, e.g. shipment.dispatched.';
 	END IF;
-	IF jsonb_typeof(NEW.payload) <> 'object' THEN
+	IF NEW.aggregate_id OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'the aggregate id of a % event must not be empty', NEW.event_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass the business key the event is about (order, shipment, SKU, return number).';
+	END IF;
+	IF pg_catalog.jsonb_typeof(NEW.payload) OPERATOR(pg_catalog.<>) 'object' THEN
 		RAISE EXCEPTION 'the payload of a % event must be a JSON object', NEW.event_type
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO t FROM hub.event_types WHERE event_type = NEW.event_type;
+	NEW.xid := pg_catalog.pg_current_xact_id();
+	NEW.published_at := pg_catalog.now();
+	SELECT e.version, e.required_keys INTO t FROM hub.event_types e WHERE e.event_type = NEW.event_type;
 	IF NOT FOUND THEN
-		IF current_setting('logistics_hub.unknown_event_types', true) = 'reject' THEN
+		IF hub._unknown_event_types_rejected() THEN
 			RAISE EXCEPTION 'unknown event type: "%"', NEW.event_type
 				USING ERRCODE = 'invalid_parameter_value',
-					  HINT = 'Add it to hub.event_types, or SET logistics_hub.unknown_event_types = accept.';
+					  HINT = 'Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.';
 		END IF;
 		RETURN NEW;
 	END IF;
-	FOREACH k IN ARRAY t.required_keys LOOP
-		IF NOT NEW.payload ? k THEN
-			RAISE EXCEPTION '% event lacks the required payload key "%"', NEW.event_type, k
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = format('Contract version %s of %s requires: %s.', t.version, t.event_type,
-									  array_to_string(t.required_keys, ', '));
-		END IF;
-	END LOOP;
+	IF NOT NEW.payload OPERATOR(pg_catalog.?&) t.required_keys THEN
+		FOREACH k IN ARRAY t.required_keys LOOP
+			IF NOT NEW.payload OPERATOR(pg_catalog.?) k THEN
+				RAISE EXCEPTION '% event lacks the required payload key "%"', NEW.event_type, k
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = pg_catalog.format('Contract version %s of %s requires the keys: %s.', t.version,
+									 NEW.event_type, pg_catalog.array_to_string(t.required_keys, ', '));
+			END IF;
+		END LOOP;
+	END IF;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION hub._outbox_check() IS
-'API: Private. Trigger on hub.outbox: validates the event type and its payload contract on INSERT, refuses UPDATE and DELETE.';
-CREATE TRIGGER outbox_check BEFORE INSERT OR UPDATE OR DELETE ON hub.outbox
+'API: Private. Trigger on hub.outbox: validates the event type name and its payload contract, stamps xid and published_at.';
+CREATE TRIGGER outbox_check BEFORE INSERT ON hub.outbox
 	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
-CREATE FUNCTION hub._outbox_no_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
+
+CREATE FUNCTION hub._unknown_event_types_rejected() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_unknown_event_types_rejected' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._unknown_event_types_rejected() IS
+'API: Private. true when logistics_hub.unknown_event_types is reject.';
+CREATE FUNCTION hub._retention_active() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_retention_active' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._retention_active() IS
+'API: Private. true while the retention job has set logistics_hub._retention (superuser-only) for its transaction.';
+
+/*
+ * _immutable --- refuses UPDATE, DELETE and TRUNCATE of published events and
+ * audit rows, except to the retention job (logistics_hub._retention on).
+ * Every UPDATE is refused on the audit tables; events can never be updated.
+ */
+CREATE FUNCTION hub._immutable() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
 BEGIN
-	RAISE EXCEPTION 'published events are immutable' USING ERRCODE = 'object_not_in_prerequisite_state';
+	IF TG_OP OPERATOR(pg_catalog.<>) 'UPDATE' AND hub._retention_active() THEN
+		RETURN CASE WHEN TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN OLD END;
+	END IF;
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'outbox' THEN
+		RAISE EXCEPTION 'published events are immutable'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.format('%s on hub.outbox is refused.', TG_OP),
+				  HINT = 'Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.';
+	END IF;
+	RAISE EXCEPTION 'hub.% is append-only', TG_TABLE_NAME
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+			  DETAIL = pg_catalog.format('%s on hub.%s is refused.', TG_OP, TG_TABLE_NAME),
+			  HINT = 'Audit rows are removed by the retention job only.';
 END
 $$;
-COMMENT ON FUNCTION hub._outbox_no_truncate() IS 'API: Private. Refuses TRUNCATE of hub.outbox.';
+COMMENT ON FUNCTION hub._immutable() IS
+'API: Private. Trigger refusing UPDATE, DELETE and TRUNCATE of events and audit rows (DELETE and TRUNCATE allowed to the retention job through logistics_hub._retention).';
+CREATE TRIGGER outbox_immutable BEFORE UPDATE OR DELETE ON hub.outbox
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
-	FOR EACH STATEMENT EXECUTE FUNCTION hub._outbox_no_truncate();
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
 CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
 							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
@@ -171,8 +213,10 @@ CREATE TABLE hub.endpoints (
 	circuit_state	text NOT NULL DEFAULT 'closed' CHECK (circuit_state IN ('closed', 'open', 'half_open')),
 	circuit_opened_at timestamptz,
 	consecutive_failures integer NOT NULL DEFAULT 0,
+	circuit_probe_until timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
 
@@ -227,15 +271,25 @@ CREATE TABLE hub.deliveries (
 	next_attempt_at	timestamptz NOT NULL DEFAULT now(),
 	lease_until		timestamptz,
 	lease_token		bigint,
+	leased_by		text,
+	last_http_status integer,
 	last_error		text,
 	updated_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (subscription_id, event_id)
 );
-CREATE INDEX deliveries_ready_idx ON hub.deliveries (next_attempt_at)
-	WHERE state IN ('pending', 'retry_wait');
-CREATE INDEX deliveries_leased_idx ON hub.deliveries (lease_until) WHERE state = 'in_flight';
+/*
+ * One ready index for every claimable state, in the claim's order.  An
+ * in_flight delivery keeps next_attempt_at = lease_until, so an expired lease
+ * is just another ready row; live leases and future retries sit at the end
+ * of their priority band, so a claim reads only the rows it hands out (plus
+ * blocked successors of per_key heads), whatever the backlog.
+ */
+CREATE INDEX deliveries_ready_idx ON hub.deliveries (priority DESC, next_attempt_at, seq)
+	WHERE state IN ('pending', 'retry_wait', 'in_flight');
+-- per-key heads: the lowest open delivery of (subscription, aggregate)
 CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggregate_id, seq)
 	WHERE state NOT IN ('delivered', 'skipped');
+CREATE INDEX deliveries_subscription_state_idx ON hub.deliveries (subscription_id, state);
 CREATE INDEX deliveries_event_idx ON hub.deliveries (event_id);
 COMMENT ON TABLE hub.deliveries IS
 'One delivery per (subscription, event): pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
@@ -266,21 +320,20 @@ CREATE TABLE hub.operator_audit (
 	actor			text NOT NULL DEFAULT session_user,
 	action			text NOT NULL,
 	target			text NOT NULL,
-	reason			text
+	reason			text,
+	details			jsonb
 );
-COMMENT ON TABLE hub.operator_audit IS 'Who replayed, skipped, paused or resumed what, when and why.';
+COMMENT ON TABLE hub.operator_audit IS 'Append-only: who (session user) replayed, skipped, paused or resumed what, when and why.';
+COMMENT ON COLUMN hub.operator_audit.target IS 'What the action applied to: a delivery id, an endpoint name or subscription:<id>.';
 
-CREATE FUNCTION hub._append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-	RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'object_not_in_prerequisite_state';
-END
-$$;
-COMMENT ON FUNCTION hub._append_only() IS 'API: Private. Refuses UPDATE and DELETE on audit tables.';
-CREATE TRIGGER attempts_append_only BEFORE UPDATE ON hub.attempts
-	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+CREATE TRIGGER attempts_append_only BEFORE UPDATE OR DELETE ON hub.attempts
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER operator_audit_append_only BEFORE UPDATE OR DELETE ON hub.operator_audit
-	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
+CREATE TRIGGER attempts_no_truncate BEFORE TRUNCATE ON hub.attempts
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
+CREATE TRIGGER operator_audit_no_truncate BEFORE TRUNCATE ON hub.operator_audit
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
 CREATE TABLE hub._router_state (
 	one			boolean PRIMARY KEY DEFAULT true CHECK (one),
