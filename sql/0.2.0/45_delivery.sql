@@ -85,6 +85,7 @@ CREATE FUNCTION hub._route_events() RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
 	w_old xid8;
@@ -114,6 +115,10 @@ COMMENT ON FUNCTION hub._route_events() IS
 'API: Private. Create the deliveries of every committed event not routed yet (xid8 watermark at the snapshot xmin, safe against out-of-order commits). Returns the number created.';
 
 /*
+ * (jit is off for the claim and routing statements: their cost estimates
+ * grow with the backlog and would cross jit_above_cost, and compiling
+ * costs far more than the few rows they touch.)
+ *
  * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
  * deliveries of this shard's endpoints whose circuit is closed; otherwise
  * those of that one endpoint (a half-open probe).  The candidates are locked
@@ -129,6 +134,7 @@ RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id
 			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
 	RETURN QUERY
@@ -178,6 +184,7 @@ RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
 	n integer;
