@@ -77,14 +77,12 @@ hub_outbox_define_gucs(void)
 }
 
 /*
- * hub_unknown_event_types_rejected --- SQL hub._unknown_event_types_rejected():
- * true when logistics_hub.unknown_event_types is reject.
+ * hub_outbox_reject_unknown --- true when unknown event types are refused.
  */
-PG_FUNCTION_INFO_V1(hub_unknown_event_types_rejected);
-Datum
-hub_unknown_event_types_rejected(PG_FUNCTION_ARGS)
+bool
+hub_outbox_reject_unknown(void)
 {
-	PG_RETURN_BOOL(hub_unknown_event_types == HUB_UNKNOWN_REJECT);
+	return hub_unknown_event_types == HUB_UNKNOWN_REJECT;
 }
 
 /*

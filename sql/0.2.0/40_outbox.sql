@@ -26,7 +26,7 @@
 -- ---------------------------------------------------------------- catalogue
 
 CREATE TABLE hub.event_types (
-	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$'),
+	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' AND length(event_type) <= 127),
 	version			integer NOT NULL DEFAULT 1 CHECK (version > 0),
 	required_keys	text[] NOT NULL DEFAULT '{}',
 	description		text,
@@ -93,67 +93,28 @@ COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of 
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
 
 /*
- * _outbox_check --- contract check shared by hub.publish and plain INSERTs.
- * Runs as the publisher (no SECURITY DEFINER, no SET clause: either would
- * cost a GUC save and restore on every row of the hot path), so it names
- * every object and operator with its schema.  It also stamps the columns the
- * routing relies on, so that a plain INSERT cannot forge them: an event
- * carrying a made-up xid below the routing watermark would never be routed.
+ * _outbox_check --- contract check shared by hub.publish and plain INSERTs,
+ * in C (extension/outbox_check.c) with the catalogue cached per backend:
+ * the name, a non-empty aggregate id, a JSON object payload holding every
+ * required key, unknown types per logistics_hub.unknown_event_types; it
+ * stamps xid and published_at so that a plain INSERT cannot forge them (an
+ * event with a made-up xid below the routing watermark would never be
+ * routed).
  */
 CREATE FUNCTION hub._outbox_check() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	t record;
-	k text;
-BEGIN
-	IF NEW.event_type OPERATOR(pg_catalog.!~) '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' THEN
-		RAISE EXCEPTION 'invalid event type: "%"', NEW.event_type
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Event types are named <entity>.<verb> in lower case, e.g. shipment.dispatched.';
-	END IF;
-	IF NEW.aggregate_id OPERATOR(pg_catalog.=) '' THEN
-		RAISE EXCEPTION 'the aggregate id of a % event must not be empty', NEW.event_type
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Pass the business key the event is about (order, shipment, SKU, return number).';
-	END IF;
-	IF pg_catalog.jsonb_typeof(NEW.payload) OPERATOR(pg_catalog.<>) 'object' THEN
-		RAISE EXCEPTION 'the payload of a % event must be a JSON object', NEW.event_type
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	NEW.xid := pg_catalog.pg_current_xact_id();
-	NEW.published_at := pg_catalog.now();
-	SELECT e.version, e.required_keys INTO t FROM hub.event_types e WHERE e.event_type = NEW.event_type;
-	IF NOT FOUND THEN
-		IF hub._unknown_event_types_rejected() THEN
-			RAISE EXCEPTION 'unknown event type: "%"', NEW.event_type
-				USING ERRCODE = 'invalid_parameter_value',
-					  HINT = 'Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.';
-		END IF;
-		RETURN NEW;
-	END IF;
-	IF NOT NEW.payload OPERATOR(pg_catalog.?&) t.required_keys THEN
-		FOREACH k IN ARRAY t.required_keys LOOP
-			IF NOT NEW.payload OPERATOR(pg_catalog.?) k THEN
-				RAISE EXCEPTION '% event lacks the required payload key "%"', NEW.event_type, k
-					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = pg_catalog.format('Contract version %s of %s requires the keys: %s.', t.version,
-									 NEW.event_type, pg_catalog.array_to_string(t.required_keys, ', '));
-			END IF;
-		END LOOP;
-	END IF;
-	RETURN NEW;
-END
-$$;
+	AS 'MODULE_PATHNAME', 'hub_outbox_check' LANGUAGE C;
 COMMENT ON FUNCTION hub._outbox_check() IS
 'API: Private. Trigger on hub.outbox: validates the event type name and its payload contract, stamps xid and published_at.';
 CREATE TRIGGER outbox_check BEFORE INSERT ON hub.outbox
 	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
 
-CREATE FUNCTION hub._unknown_event_types_rejected() RETURNS boolean
-	AS 'MODULE_PATHNAME', 'hub_unknown_event_types_rejected' LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION hub._unknown_event_types_rejected() IS
-'API: Private. true when logistics_hub.unknown_event_types is reject.';
+CREATE FUNCTION hub._event_types_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'hub_event_types_changed' LANGUAGE C;
+COMMENT ON FUNCTION hub._event_types_changed() IS
+'API: Private. Statement trigger on hub.event_types: every backend drops its catalogue cache at commit.';
+CREATE TRIGGER event_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON hub.event_types
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._event_types_changed();
+
 CREATE FUNCTION hub._retention_active() RETURNS boolean
 	AS 'MODULE_PATHNAME', 'hub_retention_active' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub._retention_active() IS

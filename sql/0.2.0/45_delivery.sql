@@ -593,6 +593,5 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._unknown_event_types_rejected() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub._unknown_event_types_rejected() TO hub_writer;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed() FROM PUBLIC;
 GRANT SELECT ON hub.event_types TO hub_writer;
