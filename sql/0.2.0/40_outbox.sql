@@ -57,8 +57,13 @@ INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VA
 
 -- ---------------------------------------------------------------- outbox
 
+CREATE FUNCTION hub._uuid_v7() RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_uuid_v7' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._uuid_v7() IS
+'API: Private. A time-ordered (RFC 9562 version 7) UUID: event ids land at the right edge of the primary key index.';
+
 CREATE TABLE hub.outbox (
-	event_id		uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	event_id		uuid PRIMARY KEY DEFAULT hub._uuid_v7(),
 	seq				bigint GENERATED ALWAYS AS IDENTITY,
 	event_type		text NOT NULL,
 	aggregate_id	text NOT NULL,
@@ -89,6 +94,7 @@ CREATE INDEX outbox_xid_idx ON hub.outbox USING brin (xid) WITH (pages_per_range
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
 'Published events, immutable. Write with hub.publish() or a plain INSERT in the application''s transaction; nothing is routed or delivered unless that transaction commits.';
+COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key: a time-ordered UUID (version 7), kept by every replay.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
 
@@ -164,7 +170,7 @@ RETURNS uuid
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	id uuid := pg_catalog.gen_random_uuid();
+	id uuid := hub._uuid_v7();
 BEGIN
 	INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at)
 	VALUES (id, event_type, aggregate_id, payload, correlation_id, causation_id,

@@ -593,5 +593,6 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._uuid_v7() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._uuid_v7() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;
