@@ -18,7 +18,10 @@
  * type requires (naming the first missing one), refuses unknown types when
  * logistics_hub.unknown_event_types = reject, and stamps xid (the top-level
  * transaction id, for the routing watermark) and published_at, so that a
- * plain INSERT cannot forge them.  Every error is 22023 with core wording.
+ * plain INSERT cannot forge them.  The event id must carry the inserting
+ * transaction's id (extension/outbox_event_id.c): the default does, and a
+ * foreign id is refused, since routing finds events by that prefix.  Every
+ * error is 22023 with core wording.
  *
  * extension/outbox_check.c
  *
@@ -40,6 +43,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 #include "utils/xid8.h"
 
 #include "outbox.h"
@@ -198,7 +202,8 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TupleDesc	desc;
 	HeapTuple	tuple;
-	int			att_type,
+	int			att_id,
+				att_type,
 				att_agg,
 				att_payload,
 				att_xid,
@@ -209,9 +214,11 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	int			len;
 	Jsonb	   *payload;
 	EventTypeEntry *e;
-	int			cols[2];
-	Datum		vals[2];
-	bool		nulls[2] = {false, false};
+	uint64		top_xid;
+	int			ncols = 2;
+	int			cols[3];
+	Datum		vals[3];
+	bool		nulls[3] = {false, false, false};
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
@@ -219,12 +226,13 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 
 	desc = RelationGetDescr(trigdata->tg_relation);
 	tuple = trigdata->tg_trigtuple;
+	att_id = SPI_fnumber(desc, "event_id");
 	att_type = SPI_fnumber(desc, "event_type");
 	att_agg = SPI_fnumber(desc, "aggregate_id");
 	att_payload = SPI_fnumber(desc, "payload");
 	att_xid = SPI_fnumber(desc, "xid");
 	att_published = SPI_fnumber(desc, "published_at");
-	if (att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_xid <= 0 || att_published <= 0)
+	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_xid <= 0 || att_published <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 
 	/* NOT NULL constraints are checked after BEFORE triggers: leave NULLs to them */
@@ -284,11 +292,30 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 								   e->version, name, keys_list(e))));
 	}
 
+	top_xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	{
+		Datum		id = heap_getattr(tuple, att_id, desc, &isnull);
+		uint64		id_xid;
+
+		if (isnull)
+		{
+			cols[2] = att_id;
+			vals[2] = DirectFunctionCall1(hub_event_id, (Datum) 0);
+			ncols = 3;
+		}
+		else if (!hub_event_id_xid(DatumGetUUIDP(id), &id_xid) || id_xid != top_xid)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event id \"%s\" was not made by this transaction",
+							DatumGetCString(DirectFunctionCall1(uuid_out, id))),
+					 errdetail("Event ids carry the publishing transaction's id, which routing relies on."),
+					 errhint("Leave event_id to its default; hub.publish returns the id, and INSERT ... RETURNING event_id gives it back.")));
+	}
 	cols[0] = att_xid;
-	vals[0] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	vals[0] = UInt64GetDatum(top_xid);
 	cols[1] = att_published;
 	vals[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 2, cols, vals, nulls));
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, ncols, cols, vals, nulls));
 }
 
 /*

@@ -57,13 +57,23 @@ INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VA
 
 -- ---------------------------------------------------------------- outbox
 
-CREATE FUNCTION hub._uuid_v7() RETURNS uuid
-	AS 'MODULE_PATHNAME', 'hub_uuid_v7' LANGUAGE C VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION hub._uuid_v7() IS
-'API: Private. A time-ordered (RFC 9562 version 7) UUID: event ids land at the right edge of the primary key index.';
+/*
+ * Event ids lead with the publishing transaction's xid8 (a version 8 UUID,
+ * extension/outbox_event_id.c): the primary key then serves the routing
+ * scan (event_id >= _event_id_floor(watermark)) and the publisher writes no
+ * second index entry.
+ */
+CREATE FUNCTION hub._event_id() RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION hub._event_id() IS
+'API: Private. A new event id: a UUID (version 8) leading with the current transaction''s xid8, so ids sort by publishing transaction.';
+CREATE FUNCTION hub._event_id_floor(xid8) RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id_floor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._event_id_floor(xid8) IS
+'API: Private. The lowest event id a transaction with this xid8 or a later one can have.';
 
 CREATE TABLE hub.outbox (
-	event_id		uuid PRIMARY KEY DEFAULT hub._uuid_v7(),
+	event_id		uuid PRIMARY KEY DEFAULT hub._event_id(),
 	seq				bigint GENERATED ALWAYS AS IDENTITY,
 	event_type		text NOT NULL,
 	aggregate_id	text NOT NULL,
@@ -75,26 +85,10 @@ CREATE TABLE hub.outbox (
 	published_at	timestamptz NOT NULL DEFAULT now(),
 	xid				xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
-/*
- * Routing reads the events with xid >= watermark: a BRIN index (xids grow
- * with insertion order) costs the publisher next to nothing, where a btree
- * would be a second index write on every publish.  PostgreSQL 15 has no
- * BRIN operator class for xid8; the generic minmax support does the work.
- */
-CREATE OPERATOR CLASS hub._xid8_minmax_ops DEFAULT FOR TYPE xid8 USING brin AS
-	OPERATOR 1 pg_catalog.< (xid8, xid8), OPERATOR 2 pg_catalog.<= (xid8, xid8),
-	OPERATOR 3 pg_catalog.= (xid8, xid8), OPERATOR 4 pg_catalog.>= (xid8, xid8),
-	OPERATOR 5 pg_catalog.> (xid8, xid8),
-	FUNCTION 1 pg_catalog.brin_minmax_opcinfo(internal),
-	FUNCTION 2 pg_catalog.brin_minmax_add_value(internal, internal, internal, internal),
-	FUNCTION 3 pg_catalog.brin_minmax_consistent(internal, internal, internal),
-	FUNCTION 4 pg_catalog.brin_minmax_union(internal, internal, internal);
-COMMENT ON OPERATOR CLASS hub._xid8_minmax_ops USING brin IS 'API: Private. BRIN minmax for xid8 (routing watermark scans).';
-CREATE INDEX outbox_xid_idx ON hub.outbox USING brin (xid) WITH (pages_per_range = 16, autosummarize = on);
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
 'Published events, immutable. Write with hub.publish() or a plain INSERT in the application''s transaction; nothing is routed or delivered unless that transaction commits.';
-COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key: a time-ordered UUID (version 7), kept by every replay.';
+COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key, kept by every replay: a UUID (version 8) leading with the publishing transaction''s xid8, assigned by the hub.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
 
@@ -170,7 +164,7 @@ RETURNS uuid
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	id uuid := hub._uuid_v7();
+	id uuid := hub._event_id();
 BEGIN
 	INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at)
 	VALUES (id, event_type, aggregate_id, payload, correlation_id, causation_id,

@@ -104,7 +104,7 @@ BEGIN
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
 		AND (s.filter IS NULL OR o.payload @> s.filter)
 		AND s.created_at <= o.published_at
-	WHERE o.xid >= w_old
+	WHERE o.event_id >= hub._event_id_floor(w_old)		-- ids lead with the xid: a primary key range
 	ON CONFLICT (subscription_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE hub._router_state SET watermark = greatest(w_old, w_new);
@@ -593,6 +593,6 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._uuid_v7() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub._uuid_v7() TO hub_writer;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;
