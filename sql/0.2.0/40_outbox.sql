@@ -152,26 +152,16 @@ CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
 	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
 /*
- * publish --- plpgsql (its INSERT plan is cached for the session) and
- * SECURITY INVOKER: the publisher needs INSERT on hub.outbox, which
- * hub_writer has; the id is made here so no RETURNING (and no SELECT
- * privilege) is needed.
+ * publish --- in C (extension/outbox_publish.c): one INSERT through a plan
+ * prepared once per backend, SECURITY INVOKER (the publisher needs INSERT on
+ * hub.outbox, which hub_writer has), so the contract trigger and every
+ * constraint apply exactly as to a plain INSERT.
  */
 CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
 							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
 							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now())
 RETURNS uuid
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	id uuid := hub._event_id();
-BEGIN
-	INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at)
-	VALUES (id, event_type, aggregate_id, payload, correlation_id, causation_id,
-			COALESCE(headers, '{}'), COALESCE(occurred_at, pg_catalog.now()));
-	RETURN id;
-END
-$$;
+	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) IS
 'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types.';
 
