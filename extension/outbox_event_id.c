@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_event_id.c
- *		Event ids that sort by publishing transaction: hub._event_id() and
- *		hub._event_id_floor(xid8).
+ *		Event ids that sort by publishing transaction: hub._event_id(),
+ *		hub._event_id_floor(xid8) and hub._event_id_ceiling(xid8).
  *
  * An event id is the receivers' idempotency key; it must be unique, not
  * secret.  Routing needs the events whose transaction id is at or above a
@@ -95,6 +95,21 @@ hub_event_id(PG_FUNCTION_ARGS)
 
 	make_event_id(uuid, U64FromFullTransactionId(GetTopFullTransactionId()),
 				  event_counter++, (uint32) pg_prng_uint64(&pg_global_prng_state));
+	PG_RETURN_UUID_P(uuid);
+}
+
+/*
+ * hub_event_id_ceiling --- SQL hub._event_id_ceiling(xid8): the highest
+ * event id a transaction with that id can have.
+ */
+PG_FUNCTION_INFO_V1(hub_event_id_ceiling);
+Datum
+hub_event_id_ceiling(PG_FUNCTION_ARGS)
+{
+	FullTransactionId xid = PG_GETARG_FULLTRANSACTIONID(0);
+	pg_uuid_t  *uuid = palloc(UUID_LEN);
+
+	make_event_id(uuid, U64FromFullTransactionId(xid), 0xFFFFFFFF, 0xFFFFFFFF);
 	PG_RETURN_UUID_P(uuid);
 }
 

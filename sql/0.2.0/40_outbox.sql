@@ -71,6 +71,10 @@ CREATE FUNCTION hub._event_id_floor(xid8) RETURNS uuid
 	AS 'MODULE_PATHNAME', 'hub_event_id_floor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION hub._event_id_floor(xid8) IS
 'API: Private. The lowest event id a transaction with this xid8 or a later one can have.';
+CREATE FUNCTION hub._event_id_ceiling(xid8) RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id_ceiling' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._event_id_ceiling(xid8) IS
+'API: Private. The highest event id a transaction with this xid8 can have.';
 
 CREATE TABLE hub.outbox (
 	event_id		uuid PRIMARY KEY DEFAULT hub._event_id(),
@@ -311,8 +315,9 @@ CREATE TRIGGER operator_audit_no_truncate BEFORE TRUNCATE ON hub.operator_audit
 
 CREATE TABLE hub._router_state (
 	one			boolean PRIMARY KEY DEFAULT true CHECK (one),
-	watermark	xid8 NOT NULL
+	watermark	xid8 NOT NULL,
+	snapshot	pg_snapshot NOT NULL
 );
 COMMENT ON TABLE hub._router_state IS
-'API: Private. Routing watermark: every event of a transaction whose xid is below it has been routed.';
-INSERT INTO hub._router_state VALUES (true, pg_current_xact_id());
+'API: Private. Routing state: every event of a transaction that had ended at snapshot (below its xmin = watermark, or below its xmax and not in its in-progress list) has been routed.';
+INSERT INTO hub._router_state VALUES (true, pg_snapshot_xmin(pg_current_snapshot()), pg_current_snapshot());

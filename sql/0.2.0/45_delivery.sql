@@ -73,13 +73,19 @@ COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, int
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
- * Serialized by the row lock on hub._router_state.  A pass considers the
- * events with xid >= watermark that its snapshot sees (committed ones only)
- * and then raises the watermark to the snapshot's xmin: every transaction
- * below it has ended, so nothing below can still appear, while an event of a
- * transaction still running (xid >= xmin) is looked at again by the next pass
- * (ON CONFLICT keeps that idempotent).  No routing waits for a long
- * transaction; it only makes the re-examined window longer.
+ * Serialized by the row lock on hub._router_state (a second router skips).
+ * Sequence numbers commit out of order, so routing follows transactions,
+ * not an id cursor.  The state keeps the snapshot S taken at the start of
+ * the last pass: every event of a transaction that had ended at S is
+ * routed.  The events that may not be are therefore those of transactions
+ * in progress at S (its xip list) or starting later (xid >= its xmax); event
+ * ids lead with their transaction's xid, so both are primary key ranges.
+ * A pass routes the committed ones among them and stores its own starting
+ * snapshot.  An event whose transaction commits after later ones were
+ * routed and delivered is thus still routed; a long-running transaction
+ * delays only its own events and does not make every pass re-read what
+ * was published since it began.  ON CONFLICT keeps re-examined events
+ * idempotent.
  */
 CREATE FUNCTION hub._route_events() RETURNS bigint
 LANGUAGE plpgsql
@@ -88,31 +94,37 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 DECLARE
-	w_old xid8;
-	w_new xid8 := pg_snapshot_xmin(pg_current_snapshot());
+	cur pg_snapshot := pg_current_snapshot();
+	prev pg_snapshot;
 	n bigint;
 BEGIN
-	SELECT watermark INTO w_old FROM hub._router_state FOR UPDATE SKIP LOCKED;
+	SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN 0;				-- another router is at work
 	END IF;
 	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
-	FROM hub.outbox o
+	FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+		  FROM hub.outbox o
+		  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+		  UNION ALL
+		  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+		  FROM pg_snapshot_xip(prev) x
+		  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
 	JOIN hub.subscriptions s
 		ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
 		AND (s.filter IS NULL OR o.payload @> s.filter)
 		AND s.created_at <= o.published_at
-	WHERE o.event_id >= hub._event_id_floor(w_old)		-- ids lead with the xid: a primary key range
+	ORDER BY o.event_id, s.subscription_id
 	ON CONFLICT (subscription_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
-	UPDATE hub._router_state SET watermark = greatest(w_old, w_new);
+	UPDATE hub._router_state SET snapshot = cur, watermark = pg_snapshot_xmin(cur);
 	RETURN n;
 END
 $$;
 COMMENT ON FUNCTION hub._route_events() IS
-'API: Private. Create the deliveries of every committed event not routed yet (xid8 watermark at the snapshot xmin, safe against out-of-order commits). Returns the number created.';
+'API: Private. Create the deliveries of every committed event not routed yet (follows the transactions of the last routing snapshot, safe against out-of-order commits). Returns the number created.';
 
 /*
  * (jit is off for the claim and routing statements: their cost estimates
@@ -593,6 +605,6 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;
