@@ -24,27 +24,16 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "outbox.h"
+
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* logistics_hub.unknown_event_types: what hub.publish does with an event type
- * missing from hub.event_types. */
-static const struct config_enum_entry unknown_event_type_options[] = {
-	{"accept", 0, false},
-	{"reject", 1, false},
-	{NULL, 0, false}
-};
-static int	hub_unknown_event_types = 0;
-
 void
 _PG_init(void)
 {
-	DefineCustomEnumVariable("logistics_hub.unknown_event_types",
-							 "What publishing an event type missing from hub.event_types does.",
-							 "accept stores it without a contract check; reject raises 22023.",
-							 &hub_unknown_event_types, 0, unknown_event_type_options,
-							 PGC_USERSET, 0, NULL, NULL, NULL);
+	hub_outbox_define_gucs();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("logistics_hub");
 #else

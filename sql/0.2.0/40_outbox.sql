@@ -26,7 +26,7 @@
 -- ---------------------------------------------------------------- catalogue
 
 CREATE TABLE hub.event_types (
-	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$'),
+	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' AND length(event_type) <= 127),
 	version			integer NOT NULL DEFAULT 1 CHECK (version > 0),
 	required_keys	text[] NOT NULL DEFAULT '{}',
 	description		text,
@@ -57,9 +57,28 @@ INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VA
 
 -- ---------------------------------------------------------------- outbox
 
+/*
+ * Event ids lead with the publishing transaction's xid8 (a version 8 UUID,
+ * extension/outbox_event_id.c): the primary key then serves the routing
+ * scan (event_id >= _event_id_floor(watermark)) and the publisher writes no
+ * second index entry.
+ */
+CREATE FUNCTION hub._event_id() RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION hub._event_id() IS
+'API: Private. A new event id: a UUID (version 8) leading with the current transaction''s xid8, so ids sort by publishing transaction.';
+CREATE FUNCTION hub._event_id_floor(xid8) RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id_floor' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._event_id_floor(xid8) IS
+'API: Private. The lowest event id a transaction with this xid8 or a later one can have.';
+CREATE FUNCTION hub._event_id_ceiling(xid8) RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_event_id_ceiling' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._event_id_ceiling(xid8) IS
+'API: Private. The highest event id a transaction with this xid8 can have.';
+
 CREATE TABLE hub.outbox (
-	event_id		uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	seq				bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+	event_id		uuid PRIMARY KEY DEFAULT hub._event_id(),
+	seq				bigint GENERATED ALWAYS AS IDENTITY,
 	event_type		text NOT NULL,
 	aggregate_id	text NOT NULL,
 	payload			jsonb NOT NULL,
@@ -70,82 +89,83 @@ CREATE TABLE hub.outbox (
 	published_at	timestamptz NOT NULL DEFAULT now(),
 	xid				xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
-CREATE INDEX outbox_xid_idx ON hub.outbox (xid);
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
 'Published events, immutable. Write with hub.publish() or a plain INSERT in the application''s transaction; nothing is routed or delivered unless that transaction commits.';
+COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key, kept by every replay: a UUID (version 8) leading with the publishing transaction''s xid8, assigned by the hub.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
 
+/*
+ * _outbox_check --- contract check shared by hub.publish and plain INSERTs,
+ * in C (extension/outbox_check.c) with the catalogue cached per backend:
+ * the name, a non-empty aggregate id, a JSON object payload holding every
+ * required key, unknown types per logistics_hub.unknown_event_types; it
+ * stamps xid and published_at so that a plain INSERT cannot forge them (an
+ * event with a made-up xid below the routing watermark would never be
+ * routed).
+ */
 CREATE FUNCTION hub._outbox_check() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'hub_outbox_check' LANGUAGE C;
+COMMENT ON FUNCTION hub._outbox_check() IS
+'API: Private. Trigger on hub.outbox: validates the event type name and its payload contract, stamps xid and published_at.';
+CREATE TRIGGER outbox_check BEFORE INSERT ON hub.outbox
+	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
+
+CREATE FUNCTION hub._event_types_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'hub_event_types_changed' LANGUAGE C;
+COMMENT ON FUNCTION hub._event_types_changed() IS
+'API: Private. Statement trigger on hub.event_types: every backend drops its catalogue cache at commit.';
+CREATE TRIGGER event_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON hub.event_types
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._event_types_changed();
+
+CREATE FUNCTION hub._retention_active() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_retention_active' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._retention_active() IS
+'API: Private. true while the retention job has set logistics_hub._retention (superuser-only) for its transaction.';
+
+/*
+ * _immutable --- refuses UPDATE, DELETE and TRUNCATE of published events and
+ * audit rows, except to the retention job (logistics_hub._retention on).
+ * Every UPDATE is refused on the audit tables; events can never be updated.
+ */
+CREATE FUNCTION hub._immutable() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	t hub.event_types;
-	k text;
 BEGIN
-	IF TG_OP <> 'INSERT' THEN
+	IF TG_OP OPERATOR(pg_catalog.<>) 'UPDATE' AND hub._retention_active() THEN
+		RETURN CASE WHEN TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN OLD END;
+	END IF;
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'outbox' THEN
 		RAISE EXCEPTION 'published events are immutable'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  HINT = 'Publish a new event (a correction or compensation) instead.';
+				  DETAIL = pg_catalog.format('%s on hub.outbox is refused.', TG_OP),
+				  HINT = 'Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.';
 	END IF;
-	IF NEW.event_type !~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' THEN
-		RAISE EXCEPTION 'invalid event type: "%"', NEW.event_type
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Event types are named <entity>.<verb>, e.g. shipment.dispatched.';
-	END IF;
-	IF jsonb_typeof(NEW.payload) <> 'object' THEN
-		RAISE EXCEPTION 'the payload of a % event must be a JSON object', NEW.event_type
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	SELECT * INTO t FROM hub.event_types WHERE event_type = NEW.event_type;
-	IF NOT FOUND THEN
-		IF current_setting('logistics_hub.unknown_event_types', true) = 'reject' THEN
-			RAISE EXCEPTION 'unknown event type: "%"', NEW.event_type
-				USING ERRCODE = 'invalid_parameter_value',
-					  HINT = 'Add it to hub.event_types, or SET logistics_hub.unknown_event_types = accept.';
-		END IF;
-		RETURN NEW;
-	END IF;
-	FOREACH k IN ARRAY t.required_keys LOOP
-		IF NOT NEW.payload ? k THEN
-			RAISE EXCEPTION '% event lacks the required payload key "%"', NEW.event_type, k
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = format('Contract version %s of %s requires: %s.', t.version, t.event_type,
-									  array_to_string(t.required_keys, ', '));
-		END IF;
-	END LOOP;
-	RETURN NEW;
+	RAISE EXCEPTION 'hub.% is append-only', TG_TABLE_NAME
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+			  DETAIL = pg_catalog.format('%s on hub.%s is refused.', TG_OP, TG_TABLE_NAME),
+			  HINT = 'Audit rows are removed by the retention job only.';
 END
 $$;
-COMMENT ON FUNCTION hub._outbox_check() IS
-'API: Private. Trigger on hub.outbox: validates the event type and its payload contract on INSERT, refuses UPDATE and DELETE.';
-CREATE TRIGGER outbox_check BEFORE INSERT OR UPDATE OR DELETE ON hub.outbox
-	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
-CREATE FUNCTION hub._outbox_no_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-	RAISE EXCEPTION 'published events are immutable' USING ERRCODE = 'object_not_in_prerequisite_state';
-END
-$$;
-COMMENT ON FUNCTION hub._outbox_no_truncate() IS 'API: Private. Refuses TRUNCATE of hub.outbox.';
+COMMENT ON FUNCTION hub._immutable() IS
+'API: Private. Trigger refusing UPDATE, DELETE and TRUNCATE of events and audit rows (DELETE and TRUNCATE allowed to the retention job through logistics_hub._retention).';
+CREATE TRIGGER outbox_immutable BEFORE UPDATE OR DELETE ON hub.outbox
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
-	FOR EACH STATEMENT EXECUTE FUNCTION hub._outbox_no_truncate();
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
+/*
+ * publish --- in C (extension/outbox_publish.c): one INSERT through a plan
+ * prepared once per backend, SECURITY INVOKER (the publisher needs INSERT on
+ * hub.outbox, which hub_writer has), so the contract trigger and every
+ * constraint apply exactly as to a plain INSERT.
+ */
 CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
 							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
 							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now())
 RETURNS uuid
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-	INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at)
-	VALUES (event_type, aggregate_id, payload, correlation_id, causation_id,
-			coalesce(headers, '{}'), coalesce(occurred_at, now()))
-	RETURNING event_id
-$$;
+	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) IS
 'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types.';
 
@@ -171,8 +191,10 @@ CREATE TABLE hub.endpoints (
 	circuit_state	text NOT NULL DEFAULT 'closed' CHECK (circuit_state IN ('closed', 'open', 'half_open')),
 	circuit_opened_at timestamptz,
 	consecutive_failures integer NOT NULL DEFAULT 0,
+	circuit_probe_until timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
 
@@ -227,15 +249,25 @@ CREATE TABLE hub.deliveries (
 	next_attempt_at	timestamptz NOT NULL DEFAULT now(),
 	lease_until		timestamptz,
 	lease_token		bigint,
+	leased_by		text,
+	last_http_status integer,
 	last_error		text,
 	updated_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (subscription_id, event_id)
 );
+/*
+ * One ready index for every claimable state, in the claim's order.  An
+ * in_flight delivery keeps next_attempt_at = lease_until, so an expired lease
+ * is just another ready row; live leases and future retries sit at the end
+ * of their priority band, so a claim reads only the rows it hands out (plus
+ * blocked successors of per_key heads), whatever the backlog.
+ */
 CREATE INDEX deliveries_ready_idx ON hub.deliveries (priority DESC, next_attempt_at, seq)
-	WHERE state IN ('pending', 'retry_wait');
-CREATE INDEX deliveries_leased_idx ON hub.deliveries (lease_until) WHERE state = 'in_flight';
+	WHERE state IN ('pending', 'retry_wait', 'in_flight');
+-- per-key heads: the lowest open delivery of (subscription, aggregate)
 CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggregate_id, seq)
 	WHERE state NOT IN ('delivered', 'skipped');
+CREATE INDEX deliveries_subscription_state_idx ON hub.deliveries (subscription_id, state);
 CREATE INDEX deliveries_event_idx ON hub.deliveries (event_id);
 COMMENT ON TABLE hub.deliveries IS
 'One delivery per (subscription, event): pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
@@ -266,26 +298,26 @@ CREATE TABLE hub.operator_audit (
 	actor			text NOT NULL DEFAULT session_user,
 	action			text NOT NULL,
 	target			text NOT NULL,
-	reason			text
+	reason			text,
+	details			jsonb
 );
-COMMENT ON TABLE hub.operator_audit IS 'Who replayed, skipped, paused or resumed what, when and why.';
+COMMENT ON TABLE hub.operator_audit IS 'Append-only: who (session user) replayed, skipped, paused or resumed what, when and why.';
+COMMENT ON COLUMN hub.operator_audit.target IS 'What the action applied to: a delivery id, an endpoint name or subscription:<id>.';
 
-CREATE FUNCTION hub._append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-	RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'object_not_in_prerequisite_state';
-END
-$$;
-COMMENT ON FUNCTION hub._append_only() IS 'API: Private. Refuses UPDATE and DELETE on audit tables.';
-CREATE TRIGGER attempts_append_only BEFORE UPDATE ON hub.attempts
-	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+CREATE TRIGGER attempts_append_only BEFORE UPDATE OR DELETE ON hub.attempts
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER operator_audit_append_only BEFORE UPDATE OR DELETE ON hub.operator_audit
-	FOR EACH ROW EXECUTE FUNCTION hub._append_only();
+	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
+CREATE TRIGGER attempts_no_truncate BEFORE TRUNCATE ON hub.attempts
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
+CREATE TRIGGER operator_audit_no_truncate BEFORE TRUNCATE ON hub.operator_audit
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
 CREATE TABLE hub._router_state (
 	one			boolean PRIMARY KEY DEFAULT true CHECK (one),
-	watermark	xid8 NOT NULL
+	watermark	xid8 NOT NULL,
+	snapshot	pg_snapshot NOT NULL
 );
 COMMENT ON TABLE hub._router_state IS
-'API: Private. Routing watermark: every event of a transaction whose xid is below it has been routed.';
-INSERT INTO hub._router_state VALUES (true, pg_current_xact_id());
+'API: Private. Routing state: every event of a transaction that had ended at snapshot (below its xmin = watermark, or below its xmax and not in its in-progress list) has been routed.';
+INSERT INTO hub._router_state VALUES (true, pg_snapshot_xmin(pg_current_snapshot()), pg_current_snapshot());

@@ -73,88 +73,104 @@ COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, int
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
- * Serialized by the row lock on hub._router_state.  A pass considers the
- * events with xid >= watermark that its snapshot sees (committed ones only)
- * and then raises the watermark to the snapshot's xmin: every transaction
- * below it has ended, so nothing below can still appear, while an event of a
- * transaction still running (xid >= xmin) is looked at again by the next pass
- * (ON CONFLICT keeps that idempotent).  No routing waits for a long
- * transaction; it only makes the re-examined window longer.
+ * Serialized by the row lock on hub._router_state (a second router skips).
+ * Sequence numbers commit out of order, so routing follows transactions,
+ * not an id cursor.  The state keeps the snapshot S taken at the start of
+ * the last pass: every event of a transaction that had ended at S is
+ * routed.  The events that may not be are therefore those of transactions
+ * in progress at S (its xip list) or starting later (xid >= its xmax); event
+ * ids lead with their transaction's xid, so both are primary key ranges.
+ * A pass routes the committed ones among them and stores its own starting
+ * snapshot.  An event whose transaction commits after later ones were
+ * routed and delivered is thus still routed; a long-running transaction
+ * delays only its own events and does not make every pass re-read what
+ * was published since it began.  ON CONFLICT keeps re-examined events
+ * idempotent.
  */
 CREATE FUNCTION hub._route_events() RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
-	w_old xid8;
-	w_new xid8 := pg_snapshot_xmin(pg_current_snapshot());
+	cur pg_snapshot := pg_current_snapshot();
+	prev pg_snapshot;
 	n bigint;
 BEGIN
-	SELECT watermark INTO w_old FROM hub._router_state FOR UPDATE SKIP LOCKED;
+	SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN 0;				-- another router is at work
 	END IF;
 	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
-	FROM hub.outbox o
+	FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+		  FROM hub.outbox o
+		  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+		  UNION ALL
+		  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+		  FROM pg_snapshot_xip(prev) x
+		  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
 	JOIN hub.subscriptions s
 		ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
 		AND (s.filter IS NULL OR o.payload @> s.filter)
 		AND s.created_at <= o.published_at
-	WHERE o.xid >= w_old
+	ORDER BY o.event_id, s.subscription_id
 	ON CONFLICT (subscription_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
-	UPDATE hub._router_state SET watermark = greatest(w_old, w_new);
+	UPDATE hub._router_state SET snapshot = cur, watermark = pg_snapshot_xmin(cur);
 	RETURN n;
 END
 $$;
 COMMENT ON FUNCTION hub._route_events() IS
-'API: Private. Create the deliveries of every committed event not routed yet (xid8 watermark at the snapshot xmin, safe against out-of-order commits). Returns the number created.';
+'API: Private. Create the deliveries of every committed event not routed yet (follows the transactions of the last routing snapshot, safe against out-of-order commits). Returns the number created.';
 
-CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
-		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1)
+/*
+ * (jit is off for the claim and routing statements: their cost estimates
+ * grow with the backlog and would cross jit_above_cost, and compiling
+ * costs far more than the few rows they touch.)
+ *
+ * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
+ * deliveries of this shard's endpoints whose circuit is closed; otherwise
+ * those of that one endpoint (a half-open probe).  The candidates are locked
+ * FOR UPDATE SKIP LOCKED in the same statement that updates them, so under
+ * READ COMMITTED a row another claimer changed meanwhile is re-checked
+ * against the WHERE clause (EvalPlanQual) and one locked by another claimer
+ * is skipped: no delivery is handed out twice and no claim waits.
+ */
+CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
 			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 BEGIN
-	IF max IS NULL OR max < 1 OR nshards < 1 OR shard < 0 OR shard >= nshards THEN
-		RAISE EXCEPTION 'invalid claim: max %, shard % of %', max, shard, nshards
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	PERFORM hub._route_events();
-	-- half-open circuits whose cool-off is over let one probe through
-	UPDATE hub.endpoints e SET circuit_state = 'half_open'
-	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now();
-	-- expired leases (a worker died or hung) become claimable again; a late
-	-- result for them is fenced off because the state is no longer in_flight
-	UPDATE hub.deliveries d SET state = 'retry_wait', lease_until = NULL, next_attempt_at = now()
-	WHERE d.state = 'in_flight' AND d.lease_until < now();
-
 	RETURN QUERY
 	WITH candidates AS (
 		SELECT d.delivery_id
 		FROM hub.deliveries d
 		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
-		WHERE d.state IN ('pending', 'retry_wait') AND d.next_attempt_at <= now()
-			AND d.endpoint_id % nshards = shard
-			AND e.enabled AND NOT e.paused AND e.circuit_state <> 'open'
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND d.endpoint_id % p_nshards = p_shard
+					 ELSE d.endpoint_id = p_endpoint END
 			AND (d.ordering = 'none' OR NOT EXISTS (
 				SELECT 1 FROM hub.deliveries p
 				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
 					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
 		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
-		LIMIT max
+		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
 	), claimed AS (
 		UPDATE hub.deliveries d
-		SET state = 'in_flight', lease_until = now() + lease,
-			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1, updated_at = now()
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
 		FROM candidates c
 		WHERE d.delivery_id = c.delivery_id
 		RETURNING d.*
@@ -169,8 +185,69 @@ BEGIN
 	ORDER BY c.priority DESC, c.seq;
 END
 $$;
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe).';
+
+CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
+		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1)
+RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	n integer;
+	ep integer;
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'invalid claim size: %', coalesce(max::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim at least one delivery.';
+	END IF;
+	IF nshards IS NULL OR shard IS NULL OR nshards < 1 OR shard < 0 OR shard >= nshards THEN
+		RAISE EXCEPTION 'invalid shard: % of %', coalesce(shard::text, 'NULL'), coalesce(nshards::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'shard must be between 0 and nshards - 1.';
+	END IF;
+	IF lease IS NULL OR lease <= interval '0' THEN
+		RAISE EXCEPTION 'invalid lease: "%"', coalesce(lease::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'A lease must be a positive interval.';
+	END IF;
+	PERFORM hub._route_events();
+
+	RETURN QUERY SELECT * FROM hub._claim(max, worker, lease, shard, nshards, NULL);
+	GET DIAGNOSTICS n = ROW_COUNT;
+
+	/*
+	 * Circuits: an open circuit whose cool-off is over turns half_open, and
+	 * a half-open endpoint gets one probe at a time.  The probe's lease is
+	 * kept on the endpoint row, which is locked and updated here, so a
+	 * concurrent claimer skips it or re-checks the updated row: never two
+	 * probes.
+	 */
+	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
+	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
+		AND e.endpoint_id % nshards = shard;
+	FOR ep IN
+		SELECT e.endpoint_id FROM hub.endpoints e
+		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
+			AND e.endpoint_id % nshards = shard
+			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
+		ORDER BY e.endpoint_id
+		FOR UPDATE SKIP LOCKED
+	LOOP
+		EXIT WHEN n >= max;
+		RETURN QUERY SELECT * FROM hub._claim(1, worker, lease, shard, nshards, ep);
+		IF FOUND THEN
+			n := n + 1;
+			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
+		END IF;
+	END LOOP;
+END
+$$;
 COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer) IS
-'Route what is not routed yet, then lease up to max ready deliveries (never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again). shard/nshards split endpoints between workers. Each row carries a fencing lease_token for complete/fail/defer.';
+'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split endpoints between workers (endpoint_id % nshards = shard). Each row carries a fencing lease_token for complete/fail/defer.';
 
 CREATE FUNCTION hub._transform(f regproc, payload jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
@@ -226,11 +303,13 @@ BEGIN
 	IF d.delivery_id IS NULL THEN
 		RETURN false;
 	END IF;
-	UPDATE hub.deliveries x SET state = 'delivered', lease_until = NULL, last_error = NULL, updated_at = now()
+	UPDATE hub.deliveries x
+	SET state = 'delivered', lease_until = NULL, last_error = NULL, last_http_status = http_status, updated_at = now()
 	WHERE x.delivery_id = d.delivery_id;
 	INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
 	VALUES (d.delivery_id, d.attempts, worker, d.lease_token, http_status, latency_ms, left(response_excerpt, 1024), 'delivered');
-	UPDATE hub.endpoints e SET circuit_state = 'closed', circuit_opened_at = NULL, consecutive_failures = 0
+	UPDATE hub.endpoints e
+	SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
 	WHERE e.endpoint_id = d.endpoint_id AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0);
 	RETURN true;
 END
@@ -257,7 +336,9 @@ BEGIN
 		RETURN 'stale';
 	END IF;
 	SELECT * INTO s FROM hub.subscriptions WHERE subscription_id = d.subscription_id;
-	permanent := http_status BETWEEN 400 AND 499 AND http_status NOT IN (408, 429) AND NOT s.retry_on_4xx;
+	-- http_status NULL is a transport error or timeout: never permanent
+	permanent := coalesce(http_status BETWEEN 400 AND 499 AND http_status NOT IN (408, 429), false)
+				 AND NOT s.retry_on_4xx;
 	IF permanent OR d.attempts >= s.max_attempts THEN
 		new_state := 'dead';
 	ELSE
@@ -267,22 +348,31 @@ BEGIN
 		backoff := greatest(backoff, coalesce(retry_after, interval '0'));
 	END IF;
 	UPDATE hub.deliveries x
-	SET state = new_state, lease_until = NULL, updated_at = now(),
+	SET state = new_state, lease_until = NULL, updated_at = now(), last_http_status = http_status,
 		next_attempt_at = now() + coalesce(backoff, interval '0'),
 		last_error = coalesce(http_status::text || ' ', '') || coalesce(error, '')
 	WHERE x.delivery_id = d.delivery_id;
 	INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, error, latency_ms, response_excerpt, outcome)
 	VALUES (d.delivery_id, d.attempts, worker, d.lease_token, http_status, error, latency_ms,
 			left(response_excerpt, 1024), CASE new_state WHEN 'dead' THEN 'dead' ELSE 'retry' END);
-	UPDATE hub.endpoints e
-	SET consecutive_failures = e.consecutive_failures + 1,
-		circuit_state = CASE WHEN e.circuit_state = 'half_open'
-								  OR e.consecutive_failures + 1 >= e.circuit_failure_threshold
-							 THEN 'open' ELSE e.circuit_state END,
-		circuit_opened_at = CASE WHEN e.circuit_state = 'half_open'
+	IF permanent THEN
+		-- the receiver answered: a half-open circuit can close, nothing counts
+		UPDATE hub.endpoints e
+		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
+		WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'half_open';
+	ELSE
+		UPDATE hub.endpoints e
+		SET consecutive_failures = e.consecutive_failures + 1,
+			circuit_state = CASE WHEN e.circuit_state = 'half_open'
 									  OR e.consecutive_failures + 1 >= e.circuit_failure_threshold
-								 THEN now() ELSE e.circuit_opened_at END
-	WHERE e.endpoint_id = d.endpoint_id AND NOT permanent;
+								 THEN 'open' ELSE e.circuit_state END,
+			circuit_opened_at = CASE WHEN e.circuit_state = 'half_open'
+										  OR (e.circuit_state = 'closed'
+											  AND e.consecutive_failures + 1 >= e.circuit_failure_threshold)
+									 THEN now() ELSE e.circuit_opened_at END,
+			circuit_probe_until = NULL
+		WHERE e.endpoint_id = d.endpoint_id;
+	END IF;
 	RETURN new_state;
 END
 $$;
@@ -301,12 +391,19 @@ BEGIN
 	IF d.delivery_id IS NULL THEN
 		RETURN false;
 	END IF;
+	IF until IS NULL THEN
+		RAISE EXCEPTION 'a deferred delivery needs a time to come back'
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass until, e.g. now() + interval ''5 seconds''.';
+	END IF;
 	UPDATE hub.deliveries x
 	SET state = CASE WHEN d.attempts > 1 THEN 'retry_wait' ELSE 'pending' END,
 		attempts = d.attempts - 1, lease_until = NULL, next_attempt_at = until, updated_at = now()
 	WHERE x.delivery_id = d.delivery_id;
 	INSERT INTO hub.attempts (delivery_id, attempt, lease_token, outcome)
 	VALUES (d.delivery_id, d.attempts, d.lease_token, 'deferred');
+	-- a deferred probe was never sent: let the next claim probe again
+	UPDATE hub.endpoints e SET circuit_probe_until = NULL
+	WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'half_open';
 	RETURN true;
 END
 $$;
@@ -315,35 +412,38 @@ COMMENT ON FUNCTION hub.defer_delivery(bigint, bigint, timestamptz) IS
 
 -- ---------------------------------------------------------------- operations
 
-CREATE FUNCTION hub._audit(action text, target text, reason text) RETURNS void
+CREATE FUNCTION hub._audit(action text, target text, reason text, details jsonb DEFAULT NULL) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-	INSERT INTO hub.operator_audit (action, target, reason) VALUES (action, target, reason)
+	INSERT INTO hub.operator_audit (action, target, reason, details) VALUES (action, target, reason, details)
 $$;
-COMMENT ON FUNCTION hub._audit(text, text, text) IS 'API: Private. Append an operator action to hub.operator_audit.';
-
-CREATE FUNCTION hub._set_paused(p_name text, p_paused boolean, p_reason text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	UPDATE hub.endpoints e SET paused = p_paused WHERE e.name = p_name;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'endpoint "%" does not exist', p_name USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM hub._audit(CASE WHEN p_paused THEN 'pause_endpoint' ELSE 'resume_endpoint' END, p_name, p_reason);
-END
-$$;
-COMMENT ON FUNCTION hub._set_paused(text, boolean, text) IS 'API: Private. Pause or resume an endpoint, audited.';
+COMMENT ON FUNCTION hub._audit(text, text, text, jsonb) IS 'API: Private. Append an operator action to hub.operator_audit.';
 
 CREATE FUNCTION hub.pause_endpoint(name text, reason text DEFAULT NULL) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT hub._set_paused(name, true, reason) $$;
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.endpoints e SET paused = true WHERE e.name = pause_endpoint.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM hub._audit('pause_endpoint', name, reason);
+END
+$$;
 COMMENT ON FUNCTION hub.pause_endpoint(text, text) IS 'Stop handing out the endpoint''s deliveries (they wait, spending no attempts); audited.';
 
 CREATE FUNCTION hub.resume_endpoint(name text, reason text DEFAULT NULL) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT hub._set_paused(name, false, reason) $$;
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE hub.endpoints e SET paused = false WHERE e.name = resume_endpoint.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM hub._audit('resume_endpoint', name, reason);
+END
+$$;
 COMMENT ON FUNCTION hub.resume_endpoint(text, text) IS 'Resume a paused endpoint; audited.';
 
 CREATE FUNCTION hub.skip_delivery(delivery_id bigint, reason text) RETURNS void
@@ -392,8 +492,7 @@ BEGIN
 			   AND p.proname IN ('publish', 'create_endpoint', 'subscribe', 'claim_deliveries',
 								 'complete_delivery', 'fail_delivery', 'defer_delivery',
 								 'pause_endpoint', 'resume_endpoint', 'skip_delivery', 'replay',
-								 '_route_events', '_transform', '_fenced', '_audit', '_append_only', '_set_paused',
-								 '_outbox_check', '_outbox_no_truncate')
+								 '_route_events', '_transform', '_fenced', '_outbox_check')
 	LOOP
 		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
 	END LOOP;
@@ -411,3 +510,101 @@ GRANT EXECUTE ON FUNCTION
 	hub.pause_endpoint(text, text), hub.resume_endpoint(text, text), hub.skip_delivery(bigint, text),
 	hub.replay(bigint, text)
 	TO hub_admin;
+
+/*
+ * replay(subscription_id, reason, ...) --- the bulk replays of one
+ * subscription.  Without a range or correlation id: every dead delivery of
+ * the subscription.  With from_time/to_time (occurred_at, half-open range)
+ * or a correlation id: every event of the outbox in it that the
+ * subscription's pattern and filter match, whether or not it had a delivery
+ * (a subscription added later is backfilled this way; the events routed
+ * before it existed are not sent to it otherwise).  Existing deliveries are
+ * reset to pending and keep their id and order; missing ones are created.
+ * Deliveries that are leased right now are left alone (never two live
+ * leases) and counted in the audit row's details.  Returns the number of
+ * deliveries made pending.
+ */
+CREATE FUNCTION hub.replay(subscription_id integer, reason text, from_time timestamptz DEFAULT NULL,
+						   to_time timestamptz DEFAULT NULL, correlation_id text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s hub.subscriptions;
+	reset integer := 0;
+	created integer := 0;
+	leased integer := 0;
+	ranged boolean := from_time IS NOT NULL OR to_time IS NOT NULL OR correlation_id IS NOT NULL;
+BEGIN
+	IF reason IS NULL OR btrim(reason) = '' THEN
+		RAISE EXCEPTION 'a replay needs a reason'
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Say why, e.g. ''receiver fixed''; it goes to hub.operator_audit.';
+	END IF;
+	IF from_time > to_time THEN
+		RAISE EXCEPTION 'invalid replay range: % is after %', from_time, to_time
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO s FROM hub.subscriptions x WHERE x.subscription_id = replay.subscription_id FOR SHARE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'subscription % does not exist', subscription_id USING ERRCODE = 'undefined_object';
+	END IF;
+
+	-- lock the affected deliveries (a claim in progress is waited for), reset
+	-- all that are not leased right now
+	WITH locked AS (
+		SELECT d.delivery_id, d.state = 'in_flight' AND d.lease_until > now() AS leased
+		FROM hub.deliveries d
+		WHERE d.subscription_id = s.subscription_id
+			AND CASE WHEN ranged
+					 THEN d.state <> 'pending' AND EXISTS (
+						SELECT 1 FROM hub.outbox o WHERE o.event_id = d.event_id
+							AND (from_time IS NULL OR o.occurred_at >= from_time)
+							AND (to_time IS NULL OR o.occurred_at < to_time)
+							AND (replay.correlation_id IS NULL OR o.correlation_id = replay.correlation_id))
+					 ELSE d.state = 'dead' END
+		ORDER BY d.delivery_id
+		FOR UPDATE OF d
+	), done AS (
+		UPDATE hub.deliveries d
+		SET state = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL,
+			last_error = NULL, updated_at = now()
+		FROM locked l
+		WHERE d.delivery_id = l.delivery_id AND NOT l.leased
+		RETURNING 1
+	)
+	SELECT (SELECT count(*) FROM done), (SELECT count(*) FILTER (WHERE l.leased) FROM locked l)
+	INTO reset, leased;
+
+	IF ranged THEN
+		INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
+		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
+		FROM hub.outbox o
+		WHERE (from_time IS NULL OR o.occurred_at >= from_time)
+			AND (to_time IS NULL OR o.occurred_at < to_time)
+			AND (replay.correlation_id IS NULL OR o.correlation_id = replay.correlation_id)
+			AND split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
+			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2))
+			AND (s.filter IS NULL OR o.payload @> s.filter)
+		ORDER BY o.seq
+		ON CONFLICT ON CONSTRAINT deliveries_subscription_id_event_id_key DO NOTHING;
+		GET DIAGNOSTICS created = ROW_COUNT;
+	END IF;
+
+	PERFORM hub._audit(CASE WHEN ranged THEN 'replay_range' ELSE 'replay_dead' END,
+					   'subscription:' || s.subscription_id, reason,
+					   jsonb_strip_nulls(jsonb_build_object('from_time', from_time, 'to_time', to_time,
+							'correlation_id', correlation_id, 'reset', reset, 'created', created,
+							'left_leased', leased)));
+	RETURN reset + created;
+END
+$$;
+COMMENT ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) IS
+'Replay for one subscription, audited: all its dead deliveries, or (with from_time/to_time on occurred_at, or correlation_id) every matching event of the outbox, creating deliveries for events it never had (backfill of a new endpoint). Event ids are kept; leased deliveries are left alone. Returns the number of deliveries made pending. Note: hub.replay(42, ''why'') with an integer literal names a subscription; pass a bigint or delivery_id => 42 for one delivery.';
+
+GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) TO hub_admin;
+REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
+GRANT SELECT ON hub.event_types TO hub_writer;

@@ -1,73 +1,99 @@
 #!/usr/bin/env bash
-# test/bench/outbox_publish.sh --- side by side in one run:
-#   1. pgbench, 8 clients: hub.publish with one matching subscription against
-#      a plain INSERT of the same payload into a table with an identity key;
-#   2. claim + complete in batches of 100, and the time of one claim at a 10k
-#      and at a large (LH_BENCH_BACKLOG, default 1M) backlog of ready
-#      deliveries.
-# Prints figures and ratios; asserts nothing.
+# test/bench/outbox_publish.sh --- the two outbox figures of issue 4, each
+# side by side with its baseline in one run on a throwaway cluster:
+#
+# 1. publish: pgbench, 8 clients, hub.publish of an order.created event with
+#    one matching subscription, against a plain INSERT of the same payload
+#    into a table with an identity key; rounds alternate (plain, publish,
+#    ...) and the ratio of the median rates is printed (target >= 0.85).
+# 2. claim: claim-plus-complete in batches of 100 (pgbench, 2 clients, one
+#    claim statement and one complete statement a transaction) on a backlog
+#    of 10k deliveries and then of 1M; pgbench's per-statement latency of the
+#    claim is compared (target: 1M within 1.5x of 10k).
+#
+# Sizes (smoke-run with small ones):
+#   LH_BENCH_SECONDS (20) seconds a publish round, LH_BENCH_ROUNDS (2) rounds,
+#   LH_BENCH_SMALL (10000) and LH_BENCH_LARGE (1000000) backlogs,
+#   LH_BENCH_BATCHES (200) claim transactions a client at each backlog.
 source "$(dirname "$0")/../harness/lib.sh"
 cd "$LH_TOP"
-PORT=${LH_BENCH_PORT:-54362}
-T=${LH_BENCH_SECONDS:-15}
-BACKLOG=${LH_BENCH_BACKLOG:-1000000}
-trap 'lh_cluster_stop bench-$PORT' EXIT
-lh_prepare "bench-$PORT" "$PORT" "shared_buffers = 1GB" "max_wal_size = 8GB" "synchronous_commit = on"
-work=$(mktemp -d)
-trap 'lh_cluster_stop bench-$PORT; rm -rf "$work"' EXIT
+PORT=${LH_BENCH_PORT:-54353}
+SECS=${LH_BENCH_SECONDS:-20}
+ROUNDS=${LH_BENCH_ROUNDS:-2}
+SMALL=${LH_BENCH_SMALL:-10000}
+LARGE=${LH_BENCH_LARGE:-1000000}
+BATCHES=${LH_BENCH_BATCHES:-200}
+trap 'lh_cluster_stop bench-$PORT; rm -rf "$WORK"' EXIT
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+lh_prepare "bench-$PORT" "$PORT" "max_connections = 50"
 
-psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
+
+q <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS logistics_hub;
-SELECT hub.create_endpoint('wms', 'http://127.0.0.1:9/wms', 'wms');
-SELECT hub.subscribe('wms', 'order.*', ordering => 'none');
-CREATE TABLE plain_events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_type text,
-	aggregate_id text, payload jsonb, published_at timestamptz DEFAULT now());
+SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
+SELECT hub.subscribe('erp', 'order.*');
+CREATE TABLE plain_events (
+	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	event_type text NOT NULL, aggregate_id text NOT NULL, payload jsonb NOT NULL
+);
+CREATE TABLE claimed (pid integer NOT NULL, delivery_id bigint NOT NULL, lease_token bigint NOT NULL);
 SQL
-payload='{"order_id": "SO-1", "warehouse": "WH1", "lines": [{"sku": "A-1", "qty": 2}]}'
-echo "\\set k random(1, 100000)
-SELECT hub.publish('order.released', 'SO-' || :k, '$payload');" >"$work/publish.sql"
-echo "\\set k random(1, 100000)
-INSERT INTO plain_events (event_type, aggregate_id, payload) VALUES ('order.released', 'SO-' || :k, '$payload');" >"$work/insert.sql"
-tps() { "$PG_BIN/pgbench" -n -c 8 -j 2 -T "$T" -f "$1" postgres 2>&1 | awk '/^tps/ {print $3}'; }
 
-echo "machine: $(nproc) cores, $(uname -r), PostgreSQL $($PG_BIN/postgres --version | awk '{print $3}'); 8 clients, ${T}s per run"
-insert1=$(tps "$work/insert.sql"); publish1=$(tps "$work/publish.sql")
-insert2=$(tps "$work/insert.sql"); publish2=$(tps "$work/publish.sql")
-insert=$(echo "$insert1 $insert2" | awk '{print ($1 + $2) / 2}')
-publish=$(echo "$publish1 $publish2" | awk '{print ($1 + $2) / 2}')
-printf 'plain INSERT            %10.0f tps\nhub.publish             %10.0f tps\nratio publish / insert  %10.2f\n' \
-	"$insert" "$publish" "$(echo "$publish $insert" | awk '{print $1 / $2}')"
+cat > "$WORK/plain.sql" <<'EOF2'
+\set k random(1, 100000)
+INSERT INTO plain_events (event_type, aggregate_id, payload) VALUES ('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k, 'lines', 3, 'warehouse', 'DC1'));
+EOF2
+cat > "$WORK/publish.sql" <<'EOF2'
+\set k random(1, 100000)
+SELECT hub.publish('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k, 'lines', 3, 'warehouse', 'DC1'));
+EOF2
+cat > "$WORK/claim.sql" <<'EOF2'
+INSERT INTO claimed SELECT pg_backend_pid(), delivery_id, lease_token FROM hub.claim_deliveries(100, 'bench');
+SELECT count(hub.complete_delivery(delivery_id, lease_token, 200, 1)) FROM claimed WHERE pid = pg_backend_pid();
+DELETE FROM claimed WHERE pid = pg_backend_pid();
+EOF2
+chmod 644 "$WORK"/*.sql
 
-claim_ms() {
-	# fastest of 5 claims of 100 (each leases 100 more), as psql \timing reports it
-	local args=(-c '\timing on') i
-	for i in 1 2 3 4 5; do args+=(-c "SELECT count(*) FROM hub.claim_deliveries(100, 'bench', '1 hour')"); done
-	psql -X -q -d postgres "${args[@]}" 2>&1 | awk '/^Time:/ {print $2}' | sort -n | head -1
-}
+pgb() { "$PG_BIN/pgbench" -n "$@" postgres; }
+
+echo "machine: $(nproc) cores, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')"
+echo "publish: 8 clients, $ROUNDS rounds of ${SECS}s each side"
+plain=() pub=()
+for r in $(seq 1 "$ROUNDS"); do
+	t=$(pgb -c 8 -j 2 -M prepared -T "$SECS" -f "$WORK/plain.sql" | awk '/^tps = /{print $3}')
+	plain+=("$t")
+	t=$(pgb -c 8 -j 2 -M prepared -T "$SECS" -f "$WORK/publish.sql" | awk '/^tps = /{print $3}')
+	pub+=("$t")
+	echo "  round $r: plain INSERT ${plain[-1]} tps, hub.publish ${pub[-1]} tps"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+mp=$(median "${plain[@]}"); mb=$(median "${pub[@]}")
+printf 'plain INSERT (identity key)      %10.0f events/s\n' "$mp"
+printf 'hub.publish (1 subscription)     %10.0f events/s\n' "$mb"
+awk -v a="$mb" -v b="$mp" 'BEGIN {printf "ratio: hub.publish / plain INSERT = %.2f (target >= 0.85)\n", a / b}'
+
+# the claim backlog: fresh events, routed in bulk, then measured
 fill() {
-	psql -X -q -d postgres -c "SET client_min_messages = warning" \
-		-c "INSERT INTO hub.outbox (event_type, aggregate_id, payload) SELECT 'order.created', 'B-' || i, jsonb_build_object('order_id', i) FROM generate_series(1, $1) i" \
-		-c "SELECT hub._route_events()" -c "VACUUM ANALYZE hub.deliveries" >/dev/null
+	q -c "SET client_min_messages = warning" -c "SELECT set_config('logistics_hub._retention', 'on', false)" \
+	  -c "SET session_replication_role = replica" -c "TRUNCATE hub.attempts, hub.deliveries, hub.outbox, claimed" >/dev/null
+	q -c "INSERT INTO hub.outbox (event_type, aggregate_id, payload)
+		  SELECT 'order.created', 'SO-' || (g % 50000), jsonb_build_object('order_id', 'SO-' || (g % 50000), 'lines', 3)
+		  FROM generate_series(1, $1) g" \
+	  -c "SELECT hub._route_events()" -c "VACUUM ANALYZE hub.outbox, hub.deliveries" >/dev/null
 }
-psql -X -q -d postgres -c "TRUNCATE hub.deliveries CASCADE" >/dev/null
-fill 10000
-small=$(claim_ms)
-fill $((BACKLOG - 10000))
-big=$(claim_ms)
-printf 'claim of 100 at a 10k backlog   %8s ms\nclaim of 100 at a %s backlog  %8s ms\nratio big / small               %8.2f\n' \
-	"$small" "$BACKLOG" "$big" "$(echo "$big $small" | awk '{print $1 / $2}')"
-
-psql -X -q -A -t -d postgres <<'SQL'
-CREATE FUNCTION pg_temp.drain(batches int) RETURNS double precision LANGUAGE plpgsql AS $$
-DECLARE t0 timestamptz := clock_timestamp(); n bigint := 0;
-BEGIN
-	FOR i IN 1..batches LOOP
-		PERFORM hub.complete_delivery(c.delivery_id, c.lease_token, 204, 1)
-		FROM hub.claim_deliveries(100, 'bench') c;
-	END LOOP;
-	RETURN extract(epoch FROM clock_timestamp() - t0);
-END $$;
-SELECT format('claim+complete in batches of 100: %s deliveries/s (100 batches, one transaction)',
-	round(10000 / pg_temp.drain(100)));
-SQL
+claim_ms() {
+	pgb -c 2 -j 2 -M prepared -r -t "$BATCHES" -f "$WORK/claim.sql" >"$WORK/claim.out"
+	awk '/INSERT INTO claimed/ {print $1}' "$WORK/claim.out"
+}
+fill "$SMALL"
+small_ms=$(claim_ms); small_tps=$(awk '/^tps = /{print $3}' "$WORK/claim.out")
+fill "$LARGE"
+large_ms=$(claim_ms); large_tps=$(awk '/^tps = /{print $3}' "$WORK/claim.out")
+echo "claim+complete: batches of 100, 2 clients, $BATCHES batches a client"
+printf 'backlog %8d: claim %7.2f ms a batch, %8.0f deliveries/s claimed and completed\n' "$SMALL" "$small_ms" "$(awk -v t="$small_tps" 'BEGIN{print t*100}')"
+printf 'backlog %8d: claim %7.2f ms a batch, %8.0f deliveries/s claimed and completed\n' "$LARGE" "$large_ms" "$(awk -v t="$large_tps" 'BEGIN{print t*100}')"
+awk -v a="$large_ms" -v b="$small_ms" -v s="$SMALL" -v l="$LARGE" \
+	'BEGIN {printf "ratio: claim time at %d / claim time at %d = %.2f (target <= 1.5)\n", l, s, a / b}'

@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.h
+ *		Settings of the outbox (event publishing) side of logistics_hub.
+ *
+ * extension/outbox.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HUB_OUTBOX_H
+#define HUB_OUTBOX_H
+
+/* Called once from _PG_init, before the GUC prefix is reserved. */
+extern void hub_outbox_define_gucs(void);
+
+/* logistics_hub.unknown_event_types = reject */
+extern bool hub_outbox_reject_unknown(void);
+
+/* the transaction id an event id carries (false: not an event id) */
+#include "fmgr.h"
+
+struct pg_uuid_t;
+extern bool hub_event_id_xid(const struct pg_uuid_t *uuid, uint64 *xid);
+
+/* SQL hub._event_id() */
+extern Datum hub_event_id(PG_FUNCTION_ARGS);
+
+#endif							/* HUB_OUTBOX_H */

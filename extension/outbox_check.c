@@ -1,0 +1,335 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_check.c
+ *		The contract check of hub.outbox: a BEFORE INSERT row trigger shared
+ *		by hub.publish and plain INSERTs, with the event catalogue cached in
+ *		each backend.
+ *
+ * Publishing is the hot path of the whole hub (the issue asks for at least
+ * 0.85 of a plain INSERT), so the check is in C and reads no table per row:
+ * hub.event_types is loaded with SPI into a hash table in a long-lived
+ * memory context on first use.  A statement-level trigger on the catalogue
+ * calls hub._event_types_changed(), which queues a relcache invalidation
+ * for it; PostgreSQL delivers that at commit to every backend (and at the
+ * next command to the changing one), whose callback drops the cache.
+ *
+ * Per row the trigger checks the <entity>.<verb> name, a non-empty
+ * aggregate id, that the payload is a JSON object holding every key its
+ * type requires (naming the first missing one), refuses unknown types when
+ * logistics_hub.unknown_event_types = reject, and stamps xid (the top-level
+ * transaction id, for the routing watermark) and published_at, so that a
+ * plain INSERT cannot forge them.  The event id must carry the inserting
+ * transaction's id (extension/outbox_event_id.c): the default does, and a
+ * foreign id is refused, since routing finds events by that prefix.  Every
+ * error is 22023 with core wording.
+ *
+ * extension/outbox_check.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/xid8.h"
+
+#include "outbox.h"
+
+#define EVENT_TYPE_MAXLEN 127
+
+typedef struct EventTypeEntry
+{
+	char		event_type[EVENT_TYPE_MAXLEN + 1];	/* hash key */
+	int			version;
+	int			nkeys;
+	char	  **keys;			/* required payload keys */
+} EventTypeEntry;
+
+static HTAB *etype_cache = NULL;
+static MemoryContext etype_context = NULL;
+static Oid	etype_relid = InvalidOid;
+static bool etype_callback_registered = false;
+
+/*
+ * etype_invalidate --- relcache callback: drop the cache when hub.event_types
+ * changed (or on a full reset).
+ */
+static void
+etype_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == etype_relid)
+		etype_cache = NULL;
+}
+
+/*
+ * etype_load --- read hub.event_types into the cache (no-op when loaded).
+ */
+static void
+etype_load(void)
+{
+	HASHCTL		ctl;
+	HTAB	   *cache;
+	uint64		i;
+
+	if (etype_cache != NULL)
+		return;
+	if (etype_context == NULL)
+		etype_context = AllocSetContextCreate(TopMemoryContext, "logistics_hub event types",
+											  ALLOCSET_SMALL_SIZES);
+	etype_relid = get_relname_relid("event_types", get_namespace_oid("hub", false));
+	if (!etype_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(etype_invalidate, (Datum) 0);
+		etype_callback_registered = true;
+	}
+	MemoryContextReset(etype_context);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = EVENT_TYPE_MAXLEN + 1;
+	ctl.entrysize = sizeof(EventTypeEntry);
+	ctl.hcxt = etype_context;
+	cache = hash_create("logistics_hub event types", 64, &ctl,
+						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT event_type, version, required_keys FROM hub.event_types", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read hub.event_types");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		Datum		keys;
+		EventTypeEntry *e;
+		bool		found;
+
+		if (name == NULL || strlen(name) > EVENT_TYPE_MAXLEN)
+			continue;			/* the catalogue's CHECK keeps names short */
+		e = hash_search(cache, name, HASH_ENTER, &found);
+		e->version = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		e->nkeys = 0;
+		e->keys = NULL;
+		keys = SPI_getbinval(tup, desc, 3, &isnull);
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+			int			j;
+
+			deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, &nulls, &n);
+			e->keys = MemoryContextAlloc(etype_context, sizeof(char *) * Max(n, 1));
+			for (j = 0; j < n; j++)
+				if (!nulls[j])
+					e->keys[e->nkeys++] = MemoryContextStrdup(etype_context,
+															  TextDatumGetCString(elems[j]));
+		}
+	}
+	SPI_finish();
+	etype_cache = cache;
+}
+
+/*
+ * valid_event_type --- <entity>.<verb>: [a-z][a-z0-9_]* twice, one dot.
+ */
+static bool
+valid_event_type(const char *s, int len)
+{
+	int			part = 0;
+	bool		start = true;
+	int			i;
+
+	for (i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if (c == '.')
+		{
+			if (start || part == 1)
+				return false;
+			part = 1;
+			start = true;
+		}
+		else if ((c >= 'a' && c <= 'z') || (!start && ((c >= '0' && c <= '9') || c == '_')))
+			start = false;
+		else
+			return false;
+	}
+	return part == 1 && !start;
+}
+
+/*
+ * keys_list --- "a, b, c" for an error detail.
+ */
+static char *
+keys_list(EventTypeEntry *e)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < e->nkeys; i++)
+		appendStringInfo(&buf, "%s%s", i ? ", " : "", e->keys[i]);
+	return buf.data;
+}
+
+/*
+ * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox.  Raises
+ * 22023 for a malformed event type, an empty aggregate id, a payload that is
+ * not an object or lacks a required key, and an unknown event type when
+ * unknown types are rejected; returns the row with xid and published_at set.
+ */
+PG_FUNCTION_INFO_V1(hub_outbox_check);
+Datum
+hub_outbox_check(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	int			att_id,
+				att_type,
+				att_agg,
+				att_payload,
+				att_xid,
+				att_published;
+	bool		isnull;
+	text	   *etype;
+	char	   *name;
+	int			len;
+	Jsonb	   *payload;
+	EventTypeEntry *e;
+	uint64		top_xid;
+	int			ncols = 2;
+	int			cols[3];
+	Datum		vals[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		elog(ERROR, "hub._outbox_check must be a BEFORE INSERT row trigger");
+
+	desc = RelationGetDescr(trigdata->tg_relation);
+	tuple = trigdata->tg_trigtuple;
+	att_id = SPI_fnumber(desc, "event_id");
+	att_type = SPI_fnumber(desc, "event_type");
+	att_agg = SPI_fnumber(desc, "aggregate_id");
+	att_payload = SPI_fnumber(desc, "payload");
+	att_xid = SPI_fnumber(desc, "xid");
+	att_published = SPI_fnumber(desc, "published_at");
+	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_xid <= 0 || att_published <= 0)
+		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
+
+	/* NOT NULL constraints are checked after BEFORE triggers: leave NULLs to them */
+	etype = (text *) DatumGetPointer(heap_getattr(tuple, att_type, desc, &isnull));
+	if (isnull)
+		return PointerGetDatum(tuple);
+	etype = pg_detoast_datum_packed(etype);
+	name = VARDATA_ANY(etype);
+	len = VARSIZE_ANY_EXHDR(etype);
+	if (len > EVENT_TYPE_MAXLEN || !valid_event_type(name, len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type: \"%s\"", text_to_cstring(etype)),
+				 errhint("Event types are named <entity>.<verb> in lower case, e.g. shipment.dispatched.")));
+	name = pnstrdup(name, len);
+
+	{
+		Datum		agg = heap_getattr(tuple, att_agg, desc, &isnull);
+
+		if (!isnull && VARSIZE_ANY_EXHDR(DatumGetPointer(agg)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the aggregate id of a %s event must not be empty", name),
+					 errhint("Pass the business key the event is about (order, shipment, SKU, return number).")));
+	}
+
+	payload = (Jsonb *) DatumGetPointer(heap_getattr(tuple, att_payload, desc, &isnull));
+	if (!isnull)
+	{
+		payload = DatumGetJsonbP(PointerGetDatum(payload));
+		if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the payload of a %s event must be a JSON object", name)));
+	}
+
+	etype_load();
+	e = hash_search(etype_cache, name, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		if (hub_outbox_reject_unknown())
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown event type: \"%s\"", name),
+					 errhint("Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.")));
+	}
+	else if (!isnull)
+	{
+		int			i;
+
+		for (i = 0; i < e->nkeys; i++)
+			if (getKeyJsonValueFromContainer(&payload->root, e->keys[i], strlen(e->keys[i]), NULL) == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s event lacks the required payload key \"%s\"", name, e->keys[i]),
+						 errdetail("Contract version %d of %s requires the keys: %s.",
+								   e->version, name, keys_list(e))));
+	}
+
+	top_xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	{
+		Datum		id = heap_getattr(tuple, att_id, desc, &isnull);
+		uint64		id_xid;
+
+		if (isnull)
+		{
+			cols[2] = att_id;
+			vals[2] = DirectFunctionCall1(hub_event_id, (Datum) 0);
+			ncols = 3;
+		}
+		else if (!hub_event_id_xid(DatumGetUUIDP(id), &id_xid) || id_xid != top_xid)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event id \"%s\" was not made by this transaction",
+							DatumGetCString(DirectFunctionCall1(uuid_out, id))),
+					 errdetail("Event ids carry the publishing transaction's id, which routing relies on."),
+					 errhint("Leave event_id to its default; hub.publish returns the id, and INSERT ... RETURNING event_id gives it back.")));
+	}
+	cols[0] = att_xid;
+	vals[0] = UInt64GetDatum(top_xid);
+	cols[1] = att_published;
+	vals[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, ncols, cols, vals, nulls));
+}
+
+/*
+ * hub_event_types_changed --- statement trigger on hub.event_types: queue a
+ * relcache invalidation so every backend reloads its catalogue cache.
+ */
+PG_FUNCTION_INFO_V1(hub_event_types_changed);
+Datum
+hub_event_types_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "hub._event_types_changed must be called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,97 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_guc.c
+ *		Settings of the transactional outbox and the two tiny SQL functions
+ *		that read them from the outbox triggers.
+ *
+ * logistics_hub.unknown_event_types (accept | reject, default accept, any
+ * user): what publishing an event type that is missing from hub.event_types
+ * does.  accept stores it after checking only the <entity>.<verb> name, so
+ * applications can start publishing before the catalogue is complete;
+ * reject enforces contract governance (22023).
+ *
+ * logistics_hub._retention (boolean, superuser only, hidden): the one door
+ * through which published events, attempts and audit rows may be removed.
+ * The immutability triggers refuse UPDATE and DELETE unless it is on; only a
+ * superuser can set it, so in practice only hub's own retention function
+ * (SECURITY DEFINER, owned by the extension owner) turns it on, with
+ * SET LOCAL for the length of its transaction.  The triggers read it
+ * through hub._retention_active() rather than current_setting(), because
+ * calling a C function loads this library: a value set as a placeholder by
+ * an ordinary user before the library was loaded is then discarded by the
+ * GUC machinery instead of being believed.
+ *
+ * extension/outbox_guc.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "outbox.h"
+
+/* values of logistics_hub.unknown_event_types */
+typedef enum HubUnknownEventTypes
+{
+	HUB_UNKNOWN_ACCEPT,
+	HUB_UNKNOWN_REJECT
+} HubUnknownEventTypes;
+
+static const struct config_enum_entry unknown_event_type_options[] = {
+	{"accept", HUB_UNKNOWN_ACCEPT, false},
+	{"reject", HUB_UNKNOWN_REJECT, false},
+	{NULL, 0, false}
+};
+
+static int	hub_unknown_event_types = HUB_UNKNOWN_ACCEPT;
+static bool hub_retention = false;
+
+/*
+ * hub_outbox_define_gucs --- define the outbox settings.  Called from
+ * _PG_init in every backend that loads the library (the settings make sense
+ * without shared_preload_libraries).
+ */
+void
+hub_outbox_define_gucs(void)
+{
+	DefineCustomEnumVariable("logistics_hub.unknown_event_types",
+							 "What publishing an event type missing from hub.event_types does.",
+							 "accept stores it after checking its <entity>.<verb> name; "
+							 "reject raises an error (SQLSTATE 22023).",
+							 &hub_unknown_event_types,
+							 HUB_UNKNOWN_ACCEPT,
+							 unknown_event_type_options,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("logistics_hub._retention",
+							 "Lets hub's retention job remove published events and audit rows.",
+							 "Internal: set locally by the retention function only.",
+							 &hub_retention,
+							 false,
+							 PGC_SUSET,
+							 GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * hub_outbox_reject_unknown --- true when unknown event types are refused.
+ */
+bool
+hub_outbox_reject_unknown(void)
+{
+	return hub_unknown_event_types == HUB_UNKNOWN_REJECT;
+}
+
+/*
+ * hub_retention_active --- SQL hub._retention_active(): true while the
+ * retention job has logistics_hub._retention on.
+ */
+PG_FUNCTION_INFO_V1(hub_retention_active);
+Datum
+hub_retention_active(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(hub_retention);
+}
