@@ -1,0 +1,278 @@
+/*
+ * 60_inbox.sql --- the idempotent inbox of inbound messages and the
+ * handlers that process it.
+ *
+ * hub.receive() writes one row per (source, message_id): the unique key
+ * makes a redelivered message a duplicate (counted, never stored twice),
+ * also when two receivers race, since INSERT ... ON CONFLICT DO NOTHING
+ * waits for the other inserter and then sees its row.
+ *
+ * hub.process_inbox() claims ready messages with FOR UPDATE SKIP LOCKED
+ * (two processors never run one message twice) and runs, for each, the
+ * handler of the longest matching message pattern in its own
+ * subtransaction: a handler's writes are kept when it succeeds and rolled
+ * back when it fails.  A message moves through
+ *   new -> done | unhandled (no handler)
+ *       -> retry_wait (next_attempt_at, backoff retry_base * 2^(attempts-1))
+ *       -> dead (after max_attempts), the last error kept as "SQLSTATE: message"
+ * and one failing message never stops the others.  There is no
+ * 'processing' state: a claim is a row lock, so a processor that dies
+ * loses nothing.  The claim and the state changes are private SECURITY
+ * DEFINER helpers, while process_inbox() itself runs with its caller's
+ * rights, so handlers never run with the extension owner's privileges.
+ * All tables are WAL-logged.
+ */
+
+-- ---------------------------------------------------------------- inbox
+
+CREATE TABLE hub.inbox (
+	inbox_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	source				text NOT NULL CHECK (source <> ''),
+	message_id			text NOT NULL CHECK (message_id <> ''),
+	message_type		text NOT NULL CHECK (message_type <> ''),
+	payload				jsonb NOT NULL,
+	received_at			timestamptz NOT NULL DEFAULT now(),
+	state				text NOT NULL DEFAULT 'new'
+						CHECK (state IN ('new', 'done', 'retry_wait', 'dead', 'unhandled')),
+	attempts			integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+	next_attempt_at		timestamptz DEFAULT now(),
+	last_error			text,
+	processed_at		timestamptz,
+	duplicate_count		integer NOT NULL DEFAULT 0 CHECK (duplicate_count >= 0),
+	last_duplicate_at	timestamptz,
+	UNIQUE (source, message_id),
+	CHECK ((state IN ('new', 'retry_wait')) = (next_attempt_at IS NOT NULL))
+);
+CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at) WHERE state IN ('new', 'retry_wait');
+COMMENT ON TABLE hub.inbox IS
+'Inbound messages, one row per (source, message_id): write with hub.receive(), process with hub.process_inbox().';
+COMMENT ON COLUMN hub.inbox.message_id IS 'The sender''s idempotency key, unique per source.';
+COMMENT ON COLUMN hub.inbox.state IS
+'new, done, retry_wait (waits for next_attempt_at), dead (max_attempts reached) or unhandled (no handler matched).';
+COMMENT ON COLUMN hub.inbox.attempts IS 'Failed handler runs so far.';
+COMMENT ON COLUMN hub.inbox.next_attempt_at IS 'When the message is ready for processing; NULL once it is done, dead or unhandled.';
+COMMENT ON COLUMN hub.inbox.last_error IS 'The last handler error as "SQLSTATE: message".';
+COMMENT ON COLUMN hub.inbox.duplicate_count IS 'How often the same (source, message_id) was received again.';
+
+-- ---------------------------------------------------------------- handlers
+
+CREATE TABLE hub.inbox_handlers (
+	message_pattern		text PRIMARY KEY CHECK (message_pattern ~ '^[^*]*\*?$' AND message_pattern <> ''),
+	handler				regproc NOT NULL,
+	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
+	retry_base			interval NOT NULL DEFAULT '1 second' CHECK (retry_base >= '0'::interval)
+);
+COMMENT ON TABLE hub.inbox_handlers IS
+'Inbox handlers by message type pattern: an exact type, or a prefix ending in * (easypost.*); the longest matching pattern wins. Register with hub.register_handler().';
+COMMENT ON COLUMN hub.inbox_handlers.handler IS
+'A function handler(payload jsonb, message_type text); its result is ignored and an error it raises fails the message.';
+SELECT pg_catalog.pg_extension_config_dump('hub.inbox_handlers', '');
+
+CREATE FUNCTION hub._inbox_pattern_matches(message_pattern text, message_type text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN right(message_pattern, 1) = '*'
+				THEN starts_with(message_type, left(message_pattern, -1))
+				ELSE message_type = message_pattern END
+$$;
+COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
+'API: Private. Whether an inbox handler pattern (exact, or a prefix ending in *) matches a message type.';
+
+-- ---------------------------------------------------------------- receive
+
+CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
+		received_at timestamptz DEFAULT now())
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- the loop only repeats if a concurrent receiver's row vanished between
+	-- our INSERT and UPDATE (it rolled back or was deleted)
+	LOOP
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at)
+		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
+				coalesce(receive.received_at, now()), now())
+		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+		IF FOUND THEN
+			RETURN true;
+		END IF;
+		UPDATE hub.inbox AS i
+		SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
+		WHERE i.source = receive.source AND i.message_id = receive.message_id;
+		IF FOUND THEN
+			RETURN false;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row.';
+
+-- ---------------------------------------------------------------- handlers API
+
+CREATE FUNCTION hub.register_handler(message_pattern text, handler regproc,
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second')
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
+	END IF;
+	IF handler IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+									  WHERE p.oid = handler AND p.prokind = 'f'
+										AND p.proargtypes = '3802 25'::oidvector) THEN
+		RAISE EXCEPTION 'function %(jsonb, text) does not exist', handler
+			USING ERRCODE = 'undefined_function',
+				  HINT = 'An inbox handler is a function taking (payload jsonb, message_type text).';
+	END IF;
+	IF max_attempts IS NULL OR max_attempts < 1 THEN
+		RAISE EXCEPTION 'max_attempts must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF retry_base IS NULL OR retry_base < '0'::interval THEN
+		RAISE EXCEPTION 'retry_base must not be negative' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO hub.inbox_handlers AS h (message_pattern, handler, max_attempts, retry_base)
+	VALUES (register_handler.message_pattern, register_handler.handler,
+			register_handler.max_attempts, register_handler.retry_base)
+	ON CONFLICT ON CONSTRAINT inbox_handlers_pkey DO UPDATE
+		SET handler = excluded.handler, max_attempts = excluded.max_attempts, retry_base = excluded.retry_base;
+	-- messages that found no handler before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(register_handler.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.register_handler(text, regproc, integer, interval) IS
+'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text). Unhandled messages the pattern matches become new again.';
+
+CREATE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH claimed AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		ORDER BY i.next_attempt_at, i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base
+	FROM claimed c
+	LEFT JOIN LATERAL (
+		SELECT h.handler, h.max_attempts, h.retry_base
+		FROM hub.inbox_handlers h
+		WHERE hub._inbox_pattern_matches(h.message_pattern, c.message_type)
+		ORDER BY h.message_pattern = c.message_type DESC, length(h.message_pattern) DESC
+		LIMIT 1
+	) h ON true
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones) and return each with its best-matching handler.';
+
+CREATE FUNCTION hub._inbox_settle(inbox_id bigint, outcome text, error text DEFAULT NULL,
+		max_attempts integer DEFAULT NULL, retry_base interval DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	new_state text;
+BEGIN
+	IF outcome = 'done' OR outcome = 'unhandled' THEN
+		UPDATE hub.inbox i SET state = outcome, next_attempt_at = NULL, processed_at = now()
+		WHERE i.inbox_id = _inbox_settle.inbox_id
+		RETURNING i.state INTO new_state;
+	ELSIF outcome = 'failed' THEN
+		UPDATE hub.inbox i
+		SET attempts = i.attempts + 1,
+			last_error = error,
+			state = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN 'dead' ELSE 'retry_wait' END,
+			next_attempt_at = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN NULL
+								   ELSE now() + _inbox_settle.retry_base * power(2, i.attempts) END,
+			processed_at = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN now() END
+		WHERE i.inbox_id = _inbox_settle.inbox_id
+		RETURNING i.state INTO new_state;
+	ELSE
+		RAISE EXCEPTION 'invalid inbox outcome: "%"', outcome USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN new_state;
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_settle(bigint, text, text, integer, interval) IS
+'API: Private. Record the outcome of processing one inbox message (done, unhandled, or failed with backoff or dead).';
+
+CREATE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	err text;
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
+		IF m.handler IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
+			unhandled := unhandled + 1;
+			CONTINUE;
+		END IF;
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the handler's writes are rolled back if it fails
+			EXECUTE format('SELECT %s($1, $2)', m.handler) USING m.payload, m.message_type;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'done');
+			processed := processed + 1;
+		ELSE
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, m.max_attempts, m.retry_base);
+			failed := failed + 1;
+		END IF;
+	END LOOP;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Run the handlers of up to max ready inbox messages, each in its own subtransaction, with the caller''s rights: success -> done; an error -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; no handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION
+	hub._inbox_pattern_matches(text, text),
+	hub.receive(text, text, text, jsonb, timestamptz),
+	hub.register_handler(text, regproc, integer, interval),
+	hub._inbox_claim(integer),
+	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub.process_inbox(integer)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz) TO hub_writer;
+GRANT EXECUTE ON FUNCTION
+	hub.register_handler(text, regproc, integer, interval),
+	hub.process_inbox(integer),
+	hub._inbox_claim(integer),
+	hub._inbox_settle(bigint, text, text, integer, interval)
+	TO hub_admin;
+GRANT SELECT ON hub.inbox, hub.inbox_handlers TO hub_reader;
