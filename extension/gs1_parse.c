@@ -9,8 +9,10 @@
  *	  a literal "(" inside a value is written "\(";
  *	- the raw scanner form, AIs and values concatenated, with the GS
  *	  character (ASCII 29) after each variable-length value that is not the
- *	  last, optionally preceded by a symbology identifier (]C1, ]e0, ]d2,
- *	  ]Q3) or a leading GS standing for FNC1.
+ *	  last, optionally preceded by a GS1 symbology identifier (]C1 GS1-128,
+ *	  ]e0 GS1 DataBar, ]d2 GS1 DataMatrix, ]Q3 GS1 QR Code) and by one
+ *	  leading GS standing for FNC1.  Any other GS must be followed by an AI:
+ *	  a trailing or doubled GS is an error, as it means a field was lost.
  *
  * One table, gs1_ais[], describes the Application Identifiers understood:
  * their length (fixed or maximum), character set (digits or GS1 character
@@ -22,8 +24,10 @@
  *
  * Dates: DD = 00 ("day unspecified") is allowed for AIs 11, 13, 15, 16 and
  * 17 (GS1 yymmd0).  February 29 is accepted when YY is a multiple of 4: under
- * GS1's sliding century window YY maps to 1977..2076 today, where that rule
- * is exact.
+ * GS1's sliding century window (YY within -49..+50 years of the current
+ * year) YY maps to 1977..2076 in 2026, and the rule is exact for every
+ * window up to 2049, when 2100 (not a leap year) would enter it.  Not
+ * reading the clock keeps the functions IMMUTABLE.
  *
  * The result is a jsonb object from AI to its value as text, built with the
  * jsonb API.  A repeated AI with the same value is accepted once; with a
@@ -38,13 +42,13 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "gs1_check.h"
 
 #define GS1_GS			'\x1d'
-#define GS1_MAX_ELEMENTS 32
 
 typedef enum Gs1Check
 {
@@ -104,7 +108,7 @@ static const Gs1Ai gs1_ais[] = {
 	{"420", "SHIP TO POST", false, false, false, 20, GS1_CHECK_NONE},
 };
 
-/* One parsed element: pointers into the parser's own copy of the input. */
+/* One parsed element: the AI's table entry and a palloc'd copy of the value. */
 typedef struct Gs1Element
 {
 	const Gs1Ai *ai;
@@ -117,11 +121,17 @@ typedef struct Gs1Parser
 	char	   *shown;			/* input with GS shown as <GS> */
 	bool		error_ok;
 	int			n;
-	Gs1Element	elems[GS1_MAX_ELEMENTS];
+	Gs1Element	elems[lengthof(gs1_ais)];	/* one per distinct AI at most */
 } Gs1Parser;
 
 /* Characters of GS1 character set 82 other than digits and letters. */
 static const char gs1_cset82_punct[] = "!\"%&'()*+,-./:;<=>?_";
+
+/* GS1 symbology identifiers a scanner may put in front of the data. */
+static const char *const gs1_symbology_ids[] = {"]C1", "]e0", "]d2", "]Q3"};
+
+#define GS1_SUPPORTED_HINT \
+	"Supported AIs: 00, 01, 02, 10, 11, 13, 15, 16, 17, 21, 37, 3100-3105, 3300-3305, 400-403, 410-417, 420."
 
 /*
  * gs1_fail --- report a problem with the element string; returns false (or
@@ -138,6 +148,21 @@ gs1_lookup(const char *s, int len)
 		if ((int) strlen(gs1_ais[i].ai) == len && strncmp(gs1_ais[i].ai, s, len) == 0)
 			return &gs1_ais[i];
 	return NULL;
+}
+
+/*
+ * gs1_raw_ai --- the AI at the start of raw data s: GS1 AIs are prefix-free,
+ * so the 2-, 3- and 4-digit candidates are tried in turn.  NULL if none.
+ */
+static const Gs1Ai *
+gs1_raw_ai(const char *s)
+{
+	int			digits = (int) strspn(s, "0123456789");
+	const Gs1Ai *ai = NULL;
+
+	for (int len = 2; len <= 4 && len <= digits && ai == NULL; len++)
+		ai = gs1_lookup(s, len);
+	return ai;
 }
 
 /* gs1_days_in_month --- days of month mm (1-12) in year 20yy / 19yy. */
@@ -222,8 +247,7 @@ gs1_add(Gs1Parser *p, const Gs1Ai *ai, char *value)
 		return gs1_fail(p, NULL, "AI (%s) appears twice with different values, \"%s\" and \"%s\".",
 						ai->ai, p->elems[i].value, value);
 	}
-	if (p->n >= GS1_MAX_ELEMENTS)
-		return gs1_fail(p, NULL, "An element string has at most %d elements.", GS1_MAX_ELEMENTS);
+	Assert(p->n < (int) lengthof(p->elems));
 	p->elems[p->n].ai = ai;
 	p->elems[p->n].value = value;
 	p->n++;
@@ -253,7 +277,7 @@ gs1_parse_bracketed(Gs1Parser *p, const char *s)
 							(int) (close - s + 1), s);
 		ai = gs1_lookup(s + 1, (int) (close - s - 1));
 		if (ai == NULL)
-			return gs1_fail(p, "Supported AIs: 00, 01, 02, 10, 11, 13, 15, 16, 17, 21, 37, 3100-3105, 3300-3305, 400-403, 410-417, 420.",
+			return gs1_fail(p, GS1_SUPPORTED_HINT,
 							"AI (%.*s) is unknown or not supported.", (int) (close - s - 1), s + 1);
 		initStringInfo(&value);
 		for (s = close + 1; *s && *s != '('; s++)
@@ -269,30 +293,32 @@ gs1_parse_bracketed(Gs1Parser *p, const char *s)
 }
 
 /*
- * gs1_parse_raw --- concatenated AIs and values with GS separators.
+ * gs1_parse_raw --- concatenated AIs and values with GS separators; `s`
+ * starts at an AI or at the leading GS (FNC1).  A GS not followed by an AI
+ * fails.
  */
 static bool
 gs1_parse_raw(Gs1Parser *p, const char *s)
 {
 	while (*s)
 	{
-		const Gs1Ai *ai = NULL;
+		const Gs1Ai *ai;
 		int			vlen;
 
 		if (*s == GS1_GS)
 		{
 			s++;
+			if (*s == '\0' || *s == GS1_GS)
+				return gs1_fail(p, "Remove the extra GS, or supply the missing element.",
+								"The GS separator at position %d is not followed by an AI.",
+								(int) (s - p->input));
 			continue;
 		}
-		for (int len = 2; len <= 4 && ai == NULL; len++)
-		{
-			if ((int) strspn(s, "0123456789") < len)
-				break;
-			ai = gs1_lookup(s, len);
-		}
+		ai = gs1_raw_ai(s);
 		if (ai == NULL)
-			return gs1_fail(p, "Supported AIs: 00, 01, 02, 10, 11, 13, 15, 16, 17, 21, 37, 3100-3105, 3300-3305, 400-403, 410-417, 420.",
-							"No supported AI starts at \"%.4s\".", s);
+			return gs1_fail(p, GS1_SUPPORTED_HINT,
+							"No supported AI starts at \"%.*s\".",
+							pg_mbcliplen(s, (int) strlen(s), 4), s);
 		s += strlen(ai->ai);
 		if (ai->fixed)
 		{
@@ -317,14 +343,17 @@ gs1_parse_raw(Gs1Parser *p, const char *s)
 }
 
 /*
- * gs1_parse_string --- parse `input` into p->elems.  Returns false on bad
- * input when error_ok, else raises 22P02.
+ * gs1_parse_string --- parse `input` into p->elems: strip a symbology
+ * identifier, then hand over to the bracketed or the raw parser.  Returns
+ * false on bad input when error_ok, else raises 22P02.
  */
 static bool
 gs1_parse_string(Gs1Parser *p, const char *input, bool error_ok)
 {
 	const char *s = input;
 	StringInfoData shown;
+	const Gs1Ai *ai;
+	int			n;
 
 	p->input = input;
 	p->error_ok = error_ok;
@@ -339,12 +368,32 @@ gs1_parse_string(Gs1Parser *p, const char *input, bool error_ok)
 	}
 	p->shown = shown.data;
 
-	if (s[0] == ']' && s[1] != '\0' && s[2] != '\0')
-		s += 3;					/* symbology identifier such as ]C1 */
+	if (s[0] == ']')
+	{
+		int			i;
+
+		for (i = 0; i < (int) lengthof(gs1_symbology_ids); i++)
+			if (strncmp(s, gs1_symbology_ids[i], 3) == 0)
+				break;
+		if (i == (int) lengthof(gs1_symbology_ids))
+			return gs1_fail(p, "Strip the symbology identifier, or send the data of a GS1 symbol.",
+							"The string does not start with a GS1 symbology identifier (]C1, ]e0, ]d2 or ]Q3).");
+		s += 3;
+	}
 	if (*s == '\0')
 		return gs1_fail(p, NULL, "The element string is empty.");
 	if (*s == '(')
 		return gs1_parse_bracketed(p, s);
+
+	/*
+	 * "01)..." is a bracketed string that lost its "(".  Say so, unless the
+	 * digits start a text AI whose value may legitimately begin with ")".
+	 */
+	n = (int) strspn(s, "0123456789");
+	if (n >= 2 && n <= 4 && s[n] == ')' &&
+		((ai = gs1_raw_ai(s)) == NULL || ai->numeric))
+		return gs1_fail(p, "A bracketed element string starts with \"(\".",
+						"The \")\" after AI %.*s has no opening parenthesis.", n, s);
 	return gs1_parse_raw(p, s);
 }
 
