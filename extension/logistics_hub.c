@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "hub_workers.h"
 #include "outbox.h"
 
 PG_MODULE_MAGIC;
@@ -34,6 +35,12 @@ void
 _PG_init(void)
 {
 	hub_outbox_define_gucs();
+	hub_workers_define_gucs();
+	if (process_shared_preload_libraries_in_progress && !IsBinaryUpgrade)
+	{
+		hub_shmem_init_hooks();
+		hub_workers_register();
+	}
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("logistics_hub");
 #else

@@ -46,6 +46,7 @@
 #include "utils/uuid.h"
 #include "utils/xid8.h"
 
+#include "hub_workers.h"
 #include "outbox.h"
 
 #define EVENT_TYPE_MAXLEN 127
@@ -311,6 +312,8 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 					 errdetail("Event ids carry the publishing transaction's id, which routing relies on."),
 					 errhint("Leave event_id to its default; hub.publish returns the id, and INSERT ... RETURNING event_id gives it back.")));
 	}
+	/* wake hook: called once per inserted event (the dispatchers at commit) */
+	hub_note_outbox_insert();
 	cols[0] = att_xid;
 	vals[0] = UInt64GetDatum(top_xid);
 	cols[1] = att_published;

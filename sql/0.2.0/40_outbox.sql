@@ -286,11 +286,11 @@ CREATE TABLE hub.attempts (
 	error			text,
 	latency_ms		integer,
 	response_excerpt text CHECK (length(response_excerpt) <= 1024),
-	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale'))
+	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired'))
 );
 CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
 COMMENT ON TABLE hub.attempts IS
-'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed).';
+'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed; expired: the lease ran out, or its worker restarted, with no result).';
 
 CREATE TABLE hub.operator_audit (
 	audit_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

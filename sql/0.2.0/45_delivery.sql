@@ -151,7 +151,8 @@ AS $$
 BEGIN
 	RETURN QUERY
 	WITH candidates AS (
-		SELECT d.delivery_id
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt
 		FROM hub.deliveries d
 		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
@@ -174,6 +175,12 @@ BEGIN
 		FROM candidates c
 		WHERE d.delivery_id = c.delivery_id
 		RETURNING d.*
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM candidates c
+		WHERE c.old_state = 'in_flight'
 	)
 	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
 		   o.occurred_at, o.correlation_id,
@@ -280,8 +287,13 @@ BEGIN
 		RAISE EXCEPTION 'delivery % does not exist', p_delivery USING ERRCODE = 'undefined_object';
 	END IF;
 	IF d.state <> 'in_flight' OR d.lease_token IS DISTINCT FROM p_token THEN
+		-- numbered as the attempt of its lease (known from the expiry row)
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, error, latency_ms, response_excerpt, outcome)
-		VALUES (p_delivery, d.attempts, p_worker, p_token, p_status, p_error, p_latency, left(p_excerpt, 1024), 'stale');
+		VALUES (p_delivery,
+				coalesce((SELECT a.attempt FROM hub.attempts a
+						  WHERE a.delivery_id = p_delivery AND a.lease_token = p_token
+						  ORDER BY a.attempt_id LIMIT 1), d.attempts),
+				p_worker, p_token, p_status, p_error, p_latency, left(p_excerpt, 1024), 'stale');
 		RETURN NULL;
 	END IF;
 	RETURN d;

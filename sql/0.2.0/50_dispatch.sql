@@ -1,0 +1,221 @@
+-- 50_dispatch.sql --- what the dispatcher workers call (workers/dispatcher.c)
+-- and the SQL faces of the push side's C code: the egress policy, the wake-up,
+-- Standard Webhooks signatures and the bodies sent.
+
+-- ---------------------------------------------------------------- egress
+
+CREATE FUNCTION hub._egress_check(url text) RETURNS void
+	AS 'MODULE_PATHNAME', 'hub_egress_check' LANGUAGE C STRICT;
+COMMENT ON FUNCTION hub._egress_check(text) IS
+'API: Private. Raise 22023 unless an endpoint may have this URL: http or https, parsed as libcurl parses it, with a host logistics_hub.egress_allow admits.';
+
+CREATE FUNCTION hub.egress_allowed(address text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_egress_address_check' LANGUAGE C STRICT STABLE;
+COMMENT ON FUNCTION hub.egress_allowed(text) IS
+'Would the delivery workers connect to this IPv4 or IPv6 address under the current logistics_hub.egress_allow?';
+
+-- endpoints: the URL against the egress policy and header values without CR
+-- or LF, whoever writes the row (hub.create_endpoint or an UPDATE by hub_admin)
+CREATE FUNCTION hub._endpoint_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	h record;
+BEGIN
+	PERFORM hub._egress_check(NEW.url);
+	IF jsonb_typeof(NEW.headers) <> 'object' THEN
+		RAISE EXCEPTION 'endpoint headers must be a JSON object of names and string values'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR h IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+		IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+			RAISE EXCEPTION 'invalid header name "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header names are HTTP tokens (letters, digits, - and a few symbols).';
+		END IF;
+		IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' THEN
+			RAISE EXCEPTION 'invalid value for header "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header values are strings without CR, LF or other control characters.';
+		END IF;
+	END LOOP;
+	IF NEW.api_key_header IS NOT NULL AND NEW.api_key_header !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'invalid API key header name "%"', NEW.api_key_header USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NEW.oauth2_token_url IS NOT NULL THEN
+		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION hub._endpoint_check() IS
+'API: Private. Trigger on hub.endpoints: URL and token URL against the egress policy, header names and values safe to send.';
+CREATE TRIGGER endpoint_check BEFORE INSERT OR UPDATE OF url, headers, api_key_header, oauth2_token_url
+	ON hub.endpoints FOR EACH ROW EXECUTE FUNCTION hub._endpoint_check();
+
+-- secrets may not carry CR or LF either (they go into header lines)
+ALTER TABLE hub._endpoint_secrets ADD CONSTRAINT endpoint_secrets_no_crlf
+	CHECK (auth_secret !~ '[\r\n]' AND oauth2_client_id !~ '[\r\n]' AND oauth2_client_secret !~ '[\r\n]');
+
+-- ---------------------------------------------------------------- wake-up
+
+CREATE FUNCTION hub.wake() RETURNS integer
+	AS 'MODULE_PATHNAME', 'hub_wake' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION hub.wake() IS
+'Wake the dispatchers now and return how many are running. Publishing wakes them at commit by itself; call this after COMMIT PREPARED.';
+
+-- ---------------------------------------------------------------- bodies
+
+CREATE FUNCTION hub.webhook_signature(secret text, msg_id text, "timestamp" bigint, body text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_webhook_signature' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.webhook_signature(text, text, bigint, text) IS
+'The Standard Webhooks signature (v1,<base64 HMAC-SHA256 of msg_id.timestamp.body>) of a request, for a whsec_ secret.';
+
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text DEFAULT '/logistics_hub')
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN body_format = 'cloudevents' THEN
+		jsonb_strip_nulls(jsonb_build_object(
+			'specversion', '1.0', 'id', event_id, 'source', source, 'type', event_type,
+			'subject', aggregate_id, 'time', occurred_at, 'datacontenttype', 'application/json',
+			'correlationid', correlation_id))
+		|| jsonb_build_object('data', payload)
+	ELSE
+		jsonb_build_object('id', event_id, 'type', event_type, 'aggregate_id', aggregate_id,
+						   'occurred_at', occurred_at, 'correlation_id', correlation_id, 'data', payload)
+	END::text
+$$;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text) IS
+'The JSON a receiver gets for one event: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data) or a CloudEvents 1.0 structured-mode event; a batch request is a JSON array of canonical events.';
+
+-- ---------------------------------------------------------------- worker API
+
+CREATE FUNCTION hub._dispatch_claim(max integer, worker text, lease_seconds integer, shard integer,
+									nshards integer, source text)
+RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subscription_id integer,
+			   body_format text, batch_max integer, event_id text, body text)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+	SELECT c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, s.batch_max,
+		   c.event_id::text,
+		   hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+						  c.correlation_id, c.payload, source)
+	FROM hub.claim_deliveries(max, worker, make_interval(secs => lease_seconds), shard, nshards) c
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id
+$$;
+COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text) IS
+'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
+
+CREATE FUNCTION hub._dispatch_endpoints(ids integer[])
+RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
+			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
+			   oauth2_token_url text, headers text[], auth_secret text, oauth2_client_id text,
+			   oauth2_client_secret text, signing_secrets text[], usable boolean, usable_again timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT e.endpoint_id, e.url, e.timeout_ms, e.max_concurrency, e.rate_limit::float8, e.allow_redirects,
+		   e.auth_kind, e.api_key_header, e.oauth2_token_url,
+		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
+		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
+		   e.enabled AND NOT e.paused AND e.circuit_state <> 'open',
+		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END
+	FROM hub.endpoints e
+	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
+	WHERE e.endpoint_id = ANY (ids)
+$$;
+COMMENT ON FUNCTION hub._dispatch_endpoints(integer[]) IS
+'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone).';
+
+/*
+ * _complete_many --- complete_delivery for a whole set of results in three
+ * statements.  A result whose lease is gone (reclaimed by another claim) is
+ * recorded as a stale attempt and changes nothing, as in complete_delivery;
+ * the UPDATE re-checks the token under the row lock.
+ */
+CREATE FUNCTION hub._complete_many(ids bigint[], tokens bigint[], statuses integer[], latencies integer[],
+								   excerpts text[], worker text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	WITH r AS (
+		SELECT * FROM unnest(ids, tokens, statuses, latencies, excerpts)
+			AS r(delivery_id, token, status, latency, excerpt)
+	), done AS (
+		UPDATE hub.deliveries d
+		SET state = 'delivered', lease_until = NULL, last_error = NULL, last_http_status = r.status,
+			updated_at = now()
+		FROM r
+		WHERE d.delivery_id = r.delivery_id AND d.state = 'in_flight' AND d.lease_token = r.token
+		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token, r.status, r.latency, r.excerpt
+	), audit AS (
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
+		SELECT done.delivery_id, done.attempts, worker, done.token, done.status, done.latency,
+			   left(done.excerpt, 1024), 'delivered'
+		FROM done
+		RETURNING 1
+	), stale AS (
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
+		SELECT r.delivery_id,
+			   coalesce((SELECT a.attempt FROM hub.attempts a
+						 WHERE a.delivery_id = r.delivery_id AND a.lease_token = r.token
+						 ORDER BY a.attempt_id LIMIT 1), d.attempts),
+			   worker, r.token, r.status, r.latency, left(r.excerpt, 1024), 'stale'
+		FROM r JOIN hub.deliveries d ON d.delivery_id = r.delivery_id
+		WHERE r.delivery_id NOT IN (SELECT done.delivery_id FROM done)
+		RETURNING 1
+	), closed AS (
+		UPDATE hub.endpoints e
+		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
+		WHERE e.endpoint_id IN (SELECT done.endpoint_id FROM done)
+			AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0)
+		RETURNING 1
+	)
+	-- (data-modifying CTEs run to completion whether read or not)
+	SELECT count(*) INTO n FROM audit;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text) IS
+'API: Private. Record many successful deliveries under their leases at once (stale ones as stale attempts); returns how many were completed.';
+
+CREATE FUNCTION hub._release_leases(worker text) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH x AS (
+		UPDATE hub.deliveries d SET state = CASE WHEN d.attempts > 1 THEN 'retry_wait' ELSE 'pending' END,
+			next_attempt_at = now(), lease_until = NULL, updated_at = now()
+		WHERE d.state = 'in_flight' AND d.leased_by = worker
+		RETURNING d.delivery_id, d.attempts, d.lease_token
+	), audit AS (
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT x.delivery_id, x.attempts, worker, x.lease_token, 'worker restarted before a result', 'expired'
+		FROM x
+	)
+	SELECT count(*)::integer FROM x
+$$;
+COMMENT ON FUNCTION hub._release_leases(text) IS
+'API: Private. A dispatcher starting again gives back the leases its previous incarnation held (they are claimable at once).';
+
+REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hub._endpoint_check(),
+	hub.wake(), hub.webhook_signature(text, text, bigint, text),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
+	hub._dispatch_claim(integer, text, integer, integer, integer, text), hub._dispatch_endpoints(integer[]),
+	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text), hub._release_leases(text)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.wake() TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.egress_allowed(text) TO hub_admin;
+GRANT EXECUTE ON FUNCTION hub.webhook_signature(text, text, bigint, text),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text)
+	TO hub_reader, hub_writer;

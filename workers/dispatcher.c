@@ -1,0 +1,1023 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatcher.c
+ *		The dispatcher background worker: claims deliveries, sends them over
+ *		HTTP with libcurl's multi interface and records the outcomes.
+ *
+ * One loop, three kinds of step, never a transaction open during HTTP:
+ *
+ *   claim   one short transaction: hub._dispatch_claim() routes what is not
+ *           routed yet and leases ready deliveries of this dispatcher's
+ *           shard (endpoint_id % logistics_hub.dispatchers), with their
+ *           bodies already rendered; endpoint settings and secrets are
+ *           (re)read in the same transaction when older than a second.
+ *   send    requests wait in their endpoint's queue until its concurrency
+ *           cap, its rate limit (a sliding window: never more than
+ *           rate_limit starts in any second) and the dispatcher's total cap
+ *           let them go; libcurl drives all transfers on one multi handle
+ *           whose sockets sit in an epoll set that the loop's WaitEventSet
+ *           watches together with the latch and postmaster death.
+ *   record  one short transaction per loop for everything finished:
+ *           successes in bulk (hub._complete_many), failures one by one
+ *           (hub.fail_delivery: backoff, Retry-After, dead letters, circuit
+ *           breaker), and requests given back without an attempt
+ *           (hub.defer_delivery: circuit opened, endpoint paused, or a
+ *           request that waited half its lease in a queue).
+ *
+ * The latch is set by publishing transactions at commit (shmem.c), by
+ * SIGTERM (die) and SIGHUP; the poll interval is only a safety net.  The
+ * loop checks for interrupts after every wait, so neither a fast shutdown
+ * nor DROP DATABASE (a procsignal barrier) is held up by a hung receiver:
+ * transfers never block, they are only driven.  Outside data never raises
+ * an error: every transport error, bad status, oversized or malformed
+ * answer becomes an attempt row.  An error in the dispatcher's own SQL
+ * (the extension being dropped, a lock) ends the process with exit code 1
+ * and the launcher starts it again; leases it held expire or, for its next
+ * incarnation, are given back at start.
+ *
+ * workers/dispatcher.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <sys/epoll.h>
+#include <signal.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "libpq/pqsignal.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/value.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "dispatch.h"
+#include "hub_workers.h"
+
+#define MAX_EPOLL_EVENTS 64
+
+/* a finished request's outcome, kept until the record step */
+typedef struct HubResult
+{
+	HubRequest *req;
+	long		http_status;	/* 0: none (transport error) */
+	char	   *error;			/* NULL on success */
+	int			latency_ms;
+	int64		retry_after_s;	/* -1: none */
+	bool		deferred;		/* give back without an attempt */
+	TimestampTz defer_until;
+} HubResult;
+
+static int	my_slot;
+static char worker_name[64];
+static MemoryContext dispatcher_cxt;	/* lives as long as the process */
+static MemoryContext loop_cxt;	/* reset every loop */
+static HTAB *endpoints;
+static dlist_head active_endpoints = DLIST_STATIC_INIT(active_endpoints);
+static CURLM *multi = NULL;
+static int	epoll_fd = -1;
+static TimestampTz curl_deadline = 0;	/* 0: no timer */
+static int	in_flight = 0;
+static int	queued_total = 0;
+static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
+static SPIPlanPtr claim_plan,
+			endpoints_plan,
+			complete_plan,
+			fail_plan,
+			defer_plan;
+
+/* ---------------------------------------------------------------- curl glue */
+
+static int
+on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+	if (what == CURL_POLL_REMOVE)
+	{
+		(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
+		return 0;
+	}
+	if (what & CURL_POLL_IN)
+		ev.events |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev.events |= EPOLLOUT;
+	if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0 &&
+		epoll_ctl(epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0)
+		return -1;
+	return 0;
+}
+
+static int
+on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+	curl_deadline = timeout_ms < 0 ? 0 :
+		GetCurrentTimestamp() + (int64) timeout_ms * 1000;
+	return 0;
+}
+
+/*
+ * Drive libcurl with every signal blocked, so that a resolver thread it
+ * starts inherits a fully blocked mask and PostgreSQL's handlers only ever
+ * run on this thread.
+ */
+static void
+drive(curl_socket_t fd, int flags)
+{
+	int			running;
+	sigset_t	all,
+				old;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	curl_multi_socket_action(multi, fd, flags, &running);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void
+dispatcher_cleanup(int code, Datum arg)
+{
+	if (multi != NULL)
+		curl_multi_cleanup(multi);
+	multi = NULL;
+}
+
+/* ---------------------------------------------------------------- endpoints */
+
+static HubEndpoint *
+endpoint_get(int id)
+{
+	bool		found;
+	HubEndpoint *ep = hash_search(endpoints, &id, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		memset((char *) ep + sizeof(int), 0, sizeof(HubEndpoint) - sizeof(int));
+		ep->cxt = AllocSetContextCreate(dispatcher_cxt, "logistics_hub endpoint", ALLOCSET_SMALL_SIZES);
+		dlist_init(&ep->queue);
+	}
+	return ep;
+}
+
+static char *
+spi_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static char **
+spi_text_array(HeapTuple tup, TupleDesc desc, int col, int *n)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+	char	  **out;
+	int			k = 0;
+
+	*n = 0;
+	if (isnull)
+		return NULL;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &count);
+	out = palloc0(sizeof(char *) * Max(count, 1));
+	for (int i = 0; i < count; i++)
+		if (!nulls[i])
+			out[k++] = TextDatumGetCString(elems[i]);
+	*n = k;
+	return out;
+}
+
+static HubAuthKind
+auth_kind(const char *s)
+{
+	if (s == NULL || strcmp(s, "none") == 0)
+		return HUB_AUTH_NONE;
+	if (strcmp(s, "bearer") == 0)
+		return HUB_AUTH_BEARER;
+	if (strcmp(s, "basic") == 0)
+		return HUB_AUTH_BASIC;
+	if (strcmp(s, "api_key") == 0)
+		return HUB_AUTH_API_KEY;
+	return HUB_AUTH_OAUTH2;
+}
+
+/* store one row of hub._dispatch_endpoints() (inside SPI) */
+static void
+endpoint_load(HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	int			id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	HubEndpoint *ep = endpoint_get(id);
+	MemoryContext old;
+	char	   *url;
+	Datum		rate;
+	bool		usable;
+
+	MemoryContextReset(ep->cxt);
+	old = MemoryContextSwitchTo(ep->cxt);
+	url = spi_text(tup, desc, 2);
+	ep->url = url;
+	ep->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	ep->max_concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	rate = SPI_getbinval(tup, desc, 5, &isnull);
+	ep->rate_limit = isnull ? 0 : DatumGetFloat8(rate);
+	ep->allow_redirects = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	ep->auth_kind = auth_kind(spi_text(tup, desc, 7));
+	ep->api_key_header = spi_text(tup, desc, 8);
+	ep->oauth2_token_url = spi_text(tup, desc, 9);
+	ep->headers = spi_text_array(tup, desc, 10, &ep->nheaders);
+	ep->auth_secret = spi_text(tup, desc, 11);
+	ep->oauth2_client_id = spi_text(tup, desc, 12);
+	ep->oauth2_client_secret = spi_text(tup, desc, 13);
+	ep->signing_secrets = spi_text_array(tup, desc, 14, &ep->nsecrets);
+	usable = DatumGetBool(SPI_getbinval(tup, desc, 15, &isnull));
+	ep->usable_again = DatumGetTimestampTz(SPI_getbinval(tup, desc, 16, &isnull));
+
+	/* the rate window: at most rate_n starts in rate_n / rate seconds */
+	if (ep->rate_limit > 0)
+	{
+		int			n = (int) Max(1.0, Min(floor(ep->rate_limit), 10000.0));
+
+		if (n != ep->rate_n)
+		{
+			ep->rate_starts = MemoryContextAllocZero(dispatcher_cxt, sizeof(TimestampTz) * n);
+			ep->rate_pos = 0;
+		}
+		ep->rate_n = n;
+		ep->rate_window_us = (int64) ceil(n * 1e6 / ep->rate_limit);
+	}
+	else
+		ep->rate_n = 0;
+	MemoryContextSwitchTo(old);
+	ep->usable = usable;
+	ep->loaded = true;
+	ep->loaded_at = GetCurrentTimestamp();
+}
+
+/* ---------------------------------------------------------------- SQL */
+
+static SPIPlanPtr
+prepare(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+prepare_plans(void)
+{
+	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID};
+	Oid			ids[] = {INT4ARRAYOID};
+	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
+	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID};
+	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
+
+	if (claim_plan != NULL)
+		return;
+	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6)", 6, claim_types);
+	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1)", 1, ids);
+	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
+	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
+	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
+						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8) "
+						"FROM hub.deliveries WHERE delivery_id = $1", 8, fail_types);
+	defer_plan = prepare("SELECT hub.defer_delivery($1, $2, $3) "
+						 "FROM hub.deliveries WHERE delivery_id = $1", 3, defer_types);
+}
+
+static void
+begin_step(const char *what)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, what);
+}
+
+static void
+end_step(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* does hub.<name>() exist?  Inside a transaction. */
+static bool
+hub_function_exists(const char *name)
+{
+	return FuncnameGetCandidates(list_make2(makeString("hub"), makeString(pstrdup(name))),
+								 -1, NIL, false, false, false, true) != NULL;
+}
+
+/*
+ * is the extension (at a version with workers) installed here?  Inside a
+ * transaction.
+ */
+static bool
+extension_present(void)
+{
+	return OidIsValid(get_extension_oid("logistics_hub", true)) &&
+		hub_function_exists("_dispatch_claim");
+}
+
+static Datum
+int_array(int64 *v, int n, bool wide)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = wide ? Int64GetDatum(v[i]) : Int32GetDatum((int32) v[i]);
+	return PointerGetDatum(construct_array(d, n, wide ? INT8OID : INT4OID, wide ? 8 : 4,
+										   wide ? FLOAT8PASSBYVAL : true,
+										   wide ? TYPALIGN_DOUBLE : TYPALIGN_INT));
+}
+
+/* an excerpt cut to text valid in the database encoding, without NULs */
+static char *
+excerpt_text(HubRequest *req)
+{
+	int			len = req->excerpt.len;
+	char	   *s = req->excerpt.data;
+
+	for (int i = 0; i < len; i++)
+		if (s[i] == '\0')
+		{
+			len = i;
+			break;
+		}
+	/* the valid prefix (an excerpt may end inside a character) */
+	len = pg_encoding_verifymbstr(GetDatabaseEncoding(), s, len);
+	return pnstrdup(s, len);
+}
+
+/* ---------------------------------------------------------------- claim */
+
+static HubRequest *
+request_new(HubEndpoint *ep, int subscription_id, int batch_max, bool batch)
+{
+	MemoryContext cxt = AllocSetContextCreate(dispatcher_cxt, "logistics_hub request", ALLOCSET_SMALL_SIZES);
+	HubRequest *req = MemoryContextAllocZero(cxt, sizeof(HubRequest));
+
+	req->cxt = cxt;
+	req->ep = ep;
+	req->subscription_id = subscription_id;
+	req->batch_max = batch_max;
+	req->batch = batch;
+	req->cap = batch ? Max(1, batch_max) : 1;
+	req->delivery_ids = MemoryContextAlloc(cxt, sizeof(int64) * req->cap);
+	req->lease_tokens = MemoryContextAlloc(cxt, sizeof(int64) * req->cap);
+	req->claimed_at = GetCurrentTimestamp();
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		initStringInfo(&req->body);
+		initStringInfo(&req->excerpt);
+		MemoryContextSwitchTo(old);
+	}
+	return req;
+}
+
+static void
+request_free(HubRequest *req)
+{
+	hub_http_release(req);
+	MemoryContextDelete(req->cxt);
+}
+
+static void
+endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
+{
+	dlist_push_tail(&ep->queue, &req->node);
+	ep->queued++;
+	queued_total++;
+	if (!ep->active)
+	{
+		dlist_push_tail(&active_endpoints, &ep->active_node);
+		ep->active = true;
+	}
+}
+
+/*
+ * claim --- one transaction: lease up to max deliveries, render them into
+ * requests (batch subscriptions grouped per subscription), refresh stale
+ * endpoint settings.  Returns the number of deliveries claimed.
+ */
+static int
+claim(int max)
+{
+	Datum		args[6];
+	int			n;
+	Datum	   *ids;
+	int			nids = 0;
+	HubRequest *open_batch = NULL;
+	TimestampTz now = GetCurrentTimestamp();
+
+	begin_step("logistics_hub: claim");
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+
+	args[0] = Int32GetDatum(max);
+	args[1] = CStringGetTextDatum(worker_name);
+	args[2] = Int32GetDatum(hub_lease_seconds);
+	args[3] = Int32GetDatum(my_slot);
+	args[4] = Int32GetDatum(Max(hub_dispatchers, my_slot + 1));
+	args[5] = CStringGetTextDatum(hub_event_source);
+	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "claiming deliveries failed");
+	n = (int) SPI_processed;
+	ids = palloc(sizeof(Datum) * (n + 1 + hash_get_num_entries(endpoints)));
+
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		delivery_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		int64		token = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int			endpoint_id = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		int			subscription_id = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		char	   *format = spi_text(tup, desc, 5);
+		int			batch_max = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		char	   *event_id = spi_text(tup, desc, 7);
+		text	   *body = DatumGetTextPP(SPI_getbinval(tup, desc, 8, &isnull));
+		HubEndpoint *ep = endpoint_get(endpoint_id);
+		bool		batch = strcmp(format, "batch") == 0;
+		HubRequest *req;
+
+		if (!ep->loaded || now - ep->loaded_at > USECS_PER_SEC)
+		{
+			ep->loaded = false;
+			ids[nids++] = Int32GetDatum(endpoint_id);
+			ep->loaded_at = now;	/* once per claim */
+		}
+		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
+			open_batch->n < open_batch->cap)
+			req = open_batch;
+		else
+		{
+			req = request_new(ep, subscription_id, batch_max, batch);
+			req->content_type = strcmp(format, "cloudevents") == 0 ?
+				"application/cloudevents+json" : "application/json";
+			req->webhook_id = MemoryContextStrdup(req->cxt, batch ? psprintf("batch_%s", event_id) : event_id);
+			if (batch)
+				appendStringInfoChar(&req->body, '[');
+			endpoint_enqueue(ep, req);
+			open_batch = batch ? req : NULL;
+		}
+		if (req->batch && req->n > 0)
+			appendStringInfoChar(&req->body, ',');
+		appendBinaryStringInfo(&req->body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
+		req->delivery_ids[req->n] = delivery_id;
+		req->lease_tokens[req->n] = token;
+		req->n++;
+	}
+
+	/* endpoints with queued requests are re-read too: paused meanwhile? */
+	{
+		dlist_iter	it;
+
+		dlist_foreach(it, &active_endpoints)
+		{
+			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+
+			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
+			{
+				ep->loaded = false;
+				ids[nids++] = Int32GetDatum(ep->endpoint_id);
+				ep->loaded_at = now;
+			}
+		}
+	}
+	if (nids > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading endpoints failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	}
+	end_step();
+
+	return n;
+}
+
+/* ---------------------------------------------------------------- send */
+
+static void
+add_result(HubRequest *req, long status, char *error, int64 retry_after, bool deferred,
+		   TimestampTz until)
+{
+	MemoryContext old = MemoryContextSwitchTo(dispatcher_cxt);
+	HubResult  *r = palloc0(sizeof(HubResult));
+
+	r->req = req;
+	r->http_status = status;
+	r->error = error ? pstrdup(error) : NULL;
+	r->latency_ms = req->started_at ? (int) ((GetCurrentTimestamp() - req->started_at) / 1000) : 0;
+	r->retry_after_s = retry_after;
+	r->deferred = deferred;
+	r->defer_until = until;
+	results = lappend(results, r);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+endpoint_dequeue(HubEndpoint *ep, HubRequest *req)
+{
+	dlist_delete(&req->node);
+	ep->queued--;
+	queued_total--;
+}
+
+/* how long until the rate window lets one more request start (0: now) */
+static int64
+rate_wait_us(HubEndpoint *ep, TimestampTz now)
+{
+	TimestampTz oldest;
+
+	if (ep->rate_n == 0)
+		return 0;
+	oldest = ep->rate_starts[ep->rate_pos];
+	if (oldest == 0 || now - oldest >= ep->rate_window_us)
+		return 0;
+	return ep->rate_window_us - (now - oldest);
+}
+
+/*
+ * pump --- start every queued request the limits allow; give back those
+ * that cannot go (endpoint paused or circuit open, or waited too long).
+ * Returns the earliest time a rate-limited request may start (0: none).
+ */
+static TimestampTz
+pump(void)
+{
+	dlist_mutable_iter it;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	int64		max_wait = (int64) hub_lease_seconds * USECS_PER_SEC / 2;
+
+	dlist_foreach_modify(it, &active_endpoints)
+	{
+		HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+
+		while (!dlist_is_empty(&ep->queue))
+		{
+			HubRequest *req = dlist_head_element(HubRequest, node, &ep->queue);
+			int64		wait;
+			char	   *error;
+
+			if (!ep->usable || now - req->claimed_at > max_wait)
+			{
+				endpoint_dequeue(ep, req);
+				add_result(req, 0, NULL, -1, true,
+						   ep->usable ? now : Max(now, ep->usable_again));
+				continue;
+			}
+			if (!ep->loaded || ep->in_flight >= ep->max_concurrency || in_flight >= hub_max_in_flight)
+				break;
+			wait = rate_wait_us(ep, now);
+			if (wait > 0)
+			{
+				if (next == 0 || now + wait < next)
+					next = now + wait;
+				break;
+			}
+			if (ep->auth_kind == HUB_AUTH_OAUTH2 &&
+				(ep->oauth2_token == NULL || ep->oauth2_expires <= now))
+			{
+				if (!hub_oauth2_refresh(ep, &error))
+				{
+					/* every queued request of the endpoint fails with it */
+					endpoint_dequeue(ep, req);
+					add_result(req, 0, error, -1, false, 0);
+					continue;
+				}
+				now = GetCurrentTimestamp();
+			}
+			endpoint_dequeue(ep, req);
+			if (req->batch)
+				appendStringInfoChar(&req->body, ']');
+			req->started_at = now;
+			if (hub_http_prepare(req, &error) == NULL)
+			{
+				add_result(req, 0, error, -1, false, 0);
+				continue;
+			}
+			if (ep->rate_n > 0)
+			{
+				ep->rate_starts[ep->rate_pos] = now;
+				ep->rate_pos = (ep->rate_pos + 1) % ep->rate_n;
+			}
+			ep->in_flight++;
+			in_flight++;
+			curl_multi_add_handle(multi, req->easy);
+		}
+		if (dlist_is_empty(&ep->queue))
+		{
+			dlist_delete(&ep->active_node);
+			ep->active = false;
+		}
+	}
+	return next;
+}
+
+/* collect finished transfers */
+static void
+collect(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
+	{
+		HubRequest *req;
+		long		status = 0;
+		curl_off_t	retry_after = -1;
+		CURLcode	rc = msg->data.result;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+		curl_multi_remove_handle(multi, msg->easy_handle);
+		req->ep->in_flight--;
+		in_flight--;
+
+		if (rc == CURLE_OK && status >= 200 && status < 300)
+			add_result(req, status, NULL, -1, false, 0);
+		else if (rc == CURLE_OK)
+		{
+			if (status == 429 || status == 503)
+				curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after);
+			if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
+				req->ep->oauth2_expires = 0;	/* fetch a new token next time */
+			add_result(req, status,
+					   status >= 300 && status < 400 ? "redirect not followed" : "",
+					   retry_after > 0 ? (int64) retry_after : -1, false, 0);
+		}
+		else
+		{
+			char	   *error;
+
+			if (req->blocked)
+				error = psprintf("blocked by egress policy: address %s", req->blocked_address);
+			else if (req->too_big || rc == CURLE_FILESIZE_EXCEEDED)
+				error = psprintf("response larger than %d bytes", hub_max_response_bytes);
+			else
+				error = psprintf("%s%s%s", curl_easy_strerror(rc),
+								 req->errbuf[0] ? ": " : "", req->errbuf);
+			add_result(req, 0, error, -1, false, 0);
+		}
+		hub_http_release(req);
+	}
+}
+
+/* ---------------------------------------------------------------- record */
+
+/*
+ * record --- one transaction for every finished request: successes in
+ * bulk, failures and deferrals one by one.  Then the endpoints that
+ * failed are re-read: an opened circuit gives their queues back.
+ */
+static void
+record(void)
+{
+	int			nok = 0;
+	int			cap = 0;
+	int64	   *ids,
+			   *tokens,
+			   *statuses,
+			   *latencies;
+	Datum	   *excerpts;
+	bool	   *excerpt_nulls;
+	ListCell   *lc;
+	Datum	   *failed_eps;
+	int			nfailed = 0;
+
+	if (results == NIL)
+		return;
+	foreach(lc, results)
+		cap += ((HubResult *) lfirst(lc))->req->n;
+
+	begin_step("logistics_hub: record results");
+	prepare_plans();
+	ids = palloc(sizeof(int64) * cap);
+	tokens = palloc(sizeof(int64) * cap);
+	statuses = palloc(sizeof(int64) * cap);
+	latencies = palloc(sizeof(int64) * cap);
+	excerpts = palloc(sizeof(Datum) * cap);
+	excerpt_nulls = palloc(sizeof(bool) * cap);
+	failed_eps = palloc(sizeof(Datum) * list_length(results));
+
+	foreach(lc, results)
+	{
+		HubResult  *r = lfirst(lc);
+		HubRequest *req = r->req;
+		char	   *excerpt = req->excerpt.len > 0 ? excerpt_text(req) : NULL;
+
+		for (int i = 0; i < req->n; i++)
+		{
+			if (r->deferred)
+			{
+				Datum		a[3] = {Int64GetDatum(req->delivery_ids[i]),
+				Int64GetDatum(req->lease_tokens[i]), TimestampTzGetDatum(r->defer_until)};
+
+				SPI_execute_plan(defer_plan, a, NULL, false, 0);
+			}
+			else if (r->error == NULL)
+			{
+				ids[nok] = req->delivery_ids[i];
+				tokens[nok] = req->lease_tokens[i];
+				statuses[nok] = r->http_status;
+				latencies[nok] = r->latency_ms;
+				excerpts[nok] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
+				excerpt_nulls[nok] = excerpt == NULL;
+				nok++;
+			}
+			else
+			{
+				Datum		a[8];
+				char		nulls[8] = "        ";
+
+				a[0] = Int64GetDatum(req->delivery_ids[i]);
+				a[1] = Int64GetDatum(req->lease_tokens[i]);
+				a[2] = Int32GetDatum((int32) r->http_status);
+				nulls[2] = r->http_status == 0 ? 'n' : ' ';
+				a[3] = CStringGetTextDatum(r->error[0] ? r->error : (r->http_status ? psprintf("HTTP %ld", r->http_status) : "failed"));
+				a[4] = Int32GetDatum(r->latency_ms);
+				a[5] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
+				nulls[5] = excerpt ? ' ' : 'n';
+				a[6] = Int64GetDatum(r->retry_after_s);
+				a[7] = CStringGetTextDatum(worker_name);
+				SPI_execute_plan(fail_plan, a, nulls, false, 0);
+				if (i == 0)
+					failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
+			}
+		}
+	}
+	if (nok > 0)
+	{
+		Datum		a[6];
+		int			dims[1] = {nok};
+		int			lbs[1] = {1};
+
+		a[0] = int_array(ids, nok, true);
+		a[1] = int_array(tokens, nok, true);
+		a[2] = int_array(statuses, nok, false);
+		a[3] = int_array(latencies, nok, false);
+		a[4] = PointerGetDatum(construct_md_array(excerpts, excerpt_nulls, 1, dims, lbs,
+												  TEXTOID, -1, false, TYPALIGN_INT));
+		a[5] = CStringGetTextDatum(worker_name);
+		SPI_execute_plan(complete_plan, a, NULL, false, 0);
+	}
+	if (nfailed > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
+
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
+			for (uint64 i = 0; i < SPI_processed; i++)
+				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	}
+	end_step();
+
+	foreach(lc, results)
+		request_free(((HubResult *) lfirst(lc))->req);
+	MemoryContextSwitchTo(dispatcher_cxt);
+	list_free_deep(results);
+	results = NIL;
+	MemoryContextSwitchTo(loop_cxt);
+}
+
+/* ---------------------------------------------------------------- start-up */
+
+/* leases a previous incarnation of this dispatcher held are given back */
+static void
+release_old_leases(void)
+{
+	begin_step("logistics_hub: release leases");
+	if (extension_present())
+	{
+		Datum		a[1] = {CStringGetTextDatum(worker_name)};
+		Oid			t[1] = {TEXTOID};
+
+		SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
+	}
+	end_step();
+}
+
+static void
+run_retention(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	begin_step("logistics_hub: retention");
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		if (hub_function_exists("run_retention"))
+			SPI_execute("SELECT hub.run_retention()", false, 0);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING, (errmsg("logistics_hub retention failed: %s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	end_step();
+}
+
+void
+hub_dispatcher_main(Datum arg)
+{
+	Oid			dboid;
+	WaitEventSet *wes;
+	TimestampTz next_claim = 0;
+	TimestampTz next_retention;
+	bool		claim_full = false;
+
+	my_slot = DatumGetInt32(arg);
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	snprintf(worker_name, sizeof(worker_name), "dispatcher %d", my_slot);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname(psprintf("logistics_hub %s", worker_name));
+	hub_dispatcher_attach(my_slot);
+
+	dispatcher_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub dispatcher", ALLOCSET_DEFAULT_SIZES);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub dispatcher loop", ALLOCSET_DEFAULT_SIZES);
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int);
+		ctl.entrysize = sizeof(HubEndpoint);
+		ctl.hcxt = dispatcher_cxt;
+		endpoints = hash_create("logistics_hub endpoints", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+
+	hub_http_init();
+	multi = curl_multi_init();
+	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (multi == NULL || epoll_fd < 0)
+		elog(ERROR, "could not set up libcurl multi handle: %m");
+	on_proc_exit(dispatcher_cleanup, 0);
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16));
+
+	wes = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wes, WL_SOCKET_READABLE, epoll_fd, NULL, NULL);
+
+	release_old_leases();
+	next_retention = GetCurrentTimestamp() + (int64) Min(hub_retention_interval_s, 60) * USECS_PER_SEC;
+
+	for (;;)
+	{
+		WaitEvent	events[3];
+		int			nev;
+		long		timeout;
+		TimestampTz now;
+		TimestampTz rate_next;
+
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		record();
+
+		now = GetCurrentTimestamp();
+		if ((now >= next_claim || claim_full) &&
+			queued_total < hub_max_in_flight && in_flight < hub_max_in_flight)
+		{
+			int			want = Min(hub_claim_batch, 2 * hub_max_in_flight - queued_total - in_flight);
+			int			got = claim(want);
+
+			claim_full = got == want;
+			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
+		}
+
+		rate_next = pump();
+		if (curl_deadline != 0 && curl_deadline <= GetCurrentTimestamp())
+		{
+			curl_deadline = 0;
+			drive(CURL_SOCKET_TIMEOUT, 0);
+			collect();
+		}
+
+		if (my_slot == 0 && hub_retention_interval_s > 0 && GetCurrentTimestamp() >= next_retention)
+		{
+			run_retention();
+			next_retention = GetCurrentTimestamp() + (int64) hub_retention_interval_s * USECS_PER_SEC;
+		}
+
+		/* sleep until the latch, a socket, libcurl's timer or the next claim */
+		now = GetCurrentTimestamp();
+		if (results != NIL || (claim_full && queued_total < hub_max_in_flight))
+			timeout = 0;
+		else
+		{
+			TimestampTz until = next_claim;
+
+			if (curl_deadline != 0 && curl_deadline < until)
+				until = curl_deadline;
+			if (rate_next != 0 && rate_next < until)
+				until = rate_next;
+			timeout = until <= now ? 0 : (long) ((until - now + 999) / 1000);
+		}
+		nev = WaitEventSetWait(wes, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+		for (int i = 0; i < nev; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+			{
+				ResetLatch(MyLatch);
+				next_claim = 0; /* woken: a commit published events */
+			}
+			else if (events[i].events & WL_SOCKET_READABLE)
+			{
+				struct epoll_event ev[MAX_EPOLL_EVENTS];
+				int			n;
+
+				while ((n = epoll_wait(epoll_fd, ev, MAX_EPOLL_EVENTS, 0)) > 0)
+				{
+					for (int k = 0; k < n; k++)
+					{
+						int			flags = 0;
+
+						if (ev[k].events & (EPOLLIN | EPOLLHUP))
+							flags |= CURL_CSELECT_IN;
+						if (ev[k].events & EPOLLOUT)
+							flags |= CURL_CSELECT_OUT;
+						if (ev[k].events & EPOLLERR)
+							flags |= CURL_CSELECT_ERR;
+						drive(ev[k].data.fd, flags);
+					}
+					if (n < MAX_EPOLL_EVENTS)
+						break;
+				}
+			}
+		}
+		if (curl_deadline != 0 && curl_deadline <= GetCurrentTimestamp())
+		{
+			curl_deadline = 0;
+			drive(CURL_SOCKET_TIMEOUT, 0);
+		}
+		collect();
+	}
+}

@@ -1,0 +1,68 @@
+/*-------------------------------------------------------------------------
+ *
+ * hub_workers.h
+ *		The push side of logistics_hub: the launcher and dispatcher
+ *		background workers, their shared state, the commit-time wake-up, the
+ *		egress policy and Standard Webhooks signing.
+ *
+ * workers/hub_workers.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HUB_WORKERS_H
+#define HUB_WORKERS_H
+
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+
+struct sockaddr;
+
+/* the most dispatchers logistics_hub.dispatchers may ask for */
+#define HUB_MAX_DISPATCHERS 16
+
+/* settings (workers/launcher.c) */
+extern char *hub_database;
+extern int	hub_dispatchers;
+extern int	hub_max_in_flight;
+extern int	hub_claim_batch;
+extern int	hub_lease_seconds;
+extern int	hub_poll_interval_ms;
+extern int	hub_connect_timeout_ms;
+extern int	hub_max_response_bytes;
+extern int	hub_retention_interval_s;
+extern char *hub_ca_file;
+extern char *hub_event_source;
+
+/* called from _PG_init */
+extern void hub_workers_define_gucs(void);
+extern void hub_workers_register(void);
+extern void hub_shmem_init_hooks(void);
+
+/* shared state (workers/shmem.c) */
+extern bool hub_shmem_ready(void);
+extern void hub_dispatcher_attach(int slot);
+extern pid_t hub_dispatcher_pid(int slot);
+extern void hub_wake_dispatchers(void);
+
+/*
+ * hub_note_outbox_insert --- called once per inserted event (the outbox
+ * contract trigger): the dispatchers are woken when the top-level
+ * transaction commits, never before and never on abort.
+ */
+extern void hub_note_outbox_insert(void);
+
+/* egress policy (workers/egress.c) */
+extern bool hub_egress_address_allowed(const struct sockaddr *addr);
+extern bool hub_egress_url_allowed(const char *url, char **why);
+extern bool hub_address_is_public(const struct sockaddr *addr);
+extern void hub_format_address(const struct sockaddr *addr, char *buf, size_t len);
+
+/* Standard Webhooks (workers/signing.c) */
+extern bool hub_webhook_sign(const char *secret, const char *msg_id, int64 timestamp,
+							 const char *body, size_t bodylen, StringInfo out);
+
+/* entry points of the workers */
+extern PGDLLEXPORT void hub_launcher_main(Datum arg);
+extern PGDLLEXPORT void hub_dispatcher_main(Datum arg);
+
+#endif							/* HUB_WORKERS_H */

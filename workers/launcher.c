@@ -1,0 +1,281 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *		The settings of the push side and the launcher background worker.
+ *
+ * When the library is preloaded, the postmaster starts one launcher.  It
+ * connects to no database (it reads only the shared catalogue pg_database,
+ * so it never stands in the way of DROP DATABASE), and keeps
+ * logistics_hub.dispatchers dispatcher workers running for the database
+ * named by logistics_hub.database while that database exists.  A
+ * dispatcher that finds no extension there exits at once and quietly; the
+ * launcher starts it again after a pause, so installing the extension is
+ * noticed within that pause and nothing else is needed.
+ *
+ * Exit codes, on purpose: the launcher and the dispatchers exit with 1 on
+ * SIGTERM or an error (die() / FATAL), never 0, which would unregister the
+ * launcher for good; the launcher is restarted by the postmaster after
+ * bgw_restart_time, the dispatchers (registered as never-restart dynamic
+ * workers) by the launcher.  A crash of any of them is a crash of the
+ * server, as for any backend.
+ *
+ * workers/launcher.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "utils/snapmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#include "hub_workers.h"
+
+char	   *hub_database = NULL;
+int			hub_dispatchers = 1;
+int			hub_max_in_flight = 256;
+int			hub_claim_batch = 500;
+int			hub_lease_seconds = 60;
+int			hub_poll_interval_ms = 1000;
+int			hub_connect_timeout_ms = 2000;
+int			hub_max_response_bytes = 65536;
+int			hub_retention_interval_s = 600;
+char	   *hub_ca_file = NULL;
+char	   *hub_event_source = NULL;
+
+/* a dispatcher that ran less than this is started again only after it */
+#define DISPATCHER_RESTART_PAUSE_MS 5000
+
+extern void hub_egress_define_guc(void);
+
+void
+hub_workers_define_gucs(void)
+{
+	hub_egress_define_guc();
+	/* a server-start setting can only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("logistics_hub.database",
+								   "Database whose outbox the delivery workers serve.",
+								   "The extension must be installed there; workers wait quietly until it is.",
+								   &hub_database, "postgres", PGC_POSTMASTER, 0,
+								   NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.dispatchers",
+							"Number of dispatcher workers (each serves the endpoints with endpoint_id % dispatchers = its number).",
+							NULL, &hub_dispatchers, 1, 0, HUB_MAX_DISPATCHERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.max_in_flight",
+							"Most HTTP requests one dispatcher has in flight at once.",
+							"Each endpoint is further capped by its max_concurrency.",
+							&hub_max_in_flight, 256, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.claim_batch",
+							"Most deliveries a dispatcher claims in one transaction.",
+							NULL, &hub_claim_batch, 500, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.lease",
+							"Lease of a claimed delivery beyond its endpoint's timeout; an expired lease makes it claimable again.",
+							NULL, &hub_lease_seconds, 60, 5, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.poll_interval",
+							"How often an idle dispatcher looks for work without being woken (the safety net of the wake-up at commit).",
+							NULL, &hub_poll_interval_ms, 1000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.connect_timeout",
+							"Connect timeout of every HTTP request.",
+							NULL, &hub_connect_timeout_ms, 2000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.max_response_size",
+							"Largest response body read from a receiver; a longer one aborts the request as a failed attempt.",
+							NULL, &hub_max_response_bytes, 65536, 1024, 64 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.retention_interval",
+							"How often dispatcher 0 runs hub.run_retention() (0: never; schedule it yourself).",
+							NULL, &hub_retention_interval_s, 600, 0, 86400 * 7,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("logistics_hub.ca_file",
+							   "CA bundle to verify receivers' TLS certificates with (empty: the system's). Verification cannot be switched off.",
+							   NULL, &hub_ca_file, "", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("logistics_hub.event_source",
+							   "The CloudEvents source attribute of events sent in the cloudevents format.",
+							   NULL, &hub_event_source, "/logistics_hub", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+}
+
+/* hub_workers_register --- from _PG_init while preloading */
+void
+hub_workers_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "logistics_hub");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "hub_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "logistics_hub launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "logistics_hub launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * find_database --- the OID of the database, or InvalidOid.  A plain heap
+ * scan of pg_database: without a database, only shared catalogues can be
+ * read, and an index scan may need pg_class before the shared relcache
+ * init file exists.
+ */
+static Oid
+find_database(const char *name)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Oid			oid = InvalidOid;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), name) == 0)
+		{
+			oid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return oid;
+}
+
+typedef struct LauncherSlot
+{
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+	TimestampTz stopped_at;
+} LauncherSlot;
+
+static bool
+start_dispatcher(int slot, Oid dboid, LauncherSlot *ls)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "logistics_hub");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "hub_dispatcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "logistics_hub dispatcher %d", slot);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "logistics_hub dispatcher");
+	worker.bgw_main_arg = Int32GetDatum(slot);
+	memcpy(worker.bgw_extra, &dboid, sizeof(Oid));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &ls->handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("logistics_hub could not start dispatcher %d", slot),
+				 errhint("Raise max_worker_processes.")));
+		ls->handle = NULL;
+		return false;
+	}
+	ls->started_at = GetCurrentTimestamp();
+	return true;
+}
+
+/* is the dispatcher of this slot running (or starting)? */
+static bool
+dispatcher_alive(int slot, LauncherSlot *ls)
+{
+	pid_t		pid;
+
+	if (ls->handle != NULL)
+	{
+		if (GetBackgroundWorkerPid(ls->handle, &pid) != BGWH_STOPPED)
+			return true;
+		pfree(ls->handle);
+		ls->handle = NULL;
+		ls->stopped_at = GetCurrentTimestamp();
+		return false;
+	}
+	/* started by an earlier launcher: known by its slot only */
+	return hub_dispatcher_pid(slot) != 0;
+}
+
+void
+hub_launcher_main(Datum arg)
+{
+	LauncherSlot slots[HUB_MAX_DISPATCHERS];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* no database: pg_database is a shared catalogue */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("logistics_hub launcher");
+
+	memset(slots, 0, sizeof(slots));
+	for (;;)
+	{
+		Oid			dboid;
+		long		wait_ms = 5000;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		dboid = find_database(hub_database);
+
+		now = GetCurrentTimestamp();
+		for (int i = 0; i < HUB_MAX_DISPATCHERS; i++)
+		{
+			LauncherSlot *ls = &slots[i];
+			bool		alive = dispatcher_alive(i, ls);
+			bool		wanted = OidIsValid(dboid) && i < hub_dispatchers;
+
+			if (alive && !wanted && ls->handle != NULL)
+				TerminateBackgroundWorker(ls->handle);
+			else if (!alive && wanted)
+			{
+				/* one that did not last long waits for the pause */
+				long		ran = ls->stopped_at - ls->started_at;
+				long		since = now - ls->stopped_at;
+
+				if (ls->started_at != 0 && ran < DISPATCHER_RESTART_PAUSE_MS * 1000L &&
+					since < DISPATCHER_RESTART_PAUSE_MS * 1000L)
+					wait_ms = Min(wait_ms, (DISPATCHER_RESTART_PAUSE_MS * 1000L - since) / 1000 + 1);
+				else
+					start_dispatcher(i, dboid, ls);
+			}
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
