@@ -253,7 +253,9 @@ CREATE TABLE hub.deliveries (
 	last_http_status integer,
 	last_error		text,
 	updated_at		timestamptz NOT NULL DEFAULT now(),
-	UNIQUE (subscription_id, event_id)
+	UNIQUE (subscription_id, event_id),
+	-- a lease exists exactly while in flight (the workers rely on it)
+	CONSTRAINT deliveries_lease_in_flight CHECK ((state = 'in_flight') = (lease_until IS NOT NULL))
 );
 /*
  * One ready index for every claimable state, in the claim's order.  An

@@ -92,6 +92,7 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
 	cur pg_snapshot := pg_current_snapshot();
@@ -129,7 +130,10 @@ COMMENT ON FUNCTION hub._route_events() IS
 /*
  * (jit is off for the claim and routing statements: their cost estimates
  * grow with the backlog and would cross jit_above_cost, and compiling
- * costs far more than the few rows they touch.)
+ * costs far more than the few rows they touch.  Routing is always planned
+ * with its actual bounds: a generic plan cannot know that the event id
+ * range is the newest sliver of the primary key and would scan the whole
+ * outbox on every claim.)
  *
  * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
  * deliveries of this shard's endpoints whose circuit is closed; otherwise

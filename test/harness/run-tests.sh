@@ -23,8 +23,7 @@ failures=()
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
 trap 'lh_cluster_stop test-$PORT' EXIT
-lh_prepare "test-$PORT" "$PORT" "max_connections = 100" \
-	"logistics_hub.egress_allow = '127.0.0.1, public'"
+lh_prepare "test-$PORT" "$PORT" "max_connections = 100"
 
 OUT=${LH_TEST_OUT:-$LH_TOP/test/results}
 rm -rf "$OUT"

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# test/bench/push_http.sh --- the push figures of issue 5, side by side in one
+# run against one nginx (Debian's nginx-light, one worker process) answering
+# 204 on loopback:
+#
+# 1. wrk posting the same event body to the same nginx with the same number
+#    of connections (the baseline: what the loopback, nginx and the machine
+#    allow), in requests/s;
+# 2. the hub: N events published while the endpoint is paused, routed, then
+#    the endpoint resumed and the time until every delivery is delivered
+#    measured (one event per request), in events/s, and the ratio to wrk;
+# 3. the same in batch mode (a JSON array of up to 100 events a request);
+# 4. latency: a steady rate of publishes (pgbench --rate, one event a
+#    transaction) for some seconds; nginx logs the arrival time ($msec) and
+#    the webhook-id of every request, and commit-to-receiver latency is the
+#    arrival minus the event's published_at (its transaction's start, a few
+#    tenths of a millisecond before its commit): p50, p99, max.
+#
+# Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
+# and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
+# LH_BENCH_LATENCY_SECONDS (10).
+source "$(dirname "$0")/../harness/lib.sh"
+cd "$LH_TOP"
+PORT=${LH_BENCH_PORT:-54355}
+HTTP_PORT=${LH_BENCH_HTTP_PORT:-18355}
+EVENTS=${LH_BENCH_EVENTS:-100000}
+CONNS=${LH_BENCH_CONNS:-64}
+RATE=${LH_BENCH_RATE:-1000}
+LSECS=${LH_BENCH_LATENCY_SECONDS:-10}
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+NGINX_PID=
+cleanup() {
+	[ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null
+	lh_cluster_stop "bench-$PORT"
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+lh_prepare "bench-$PORT" "$PORT" "max_connections = 50" \
+	"logistics_hub.dispatchers = 1" "logistics_hub.database = 'postgres'" \
+	"logistics_hub.max_in_flight = $CONNS" "logistics_hub.claim_batch = 1000" \
+	"logistics_hub.egress_allow = '127.0.0.1'" "shared_buffers = 512MB" \
+	"synchronous_commit = on"
+
+# nginx: one worker, 204 for everything, keep-alive without a request limit
+mkdir -p "$WORK/nginx/logs"
+chmod 777 "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $WORK/nginx/logs/error.log warn;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	keepalive_requests 1000000;
+	keepalive_timeout 60s;
+	client_body_buffer_size 64k;
+	log_format arrival '\$msec \$http_webhook_id';
+	server {
+		listen 127.0.0.1:$HTTP_PORT;
+		location /log { access_log $WORK/nginx/logs/arrival.log arrival; return 204; }
+		location / { return 204; }
+	}
+}
+EOF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+NGINX_PID=$!
+for _ in $(seq 50); do
+	(exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT) 2>/dev/null && break
+	sleep 0.1
+done
+
+q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
+now() { date +%s.%N; }
+
+q <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS logistics_hub;
+SELECT hub.create_endpoint('nginx', 'http://127.0.0.1:$HTTP_PORT/', 'wms', max_concurrency => $CONNS,
+	signing_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+SQL
+BODY=$(q -c "SELECT hub.event_body('event', gen_random_uuid(), 'order.created', 'SO-1', now(), NULL, '{\"order_id\": \"SO-1\", \"lines\": 3, \"warehouse\": \"DC1\"}')")
+
+# 1. wrk baseline
+cat > "$WORK/post.lua" <<EOF
+wrk.method = "POST"
+wrk.body = [[$BODY]]
+wrk.headers["Content-Type"] = "application/json"
+EOF
+WRK_RPS=$(wrk -t1 -c"$CONNS" -d10s -s "$WORK/post.lua" "http://127.0.0.1:$HTTP_PORT/" |
+	awk '/Requests\/sec/ {print $2}')
+echo "wrk: $WRK_RPS requests/s ($CONNS connections, 10 s)"
+
+# 2./3. the hub: publish while paused, route, resume, time until delivered
+run_hub() {
+	local format=$1 t0 t1 n
+	q <<SQL
+SELECT hub.pause_endpoint('nginx', 'bench');
+DELETE FROM hub.subscriptions;
+SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', body_format => '$format', batch_max => 100);
+INSERT INTO hub.outbox (event_type, aggregate_id, payload)
+SELECT 'order.created', 'SO-' || i, jsonb_build_object('order_id', 'SO-' || i, 'lines', 3, 'warehouse', 'DC1')
+FROM generate_series(1, $EVENTS) i;
+SQL
+	# the dispatcher routes at its next claim; wait until all are routed
+	until [ "$(q -c "SELECT count(*) FROM hub.deliveries WHERE state = 'pending'")" -ge "$EVENTS" ]; do
+		q -c "SELECT hub._route_events()" >/dev/null
+		sleep 0.2
+	done
+	q -c "CHECKPOINT" >/dev/null
+	t0=$(now)
+	q -c "SELECT hub.resume_endpoint('nginx', 'bench'); SELECT hub.wake();" >/dev/null
+	while :; do
+		n=$(q -c "SELECT count(*) FROM hub.deliveries WHERE state = 'pending' OR state = 'in_flight' OR state = 'retry_wait'")
+		[ "$n" -eq 0 ] && break
+		sleep 0.05
+	done
+	t1=$(now)
+	local failed
+	failed=$(q -c "SELECT count(*) FROM hub.attempts WHERE outcome <> 'delivered'")
+	python3 -c "import sys; n=$EVENTS; dt=$t1-$t0; r=n/dt; print(f'hub ($format): {n} events in {dt:.2f} s = {r:.0f} events/s, {r/$WRK_RPS:.2f} of wrk; attempts not delivered: $failed')"
+	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
+		q -c "DELETE FROM hub.deliveries" >/dev/null
+}
+run_hub event
+run_hub batch
+
+# 4. latency at a steady rate
+q <<SQL
+DELETE FROM hub.subscriptions;
+SELECT hub.subscribe('nginx', 'order.*', ordering => 'none');
+UPDATE hub.endpoints SET url = 'http://127.0.0.1:$HTTP_PORT/log';
+SQL
+cat > "$WORK/publish.sql" <<'EOF'
+\set k random(1, 1000000)
+SELECT hub.publish('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k));
+EOF
+chmod 644 "$WORK/publish.sql"
+sleep 1.5	# endpoint settings are re-read within a second
+"$PG_BIN/pgbench" -n -c 4 -j 2 -R "$RATE" -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
+sleep 2
+q -c "CREATE TABLE arrival (at float8, event_id text)"
+q -c "\\copy arrival FROM '$WORK/nginx/logs/arrival.log' WITH (FORMAT text, DELIMITER ' ')"
+q <<'SQL'
+SELECT format('latency at %s events/s: %s events, p50 %s ms, p99 %s ms, max %s ms',
+	round(count(*) / greatest(extract(epoch FROM max(o.published_at) - min(o.published_at)), 1)),
+	count(*),
+	round(percentile_cont(0.5) WITHIN GROUP (ORDER BY l)::numeric, 1),
+	round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 1),
+	round(max(l)::numeric, 1))
+FROM (SELECT a.at * 1000 - extract(epoch FROM o.published_at) * 1000 AS l, o.published_at
+	  FROM arrival a JOIN hub.outbox o ON o.event_id = a.event_id::uuid) o;
+SQL
