@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""
+test/receiver/receiver.py --- the loopback HTTP receiver the push tests talk to.
+
+A small threaded HTTP/1.1 server (Python's standard library only, so the
+harness needs nothing beyond Debian's python3) that misbehaves on purpose,
+chosen by the request path, and records every request it got as one JSON
+line in a log file: arrival time, method, path, headers, the body (text)
+and its SHA-256.  Tests read that log to assert what reached the receiver
+(every committed event, none from a rolled-back transaction, duplicates
+with the same webhook-id and body, signatures, order per key, rate).
+
+Paths (a query string is allowed after each):
+
+  /ok, /anything-else        204 No Content
+  /status/CODE               answer CODE; ?retry_after=V adds Retry-After: V
+  /fail-first/N/CODE         CODE for the first N requests carrying one
+                             webhook-id, then 200 (retries that succeed)
+  /fail-aggregate/KEY        500 while the control value "fail_KEY" is set
+                             (default set) for events whose aggregate_id is
+                             KEY; 200 for the others; /_control clears it
+  /delay/MS                  wait MS milliseconds, then 200
+  /hang                      read the request and never answer
+  /drip                      headers, then one body byte a second, forever
+  /reset                     read the request, then close with a TCP RST
+  /close-mid-body            promise 1000 bytes, send 10, close
+  /huge                      a 64 MiB body with Content-Length
+  /endless                   a chunked body that never ends
+  /redirect?to=URL           302 to URL
+  /oauth/token               OAuth2 client-credentials token endpoint:
+                             {"access_token": "tok-N", "expires_in": E}
+  /oauth/api                 401 unless "Authorization: Bearer tok-N" with
+                             the current N; 200 then
+  /_control?name=X&value=Y   set control value X (empty value clears it);
+                             "oauth_rotate" issues a new token number;
+                             control requests are not logged
+
+Usage:
+  receiver.py serve --port-file F --log L [--port P]
+  receiver.py verify --log L --secret whsec_...   (Standard Webhooks check
+                             of every logged request; independent of the
+                             extension's C implementation)
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+LOCK = threading.Lock()
+CONTROL = {}
+COUNTS = {}
+OAUTH = {"n": 1, "issued": 0}
+LOG = None
+
+
+def record(handler, body):
+    entry = {
+        "t": time.time(),
+        "method": handler.command,
+        "path": handler.path,
+        "headers": {k.lower(): v for k, v in handler.headers.items()},
+        "body": body.decode("utf-8", "replace"),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "peer": handler.client_address[0],
+    }
+    line = json.dumps(entry, separators=(",", ":")) + "\n"
+    with LOCK:
+        LOG.write(line)
+        LOG.flush()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def answer(self, code, body=b"", headers=None):
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if code != 204 and code >= 200:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and code != 204:
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self.do_POST()
+
+    def do_POST(self):
+        url = urlsplit(self.path)
+        q = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        body = self.read_body()
+        parts = [p for p in url.path.split("/") if p]
+        if parts[:1] == ["_control"]:
+            with LOCK:
+                if q.get("name") == "oauth_rotate":
+                    OAUTH["n"] += 1
+                elif q.get("value"):
+                    CONTROL[q["name"]] = q["value"]
+                else:
+                    CONTROL.pop(q.get("name", ""), None)
+            return self.answer(200, b"ok")
+        record(self, body)
+        head = parts[0] if parts else "ok"
+        if head == "status" and len(parts) > 1:
+            extra = {"Retry-After": q["retry_after"]} if "retry_after" in q else None
+            return self.answer(int(parts[1]), b'{"error": "as asked"}', extra)
+        if head == "fail-first" and len(parts) > 2:
+            key = (url.path, self.headers.get("webhook-id"))
+            with LOCK:
+                COUNTS[key] = COUNTS.get(key, 0) + 1
+                seen = COUNTS[key]
+            if seen <= int(parts[1]):
+                return self.answer(int(parts[2]), b"failing on purpose")
+            return self.answer(200, b"ok")
+        if head == "fail-aggregate" and len(parts) > 1:
+            try:
+                agg = json.loads(body).get("aggregate_id")
+            except (ValueError, AttributeError):
+                agg = None
+            if agg == parts[1] and CONTROL.get("fail_" + parts[1], "1") == "1":
+                return self.answer(500, b"this key is failing")
+            return self.answer(200, b"ok")
+        if head == "delay" and len(parts) > 1:
+            time.sleep(int(parts[1]) / 1000.0)
+            return self.answer(200, b"ok")
+        if head == "hang":
+            self.hang()
+            return
+        if head == "drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.drip()
+            return
+        if head == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        if head == "close-mid-body":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if head == "huge":
+            self.send_response(200)
+            self.send_header("Content-Length", str(64 << 20))
+            self.end_headers()
+            self.stream(64 << 20)
+            return
+        if head == "endless":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.stream(None)
+            return
+        if head == "redirect":
+            return self.answer(302, b"", {"Location": q.get("to", "/ok")})
+        if head == "oauth" and parts[1:2] == ["token"]:
+            with LOCK:
+                OAUTH["issued"] += 1
+                tok = "tok-%d" % OAUTH["n"]
+            doc = {"access_token": tok, "token_type": "Bearer",
+                   "expires_in": int(CONTROL.get("oauth_expires_in", "3600"))}
+            return self.answer(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+        if head == "oauth":
+            if self.headers.get("Authorization") != "Bearer tok-%d" % OAUTH["n"]:
+                return self.answer(401, b"token expired", {"WWW-Authenticate": "Bearer"})
+            return self.answer(200, b"ok")
+        return self.answer(204)
+
+    def hang(self):
+        # hold the connection until the client goes away (or an hour)
+        self.connection.settimeout(1.0)
+        end = time.time() + 3600
+        while time.time() < end:
+            try:
+                if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        self.close_connection = True
+
+    def drip(self):
+        try:
+            for _ in range(100000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(1.0)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def stream(self, total):
+        chunk = b"y" * 65536
+        sent = 0
+        try:
+            while total is None or sent < total:
+                if total is None:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    self.wfile.write(chunk[: min(len(chunk), total - sent)])
+                sent += len(chunk)
+        except OSError:
+            pass
+        self.close_connection = True
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+
+def serve(args):
+    global LOG
+    LOG = open(args.log, "a", encoding="utf-8")
+    srv = Server(("127.0.0.1", args.port), Handler)
+    tmp = args.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d\n" % srv.server_address[1])
+    os.rename(tmp, args.port_file)
+    srv.serve_forever()
+
+
+def verify(args):
+    """Standard Webhooks: v1,base64(HMAC-SHA256(key, id.timestamp.body))."""
+    key = base64.b64decode(args.secret[len("whsec_"):] if args.secret.startswith("whsec_") else args.secret)
+    good = bad = 0
+    with open(args.log, encoding="utf-8") as f:
+        for line in f:
+            e = json.loads(line)
+            h = e["headers"]
+            if "webhook-signature" not in h:
+                continue
+            signed = ("%s.%s.%s" % (h["webhook-id"], h["webhook-timestamp"], e["body"])).encode()
+            want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+            sigs = [s.split(",", 1)[1] for s in h["webhook-signature"].split() if s.startswith("v1,")]
+            if any(hmac.compare_digest(want, s) for s in sigs):
+                good += 1
+            else:
+                bad += 1
+                print("bad signature on %s" % h["webhook-id"], file=sys.stderr)
+    print("%d verified, %d bad" % (good, bad))
+    return 0 if bad == 0 and good > 0 else 1
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--port-file", required=True)
+    s.add_argument("--log", required=True)
+    v = sub.add_parser("verify")
+    v.add_argument("--log", required=True)
+    v.add_argument("--secret", required=True)
+    args = p.parse_args()
+    if args.cmd == "serve":
+        serve(args)
+        return 0
+    return verify(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
