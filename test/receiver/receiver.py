@@ -16,9 +16,10 @@ Paths (a query string is allowed after each):
   /status/CODE               answer CODE; ?retry_after=V adds Retry-After: V
   /fail-first/N/CODE         CODE for the first N requests carrying one
                              webhook-id, then 200 (retries that succeed)
-  /fail-aggregate/KEY        500 while the control value "fail_KEY" is set
-                             (default set) for events whose aggregate_id is
-                             KEY; 200 for the others; /_control clears it
+  /fail-aggregate/KEY        500 for events whose aggregate_id is KEY (in a
+                             canonical or CloudEvents body) while the control
+                             value "fail_KEY" is "1", its default; 200 for the
+                             other events; set fail_KEY to 0 to heal
   /delay/MS                  wait MS milliseconds, then 200
   /hang                      read the request and never answer
   /drip                      headers, then one body byte a second, forever
@@ -27,6 +28,7 @@ Paths (a query string is allowed after each):
   /huge                      a 64 MiB body with Content-Length
   /endless                   a chunked body that never ends
   /redirect?to=URL           302 to URL
+  /redirect-loop             302 to itself, forever
   /oauth/token               OAuth2 client-credentials token endpoint:
                              {"access_token": "tok-N", "expires_in": E}
   /oauth/api                 401 unless "Authorization: Bearer tok-N" with
@@ -37,9 +39,16 @@ Paths (a query string is allowed after each):
 
 Usage:
   receiver.py serve --port-file F --log L [--port P]
-  receiver.py verify --log L --secret whsec_...   (Standard Webhooks check
-                             of every logged request; independent of the
-                             extension's C implementation)
+  receiver.py verify --log L --secret whsec_... [--secret ...] [--path S]
+                             Standard Webhooks check of every logged request
+                             carrying a webhook-signature (only those whose
+                             path contains S, with --path), independent of the
+                             extension's C implementation: the signature is
+                             recomputed over the logged body, which must be
+                             the exact bytes received (its SHA-256 is checked),
+                             and every secret given must match one of the
+                             request's signatures (key rotation sends one per
+                             secret)
 """
 
 import argparse
@@ -134,6 +143,11 @@ class Handler(BaseHTTPRequestHandler):
                 agg = json.loads(body).get("aggregate_id")
             except (ValueError, AttributeError):
                 agg = None
+            if agg is None:
+                try:
+                    agg = json.loads(body).get("subject")
+                except (ValueError, AttributeError):
+                    agg = None
             if agg == parts[1] and CONTROL.get("fail_" + parts[1], "1") == "1":
                 return self.answer(500, b"this key is failing")
             return self.answer(200, b"ok")
@@ -174,6 +188,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.stream(None)
             return
+        if head == "redirect-loop":
+            return self.answer(302, b"", {"Location": url.path})
         if head == "redirect":
             return self.answer(302, b"", {"Location": q.get("to", "/ok")})
         if head == "oauth" and parts[1:2] == ["token"]:
@@ -247,22 +263,32 @@ def serve(args):
 
 def verify(args):
     """Standard Webhooks: v1,base64(HMAC-SHA256(key, id.timestamp.body))."""
-    key = base64.b64decode(args.secret[len("whsec_"):] if args.secret.startswith("whsec_") else args.secret)
+    keys = [base64.b64decode(k[len("whsec_"):] if k.startswith("whsec_") else k) for k in args.secret]
     good = bad = 0
     with open(args.log, encoding="utf-8") as f:
         for line in f:
             e = json.loads(line)
             h = e["headers"]
-            if "webhook-signature" not in h:
+            if "webhook-signature" not in h or (args.path and args.path not in e["path"]):
                 continue
-            signed = ("%s.%s.%s" % (h["webhook-id"], h["webhook-timestamp"], e["body"])).encode()
-            want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+            body = e["body"].encode("utf-8")
+            if hashlib.sha256(body).hexdigest() != e["sha256"]:
+                bad += 1
+                print("body of %s is not valid UTF-8 as logged" % h.get("webhook-id"), file=sys.stderr)
+                continue
+            signed = ("%s.%s." % (h["webhook-id"], h["webhook-timestamp"])).encode() + body
             sigs = [s.split(",", 1)[1] for s in h["webhook-signature"].split() if s.startswith("v1,")]
-            if any(hmac.compare_digest(want, s) for s in sigs):
+            matched = 0
+            for key in keys:
+                want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+                if any(hmac.compare_digest(want, s) for s in sigs):
+                    matched += 1
+            if matched == len(keys):
                 good += 1
             else:
                 bad += 1
-                print("bad signature on %s" % h["webhook-id"], file=sys.stderr)
+                print("bad signature on %s (%d of %d secrets matched)" % (h["webhook-id"], matched, len(keys)),
+                      file=sys.stderr)
     print("%d verified, %d bad" % (good, bad))
     return 0 if bad == 0 and good > 0 else 1
 
@@ -276,7 +302,8 @@ def main():
     s.add_argument("--log", required=True)
     v = sub.add_parser("verify")
     v.add_argument("--log", required=True)
-    v.add_argument("--secret", required=True)
+    v.add_argument("--secret", required=True, action="append")
+    v.add_argument("--path", default=None)
     args = p.parse_args()
     if args.cmd == "serve":
         serve(args)

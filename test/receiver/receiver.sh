@@ -7,8 +7,11 @@
 #                           RECV_URL (http://127.0.0.1:PORT), RECV_LOG and
 #                           RECV_PID.  The receiver stops with lh_receiver_stop
 #                           (call it from the script's EXIT trap).
-#   lh_receiver_verify SECRET  Standard Webhooks check of every signed
-#                           request in the log (Python's hmac, not ours).
+#   lh_receiver_verify SECRET [--secret SECRET2] [--path S]
+#                           Standard Webhooks check of every signed request
+#                           in the log, or of those whose path contains S
+#                           (Python's hmac, not ours); with several secrets
+#                           every one must match a signature of the request.
 
 LH_RECEIVER=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/receiver.py
 
@@ -47,5 +50,5 @@ lh_receiver_control()
 
 lh_receiver_verify()
 {
-	python3 "$LH_RECEIVER" verify --log "$RECV_LOG" --secret "$1"
+	python3 "$LH_RECEIVER" verify --log "$RECV_LOG" --secret "$1" "${@:2}"
 }
