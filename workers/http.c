@@ -12,7 +12,9 @@
  * while the write callback enforces logistics_hub.max_response_size (libcurl's
  * own size limit does not stop a chunked body); every resolved address
  * checked against the egress policy when a socket is opened, so a DNS answer
- * or a redirect cannot reach an address outside it.  Header values holding
+ * or a redirect cannot reach an address outside it, and the connection's
+ * address checked again before every request (a kept-alive connection may
+ * predate a narrower policy).  Header values holding
  * CR or LF are refused before anything is sent.  Requests are POSTs with
  * "Expect:" cleared (no 100-continue round trip).
  *
@@ -27,6 +29,7 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include "miscadmin.h"
@@ -67,6 +70,32 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 		return CURL_SOCKET_BAD;
 	}
 	return socket(address->family, address->socktype, address->protocol);
+}
+
+/*
+ * prereq: the egress policy once more just before every request is sent,
+ * including one on a kept-alive connection, which open_socket never sees
+ * (opened under an earlier, wider policy, or before a redirect).
+ */
+static int
+check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
+{
+	HubRequest *req = (HubRequest *) clientp;
+	struct sockaddr_storage ss;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, primary_ip, &((struct sockaddr_in *) &ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, primary_ip, &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	if (ss.ss_family != 0 && hub_egress_address_allowed((struct sockaddr *) &ss))
+		return CURL_PREREQFUNC_OK;
+	if (req != NULL)
+	{
+		req->blocked = true;
+		strlcpy(req->blocked_address, primary_ip, sizeof(req->blocked_address));
+	}
+	return CURL_PREREQFUNC_ABORT;
 }
 
 /* write: keep an excerpt, abort past the size cap */
@@ -120,6 +149,7 @@ set_safety_options(CURL *easy, int timeout_ms, bool redirects)
 		curl_easy_setopt(easy, CURLOPT_CAINFO, hub_ca_file);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, USER_AGENT);
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, check_connection);
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 }
 
@@ -170,6 +200,7 @@ hub_http_prepare(HubRequest *req, char **error)
 
 	set_safety_options(easy, ep->timeout_ms, ep->allow_redirects);
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, req);
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_body);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
@@ -328,6 +359,7 @@ hub_oauth2_refresh(HubEndpoint *ep, char **error)
 	errbuf[0] = '\0';
 	set_safety_options(easy, ep->timeout_ms, false);
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, NULL);
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, NULL);
 	curl_easy_setopt(easy, CURLOPT_URL, ep->oauth2_token_url);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, "grant_type=client_credentials");
 	curl_easy_setopt(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
