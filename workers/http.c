@@ -236,7 +236,8 @@ hub_http_prepare(HubRequest *req, char **error)
 	for (int i = 0; i < ep->nheaders; i++)
 		if (!append_header(req, ep->headers[i]))
 		{
-			*error = psprintf("refused to send: header \"%.40s\" holds CR or LF", ep->headers[i]);
+			*error = psprintf("refused to send: the value of header \"%.*s\" holds CR or LF",
+							  (int) Min(strcspn(ep->headers[i], ":\r\n"), 64), ep->headers[i]);
 			ok = false;
 		}
 	switch (ep->auth_kind)
