@@ -17,8 +17,8 @@
 #   recv PYTHON       run PYTHON with E = the receiver's log entries (a list
 #                     of dicts: t, method, path, headers, body, sha256, peer)
 #                     and print what it prints
-#   push_endpoint NAME PATH [create_endpoint args...]
-#                     an endpoint at $RECV_URL/PATH, subscribed to order.*
+#   push_endpoint NAME PATH|URL [create_endpoint args...]
+#                     an endpoint at $RECV_URL/PATH (or URL), subscribed to order.*
 #                     with the filter {"t": NAME}; more subscription arguments
 #                     in PUSH_SUB (SQL, e.g. "max_attempts => 2")
 #   push_publish NAME AGGREGATE   publish order.created for that endpoint,
@@ -102,10 +102,11 @@ push_setup() {
 }
 
 push_endpoint() {
-	local name=$1 path=$2 extra=
+	local name=$1 url=$2 extra=
 	shift 2
 	[ $# -gt 0 ] && extra=", $(IFS=,; echo "$*")"
-	q "SELECT hub.create_endpoint('$name', '$RECV_URL/$path', 'other'$extra)" \
+	case $url in http*) ;; *) url=$RECV_URL/$url ;; esac
+	q "SELECT hub.create_endpoint('$name', '$url', 'other'$extra)" \
 		"SELECT hub.subscribe('$name', 'order.*', filter => '{\"t\": \"$name\"}'${PUSH_SUB:+, $PUSH_SUB})" >/dev/null
 }
 

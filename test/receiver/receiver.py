@@ -22,7 +22,8 @@ Paths (a query string is allowed after each):
                              other events; set fail_KEY to 0 to heal
   /delay/MS                  wait MS milliseconds, then 200
   /hang                      read the request and never answer
-  /drip                      headers, then one body byte a second, forever
+  /drip                      headers (Content-Length 1000, under any size
+                             cap), then one body byte a second
   /reset                     read the request, then close with a TCP RST
   /close-mid-body            promise 1000 bytes, send 10, close
   /huge                      a 64 MiB body with Content-Length
@@ -159,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if head == "drip":
             self.send_response(200)
-            self.send_header("Content-Length", "100000")
+            self.send_header("Content-Length", "1000")
             self.end_headers()
             self.drip()
             return
@@ -189,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
             self.stream(None)
             return
         if head == "redirect-loop":
-            return self.answer(302, b"", {"Location": url.path})
+            return self.answer(302, b"", {"Location": self.path})
         if head == "redirect":
             return self.answer(302, b"", {"Location": q.get("to", "/ok")})
         if head == "oauth" and parts[1:2] == ["token"]:
@@ -221,7 +222,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def drip(self):
         try:
-            for _ in range(100000):
+            for _ in range(1000):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(1.0)
