@@ -688,10 +688,22 @@ collect(void)
 			if (status == 429 || status == 503)
 				curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after);
 			if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
-				req->ep->oauth2_expires = 0;	/* fetch a new token next time */
-			add_result(req, status,
-					   status >= 300 && status < 400 ? "redirect not followed" : "",
-					   retry_after > 0 ? (int64) retry_after : -1, false, 0);
+			{
+				/*
+				 * The access token was refused (rotated or revoked before it
+				 * expired): drop it and record a transient failure, without
+				 * the status that would make it a permanent 4xx; the retry
+				 * fetches a new token.  Bad client credentials fail at the
+				 * token endpoint, transient too, until max_attempts.
+				 */
+				req->ep->oauth2_expires = 0;
+				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
+						   -1, false, 0);
+			}
+			else
+				add_result(req, status,
+						   status >= 300 && status < 400 ? "redirect not followed" : "",
+						   retry_after > 0 ? (int64) retry_after : -1, false, 0);
 		}
 		else
 		{
