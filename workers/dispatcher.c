@@ -48,6 +48,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
@@ -582,6 +583,24 @@ rate_wait_us(HubEndpoint *ep, TimestampTz now)
 }
 
 /*
+ * batch_close --- end a batch's JSON array and name the batch by its content:
+ * the first event's id and a hash of the body.  Each delivery of a failed
+ * batch has its own backoff, so a retry may group other events behind the
+ * same first one; an id naming only that event would then be reused for
+ * another body, and a receiver deduplicating on it would drop events.
+ */
+static void
+batch_close(HubRequest *req)
+{
+	uint64		h;
+
+	appendStringInfoChar(&req->body, ']');
+	h = hash_bytes_extended((const unsigned char *) req->body.data, req->body.len, 0);
+	req->webhook_id = MemoryContextStrdup(req->cxt,
+										  psprintf("%s_%016llx", req->webhook_id, (unsigned long long) h));
+}
+
+/*
  * pump --- start every queued request the limits allow; give back those
  * that cannot go (endpoint paused or circuit open, or waited too long).
  * Returns the earliest time a rate-limited request may start (0: none).
@@ -634,7 +653,7 @@ pump(void)
 			}
 			endpoint_dequeue(ep, req);
 			if (req->batch)
-				appendStringInfoChar(&req->body, ']');
+				batch_close(req);
 			req->started_at = now;
 			if (hub_http_prepare(req, &error) == NULL)
 			{
