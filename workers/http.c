@@ -47,6 +47,44 @@
 static CURL *pool[POOL_MAX];
 static int	npool = 0;
 
+/*
+ * Every option set is checked: libcurl refuses an option it was built
+ * without or a value it cannot use (a protocol list, a CA file).  The first
+ * refusal since setopt_reset() is kept, with the option's name, and the
+ * request is then not sent.
+ */
+static CURLcode setopt_rc = CURLE_OK;
+static const char *setopt_failed = NULL;
+
+#define SETOPT(easy, option, value) \
+	setopt_note(curl_easy_setopt((easy), (option), (value)), #option)
+
+static void
+setopt_note(CURLcode rc, const char *option)
+{
+	if (rc != CURLE_OK && setopt_failed == NULL)
+	{
+		setopt_rc = rc;
+		setopt_failed = option;
+	}
+}
+
+static void
+setopt_reset(void)
+{
+	setopt_rc = CURLE_OK;
+	setopt_failed = NULL;
+}
+
+/* the refusal as an error message (palloc'd), or NULL if none */
+static char *
+setopt_error(const char *what)
+{
+	if (setopt_failed == NULL)
+		return NULL;
+	return psprintf("%slibcurl refused %s: %s", what, setopt_failed, curl_easy_strerror(setopt_rc));
+}
+
 void
 hub_http_init(void)
 {
@@ -131,26 +169,26 @@ on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ulto
 static void
 set_safety_options(CURL *easy, int timeout_ms, bool redirects)
 {
-	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, redirects ? 1L : 0L);
-	curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 5L);
-	curl_easy_setopt(easy, CURLOPT_POSTREDIR, (long) CURL_REDIR_POST_ALL);
-	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(hub_connect_timeout_ms, timeout_ms));
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
-	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 100L);
-	curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, (long) Max(1, timeout_ms / 2000));
-	curl_easy_setopt(easy, CURLOPT_PROXY, "");
-	curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) hub_max_response_bytes);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
+	SETOPT(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	SETOPT(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	SETOPT(easy, CURLOPT_FOLLOWLOCATION, redirects ? 1L : 0L);
+	SETOPT(easy, CURLOPT_MAXREDIRS, 5L);
+	SETOPT(easy, CURLOPT_POSTREDIR, (long) CURL_REDIR_POST_ALL);
+	SETOPT(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(hub_connect_timeout_ms, timeout_ms));
+	SETOPT(easy, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
+	SETOPT(easy, CURLOPT_LOW_SPEED_LIMIT, 100L);
+	SETOPT(easy, CURLOPT_LOW_SPEED_TIME, (long) Max(1, timeout_ms / 2000));
+	SETOPT(easy, CURLOPT_PROXY, "");
+	SETOPT(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) hub_max_response_bytes);
+	SETOPT(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	SETOPT(easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (hub_ca_file != NULL && hub_ca_file[0] != '\0')
-		curl_easy_setopt(easy, CURLOPT_CAINFO, hub_ca_file);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, USER_AGENT);
-	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
-	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, check_connection);
-	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+		SETOPT(easy, CURLOPT_CAINFO, hub_ca_file);
+	SETOPT(easy, CURLOPT_USERAGENT, USER_AGENT);
+	SETOPT(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	SETOPT(easy, CURLOPT_PREREQFUNCTION, check_connection);
+	SETOPT(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 }
 
 /* a header line is "Name: value" with no CR, LF or NUL anywhere */
@@ -198,17 +236,18 @@ hub_http_prepare(HubRequest *req, char **error)
 	}
 	req->easy = easy;
 
+	setopt_reset();
 	set_safety_options(easy, ep->timeout_ms, ep->allow_redirects);
-	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, req);
-	curl_easy_setopt(easy, CURLOPT_PREREQDATA, req);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_body);
-	curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
-	curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
-	curl_easy_setopt(easy, CURLOPT_URL, ep->url);
-	curl_easy_setopt(easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body.data);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body.len);
+	SETOPT(easy, CURLOPT_OPENSOCKETDATA, req);
+	SETOPT(easy, CURLOPT_PREREQDATA, req);
+	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
+	SETOPT(easy, CURLOPT_WRITEDATA, req);
+	SETOPT(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+	SETOPT(easy, CURLOPT_PRIVATE, req);
+	SETOPT(easy, CURLOPT_URL, ep->url);
+	SETOPT(easy, CURLOPT_POST, 1L);
+	SETOPT(easy, CURLOPT_POSTFIELDS, req->body.data);
+	SETOPT(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body.len);
 	req->errbuf[0] = '\0';
 
 	ok &= append_header(req, psprintf("Content-Type: %s", req->content_type));
@@ -248,8 +287,8 @@ hub_http_prepare(HubRequest *req, char **error)
 			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->auth_secret ? ep->auth_secret : ""));
 			break;
 		case HUB_AUTH_BASIC:
-			curl_easy_setopt(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
-			curl_easy_setopt(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
+			SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+			SETOPT(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
 			break;
 		case HUB_AUTH_API_KEY:
 			ok &= append_header(req, psprintf("%s: %s", ep->api_key_header ? ep->api_key_header : "X-API-Key",
@@ -259,7 +298,13 @@ hub_http_prepare(HubRequest *req, char **error)
 			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->oauth2_token ? ep->oauth2_token : ""));
 			break;
 	}
+	SETOPT(easy, CURLOPT_HTTPHEADER, req->headers);
 	MemoryContextSwitchTo(old);
+	if (ok && setopt_failed != NULL)
+	{
+		*error = setopt_error("");
+		ok = false;
+	}
 	if (!ok)
 	{
 		if (*error == NULL)
@@ -267,7 +312,6 @@ hub_http_prepare(HubRequest *req, char **error)
 		hub_http_release(req);
 		return NULL;
 	}
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
 	return easy;
 }
 
@@ -358,19 +402,26 @@ hub_oauth2_refresh(HubEndpoint *ep, char **error)
 	}
 	initStringInfo(&resp);
 	errbuf[0] = '\0';
+	setopt_reset();
 	set_safety_options(easy, ep->timeout_ms, false);
-	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, NULL);
-	curl_easy_setopt(easy, CURLOPT_PREREQDATA, NULL);
-	curl_easy_setopt(easy, CURLOPT_URL, ep->oauth2_token_url);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, "grant_type=client_credentials");
-	curl_easy_setopt(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
-	curl_easy_setopt(easy, CURLOPT_USERNAME, ep->oauth2_client_id ? ep->oauth2_client_id : "");
-	curl_easy_setopt(easy, CURLOPT_PASSWORD, ep->oauth2_client_secret ? ep->oauth2_client_secret : "");
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_token);
-	curl_easy_setopt(easy, CURLOPT_WRITEDATA, &resp);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+	SETOPT(easy, CURLOPT_OPENSOCKETDATA, NULL);
+	SETOPT(easy, CURLOPT_PREREQDATA, NULL);
+	SETOPT(easy, CURLOPT_URL, ep->oauth2_token_url);
+	SETOPT(easy, CURLOPT_POSTFIELDS, "grant_type=client_credentials");
+	SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+	SETOPT(easy, CURLOPT_USERNAME, ep->oauth2_client_id ? ep->oauth2_client_id : "");
+	SETOPT(easy, CURLOPT_PASSWORD, ep->oauth2_client_secret ? ep->oauth2_client_secret : "");
+	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_token);
+	SETOPT(easy, CURLOPT_WRITEDATA, &resp);
+	SETOPT(easy, CURLOPT_ERRORBUFFER, errbuf);
+	SETOPT(easy, CURLOPT_NOPROGRESS, 0L);
+	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+	if (setopt_failed != NULL)
+	{
+		*error = setopt_error("oauth2 token request not sent: ");
+		curl_easy_cleanup(easy);
+		return false;
+	}
 	rc = curl_easy_perform(easy);
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(easy);
