@@ -622,6 +622,7 @@ pump(void)
 			HubRequest *req = dlist_head_element(HubRequest, node, &ep->queue);
 			int64		wait;
 			char	   *error;
+			CURLMcode	mrc;
 
 			if (!ep->usable || now - req->claimed_at > max_wait)
 			{
@@ -665,9 +666,15 @@ pump(void)
 				ep->rate_starts[ep->rate_pos] = now;
 				ep->rate_pos = (ep->rate_pos + 1) % ep->rate_n;
 			}
+			if ((mrc = curl_multi_add_handle(multi, req->easy)) != CURLM_OK)
+			{
+				add_result(req, 0, psprintf("could not start the transfer: %s", curl_multi_strerror(mrc)),
+						   -1, false, 0);
+				hub_http_release(req);
+				continue;
+			}
 			ep->in_flight++;
 			in_flight++;
-			curl_multi_add_handle(multi, req->easy);
 		}
 		if (dlist_is_empty(&ep->queue))
 		{
@@ -942,9 +949,10 @@ hub_dispatcher_main(Datum arg)
 	if (multi == NULL || epoll_fd < 0)
 		elog(ERROR, "could not set up libcurl multi handle: %m");
 	on_proc_exit(dispatcher_cleanup, 0);
-	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16));
+	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16)) != CURLM_OK)
+		elog(ERROR, "could not set up the libcurl multi handle");
 
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
