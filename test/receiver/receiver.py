@@ -13,9 +13,12 @@ with the same webhook-id and body, signatures, order per key, rate).
 Paths (a query string is allowed after each):
 
   /ok, /anything-else        204 No Content
-  /status/CODE               answer CODE; ?retry_after=V adds Retry-After: V
+  /status/CODE               answer CODE; ?retry_after=V adds Retry-After: V,
+                             ?retry_after_date=S Retry-After: the HTTP date
+                             S seconds from now (whole seconds, rounded down)
   /fail-first/N/CODE         CODE for the first N requests carrying one
-                             webhook-id, then 200 (retries that succeed)
+                             webhook-id, then 200 (retries that succeed);
+                             CODE may also be reset or close-mid-body
   /fail-aggregate/KEY        500 for events whose aggregate_id is KEY (in a
                              canonical or CloudEvents body) while the control
                              value "fail_KEY" is "1", its default; 200 for the
@@ -64,6 +67,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
 LOCK = threading.Lock()
@@ -130,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         head = parts[0] if parts else "ok"
         if head == "status" and len(parts) > 1:
             extra = {"Retry-After": q["retry_after"]} if "retry_after" in q else None
+            if "retry_after_date" in q:
+                extra = {"Retry-After": formatdate(time.time() + float(q["retry_after_date"]), usegmt=True)}
             return self.answer(int(parts[1]), b'{"error": "as asked"}', extra)
         if head == "fail-first" and len(parts) > 2:
             key = (url.path, self.headers.get("webhook-id"))
@@ -137,6 +143,10 @@ class Handler(BaseHTTPRequestHandler):
                 COUNTS[key] = COUNTS.get(key, 0) + 1
                 seen = COUNTS[key]
             if seen <= int(parts[1]):
+                if parts[2] == "reset":
+                    return self.reset()
+                if parts[2] == "close-mid-body":
+                    return self.close_mid_body()
                 return self.answer(int(parts[2]), b"failing on purpose")
             return self.answer(200, b"ok")
         if head == "fail-aggregate" and len(parts) > 1:
@@ -165,18 +175,9 @@ class Handler(BaseHTTPRequestHandler):
             self.drip()
             return
         if head == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
+            return self.reset()
         if head == "close-mid-body":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"0123456789")
-            self.wfile.flush()
-            self.close_connection = True
-            return
+            return self.close_mid_body()
         if head == "huge":
             self.send_response(200)
             self.send_header("Content-Length", str(64 << 20))
@@ -205,6 +206,19 @@ class Handler(BaseHTTPRequestHandler):
                 return self.answer(401, b"token expired", {"WWW-Authenticate": "Bearer"})
             return self.answer(200, b"ok")
         return self.answer(204)
+
+    def reset(self):
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def close_mid_body(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.wfile.flush()
+        self.close_connection = True
 
     def hang(self):
         # hold the connection until the client goes away (or an hour)

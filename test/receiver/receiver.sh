@@ -45,7 +45,7 @@ lh_receiver_stop()
 # lh_receiver_control NAME [VALUE] --- set (or clear) a control value
 lh_receiver_control()
 {
-	curl -sf -o /dev/null "$RECV_URL/_control?name=$1&value=${2:-}"
+	curl -sf --noproxy '*' -o /dev/null "$RECV_URL/_control?name=$1&value=${2:-}"
 }
 
 lh_receiver_verify()
