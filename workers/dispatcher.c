@@ -645,10 +645,19 @@ pump(void)
 			{
 				if (!hub_oauth2_refresh(ep, &error))
 				{
-					/* every queued request of the endpoint fails with it */
-					endpoint_dequeue(ep, req);
-					add_result(req, 0, error, -1, false, 0);
-					continue;
+					/*
+					 * every queued request of the endpoint fails with it, at
+					 * once: the token request blocks the loop, and one per
+					 * queued request would stall every endpoint for as many
+					 * timeouts
+					 */
+					while (!dlist_is_empty(&ep->queue))
+					{
+						req = dlist_head_element(HubRequest, node, &ep->queue);
+						endpoint_dequeue(ep, req);
+						add_result(req, 0, error, -1, false, 0);
+					}
+					break;
 				}
 				now = GetCurrentTimestamp();
 			}
