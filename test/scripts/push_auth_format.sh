@@ -4,7 +4,8 @@
 #     token fetched from the receiver's /oauth/token with the client id and
 #     secret as basic auth, cached: one token for several requests; after the
 #     receiver rotates its token, the 401 makes the dispatcher fetch a new one
-#     and the delivery succeeds with it)
+#     and the delivery succeeds with it; a token endpoint that hangs costs
+#     one bounded token request for all the endpoint's queued deliveries)
 #   - bodies: the canonical event JSON; CloudEvents 1.0 structured mode
 #     (application/cloudevents+json with specversion, id, source, type,
 #     subject, time, data); batch mode (JSON arrays of at most batch_max
@@ -21,6 +22,9 @@ push_endpoint basic "ok?ep=basic" "auth_kind => 'basic'" "auth_secret => 'alice:
 push_endpoint apikey "ok?ep=apikey" "auth_kind => 'api_key'" "api_key_header => 'X-Api-Key'" "auth_secret => 'k-123'"
 push_endpoint oauth "oauth/api?ep=oauth" "auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/oauth/token'" \
 	"oauth2_client_id => 'hub'" "oauth2_client_secret => 'hub-secret'"
+# a token endpoint that hangs: one token request fails the whole queue
+PUSH_SUB="max_attempts => 1, ordering => 'none'" push_endpoint oauthdown "ok?ep=oauthdown" "timeout_ms => 1000" \
+	"auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/hang?ep=tokhang'" "oauth2_client_id => 'hub'" "oauth2_client_secret => 'x'"
 PUSH_SUB="body_format => 'cloudevents'" push_endpoint ce "ok?ep=ce"
 PUSH_SUB="body_format => 'batch', batch_max => 3, ordering => 'none'" push_endpoint batch "ok?ep=batch" "signing_secret => '$S1'"
 PUSH_SUB="body_format => 'batch', batch_max => 3, ordering => 'none', retry_base => '1 s', retry_max => '1 s', max_attempts => 20" \
@@ -36,6 +40,9 @@ q "SELECT hub.publish('order.created', 'SO-b' || i, jsonb_build_object('order_id
    FROM generate_series(1, 7) i" >/dev/null
 q "SELECT hub.publish('order.created', 'SO-r' || i, jsonb_build_object('order_id', 'SO-r' || i, 't', 'batchretry'))
    FROM generate_series(1, 6) i" >/dev/null
+
+q "SELECT hub.publish('order.created', 'SO-d' || i, jsonb_build_object('order_id', 'SO-d' || i, 't', 'oauthdown'))
+   FROM generate_series(1, 4) i" >/dev/null
 
 delivered() { echo "SELECT bool_and(state = 'delivered') FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = '$1'"; }
 for ep in bearer basic apikey oauth ce batch batchretry; do must_wait "$(delivered $ep)" 30 "$ep: not everything delivered"; done
@@ -66,6 +73,15 @@ api = [e for e in E if 'ep=oauth' in e['path'] and e['headers'].get('webhook-id'
 print(len(tok), api[-1]['headers'].get('authorization'))")
 [ "$got" = "2 Bearer tok-2" ] || fail "oauth2 refresh: token requests / last bearer '$got', want '2 Bearer tok-2'"
 ok "oauth2: a 401 after the token rotated fetches a new token; delivered with it"
+
+must_wait "SELECT bool_and(d.state = 'dead') FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'oauthdown'" 30 \
+	"oauth2 with a hanging token endpoint: the deliveries did not fail"
+got=$(q "SELECT count(*) || ' ' || bool_and(a.error LIKE 'oauth2 token request failed: Timeout was reached%')
+         FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'oauthdown'")
+n=$(recv "print(sum(1 for e in E if 'ep=tokhang' in e['path']))")
+[ "$got" = "4 true" ] && [ "$n" = 1 ] ||
+	fail "oauth2 with a hanging token endpoint: attempts/all the token timeout '$got' (want '4 true'), token requests $n (want 1: the dispatcher blocks on each)"
+ok "oauth2: a hanging token endpoint costs one (blocking, bounded) token request for the 4 queued deliveries, each recorded"
 
 # ---- bodies
 got=$(recv "
