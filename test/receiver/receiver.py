@@ -31,6 +31,8 @@ Paths (a query string is allowed after each):
   /close-mid-body            promise 1000 bytes, send 10, close
   /huge                      a 64 MiB body with Content-Length
   /endless                   a chunked body that never ends
+  /garbage                   500 (?status=S: S) with a body of NULs, invalid
+                             UTF-8 and every byte value, as "JSON"
   /redirect?to=URL           302 to URL
   /redirect-loop             302 to itself, forever
   /oauth/token               OAuth2 client-credentials token endpoint:
@@ -190,6 +192,9 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.stream(None)
             return
+        if head == "garbage":
+            junk = b"\xff\xfe\x00not utf-8 \xc3\x28 {\"access_token\": \x00" + bytes(range(256))
+            return self.answer(int(q.get("status", "500")), junk, {"Content-Type": "application/json"})
         if head == "redirect-loop":
             return self.answer(302, b"", {"Location": self.path})
         if head == "redirect":

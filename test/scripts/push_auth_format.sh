@@ -25,6 +25,9 @@ push_endpoint oauth "oauth/api?ep=oauth" "auth_kind => 'oauth2'" "oauth2_token_u
 # a token endpoint that hangs: one token request fails the whole queue
 PUSH_SUB="max_attempts => 1, ordering => 'none'" push_endpoint oauthdown "ok?ep=oauthdown" "timeout_ms => 1000" \
 	"auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/hang?ep=tokhang'" "oauth2_client_id => 'hub'" "oauth2_client_secret => 'x'"
+# a token endpoint that answers 200 with junk instead of JSON
+PUSH_SUB="max_attempts => 1" push_endpoint oauthjunk "ok?ep=oauthjunk" "timeout_ms => 1000" \
+	"auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/garbage?status=200&ep=tokjunk'" "oauth2_client_id => 'hub'" "oauth2_client_secret => 'x'"
 PUSH_SUB="body_format => 'cloudevents'" push_endpoint ce "ok?ep=ce"
 PUSH_SUB="body_format => 'batch', batch_max => 3, ordering => 'none'" push_endpoint batch "ok?ep=batch" "signing_secret => '$S1'"
 PUSH_SUB="body_format => 'batch', batch_max => 3, ordering => 'none', retry_base => '1 s', retry_max => '1 s', max_attempts => 20" \
@@ -41,6 +44,7 @@ q "SELECT hub.publish('order.created', 'SO-b' || i, jsonb_build_object('order_id
 q "SELECT hub.publish('order.created', 'SO-r' || i, jsonb_build_object('order_id', 'SO-r' || i, 't', 'batchretry'))
    FROM generate_series(1, 6) i" >/dev/null
 
+EV[oauthjunk]=$(push_publish oauthjunk SO-oauthjunk)
 q "SELECT hub.publish('order.created', 'SO-d' || i, jsonb_build_object('order_id', 'SO-d' || i, 't', 'oauthdown'))
    FROM generate_series(1, 4) i" >/dev/null
 
@@ -82,6 +86,13 @@ n=$(recv "print(sum(1 for e in E if 'ep=tokhang' in e['path']))")
 [ "$got" = "4 true" ] && [ "$n" = 1 ] ||
 	fail "oauth2 with a hanging token endpoint: attempts/all the token timeout '$got' (want '4 true'), token requests $n (want 1: the dispatcher blocks on each)"
 ok "oauth2: a hanging token endpoint costs one (blocking, bounded) token request for the 4 queued deliveries, each recorded"
+
+must_wait "SELECT state = 'dead' FROM hub.deliveries WHERE event_id = '${EV[oauthjunk]}'" 20 "oauth2 with a junk token answer: no outcome"
+got=$(q "SELECT last_error FROM hub.deliveries WHERE event_id = '${EV[oauthjunk]}'")
+[ "$got" = "oauth2 token response is not JSON with an access_token" ] || fail "oauth2 with a junk token answer: '$got'"
+n=$(recv "print(sum(1 for e in E if 'ep=oauthjunk' in e['path']))")
+[ "$n" = 0 ] || fail "oauth2 with a junk token answer: the API was called ($n)"
+ok "oauth2: a token answer of junk is recorded, the API is not called"
 
 # ---- bodies
 got=$(recv "

@@ -9,6 +9,7 @@
 #   - a huge body with Content-Length and an endless chunked body: aborted
 #     by logistics_hub.max_response_size, the attempt says so
 #   - a drip (1 byte/s): the low-speed abort, not the total timeout
+#   - an answer of binary junk (NULs, invalid UTF-8): recorded
 #   - redirects: off by default (a 302 is then an ordinary non-2xx outcome
 #     and the target is never asked), followed (POST kept, same body and id)
 #     when the endpoint allows them, refused to file://, blocked by the
@@ -43,6 +44,7 @@ push_endpoint redir_deny "redirect?to=http://127.0.0.2:$RECV_PORT/ok%3Fep%3Dredi
 push_endpoint redir_loop "redirect-loop?ep=redir_loop" "timeout_ms => 2000" "allow_redirects => true"
 push_endpoint crlf "ok?ep=crlf" "timeout_ms => 2000" "headers => '{\"X-Tenant\": \"a\"}'"
 push_endpoint early "ok?ep=early" "timeout_ms => 2000"
+push_endpoint garbage "garbage?ep=garbage" "timeout_ms => 2000"
 # a receiver that crashes mid-response, then recovers
 # (8 resets: libcurl itself sends a request again, up to 5 times, when a
 # kept-alive connection dies before any answer, so one attempt may meet
@@ -61,7 +63,7 @@ got=$(q "SELECT headers ->> 'X-Tenant' ~ E'\\r\\n' FROM hub.endpoints WHERE name
 [ "$got" = t ] || fail "the CR LF header could not be planted ($got)"
 
 declare -A EV
-for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close; do
+for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close garbage; do
 	EV[$ep]=$(push_publish $ep "SO-$ep")
 done
 
@@ -124,6 +126,12 @@ print(len(rows), set(e['headers']['webhook-id'] for e in rows) == {'${EV[$ep]}'}
 	echo "   $ep: $n requests in $(q "SELECT attempts FROM hub.deliveries WHERE event_id = '${EV[$ep]}'") attempts"
 done
 ok "a receiver that resets or cuts its answer short, then recovers: transport errors retried, delivered with the same id and body"
+
+# an answer of binary junk: recorded with a valid-text excerpt
+got=$(q "SELECT d.state || ' ' || d.last_http_status || ' ' || bool_and(a.response_excerpt LIKE '%not utf-8 %')
+         FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' GROUP BY d.delivery_id")
+[ "$got" = "dead 500 false" ] || [ "$got" = "dead 500 true" ] || fail "garbage: '$got'"
+ok "garbage: an answer of NULs and invalid UTF-8 is recorded (excerpt cut to valid text: $(q "SELECT quote_literal(response_excerpt) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' LIMIT 1"))"
 
 # redirects off: a 302 is a non-2xx answer like any other (retried, then dead)
 got=$(q "SELECT state || ' ' || attempts || ' ' || last_http_status || ' ' || last_error FROM hub.deliveries WHERE event_id = '${EV[redir_off]}'")
