@@ -32,7 +32,7 @@ q "UPDATE hub._endpoint_secrets SET signing_secrets = ARRAY['$S2', '$S1']
 push_endpoint ff500 "fail-first/2/500?ep=ff500"
 push_endpoint ff503 "fail-first/1/503?ep=ff503"
 PUSH_SUB="retry_base => '100 ms', retry_max => '300 ms', max_attempts => 2" \
-	push_endpoint r429 "status/429?retry_after=2&ep=r429"
+	push_endpoint r429 "status/429?retry_after=3&ep=r429"
 # Retry-After: an HTTP date 4 s after the receiver's answer
 PUSH_SUB="retry_base => '100 ms', retry_max => '300 ms', max_attempts => 2" \
 	push_endpoint r503 "status/503?retry_after_date=4&ep=r503"
@@ -51,20 +51,21 @@ A3=$(push_publish acc SO-A3)
 ROT=$(push_publish rot SO-R1)
 FF500=$(push_publish ff500 SO-F1)
 FF503=$(push_publish ff503 SO-F2)
-R429=$(push_publish r429 SO-T1)
-R503=$(push_publish r503 SO-T2)
 S400=$(push_publish s400 SO-B1)
 S410=$(push_publish s410 SO-G1)
 S500=$(push_publish s500 SO-M1)
 RP=$(push_publish replay RP)
+# last, so that their first answer is still fresh when looked at
+R429=$(push_publish r429 SO-T1)
+R503=$(push_publish r503 SO-T2)
 
 state_is() { echo "SELECT state = '$2' FROM hub.deliveries d JOIN hub.outbox o USING (event_id) WHERE o.event_id = '$1'"; }
 
 # ---- Retry-After, while the first answer is fresh: next_attempt_at
 must_wait "SELECT state = 'retry_wait' AND attempts = 1 FROM hub.deliveries WHERE event_id = '$R429'" 20 "429: no first attempt"
-got=$(q "SELECT d.next_attempt_at >= a.at + interval '2 s' FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id)
+got=$(q "SELECT d.next_attempt_at >= a.at + interval '3 s' FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id)
          WHERE d.event_id = '$R429' AND a.attempt = 1")
-[ "$got" = t ] || fail "429 Retry-After: 2: next_attempt_at is sooner ($got)"
+[ "$got" = t ] || fail "429 Retry-After: 3: next_attempt_at is sooner ($got)"
 must_wait "SELECT state = 'retry_wait' AND attempts = 1 FROM hub.deliveries WHERE event_id = '$R503'" 20 "503: no first attempt"
 # the date the receiver sent is no earlier than its first arrival + 4 s, rounded down
 ra_epoch=$(recv "print(int(min(e['t'] for e in E if 'ep=r503' in e['path']) + 4))")
@@ -119,14 +120,14 @@ ok "500 and 503 retried with the same webhook-id and body, then delivered; every
 # ---- Retry-After honoured (seconds and HTTP date)
 must_wait "$(state_is "$R429" dead)" 30 "429 did not end dead after 2 attempts"
 must_wait "$(state_is "$R503" dead)" 30 "503 did not end dead after 2 attempts"
-got=$(q "SELECT bool_and(a2.at >= a1.at + interval '2 s') AND count(*) = 1
+got=$(q "SELECT bool_and(a2.at >= a1.at + interval '3 s') AND count(*) = 1
          FROM hub.deliveries d JOIN hub.attempts a1 ON a1.delivery_id = d.delivery_id AND a1.attempt = 1
          JOIN hub.attempts a2 ON a2.delivery_id = d.delivery_id AND a2.attempt = 2
          WHERE d.event_id = '$R429' AND a1.http_status = 429 AND a2.http_status = 429")
-[ "$got" = t ] || fail "429 Retry-After: 2 s not honoured between attempts 1 and 2 ($got)"
+[ "$got" = t ] || fail "429 Retry-After: 3 s not honoured between attempts 1 and 2 ($got)"
 got=$(recv "
 rows = sorted(e['t'] for e in E if 'ep=r429' in e['path'])
-print(len(rows) == 2 and rows[1] - rows[0] >= 2.0)")
+print(len(rows) == 2 and rows[1] - rows[0] >= 3.0)")
 [ "$got" = True ] || fail "429 Retry-After: the receiver saw the retry too early"
 got=$(q "SELECT a2.at >= to_timestamp($ra_epoch) AND a1.http_status = 503 AND a2.http_status = 503
          FROM hub.deliveries d JOIN hub.attempts a1 ON a1.delivery_id = d.delivery_id AND a1.attempt = 1

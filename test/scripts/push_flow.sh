@@ -23,7 +23,7 @@ PUSH_SUB="retry_base => '100 ms', retry_max => '200 ms', max_attempts => 100" \
 q "UPDATE hub.endpoints SET circuit_failure_threshold = 1000 WHERE name = 'ord'"
 PUSH_SUB="retry_base => '100 ms', retry_max => '200 ms', max_attempts => 100, ordering => 'none'" \
 	push_endpoint cb "fail-aggregate/CB?ep=cb" "max_concurrency => 1"
-q "UPDATE hub.endpoints SET circuit_failure_threshold = 3, circuit_cooloff = '4 s' WHERE name = 'cb'"
+q "UPDATE hub.endpoints SET circuit_failure_threshold = 3, circuit_cooloff = '5 s' WHERE name = 'cb'"
 push_endpoint cbok "ok?ep=cbok"
 PUSH_SUB="ordering => 'none'" push_endpoint rate "ok?ep=rate" "rate_limit => 5"
 
@@ -79,9 +79,11 @@ ok "per key: after healing A's events arrive in order, each after the previous w
 for i in $(seq 4); do pub cb CB $i >/dev/null; done
 must_wait "SELECT circuit_state = 'open' FROM hub.sync_status WHERE endpoint = 'cb'" 30 "the circuit did not open"
 opened1=$(q "SELECT circuit_opened_at FROM hub.endpoints WHERE name = 'cb'")
-spent1=$(q "SELECT sum(attempts) FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'")
 seen1=$(recv "print(sum(1 for e in E if 'ep=cb' in e['path'] and 'ep=cbok' not in e['path']))")
-[ "$spent1" = 3 ] && [ "$seen1" = 3 ] || fail "the circuit opened after $spent1 attempts ($seen1 requests), threshold 3: $(q "SELECT string_agg(a.delivery_id || ':' || a.attempt || ':' || a.outcome || '@' || to_char(a.at, 'SS.MS'), ' ' ORDER BY a.attempt_id) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'") opened $opened1"
+# (from the audit, not a sample: the attempts up to the opening)
+spent1=$(q "SELECT count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id)
+            WHERE e.name = 'cb' AND a.outcome IN ('retry', 'dead', 'delivered') AND a.at <= '$opened1'")
+[ "$spent1" = 3 ] || fail "the circuit opened after $spent1 attempts ($seen1 requests), threshold 3: $(q "SELECT string_agg(a.delivery_id || ':' || a.attempt || ':' || a.outcome || '@' || to_char(a.at, 'SS.MS'), ' ' ORDER BY a.attempt_id) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'") opened $opened1"
 OK1=$(pub cbok CB-ok 1)
 must_wait "SELECT state = 'delivered' FROM hub.deliveries WHERE event_id = '$OK1'" 10 "another endpoint was not served while cb's circuit was open"
 got=$(q "SELECT e.circuit_state || ' ' || (e.circuit_opened_at = '$opened1') || ' ' || sum(d.attempts) || ' ' ||
@@ -99,7 +101,7 @@ def ts(s):
     return datetime.datetime.fromisoformat(s.replace(' ', 'T') + ('' if s[-3] == ':' else ':00')).timestamp()
 o1, o2 = ts('$opened1'), ts('$opened2')
 probes = [e['t'] for e in E if 'ep=cb' in e['path'] and 'ep=cbok' not in e['path'] and o1 < e['t'] < o2]
-print(len(probes), all(t >= o1 + 4 for t in probes))")
+print(len(probes), all(t >= o1 + 5 for t in probes))")
 [ "$got" = "1 True" ] || fail "between two openings: probes / after the cool-off: '$got', want '1 True'"
 ok "after the cool-off exactly one probe; it failed and the circuit opened again"
 lh_receiver_control fail_CB 0
@@ -112,11 +114,11 @@ must_wait "SELECT bool_and(state = 'delivered') FROM hub.deliveries d JOIN hub.e
 	"the rate-limited endpoint did not get everything"
 # The dispatcher never starts more than rate_limit requests in any second;
 # the receiver sees them after a loopback trip whose length varies by some
-# milliseconds (a busy 2-core machine), so a window is 1 s less 50 ms here (the first requests of a burst
+# milliseconds (a busy 2-core machine), so a window is 1 s less 100 ms here (the first requests of a burst
 # open connections and arrive some ms later than those that reuse them).
 got=$(recv "
 t = sorted(e['t'] for e in E if 'ep=rate' in e['path'])
-most = max(sum(1 for u in t if s <= u < s + 0.95) for s in t)
+most = max(sum(1 for u in t if s <= u < s + 0.9) for s in t)
 exact = max(sum(1 for u in t if s <= u < s + 1.0) for s in t)
 print(len(t), most, exact, t[-1] - t[0] >= 2.0)")
 read -r n most exact spread <<<"$got"
@@ -124,7 +126,7 @@ read -r n most exact spread <<<"$got"
 [ "$most" -le 5 ] && [ "$spread" = True ] || fail "rate: $most requests in one 1-second window, limit 5 (arrivals: $(recv "
 t = sorted(e['t'] for e in E if 'ep=rate' in e['path'])
 print(' '.join('%.3f' % (u - t[0]) for u in t))"))"
-ok "rate limit 5/s: at most $most requests in any 1-second window of arrivals (less 50 ms of transport jitter; $exact in exact 1-s windows), 15 requests"
+ok "rate limit 5/s: at most $most requests in any 1-second window of arrivals (less 100 ms of transport jitter; $exact in exact 1-s windows), 15 requests"
 echo "   arrivals (s): $(recv "
 t = sorted(e['t'] for e in E if 'ep=rate' in e['path'])
 print(' '.join('%.3f' % (u - t[0]) for u in t))")"
