@@ -32,11 +32,11 @@ const int64 lh_pow10[19] = {
 };
 
 /*
- * gs1_mod10 --- expected check digit of the n ASCII digits at `digits`.
+ * lh_gs1_mod10 --- expected check digit of the n ASCII digits at `digits`.
  * The caller has checked that they are digits.
  */
 int
-gs1_mod10(const char *digits, int n)
+lh_gs1_mod10(const char *digits, int n)
 {
 	int			sum = 0;
 	int			weight = 3;
@@ -50,11 +50,11 @@ gs1_mod10(const char *digits, int n)
 }
 
 /*
- * gs1_mod10_int --- expected check digit of a body held as an integer; n is
+ * lh_gs1_mod10_int --- expected check digit of a body held as an integer; n is
  * unused beyond documentation since leading zeros weigh nothing.
  */
 int
-gs1_mod10_int(int64 body, int n)
+lh_gs1_mod10_int(int64 body, int n)
 {
 	int			sum = 0;
 	int			weight = 3;

@@ -24,13 +24,13 @@
 extern const int64 lh_pow10[19];
 
 /*
- * gs1_mod10 --- the GS1 check digit for n body digits (the digits before the
+ * lh_gs1_mod10 --- the GS1 check digit for n body digits (the digits before the
  * check digit): weights 3,1,3,... from the right, 10 minus the sum mod 10.
  */
-extern int	gs1_mod10(const char *digits, int n);
+extern int	lh_gs1_mod10(const char *digits, int n);
 
-/* gs1_mod10_int --- the same, for a body held as an integer of n digits. */
-extern int	gs1_mod10_int(int64 body, int n);
+/* lh_gs1_mod10_int --- the same, for a body held as an integer of n digits. */
+extern int	lh_gs1_mod10_int(int64 body, int n);
 
 /*
  * lh_input_error --- raise (or, with error_ok, swallow) an invalid-input

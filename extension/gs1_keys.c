@@ -81,7 +81,7 @@ gs1_key_parse(const Gs1KeyKind *kind, const char *str, bool error_ok, int64 *res
 							  "%s has %s digits; this value has %d.",
 							  kind->noun, kind->lengths_text, ndigits);
 
-	expected = gs1_mod10(start, ndigits - 1);
+	expected = lh_gs1_mod10(start, ndigits - 1);
 	if (start[ndigits - 1] - '0' != expected)
 	{
 		char	   *hint;
@@ -108,7 +108,7 @@ gs1_key_valid_int(const Gs1KeyKind *kind, int64 v)
 {
 	if (v < 0 || v >= lh_pow10[kind->width])
 		return false;
-	return gs1_mod10_int(v / 10, kind->width - 1) == (int) (v % 10);
+	return lh_gs1_mod10_int(v / 10, kind->width - 1) == (int) (v % 10);
 }
 
 /* gs1_key_out --- canonical zero-padded text of a key. */
@@ -254,5 +254,5 @@ make_sscc(PG_FUNCTION_ARGS)
 						   plen, slen, (long long) (lh_pow10[slen] - 1))));
 
 	body = ((int64) ext * lh_pow10[plen] + pg_strtoint64(prefix)) * lh_pow10[slen] + serial;
-	PG_RETURN_INT64(body * 10 + gs1_mod10_int(body, 17));
+	PG_RETURN_INT64(body * 10 + lh_gs1_mod10_int(body, 17));
 }

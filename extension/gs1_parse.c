@@ -206,7 +206,7 @@ gs1_check_value(Gs1Parser *p, const Gs1Ai *ai, const char *v)
 	}
 	if (ai->check == GS1_CHECK_MOD10)
 	{
-		int			expected = gs1_mod10(v, len - 1);
+		int			expected = lh_gs1_mod10(v, len - 1);
 
 		if (v[len - 1] - '0' != expected)
 			return gs1_fail(p, psprintf("The expected check digit is %d.", expected),

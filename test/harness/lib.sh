@@ -29,7 +29,8 @@ CLUSTER_USER=lhub
 
 # Debian packages: build tools and headers, the server, contrib (isn for
 # the benchmark), pgTAP and pg_prove, IPC::Run for TAP crash tests, nginx and
-# wrk for HTTP benchmarks, python3 for the loopback test receiver.
+# wrk for HTTP benchmarks, python3 for the loopback test receiver, clang-14
+# and its sanitizer/libFuzzer runtime for the parser fuzz test.
 LH_PACKAGES=(
 	build-essential
 	postgresql-$PG_MAJOR
@@ -41,6 +42,8 @@ LH_PACKAGES=(
 	libipc-run-perl
 	libcurl4-openssl-dev
 	python3
+	clang-14
+	libclang-rt-14-dev
 	nginx-light
 	wrk
 	util-linux
