@@ -530,7 +530,8 @@ claim(int max)
 	{
 		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
 
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		/* not read-only: it must see what the claim just changed (half-open) */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading endpoints failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
 			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -859,7 +860,11 @@ record(void)
 	{
 		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
+		/*
+		 * not read-only: a read-only execution uses the step's first snapshot
+		 * and would not see the circuit the failures above just opened
+		 */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
 			for (uint64 i = 0; i < SPI_processed; i++)
 				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 	}
