@@ -31,7 +31,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(lh_node lh_receiver lh_endpoint lh_publish lh_bg_publisher
-  lh_bg_finish lh_dispatcher_pids lh_wait_dispatchers lh_count
+  lh_bg_finish lh_dispatcher_pids lh_children lh_wait_dispatchers lh_count
   lh_wait_until lh_wait_delivered lh_pids_gone lh_check_invariants);
 
 my $top = $ENV{LH_TOP}
@@ -219,6 +219,20 @@ sub lh_dispatcher_pids
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher' ORDER BY pid"
 	);
 	return grep { $_ ne '' } split /\n/, $out;
+}
+
+# lh_children PID --- pids of the processes whose parent is PID
+sub lh_children
+{
+	my ($ppid) = @_;
+	my @kids;
+	for my $dir (glob '/proc/[0-9]*')
+	{
+		my ($pid) = $dir =~ m{/proc/(\d+)$} or next;
+		my $st = eval { PostgreSQL::Test::Utils::slurp_file("$dir/stat") } // next;
+		push @kids, $pid if $st =~ /^\d+ \(.*\) \S (\d+) / && $1 == $ppid;
+	}
+	return @kids;
 }
 
 # lh_wait_until CODE, SECONDS, STEP_MS --- poll CODE until true; returns
