@@ -32,7 +32,7 @@ use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(lh_node lh_receiver lh_endpoint lh_publish lh_bg_publisher
   lh_bg_finish lh_dispatcher_pids lh_children lh_wait_dispatchers lh_count
-  lh_wait_until lh_wait_delivered lh_pids_gone lh_check_invariants);
+  lh_wait_until lh_wait_delivered lh_pids_gone lh_check_invariants lh_invariants);
 
 my $top = $ENV{LH_TOP}
   || File::Spec->rel2abs(dirname(__FILE__) . '/../..');
@@ -357,35 +357,63 @@ sub first_few
 #    pg_stat_activity, and the server log has no PANIC and no "terminated
 #    by signal 11".
 #
-# Returns { duplicates => D, hits => H, expired => E }.
+# lh_invariants returns ({ duplicates => D, hits => H, expired => E,
+# notes => [...] }, [ [name, passed, diagnostics], ... ]) and emits nothing
+# (the checker's self-test, 000_checker.pl, feeds it broken histories);
+# lh_check_invariants emits one test per check and returns the figures.
+# Options: label, dispatchers (expected number, default 1), wait (seconds
+# allowed for I1 and I5; default 60 and 30).
 sub lh_check_invariants
+{
+	my ($node, $recv, %opt) = @_;
+	my ($res, $checks) = lh_invariants($node, $recv, %opt);
+
+	for my $c (@$checks)
+	{
+		ok($c->[1], $c->[0]) or diag $c->[2];
+	}
+	note $_ for @{ $res->{notes} };
+	return $res;
+}
+
+sub lh_invariants
 {
 	my ($node, $recv, %opt) = @_;
 	my $label = $opt{label} // 'after the fault';
 	my $nd = $opt{dispatchers} // 1;
-	my %res;
+	my (@checks, @notes);
+	my $check = sub {
+		my ($name, $pass, $why) = @_;
+		push @checks, [ $name, $pass ? 1 : 0, $pass ? '' : $why->() ];
+	};
 
 	# I1
 	my $i1 = q{
 SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptions)
 	 = (SELECT count(*) FROM hub.deliveries)
    AND NOT EXISTS (SELECT 1 FROM hub.deliveries WHERE state <> 'delivered')};
-	my $took = lh_wait_until(sub { lh_count($node, $i1) eq 't' }, 60, 200);
-	ok(defined $took, "I1 $label: every committed event delivered (within 60 s)")
-	  or diag $node->safe_psql('postgres',
-		"SELECT state, count(*), min(leased_by), max(last_error) FROM hub.deliveries GROUP BY 1;"
-		  . " SELECT 'outbox', count(*) FROM hub.outbox;");
+	my $wait = $opt{wait} // 60;
+	my $took = lh_wait_until(sub { lh_count($node, $i1) eq 't' }, $wait, 200);
+	$check->(
+		"I1 $label: every committed event delivered (within $wait s)",
+		defined $took,
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT state, count(*), min(leased_by), max(last_error) FROM hub.deliveries GROUP BY 1;"
+				  . " SELECT 'outbox', count(*) FROM hub.outbox;");
+		});
 
 	# I2, I3
 	my @hits = receiver_hits($recv);
-	my (%seen, %sha, %hitcount);
+	my (%sha, %hitcount);
 	for my $h (@hits)
 	{
 		my $k = "$h->{ep} $h->{id}";
 		$hitcount{$k}++;
 		$sha{$k}{ $h->{sha} } = 1;
 	}
-	my @eps = split /\n/, $node->safe_psql('postgres', 'SELECT name FROM hub.endpoints ORDER BY 1');
+	my @eps = split /\n/,
+	  $node->safe_psql('postgres', 'SELECT name FROM hub.endpoints ORDER BY 1');
 	my (@missing, @extra);
 	for my $ep (@eps)
 	{
@@ -402,23 +430,30 @@ SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptio
 	my @stray = grep { my $e = $_->{ep}; !grep { $_ eq $e } @eps } @hits;
 	my $rb_in_outbox = lh_count($node,
 		"SELECT count(*) FROM hub.outbox WHERE payload ? 'rolled_back'");
-	ok( !@missing && !@extra && !@rb && !@badid && !@stray && $rb_in_outbox == 0,
-		"I2 $label: receiver's webhook-ids = delivered committed events, none rolled back"
-	  )
-	  or diag "delivered, never received: " . first_few(@missing)
-	  . "\nreceived, not a delivered event: " . first_few(@extra)
-	  . "\nrolled-back bodies received: " . scalar(@rb)
-	  . "; body id <> webhook-id: " . scalar(@badid)
-	  . "; unknown endpoint: " . scalar(@stray)
-	  . "; rolled-back events in the outbox: $rb_in_outbox";
+	$check->(
+		"I2 $label: receiver's webhook-ids = delivered committed events, none rolled back",
+		!@missing && !@extra && !@rb && !@badid && !@stray && $rb_in_outbox == 0,
+		sub {
+			"delivered, never received: " . first_few(@missing)
+			  . "\nreceived, not a delivered event: " . first_few(@extra)
+			  . "\nrolled-back bodies received: " . scalar(@rb)
+			  . "; body id <> webhook-id: " . scalar(@badid)
+			  . "; unknown endpoint: " . scalar(@stray)
+			  . "; rolled-back events in the outbox: $rb_in_outbox";
+		});
 
 	my @unsafe = grep { keys %{ $sha{$_} } > 1 } keys %sha;
 	my $dups = @hits - keys %hitcount;
 	my $dupkeys = grep { $hitcount{$_} > 1 } keys %hitcount;
-	ok(!@unsafe, "I3 $label: duplicates carry the same webhook-id and body")
-	  or diag "webhook-ids with differing bodies: " . first_few(@unsafe);
-	note "duplicates $label: $dups extra requests for $dupkeys webhook-ids ("
-	  . scalar(@hits) . " requests, " . scalar(keys %hitcount) . " distinct)";
+	$check->(
+		"I3 $label: duplicates carry the same webhook-id and body",
+		!@unsafe, sub { "webhook-ids with differing bodies: " . first_few(@unsafe) });
+	push @notes,
+	    "duplicates $label: $dups extra requests for $dupkeys webhook-ids ("
+	  . scalar(@hits)
+	  . " requests, "
+	  . scalar(keys %hitcount)
+	  . " distinct)";
 
 	# I4
 	my $misnumbered = lh_count(
@@ -443,15 +478,16 @@ FROM hub.deliveries d
 JOIN hub.endpoints e USING (endpoint_id)
 LEFT JOIN hub.attempts a USING (delivery_id)
 GROUP BY 1, 2, 3});
-	my (@bad4, $expired);
-	$expired = 0;
+	my @bad4;
+	my $expired = 0;
 	for my $r (split /\n/, $rows)
 	{
 		my ($ep, $id, $att, $closed, $ndel, $delatt, $answered, $leases, $exp) =
 		  split /\|/, $r;
 		my $hits = $hitcount{"$ep $id"} // 0;
 		$expired += $exp;
-		push @bad4, "$ep:$id attempts=$att closing=$closed delivered_rows=$ndel"
+		push @bad4,
+		    "$ep:$id attempts=$att closing=$closed delivered_rows=$ndel"
 		  . " delivered_attempt=$delatt answered=$answered hits=$hits leases=$leases"
 		  unless $closed == $att
 		  && $ndel == 1
@@ -459,20 +495,36 @@ GROUP BY 1, 2, 3});
 		  && $answered <= $hits
 		  && $hits <= $leases;
 	}
-	ok($misnumbered == 0 && !@bad4,
-		"I4 $label: attempts complete, in order, and consistent with the receiver's hits")
-	  or diag "misnumbered attempt rows: $misnumbered\n" . join("\n", @bad4[ 0 .. ($#bad4 < 9 ? $#bad4 : 9) ]);
-	note "attempts $label: $expired leases given back as expired";
+	$check->(
+		"I4 $label: attempts complete, in order, and consistent with the receiver's hits",
+		$misnumbered == 0 && !@bad4,
+		sub {
+			"misnumbered attempt rows: $misnumbered\n"
+			  . join("\n", @bad4[ 0 .. ($#bad4 < 9 ? $#bad4 : 9) ]);
+		});
+	push @notes, "attempts $label: $expired leases given back as expired";
 
 	# I5
-	is($node->safe_psql('postgres', 'SELECT 1'), '1', "I5 $label: accepts connections");
-	ok(defined lh_wait_dispatchers($node, $nd, 30),
-		"I5 $label: $nd dispatcher(s) in pg_stat_activity");
-	my $log = PostgreSQL::Test::Utils::slurp_file($node->logfile);
-	ok($log !~ /PANIC|terminated by signal 11/,
-		"I5 $label: no PANIC and no signal 11 in the server log");
+	my $one = eval { $node->safe_psql('postgres', 'SELECT 1') } // '';
+	$check->("I5 $label: accepts connections", $one eq '1', sub { "SELECT 1 gave '$one'" });
+	$check->(
+		"I5 $label: $nd dispatcher(s) in pg_stat_activity",
+		defined lh_wait_dispatchers($node, $nd, $opt{wait} // 30),
+		sub { "dispatchers: " . join(' ', lh_dispatcher_pids($node)) });
+	my @bad = grep { /PANIC|terminated by signal 11/ } split /\n/,
+	  PostgreSQL::Test::Utils::slurp_file($node->logfile);
+	$check->(
+		"I5 $label: no PANIC and no signal 11 in the server log",
+		!@bad, sub { join("\n", @bad[ 0 .. ($#bad < 4 ? $#bad : 4) ]) });
 
-	return { duplicates => $dups, hits => scalar(@hits), expired => $expired };
+	return (
+		{
+			duplicates => $dups,
+			hits => scalar(@hits),
+			expired => $expired,
+			notes => \@notes
+		},
+		\@checks);
 }
 
 1;
