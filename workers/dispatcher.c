@@ -625,6 +625,8 @@ pump(void)
 			{
 				if (!hub_oauth2_refresh(ep, &error))
 				{
+					if (error == NULL)
+						break;	/* interrupted: ask again on the next pass */
 					/* every queued request of the endpoint fails with it */
 					endpoint_dequeue(ep, req);
 					add_result(req, 0, error, -1, false, 0);
