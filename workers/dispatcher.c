@@ -627,10 +627,20 @@ pump(void)
 				{
 					if (error == NULL)
 						break;	/* interrupted: ask again on the next pass */
-					/* every queued request of the endpoint fails with it */
-					endpoint_dequeue(ep, req);
-					add_result(req, 0, error, -1, false, 0);
-					continue;
+
+					/*
+					 * every queued request of the endpoint fails with it,
+					 * without a token request of its own: the fetch blocks
+					 * for up to the endpoint's timeout, once per pump
+					 */
+					while (!dlist_is_empty(&ep->queue))
+					{
+						HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
+
+						endpoint_dequeue(ep, r);
+						add_result(r, 0, error, -1, false, 0);
+					}
+					break;
 				}
 				now = GetCurrentTimestamp();
 			}
