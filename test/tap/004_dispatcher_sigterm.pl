@@ -23,7 +23,8 @@ ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
 
 my $bg = lh_bg_publisher($node, 1500, tag => 'bg');
 lh_publish($node, $N, txns => 6, rollback => 200, tag => 'a');
-ok(defined lh_wait_delivered($node, int($N / 4), 30), 'a quarter of the burst delivered');
+my $at = lh_fault_point();
+ok(defined lh_wait_delivered($node, int($N * $at), 30), sprintf('%.0f%% of the burst delivered', 100 * $at));
 my ($pid) = lh_dispatcher_pids($node);
 my $in_flight = lh_count($node, "SELECT count(*) FROM hub.deliveries WHERE state = 'in_flight'");
 my $offset = -s $node->logfile;
@@ -66,7 +67,8 @@ lh_publish($node, 1000, txns => 2, rollback => 50, tag => 'b');
 my @now = lh_dispatcher_pids($node);
 is_deeply(\@now, [$disp], 'the new launcher adopted the running dispatcher (still one, same pid)');
 
-my $r = lh_check_invariants($node, $recv, label => 'after SIGTERM of the dispatcher and the launcher');
+my $r = lh_check_invariants($node, $recv, label => 'after SIGTERM of the dispatcher and the launcher',
+	max_duplicates => 32);
 # (an exit with code 0 is logged at DEBUG1 only, so "never 0" is asserted
 # by the two exit-code-1 lines above, not by searching the log for 0)
 note "duplicates after dispatcher SIGTERM: $r->{duplicates} (in flight at the SIGTERM: $in_flight)";

@@ -31,7 +31,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(lh_node lh_receiver lh_endpoint lh_publish lh_bg_publisher
-  lh_bg_finish lh_dispatcher_pids lh_children lh_wait_dispatchers lh_count
+  lh_bg_finish lh_fault_point lh_dispatcher_pids lh_children lh_wait_dispatchers lh_count
   lh_wait_until lh_wait_delivered lh_pids_gone lh_check_invariants lh_invariants);
 
 my $top = $ENV{LH_TOP}
@@ -205,6 +205,17 @@ sub lh_bg_finish
 	return $bg->{err};
 }
 
+# lh_fault_point --- a random fraction of the burst, 0.1 to 0.9, at which
+# to fire the fault (RELIABILITY.md section C); LH_TAP_SEED replays a run.
+my $seed = $ENV{LH_TAP_SEED} // (time ^ $$);
+srand($seed);
+note "fault points from LH_TAP_SEED=$seed";
+
+sub lh_fault_point
+{
+	return 0.1 + rand(0.8);
+}
+
 sub lh_count
 {
 	my ($node, $sql) = @_;
@@ -362,7 +373,8 @@ sub first_few
 # (the checker's self-test, 000_checker.pl, feeds it broken histories);
 # lh_check_invariants emits one test per check and returns the figures.
 # Options: label, dispatchers (expected number, default 1), wait (seconds
-# allowed for I1 and I5; default 60 and 30).
+# allowed for I1 and I5; default 60 and 30), max_duplicates (the in-flight
+# window the faults allowed: sum of max_concurrency per fault).
 sub lh_check_invariants
 {
 	my ($node, $recv, %opt) = @_;
@@ -448,6 +460,17 @@ SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptio
 	$check->(
 		"I3 $label: duplicates carry the same webhook-id and body",
 		!@unsafe, sub { "webhook-ids with differing bodies: " . first_few(@unsafe) });
+	if (defined $opt{max_duplicates})
+	{
+		# every request a dispatcher has sent but not recorded is in flight
+		# (at most the endpoint's max_concurrency) or among the results of
+		# its last wait, which it records before it starts any new one: a
+		# fault can make at most that many duplicates per endpoint
+		$check->(
+			"I3 $label: duplicates within the in-flight window ($opt{max_duplicates})",
+			$dups <= $opt{max_duplicates},
+			sub { "$dups duplicates" });
+	}
 	push @notes,
 	    "duplicates $label: $dups extra requests for $dupkeys webhook-ids ("
 	  . scalar(@hits)
