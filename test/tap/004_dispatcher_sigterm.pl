@@ -43,8 +43,8 @@ ok(!$node->log_contains(qr/reinitializing|terminated by signal/, $offset),
 	'no crash restart: the publishing session and the cluster carried on');
 
 lh_bg_finish($bg);
-like($node->safe_psql('postgres', "SELECT count(*) FROM hub.outbox WHERE payload->>'src' = 'bg'"),
-	qr/^1[0-9]{3}$/, 'the background publisher was not interrupted');
+is($node->safe_psql('postgres', "SELECT count(*) FROM hub.outbox WHERE payload->>'src' = 'bg'"),
+	1500 - int(1500 / 7), 'the background publisher was not interrupted (every commit of it is there)');
 
 # the launcher
 my $launcher = $node->safe_psql('postgres',

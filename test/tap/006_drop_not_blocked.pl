@@ -38,9 +38,14 @@ sub timed
 my $node = lh_node('drop_not_blocked', dispatchers => 1);
 my $recv = lh_receiver();
 lh_endpoint($node, $recv, 'hang', '/hang', timeout_ms => 6000, max_concurrency => 30);
+# 30 timeouts in a row would open the circuit for 30 s: not what is tested
+$node->safe_psql('postgres', "UPDATE hub.endpoints SET circuit_failure_threshold = 1000");
 ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
 lh_publish($node, 200, txns => 2, rollback => 20, tag => 'a');
 ok(defined lh_wait_until(sub { hits($recv) >= 30 }, 30), '30 requests hang at the receiver');
+# what is sent from now on goes to /ok; the 30 in flight hang on until their
+# 6 s timeout, then are retried there
+$node->safe_psql('postgres', "UPDATE hub.endpoints SET url = '$recv->{url}/ok?ep=hang'");
 
 # DROP DATABASE ... WITH (FORCE) of a database with a session in it
 $node->safe_psql('postgres', 'CREATE DATABASE other1');
@@ -64,8 +69,7 @@ ok($took < 5, 'DROP DATABASE within 5 s');
 note sprintf("measured: DROP DATABASE with 30 hung requests took %.2f s", $took);
 is(scalar(lh_dispatcher_pids($node)), 1, 'the dispatcher is still there');
 
-# the hung requests time out (6 s), are retried against /ok
-$node->safe_psql('postgres', "UPDATE hub.endpoints SET url = '$recv->{url}/ok?ep=hang'");
+# the hung requests time out (6 s) and are retried against /ok
 lh_publish($node, 500, txns => 2, rollback => 20, tag => 'b');
 my $r = lh_check_invariants($node, $recv, label => 'after DROP DATABASE with hung requests',
 	max_duplicates => 30);

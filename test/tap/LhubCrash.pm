@@ -65,7 +65,7 @@ max_connections = 40
 max_worker_processes = 16
 log_statement = 'ddl'
 lc_messages = 'C'
-logistics_hub.dispatchers = $n
+logistics_hub.dispatchers = 0
 logistics_hub.egress_allow = '127.0.0.1'
 logistics_hub.lease = '600s'
 logistics_hub.poll_interval = '200ms'
@@ -73,6 +73,10 @@ logistics_hub.retention_interval = 0
 } . ($opt{conf} // ''));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION logistics_hub');
+	# dispatchers only now: one started before the extension existed would
+	# leave at once and come back only after the launcher's 5 s pause
+	$node->append_conf('postgresql.conf', "logistics_hub.dispatchers = $n\n");
+	$node->reload;
 	return $node;
 }
 
