@@ -16,9 +16,9 @@ use LhubCrash;
 
 my $node = lh_node('checker', dispatchers => 1);
 my $recv = lh_receiver();
-lh_endpoint($node, $recv, 'crash', '/ok');
+lh_endpoint($node, $recv, 'crash', '/ok', ordering => 'per_key');
 ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
-lh_publish($node, 300, txns => 3, rollback => 30, tag => 'a');
+lh_publish($node, 300, txns => 3, rollback => 30, tag => 'a', keys => 20);
 lh_check_invariants($node, $recv, label => 'on a clean run');
 
 # verdicts of the checks whose names start with one of the invariants
@@ -62,7 +62,7 @@ sub with_body
 	return \%c;
 }
 
-is(verdicts({ log => $recv->{log} }), 'I1=pass I2=pass I3=pass I4=pass I5=pass', 'clean log: all pass');
+is(verdicts({ log => $recv->{log} }), 'I1=pass I2=pass I3=pass I4=pass I5=pass I6=pass', 'clean log: all pass');
 
 my $phantom_id = '00000000-0000-8000-8000-000000000000';
 is( verdicts(
@@ -73,7 +73,7 @@ is( verdicts(
 				$c{body} = qq({"id": "$phantom_id"});
 				return (@_, \%c);
 			})),
-	'I1=pass I2=FAIL I3=pass I4=pass I5=pass',
+	'I1=pass I2=FAIL I3=pass I4=pass I5=pass I6=pass',
 	'a phantom webhook-id breaks I2');
 is( verdicts(
 		broken_log(
@@ -81,42 +81,66 @@ is( verdicts(
 				my $id = $_[1]{headers}{'webhook-id'};
 				my $c = with_body($_[1], qq({"id": "$id", "data": {"rolled_back": true}}));
 				$c->{sha256} = $_[1]{sha256};
-				return (@_, $c);
+				return (@_[ 0 .. 1 ], $c, @_[ 2 .. $#_ ]);
 			})),
-	'I1=pass I2=FAIL I3=pass I4=FAIL I5=pass',
+	'I1=pass I2=FAIL I3=pass I4=FAIL I5=pass I6=pass',
 	'a rolled-back body breaks I2 (and, as a second hit on one lease, I4)');
 is( verdicts(
 		broken_log(
 			sub {
 				my $id = $_[2]{headers}{'webhook-id'};
-				return (@_, with_body($_[2], qq({"id": "$id", "other": 1})));
+				return (@_[ 0 .. 2 ], with_body($_[2], qq({"id": "$id", "other": 1})), @_[ 3 .. $#_ ]);
 			})),
-	'I1=pass I2=pass I3=FAIL I4=FAIL I5=pass',
+	'I1=pass I2=pass I3=FAIL I4=FAIL I5=pass I6=pass',
 	'a duplicate with another body breaks I3');
-is(verdicts(broken_log(sub { return (@_, $_[3], $_[3]) })),
-	'I1=pass I2=pass I3=pass I4=FAIL I5=pass',
+is(verdicts(broken_log(sub { return (@_[ 0 .. 3 ], $_[3], $_[3], @_[ 4 .. $#_ ]) })),
+	'I1=pass I2=pass I3=pass I4=FAIL I5=pass I6=pass',
 	'more hits than leases break I4');
 is(verdicts(broken_log(sub { return @_[ 1 .. $#_ ] })),
-	'I1=pass I2=FAIL I3=pass I4=FAIL I5=pass',
+	'I1=pass I2=FAIL I3=pass I4=FAIL I5=pass I6=pass',
 	'a delivered event the receiver never got breaks I2 and I4');
+
+# two events of one aggregate swapped: the later one arrives first
+is( verdicts(
+		broken_log(
+			sub {
+				my @l = @_;
+				my %first;
+				for my $i (0 .. $#l)
+				{
+					my $agg = decode_json($l[$i]{body})->{aggregate_id};
+					if (defined $first{$agg})
+					{
+						@l[ $first{$agg}, $i ] = @l[ $i, $first{$agg} ];
+						last;
+					}
+					$first{$agg} = $i;
+				}
+				return @l;
+			})),
+	'I1=pass I2=pass I3=pass I4=pass I5=pass I6=FAIL',
+	'a later event of a key before an earlier one breaks I6');
+is( verdicts(broken_log(sub { return (@_, $_[0]) })),
+	'I1=pass I2=pass I3=pass I4=FAIL I5=pass I6=FAIL',
+	'a duplicate of an event after later events of its key breaks I6 (and, a hit beyond its leases, I4)');
 
 # an undelivered event: a paused endpoint
 $node->safe_psql('postgres', "SELECT hub.pause_endpoint('crash', 'checker self-test')");
 lh_publish($node, 1, txns => 1, rollback => 0, tag => 'paused');
 like(verdicts($recv), qr/^I1=FAIL /, 'an event left pending breaks I1');
 $node->safe_psql('postgres', "SELECT hub.resume_endpoint('crash', 'checker self-test')");
-is(verdicts($recv, wait => 30), 'I1=pass I2=pass I3=pass I4=pass I5=pass', 'delivered once resumed');
+is(verdicts($recv, wait => 30), 'I1=pass I2=pass I3=pass I4=pass I5=pass I6=pass', 'delivered once resumed');
 
-like(verdicts($recv, dispatchers => 2), qr/I5=FAIL$/, 'a missing dispatcher breaks I5');
+like(verdicts($recv, dispatchers => 2), qr/I5=FAIL I6=pass$/, 'a missing dispatcher breaks I5');
 
 $node->safe_psql('postgres',
 	"INSERT INTO hub.attempts (delivery_id, attempt, outcome) SELECT min(delivery_id), 1, 'delivered' FROM hub.deliveries");
-is(verdicts($recv), 'I1=pass I2=pass I3=pass I4=FAIL I5=pass', 'a second delivered attempt row breaks I4');
+is(verdicts($recv), 'I1=pass I2=pass I3=pass I4=FAIL I5=pass I6=pass', 'a second delivered attempt row breaks I4');
 
 open my $fh, '>>', $node->logfile or die $!;
 print $fh "2026-01-01 00:00:00 UTC [1] PANIC:  checker self-test\n";
 close $fh;
-like(verdicts($recv), qr/I5=FAIL$/, 'a PANIC in the log breaks I5');
+like(verdicts($recv), qr/I5=FAIL I6=pass$/, 'a PANIC in the log breaks I5');
 
 $node->stop('fast');
 done_testing();

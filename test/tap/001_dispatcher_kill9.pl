@@ -18,11 +18,11 @@ use LhubCrash;
 my $N = 3000;
 my $node = lh_node('kill9_worker', dispatchers => 1);
 my $recv = lh_receiver();
-lh_endpoint($node, $recv, 'crash', '/delay/5', max_concurrency => 32);
+lh_endpoint($node, $recv, 'crash', '/delay/5', max_concurrency => 32, ordering => 'per_key');
 ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
 
 my $bg = lh_bg_publisher($node, 3000, tag => 'bg');
-lh_publish($node, $N, txns => 6, rollback => 200, tag => 'a');
+lh_publish($node, $N, txns => 6, rollback => 200, tag => 'a', keys => 300);
 my $at = lh_fault_point();
 ok(defined lh_wait_delivered($node, int($N * $at), 30), sprintf('%.0f%% of the burst delivered', 100 * $at));
 my $in_flight = lh_count($node, "SELECT count(*) FROM hub.deliveries WHERE state = 'in_flight'");

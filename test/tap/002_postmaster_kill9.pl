@@ -19,11 +19,11 @@ my $node = lh_node('kill9_postmaster', dispatchers => 2);
 my $recv = lh_receiver();
 # endpoint ids 1 and 2: one in each dispatcher's shard
 lh_endpoint($node, $recv, 'even', '/delay/5', max_concurrency => 24);
-lh_endpoint($node, $recv, 'odd', '/delay/5', max_concurrency => 24);
+lh_endpoint($node, $recv, 'odd', '/delay/5', max_concurrency => 24, ordering => 'per_key');
 ok(defined lh_wait_dispatchers($node, 2, 20), 'two dispatchers running');
 
 my $bg = lh_bg_publisher($node, 3000, tag => 'bg');
-lh_publish($node, $N, txns => 4, rollback => 200, tag => 'a');
+lh_publish($node, $N, txns => 4, rollback => 200, tag => 'a', keys => 200);
 my $at = lh_fault_point();
 ok(defined lh_wait_delivered($node, int(2 * $N * $at), 30), sprintf('%.0f%% of the deliveries done', 100 * $at));
 

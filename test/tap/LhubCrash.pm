@@ -104,8 +104,9 @@ sub lh_receiver
 	return $r;
 }
 
-# lh_endpoint NODE, RECV, NAME, PATH, timeout_ms => .., max_concurrency => ..
-# --- an endpoint on the receiver, subscribed to order.* (ordering none).
+# lh_endpoint NODE, RECV, NAME, PATH, timeout_ms => .., max_concurrency => ..,
+# ordering => none|per_key --- an endpoint on the receiver, subscribed to
+# order.* (ordering none unless asked).
 # The URL carries ?ep=NAME so the checker can tell endpoints apart in the
 # receiver's log.
 sub lh_endpoint
@@ -113,26 +114,30 @@ sub lh_endpoint
 	my ($node, $recv, $name, $path, %opt) = @_;
 	my $timeout = $opt{timeout_ms} // 10000;
 	my $conc = $opt{max_concurrency} // 32;
+	my $ordering = $opt{ordering} // 'none';
 
 	$node->safe_psql(
 		'postgres', qq{
 SELECT hub.create_endpoint('$name', '$recv->{url}$path?ep=$name',
 	timeout_ms => $timeout, max_concurrency => $conc);
-SELECT hub.subscribe('$name', 'order.*', ordering => 'none', retry_base => '100 ms',
+SELECT hub.subscribe('$name', 'order.*', ordering => '$ordering', retry_base => '100 ms',
 	retry_max => '1 s', max_attempts => 50);
 });
 	return;
 }
 
-# lh_publish NODE, N, txns => K, rollback => M, tag => T --- commit N
-# order.created events in K transactions (plain INSERT for the first half,
-# hub.publish for the rest), and roll back M more marked rolled_back.
+# lh_publish NODE, N, txns => K, rollback => M, tag => T, keys => A ---
+# commit N order.created events in K transactions (plain INSERT for the
+# first half, hub.publish for the rest), and roll back M more marked
+# rolled_back.  Aggregate ids are distinct, or A of them shared round robin
+# (for per_key ordering).
 sub lh_publish
 {
 	my ($node, $n, %opt) = @_;
 	my $k = $opt{txns} // 5;
 	my $m = $opt{rollback} // 100;
 	my $tag = $opt{tag} // 'burst';
+	my $key = defined $opt{keys} ? "'$tag-' || (g % $opt{keys})" : "'$tag-' || g";
 	my $sql = '';
 	my $per = int(($n + $k - 1) / $k);
 
@@ -146,11 +151,11 @@ sub lh_publish
 		if ($i < $k / 2)
 		{
 			$sql .= "BEGIN; INSERT INTO hub.outbox (event_type, aggregate_id, payload) "
-			  . "SELECT 'order.created', '$tag-' || g, $payload FROM generate_series($a, $b) g; COMMIT;\n";
+			  . "SELECT 'order.created', $key, $payload FROM generate_series($a, $b) g; COMMIT;\n";
 		}
 		else
 		{
-			$sql .= "BEGIN; SELECT count(hub.publish('order.created', '$tag-' || g, $payload)) "
+			$sql .= "BEGIN; SELECT count(hub.publish('order.created', $key, $payload)) "
 			  . "FROM generate_series($a, $b) g; COMMIT;\n";
 		}
 	}
@@ -368,6 +373,9 @@ sub first_few
 #    it may have been given back ('expired') without its request ever
 #    being sent, or its request may have reached the receiver with the
 #    answer lost; both are 'expired' rows, and that is the slack.
+# I6 per-key order (only with per_key subscriptions): per aggregate, the
+#    receiver's requests, in arrival order and duplicates included, never go
+#    back to an earlier event.
 # I5 healthy: the node answers, the configured number of dispatchers is in
 #    pg_stat_activity, and the server log has no PANIC and no "terminated
 #    by signal 11".
@@ -530,6 +538,36 @@ GROUP BY 1, 2, 3});
 			  . join("\n", @bad4[ 0 .. ($#bad4 < 9 ? $#bad4 : 9) ]);
 		});
 	push @notes, "attempts $label: $expired leases given back as expired";
+
+	# I6 (per_key subscriptions only): per aggregate, the receiver sees the
+	# events in publication order, and once it has seen an event it never
+	# again sees an earlier one of that aggregate (a successor is claimed
+	# only after its predecessor is recorded delivered, so even the
+	# duplicates a crash causes keep the order)
+	my %order;
+	for my $r (split /\n/,
+		$node->safe_psql('postgres',
+			"SELECT e.name, d.event_id, d.aggregate_id, d.seq FROM hub.deliveries d"
+			  . " JOIN hub.endpoints e USING (endpoint_id) WHERE d.ordering = 'per_key'"))
+	{
+		my ($ep, $id, $agg, $seq) = split /\|/, $r;
+		$order{"$ep $id"} = [ "$ep $agg", $seq ];
+	}
+	if (%order)
+	{
+		my (%last, @late);
+		for my $h (@hits)
+		{
+			my $o = $order{"$h->{ep} $h->{id}"} or next;
+			my ($agg, $seq) = @$o;
+			push @late, "$agg: seq $seq after seq $last{$agg}"
+			  if defined $last{$agg} && $seq < $last{$agg};
+			$last{$agg} = $seq if !defined $last{$agg} || $seq > $last{$agg};
+		}
+		$check->(
+			"I6 $label: per key, requests arrive in publication order, duplicates included",
+			!@late, sub { scalar(@late) . " out of order: " . first_few(@late) });
+	}
 
 	# I5
 	my $one = eval { $node->safe_psql('postgres', 'SELECT 1') } // '';
