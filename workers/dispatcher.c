@@ -855,6 +855,39 @@ release_old_leases(void)
 	end_step();
 }
 
+/*
+ * release_retired_leases --- dispatcher 0 gives back the leases of a
+ * dispatcher that is no longer wanted (logistics_hub.dispatchers lowered)
+ * once it has exited: no incarnation of its name starts again to do it,
+ * and its deliveries would otherwise wait for their whole lease.  Only
+ * slots seen running by this process count, so this costs a few shared
+ * memory reads a loop and one statement per retired dispatcher.
+ */
+static void
+release_retired_leases(void)
+{
+	static uint32 seen = 0;		/* bit per slot seen running */
+
+	for (int k = 1; k < HUB_MAX_DISPATCHERS; k++)
+	{
+		uint32		bit = (uint32) 1 << k;
+
+		if (hub_dispatcher_pid(k) != 0)
+			seen |= bit;
+		else if ((seen & bit) && k >= hub_dispatchers)
+		{
+			Datum		a[1] = {CStringGetTextDatum(psprintf("dispatcher %d", k))};
+			Oid			t[1] = {TEXTOID};
+
+			seen &= ~bit;
+			begin_step("logistics_hub: release leases of a retired dispatcher");
+			if (extension_present())
+				SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
+			end_step();
+		}
+	}
+}
+
 static void
 run_retention(void)
 {
@@ -973,6 +1006,8 @@ hub_dispatcher_main(Datum arg)
 			collect();
 		}
 
+		if (my_slot == 0)
+			release_retired_leases();
 		if (my_slot == 0 && hub_retention_interval_s > 0 && GetCurrentTimestamp() >= next_retention)
 		{
 			run_retention();
