@@ -48,7 +48,6 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
@@ -530,8 +529,7 @@ claim(int max)
 	{
 		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
 
-		/* not read-only: it must see what the claim just changed (half-open) */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading endpoints failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
 			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -584,24 +582,6 @@ rate_wait_us(HubEndpoint *ep, TimestampTz now)
 }
 
 /*
- * batch_close --- end a batch's JSON array and name the batch by its content:
- * the first event's id and a hash of the body.  Each delivery of a failed
- * batch has its own backoff, so a retry may group other events behind the
- * same first one; an id naming only that event would then be reused for
- * another body, and a receiver deduplicating on it would drop events.
- */
-static void
-batch_close(HubRequest *req)
-{
-	uint64		h;
-
-	appendStringInfoChar(&req->body, ']');
-	h = hash_bytes_extended((const unsigned char *) req->body.data, req->body.len, 0);
-	req->webhook_id = MemoryContextStrdup(req->cxt,
-										  psprintf("%s_%016llx", req->webhook_id, (unsigned long long) h));
-}
-
-/*
  * pump --- start every queued request the limits allow; give back those
  * that cannot go (endpoint paused or circuit open, or waited too long).
  * Returns the earliest time a rate-limited request may start (0: none).
@@ -623,7 +603,6 @@ pump(void)
 			HubRequest *req = dlist_head_element(HubRequest, node, &ep->queue);
 			int64		wait;
 			char	   *error;
-			CURLMcode	mrc;
 
 			if (!ep->usable || now - req->claimed_at > max_wait)
 			{
@@ -646,17 +625,20 @@ pump(void)
 			{
 				if (!hub_oauth2_refresh(ep, &error))
 				{
+					if (error == NULL)
+						break;	/* interrupted: ask again on the next pass */
+
 					/*
-					 * every queued request of the endpoint fails with it, at
-					 * once: the token request blocks the loop, and one per
-					 * queued request would stall every endpoint for as many
-					 * timeouts
+					 * every queued request of the endpoint fails with it,
+					 * without a token request of its own: the fetch blocks
+					 * for up to the endpoint's timeout, once per pump
 					 */
 					while (!dlist_is_empty(&ep->queue))
 					{
-						req = dlist_head_element(HubRequest, node, &ep->queue);
-						endpoint_dequeue(ep, req);
-						add_result(req, 0, error, -1, false, 0);
+						HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
+
+						endpoint_dequeue(ep, r);
+						add_result(r, 0, error, -1, false, 0);
 					}
 					break;
 				}
@@ -664,7 +646,7 @@ pump(void)
 			}
 			endpoint_dequeue(ep, req);
 			if (req->batch)
-				batch_close(req);
+				appendStringInfoChar(&req->body, ']');
 			req->started_at = now;
 			if (hub_http_prepare(req, &error) == NULL)
 			{
@@ -676,15 +658,9 @@ pump(void)
 				ep->rate_starts[ep->rate_pos] = now;
 				ep->rate_pos = (ep->rate_pos + 1) % ep->rate_n;
 			}
-			if ((mrc = curl_multi_add_handle(multi, req->easy)) != CURLM_OK)
-			{
-				add_result(req, 0, psprintf("could not start the transfer: %s", curl_multi_strerror(mrc)),
-						   -1, false, 0);
-				hub_http_release(req);
-				continue;
-			}
 			ep->in_flight++;
 			in_flight++;
+			curl_multi_add_handle(multi, req->easy);
 		}
 		if (dlist_is_empty(&ep->queue))
 		{
@@ -724,22 +700,10 @@ collect(void)
 			if (status == 429 || status == 503)
 				curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after);
 			if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
-			{
-				/*
-				 * The access token was refused (rotated or revoked before it
-				 * expired): drop it and record a transient failure, without
-				 * the status that would make it a permanent 4xx; the retry
-				 * fetches a new token.  Bad client credentials fail at the
-				 * token endpoint, transient too, until max_attempts.
-				 */
-				req->ep->oauth2_expires = 0;
-				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
-						   -1, false, 0);
-			}
-			else
-				add_result(req, status,
-						   status >= 300 && status < 400 ? "redirect not followed" : "",
-						   retry_after > 0 ? (int64) retry_after : -1, false, 0);
+				req->ep->oauth2_expires = 0;	/* fetch a new token next time */
+			add_result(req, status,
+					   status >= 300 && status < 400 ? "redirect not followed" : "",
+					   retry_after > 0 ? (int64) retry_after : -1, false, 0);
 		}
 		else
 		{
@@ -860,11 +824,7 @@ record(void)
 	{
 		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		/*
-		 * not read-only: a read-only execution uses the step's first snapshot
-		 * and would not see the circuit the failures above just opened
-		 */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
 			for (uint64 i = 0; i < SPI_processed; i++)
 				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 	}
@@ -893,6 +853,39 @@ release_old_leases(void)
 		SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
 	}
 	end_step();
+}
+
+/*
+ * release_retired_leases --- dispatcher 0 gives back the leases of a
+ * dispatcher that is no longer wanted (logistics_hub.dispatchers lowered)
+ * once it has exited: no incarnation of its name starts again to do it,
+ * and its deliveries would otherwise wait for their whole lease.  Only
+ * slots seen running by this process count, so this costs a few shared
+ * memory reads a loop and one statement per retired dispatcher.
+ */
+static void
+release_retired_leases(void)
+{
+	static uint32 seen = 0;		/* bit per slot seen running */
+
+	for (int k = 1; k < HUB_MAX_DISPATCHERS; k++)
+	{
+		uint32		bit = (uint32) 1 << k;
+
+		if (hub_dispatcher_pid(k) != 0)
+			seen |= bit;
+		else if ((seen & bit) && k >= hub_dispatchers)
+		{
+			Datum		a[1] = {CStringGetTextDatum(psprintf("dispatcher %d", k))};
+			Oid			t[1] = {TEXTOID};
+
+			seen &= ~bit;
+			begin_step("logistics_hub: release leases of a retired dispatcher");
+			if (extension_present())
+				SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
+			end_step();
+		}
+	}
 }
 
 static void
@@ -963,10 +956,9 @@ hub_dispatcher_main(Datum arg)
 	if (multi == NULL || epoll_fd < 0)
 		elog(ERROR, "could not set up libcurl multi handle: %m");
 	on_proc_exit(dispatcher_cleanup, 0);
-	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
-		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
-		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16)) != CURLM_OK)
-		elog(ERROR, "could not set up the libcurl multi handle");
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16));
 
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -1014,6 +1006,8 @@ hub_dispatcher_main(Datum arg)
 			collect();
 		}
 
+		if (my_slot == 0)
+			release_retired_leases();
 		if (my_slot == 0 && hub_retention_interval_s > 0 && GetCurrentTimestamp() >= next_retention)
 		{
 			run_retention();
