@@ -92,7 +92,8 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-SET plan_cache_mode = force_custom_plan
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
 	cur pg_snapshot := pg_current_snapshot();
@@ -146,10 +147,12 @@ COMMENT ON FUNCTION hub._route_events() IS
 /*
  * (jit is off for the claim and routing statements: their cost estimates
  * grow with the backlog and would cross jit_above_cost, and compiling
- * costs far more than the few rows they touch.  Routing is always planned
- * with its actual bounds: a generic plan cannot know that the event id
- * range is the newest sliver of the primary key and would scan the whole
- * outbox on every claim.)
+ * costs far more than the few rows they touch.  Routing reads only primary
+ * key ranges of hub.outbox, the newest sliver of it, which a generic plan
+ * cannot know: left to itself it would scan the whole outbox on every
+ * claim.  With sequential scans disabled its one cached generic plan reads
+ * those ranges by index (the subscriptions, which have no usable index,
+ * are still read whole, once), so no claim pays for planning routing.)
  *
  * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
  * deliveries of this shard's endpoints whose circuit is closed; otherwise

@@ -98,21 +98,26 @@ COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, js
 
 -- ---------------------------------------------------------------- worker API
 
+-- (plpgsql for its cached plan: a SQL function would parse and plan its
+-- query, the inlined event_body included, on every call)
 CREATE FUNCTION hub._dispatch_claim(max integer, worker text, lease_seconds integer, shard integer,
 									nshards integer, source text)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subscription_id integer,
 			   body_format text, batch_max integer, event_id text, body text)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
+BEGIN
+	RETURN QUERY
 	SELECT c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, s.batch_max,
 		   c.event_id::text,
 		   hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 						  c.correlation_id, c.payload, source)
 	FROM hub.claim_deliveries(max, worker, make_interval(secs => lease_seconds), shard, nshards) c
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id
+	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id;
+END
 $$;
 COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text) IS
 'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
