@@ -166,7 +166,10 @@ COMMENT ON FUNCTION hub._route_events() IS
  * primary key, so only nested loops are allowed: the cached generic plan
  * does not know p_max, guesses a tenth of the table, and would otherwise
  * hash the whole of hub.deliveries and hub.outbox on every claim (claim
- * time growing with the table, not with the rows claimed).
+ * time growing with the table, not with the rows claimed).  Sequential and
+ * bitmap scans are off for the same reason: statistics taken when little
+ * was ready make a scan and sort of the whole table look cheaper than the
+ * ready index read in claim order, which stops after p_max rows.
  */
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer)
@@ -178,6 +181,8 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
 AS $$
 BEGIN
 	RETURN QUERY

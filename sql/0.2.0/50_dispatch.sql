@@ -144,15 +144,21 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[]) IS
 'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone).';
 
 /*
- * _complete_many --- complete_delivery for a whole set of results in three
- * statements.  A result whose lease is gone (reclaimed by another claim) is
+ * _complete_many --- complete_delivery for a whole set of results in one
+ * statement.  A result whose lease is gone (reclaimed by another claim) is
  * recorded as a stale attempt and changes nothing, as in complete_delivery;
- * the UPDATE re-checks the token under the row lock.  Nested loops are
- * off: statistics taken while nothing was in flight estimate one in_flight
- * row, and a nested loop over the results per such row costs n^2; every
- * join here is between the result arrays and rows found by primary key
- * (= ANY (ids), also for the stale check, which would otherwise hash the
- * whole table), which hash joins do in linear time.
+ * the UPDATE re-checks the token under the row lock.
+ *
+ * Its plan is cached once and generic, made from whatever the statistics
+ * said then (often: nothing in flight), so it is pinned down to the one
+ * shape that is linear in the number of results whatever the table holds:
+ * deliveries are reached only through the primary key (= ANY (ids)), and
+ * the results are joined to them by hashing.  Nested loops are off (with
+ * one in_flight row estimated, a loop over the results per such row costs
+ * n^2), merge joins, bitmap and sequential scans too (each would read a
+ * whole index or the table), and the state test is written so that no
+ * partial index can serve it (a scan of the open-deliveries index reads
+ * the whole backlog).
  */
 CREATE FUNCTION hub._complete_many(ids bigint[], tokens bigint[], statuses integer[], latencies integer[],
 								   excerpts text[], worker text)
@@ -161,6 +167,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET enable_nestloop = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
 AS $$
 DECLARE
 	n integer;
@@ -174,7 +183,7 @@ BEGIN
 			updated_at = now()
 		FROM r
 		WHERE d.delivery_id = ANY (ids) AND d.delivery_id = r.delivery_id
-			AND d.state = 'in_flight' AND d.lease_token = r.token
+			AND (d.state = 'in_flight') IS TRUE AND d.lease_token = r.token
 		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token, r.status, r.latency, r.excerpt
 	), audit AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
