@@ -966,6 +966,19 @@ hub_dispatcher_main(Datum arg)
 
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
+
+		/*
+		 * Asked to stop with results not recorded yet: record them first
+		 * (one short transaction, no network), so that requests the
+		 * receivers already answered are not sent again once their leases
+		 * run out.  Anything still in flight is left to its lease.
+		 */
+		if (ProcDiePending && results != NIL)
+		{
+			HOLD_INTERRUPTS();
+			record();
+			RESUME_INTERRUPTS();
+		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
