@@ -17,7 +17,8 @@
  *           let them go; libcurl drives all transfers on one multi handle
  *           whose sockets sit in an epoll set that the loop's WaitEventSet
  *           watches together with the latch and postmaster death.
- *   record  one short transaction per loop for everything finished:
+ *   record  one short transaction for everything finished (every few
+ *           hundred results, or 10 ms after the first, or when idle):
  *           successes in bulk (hub._complete_many), failures one by one
  *           (hub.fail_delivery: backoff, Retry-After, dead letters, circuit
  *           breaker), and requests given back without an attempt
@@ -97,6 +98,18 @@ static TimestampTz curl_deadline = 0;	/* 0: no timer */
 static int	in_flight = 0;
 static int	queued_total = 0;
 static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
+static int	nresults = 0;		/* list_length(results) */
+static TimestampTz first_result_at = 0; /* when the oldest of them came */
+
+/*
+ * Results are recorded in one transaction once this many are waiting, once
+ * the oldest has waited RECORD_DELAY_MS, or as soon as nothing is in flight
+ * any more: a busy dispatcher then pays the fixed cost of a transaction per
+ * few hundred results rather than per handful, while the database never
+ * lags its receivers by more than a few milliseconds.
+ */
+#define RECORD_BATCH Max(64, hub_max_in_flight)
+#define RECORD_DELAY_MS 10
 static SPIPlanPtr claim_plan,
 			endpoints_plan,
 			complete_plan,
@@ -529,7 +542,13 @@ claim(int max)
 	{
 		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
 
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		/*
+		 * Not read-only: a fresh snapshot, at least as new as the claim's.
+		 * The transaction's first snapshot can predate a resume_endpoint
+		 * that the claim already saw, and the endpoint would then be held
+		 * paused for a second and its claimed work given back.
+		 */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading endpoints failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
 			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -555,7 +574,10 @@ add_result(HubRequest *req, long status, char *error, int64 retry_after, bool de
 	r->retry_after_s = retry_after;
 	r->deferred = deferred;
 	r->defer_until = until;
+	if (results == NIL)
+		first_result_at = GetCurrentTimestamp();
 	results = lappend(results, r);
+	nresults++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -824,7 +846,8 @@ record(void)
 	{
 		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
+		/* not read-only: the circuit just opened above must be seen */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
 			for (uint64 i = 0; i < SPI_processed; i++)
 				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 	}
@@ -835,7 +858,17 @@ record(void)
 	MemoryContextSwitchTo(dispatcher_cxt);
 	list_free_deep(results);
 	results = NIL;
+	nresults = 0;
 	MemoryContextSwitchTo(loop_cxt);
+}
+
+/* is it time to record the results waiting?  (see RECORD_BATCH) */
+static bool
+record_due(TimestampTz now)
+{
+	return results != NIL &&
+		(nresults >= RECORD_BATCH || in_flight == 0 ||
+		 now - first_result_at >= RECORD_DELAY_MS * 1000L);
 }
 
 /* ---------------------------------------------------------------- start-up */
@@ -978,6 +1011,19 @@ hub_dispatcher_main(Datum arg)
 
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
+
+		/*
+		 * Asked to stop with results not recorded yet: record them first
+		 * (one short transaction, no network), so that requests the
+		 * receivers already answered are not sent again once their leases
+		 * run out.  Anything still in flight is left to its lease.
+		 */
+		if (ProcDiePending && results != NIL)
+		{
+			HOLD_INTERRUPTS();
+			record();
+			RESUME_INTERRUPTS();
+		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -985,13 +1031,20 @@ hub_dispatcher_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		record();
-
 		now = GetCurrentTimestamp();
-		if ((now >= next_claim || claim_full) &&
-			queued_total < hub_max_in_flight && in_flight < hub_max_in_flight)
+		if (record_due(now))
+			record();
+
+		/*
+		 * Claim while fewer requests wait than may be in flight: a claim of
+		 * logistics_hub.claim_batch deliveries then keeps every connection
+		 * busy until the next one, whether a request carries one delivery
+		 * or a batch of them.
+		 */
+		now = GetCurrentTimestamp();
+		if ((now >= next_claim || claim_full) && queued_total < hub_max_in_flight)
 		{
-			int			want = Min(hub_claim_batch, 2 * hub_max_in_flight - queued_total - in_flight);
+			int			want = hub_claim_batch;
 			int			got = claim(want);
 
 			claim_full = got == want;
@@ -1016,12 +1069,14 @@ hub_dispatcher_main(Datum arg)
 
 		/* sleep until the latch, a socket, libcurl's timer or the next claim */
 		now = GetCurrentTimestamp();
-		if (results != NIL || (claim_full && queued_total < hub_max_in_flight))
+		if (record_due(now) || (claim_full && queued_total < hub_max_in_flight))
 			timeout = 0;
 		else
 		{
 			TimestampTz until = next_claim;
 
+			if (results != NIL && first_result_at + RECORD_DELAY_MS * 1000L < until)
+				until = first_result_at + RECORD_DELAY_MS * 1000L;
 			if (curl_deadline != 0 && curl_deadline < until)
 				until = curl_deadline;
 			if (rate_next != 0 && rate_next < until)

@@ -92,7 +92,8 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-SET plan_cache_mode = force_custom_plan
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
 	cur pg_snapshot := pg_current_snapshot();
@@ -102,6 +103,22 @@ BEGIN
 	SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN 0;				-- another router is at work
+	END IF;
+	/*
+	 * Nothing to look at (no event from a transaction in progress at the
+	 * last pass nor from a later one): keep the state as it is, which is
+	 * always safe, and spare every idle claim the planning of the INSERT.
+	 * (Each probe is an ORDER BY ... LIMIT 1 outside EXISTS, which would
+	 * drop the LIMIT, so that it is one descent of the primary key whatever
+	 * the statistics say.)
+	 */
+	IF (SELECT o.event_id FROM hub.outbox o WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+		ORDER BY o.event_id LIMIT 1) IS NULL
+		AND NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(prev) x,
+						LATERAL (SELECT 1 FROM hub.outbox o
+								 WHERE o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)
+								 ORDER BY o.event_id LIMIT 1) o) THEN
+		RETURN 0;
 	END IF;
 	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
@@ -130,10 +147,12 @@ COMMENT ON FUNCTION hub._route_events() IS
 /*
  * (jit is off for the claim and routing statements: their cost estimates
  * grow with the backlog and would cross jit_above_cost, and compiling
- * costs far more than the few rows they touch.  Routing is always planned
- * with its actual bounds: a generic plan cannot know that the event id
- * range is the newest sliver of the primary key and would scan the whole
- * outbox on every claim.)
+ * costs far more than the few rows they touch.  Routing reads only primary
+ * key ranges of hub.outbox, the newest sliver of it, which a generic plan
+ * cannot know: left to itself it would scan the whole outbox on every
+ * claim.  With sequential scans disabled its one cached generic plan reads
+ * those ranges by index (the subscriptions, which have no usable index,
+ * are still read whole, once), so no claim pays for planning routing.)
  *
  * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
  * deliveries of this shard's endpoints whose circuit is closed; otherwise
@@ -142,6 +161,15 @@ COMMENT ON FUNCTION hub._route_events() IS
  * READ COMMITTED a row another claimer changed meanwhile is re-checked
  * against the WHERE clause (EvalPlanQual) and one locked by another claimer
  * is skipped: no delivery is handed out twice and no claim waits.
+ *
+ * Every join of the claim goes from at most p_max rows to rows found by
+ * primary key, so only nested loops are allowed: the cached generic plan
+ * does not know p_max, guesses a tenth of the table, and would otherwise
+ * hash the whole of hub.deliveries and hub.outbox on every claim (claim
+ * time growing with the table, not with the rows claimed).  Sequential and
+ * bitmap scans are off for the same reason: statistics taken when little
+ * was ready make a scan and sort of the whole table look cheaper than the
+ * ready index read in claim order, which stops after p_max rows.
  */
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer)
@@ -151,6 +179,10 @@ RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
 AS $$
 BEGIN
 	RETURN QUERY
