@@ -10,6 +10,12 @@
  * applications can start publishing before the catalogue is complete;
  * reject enforces contract governance (22023).
  *
+ * logistics_hub.retention_period (seconds, default 7 days, superuser) and
+ * logistics_hub.dead_retention_period (seconds, default 30 days,
+ * superuser): what hub.run_retention() removes (sql/0.2.0/80_retention.sql):
+ * finished events and attempts older than the first; dead deliveries are
+ * kept until the second, so that they can still be replayed.
+ *
  * logistics_hub._retention (boolean, superuser only, hidden): the one door
  * through which published events, attempts and audit rows may be removed.
  * The immutability triggers refuse UPDATE and DELETE unless it is on; only a
@@ -26,6 +32,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <limits.h>
 
 #include "fmgr.h"
 #include "utils/guc.h"
@@ -47,6 +55,8 @@ static const struct config_enum_entry unknown_event_type_options[] = {
 
 static int	hub_unknown_event_types = HUB_UNKNOWN_ACCEPT;
 static bool hub_retention = false;
+static int	hub_retention_period = 7 * 86400;
+static int	hub_dead_retention_period = 30 * 86400;
 
 /*
  * hub_outbox_define_gucs --- define the outbox settings.  Called from
@@ -65,6 +75,22 @@ hub_outbox_define_gucs(void)
 							 unknown_event_type_options,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.retention_period",
+							"How long delivered events and attempts are kept before hub.run_retention() removes them.",
+							"Events with an undelivered delivery are never removed.",
+							&hub_retention_period,
+							7 * 86400, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.dead_retention_period",
+							"How long dead deliveries (and their events) are kept for replay before hub.run_retention() removes them.",
+							NULL,
+							&hub_dead_retention_period,
+							30 * 86400, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("logistics_hub._retention",
 							 "Lets hub's retention job remove published events and audit rows.",

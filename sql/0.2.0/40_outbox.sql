@@ -277,8 +277,17 @@ COMMENT ON TABLE hub.deliveries IS
 CREATE SEQUENCE hub._lease_token_seq;
 COMMENT ON SEQUENCE hub._lease_token_seq IS 'API: Private. Fencing tokens for delivery leases.';
 
+/*
+ * Attempts are the highest-volume table of the hub (at least one row per
+ * delivery, never updated), so they are partitioned by day of `at` (UTC):
+ * hub.run_retention() (80_retention.sql) creates the coming days'
+ * partitions and removes old days by detaching and dropping whole
+ * partitions, which leaves no dead tuples behind.  The default partition
+ * catches rows no daily partition covers (before retention first ran, or
+ * the attempts of deliveries kept past their day) and is pruned by DELETE.
+ */
 CREATE TABLE hub.attempts (
-	attempt_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	attempt_id		bigint GENERATED ALWAYS AS IDENTITY,
 	delivery_id		bigint NOT NULL REFERENCES hub.deliveries ON DELETE CASCADE,
 	attempt			integer NOT NULL,
 	at				timestamptz NOT NULL DEFAULT now(),
@@ -288,8 +297,12 @@ CREATE TABLE hub.attempts (
 	error			text,
 	latency_ms		integer,
 	response_excerpt text CHECK (length(response_excerpt) <= 1024),
-	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired'))
-);
+	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired')),
+	PRIMARY KEY (attempt_id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE hub._attempts_default PARTITION OF hub.attempts DEFAULT;
+COMMENT ON TABLE hub._attempts_default IS
+'API: Private. Attempts no daily partition of hub.attempts covers; pruned row by row by hub.run_retention().';
 CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
 COMMENT ON TABLE hub.attempts IS
 'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed; expired: the lease ran out, or its worker restarted, with no result).';
