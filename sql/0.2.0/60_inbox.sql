@@ -240,6 +240,7 @@ BEGIN
 		err := NULL;
 		BEGIN
 			-- its own subtransaction: the handler's writes are rolled back if it fails
+			PERFORM hub._check_runnable(m.handler, 'inbox handler');
 			EXECUTE format('SELECT %s($1, $2)', m.handler) USING m.payload, m.message_type;
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
