@@ -86,8 +86,8 @@ CREATE TABLE hub.outbox (
 	causation_id	text,
 	headers			jsonb NOT NULL DEFAULT '{}',
 	occurred_at		timestamptz NOT NULL DEFAULT now(),
-	published_at	timestamptz NOT NULL DEFAULT now(),
-	xid				xid8 NOT NULL DEFAULT pg_current_xact_id()
+	published_at	timestamptz NOT NULL,	-- set by the contract trigger
+	xid				xid8 NOT NULL			-- set by the contract trigger
 );
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
@@ -103,7 +103,9 @@ COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for t
  * required key, unknown types per logistics_hub.unknown_event_types; it
  * stamps xid and published_at so that a plain INSERT cannot forge them (an
  * event with a made-up xid below the routing watermark would never be
- * routed).
+ * routed).  The two columns have no default: the trigger always sets them,
+ * and a default would be evaluated (and set up) by every publish only to
+ * be overwritten.
  */
 CREATE FUNCTION hub._outbox_check() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'hub_outbox_check' LANGUAGE C;
