@@ -162,6 +162,13 @@ BEGIN
 	partitions_dropped := 0;
 	partitions_created := 0;
 
+	-- one run at a time (the dispatcher's and an operator's would race on
+	-- the same partitions); a second one returns at once, removing nothing
+	IF NOT pg_try_advisory_xact_lock(hashtext('logistics_hub'), hashtext('run_retention')) THEN
+		RAISE NOTICE 'retention is already running in another session';
+		RETURN;
+	END IF;
+
 	-- open the door for this function only (closed again below; an error
 	-- rolls the setting back with the transaction or subtransaction)
 	PERFORM hub._retention_active();	-- loads the library: the setting is the real one
