@@ -4,7 +4,7 @@
 -- events stay, dead ones stay for the dead period, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(27);
+SELECT plan(28);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -20,6 +20,10 @@ SELECT is((SELECT string_agg(aggregate_id || ':' || state, ',' ORDER BY aggregat
 	'SO-1:delivered,SO-2:dead,SO-3:in_flight,SO-4:pending,SO-5:skipped', 'the deliveries are set up');
 
 SELECT is((SELECT relkind::text FROM pg_class WHERE oid = 'hub.attempts'::regclass), 'p', 'hub.attempts is partitioned');
+SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c
+		   WHERE extname = 'logistics_hub' AND c::regclass::text ~ '^hub\.(_?endpoint|subscriptions|event_types|inbox_handlers|_endpoint_secrets)'),
+	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.event_types', 'hub.inbox_handlers', 'hub.subscriptions'],
+	'the configuration tables of the outbox and inbox are registered with pg_extension_config_dump');
 SELECT is(current_setting('logistics_hub.retention_period'), '7d', 'logistics_hub.retention_period defaults to 7 days');
 SELECT is(current_setting('logistics_hub.dead_retention_period'), '30d', 'logistics_hub.dead_retention_period defaults to 30 days');
 
