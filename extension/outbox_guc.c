@@ -25,7 +25,9 @@
  * through hub._retention_active() rather than current_setting(), because
  * calling a C function loads this library: a value set as a placeholder by
  * an ordinary user before the library was loaded is then discarded by the
- * GUC machinery instead of being believed.
+ * GUC machinery instead of being believed.  The trigger itself,
+ * hub._immutable(), is here too, in C, since the retention job fires it for
+ * every row it removes.
  *
  * extension/outbox_guc.c
  *
@@ -35,8 +37,12 @@
 
 #include <limits.h>
 
+#include "catalog/partition.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 
 #include "outbox.h"
 
@@ -120,4 +126,44 @@ Datum
 hub_retention_active(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(hub_retention);
+}
+
+/*
+ * hub_immutable --- SQL trigger hub._immutable() (BEFORE UPDATE OR DELETE
+ * row trigger and BEFORE TRUNCATE statement trigger on hub.outbox and the
+ * audit tables): lets DELETE and TRUNCATE through while the retention job
+ * has logistics_hub._retention on, and refuses everything else with 55000
+ * ("published events are immutable", or "hub.<table> is append-only").
+ */
+PG_FUNCTION_INFO_V1(hub_immutable);
+Datum
+hub_immutable(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	const char *op;
+	const char *table;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event))
+		elog(ERROR, "hub._immutable must be a BEFORE trigger");
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event) && hub_retention)
+		return TRIGGER_FIRED_FOR_ROW(td->tg_event) ? PointerGetDatum(td->tg_trigtuple) : PointerGetDatum(NULL);
+
+	op = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "UPDATE" :
+		TRIGGER_FIRED_BY_DELETE(td->tg_event) ? "DELETE" : "TRUNCATE";
+	rel = td->tg_relation;
+	table = rel->rd_rel->relispartition ?
+		get_rel_name(get_partition_parent(RelationGetRelid(rel), false)) : RelationGetRelationName(rel);
+	if (strcmp(table, "outbox") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("published events are immutable"),
+				 errdetail("%s on hub.outbox is refused.", op),
+				 errhint("Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("hub.%s is append-only", table),
+			 errdetail("%s on hub.%s is refused.", op, table),
+			 errhint("Audit rows are removed by the retention job only.")));
+	PG_RETURN_NULL();			/* not reached */
 }

@@ -130,26 +130,11 @@ COMMENT ON FUNCTION hub._retention_active() IS
  * _immutable --- refuses UPDATE, DELETE and TRUNCATE of published events and
  * audit rows, except to the retention job (logistics_hub._retention on).
  * Every UPDATE is refused on the audit tables; events can never be updated.
+ * In C (extension/outbox_guc.c): the retention job fires it once per row it
+ * removes.  On a partition of hub.attempts it names the partitioned table.
  */
 CREATE FUNCTION hub._immutable() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-	IF TG_OP OPERATOR(pg_catalog.<>) 'UPDATE' AND hub._retention_active() THEN
-		RETURN CASE WHEN TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN OLD END;
-	END IF;
-	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'outbox' THEN
-		RAISE EXCEPTION 'published events are immutable'
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  DETAIL = pg_catalog.format('%s on hub.outbox is refused.', TG_OP),
-				  HINT = 'Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.';
-	END IF;
-	RAISE EXCEPTION 'hub.% is append-only', TG_TABLE_NAME
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-			  DETAIL = pg_catalog.format('%s on hub.%s is refused.', TG_OP, TG_TABLE_NAME),
-			  HINT = 'Audit rows are removed by the retention job only.';
-END
-$$;
+	AS 'MODULE_PATHNAME', 'hub_immutable' LANGUAGE C;
 COMMENT ON FUNCTION hub._immutable() IS
 'API: Private. Trigger refusing UPDATE, DELETE and TRUNCATE of events and audit rows (DELETE and TRUNCATE allowed to the retention job through logistics_hub._retention).';
 CREATE TRIGGER outbox_immutable BEFORE UPDATE OR DELETE ON hub.outbox

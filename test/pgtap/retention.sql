@@ -4,7 +4,7 @@
 -- events stay, dead ones stay for the dead period, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(28);
+SELECT plan(29);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -78,6 +78,8 @@ SELECT events_removed FROM hub.run_retention(interval '1 hour');
 SELECT is(current_setting('logistics_hub._retention'), 'off', 'run_retention closes the door behind it in the same transaction');
 SELECT throws_ok($$DELETE FROM hub.outbox$$, '55000', 'published events are immutable', 'so a DELETE after it is still refused');
 ROLLBACK;
+SELECT throws_ok($$UPDATE hub.attempts SET error = 'x'$$, '55000', 'hub.attempts is append-only',
+	'attempts stay append-only in every partition, and the error names the partitioned table');
 CREATE ROLE retention_admin LOGIN;
 GRANT hub_admin TO retention_admin;
 CREATE ROLE retention_nobody LOGIN;
