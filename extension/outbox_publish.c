@@ -50,6 +50,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "tcop/utility.h"
 #include "nodes/value.h"
 #include "parser/parse_func.h"
 #include "utils/acl.h"
@@ -336,12 +337,16 @@ Datum
 hub_publish(PG_FUNCTION_ARGS)
 {
 	static Datum empty_headers = (Datum) 0;
-	Datum		id = DirectFunctionCall1(hub_event_id, (Datum) 0);
+	Datum		id;
 	Datum		values[PUBLISH_NARGS];
 	char		nulls[PUBLISH_NARGS];
 	Relation	rel;
 	int			i;
 
+	/* as the executor does for any INSERT (the direct insert has no executor) */
+	if (XactReadOnly)
+		PreventCommandIfReadOnly("INSERT");
+	id = DirectFunctionCall1(hub_event_id, (Datum) 0);
 	values[0] = id;
 	nulls[0] = ' ';
 	for (i = 0; i < 6; i++)

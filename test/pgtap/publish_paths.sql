@@ -5,7 +5,7 @@
 -- fire, an added column gets its default, column privileges and row
 -- security are honoured.
 BEGIN;
-SELECT plan(12);
+SELECT plan(13);
 
 CREATE TABLE public.seen (what text);
 CREATE FUNCTION public.seen_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -16,6 +16,12 @@ BEGIN INSERT INTO public.seen VALUES (TG_WHEN || ' ' || TG_LEVEL); RETURN NULL; 
 SELECT ok(hub.publish('order.created', 'SO-1', '{"order_id": "SO-1"}') IS NOT NULL, 'publish on the known shape');
 SELECT is((SELECT xid = pg_current_xact_id() AND published_at = now() AND seq IS NOT NULL AND headers = '{}'
 		   FROM hub.outbox WHERE aggregate_id = 'SO-1'), true, 'xid, published_at, seq and headers are filled');
+
+SAVEPOINT ro;
+SET LOCAL transaction_read_only = on;
+SELECT throws_ok($$SELECT hub.publish('order.created', 'SO-RO', '{"order_id": "SO-RO"}')$$, '25006',
+	'cannot execute INSERT in a read-only transaction', 'a read-only transaction cannot publish');
+ROLLBACK TO SAVEPOINT ro;
 
 -- row triggers and CHECK constraints (direct insert)
 CREATE TRIGGER seen_before BEFORE INSERT ON hub.outbox FOR EACH ROW EXECUTE FUNCTION public.seen_row();
