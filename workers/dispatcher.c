@@ -49,6 +49,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
@@ -443,6 +444,48 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
+ * them) and of every endpoint with queued requests not read for a second:
+ * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
+ * step's transaction; ids must have room for every known endpoint more.
+ */
+static void
+reload_endpoints(Datum *ids, int nids, TimestampTz now)
+{
+	{
+		dlist_iter	it;
+
+		dlist_foreach(it, &active_endpoints)
+		{
+			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+
+			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
+			{
+				ep->loaded = false;
+				ids[nids++] = Int32GetDatum(ep->endpoint_id);
+				ep->loaded_at = now;
+			}
+		}
+	}
+	if (nids > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+
+		/*
+		 * Not read-only: a fresh snapshot, at least as new as the claim's.
+		 * The transaction's first snapshot can predate a resume_endpoint
+		 * that the claim already saw, and the endpoint would then be held
+		 * paused for a second and its claimed work given back; and it must see
+		 * what the claim just changed (a half-open circuit).
+		 */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading endpoints failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	}
+}
+
+/*
  * claim --- one transaction: lease up to max deliveries, render them into
  * requests (batch subscriptions grouped per subscription), refresh stale
  * endpoint settings.  Returns the number of deliveries claimed.
@@ -522,40 +565,35 @@ claim(int max)
 		req->n++;
 	}
 
-	/* endpoints with queued requests are re-read too: paused meanwhile? */
-	{
-		dlist_iter	it;
-
-		dlist_foreach(it, &active_endpoints)
-		{
-			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
-
-			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
-			{
-				ep->loaded = false;
-				ids[nids++] = Int32GetDatum(ep->endpoint_id);
-				ep->loaded_at = now;
-			}
-		}
-	}
-	if (nids > 0)
-	{
-		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
-
-		/*
-		 * Not read-only: a fresh snapshot, at least as new as the claim's.
-		 * The transaction's first snapshot can predate a resume_endpoint
-		 * that the claim already saw, and the endpoint would then be held
-		 * paused for a second and its claimed work given back.
-		 */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading endpoints failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-	}
+	reload_endpoints(ids, nids, now);
 	end_step();
 
 	return n;
+}
+
+/*
+ * refresh --- what a claim does besides claiming, for a dispatcher whose
+ * queues are full and that therefore does not claim: leave if the extension
+ * is gone, and re-read the endpoints with queued requests, so that a pause,
+ * a new URL or an opened circuit reaches them even while every connection
+ * hangs.
+ */
+static void
+refresh(void)
+{
+	Datum	   *ids;
+
+	begin_step("logistics_hub: refresh");
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+	ids = palloc(sizeof(Datum) * (1 + hash_get_num_entries(endpoints)));
+	reload_endpoints(ids, 0, GetCurrentTimestamp());
+	end_step();
 }
 
 /* ---------------------------------------------------------------- send */
@@ -604,6 +642,24 @@ rate_wait_us(HubEndpoint *ep, TimestampTz now)
 }
 
 /*
+ * batch_close --- end a batch's JSON array and name the batch by its content:
+ * the first event's id and a hash of the body.  Each delivery of a failed
+ * batch has its own backoff, so a retry may group other events behind the
+ * same first one; an id naming only that event would then be reused for
+ * another body, and a receiver deduplicating on it would drop events.
+ */
+static void
+batch_close(HubRequest *req)
+{
+	uint64		h;
+
+	appendStringInfoChar(&req->body, ']');
+	h = hash_bytes_extended((const unsigned char *) req->body.data, req->body.len, 0);
+	req->webhook_id = MemoryContextStrdup(req->cxt,
+										  psprintf("%s_%016llx", req->webhook_id, (unsigned long long) h));
+}
+
+/*
  * pump --- start every queued request the limits allow; give back those
  * that cannot go (endpoint paused or circuit open, or waited too long).
  * Returns the earliest time a rate-limited request may start (0: none).
@@ -625,6 +681,7 @@ pump(void)
 			HubRequest *req = dlist_head_element(HubRequest, node, &ep->queue);
 			int64		wait;
 			char	   *error;
+			CURLMcode	mrc;
 
 			if (!ep->usable || now - req->claimed_at > max_wait)
 			{
@@ -668,7 +725,7 @@ pump(void)
 			}
 			endpoint_dequeue(ep, req);
 			if (req->batch)
-				appendStringInfoChar(&req->body, ']');
+				batch_close(req);
 			req->started_at = now;
 			if (hub_http_prepare(req, &error) == NULL)
 			{
@@ -680,9 +737,15 @@ pump(void)
 				ep->rate_starts[ep->rate_pos] = now;
 				ep->rate_pos = (ep->rate_pos + 1) % ep->rate_n;
 			}
+			if ((mrc = curl_multi_add_handle(multi, req->easy)) != CURLM_OK)
+			{
+				add_result(req, 0, psprintf("could not start the transfer: %s", curl_multi_strerror(mrc)),
+						   -1, false, 0);
+				hub_http_release(req);
+				continue;
+			}
 			ep->in_flight++;
 			in_flight++;
-			curl_multi_add_handle(multi, req->easy);
 		}
 		if (dlist_is_empty(&ep->queue))
 		{
@@ -722,10 +785,22 @@ collect(void)
 			if (status == 429 || status == 503)
 				curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after);
 			if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
-				req->ep->oauth2_expires = 0;	/* fetch a new token next time */
-			add_result(req, status,
-					   status >= 300 && status < 400 ? "redirect not followed" : "",
-					   retry_after > 0 ? (int64) retry_after : -1, false, 0);
+			{
+				/*
+				 * The access token was refused (rotated or revoked before it
+				 * expired): drop it and record a transient failure, without
+				 * the status that would make it a permanent 4xx; the retry
+				 * fetches a new token.  Bad client credentials fail at the
+				 * token endpoint, transient too, until max_attempts.
+				 */
+				req->ep->oauth2_expires = 0;
+				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
+						   -1, false, 0);
+			}
+			else
+				add_result(req, status,
+						   status >= 300 && status < 400 ? "redirect not followed" : "",
+						   retry_after > 0 ? (int64) retry_after : -1, false, 0);
 		}
 		else
 		{
@@ -846,7 +921,10 @@ record(void)
 	{
 		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		/* not read-only: the circuit just opened above must be seen */
+		/*
+		 * not read-only: a read-only execution uses the step's first snapshot
+		 * and would not see the circuit the failures above just opened
+		 */
 		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
 			for (uint64 i = 0; i < SPI_processed; i++)
 				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -958,6 +1036,7 @@ hub_dispatcher_main(Datum arg)
 	Oid			dboid;
 	WaitEventSet *wes;
 	TimestampTz next_claim = 0;
+	TimestampTz next_refresh = 0;
 	TimestampTz next_retention;
 	bool		claim_full = false;
 
@@ -989,9 +1068,10 @@ hub_dispatcher_main(Datum arg)
 	if (multi == NULL || epoll_fd < 0)
 		elog(ERROR, "could not set up libcurl multi handle: %m");
 	on_proc_exit(dispatcher_cleanup, 0);
-	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16));
+	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16)) != CURLM_OK)
+		elog(ERROR, "could not set up the libcurl multi handle");
 
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -1049,6 +1129,12 @@ hub_dispatcher_main(Datum arg)
 
 			claim_full = got == want;
 			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
+		}
+		else if (now >= next_refresh)
+		{
+			refresh();
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}
 
 		rate_next = pump();
