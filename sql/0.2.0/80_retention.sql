@@ -66,7 +66,7 @@ COMMENT ON FUNCTION hub._retention_setting(text) IS
 
 /*
  * _attempts_partition --- create the partition of hub.attempts for one UTC
- * day unless it exists; false when it does not exist and cannot be made
+ * day, as a member of the extension, unless it exists; false when it does not exist and cannot be made
  * because the default partition already holds rows of that day (they stay
  * there and are pruned row by row).
  */
@@ -86,6 +86,9 @@ BEGIN
 		RETURN false;
 	END IF;
 	EXECUTE format('CREATE TABLE hub.%I PARTITION OF hub.attempts FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+	-- a member like hub.attempts itself: pg_dump leaves both out (it keeps
+	-- configuration, not queue data or audit), DROP EXTENSION removes it
+	EXECUTE format('ALTER EXTENSION logistics_hub ADD TABLE hub.%I', part);
 	EXECUTE format('COMMENT ON TABLE hub.%I IS %L', part,
 				   'API: Private. Attempts of ' || to_char(day, 'YYYY-MM-DD') || ' (UTC); dropped whole by hub.run_retention().');
 	RETURN true;
@@ -118,6 +121,7 @@ BEGIN
 		WHERE d.state IN ('pending', 'in_flight', 'retry_wait') OR (d.state = 'dead' AND d.updated_at >= $1)$q$, part)
 		USING dead_cutoff;
 	GET DIAGNOSTICS kept = ROW_COUNT;
+	EXECUTE format('ALTER EXTENSION logistics_hub DROP TABLE %s', part);
 	EXECUTE format('DROP TABLE %s', part);
 	RETURN kept;
 END

@@ -4,7 +4,7 @@
 -- events stay, dead ones stay for the dead period, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(29);
+SELECT plan(30);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -46,6 +46,10 @@ SELECT is((SELECT string_agg(error, ',') FROM hub.attempts WHERE at < now() - in
 SELECT ok((SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 		   WHERE i.inhparent = 'hub.attempts'::regclass AND c.relname > '_attempts_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')) = 2,
 	'the next two days have their partitions');
+SELECT is((SELECT count(*) FROM pg_inherits i JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e'
+		   WHERE i.inhparent = 'hub.attempts'::regclass)::int,
+		  (SELECT count(*) FROM pg_inherits WHERE inhparent = 'hub.attempts'::regclass)::int,
+	'every partition is a member of the extension, like hub.attempts (pg_dump leaves them out together)');
 SELECT is((SELECT count(*) FROM hub.outbox)::int, 6, 'every event is still there');
 
 -- finished events older than the period go, with their deliveries and attempts
