@@ -22,8 +22,9 @@ SELECT is((SELECT string_agg(aggregate_id || ':' || state, ',' ORDER BY aggregat
 SELECT is((SELECT relkind::text FROM pg_class WHERE oid = 'hub.attempts'::regclass), 'p', 'hub.attempts is partitioned');
 SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c
 		   WHERE extname = 'logistics_hub' AND c::regclass::text ~ '^hub\.(_?endpoint|subscriptions|event_types|inbox_handlers|_endpoint_secrets)'),
-	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.event_types', 'hub.inbox_handlers', 'hub.subscriptions'],
-	'the configuration tables of the outbox and inbox are registered with pg_extension_config_dump');
+	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.endpoints_endpoint_id_seq', 'hub.event_types', 'hub.inbox_handlers',
+		  'hub.subscriptions', 'hub.subscriptions_subscription_id_seq'],
+	'the configuration tables of the outbox and inbox, and their identity sequences, are registered with pg_extension_config_dump');
 SELECT is(current_setting('logistics_hub.retention_period'), '7d', 'logistics_hub.retention_period defaults to 7 days');
 SELECT is(current_setting('logistics_hub.dead_retention_period'), '30d', 'logistics_hub.dead_retention_period defaults to 30 days');
 
