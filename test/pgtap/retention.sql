@@ -4,7 +4,7 @@
 -- events stay, dead ones stay for the dead period, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(30);
+SELECT plan(31);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -27,6 +27,7 @@ SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM p
 	'the configuration tables of the outbox and inbox, and their identity sequences, are registered with pg_extension_config_dump');
 SELECT is(current_setting('logistics_hub.retention_period'), '7d', 'logistics_hub.retention_period defaults to 7 days');
 SELECT is(current_setting('logistics_hub.dead_retention_period'), '30d', 'logistics_hub.dead_retention_period defaults to 30 days');
+SELECT is(current_setting('logistics_hub.retention_max_events'), '100000', 'logistics_hub.retention_max_events defaults to 100000');
 
 -- a day partition of attempts long past: one attempt of a finished delivery, one of an open one
 SELECT ok(hub._attempts_partition(((now() AT TIME ZONE 'UTC') - interval '30 days')::date), 'an old day partition can be made');
