@@ -444,6 +444,24 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * begin_work_step --- begin_step for a step that needs the extension: a
+ * dispatcher whose extension is gone (DROP EXTENSION) leaves quietly with
+ * exit code 0; the launcher starts it again once the extension is back.
+ */
+static void
+begin_work_step(const char *what)
+{
+	begin_step(what);
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+}
+
+/*
  * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
  * them) and of every endpoint with queued requests not read for a second:
  * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
@@ -500,14 +518,7 @@ claim(int max)
 	HubRequest *open_batch = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
-	begin_step("logistics_hub: claim");
-	if (!extension_present())
-	{
-		end_step();
-		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
-		proc_exit(0);
-	}
-	prepare_plans();
+	begin_work_step("logistics_hub: claim");
 
 	args[0] = Int32GetDatum(max);
 	args[1] = CStringGetTextDatum(worker_name);
@@ -583,14 +594,7 @@ refresh(void)
 {
 	Datum	   *ids;
 
-	begin_step("logistics_hub: refresh");
-	if (!extension_present())
-	{
-		end_step();
-		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
-		proc_exit(0);
-	}
-	prepare_plans();
+	begin_work_step("logistics_hub: refresh");
 	ids = palloc(sizeof(Datum) * (1 + hash_get_num_entries(endpoints)));
 	reload_endpoints(ids, 0, GetCurrentTimestamp());
 	end_step();
