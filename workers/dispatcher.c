@@ -101,6 +101,7 @@ static int	queued_total = 0;
 static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
 static int	nresults = 0;		/* list_length(results) */
 static TimestampTz first_result_at = 0; /* when the oldest of them came */
+static TimestampTz retry_due = 0;	/* earliest retry or deferral recorded, 0: none */
 
 /*
  * Results are recorded in one transaction once this many are waiting, once
@@ -115,7 +116,8 @@ static SPIPlanPtr claim_plan,
 			endpoints_plan,
 			complete_plan,
 			fail_plan,
-			defer_plan;
+			defer_plan,
+			due_plan;
 
 /* ---------------------------------------------------------------- curl glue */
 
@@ -324,6 +326,9 @@ prepare_plans(void)
 						"FROM hub.deliveries WHERE delivery_id = $1", 8, fail_types);
 	defer_plan = prepare("SELECT hub.defer_delivery($1, $2, $3) "
 						 "FROM hub.deliveries WHERE delivery_id = $1", 3, defer_types);
+	/* when a failed delivery is due again (none when it is dead) */
+	due_plan = prepare("SELECT next_attempt_at FROM hub.deliveries "
+					   "WHERE delivery_id = $1 AND state = 'retry_wait'", 1, defer_types);
 }
 
 static void
@@ -823,6 +828,20 @@ collect(void)
 	}
 }
 
+/*
+ * note_due --- a delivery this dispatcher failed or gave back, or the
+ * per-key successor of one it delivered, is claimable at t: claim then
+ * rather than at the next poll, so a retry backoff or a Retry-After shorter
+ * than logistics_hub.poll_interval is kept and a key's next event follows
+ * its predecessor at once.
+ */
+static void
+note_due(TimestampTz t)
+{
+	if (retry_due == 0 || t < retry_due)
+		retry_due = t;
+}
+
 /* ---------------------------------------------------------------- record */
 
 /*
@@ -874,6 +893,7 @@ record(void)
 				Int64GetDatum(req->lease_tokens[i]), TimestampTzGetDatum(r->defer_until)};
 
 				SPI_execute_plan(defer_plan, a, NULL, false, 0);
+				note_due(r->defer_until);
 			}
 			else if (r->error == NULL)
 			{
@@ -901,6 +921,14 @@ record(void)
 				a[6] = Int64GetDatum(r->retry_after_s);
 				a[7] = CStringGetTextDatum(worker_name);
 				SPI_execute_plan(fail_plan, a, nulls, false, 0);
+				if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
+				{
+					bool		isnull;
+					Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+					if (!isnull)
+						note_due(DatumGetTimestampTz(due));
+				}
 				if (i == 0)
 					failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
 			}
@@ -920,6 +948,8 @@ record(void)
 												  TEXTOID, -1, false, TYPALIGN_INT));
 		a[5] = CStringGetTextDatum(worker_name);
 		SPI_execute_plan(complete_plan, a, NULL, false, 0);
+		/* a per-key successor of what was delivered is claimable now */
+		note_due(GetCurrentTimestamp());
 	}
 	if (nfailed > 0)
 	{
@@ -1139,6 +1169,13 @@ hub_dispatcher_main(Datum arg)
 		{
 			refresh();
 			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
+		}
+		if (retry_due != 0)
+		{
+			/* failures recorded above are due again before the next poll? */
+			if (retry_due < next_claim)
+				next_claim = retry_due;
+			retry_due = 0;
 		}
 
 		rate_next = pump();
