@@ -9,7 +9,8 @@
 #   - a huge body with Content-Length and an endless chunked body: aborted
 #     by logistics_hub.max_response_size, the attempt says so
 #   - a drip (1 byte/s): the low-speed abort, not the total timeout
-#   - an answer of binary junk (NULs, invalid UTF-8): recorded
+#   - an answer of binary junk (NULs, invalid UTF-8), a malformed status
+#     line, undefined codes (599 fails, 299 succeeds): recorded
 #   - redirects: off by default (a 302 is then an ordinary non-2xx outcome
 #     and the target is never asked), followed (POST kept, same body and id)
 #     when the endpoint allows them, refused to file://, blocked by the
@@ -45,6 +46,9 @@ push_endpoint redir_loop "redirect-loop?ep=redir_loop" "timeout_ms => 2000" "all
 push_endpoint crlf "ok?ep=crlf" "timeout_ms => 2000" "headers => '{\"X-Tenant\": \"a\"}'"
 push_endpoint early "ok?ep=early" "timeout_ms => 2000"
 push_endpoint garbage "garbage?ep=garbage" "timeout_ms => 2000"
+push_endpoint badstatus "badstatus?ep=badstatus" "timeout_ms => 2000"
+push_endpoint s599 "status/599?ep=s599" "timeout_ms => 2000"
+push_endpoint s299 "status/299?ep=s299" "timeout_ms => 2000"
 # a receiver that crashes mid-response, then recovers
 # (8 resets: libcurl itself sends a request again, up to 5 times, when a
 # kept-alive connection dies before any answer, so one attempt may meet
@@ -63,7 +67,7 @@ got=$(q "SELECT headers ->> 'X-Tenant' ~ E'\\r\\n' FROM hub.endpoints WHERE name
 [ "$got" = t ] || fail "the CR LF header could not be planted ($got)"
 
 declare -A EV
-for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close garbage; do
+for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close garbage badstatus s599 s299; do
 	EV[$ep]=$(push_publish $ep "SO-$ep")
 done
 
@@ -132,6 +136,14 @@ got=$(q "SELECT d.state || ' ' || d.last_http_status || ' ' || bool_and(a.respon
          FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' GROUP BY d.delivery_id")
 [ "$got" = "dead 500 false" ] || [ "$got" = "dead 500 true" ] || fail "garbage: '$got'"
 ok "garbage: an answer of NULs and invalid UTF-8 is recorded (excerpt cut to valid text: $(q "SELECT quote_literal(response_excerpt) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' LIMIT 1"))"
+
+# status codes nobody defined: a malformed one is a transport error, 599 a
+# failure like any 5xx, 299 a success like any 2xx
+check_attempts badstatus dead '%'
+got=$(q "SELECT string_agg(state || ' ' || attempts || ' ' || last_http_status, ', ' ORDER BY event_id = '${EV[s599]}')
+         FROM hub.deliveries WHERE event_id IN ('${EV[s599]}', '${EV[s299]}')")
+[ "$got" = "delivered 1 299, dead 2 599" ] || fail "unknown status codes: '$got', want 'delivered 1 299, dead 2 599'"
+ok "status 599 retried then dead, 299 delivered"
 
 # redirects off: a 302 is a non-2xx answer like any other (retried, then dead)
 got=$(q "SELECT state || ' ' || attempts || ' ' || last_http_status || ' ' || last_error FROM hub.deliveries WHERE event_id = '${EV[redir_off]}'")
