@@ -22,6 +22,10 @@ extern bool hub_outbox_reject_unknown(void);
 struct pg_uuid_t;
 extern bool hub_event_id_xid(const struct pg_uuid_t *uuid, uint64 *xid);
 
+/* the contract check of one event (extension/outbox_check.c) */
+extern bool hub_outbox_check_event(Datum etype, bool etype_null, Datum agg, bool agg_null,
+								   Datum payload, bool payload_null, Datum *id, bool *id_null);
+
 /* SQL hub._event_id() */
 extern Datum hub_event_id(PG_FUNCTION_ARGS);
 

@@ -21,7 +21,10 @@
  * plain INSERT cannot forge them.  The event id must carry the inserting
  * transaction's id (extension/outbox_event_id.c): the default does, and a
  * foreign id is refused, since routing finds events by that prefix.  Every
- * error is 22023 with core wording.
+ * error is 22023 with core wording.  The checks are one function,
+ * hub_outbox_check_event(), which hub.publish's direct insert calls itself
+ * when this trigger is the only one an INSERT fires (outbox_publish.c), so
+ * both paths check exactly the same.
  *
  * extension/outbox_check.c
  *
@@ -191,10 +194,103 @@ keys_list(EventTypeEntry *e)
 }
 
 /*
- * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox.  Raises
- * 22023 for a malformed event type, an empty aggregate id, a payload that is
- * not an object or lacks a required key, and an unknown event type when
- * unknown types are rejected; returns the row with xid and published_at set.
+ * hub_outbox_check_event --- the contract check of one event, shared by the
+ * trigger and hub.publish's direct insert (which then skips the trigger;
+ * extension/outbox_publish.c).  Raises 22023 for a malformed event type, an
+ * empty aggregate id, a payload that is not an object or lacks a required
+ * key, an unknown event type when unknown types are rejected, and an event
+ * id not made by this transaction.  *id is set when it is NULL.  Returns
+ * false, checking nothing, when the event type is NULL (NOT NULL
+ * constraints are checked after BEFORE triggers: NULLs are left to them);
+ * otherwise notes the insert for the commit-time wake-up and returns true.
+ */
+bool
+hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_null,
+					   Datum payload_datum, bool payload_null, Datum *id, bool *id_null)
+{
+	text	   *etype;
+	char	   *name;
+	int			len;
+	Jsonb	   *payload = NULL;
+	EventTypeEntry *e;
+	uint64		top_xid;
+
+	if (etype_null)
+		return false;
+	etype = pg_detoast_datum_packed((text *) DatumGetPointer(etype_datum));
+	name = VARDATA_ANY(etype);
+	len = VARSIZE_ANY_EXHDR(etype);
+	if (len > EVENT_TYPE_MAXLEN || !valid_event_type(name, len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type: \"%s\"", text_to_cstring(etype)),
+				 errhint("Event types are named <entity>.<verb> in lower case, e.g. shipment.dispatched.")));
+	name = pnstrdup(name, len);
+
+	if (!agg_null && VARSIZE_ANY_EXHDR(DatumGetPointer(agg)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the aggregate id of a %s event must not be empty", name),
+				 errhint("Pass the business key the event is about (order, shipment, SKU, return number).")));
+
+	if (!payload_null)
+	{
+		payload = DatumGetJsonbP(payload_datum);
+		if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the payload of a %s event must be a JSON object", name)));
+	}
+
+	etype_load();
+	e = hash_search(etype_cache, name, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		if (hub_outbox_reject_unknown())
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown event type: \"%s\"", name),
+					 errhint("Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.")));
+	}
+	else if (payload != NULL)
+	{
+		int			i;
+
+		for (i = 0; i < e->nkeys; i++)
+			if (getKeyJsonValueFromContainer(&payload->root, e->keys[i], strlen(e->keys[i]), NULL) == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s event lacks the required payload key \"%s\"", name, e->keys[i]),
+						 errdetail("Contract version %d of %s requires the keys: %s.",
+								   e->version, name, keys_list(e))));
+	}
+
+	top_xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	if (*id_null)
+	{
+		*id = DirectFunctionCall1(hub_event_id, (Datum) 0);
+		*id_null = false;
+	}
+	else
+	{
+		uint64		id_xid;
+
+		if (!hub_event_id_xid(DatumGetUUIDP(*id), &id_xid) || id_xid != top_xid)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event id \"%s\" was not made by this transaction",
+							DatumGetCString(DirectFunctionCall1(uuid_out, *id))),
+					 errdetail("Event ids carry the publishing transaction's id, which routing relies on."),
+					 errhint("Leave event_id to its default; hub.publish returns the id, and INSERT ... RETURNING event_id gives it back.")));
+	}
+	/* wake hook: called once per inserted event (the dispatchers at commit) */
+	hub_note_outbox_insert();
+	return true;
+}
+
+/*
+ * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox: the checks
+ * of hub_outbox_check_event, then xid and published_at stamped.
  */
 PG_FUNCTION_INFO_V1(hub_outbox_check);
 Datum
@@ -209,13 +305,15 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				att_payload,
 				att_xid,
 				att_published;
-	bool		isnull;
-	text	   *etype;
-	char	   *name;
-	int			len;
-	Jsonb	   *payload;
-	EventTypeEntry *e;
-	uint64		top_xid;
+	Datum		etype,
+				agg,
+				payload,
+				id;
+	bool		etype_null,
+				agg_null,
+				payload_null,
+				id_null,
+				id_was_null;
 	int			ncols = 2;
 	int			cols[3];
 	Datum		vals[3];
@@ -236,86 +334,21 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_xid <= 0 || att_published <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 
-	/* NOT NULL constraints are checked after BEFORE triggers: leave NULLs to them */
-	etype = (text *) DatumGetPointer(heap_getattr(tuple, att_type, desc, &isnull));
-	if (isnull)
+	etype = heap_getattr(tuple, att_type, desc, &etype_null);
+	agg = heap_getattr(tuple, att_agg, desc, &agg_null);
+	payload = heap_getattr(tuple, att_payload, desc, &payload_null);
+	id = heap_getattr(tuple, att_id, desc, &id_null);
+	id_was_null = id_null;
+	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null))
 		return PointerGetDatum(tuple);
-	etype = pg_detoast_datum_packed(etype);
-	name = VARDATA_ANY(etype);
-	len = VARSIZE_ANY_EXHDR(etype);
-	if (len > EVENT_TYPE_MAXLEN || !valid_event_type(name, len))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type: \"%s\"", text_to_cstring(etype)),
-				 errhint("Event types are named <entity>.<verb> in lower case, e.g. shipment.dispatched.")));
-	name = pnstrdup(name, len);
-
+	if (id_was_null)
 	{
-		Datum		agg = heap_getattr(tuple, att_agg, desc, &isnull);
-
-		if (!isnull && VARSIZE_ANY_EXHDR(DatumGetPointer(agg)) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("the aggregate id of a %s event must not be empty", name),
-					 errhint("Pass the business key the event is about (order, shipment, SKU, return number).")));
+		cols[2] = att_id;
+		vals[2] = id;
+		ncols = 3;
 	}
-
-	payload = (Jsonb *) DatumGetPointer(heap_getattr(tuple, att_payload, desc, &isnull));
-	if (!isnull)
-	{
-		payload = DatumGetJsonbP(PointerGetDatum(payload));
-		if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("the payload of a %s event must be a JSON object", name)));
-	}
-
-	etype_load();
-	e = hash_search(etype_cache, name, HASH_FIND, NULL);
-	if (e == NULL)
-	{
-		if (hub_outbox_reject_unknown())
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown event type: \"%s\"", name),
-					 errhint("Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.")));
-	}
-	else if (!isnull)
-	{
-		int			i;
-
-		for (i = 0; i < e->nkeys; i++)
-			if (getKeyJsonValueFromContainer(&payload->root, e->keys[i], strlen(e->keys[i]), NULL) == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("%s event lacks the required payload key \"%s\"", name, e->keys[i]),
-						 errdetail("Contract version %d of %s requires the keys: %s.",
-								   e->version, name, keys_list(e))));
-	}
-
-	top_xid = U64FromFullTransactionId(GetTopFullTransactionId());
-	{
-		Datum		id = heap_getattr(tuple, att_id, desc, &isnull);
-		uint64		id_xid;
-
-		if (isnull)
-		{
-			cols[2] = att_id;
-			vals[2] = DirectFunctionCall1(hub_event_id, (Datum) 0);
-			ncols = 3;
-		}
-		else if (!hub_event_id_xid(DatumGetUUIDP(id), &id_xid) || id_xid != top_xid)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("event id \"%s\" was not made by this transaction",
-							DatumGetCString(DirectFunctionCall1(uuid_out, id))),
-					 errdetail("Event ids carry the publishing transaction's id, which routing relies on."),
-					 errhint("Leave event_id to its default; hub.publish returns the id, and INSERT ... RETURNING event_id gives it back.")));
-	}
-	/* wake hook: called once per inserted event (the dispatchers at commit) */
-	hub_note_outbox_insert();
 	cols[0] = att_xid;
-	vals[0] = UInt64GetDatum(top_xid);
+	vals[0] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	cols[1] = att_published;
 	vals[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, ncols, cols, vals, nulls));

@@ -10,6 +10,14 @@
  * applications can start publishing before the catalogue is complete;
  * reject enforces contract governance (22023).
  *
+ * logistics_hub.retention_period (seconds, default 7 days, superuser) and
+ * logistics_hub.dead_retention_period (seconds, default 30 days,
+ * superuser): what hub.run_retention() removes (sql/0.2.0/80_retention.sql):
+ * finished events and attempts older than the first; dead deliveries are
+ * kept until the second, so that they can still be replayed.
+ * logistics_hub.retention_max_events (default 100,000, superuser) bounds one
+ * call, which is one transaction: dispatcher 0 runs it between deliveries.
+ *
  * logistics_hub._retention (boolean, superuser only, hidden): the one door
  * through which published events, attempts and audit rows may be removed.
  * The immutability triggers refuse UPDATE and DELETE unless it is on; only a
@@ -19,7 +27,9 @@
  * through hub._retention_active() rather than current_setting(), because
  * calling a C function loads this library: a value set as a placeholder by
  * an ordinary user before the library was loaded is then discarded by the
- * GUC machinery instead of being believed.
+ * GUC machinery instead of being believed.  The trigger itself,
+ * hub._immutable(), is here too, in C, since the retention job fires it for
+ * every row it removes.
  *
  * extension/outbox_guc.c
  *
@@ -27,8 +37,14 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
+#include "catalog/partition.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 
 #include "outbox.h"
 
@@ -47,6 +63,9 @@ static const struct config_enum_entry unknown_event_type_options[] = {
 
 static int	hub_unknown_event_types = HUB_UNKNOWN_ACCEPT;
 static bool hub_retention = false;
+static int	hub_retention_period = 7 * 86400;
+static int	hub_dead_retention_period = 30 * 86400;
+static int	hub_retention_max_events = 100000;
 
 /*
  * hub_outbox_define_gucs --- define the outbox settings.  Called from
@@ -65,6 +84,31 @@ hub_outbox_define_gucs(void)
 							 unknown_event_type_options,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.retention_period",
+							"How long delivered events and attempts are kept before hub.run_retention() removes them.",
+							"Events with an undelivered delivery are never removed.",
+							&hub_retention_period,
+							7 * 86400, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.dead_retention_period",
+							"How long dead deliveries (and their events) are kept for replay before hub.run_retention() removes them.",
+							NULL,
+							&hub_dead_retention_period,
+							30 * 86400, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.retention_max_events",
+							"Most events one hub.run_retention() call removes.",
+							"A call runs in one transaction (dispatcher 0 runs it between its deliveries); "
+							"about 50 microseconds an event.",
+							&hub_retention_max_events,
+							100000, 1, INT_MAX,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("logistics_hub._retention",
 							 "Lets hub's retention job remove published events and audit rows.",
@@ -94,4 +138,44 @@ Datum
 hub_retention_active(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(hub_retention);
+}
+
+/*
+ * hub_immutable --- SQL trigger hub._immutable() (BEFORE UPDATE OR DELETE
+ * row trigger and BEFORE TRUNCATE statement trigger on hub.outbox and the
+ * audit tables): lets DELETE and TRUNCATE through while the retention job
+ * has logistics_hub._retention on, and refuses everything else with 55000
+ * ("published events are immutable", or "hub.<table> is append-only").
+ */
+PG_FUNCTION_INFO_V1(hub_immutable);
+Datum
+hub_immutable(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	const char *op;
+	const char *table;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event))
+		elog(ERROR, "hub._immutable must be a BEFORE trigger");
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event) && hub_retention)
+		return TRIGGER_FIRED_FOR_ROW(td->tg_event) ? PointerGetDatum(td->tg_trigtuple) : PointerGetDatum(NULL);
+
+	op = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "UPDATE" :
+		TRIGGER_FIRED_BY_DELETE(td->tg_event) ? "DELETE" : "TRUNCATE";
+	rel = td->tg_relation;
+	table = rel->rd_rel->relispartition ?
+		get_rel_name(get_partition_parent(RelationGetRelid(rel), false)) : RelationGetRelationName(rel);
+	if (strcmp(table, "outbox") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("published events are immutable"),
+				 errdetail("%s on hub.outbox is refused.", op),
+				 errhint("Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("hub.%s is append-only", table),
+			 errdetail("%s on hub.%s is refused.", op, table),
+			 errhint("Audit rows are removed by the retention job only.")));
+	PG_RETURN_NULL();			/* not reached */
 }

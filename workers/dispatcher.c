@@ -17,7 +17,8 @@
  *           let them go; libcurl drives all transfers on one multi handle
  *           whose sockets sit in an epoll set that the loop's WaitEventSet
  *           watches together with the latch and postmaster death.
- *   record  one short transaction per loop for everything finished:
+ *   record  one short transaction for everything finished (every few
+ *           hundred results, or 10 ms after the first, or when idle):
  *           successes in bulk (hub._complete_many), failures one by one
  *           (hub.fail_delivery: backoff, Retry-After, dead letters, circuit
  *           breaker), and requests given back without an attempt
@@ -98,6 +99,18 @@ static TimestampTz curl_deadline = 0;	/* 0: no timer */
 static int	in_flight = 0;
 static int	queued_total = 0;
 static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
+static int	nresults = 0;		/* list_length(results) */
+static TimestampTz first_result_at = 0; /* when the oldest of them came */
+
+/*
+ * Results are recorded in one transaction once this many are waiting, once
+ * the oldest has waited RECORD_DELAY_MS, or as soon as nothing is in flight
+ * any more: a busy dispatcher then pays the fixed cost of a transaction per
+ * few hundred results rather than per handful, while the database never
+ * lags its receivers by more than a few milliseconds.
+ */
+#define RECORD_BATCH Max(64, hub_max_in_flight)
+#define RECORD_DELAY_MS 10
 static SPIPlanPtr claim_plan,
 			endpoints_plan,
 			complete_plan,
@@ -431,6 +444,48 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
+ * them) and of every endpoint with queued requests not read for a second:
+ * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
+ * step's transaction; ids must have room for every known endpoint more.
+ */
+static void
+reload_endpoints(Datum *ids, int nids, TimestampTz now)
+{
+	{
+		dlist_iter	it;
+
+		dlist_foreach(it, &active_endpoints)
+		{
+			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+
+			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
+			{
+				ep->loaded = false;
+				ids[nids++] = Int32GetDatum(ep->endpoint_id);
+				ep->loaded_at = now;
+			}
+		}
+	}
+	if (nids > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+
+		/*
+		 * Not read-only: a fresh snapshot, at least as new as the claim's.
+		 * The transaction's first snapshot can predate a resume_endpoint
+		 * that the claim already saw, and the endpoint would then be held
+		 * paused for a second and its claimed work given back; and it must see
+		 * what the claim just changed (a half-open circuit).
+		 */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading endpoints failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	}
+}
+
+/*
  * claim --- one transaction: lease up to max deliveries, render them into
  * requests (batch subscriptions grouped per subscription), refresh stale
  * endpoint settings.  Returns the number of deliveries claimed.
@@ -510,35 +565,35 @@ claim(int max)
 		req->n++;
 	}
 
-	/* endpoints with queued requests are re-read too: paused meanwhile? */
-	{
-		dlist_iter	it;
-
-		dlist_foreach(it, &active_endpoints)
-		{
-			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
-
-			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
-			{
-				ep->loaded = false;
-				ids[nids++] = Int32GetDatum(ep->endpoint_id);
-				ep->loaded_at = now;
-			}
-		}
-	}
-	if (nids > 0)
-	{
-		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
-
-		/* not read-only: it must see what the claim just changed (half-open) */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading endpoints failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-	}
+	reload_endpoints(ids, nids, now);
 	end_step();
 
 	return n;
+}
+
+/*
+ * refresh --- what a claim does besides claiming, for a dispatcher whose
+ * queues are full and that therefore does not claim: leave if the extension
+ * is gone, and re-read the endpoints with queued requests, so that a pause,
+ * a new URL or an opened circuit reaches them even while every connection
+ * hangs.
+ */
+static void
+refresh(void)
+{
+	Datum	   *ids;
+
+	begin_step("logistics_hub: refresh");
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+	ids = palloc(sizeof(Datum) * (1 + hash_get_num_entries(endpoints)));
+	reload_endpoints(ids, 0, GetCurrentTimestamp());
+	end_step();
 }
 
 /* ---------------------------------------------------------------- send */
@@ -557,7 +612,10 @@ add_result(HubRequest *req, long status, char *error, int64 retry_after, bool de
 	r->retry_after_s = retry_after;
 	r->deferred = deferred;
 	r->defer_until = until;
+	if (results == NIL)
+		first_result_at = GetCurrentTimestamp();
 	results = lappend(results, r);
+	nresults++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -646,17 +704,20 @@ pump(void)
 			{
 				if (!hub_oauth2_refresh(ep, &error))
 				{
+					if (error == NULL)
+						break;	/* interrupted: ask again on the next pass */
+
 					/*
-					 * every queued request of the endpoint fails with it, at
-					 * once: the token request blocks the loop, and one per
-					 * queued request would stall every endpoint for as many
-					 * timeouts
+					 * every queued request of the endpoint fails with it,
+					 * without a token request of its own: the fetch blocks
+					 * for up to the endpoint's timeout, once per pump
 					 */
 					while (!dlist_is_empty(&ep->queue))
 					{
-						req = dlist_head_element(HubRequest, node, &ep->queue);
-						endpoint_dequeue(ep, req);
-						add_result(req, 0, error, -1, false, 0);
+						HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
+
+						endpoint_dequeue(ep, r);
+						add_result(r, 0, error, -1, false, 0);
 					}
 					break;
 				}
@@ -875,7 +936,17 @@ record(void)
 	MemoryContextSwitchTo(dispatcher_cxt);
 	list_free_deep(results);
 	results = NIL;
+	nresults = 0;
 	MemoryContextSwitchTo(loop_cxt);
+}
+
+/* is it time to record the results waiting?  (see RECORD_BATCH) */
+static bool
+record_due(TimestampTz now)
+{
+	return results != NIL &&
+		(nresults >= RECORD_BATCH || in_flight == 0 ||
+		 now - first_result_at >= RECORD_DELAY_MS * 1000L);
 }
 
 /* ---------------------------------------------------------------- start-up */
@@ -893,6 +964,39 @@ release_old_leases(void)
 		SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
 	}
 	end_step();
+}
+
+/*
+ * release_retired_leases --- dispatcher 0 gives back the leases of a
+ * dispatcher that is no longer wanted (logistics_hub.dispatchers lowered)
+ * once it has exited: no incarnation of its name starts again to do it,
+ * and its deliveries would otherwise wait for their whole lease.  Only
+ * slots seen running by this process count, so this costs a few shared
+ * memory reads a loop and one statement per retired dispatcher.
+ */
+static void
+release_retired_leases(void)
+{
+	static uint32 seen = 0;		/* bit per slot seen running */
+
+	for (int k = 1; k < HUB_MAX_DISPATCHERS; k++)
+	{
+		uint32		bit = (uint32) 1 << k;
+
+		if (hub_dispatcher_pid(k) != 0)
+			seen |= bit;
+		else if ((seen & bit) && k >= hub_dispatchers)
+		{
+			Datum		a[1] = {CStringGetTextDatum(psprintf("dispatcher %d", k))};
+			Oid			t[1] = {TEXTOID};
+
+			seen &= ~bit;
+			begin_step("logistics_hub: release leases of a retired dispatcher");
+			if (extension_present())
+				SPI_execute_with_args("SELECT hub._release_leases($1)", 1, t, a, NULL, false, 0);
+			end_step();
+		}
+	}
 }
 
 static void
@@ -932,6 +1036,7 @@ hub_dispatcher_main(Datum arg)
 	Oid			dboid;
 	WaitEventSet *wes;
 	TimestampTz next_claim = 0;
+	TimestampTz next_refresh = 0;
 	TimestampTz next_retention;
 	bool		claim_full = false;
 
@@ -986,6 +1091,19 @@ hub_dispatcher_main(Datum arg)
 
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
+
+		/*
+		 * Asked to stop with results not recorded yet: record them first
+		 * (one short transaction, no network), so that requests the
+		 * receivers already answered are not sent again once their leases
+		 * run out.  Anything still in flight is left to its lease.
+		 */
+		if (ProcDiePending && results != NIL)
+		{
+			HOLD_INTERRUPTS();
+			record();
+			RESUME_INTERRUPTS();
+		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -993,17 +1111,30 @@ hub_dispatcher_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		record();
-
 		now = GetCurrentTimestamp();
-		if ((now >= next_claim || claim_full) &&
-			queued_total < hub_max_in_flight && in_flight < hub_max_in_flight)
+		if (record_due(now))
+			record();
+
+		/*
+		 * Claim while fewer requests wait than may be in flight: a claim of
+		 * logistics_hub.claim_batch deliveries then keeps every connection
+		 * busy until the next one, whether a request carries one delivery
+		 * or a batch of them.
+		 */
+		now = GetCurrentTimestamp();
+		if ((now >= next_claim || claim_full) && queued_total < hub_max_in_flight)
 		{
-			int			want = Min(hub_claim_batch, 2 * hub_max_in_flight - queued_total - in_flight);
+			int			want = hub_claim_batch;
 			int			got = claim(want);
 
 			claim_full = got == want;
 			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
+		}
+		else if (now >= next_refresh)
+		{
+			refresh();
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}
 
 		rate_next = pump();
@@ -1014,6 +1145,8 @@ hub_dispatcher_main(Datum arg)
 			collect();
 		}
 
+		if (my_slot == 0)
+			release_retired_leases();
 		if (my_slot == 0 && hub_retention_interval_s > 0 && GetCurrentTimestamp() >= next_retention)
 		{
 			run_retention();
@@ -1022,12 +1155,14 @@ hub_dispatcher_main(Datum arg)
 
 		/* sleep until the latch, a socket, libcurl's timer or the next claim */
 		now = GetCurrentTimestamp();
-		if (results != NIL || (claim_full && queued_total < hub_max_in_flight))
+		if (record_due(now) || (claim_full && queued_total < hub_max_in_flight))
 			timeout = 0;
 		else
 		{
 			TimestampTz until = next_claim;
 
+			if (results != NIL && first_result_at + RECORD_DELAY_MS * 1000L < until)
+				until = first_result_at + RECORD_DELAY_MS * 1000L;
 			if (curl_deadline != 0 && curl_deadline < until)
 				until = curl_deadline;
 			if (rate_next != 0 && rate_next < until)

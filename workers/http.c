@@ -34,6 +34,7 @@
 
 #include "miscadmin.h"
 #include "common/base64.h"
+#include "storage/pmsignal.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -159,11 +160,20 @@ write_body(char *data, size_t size, size_t nmemb, void *userdata)
 	return len;
 }
 
-/* progress: give up when the worker is asked to stop */
+/*
+ * progress: give up when the worker is asked to stop, when a procsignal
+ * barrier waits for it (DROP DATABASE would otherwise wait for the whole
+ * timeout) or when the postmaster is gone (an orphan must not outlive it:
+ * it would keep the old shared memory in use and the next start would
+ * fail).  libcurl calls this at least once a second even while nothing
+ * arrives; the caller processes the interrupt after curl_easy_perform.
+ */
 static int
 on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
-	return (ProcDiePending || QueryCancelPending) ? 1 : 0;
+	if (ProcDiePending || QueryCancelPending || ProcSignalBarrierPending)
+		return 1;
+	return PostmasterIsAlive() ? 0 : 1;
 }
 
 static void
@@ -368,7 +378,9 @@ json_member(Jsonb *jb, const char *key)
  * grant (client id and secret sent as HTTP basic auth, RFC 6749 2.3.1) and
  * cache it until expires_in runs out (less 30 s).  Blocking, bounded by the
  * endpoint's timeout and interruptible.  false with *error on any failure,
- * a malformed answer included.
+ * a malformed answer included; false with *error NULL when interrupted
+ * (a procsignal barrier or the postmaster's death): nothing to record, ask
+ * again later.
  */
 bool
 hub_oauth2_refresh(HubEndpoint *ep, char **error)
@@ -426,6 +438,12 @@ hub_oauth2_refresh(HubEndpoint *ep, char **error)
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(easy);
 	CHECK_FOR_INTERRUPTS();
+	if (rc == CURLE_ABORTED_BY_CALLBACK)
+	{
+		/* interrupted (on_progress), not a failure of the endpoint */
+		*error = NULL;
+		return false;
+	}
 
 	if (rc != CURLE_OK)
 	{

@@ -86,8 +86,8 @@ CREATE TABLE hub.outbox (
 	causation_id	text,
 	headers			jsonb NOT NULL DEFAULT '{}',
 	occurred_at		timestamptz NOT NULL DEFAULT now(),
-	published_at	timestamptz NOT NULL DEFAULT now(),
-	xid				xid8 NOT NULL DEFAULT pg_current_xact_id()
+	published_at	timestamptz NOT NULL,	-- set by the contract trigger
+	xid				xid8 NOT NULL			-- set by the contract trigger
 );
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
@@ -103,7 +103,9 @@ COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for t
  * required key, unknown types per logistics_hub.unknown_event_types; it
  * stamps xid and published_at so that a plain INSERT cannot forge them (an
  * event with a made-up xid below the routing watermark would never be
- * routed).
+ * routed).  The two columns have no default: the trigger always sets them,
+ * and a default would be evaluated (and set up) by every publish only to
+ * be overwritten.
  */
 CREATE FUNCTION hub._outbox_check() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'hub_outbox_check' LANGUAGE C;
@@ -128,26 +130,11 @@ COMMENT ON FUNCTION hub._retention_active() IS
  * _immutable --- refuses UPDATE, DELETE and TRUNCATE of published events and
  * audit rows, except to the retention job (logistics_hub._retention on).
  * Every UPDATE is refused on the audit tables; events can never be updated.
+ * In C (extension/outbox_guc.c): the retention job fires it once per row it
+ * removes.  On a partition of hub.attempts it names the partitioned table.
  */
 CREATE FUNCTION hub._immutable() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-	IF TG_OP OPERATOR(pg_catalog.<>) 'UPDATE' AND hub._retention_active() THEN
-		RETURN CASE WHEN TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN OLD END;
-	END IF;
-	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'outbox' THEN
-		RAISE EXCEPTION 'published events are immutable'
-			USING ERRCODE = 'object_not_in_prerequisite_state',
-				  DETAIL = pg_catalog.format('%s on hub.outbox is refused.', TG_OP),
-				  HINT = 'Publish a new event (a correction or compensation) instead; old events are removed by the retention job only.';
-	END IF;
-	RAISE EXCEPTION 'hub.% is append-only', TG_TABLE_NAME
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-			  DETAIL = pg_catalog.format('%s on hub.%s is refused.', TG_OP, TG_TABLE_NAME),
-			  HINT = 'Audit rows are removed by the retention job only.';
-END
-$$;
+	AS 'MODULE_PATHNAME', 'hub_immutable' LANGUAGE C;
 COMMENT ON FUNCTION hub._immutable() IS
 'API: Private. Trigger refusing UPDATE, DELETE and TRUNCATE of events and audit rows (DELETE and TRUNCATE allowed to the retention job through logistics_hub._retention).';
 CREATE TRIGGER outbox_immutable BEFORE UPDATE OR DELETE ON hub.outbox
@@ -231,6 +218,10 @@ COMMENT ON TABLE hub.subscriptions IS
 SELECT pg_catalog.pg_extension_config_dump('hub.endpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('hub._endpoint_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('hub.subscriptions', '');
+-- and their identity sequences, or a restored hub keeps its endpoints and
+-- subscriptions but hands out their ids again
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.endpoints', 'endpoint_id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.subscriptions', 'subscription_id')::regclass, '');
 
 -- ---------------------------------------------------------------- deliveries
 
@@ -277,8 +268,17 @@ COMMENT ON TABLE hub.deliveries IS
 CREATE SEQUENCE hub._lease_token_seq;
 COMMENT ON SEQUENCE hub._lease_token_seq IS 'API: Private. Fencing tokens for delivery leases.';
 
+/*
+ * Attempts are the highest-volume table of the hub (at least one row per
+ * delivery, never updated), so they are partitioned by day of `at` (UTC):
+ * hub.run_retention() (80_retention.sql) creates the coming days'
+ * partitions and removes old days by detaching and dropping whole
+ * partitions, which leaves no dead tuples behind.  The default partition
+ * catches rows no daily partition covers (before retention first ran, or
+ * the attempts of deliveries kept past their day) and is pruned by DELETE.
+ */
 CREATE TABLE hub.attempts (
-	attempt_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	attempt_id		bigint GENERATED ALWAYS AS IDENTITY,
 	delivery_id		bigint NOT NULL REFERENCES hub.deliveries ON DELETE CASCADE,
 	attempt			integer NOT NULL,
 	at				timestamptz NOT NULL DEFAULT now(),
@@ -288,8 +288,12 @@ CREATE TABLE hub.attempts (
 	error			text,
 	latency_ms		integer,
 	response_excerpt text CHECK (length(response_excerpt) <= 1024),
-	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired'))
-);
+	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired')),
+	PRIMARY KEY (attempt_id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE hub._attempts_default PARTITION OF hub.attempts DEFAULT;
+COMMENT ON TABLE hub._attempts_default IS
+'API: Private. Attempts no daily partition of hub.attempts covers; pruned row by row by hub.run_retention().';
 CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
 COMMENT ON TABLE hub.attempts IS
 'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed; expired: the lease ran out, or its worker restarted, with no result).';

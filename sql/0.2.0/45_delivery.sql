@@ -60,6 +60,10 @@ BEGIN
 		RAISE EXCEPTION 'endpoint "%" does not exist', endpoint
 			USING ERRCODE = 'undefined_object', HINT = 'Create it with hub.create_endpoint().';
 	END IF;
+	IF transform IS NOT NULL THEN
+		-- (the claim runs it with this function's rights: same check, early)
+		PERFORM hub._check_runnable(transform, 'transform function');
+	END IF;
 	INSERT INTO hub.subscriptions (endpoint_id, event_pattern, filter, transform, ordering, priority,
 								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max)
 	VALUES (e, event_pattern, filter, transform, ordering, priority, max_attempts, retry_base,
@@ -92,7 +96,8 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-SET plan_cache_mode = force_custom_plan
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
 	cur pg_snapshot := pg_current_snapshot();
@@ -102,6 +107,22 @@ BEGIN
 	SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN 0;				-- another router is at work
+	END IF;
+	/*
+	 * Nothing to look at (no event from a transaction in progress at the
+	 * last pass nor from a later one): keep the state as it is, which is
+	 * always safe, and spare every idle claim the planning of the INSERT.
+	 * (Each probe is an ORDER BY ... LIMIT 1 outside EXISTS, which would
+	 * drop the LIMIT, so that it is one descent of the primary key whatever
+	 * the statistics say.)
+	 */
+	IF (SELECT o.event_id FROM hub.outbox o WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+		ORDER BY o.event_id LIMIT 1) IS NULL
+		AND NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(prev) x,
+						LATERAL (SELECT 1 FROM hub.outbox o
+								 WHERE o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)
+								 ORDER BY o.event_id LIMIT 1) o) THEN
+		RETURN 0;
 	END IF;
 	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
@@ -130,10 +151,12 @@ COMMENT ON FUNCTION hub._route_events() IS
 /*
  * (jit is off for the claim and routing statements: their cost estimates
  * grow with the backlog and would cross jit_above_cost, and compiling
- * costs far more than the few rows they touch.  Routing is always planned
- * with its actual bounds: a generic plan cannot know that the event id
- * range is the newest sliver of the primary key and would scan the whole
- * outbox on every claim.)
+ * costs far more than the few rows they touch.  Routing reads only primary
+ * key ranges of hub.outbox, the newest sliver of it, which a generic plan
+ * cannot know: left to itself it would scan the whole outbox on every
+ * claim.  With sequential scans disabled its one cached generic plan reads
+ * those ranges by index (the subscriptions, which have no usable index,
+ * are still read whole, once), so no claim pays for planning routing.)
  *
  * _claim --- lease up to max ready deliveries.  With p_endpoint NULL: the
  * deliveries of this shard's endpoints whose circuit is closed; otherwise
@@ -142,6 +165,24 @@ COMMENT ON FUNCTION hub._route_events() IS
  * READ COMMITTED a row another claimer changed meanwhile is re-checked
  * against the WHERE clause (EvalPlanQual) and one locked by another claimer
  * is skipped: no delivery is handed out twice and no claim waits.
+ *
+ * Every join of the claim goes from at most p_max rows to rows found by
+ * primary key, so only nested loops are allowed: the cached generic plan
+ * does not know p_max, guesses a tenth of the table, and would otherwise
+ * hash the whole of hub.deliveries and hub.outbox on every claim (claim
+ * time growing with the table, not with the rows claimed).  Sequential and
+ * bitmap scans are off for the same reason: statistics taken when little
+ * was ready make a scan and sort of the whole table look cheaper than the
+ * ready index read in claim order, which stops after p_max rows.
+ *
+ * The candidates must come from the ready index in claim order, so that the
+ * LIMIT stops the scan after the rows handed out.  The planner cannot see
+ * that: the per-key NOT EXISTS has no useful estimate, and with a large
+ * backlog it preferred reading every ready row and sorting them (8.5 s a
+ * claim at 1M deliveries instead of 10 ms).  Sorting is therefore off for
+ * this function (the final ORDER BY of at most max rows still sorts), and
+ * the shard test is on the endpoint, where it is estimated on the small
+ * endpoints table rather than as a 0.5% filter on every delivery.
  */
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer)
@@ -151,6 +192,11 @@ RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
 AS $$
 BEGIN
 	RETURN QUERY
@@ -162,7 +208,7 @@ BEGIN
 		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
 			AND e.enabled AND NOT e.paused
 			AND CASE WHEN p_endpoint IS NULL
-					 THEN e.circuit_state = 'closed' AND d.endpoint_id % p_nshards = p_shard
+					 THEN e.circuit_state = 'closed' AND e.endpoint_id % p_nshards = p_shard
 					 ELSE d.endpoint_id = p_endpoint END
 			AND (d.ordering = 'none' OR NOT EXISTS (
 				SELECT 1 FROM hub.deliveries p
@@ -260,6 +306,34 @@ $$;
 COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer) IS
 'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split endpoints between workers (endpoint_id % nshards = shard). Each row carries a fencing lease_token for complete/fail/defer.';
 
+/*
+ * _check_runnable --- a function chosen by hub_admin (a subscription's
+ * transform, an inbox handler) may run only when that cannot lend it more
+ * rights than its owner has: it is owned by the current user or by a
+ * superuser, or it is SECURITY DEFINER (and so runs as its owner anyway).
+ * Transforms run inside claim_deliveries, with the extension owner's
+ * (superuser) rights, and handlers with those of whoever calls
+ * process_inbox; without this check hub_admin could have a superuser run
+ * its code.  Checked at every call, since the owner can change the
+ * function afterwards.  Raises 42501.
+ */
+CREATE FUNCTION hub._check_runnable(f regproc, what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+				   WHERE p.oid = f AND (p.prosecdef OR r.rolsuper OR r.rolname = current_user)) THEN
+		RAISE EXCEPTION 'permission denied for function %', f
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('A %s runs with the rights of role %s, and this function belongs to another role.', what, current_user),
+				  HINT = 'Declare it SECURITY DEFINER (it then runs with its owner''s rights), or have a superuser own it.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._check_runnable(regproc, text) IS
+'API: Private. Refuse (42501) to run a transform or handler function that would get more rights than its owner has.';
+
 CREATE FUNCTION hub._transform(f regproc, payload jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -267,6 +341,7 @@ AS $$
 DECLARE
 	result jsonb;
 BEGIN
+	PERFORM hub._check_runnable(f, 'transform function');
 	EXECUTE format('SELECT %s($1)', f::text) INTO result USING payload;
 	RETURN result;
 END
@@ -518,7 +593,8 @@ GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, time
 GRANT INSERT ON hub.outbox TO hub_writer;
 GRANT SELECT ON hub.outbox, hub.event_types, hub.endpoints, hub.subscriptions, hub.deliveries,
 	hub.attempts, hub.operator_audit TO hub_reader;
-GRANT ALL ON hub.event_types TO hub_admin;
+-- (not ALL: TRIGGER would let hub_admin attach code that superusers' writes run)
+GRANT SELECT, INSERT, UPDATE, DELETE ON hub.event_types TO hub_admin;
 GRANT SELECT ON hub._endpoint_secrets TO hub_admin;
 GRANT EXECUTE ON FUNCTION
 	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb),
@@ -621,6 +697,8 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;
 REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;

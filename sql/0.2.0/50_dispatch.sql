@@ -70,43 +70,54 @@ CREATE FUNCTION hub.webhook_signature(secret text, msg_id text, "timestamp" bigi
 COMMENT ON FUNCTION hub.webhook_signature(text, text, bigint, text) IS
 'The Standard Webhooks signature (v1,<base64 HMAC-SHA256 of msg_id.timestamp.body>) of a request, for a whsec_ secret.';
 
+/*
+ * event_body --- the bytes of one event's request body.  Written to be
+ * inlined into the claim (no SET clause, every function and operator
+ * qualified, STABLE like the jsonb_build_object it calls: a timestamptz is
+ * rendered in the session's TimeZone), so rendering a claimed batch costs
+ * one expression per row instead of one SQL function call per row.
+ */
 CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
 		occurred_at timestamptz, correlation_id text, payload jsonb, source text DEFAULT '/logistics_hub')
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-	SELECT CASE WHEN body_format = 'cloudevents' THEN
-		jsonb_strip_nulls(jsonb_build_object(
+	SELECT CASE WHEN body_format OPERATOR(pg_catalog.=) 'cloudevents' THEN
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
 			'specversion', '1.0', 'id', event_id, 'source', source, 'type', event_type,
 			'subject', aggregate_id, 'time', occurred_at, 'datacontenttype', 'application/json',
 			'correlationid', correlation_id))
-		|| jsonb_build_object('data', payload)
+		OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('data', payload)
 	ELSE
-		jsonb_build_object('id', event_id, 'type', event_type, 'aggregate_id', aggregate_id,
+		pg_catalog.jsonb_build_object('id', event_id, 'type', event_type, 'aggregate_id', aggregate_id,
 						   'occurred_at', occurred_at, 'correlation_id', correlation_id, 'data', payload)
-	END::text
+	END::pg_catalog.text
 $$;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text) IS
 'The JSON a receiver gets for one event: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data) or a CloudEvents 1.0 structured-mode event; a batch request is a JSON array of canonical events.';
 
 -- ---------------------------------------------------------------- worker API
 
+-- (plpgsql for its cached plan: a SQL function would parse and plan its
+-- query, the inlined event_body included, on every call)
 CREATE FUNCTION hub._dispatch_claim(max integer, worker text, lease_seconds integer, shard integer,
 									nshards integer, source text)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subscription_id integer,
 			   body_format text, batch_max integer, event_id text, body text)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
+BEGIN
+	RETURN QUERY
 	SELECT c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, s.batch_max,
 		   c.event_id::text,
 		   hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 						  c.correlation_id, c.payload, source)
 	FROM hub.claim_deliveries(max, worker, make_interval(secs => lease_seconds), shard, nshards) c
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id
+	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id;
+END
 $$;
 COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text) IS
 'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
@@ -133,14 +144,21 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[]) IS
 'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone).';
 
 /*
- * _complete_many --- complete_delivery for a whole set of results in three
- * statements.  A result whose lease is gone (reclaimed by another claim) is
+ * _complete_many --- complete_delivery for a whole set of results in one
+ * statement.  A result whose lease is gone (reclaimed by another claim) is
  * recorded as a stale attempt and changes nothing, as in complete_delivery;
- * the UPDATE re-checks the token under the row lock.  Nested loops are
- * off: statistics taken while nothing was in flight estimate one in_flight
- * row, and a nested loop over the results per such row costs n^2; every
- * join here is between the result arrays and rows found by primary key,
- * which hash joins do in linear time.
+ * the UPDATE re-checks the token under the row lock.
+ *
+ * Its plan is cached once and generic, made from whatever the statistics
+ * said then (often: nothing in flight), so it is pinned down to the one
+ * shape that is linear in the number of results whatever the table holds:
+ * deliveries are reached only through the primary key (= ANY (ids)), and
+ * the results are joined to them by hashing.  Nested loops are off (with
+ * one in_flight row estimated, a loop over the results per such row costs
+ * n^2), merge joins, bitmap and sequential scans too (each would read a
+ * whole index or the table), and the state test is written so that no
+ * partial index can serve it (a scan of the open-deliveries index reads
+ * the whole backlog).
  */
 CREATE FUNCTION hub._complete_many(ids bigint[], tokens bigint[], statuses integer[], latencies integer[],
 								   excerpts text[], worker text)
@@ -149,6 +167,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET enable_nestloop = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+SET enable_seqscan = off
 AS $$
 DECLARE
 	n integer;
@@ -162,7 +183,7 @@ BEGIN
 			updated_at = now()
 		FROM r
 		WHERE d.delivery_id = ANY (ids) AND d.delivery_id = r.delivery_id
-			AND d.state = 'in_flight' AND d.lease_token = r.token
+			AND (d.state = 'in_flight') IS TRUE AND d.lease_token = r.token
 		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token, r.status, r.latency, r.excerpt
 	), audit AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
@@ -180,7 +201,7 @@ BEGIN
 			   worker, r.token, r.status, r.latency, left(r.excerpt, 1024), 'stale'
 		FROM r
 		WHERE r.delivery_id NOT IN (SELECT done.delivery_id FROM done)
-			AND EXISTS (SELECT 1 FROM hub.deliveries d WHERE d.delivery_id = r.delivery_id)
+			AND r.delivery_id IN (SELECT d.delivery_id FROM hub.deliveries d WHERE d.delivery_id = ANY (ids))
 		RETURNING 1
 	), closed AS (
 		UPDATE hub.endpoints e

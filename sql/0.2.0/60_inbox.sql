@@ -40,10 +40,15 @@ CREATE TABLE hub.inbox (
 	processed_at		timestamptz,
 	duplicate_count		integer NOT NULL DEFAULT 0 CHECK (duplicate_count >= 0),
 	last_duplicate_at	timestamptz,
+	correlation_id		text,
+	aggregate_id		text,
 	UNIQUE (source, message_id),
 	CHECK ((state IN ('new', 'retry_wait')) = (next_attempt_at IS NOT NULL))
 );
 CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at) WHERE state IN ('new', 'retry_wait');
+-- hub.trace() follows a correlation id or a business key into the inbox
+CREATE INDEX inbox_correlation_idx ON hub.inbox (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE INDEX inbox_aggregate_idx ON hub.inbox (aggregate_id) WHERE aggregate_id IS NOT NULL;
 COMMENT ON TABLE hub.inbox IS
 'Inbound messages, one row per (source, message_id): write with hub.receive(), process with hub.process_inbox().';
 COMMENT ON COLUMN hub.inbox.message_id IS 'The sender''s idempotency key, unique per source.';
@@ -53,6 +58,8 @@ COMMENT ON COLUMN hub.inbox.attempts IS 'Failed handler runs so far.';
 COMMENT ON COLUMN hub.inbox.next_attempt_at IS 'When the message is ready for processing; NULL once it is done, dead or unhandled.';
 COMMENT ON COLUMN hub.inbox.last_error IS 'The last handler error as "SQLSTATE: message".';
 COMMENT ON COLUMN hub.inbox.duplicate_count IS 'How often the same (source, message_id) was received again.';
+COMMENT ON COLUMN hub.inbox.correlation_id IS 'The correlation id the message carries (hub.receive''s argument, else the payload''s correlation_id key), for hub.trace().';
+COMMENT ON COLUMN hub.inbox.aggregate_id IS 'The business key (order, shipment, SKU, return) the message is about, when the receiver names it; for hub.trace().';
 
 -- ---------------------------------------------------------------- handlers
 
@@ -83,7 +90,7 @@ COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
 -- ---------------------------------------------------------------- receive
 
 CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
-		received_at timestamptz DEFAULT now())
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -93,9 +100,13 @@ BEGIN
 	-- the loop only repeats if a concurrent receiver's row vanished between
 	-- our INSERT and UPDATE (it rolled back or was deleted)
 	LOOP
-		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at)
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
+									correlation_id, aggregate_id)
 		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
-				coalesce(receive.received_at, now()), now())
+				coalesce(receive.received_at, now()), now(),
+				coalesce(receive.correlation_id,
+						 CASE WHEN jsonb_typeof(receive.payload) = 'object' THEN receive.payload ->> 'correlation_id' END),
+				receive.aggregate_id)
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 		IF FOUND THEN
 			RETURN true;
@@ -109,8 +120,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz) IS
-'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row.';
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key) make the message part of hub.trace().';
 
 -- ---------------------------------------------------------------- handlers API
 
@@ -240,6 +251,7 @@ BEGIN
 		err := NULL;
 		BEGIN
 			-- its own subtransaction: the handler's writes are rolled back if it fails
+			PERFORM hub._check_runnable(m.handler, 'inbox handler');
 			EXECUTE format('SELECT %s($1, $2)', m.handler) USING m.payload, m.message_type;
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
@@ -262,13 +274,13 @@ COMMENT ON FUNCTION hub.process_inbox(integer) IS
 
 REVOKE EXECUTE ON FUNCTION
 	hub._inbox_pattern_matches(text, text),
-	hub.receive(text, text, text, jsonb, timestamptz),
+	hub.receive(text, text, text, jsonb, timestamptz, text, text),
 	hub.register_handler(text, regproc, integer, interval),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz) TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
 GRANT EXECUTE ON FUNCTION
 	hub.register_handler(text, regproc, integer, interval),
 	hub.process_inbox(integer),

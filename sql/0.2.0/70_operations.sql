@@ -1,8 +1,9 @@
 /*
  * 70_operations.sql --- what an operator and an analyst look at: dead
  * letters, sync status per endpoint and subscription, the trace of one
- * correlation id.  No view shows a secret.  (Bulk replays and backfills are
- * hub.replay(subscription_id, ...) in 45_delivery.sql.)
+ * correlation id or business key across outbox and inbox.  No view shows a
+ * secret.  (Bulk replays and backfills are hub.replay(subscription_id, ...)
+ * in 45_delivery.sql.)
  */
 
 CREATE VIEW hub.dead_letters AS
@@ -37,35 +38,74 @@ GROUP BY e.endpoint_id, s.subscription_id;
 COMMENT ON VIEW hub.sync_status IS
 'Per endpoint and subscription: pending, in flight, retrying and dead deliveries, the age of the oldest undelivered event, the last success, the success rate of attempts over the last hour, and the circuit state.';
 
-CREATE FUNCTION hub.trace(correlation_id text)
+/*
+ * trace --- the timeline of one correlation id, or of one business key
+ * (aggregate), or both (rows matching either), across the outbox, the
+ * deliveries and their attempts, and the inbox.  Correlation ids are
+ * indexed on both sides; a business key is indexed in the inbox only: on
+ * the outbox it is a scan, since an index on outbox.aggregate_id would be
+ * paid by every publish.
+ */
+CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
 RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
-			   endpoint text, detail text)
-LANGUAGE sql STABLE
+			   endpoint text, source text, message_id text, detail text)
+LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT o.published_at, 'published', o.event_id, o.event_type, o.aggregate_id, NULL::text,
-		   o.payload::text
-	FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+#variable_conflict use_column
+BEGIN
+	IF trace.correlation_id IS NULL AND trace.aggregate IS NULL THEN
+		RAISE EXCEPTION 'a trace needs a correlation id or an aggregate id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Call hub.trace(''<correlation id>'') or hub.trace(aggregate => ''<business key>'').';
+	END IF;
+	RETURN QUERY
+	WITH ev AS (
+		SELECT o.event_id FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+		UNION
+		SELECT o.event_id FROM hub.outbox o WHERE o.aggregate_id = trace.aggregate
+	), o AS (
+		SELECT o.* FROM hub.outbox o WHERE o.event_id IN (SELECT ev.event_id FROM ev)
+	), inb AS (
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
+		UNION
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+	), i AS (
+		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	)
+	SELECT o.published_at, 'published', o.event_id, o.event_type, o.aggregate_id, NULL::text, NULL::text,
+		   NULL::text, o.payload::text
+	FROM o
 	UNION ALL
 	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
-		   concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms')
-	FROM hub.outbox o
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms')
+	FROM o
 	JOIN hub.deliveries d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	JOIN hub.attempts a ON a.delivery_id = d.delivery_id
-	WHERE o.correlation_id = trace.correlation_id
 	UNION ALL
-	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name, d.last_error
-	FROM hub.outbox o
+	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, d.last_error
+	FROM o
 	JOIN hub.deliveries d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
-	WHERE o.correlation_id = trace.correlation_id
-	ORDER BY 1, 2
+	UNION ALL
+	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END
+	FROM i
+	UNION ALL
+	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
+		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error)
+	FROM i
+	WHERE i.state <> 'new'
+	ORDER BY 1, 2;
+END
 $$;
-COMMENT ON FUNCTION hub.trace(text) IS
-'Timeline of one correlation id across the outbox, its deliveries and every attempt.';
+COMMENT ON FUNCTION hub.trace(text, text) IS
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing). 22023 when neither is given.';
 
-REVOKE EXECUTE ON FUNCTION hub.trace(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.trace(text) TO hub_reader;
+REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;
 GRANT SELECT ON hub.dead_letters, hub.sync_status TO hub_reader;

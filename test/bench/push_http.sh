@@ -19,6 +19,13 @@
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
 # and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
 # LH_BENCH_LATENCY_SECONDS (10).
+#
+# For each hub run it also prints the CPU time the dispatcher and nginx
+# spent per event (from /proc, utime + stime): on a machine shared with
+# other work the wall-clock rate moves with the load, the CPU cost per
+# event much less.  "attempts not delivered" counts every attempt row
+# whose outcome is not delivered (retries, deferrals, stale results), with
+# the outcomes named; a healthy run has none.
 source "$(dirname "$0")/../harness/lib.sh"
 cd "$LH_TOP"
 PORT=${LH_BENCH_PORT:-54355}
@@ -74,8 +81,15 @@ done
 
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
 now() { date +%s.%N; }
+# cpu PID --- CPU time of a process so far, in clock ticks
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TICK=$(getconf CLK_TCK)
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)," \
+	"$("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), libcurl $(curl-config --version | cut -d' ' -f2)," \
+	"$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+echo "events: $EVENTS, connections: $CONNS (wrk and logistics_hub.max_in_flight), claim_batch 1000, one dispatcher"
 
-q <<SQL
+q >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS logistics_hub;
 SELECT hub.create_endpoint('nginx', 'http://127.0.0.1:$HTTP_PORT/', 'wms', max_concurrency => $CONNS,
@@ -95,8 +109,8 @@ echo "wrk: $WRK_RPS requests/s ($CONNS connections, 10 s)"
 
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
-	local format=$1 t0 t1 n
-	q <<SQL
+	local format=$1 t0 t1 dpid npid d0 d1 n0 n1 failed
+	q >/dev/null <<SQL
 SELECT hub.pause_endpoint('nginx', 'bench');
 DELETE FROM hub.subscriptions;
 SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', body_format => '$format', batch_max => 100);
@@ -109,18 +123,26 @@ SQL
 		q -c "SELECT hub._route_events()" >/dev/null
 		sleep 0.2
 	done
-	q -c "CHECKPOINT" >/dev/null
+	q -c "VACUUM ANALYZE hub.deliveries" -c "CHECKPOINT" >/dev/null
+	dpid=$(q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher' LIMIT 1")
+	npid=$(pgrep -P "$NGINX_PID" | head -1)
+	d0=$(cpu "$dpid"); n0=$(cpu "$npid")
 	t0=$(now)
-	q -c "SELECT hub.resume_endpoint('nginx', 'bench'); SELECT hub.wake();" >/dev/null
-	while :; do
-		n=$(q -c "SELECT count(*) FROM hub.deliveries WHERE state = 'pending' OR state = 'in_flight' OR state = 'retry_wait'")
-		[ "$n" -eq 0 ] && break
+	# resume, then wake once the resume is committed (wake() inside the
+	# resuming transaction would wake the dispatcher before it can see it)
+	q -c "SELECT hub.resume_endpoint('nginx', 'bench')" -c "SELECT hub.wake()" >/dev/null
+	until [ "$(q -c "SELECT NOT EXISTS (SELECT 1 FROM hub.deliveries WHERE state IN ('pending', 'in_flight', 'retry_wait'))")" = t ]; do
 		sleep 0.05
 	done
 	t1=$(now)
-	local failed
-	failed=$(q -c "SELECT count(*) FROM hub.attempts WHERE outcome <> 'delivered'")
-	python3 -c "import sys; n=$EVENTS; dt=$t1-$t0; r=n/dt; print(f'hub ($format): {n} events in {dt:.2f} s = {r:.0f} events/s, {r/$WRK_RPS:.2f} of wrk; attempts not delivered: $failed')"
+	d1=$(cpu "$dpid"); n1=$(cpu "$npid")
+	failed=$(q -c "SELECT coalesce(sum(n), 0) || coalesce(' (' || string_agg(outcome || ' ' || n, ', ') || ')', '')
+		FROM (SELECT outcome, count(*) AS n FROM hub.attempts WHERE outcome <> 'delivered' GROUP BY 1) a")
+	python3 -c "
+n = $EVENTS; dt = $t1 - $t0; r = n / dt; per = 100 if '$format' == 'batch' else 1
+print(f'hub ($format): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk;'
+      f' CPU per event: dispatcher {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
+      f' attempts not delivered: $failed')"
 	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
 		q -c "DELETE FROM hub.deliveries" >/dev/null
 }
@@ -128,7 +150,7 @@ run_hub event
 run_hub batch
 
 # 4. latency at a steady rate
-q <<SQL
+q >/dev/null <<SQL
 DELETE FROM hub.subscriptions;
 SELECT hub.subscribe('nginx', 'order.*', ordering => 'none');
 UPDATE hub.endpoints SET url = 'http://127.0.0.1:$HTTP_PORT/log';

@@ -7,7 +7,10 @@
 #   3. pgTAP            test/pgtap/*.sql through pg_prove, each file in a fresh
 #                       database made from a template
 #   4. scripts          test/scripts/*.sh, each a self-contained test that exits
-#                       non-zero on failure (sweeps, HTTP and crash tests)
+#                       non-zero on failure (sweeps, HTTP tests)
+#   5. tap              test/tap/*.pl through prove: crash, restart and
+#                       shutdown tests, each on clusters of its own made by
+#                       PostgreSQL::Test::Cluster (not the cluster above)
 # It ends with one line "N passed, N failed" and exits non-zero on any failure.
 # The cluster is removed on exit, whatever happens.
 
@@ -113,6 +116,43 @@ if want scripts && compgen -G "test/scripts/*.sh" >/dev/null; then
 			failures+=("script $t")
 			echo "script $(basename "$t") ... FAILED (exit $rc)"
 			tail -40 "$OUT/$(basename "$t" .sh).log"
+		fi
+	done
+fi
+
+# 5. TAP crash tests (PostgreSQL::Test::Cluster).  The module ships in
+# postgresql-client-15 under pgxs; it finds initdb, pg_ctl, psql and
+# pg_config on PATH, so PG_BIN (the tree the extension was just installed
+# into, LH_PGROOT's copy when set) comes first.  initdb refuses root, so the
+# tests run as the cluster user, in a results directory it owns (tmp_check
+# with the nodes' data and logs: $OUT/tap/tmp_check).
+if want tap && compgen -G "test/tap/*.pl" >/dev/null; then
+	lh_log "TAP crash tests"
+	TAPDIR=$OUT/tap
+	PORTLOCK=/tmp/logistics_hub-tap-portlock
+	mkdir -p "$TAPDIR" "$PORTLOCK"
+	[ "$(id -u)" -eq 0 ] && chown -R "$CLUSTER_USER" "$TAPDIR" "$PORTLOCK"
+	for t in test/tap/*.pl; do
+		name=$(basename "$t" .pl)
+		set +e
+		lh_as_cluster_user env PATH="$PG_BIN:$PATH" \
+			PERL5LIB="$PGXS_DIR/src/test/perl:$LH_TOP/test/tap" \
+			PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
+			TESTDIR="$TAPDIR" PG_TEST_PORT_DIR="$PORTLOCK" \
+			PG_TEST_TIMEOUT_DEFAULT=60 LH_TOP="$LH_TOP" \
+			prove -v --timer "$t" >"$TAPDIR/$name.tap" 2>&1
+		rc=$?
+		set -e
+		p=$(grep -cE '^ *ok [0-9]' "$TAPDIR/$name.tap" || true)
+		f=$(grep -cE '^ *not ok [0-9]' "$TAPDIR/$name.tap" || true)
+		if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+		count "$p" "$f"
+		if [ "$f" -ne 0 ]; then
+			failures+=("TAP $t: see $TAPDIR/$name.tap and $TAPDIR/tmp_check/log/")
+			cat "$TAPDIR/$name.tap"
+		else
+			echo "TAP $(basename "$t") ... ok ($p assertions)"
+			grep -E '^# (measured|duplicates)' "$TAPDIR/$name.tap" || true
 		fi
 	done
 fi

@@ -10,7 +10,7 @@ SELECT plan(46);
 
 -- schema invariants
 SELECT is((SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) FROM pg_class
-		   WHERE relnamespace = 'hub'::regnamespace AND relkind = 'r'
+		   WHERE relnamespace = 'hub'::regnamespace AND relkind IN ('r', 'p')
 			 AND relname IN ('outbox', 'deliveries', 'attempts', 'operator_audit', 'endpoints',
 							 'subscriptions', '_endpoint_secrets', 'event_types', '_router_state')),
 	'_endpoint_secrets:p,_router_state:p,attempts:p,deliveries:p,endpoints:p,event_types:p,operator_audit:p,outbox:p,subscriptions:p',

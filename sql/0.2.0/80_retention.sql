@@ -1,0 +1,277 @@
+/*
+ * 80_retention.sql --- removing what is old and finished, without bloat:
+ * hub.run_retention(), which dispatcher 0 calls every
+ * logistics_hub.retention_interval seconds (or you call from a scheduler).
+ *
+ * What is removed:
+ *   - an event published more than logistics_hub.retention_period ago whose
+ *     every delivery is finished: delivered or skipped, or dead for more
+ *     than logistics_hub.dead_retention_period (dead deliveries are kept
+ *     longer so they can still be replayed), with those deliveries and
+ *     their attempts;
+ *   - attempts older than retention_period, except those of a delivery
+ *     that is still open (pending, in_flight, retry_wait) or dead within
+ *     the dead period, which are kept with their delivery.
+ * Never removed: an event with an open delivery, a dead one within the
+ * dead period, or one not routed yet.
+ *
+ * How, and why it does not bloat:
+ *   - hub.attempts (the largest table: one row or more per delivery, never
+ *     updated) is partitioned by UTC day.  Each run creates the next days'
+ *     partitions and removes each day older than retention_period as a
+ *     whole: DETACH, copy out the few attempts still kept (they go to the
+ *     default partition), DROP.  No dead tuple, no vacuum debt, no WAL per
+ *     row.  The DDL waits at most lock_timeout 2 s for its brief lock and
+ *     is retried by the next run otherwise.
+ *   - hub.outbox and hub.deliveries are removed by DELETE in batches of
+ *     10,000, oldest first, at most logistics_hub.retention_max_events a
+ *     call (one transaction; dispatcher 0 runs it between deliveries).  Partitioning the outbox would add partition
+ *     routing to every publish (the hot path) and split its primary key;
+ *     the DELETE instead takes only the left end of the xid-led primary
+ *     key.  The freed heap space is reused by new rows after autovacuum
+ *     (the outbox is insert-only: its pages fill and empty in order), and
+ *     btree pages emptied at the left end are deleted and recycled by
+ *     vacuum, so at a steady rate the tables hold the retention window plus
+ *     at most one run's worth of removed rows: their size is bounded, not
+ *     growing.  Finding the batch costs no index on published_at (which
+ *     would cost every publish): each run records a mark (now, the xmin of
+ *     its snapshot) in hub._retention_marks; every transaction below the
+ *     xmin of a mark taken before the cutoff had ended, and so had
+ *     published, before it, so the candidates are exactly the primary key
+ *     range below the event id floor of that xmin (and below the routing
+ *     watermark: only routed events are candidates).
+ */
+
+CREATE TABLE hub._retention_marks (
+	at			timestamptz PRIMARY KEY,
+	snapshot_xmin	xid8 NOT NULL
+);
+COMMENT ON TABLE hub._retention_marks IS
+'API: Private. One row per retention run: every transaction with an xid below snapshot_xmin had ended (so had published its events) by at.';
+INSERT INTO hub._retention_marks VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()));
+
+/*
+ * _retention_setting --- a retention period setting (seconds) as an
+ * interval; the library is loaded first, so the setting is the real one.
+ */
+CREATE FUNCTION hub._retention_setting(name text) RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT make_interval(secs => s.setting::float8)
+	FROM pg_settings s
+	WHERE hub._retention_active() IS NOT NULL AND s.name = _retention_setting.name
+$$;
+COMMENT ON FUNCTION hub._retention_setting(text) IS
+'API: Private. logistics_hub.retention_period or dead_retention_period as an interval.';
+
+/*
+ * _attempts_partition --- create the partition of hub.attempts for one UTC
+ * day, as a member of the extension, unless it exists; false when it does not exist and cannot be made
+ * because the default partition already holds rows of that day (they stay
+ * there and are pruned row by row).
+ */
+CREATE FUNCTION hub._attempts_partition(day date) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	part text := '_attempts_p' || to_char(day, 'YYYYMMDD');
+	lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+	hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+BEGIN
+	IF to_regclass('hub.' || part) IS NOT NULL THEN
+		RETURN true;
+	END IF;
+	IF EXISTS (SELECT 1 FROM hub._attempts_default a WHERE a.at >= lo AND a.at < hi) THEN
+		RETURN false;
+	END IF;
+	EXECUTE format('CREATE TABLE hub.%I PARTITION OF hub.attempts FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+	-- a member like hub.attempts itself: pg_dump leaves both out (it keeps
+	-- configuration, not queue data or audit), DROP EXTENSION removes it
+	EXECUTE format('ALTER EXTENSION logistics_hub ADD TABLE hub.%I', part);
+	EXECUTE format('COMMENT ON TABLE hub.%I IS %L', part,
+				   'API: Private. Attempts of ' || to_char(day, 'YYYY-MM-DD') || ' (UTC); dropped whole by hub.run_retention().');
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION hub._attempts_partition(date) IS
+'API: Private. Create the hub.attempts partition of one UTC day if missing (false: the default partition holds rows of that day).';
+
+/*
+ * _attempts_drop_partition --- remove one day's partition of hub.attempts:
+ * detach it, move the attempts still kept (of deliveries that are open, or
+ * dead since after dead_cutoff) into the default partition with their ids,
+ * drop it.  Returns the number of attempts kept.
+ */
+CREATE FUNCTION hub._attempts_drop_partition(part regclass, dead_cutoff timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	kept bigint;
+BEGIN
+	EXECUTE format('ALTER TABLE hub.attempts DETACH PARTITION %s', part);
+	EXECUTE format($q$
+		INSERT INTO hub.attempts (attempt_id, delivery_id, attempt, at, worker, lease_token, http_status,
+								  error, latency_ms, response_excerpt, outcome)
+		OVERRIDING SYSTEM VALUE
+		SELECT a.attempt_id, a.delivery_id, a.attempt, a.at, a.worker, a.lease_token, a.http_status,
+			   a.error, a.latency_ms, a.response_excerpt, a.outcome
+		FROM %s a JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+		WHERE d.state IN ('pending', 'in_flight', 'retry_wait') OR (d.state = 'dead' AND d.updated_at >= $1)$q$, part)
+		USING dead_cutoff;
+	GET DIAGNOSTICS kept = ROW_COUNT;
+	EXECUTE format('ALTER EXTENSION logistics_hub DROP TABLE %s', part);
+	EXECUTE format('DROP TABLE %s', part);
+	RETURN kept;
+END
+$$;
+COMMENT ON FUNCTION hub._attempts_drop_partition(regclass, timestamptz) IS
+'API: Private. Detach and drop one day of hub.attempts, keeping the attempts of open and recently dead deliveries.';
+
+CREATE FUNCTION hub.run_retention(retention interval DEFAULT NULL, dead_retention interval DEFAULT NULL,
+		max_events integer DEFAULT NULL,
+		OUT events_removed bigint, OUT deliveries_removed bigint, OUT attempts_removed bigint,
+		OUT partitions_dropped integer, OUT partitions_created integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	keep interval := coalesce(retention, hub._retention_setting('logistics_hub.retention_period'));
+	keep_dead interval := coalesce(dead_retention, hub._retention_setting('logistics_hub.dead_retention_period'));
+	cutoff timestamptz;
+	dead_cutoff timestamptz;
+	bound xid8;
+	ids uuid[];
+	last_id uuid;
+	p record;
+	nd bigint;
+	na bigint;
+	old_lock_timeout text := current_setting('lock_timeout');
+BEGIN
+	IF keep < interval '0' OR keep_dead < interval '0' THEN
+		RAISE EXCEPTION 'invalid retention period: "%"', CASE WHEN keep < interval '0' THEN keep ELSE keep_dead END
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'A retention period must not be negative.';
+	END IF;
+	PERFORM hub._retention_active();	-- loads the library: the settings are the real ones
+	max_events := coalesce(max_events, current_setting('logistics_hub.retention_max_events')::integer);
+	IF max_events < 0 THEN
+		RAISE EXCEPTION 'invalid max_events: %', max_events
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass 0 or more events to remove in this run.';
+	END IF;
+	cutoff := now() - keep;
+	dead_cutoff := now() - keep_dead;
+	events_removed := 0;
+	deliveries_removed := 0;
+	attempts_removed := 0;
+	partitions_dropped := 0;
+	partitions_created := 0;
+
+	-- one run at a time (the dispatcher's and an operator's would race on
+	-- the same partitions); a second one returns at once, removing nothing
+	IF NOT pg_try_advisory_xact_lock(hashtext('logistics_hub'), hashtext('run_retention')) THEN
+		RAISE NOTICE 'retention is already running in another session';
+		RETURN;
+	END IF;
+
+	-- open the door for this function only (closed again below; an error
+	-- rolls the setting back with the transaction or subtransaction)
+	PERFORM set_config('logistics_hub._retention', 'on', true);
+	INSERT INTO hub._retention_marks VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()))
+	ON CONFLICT (at) DO NOTHING;
+
+	-- attempts: whole days, each DDL waiting at most 2 s for its lock
+	PERFORM set_config('lock_timeout', '2s', true);
+	FOR p IN
+		SELECT c.oid::regclass AS part,
+			   (to_date(substr(c.relname, 12), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC' AS hi
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'hub.attempts'::regclass AND c.relname ~ '^_attempts_p[0-9]{8}$'
+		ORDER BY c.relname
+	LOOP
+		CONTINUE WHEN p.hi > cutoff;
+		BEGIN
+			PERFORM hub._attempts_drop_partition(p.part, dead_cutoff);
+			partitions_dropped := partitions_dropped + 1;
+		EXCEPTION WHEN lock_not_available THEN
+			RAISE NOTICE 'retention: % is busy, left for the next run', p.part;
+		END;
+	END LOOP;
+	FOR p IN SELECT d::date AS day FROM generate_series((now() AT TIME ZONE 'UTC')::date,
+														(now() AT TIME ZONE 'UTC')::date + 2, interval '1 day') d
+	LOOP
+		CONTINUE WHEN to_regclass('hub._attempts_p' || to_char(p.day, 'YYYYMMDD')) IS NOT NULL;
+		BEGIN
+			IF hub._attempts_partition(p.day) THEN
+				partitions_created := partitions_created + 1;
+			END IF;
+		EXCEPTION WHEN lock_not_available THEN
+			RAISE NOTICE 'retention: hub.attempts is busy, partition of % left for the next run', p.day;
+		END;
+	END LOOP;
+	PERFORM set_config('lock_timeout', old_lock_timeout, true);
+	-- the overflow partition, row by row (normally nearly empty)
+	DELETE FROM hub._attempts_default a
+	WHERE a.at < cutoff
+		AND NOT EXISTS (SELECT 1 FROM hub.deliveries d
+						WHERE d.delivery_id = a.delivery_id
+							AND (d.state IN ('pending', 'in_flight', 'retry_wait')
+								 OR (d.state = 'dead' AND d.updated_at >= dead_cutoff)));
+	GET DIAGNOSTICS na = ROW_COUNT;
+	attempts_removed := attempts_removed + na;
+
+	-- events: a primary key range below the xmin of a mark older than the
+	-- cutoff and below the routing watermark
+	SELECT least(m.snapshot_xmin, r.watermark) INTO bound
+	FROM hub._router_state r,
+		 LATERAL (SELECT m.snapshot_xmin FROM hub._retention_marks m WHERE m.at <= cutoff ORDER BY m.at DESC LIMIT 1) m;
+	WHILE bound IS NOT NULL AND events_removed < max_events LOOP
+		-- each batch starts after the last candidate of the one before, so
+		-- events kept (open or recently dead) are read once a run
+		SELECT array_agg(x.event_id ORDER BY x.event_id) INTO ids
+		FROM (SELECT o.event_id FROM hub.outbox o
+			  WHERE o.event_id < hub._event_id_floor(bound) AND o.published_at < cutoff
+				AND o.event_id > coalesce(last_id, '00000000-0000-0000-0000-000000000000')
+				AND NOT EXISTS (SELECT 1 FROM hub.deliveries d
+								WHERE d.event_id = o.event_id
+									AND NOT (d.state IN ('delivered', 'skipped')
+											 OR (d.state = 'dead' AND d.updated_at < dead_cutoff)))
+			  ORDER BY o.event_id
+			  LIMIT least(10000, max_events - events_removed)) x;
+		EXIT WHEN ids IS NULL;
+		last_id := ids[array_upper(ids, 1)];
+		-- the state is re-checked under the row lock: a delivery replayed
+		-- meanwhile stays, and so does its event
+		WITH d AS (
+			DELETE FROM hub.deliveries d
+			WHERE d.event_id = ANY (ids)
+				AND (d.state IN ('delivered', 'skipped') OR (d.state = 'dead' AND d.updated_at < dead_cutoff))
+			RETURNING d.delivery_id
+		), a AS (
+			DELETE FROM hub.attempts a USING d WHERE a.delivery_id = d.delivery_id
+			RETURNING 1
+		)
+		SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM a) INTO nd, na;
+		deliveries_removed := deliveries_removed + nd;
+		attempts_removed := attempts_removed + na;
+		DELETE FROM hub.outbox o
+		WHERE o.event_id = ANY (ids)
+			AND NOT EXISTS (SELECT 1 FROM hub.deliveries d WHERE d.event_id = o.event_id);
+		GET DIAGNOSTICS nd = ROW_COUNT;
+		events_removed := events_removed + nd;
+	END LOOP;
+
+	-- marks: keep those a longer period (the setting's) may still need
+	DELETE FROM hub._retention_marks m
+	WHERE m.at < now() - greatest(keep, hub._retention_setting('logistics_hub.retention_period')) - interval '1 day';
+	PERFORM set_config('logistics_hub._retention', 'off', true);
+END
+$$;
+COMMENT ON FUNCTION hub.run_retention(interval, interval, integer) IS
+'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions. Never removes an undelivered event. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
+
+REVOKE EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer), hub._retention_setting(text),
+	hub._attempts_partition(date), hub._attempts_drop_partition(regclass, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer) TO hub_admin;

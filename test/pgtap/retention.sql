@@ -1,0 +1,102 @@
+-- Retention (hub.run_retention): finished events older than the period go
+-- with their deliveries and attempts, whole days of attempts are dropped as
+-- partitions (keeping those of open deliveries), recent and undelivered
+-- events stay, dead ones stay for the dead period, and only the retention
+-- function opens the door of the immutability triggers.
+-- Autocommit (own database): routing only sees committed events.
+SELECT plan(31);
+
+SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
+SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
+SELECT hub.publish('order.created', 'SO-' || g, jsonb_build_object('order_id', 'SO-' || g)) FROM generate_series(1, 5) g;
+SELECT hub.publish('shipment.delivered', 'SH-1', '{"shipment_id": "SH-1"}');	-- no subscription: no delivery
+CREATE TEMP TABLE c AS SELECT * FROM hub.claim_deliveries(10, 'w');
+SELECT hub.complete_delivery(delivery_id, lease_token, 200, 5) FROM c WHERE aggregate_id = 'SO-1';
+SELECT hub.fail_delivery(delivery_id, lease_token, 500, 'boom', 5) FROM c WHERE aggregate_id IN ('SO-2', 'SO-5');
+SELECT hub.skip_delivery(delivery_id, 'not needed') FROM c WHERE aggregate_id = 'SO-5';
+SELECT hub.defer_delivery(delivery_id, lease_token, now() + interval '1 hour') FROM c WHERE aggregate_id = 'SO-4';
+-- SO-1 delivered, SO-2 dead, SO-3 in flight, SO-4 pending, SO-5 skipped, SH-1 never routed anywhere
+SELECT is((SELECT string_agg(aggregate_id || ':' || state, ',' ORDER BY aggregate_id) FROM hub.deliveries),
+	'SO-1:delivered,SO-2:dead,SO-3:in_flight,SO-4:pending,SO-5:skipped', 'the deliveries are set up');
+
+SELECT is((SELECT relkind::text FROM pg_class WHERE oid = 'hub.attempts'::regclass), 'p', 'hub.attempts is partitioned');
+SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c
+		   WHERE extname = 'logistics_hub' AND c::regclass::text ~ '^hub\.(_?endpoint|subscriptions|event_types|inbox_handlers|_endpoint_secrets)'),
+	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.endpoints_endpoint_id_seq', 'hub.event_types', 'hub.inbox_handlers',
+		  'hub.subscriptions', 'hub.subscriptions_subscription_id_seq'],
+	'the configuration tables of the outbox and inbox, and their identity sequences, are registered with pg_extension_config_dump');
+SELECT is(current_setting('logistics_hub.retention_period'), '7d', 'logistics_hub.retention_period defaults to 7 days');
+SELECT is(current_setting('logistics_hub.dead_retention_period'), '30d', 'logistics_hub.dead_retention_period defaults to 30 days');
+SELECT is(current_setting('logistics_hub.retention_max_events'), '100000', 'logistics_hub.retention_max_events defaults to 100000');
+
+-- a day partition of attempts long past: one attempt of a finished delivery, one of an open one
+SELECT ok(hub._attempts_partition(((now() AT TIME ZONE 'UTC') - interval '30 days')::date), 'an old day partition can be made');
+SELECT is((SELECT count(*) FROM pg_inherits WHERE inhparent = 'hub.attempts'::regclass)::int, 2, 'the default partition and the old day');
+INSERT INTO hub.attempts (delivery_id, attempt, at, error, outcome)
+SELECT delivery_id, 0, now() - interval '30 days', 'old ' || aggregate_id, 'retry' FROM hub.deliveries WHERE aggregate_id IN ('SO-1', 'SO-4');
+SELECT is((SELECT count(*) FROM hub.attempts WHERE at < now() - interval '29 days' AND tableoid <> 'hub._attempts_default'::regclass)::int, 2,
+	'they are in the old day''s partition');
+
+-- recent events are kept; the old day goes as a whole
+SELECT is((SELECT row(events_removed, deliveries_removed, partitions_dropped)::text FROM hub.run_retention(interval '1 hour', interval '1 hour')),
+	'(0,0,1)', 'nothing recent is removed; the old day partition is dropped');
+SELECT is((SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		   WHERE i.inhparent = 'hub.attempts'::regclass AND c.relname ~ '^_attempts_p' AND c.relname < '_attempts_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD'))::int,
+	0, 'no day partition before today is left');
+SELECT is((SELECT string_agg(error, ',') FROM hub.attempts WHERE at < now() - interval '29 days'), 'old SO-4',
+	'the old attempt of the open delivery is kept (moved to the default partition), the finished one''s is gone');
+SELECT ok((SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		   WHERE i.inhparent = 'hub.attempts'::regclass AND c.relname > '_attempts_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')) = 2,
+	'the next two days have their partitions');
+SELECT is((SELECT count(*) FROM pg_inherits i JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e'
+		   WHERE i.inhparent = 'hub.attempts'::regclass)::int,
+		  (SELECT count(*) FROM pg_inherits WHERE inhparent = 'hub.attempts'::regclass)::int,
+	'every partition is a member of the extension, like hub.attempts (pg_dump leaves them out together)');
+SELECT is((SELECT count(*) FROM hub.outbox)::int, 6, 'every event is still there');
+
+-- finished events older than the period go, with their deliveries and attempts
+SELECT is((SELECT row(events_removed, deliveries_removed, attempts_removed)::text FROM hub.run_retention(interval '0', interval '1 hour')),
+	'(3,2,2)', 'delivered, skipped and never-routed old events are removed with their deliveries and attempts');
+SELECT is((SELECT string_agg(aggregate_id, ',' ORDER BY aggregate_id) FROM hub.outbox), 'SO-2,SO-3,SO-4',
+	'the dead one (within the dead period), the in-flight one and the pending one stay');
+SELECT is((SELECT string_agg(aggregate_id || ':' || state, ',' ORDER BY aggregate_id) FROM hub.deliveries),
+	'SO-2:dead,SO-3:in_flight,SO-4:pending', 'with their deliveries');
+SELECT is((SELECT count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) WHERE d.aggregate_id IN ('SO-2', 'SO-4'))::int, 3,
+	'and their attempts (dead, deferred, the old one)');
+
+-- dead ones go after the dead period; undelivered ones never
+SELECT is((SELECT row(events_removed, deliveries_removed, attempts_removed)::text FROM hub.run_retention(interval '0', interval '0')),
+	'(1,1,1)', 'a dead delivery past the dead period goes with its event');
+SELECT is((SELECT string_agg(aggregate_id, ',' ORDER BY aggregate_id) FROM hub.outbox), 'SO-3,SO-4',
+	'undelivered events are never removed');
+SELECT is((SELECT events_removed FROM hub.run_retention(interval '0', interval '0')), 0::bigint, 'and a second run finds nothing more');
+
+-- an event whose delivery is replayed is kept
+SELECT hub.complete_delivery(delivery_id, lease_token, 200, 5) FROM c WHERE aggregate_id = 'SO-3';
+SELECT hub.replay((SELECT delivery_id FROM hub.deliveries WHERE aggregate_id = 'SO-3'), 'receiver lost it');
+SELECT is((SELECT events_removed FROM hub.run_retention(interval '0', interval '0')), 0::bigint, 'a replayed (pending again) event stays');
+
+-- the door
+SELECT throws_ok($$SELECT * FROM hub.run_retention(interval '-1 day')$$, '22023', 'invalid retention period: "-1 days"',
+	'a negative period is refused');
+BEGIN;
+SELECT events_removed FROM hub.run_retention(interval '1 hour');
+SELECT is(current_setting('logistics_hub._retention'), 'off', 'run_retention closes the door behind it in the same transaction');
+SELECT throws_ok($$DELETE FROM hub.outbox$$, '55000', 'published events are immutable', 'so a DELETE after it is still refused');
+ROLLBACK;
+SELECT throws_ok($$UPDATE hub.attempts SET error = 'x'$$, '55000', 'hub.attempts is append-only',
+	'attempts stay append-only in every partition, and the error names the partitioned table');
+CREATE ROLE retention_admin LOGIN;
+GRANT hub_admin TO retention_admin;
+CREATE ROLE retention_nobody LOGIN;
+SET ROLE retention_admin;
+SELECT lives_ok($$SELECT * FROM hub.run_retention()$$, 'hub_admin may run retention');
+SELECT throws_ok($$SELECT set_config('logistics_hub._retention', 'on', true)$$, '42501', NULL,
+	'a non-superuser cannot open the door itself');
+SELECT throws_ok($$DELETE FROM hub.attempts$$, '42501', NULL, 'nor delete attempts');
+RESET ROLE;
+SET ROLE retention_nobody;
+SELECT throws_ok($$SELECT * FROM hub.run_retention()$$, '42501', NULL, 'a role without hub_admin cannot run retention');
+RESET ROLE;
+
+SELECT * FROM finish();

@@ -1,0 +1,95 @@
+
+# test/tap/007_oauth2_token_hung.pl --- the one blocking call of a
+# dispatcher: fetching an OAuth2 token (curl_easy_perform, bounded only by
+# the endpoint's timeout).  With the token endpoint hanging (the receiver's
+# /hang), the dispatcher must still absorb DROP DATABASE's procsignal
+# barrier, stop at a fast shutdown, and exit when the postmaster dies, each
+# within 5 s rather than after the 30 s timeout.  Then, with the token
+# endpoint fixed, everything is delivered.
+
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use LhubCrash;
+
+sub token_requests
+{
+	my ($recv) = @_;
+	open my $fh, '<', $recv->{log} or return 0;
+	return scalar grep { m{"path":"/hang} } <$fh>;
+}
+
+my $node = lh_node('oauth2_hung', dispatchers => 1);
+my $recv = lh_receiver();
+lh_endpoint($node, $recv, 'oauth', '/oauth/api', timeout_ms => 30000);
+$node->safe_psql(
+	'postgres', qq{
+UPDATE hub.endpoints SET auth_kind = 'oauth2', oauth2_token_url = '$recv->{url}/hang' WHERE name = 'oauth';
+UPDATE hub._endpoint_secrets SET oauth2_client_id = 'id', oauth2_client_secret = 'secret';
+});
+ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
+lh_publish($node, 50, txns => 1, rollback => 10, tag => 'a');
+ok(defined lh_wait_until(sub { token_requests($recv) >= 1 }, 20), 'the dispatcher waits for a token');
+usleep(300_000);
+
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+my $t0 = time;
+my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE other', timeout => 40);
+my $took = time - $t0;
+is($ret, 0, 'DROP DATABASE while the token request hangs') or diag $err;
+ok($took < 5, 'DROP DATABASE is not held up by the token request (< 5 s)');
+note sprintf("measured: DROP DATABASE with a hung token request took %.2f s", $took);
+
+ok(defined lh_wait_until(sub { token_requests($recv) >= 2 }, 40), 'the dispatcher waits for a token again');
+usleep(300_000);
+$t0 = time;
+ok($node->stop('fast', fail_ok => 1), 'fast stop while the token request hangs');
+$took = time - $t0;
+ok($took < 5, 'fast stop is not held up by the token request (< 5 s)');
+note sprintf("measured: fast stop with a hung token request took %.2f s", $took);
+
+my $n = token_requests($recv);
+$node->start;
+ok(defined lh_wait_until(sub { token_requests($recv) > $n }, 20), 'after the restart it waits for a token again');
+usleep(300_000);
+# fix the token endpoint now: the fetch in progress still hangs, the next
+# incarnation asks the right one
+$node->safe_psql('postgres',
+	"UPDATE hub.endpoints SET oauth2_token_url = '$recv->{url}/oauth/token' WHERE name = 'oauth'");
+my $pm = (split /\n/, slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my @children = lh_children($pm);
+my @disp = lh_dispatcher_pids($node);
+$node->kill9;
+my $gone = lh_pids_gone(\@disp, 40);
+ok(defined $gone && $gone < 5, 'kill -9 of the postmaster: the dispatcher exits within 5 s');
+note sprintf("measured: dispatcher in a hung token request exited %.2f s after the postmaster's death", $gone // -1);
+ok(defined lh_pids_gone(\@children, 40), 'every orphan exits');
+lh_wait_until(sub { !-e "/proc/$pm" }, 30, 50);
+
+$node->start;
+lh_publish($node, 100, txns => 1, rollback => 10, tag => 'b');
+# the token requests are hits of no endpoint: check on a copy without them
+my $r = lh_check_invariants($node, { log => filtered($recv) },
+	label => 'after hung token requests');
+
+sub filtered
+{
+	my ($recv) = @_;
+	lh_wait_until(
+		sub {
+			lh_count($node, "SELECT count(*) FROM hub.deliveries WHERE state <> 'delivered'") == 0;
+		},
+		60, 200);
+	my $f = PostgreSQL::Test::Utils::tempdir() . '/api.log';
+	open my $in, '<', $recv->{log} or die $!;
+	open my $outf, '>', $f or die $!;
+	print $outf grep { m{"path":"/oauth/api} } <$in>;
+	close $outf;
+	return $f;
+}
+
+$node->stop('fast');
+done_testing();
