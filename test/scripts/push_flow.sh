@@ -103,7 +103,10 @@ o1, o2 = ts('$opened1'), ts('$opened2')
 probes = [e['t'] for e in E if 'ep=cb' in e['path'] and 'ep=cbok' not in e['path'] and o1 < e['t'] < o2]
 print(len(probes), all(t >= o1 + 5 for t in probes))")
 [ "$got" = "1 True" ] || fail "between two openings: probes / after the cool-off: '$got', want '1 True'"
-ok "after the cool-off exactly one probe; it failed and the circuit opened again"
+got=$(q "SELECT count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id)
+         WHERE e.name = 'cb' AND a.outcome = 'deferred' AND a.at > '$opened1'::timestamptz + interval '5 s' AND a.at < '$opened2'")
+[ "$got" = 0 ] || fail "the probe was given back $got times before it went"
+ok "after the cool-off exactly one probe, not given back; it failed and the circuit opened again"
 lh_receiver_control fail_CB 0
 must_wait "SELECT bool_and(d.state = 'delivered') AND min(e.circuit_state) = 'closed' AND min(e.consecutive_failures) = 0
            FROM hub.endpoints e JOIN hub.deliveries d USING (endpoint_id) WHERE e.name = 'cb'" 30 "cb did not recover"
