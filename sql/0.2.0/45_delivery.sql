@@ -27,6 +27,12 @@ BEGIN
 		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
 	END IF;
+	-- refused here: the secrets table's check would show the row, secret
+	-- and all, in its error detail
+	IF concat(auth_secret, oauth2_client_id, oauth2_client_secret) ~ '[\r\n]' THEN
+		RAISE EXCEPTION 'a credential of endpoint "%" contains CR or LF', name
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Credentials are sent in header lines.';
+	END IF;
 	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
 							   auth_kind, api_key_header, oauth2_token_url, headers)
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
