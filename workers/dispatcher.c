@@ -279,6 +279,8 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 
 		if (n != ep->rate_n)
 		{
+			if (ep->rate_starts != NULL)
+				pfree(ep->rate_starts);
 			ep->rate_starts = MemoryContextAllocZero(dispatcher_cxt, sizeof(TimestampTz) * n);
 			ep->rate_pos = 0;
 		}
@@ -636,18 +638,33 @@ endpoint_dequeue(HubEndpoint *ep, HubRequest *req)
 	queued_total--;
 }
 
-/* how long until the rate window lets one more request start (0: now) */
+/*
+ * rate_wait_us --- how long until the rate limit lets one more request start
+ * (0: now).  Two rules: never more than rate_n starts in rate_window_us
+ * (the limit itself), and starts spaced by 1/rate.  Without the spacing a
+ * full window would go out as a burst at its start, and a receiver counting
+ * arrivals in its own one-second windows could see two bursts, twice the
+ * limit, in one of them; spaced, any window holds the limit give or take
+ * one request.
+ */
 static int64
 rate_wait_us(HubEndpoint *ep, TimestampTz now)
 {
 	TimestampTz oldest;
+	TimestampTz last;
+	int64		spacing;
+	int64		wait = 0;
 
 	if (ep->rate_n == 0)
 		return 0;
 	oldest = ep->rate_starts[ep->rate_pos];
-	if (oldest == 0 || now - oldest >= ep->rate_window_us)
-		return 0;
-	return ep->rate_window_us - (now - oldest);
+	if (oldest != 0 && now - oldest < ep->rate_window_us)
+		wait = ep->rate_window_us - (now - oldest);
+	last = ep->rate_starts[(ep->rate_pos + ep->rate_n - 1) % ep->rate_n];
+	spacing = ep->rate_window_us / ep->rate_n;
+	if (last != 0 && now - last < spacing)
+		wait = Max(wait, spacing - (now - last));
+	return wait;
 }
 
 /*
