@@ -314,7 +314,7 @@ prepare_plans(void)
 	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID};
 	Oid			ids[] = {INT4ARRAYOID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
-	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID};
+	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
 	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 
 	if (claim_plan != NULL)
@@ -324,8 +324,8 @@ prepare_plans(void)
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
 	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
-						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8) "
-						"FROM hub.deliveries WHERE delivery_id = $1", 8, fail_types);
+						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8, $9) "
+						"FROM hub.deliveries WHERE delivery_id = $1", 9, fail_types);
 	defer_plan = prepare("SELECT hub.defer_delivery($1, $2, $3) "
 						 "FROM hub.deliveries WHERE delivery_id = $1", 3, defer_types);
 	/* when a failed delivery is due again (none when it is dead) */
@@ -924,8 +924,8 @@ record(void)
 			}
 			else
 			{
-				Datum		a[8];
-				char		nulls[8] = "        ";
+				Datum		a[9];
+				char		nulls[9] = "         ";
 
 				a[0] = Int64GetDatum(req->delivery_ids[i]);
 				a[1] = Int64GetDatum(req->lease_tokens[i]);
@@ -937,6 +937,8 @@ record(void)
 				nulls[5] = excerpt ? ' ' : 'n';
 				a[6] = Int64GetDatum(r->retry_after_s);
 				a[7] = CStringGetTextDatum(worker_name);
+				/* a failed request counts once towards the circuit breaker */
+				a[8] = BoolGetDatum(i == 0);
 				SPI_execute_plan(fail_plan, a, nulls, false, 0);
 				if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
 				{

@@ -416,7 +416,7 @@ COMMENT ON FUNCTION hub.complete_delivery(bigint, bigint, integer, integer, text
 
 CREATE FUNCTION hub.fail_delivery(delivery_id bigint, lease_token bigint, http_status integer, error text,
 		latency_ms integer, response_excerpt text DEFAULT NULL, retry_after interval DEFAULT NULL,
-		worker text DEFAULT NULL)
+		worker text DEFAULT NULL, counts boolean DEFAULT true)
 RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -460,7 +460,7 @@ BEGIN
 		UPDATE hub.endpoints e
 		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
 		WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'half_open';
-	ELSE
+	ELSIF counts THEN
 		UPDATE hub.endpoints e
 		SET consecutive_failures = e.consecutive_failures + 1,
 			circuit_state = CASE WHEN e.circuit_state = 'half_open'
@@ -476,8 +476,8 @@ BEGIN
 	RETURN new_state;
 END
 $$;
-COMMENT ON FUNCTION hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text) IS
-'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after, honoured up to the larger of retry_max and a day), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker. Returns the new state, or stale when the lease was reclaimed.';
+COMMENT ON FUNCTION hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text, boolean) IS
+'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after, honoured up to the larger of retry_max and a day), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker (counts => false for all but one delivery of a failed batch request: a request fails once). Returns the new state, or stale when the lease was reclaimed.';
 
 CREATE FUNCTION hub.defer_delivery(delivery_id bigint, lease_token bigint, until timestamptz)
 RETURNS boolean

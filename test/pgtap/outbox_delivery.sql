@@ -2,7 +2,7 @@
 -- routing after commit, claim with leases and per-key order, complete, fail
 -- with retry and dead, fencing of late results, pause, skip and replay.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(33);
+SELECT plan(35);
 
 -- publishing and contracts
 SELECT ok(hub.publish('order.created', 'SO-1', '{"order_id": "SO-1"}') IS NOT NULL, 'publish returns the event id');
@@ -76,5 +76,16 @@ SELECT lives_ok($$SELECT hub.skip_delivery((SELECT delivery_id FROM hub.deliveri
 	'skip the dead head');
 SELECT is((SELECT event_type FROM hub.claim_deliveries(10) WHERE aggregate_id = 'SH-2'), 'shipment.delivered', 'skipping unblocks the key');
 SELECT is((SELECT array_agg(action ORDER BY audit_id) FROM hub.operator_audit), ARRAY['replay', 'skip_delivery'], 'operator actions are audited');
+
+-- a failure with counts => false (all but one delivery of a failed batch
+-- request) leaves the circuit breaker's count alone; one that counts adds one
+SELECT hub.publish('shipment.dispatched', 'SH-' || g, jsonb_build_object('shipment_id', 'SH-' || g, 'carrier', 'DHL'))
+FROM generate_series(20, 21) g;
+CREATE TEMP TABLE c4 AS SELECT * FROM hub.claim_deliveries(10) WHERE aggregate_id IN ('SH-20', 'SH-21');
+UPDATE hub.endpoints SET consecutive_failures = 0 WHERE name = 'wms';
+SELECT is((SELECT count(*) FROM c4)::int, 2, 'both claimed');
+SELECT hub.fail_delivery(delivery_id, lease_token, 503, NULL, 3, counts => aggregate_id = 'SH-20') FROM c4;
+SELECT is((SELECT consecutive_failures FROM hub.endpoints WHERE name = 'wms'), 1,
+	'two failed deliveries of one request count once towards the circuit breaker');
 
 SELECT * FROM finish();
