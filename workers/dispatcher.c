@@ -1052,18 +1052,35 @@ release_retired_leases(void)
 	}
 }
 
-static void
+/*
+ * run_retention --- one slice of hub.run_retention(): at most
+ * RETENTION_SLICE events, so that dispatcher 0's deliveries pause for one
+ * slice at a time (about half a second), not for a whole run.  Returns
+ * true when the slice was full and more may be waiting.  A failure is a
+ * WARNING in the log: the next run tries again.
+ */
+#define RETENTION_SLICE 10000
+
+static bool
 run_retention(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool more = false;
 
 	begin_step("logistics_hub: retention");
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		if (hub_function_exists("run_retention"))
-			SPI_execute("SELECT hub.run_retention()", false, 0);
+		if (hub_function_exists("run_retention") &&
+			SPI_execute("SELECT events_removed >= " CppAsString2(RETENTION_SLICE)
+						" FROM hub.run_retention(max_events => " CppAsString2(RETENTION_SLICE) ")",
+						false, 0) == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			bool		isnull;
+
+			more = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+		}
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -1081,6 +1098,7 @@ run_retention(void)
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 	end_step();
+	return more;
 }
 
 void
@@ -1209,8 +1227,11 @@ hub_dispatcher_main(Datum arg)
 			release_retired_leases();
 		if (my_slot == 0 && hub_retention_interval_s > 0 && GetCurrentTimestamp() >= next_retention)
 		{
-			run_retention();
-			next_retention = GetCurrentTimestamp() + (int64) hub_retention_interval_s * USECS_PER_SEC;
+			/* a full slice: the next one after this loop's deliveries */
+			bool		more = run_retention();
+
+			next_retention = GetCurrentTimestamp() +
+				(more ? 0 : (int64) hub_retention_interval_s * USECS_PER_SEC);
 		}
 
 		/* sleep until the latch, a socket, libcurl's timer or the next claim */
