@@ -385,8 +385,8 @@ sub first_few
 # (the checker's self-test, 000_checker.pl, feeds it broken histories);
 # lh_check_invariants emits one test per check and returns the figures.
 # Options: label, dispatchers (expected number, default 1), wait (seconds
-# allowed for I1 and I5; default 60 and 30), max_duplicates (the in-flight
-# window the faults allowed: sum of max_concurrency per fault), signal11
+# allowed for I1 and I5; default 60 and 30), max_duplicates (what the
+# faults left open: leases open at a kill, requests known to hang), signal11
 # (pids the test itself sent SIGSEGV: their "terminated by signal 11" line
 # is expected).
 sub lh_check_invariants
@@ -476,12 +476,12 @@ SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptio
 		!@unsafe, sub { "webhook-ids with differing bodies: " . first_few(@unsafe) });
 	if (defined $opt{max_duplicates})
 	{
-		# every request a dispatcher has sent but not recorded is in flight
-		# (at most the endpoint's max_concurrency) or among the results of
-		# its last wait, which it records before it starts any new one: a
-		# fault can make at most that many duplicates per endpoint
+		# only a request sent under a lease that was open at the fault can
+		# be sent again (I4 checks that each has a lease of its own): the
+		# tests pass the leases open just before each fault (a kill), or
+		# the requests they know hung (a hung receiver: exact)
 		$check->(
-			"I3 $label: duplicates within the in-flight window ($opt{max_duplicates})",
+			"I3 $label: duplicates within the window the faults left open ($opt{max_duplicates})",
 			$dups <= $opt{max_duplicates},
 			sub { "$dups duplicates" });
 	}
