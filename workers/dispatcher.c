@@ -49,6 +49,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqsignal.h"
@@ -604,6 +605,24 @@ rate_wait_us(HubEndpoint *ep, TimestampTz now)
 }
 
 /*
+ * batch_close --- end a batch's JSON array and name the batch by its content:
+ * the first event's id and a hash of the body.  Each delivery of a failed
+ * batch has its own backoff, so a retry may group other events behind the
+ * same first one; an id naming only that event would then be reused for
+ * another body, and a receiver deduplicating on it would drop events.
+ */
+static void
+batch_close(HubRequest *req)
+{
+	uint64		h;
+
+	appendStringInfoChar(&req->body, ']');
+	h = hash_bytes_extended((const unsigned char *) req->body.data, req->body.len, 0);
+	req->webhook_id = MemoryContextStrdup(req->cxt,
+										  psprintf("%s_%016llx", req->webhook_id, (unsigned long long) h));
+}
+
+/*
  * pump --- start every queued request the limits allow; give back those
  * that cannot go (endpoint paused or circuit open, or waited too long).
  * Returns the earliest time a rate-limited request may start (0: none).
@@ -625,6 +644,7 @@ pump(void)
 			HubRequest *req = dlist_head_element(HubRequest, node, &ep->queue);
 			int64		wait;
 			char	   *error;
+			CURLMcode	mrc;
 
 			if (!ep->usable || now - req->claimed_at > max_wait)
 			{
@@ -668,7 +688,7 @@ pump(void)
 			}
 			endpoint_dequeue(ep, req);
 			if (req->batch)
-				appendStringInfoChar(&req->body, ']');
+				batch_close(req);
 			req->started_at = now;
 			if (hub_http_prepare(req, &error) == NULL)
 			{
@@ -680,9 +700,15 @@ pump(void)
 				ep->rate_starts[ep->rate_pos] = now;
 				ep->rate_pos = (ep->rate_pos + 1) % ep->rate_n;
 			}
+			if ((mrc = curl_multi_add_handle(multi, req->easy)) != CURLM_OK)
+			{
+				add_result(req, 0, psprintf("could not start the transfer: %s", curl_multi_strerror(mrc)),
+						   -1, false, 0);
+				hub_http_release(req);
+				continue;
+			}
 			ep->in_flight++;
 			in_flight++;
-			curl_multi_add_handle(multi, req->easy);
 		}
 		if (dlist_is_empty(&ep->queue))
 		{
@@ -722,10 +748,22 @@ collect(void)
 			if (status == 429 || status == 503)
 				curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after);
 			if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
-				req->ep->oauth2_expires = 0;	/* fetch a new token next time */
-			add_result(req, status,
-					   status >= 300 && status < 400 ? "redirect not followed" : "",
-					   retry_after > 0 ? (int64) retry_after : -1, false, 0);
+			{
+				/*
+				 * The access token was refused (rotated or revoked before it
+				 * expired): drop it and record a transient failure, without
+				 * the status that would make it a permanent 4xx; the retry
+				 * fetches a new token.  Bad client credentials fail at the
+				 * token endpoint, transient too, until max_attempts.
+				 */
+				req->ep->oauth2_expires = 0;
+				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
+						   -1, false, 0);
+			}
+			else
+				add_result(req, status,
+						   status >= 300 && status < 400 ? "redirect not followed" : "",
+						   retry_after > 0 ? (int64) retry_after : -1, false, 0);
 		}
 		else
 		{
@@ -989,9 +1027,10 @@ hub_dispatcher_main(Datum arg)
 	if (multi == NULL || epoll_fd < 0)
 		elog(ERROR, "could not set up libcurl multi handle: %m");
 	on_proc_exit(dispatcher_cleanup, 0);
-	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16));
+	if (curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+		curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(hub_max_in_flight, 16)) != CURLM_OK)
+		elog(ERROR, "could not set up the libcurl multi handle");
 
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
