@@ -21,7 +21,10 @@
  * plain INSERT cannot forge them.  The event id must carry the inserting
  * transaction's id (extension/outbox_event_id.c): the default does, and a
  * foreign id is refused, since routing finds events by that prefix.  Every
- * error is 22023 with core wording.
+ * error is 22023 with core wording.  The checks are one function,
+ * hub_outbox_check_event(), which hub.publish's direct insert calls itself
+ * when this trigger is the only one an INSERT fires (outbox_publish.c), so
+ * both paths check exactly the same.
  *
  * extension/outbox_check.c
  *

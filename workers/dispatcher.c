@@ -444,6 +444,48 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
+ * them) and of every endpoint with queued requests not read for a second:
+ * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
+ * step's transaction; ids must have room for every known endpoint more.
+ */
+static void
+reload_endpoints(Datum *ids, int nids, TimestampTz now)
+{
+	{
+		dlist_iter	it;
+
+		dlist_foreach(it, &active_endpoints)
+		{
+			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+
+			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
+			{
+				ep->loaded = false;
+				ids[nids++] = Int32GetDatum(ep->endpoint_id);
+				ep->loaded_at = now;
+			}
+		}
+	}
+	if (nids > 0)
+	{
+		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+
+		/*
+		 * Not read-only: a fresh snapshot, at least as new as the claim's.
+		 * The transaction's first snapshot can predate a resume_endpoint
+		 * that the claim already saw, and the endpoint would then be held
+		 * paused for a second and its claimed work given back; and it must see
+		 * what the claim just changed (a half-open circuit).
+		 */
+		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading endpoints failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	}
+}
+
+/*
  * claim --- one transaction: lease up to max deliveries, render them into
  * requests (batch subscriptions grouped per subscription), refresh stale
  * endpoint settings.  Returns the number of deliveries claimed.
@@ -523,40 +565,35 @@ claim(int max)
 		req->n++;
 	}
 
-	/* endpoints with queued requests are re-read too: paused meanwhile? */
-	{
-		dlist_iter	it;
-
-		dlist_foreach(it, &active_endpoints)
-		{
-			HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
-
-			if (ep->loaded && now - ep->loaded_at > USECS_PER_SEC)
-			{
-				ep->loaded = false;
-				ids[nids++] = Int32GetDatum(ep->endpoint_id);
-				ep->loaded_at = now;
-			}
-		}
-	}
-	if (nids > 0)
-	{
-		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
-
-		/*
-		 * Not read-only: a fresh snapshot, at least as new as the claim's.
-		 * The transaction's first snapshot can predate a resume_endpoint
-		 * that the claim already saw, and the endpoint would then be held
-		 * paused for a second and its claimed work given back.
-		 */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading endpoints failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-	}
+	reload_endpoints(ids, nids, now);
 	end_step();
 
 	return n;
+}
+
+/*
+ * refresh --- what a claim does besides claiming, for a dispatcher whose
+ * queues are full and that therefore does not claim: leave if the extension
+ * is gone, and re-read the endpoints with queued requests, so that a pause,
+ * a new URL or an opened circuit reaches them even while every connection
+ * hangs.
+ */
+static void
+refresh(void)
+{
+	Datum	   *ids;
+
+	begin_step("logistics_hub: refresh");
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+	ids = palloc(sizeof(Datum) * (1 + hash_get_num_entries(endpoints)));
+	reload_endpoints(ids, 0, GetCurrentTimestamp());
+	end_step();
 }
 
 /* ---------------------------------------------------------------- send */
@@ -884,7 +921,10 @@ record(void)
 	{
 		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		/* not read-only: the circuit just opened above must be seen */
+		/*
+		 * not read-only: a read-only execution uses the step's first snapshot
+		 * and would not see the circuit the failures above just opened
+		 */
 		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
 			for (uint64 i = 0; i < SPI_processed; i++)
 				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -996,6 +1036,7 @@ hub_dispatcher_main(Datum arg)
 	Oid			dboid;
 	WaitEventSet *wes;
 	TimestampTz next_claim = 0;
+	TimestampTz next_refresh = 0;
 	TimestampTz next_retention;
 	bool		claim_full = false;
 
@@ -1088,6 +1129,12 @@ hub_dispatcher_main(Datum arg)
 
 			claim_full = got == want;
 			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
+		}
+		else if (now >= next_refresh)
+		{
+			refresh();
+			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}
 
 		rate_next = pump();

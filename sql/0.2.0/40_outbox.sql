@@ -218,6 +218,10 @@ COMMENT ON TABLE hub.subscriptions IS
 SELECT pg_catalog.pg_extension_config_dump('hub.endpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('hub._endpoint_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('hub.subscriptions', '');
+-- and their identity sequences, or a restored hub keeps its endpoints and
+-- subscriptions but hands out their ids again
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.endpoints', 'endpoint_id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.subscriptions', 'subscription_id')::regclass, '');
 
 -- ---------------------------------------------------------------- deliveries
 

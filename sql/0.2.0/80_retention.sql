@@ -24,7 +24,8 @@
  *     row.  The DDL waits at most lock_timeout 2 s for its brief lock and
  *     is retried by the next run otherwise.
  *   - hub.outbox and hub.deliveries are removed by DELETE in batches of
- *     10,000, oldest first.  Partitioning the outbox would add partition
+ *     10,000, oldest first, at most logistics_hub.retention_max_events a
+ *     call (one transaction; dispatcher 0 runs it between deliveries).  Partitioning the outbox would add partition
  *     routing to every publish (the hot path) and split its primary key;
  *     the DELETE instead takes only the left end of the xid-led primary
  *     key.  The freed heap space is reused by new rows after autovacuum
@@ -66,7 +67,7 @@ COMMENT ON FUNCTION hub._retention_setting(text) IS
 
 /*
  * _attempts_partition --- create the partition of hub.attempts for one UTC
- * day unless it exists; false when it does not exist and cannot be made
+ * day, as a member of the extension, unless it exists; false when it does not exist and cannot be made
  * because the default partition already holds rows of that day (they stay
  * there and are pruned row by row).
  */
@@ -86,6 +87,9 @@ BEGIN
 		RETURN false;
 	END IF;
 	EXECUTE format('CREATE TABLE hub.%I PARTITION OF hub.attempts FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+	-- a member like hub.attempts itself: pg_dump leaves both out (it keeps
+	-- configuration, not queue data or audit), DROP EXTENSION removes it
+	EXECUTE format('ALTER EXTENSION logistics_hub ADD TABLE hub.%I', part);
 	EXECUTE format('COMMENT ON TABLE hub.%I IS %L', part,
 				   'API: Private. Attempts of ' || to_char(day, 'YYYY-MM-DD') || ' (UTC); dropped whole by hub.run_retention().');
 	RETURN true;
@@ -118,6 +122,7 @@ BEGIN
 		WHERE d.state IN ('pending', 'in_flight', 'retry_wait') OR (d.state = 'dead' AND d.updated_at >= $1)$q$, part)
 		USING dead_cutoff;
 	GET DIAGNOSTICS kept = ROW_COUNT;
+	EXECUTE format('ALTER EXTENSION logistics_hub DROP TABLE %s', part);
 	EXECUTE format('DROP TABLE %s', part);
 	RETURN kept;
 END
@@ -126,7 +131,7 @@ COMMENT ON FUNCTION hub._attempts_drop_partition(regclass, timestamptz) IS
 'API: Private. Detach and drop one day of hub.attempts, keeping the attempts of open and recently dead deliveries.';
 
 CREATE FUNCTION hub.run_retention(retention interval DEFAULT NULL, dead_retention interval DEFAULT NULL,
-		max_events integer DEFAULT 1000000,
+		max_events integer DEFAULT NULL,
 		OUT events_removed bigint, OUT deliveries_removed bigint, OUT attempts_removed bigint,
 		OUT partitions_dropped integer, OUT partitions_created integer)
 LANGUAGE plpgsql
@@ -150,8 +155,10 @@ BEGIN
 		RAISE EXCEPTION 'invalid retention period: "%"', CASE WHEN keep < interval '0' THEN keep ELSE keep_dead END
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'A retention period must not be negative.';
 	END IF;
-	IF max_events IS NULL OR max_events < 0 THEN
-		RAISE EXCEPTION 'invalid max_events: %', coalesce(max_events::text, 'NULL')
+	PERFORM hub._retention_active();	-- loads the library: the settings are the real ones
+	max_events := coalesce(max_events, current_setting('logistics_hub.retention_max_events')::integer);
+	IF max_events < 0 THEN
+		RAISE EXCEPTION 'invalid max_events: %', max_events
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass 0 or more events to remove in this run.';
 	END IF;
 	cutoff := now() - keep;
@@ -171,7 +178,6 @@ BEGIN
 
 	-- open the door for this function only (closed again below; an error
 	-- rolls the setting back with the transaction or subtransaction)
-	PERFORM hub._retention_active();	-- loads the library: the setting is the real one
 	PERFORM set_config('logistics_hub._retention', 'on', true);
 	INSERT INTO hub._retention_marks VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()))
 	ON CONFLICT (at) DO NOTHING;
@@ -264,7 +270,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.run_retention(interval, interval, integer) IS
-'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions. Never removes an undelivered event. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
+'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions. Never removes an undelivered event. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
 
 REVOKE EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer), hub._retention_setting(text),
 	hub._attempts_partition(date), hub._attempts_drop_partition(regclass, timestamptz) FROM PUBLIC;

@@ -89,7 +89,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 104857
 	"$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "events: $EVENTS, connections: $CONNS (wrk and logistics_hub.max_in_flight), claim_batch 1000, one dispatcher"
 
-q <<SQL
+q >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS logistics_hub;
 SELECT hub.create_endpoint('nginx', 'http://127.0.0.1:$HTTP_PORT/', 'wms', max_concurrency => $CONNS,
@@ -110,7 +110,7 @@ echo "wrk: $WRK_RPS requests/s ($CONNS connections, 10 s)"
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
 	local format=$1 t0 t1 dpid npid d0 d1 n0 n1 failed
-	q <<SQL
+	q >/dev/null <<SQL
 SELECT hub.pause_endpoint('nginx', 'bench');
 DELETE FROM hub.subscriptions;
 SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', body_format => '$format', batch_max => 100);
@@ -150,7 +150,7 @@ run_hub event
 run_hub batch
 
 # 4. latency at a steady rate
-q <<SQL
+q >/dev/null <<SQL
 DELETE FROM hub.subscriptions;
 SELECT hub.subscribe('nginx', 'order.*', ordering => 'none');
 UPDATE hub.endpoints SET url = 'http://127.0.0.1:$HTTP_PORT/log';

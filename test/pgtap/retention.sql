@@ -4,7 +4,7 @@
 -- events stay, dead ones stay for the dead period, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(29);
+SELECT plan(31);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -22,10 +22,12 @@ SELECT is((SELECT string_agg(aggregate_id || ':' || state, ',' ORDER BY aggregat
 SELECT is((SELECT relkind::text FROM pg_class WHERE oid = 'hub.attempts'::regclass), 'p', 'hub.attempts is partitioned');
 SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM pg_extension, unnest(extconfig) c
 		   WHERE extname = 'logistics_hub' AND c::regclass::text ~ '^hub\.(_?endpoint|subscriptions|event_types|inbox_handlers|_endpoint_secrets)'),
-	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.event_types', 'hub.inbox_handlers', 'hub.subscriptions'],
-	'the configuration tables of the outbox and inbox are registered with pg_extension_config_dump');
+	ARRAY['hub._endpoint_secrets', 'hub.endpoints', 'hub.endpoints_endpoint_id_seq', 'hub.event_types', 'hub.inbox_handlers',
+		  'hub.subscriptions', 'hub.subscriptions_subscription_id_seq'],
+	'the configuration tables of the outbox and inbox, and their identity sequences, are registered with pg_extension_config_dump');
 SELECT is(current_setting('logistics_hub.retention_period'), '7d', 'logistics_hub.retention_period defaults to 7 days');
 SELECT is(current_setting('logistics_hub.dead_retention_period'), '30d', 'logistics_hub.dead_retention_period defaults to 30 days');
+SELECT is(current_setting('logistics_hub.retention_max_events'), '100000', 'logistics_hub.retention_max_events defaults to 100000');
 
 -- a day partition of attempts long past: one attempt of a finished delivery, one of an open one
 SELECT ok(hub._attempts_partition(((now() AT TIME ZONE 'UTC') - interval '30 days')::date), 'an old day partition can be made');
@@ -46,6 +48,10 @@ SELECT is((SELECT string_agg(error, ',') FROM hub.attempts WHERE at < now() - in
 SELECT ok((SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 		   WHERE i.inhparent = 'hub.attempts'::regclass AND c.relname > '_attempts_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')) = 2,
 	'the next two days have their partitions');
+SELECT is((SELECT count(*) FROM pg_inherits i JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e'
+		   WHERE i.inhparent = 'hub.attempts'::regclass)::int,
+		  (SELECT count(*) FROM pg_inherits WHERE inhparent = 'hub.attempts'::regclass)::int,
+	'every partition is a member of the extension, like hub.attempts (pg_dump leaves them out together)');
 SELECT is((SELECT count(*) FROM hub.outbox)::int, 6, 'every event is still there');
 
 -- finished events older than the period go, with their deliveries and attempts

@@ -62,7 +62,7 @@ ok($node->log_contains(qr/database system was interrupted|not properly shut down
 
 lh_publish($node, 500, txns => 2, rollback => 50, tag => 'b');
 my $r = lh_check_invariants($node, $recv, label => 'after kill -9 of the postmaster',
-	dispatchers => 2, max_duplicates => $in_flight);
+	dispatchers => 2, max_duplicates => 48 + 2 * LH_RECORD_WINDOW);
 note "duplicates after postmaster kill -9: $r->{duplicates} (in flight at the kill: $in_flight)";
 
 $node->stop('fast');
