@@ -101,6 +101,7 @@ static int	queued_total = 0;
 static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
 static int	nresults = 0;		/* list_length(results) */
 static TimestampTz first_result_at = 0; /* when the oldest of them came */
+static TimestampTz retry_due = 0;	/* earliest retry or deferral recorded, 0: none */
 
 /*
  * Results are recorded in one transaction once this many are waiting, once
@@ -115,7 +116,8 @@ static SPIPlanPtr claim_plan,
 			endpoints_plan,
 			complete_plan,
 			fail_plan,
-			defer_plan;
+			defer_plan,
+			due_plan;
 
 /* ---------------------------------------------------------------- curl glue */
 
@@ -277,6 +279,8 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 
 		if (n != ep->rate_n)
 		{
+			if (ep->rate_starts != NULL)
+				pfree(ep->rate_starts);
 			ep->rate_starts = MemoryContextAllocZero(dispatcher_cxt, sizeof(TimestampTz) * n);
 			ep->rate_pos = 0;
 		}
@@ -324,6 +328,9 @@ prepare_plans(void)
 						"FROM hub.deliveries WHERE delivery_id = $1", 8, fail_types);
 	defer_plan = prepare("SELECT hub.defer_delivery($1, $2, $3) "
 						 "FROM hub.deliveries WHERE delivery_id = $1", 3, defer_types);
+	/* when a failed delivery is due again (none when it is dead) */
+	due_plan = prepare("SELECT next_attempt_at FROM hub.deliveries "
+					   "WHERE delivery_id = $1 AND state = 'retry_wait'", 1, defer_types);
 }
 
 static void
@@ -444,6 +451,24 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * begin_work_step --- begin_step for a step that needs the extension: a
+ * dispatcher whose extension is gone (DROP EXTENSION) leaves quietly with
+ * exit code 0; the launcher starts it again once the extension is back.
+ */
+static void
+begin_work_step(const char *what)
+{
+	begin_step(what);
+	if (!extension_present())
+	{
+		end_step();
+		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
+		proc_exit(0);
+	}
+	prepare_plans();
+}
+
+/*
  * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
  * them) and of every endpoint with queued requests not read for a second:
  * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
@@ -500,14 +525,7 @@ claim(int max)
 	HubRequest *open_batch = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
-	begin_step("logistics_hub: claim");
-	if (!extension_present())
-	{
-		end_step();
-		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
-		proc_exit(0);
-	}
-	prepare_plans();
+	begin_work_step("logistics_hub: claim");
 
 	args[0] = Int32GetDatum(max);
 	args[1] = CStringGetTextDatum(worker_name);
@@ -583,14 +601,7 @@ refresh(void)
 {
 	Datum	   *ids;
 
-	begin_step("logistics_hub: refresh");
-	if (!extension_present())
-	{
-		end_step();
-		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting", my_slot)));
-		proc_exit(0);
-	}
-	prepare_plans();
+	begin_work_step("logistics_hub: refresh");
 	ids = palloc(sizeof(Datum) * (1 + hash_get_num_entries(endpoints)));
 	reload_endpoints(ids, 0, GetCurrentTimestamp());
 	end_step();
@@ -627,18 +638,33 @@ endpoint_dequeue(HubEndpoint *ep, HubRequest *req)
 	queued_total--;
 }
 
-/* how long until the rate window lets one more request start (0: now) */
+/*
+ * rate_wait_us --- how long until the rate limit lets one more request start
+ * (0: now).  Two rules: never more than rate_n starts in rate_window_us
+ * (the limit itself), and starts spaced by 1/rate.  Without the spacing a
+ * full window would go out as a burst at its start, and a receiver counting
+ * arrivals in its own one-second windows could see two bursts, twice the
+ * limit, in one of them; spaced, any window holds the limit give or take
+ * one request.
+ */
 static int64
 rate_wait_us(HubEndpoint *ep, TimestampTz now)
 {
 	TimestampTz oldest;
+	TimestampTz last;
+	int64		spacing;
+	int64		wait = 0;
 
 	if (ep->rate_n == 0)
 		return 0;
 	oldest = ep->rate_starts[ep->rate_pos];
-	if (oldest == 0 || now - oldest >= ep->rate_window_us)
-		return 0;
-	return ep->rate_window_us - (now - oldest);
+	if (oldest != 0 && now - oldest < ep->rate_window_us)
+		wait = ep->rate_window_us - (now - oldest);
+	last = ep->rate_starts[(ep->rate_pos + ep->rate_n - 1) % ep->rate_n];
+	spacing = ep->rate_window_us / ep->rate_n;
+	if (last != 0 && now - last < spacing)
+		wait = Max(wait, spacing - (now - last));
+	return wait;
 }
 
 /*
@@ -819,6 +845,20 @@ collect(void)
 	}
 }
 
+/*
+ * note_due --- a delivery this dispatcher failed or gave back, or the
+ * per-key successor of one it delivered, is claimable at t: claim then
+ * rather than at the next poll, so a retry backoff or a Retry-After shorter
+ * than logistics_hub.poll_interval is kept and a key's next event follows
+ * its predecessor at once.
+ */
+static void
+note_due(TimestampTz t)
+{
+	if (retry_due == 0 || t < retry_due)
+		retry_due = t;
+}
+
 /* ---------------------------------------------------------------- record */
 
 /*
@@ -870,6 +910,7 @@ record(void)
 				Int64GetDatum(req->lease_tokens[i]), TimestampTzGetDatum(r->defer_until)};
 
 				SPI_execute_plan(defer_plan, a, NULL, false, 0);
+				note_due(r->defer_until);
 			}
 			else if (r->error == NULL)
 			{
@@ -897,6 +938,14 @@ record(void)
 				a[6] = Int64GetDatum(r->retry_after_s);
 				a[7] = CStringGetTextDatum(worker_name);
 				SPI_execute_plan(fail_plan, a, nulls, false, 0);
+				if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
+				{
+					bool		isnull;
+					Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+					if (!isnull)
+						note_due(DatumGetTimestampTz(due));
+				}
 				if (i == 0)
 					failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
 			}
@@ -916,6 +965,8 @@ record(void)
 												  TEXTOID, -1, false, TYPALIGN_INT));
 		a[5] = CStringGetTextDatum(worker_name);
 		SPI_execute_plan(complete_plan, a, NULL, false, 0);
+		/* a per-key successor of what was delivered is claimable now */
+		note_due(GetCurrentTimestamp());
 	}
 	if (nfailed > 0)
 	{
@@ -1153,6 +1204,13 @@ hub_dispatcher_main(Datum arg)
 		{
 			refresh();
 			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
+		}
+		if (retry_due != 0)
+		{
+			/* failures recorded above are due again before the next poll? */
+			if (retry_due < next_claim)
+				next_claim = retry_due;
+			retry_due = 0;
 		}
 
 		rate_next = pump();

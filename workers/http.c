@@ -264,7 +264,8 @@ hub_http_prepare(HubRequest *req, char **error)
 	ok &= append_header(req, "Expect:");
 	ok &= append_header(req, psprintf("webhook-id: %s", req->webhook_id));
 	ok &= append_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
-	ok &= append_header(req, psprintf("Idempotency-Key: %s", req->webhook_id));
+	/* a structured-field string, as draft-ietf-httpapi-idempotency-key-header has it */
+	ok &= append_header(req, psprintf("Idempotency-Key: \"%s\"", req->webhook_id));
 	if (ep->nsecrets > 0)
 	{
 		initStringInfo(&sig);

@@ -27,6 +27,12 @@ BEGIN
 		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
 	END IF;
+	-- refused here: the secrets table's check would show the row, secret
+	-- and all, in its error detail
+	IF concat(auth_secret, oauth2_client_id, oauth2_client_secret) ~ '[\r\n]' THEN
+		RAISE EXCEPTION 'a credential of endpoint "%" contains CR or LF', name
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Credentials are sent in header lines.';
+	END IF;
 	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
 							   auth_kind, api_key_header, oauth2_token_url, headers)
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
@@ -434,9 +440,12 @@ BEGIN
 		new_state := 'dead';
 	ELSE
 		new_state := 'retry_wait';
-		-- capped exponential backoff with full jitter, never sooner than Retry-After
+		-- capped exponential backoff with full jitter, never sooner than
+		-- Retry-After, which is itself capped at the larger of retry_max and
+		-- a day (a receiver may not park a delivery for years)
 		backoff := least(s.retry_max, s.retry_base * power(2, least(d.attempts - 1, 30))) * random();
-		backoff := greatest(backoff, coalesce(retry_after, interval '0'));
+		backoff := greatest(backoff, least(coalesce(retry_after, interval '0'),
+										   greatest(s.retry_max, interval '1 day')));
 	END IF;
 	UPDATE hub.deliveries x
 	SET state = new_state, lease_until = NULL, updated_at = now(), last_http_status = http_status,
@@ -468,7 +477,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text) IS
-'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker. Returns the new state, or stale when the lease was reclaimed.';
+'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after, honoured up to the larger of retry_max and a day), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker. Returns the new state, or stale when the lease was reclaimed.';
 
 CREATE FUNCTION hub.defer_delivery(delivery_id bigint, lease_token bigint, until timestamptz)
 RETURNS boolean

@@ -6,7 +6,7 @@
 -- replays (dead of a subscription, backfill of a new endpoint by time range
 -- and by correlation id) and their audit rows.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(46);
+SELECT plan(48);
 
 -- schema invariants
 SELECT is((SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) FROM pg_class
@@ -115,6 +115,14 @@ CREATE TEMP TABLE k4 AS SELECT * FROM hub.claim_deliveries(1, 'w1') WHERE aggreg
 SELECT is((SELECT hub.fail_delivery(delivery_id, lease_token, 429, NULL, 3, NULL, interval '10 minutes') FROM k4), 'retry_wait', 'a 429 is retried');
 SELECT ok((SELECT next_attempt_at >= updated_at + interval '10 minutes' FROM hub.deliveries d JOIN k4 USING (delivery_id)),
 	'not before its Retry-After');
+-- ... but not for years: at most the larger of retry_max and a day
+UPDATE hub.deliveries d SET next_attempt_at = now() FROM k4 WHERE d.delivery_id = k4.delivery_id;
+CREATE TEMP TABLE k5 AS SELECT * FROM hub.claim_deliveries(10, 'w1') WHERE aggregate_id = 'SH-10';
+SELECT is((SELECT hub.fail_delivery(delivery_id, lease_token, 503, NULL, 3, NULL, interval '10 years') FROM k5), 'retry_wait',
+	'a 503 asking for ten years is retried');
+SELECT ok((SELECT d.next_attempt_at <= d.updated_at + interval '1 day'
+		   FROM hub.deliveries d JOIN k5 USING (delivery_id)),
+	'a Retry-After is honoured up to a day when retry_max is shorter');
 
 -- bulk replay: every dead delivery of a subscription
 SELECT hub.create_endpoint('portal', 'http://127.0.0.1:9/portal', 'portal');

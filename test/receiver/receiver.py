@@ -31,6 +31,7 @@ Paths (a query string is allowed after each):
   /close-mid-body            promise 1000 bytes, send 10, close
   /huge                      a 64 MiB body with Content-Length
   /endless                   a chunked body that never ends
+  /badstatus                 a status line with a four-digit code
   /garbage                   500 (?status=S: S) with a body of NULs, invalid
                              UTF-8 and every byte value, as "JSON"
   /redirect?to=URL           302 to URL
@@ -191,6 +192,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.stream(None)
+            return
+        if head == "badstatus":
+            self.wfile.write(b"HTTP/1.1 9999 Nope\r\nContent-Length: 0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
             return
         if head == "garbage":
             junk = b"\xff\xfe\x00not utf-8 \xc3\x28 {\"access_token\": \x00" + bytes(range(256))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test/scripts/push_accept.sh --- live push against the loopback receiver:
 # what a receiver that answers sees, and what every answer does.
-#   - 2xx: delivered; webhook-id and Idempotency-Key are the event id; the
+#   - 2xx: delivered; webhook-id and Idempotency-Key (quoted) are the event id; the
 #     Standard Webhooks signature verifies with Python's hmac over the logged
 #     bytes (non-ASCII payload); during key rotation one signature per secret
 #   - 500 / 503 then 200 (fail-first): retried with the same webhook-id and
@@ -79,8 +79,9 @@ import sys
 want = set('$A1 $A2 $A3'.split())
 rows = [e for e in E if 'ep=acc' in e['path']]
 ids = set(e['headers'].get('webhook-id') for e in rows)
-keys = set(e['headers'].get('idempotency-key') for e in rows)
-bad = [e for e in rows if e['headers'].get('webhook-id') != e['headers'].get('idempotency-key')
+# Idempotency-Key is a structured-field string (the IETF draft): quoted
+keys = set(e['headers'].get('idempotency-key', '').strip(chr(34)) for e in rows)
+bad = [e for e in rows if chr(34) + e['headers'].get('webhook-id') + chr(34) != e['headers'].get('idempotency-key')
        or e['headers'].get('content-type') != 'application/json'
        or __import__('json').loads(e['body'])['id'] != e['headers'].get('webhook-id')
        or abs(int(e['headers']['webhook-timestamp']) - e['t']) > 60]

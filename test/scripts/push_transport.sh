@@ -9,13 +9,14 @@
 #   - a huge body with Content-Length and an endless chunked body: aborted
 #     by logistics_hub.max_response_size, the attempt says so
 #   - a drip (1 byte/s): the low-speed abort, not the total timeout
-#   - an answer of binary junk (NULs, invalid UTF-8): recorded
+#   - an answer of binary junk (NULs, invalid UTF-8), a malformed status
+#     line, undefined codes (599 fails, 299 succeeds): recorded
 #   - redirects: off by default (a 302 is then an ordinary non-2xx outcome
 #     and the target is never asked), followed (POST kept, same body and id)
 #     when the endpoint allows them, refused to file://, blocked by the
 #     egress policy to 127.0.0.2, stopped after 5 in a loop
-#   - a header value with CR LF written around the registration check:
-#     refused before anything is sent
+#   - a header value with CR LF, a signing secret that is not base64, both
+#     written around the registration checks: refused before anything is sent
 #   - egress: with logistics_hub.egress_allow = 'public, localhost' an
 #     address URL is refused at registration (22023), a listed name that
 #     resolves to 127.0.0.1 is blocked at connect time, and so is an
@@ -45,6 +46,13 @@ push_endpoint redir_loop "redirect-loop?ep=redir_loop" "timeout_ms => 2000" "all
 push_endpoint crlf "ok?ep=crlf" "timeout_ms => 2000" "headers => '{\"X-Tenant\": \"a\"}'"
 push_endpoint early "ok?ep=early" "timeout_ms => 2000"
 push_endpoint garbage "garbage?ep=garbage" "timeout_ms => 2000"
+push_endpoint badsecret "ok?ep=badsecret" "timeout_ms => 2000"
+# a signing secret that is not base64, written around create_endpoint's check
+q "UPDATE hub._endpoint_secrets SET signing_secrets = ARRAY['whsec_%%%']
+   WHERE endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'badsecret')"
+push_endpoint badstatus "badstatus?ep=badstatus" "timeout_ms => 2000"
+push_endpoint s599 "status/599?ep=s599" "timeout_ms => 2000"
+push_endpoint s299 "status/299?ep=s299" "timeout_ms => 2000"
 # a receiver that crashes mid-response, then recovers
 # (8 resets: libcurl itself sends a request again, up to 5 times, when a
 # kept-alive connection dies before any answer, so one attempt may meet
@@ -63,7 +71,7 @@ got=$(q "SELECT headers ->> 'X-Tenant' ~ E'\\r\\n' FROM hub.endpoints WHERE name
 [ "$got" = t ] || fail "the CR LF header could not be planted ($got)"
 
 declare -A EV
-for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close garbage; do
+for ep in delay fast hang reset closemid huge endless drip redir_off redir_on redir_file redir_deny redir_loop crlf early c8reset c8close garbage badstatus s599 s299 badsecret; do
 	EV[$ep]=$(push_publish $ep "SO-$ep")
 done
 
@@ -104,9 +112,10 @@ check_attempts redir_deny dead 'blocked by egress policy: address 127.0.0.2'
 check_attempts redir_loop dead '%redirect%'
 check_attempts crlf dead 'refused to send: the value of header "X-Tenant" holds CR or LF'
 
-n=$(recv "print(sum(1 for e in E if 'ep=crlf' in e['path'] or 'x-injected' in e['headers']))")
-[ "$n" = 0 ] || fail "crlf: $n requests reached the receiver"
-ok "crlf: nothing was sent"
+check_attempts badsecret dead 'a signing secret of the endpoint is not valid whsec_ base64'
+n=$(recv "print(sum(1 for e in E if 'ep=crlf' in e['path'] or 'x-injected' in e['headers'] or 'ep=badsecret' in e['path']))")
+[ "$n" = 0 ] || fail "crlf, badsecret: $n requests reached the receiver"
+ok "crlf, badsecret: nothing was sent"
 n=$(recv "print(sum(1 for e in E if 'ep=redir_loop' in e['path']))")
 [ "$n" = 12 ] || fail "redir_loop: $n requests, want 12 (two attempts of 1 + 5 redirects)"
 n=$(recv "print(sum(1 for e in E if e['path'].startswith('/ok') and 'target' in e['path'] and 'redir_on' not in e['path']))")
@@ -132,6 +141,14 @@ got=$(q "SELECT d.state || ' ' || d.last_http_status || ' ' || bool_and(a.respon
          FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' GROUP BY d.delivery_id")
 [ "$got" = "dead 500 false" ] || [ "$got" = "dead 500 true" ] || fail "garbage: '$got'"
 ok "garbage: an answer of NULs and invalid UTF-8 is recorded (excerpt cut to valid text: $(q "SELECT quote_literal(response_excerpt) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) WHERE d.event_id = '${EV[garbage]}' LIMIT 1"))"
+
+# status codes nobody defined: a malformed one is a transport error, 599 a
+# failure like any 5xx, 299 a success like any 2xx
+check_attempts badstatus dead '%'
+got=$(q "SELECT string_agg(state || ' ' || attempts || ' ' || last_http_status, ', ' ORDER BY event_id = '${EV[s599]}')
+         FROM hub.deliveries WHERE event_id IN ('${EV[s599]}', '${EV[s299]}')")
+[ "$got" = "delivered 1 299, dead 2 599" ] || fail "unknown status codes: '$got', want 'delivered 1 299, dead 2 599'"
+ok "status 599 retried then dead, 299 delivered"
 
 # redirects off: a 302 is a non-2xx answer like any other (retried, then dead)
 got=$(q "SELECT state || ' ' || attempts || ' ' || last_http_status || ' ' || last_error FROM hub.deliveries WHERE event_id = '${EV[redir_off]}'")
