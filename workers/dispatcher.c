@@ -1180,6 +1180,24 @@ hub_dispatcher_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+
+			/*
+			 * No longer wanted: leave by ourselves.  The launcher stops such
+			 * a dispatcher too, but only one it started: a launcher that was
+			 * restarted has adopted the running ones by their slots, with
+			 * no handle to stop them.  Exit code 1, never 0; dispatcher 0
+			 * gives back what is still leased.
+			 */
+			if (my_slot >= hub_dispatchers)
+			{
+				HOLD_INTERRUPTS();
+				record();
+				RESUME_INTERRUPTS();
+				ereport(LOG,
+						(errmsg("logistics_hub dispatcher %d exiting: logistics_hub.dispatchers is now %d",
+								my_slot, hub_dispatchers)));
+				proc_exit(1);
+			}
 		}
 
 		now = GetCurrentTimestamp();

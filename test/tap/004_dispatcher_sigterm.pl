@@ -67,8 +67,13 @@ lh_publish($node, 1000, txns => 2, rollback => 50, tag => 'b');
 my @now = lh_dispatcher_pids($node);
 is_deeply(\@now, [$disp], 'the new launcher adopted the running dispatcher (still one, same pid)');
 
+# A SIGTERM that finds the dispatcher in its loop records the answers it
+# holds before exiting, leaving only the 32 in flight to be sent again; one
+# handled inside a claim or record statement ends it there, with up to a
+# record window of answers unrecorded (seen as 10 duplicates for 8 in
+# flight in 008_scale_down.pl).
 my $r = lh_check_invariants($node, $recv, label => 'after SIGTERM of the dispatcher and the launcher',
-	max_duplicates => 32);
+	max_duplicates => 32 + LH_RECORD_WINDOW);
 # (an exit with code 0 is logged at DEBUG1 only, so "never 0" is asserted
 # by the two exit-code-1 lines above, not by searching the log for 0)
 note "duplicates after dispatcher SIGTERM: $r->{duplicates} (in flight at the SIGTERM: $in_flight)";

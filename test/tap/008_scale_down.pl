@@ -42,13 +42,38 @@ ok(defined $freed, "the retired dispatcher's leases are given back at once, not 
 note sprintf("measured: %d leases of the retired dispatcher given back %.2f s after it stopped",
 	$leased1, $freed // -1);
 lh_publish($node, 200, txns => 1, rollback => 20, tag => 'b');
-lh_check_invariants($node, $recv, label => 'after lowering the number of dispatchers', max_duplicates => 8);
+lh_check_invariants($node, $recv, label => 'after lowering the number of dispatchers',
+	max_duplicates => 8 + LH_RECORD_WINDOW);
 
 $node->append_conf('postgresql.conf', "logistics_hub.dispatchers = 2\n");
 $node->reload;
 ok(defined lh_wait_dispatchers($node, 2, 20), 'raised again: two dispatchers');
 lh_publish($node, 200, txns => 1, rollback => 20, tag => 'c');
-lh_check_invariants($node, $recv, label => 'after raising it again', dispatchers => 2, max_duplicates => 8);
+lh_check_invariants($node, $recv, label => 'after raising it again', dispatchers => 2,
+	max_duplicates => 8 + LH_RECORD_WINDOW);
+
+# A launcher restarted after SIGTERM adopts the running dispatchers by
+# their slots, without a handle to stop them: lowering the number again
+# must still retire dispatcher 1.
+my $launcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub launcher'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+ok( defined lh_wait_until(
+		sub {
+			my $p = $node->safe_psql('postgres',
+				"SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub launcher'");
+			return $p ne '' && $p != $launcher;
+		},
+		20, 100),
+	'the launcher is restarted and adopts both dispatchers');
+is(scalar(lh_dispatcher_pids($node)), 2, 'still two dispatchers');
+lh_publish($node, 600, txns => 1, rollback => 20, tag => 'd');
+lh_wait_delivered($node, 2 * (600 + 200 + 200) + 300, 30);
+$node->append_conf('postgresql.conf', "logistics_hub.dispatchers = 1\n");
+$node->reload;
+ok(defined lh_wait_dispatchers($node, 1, 20), 'lowered after the launcher restart: one dispatcher');
+lh_check_invariants($node, $recv, label => 'after lowering it under an adopting launcher',
+	max_duplicates => 2 * (8 + LH_RECORD_WINDOW));
 
 $node->stop('fast');
 done_testing();
