@@ -194,7 +194,8 @@ CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_sha
 						   p_nshards integer, p_endpoint integer)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
+			   transform regproc)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -240,8 +241,7 @@ BEGIN
 	)
 	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
 		   o.occurred_at, o.correlation_id,
-		   CASE WHEN s.transform IS NULL THEN o.payload ELSE hub._transform(s.transform, o.payload) END,
-		   c.subscription_id, c.endpoint_id, s.body_format
+		   o.payload, c.subscription_id, c.endpoint_id, s.body_format, s.transform
 	FROM claimed c
 	JOIN hub.outbox o ON o.event_id = c.event_id
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
@@ -250,6 +250,63 @@ END
 $$;
 COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) IS
 'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe).';
+
+/*
+ * _claim_transformed --- _claim with each subscription's transform applied.
+ * A transform that raises fails that one delivery (an attempt saying which
+ * function failed and why, retried with backoff, dead after max_attempts;
+ * it does not count towards the endpoint's circuit breaker, the receiver is
+ * not at fault) instead of aborting the claim, which would stop every
+ * endpoint.  Each transform runs in a subtransaction of its own; with no
+ * transform configured the rows go through untouched.
+ */
+CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer)
+RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format
+		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint) c;
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint) LOOP
+		IF r.transform IS NOT NULL THEN
+			BEGIN
+				r.payload := hub._transform(r.transform, r.payload);
+			EXCEPTION WHEN OTHERS THEN
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL,
+										  format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE),
+										  0, NULL, NULL, p_worker, false);
+				CONTINUE;
+			END;
+		END IF;
+		delivery_id := r.delivery_id;
+		lease_token := r.lease_token;
+		attempt := r.attempt;
+		event_id := r.event_id;
+		event_type := r.event_type;
+		aggregate_id := r.aggregate_id;
+		occurred_at := r.occurred_at;
+		correlation_id := r.correlation_id;
+		payload := r.payload;
+		subscription_id := r.subscription_id;
+		endpoint_id := r.endpoint_id;
+		body_format := r.body_format;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer) IS
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint).';
 
 CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
 		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1)
@@ -279,7 +336,7 @@ BEGIN
 	END IF;
 	PERFORM hub._route_events();
 
-	RETURN QUERY SELECT * FROM hub._claim(max, worker, lease, shard, nshards, NULL);
+	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL);
 	GET DIAGNOSTICS n = ROW_COUNT;
 
 	/*
@@ -301,7 +358,7 @@ BEGIN
 		FOR UPDATE SKIP LOCKED
 	LOOP
 		EXIT WHEN n >= max;
-		RETURN QUERY SELECT * FROM hub._claim(1, worker, lease, shard, nshards, ep);
+		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep);
 		IF FOUND THEN
 			n := n + 1;
 			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
@@ -704,7 +761,8 @@ COMMENT ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) IS
 
 GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) TO hub_admin;
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;

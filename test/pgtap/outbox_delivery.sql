@@ -2,7 +2,7 @@
 -- routing after commit, claim with leases and per-key order, complete, fail
 -- with retry and dead, fencing of late results, pause, skip and replay.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(35);
+SELECT plan(38);
 
 -- publishing and contracts
 SELECT ok(hub.publish('order.created', 'SO-1', '{"order_id": "SO-1"}') IS NOT NULL, 'publish returns the event id');
@@ -87,5 +87,27 @@ SELECT is((SELECT count(*) FROM c4)::int, 2, 'both claimed');
 SELECT hub.fail_delivery(delivery_id, lease_token, 503, NULL, 3, counts => aggregate_id = 'SH-20') FROM c4;
 SELECT is((SELECT consecutive_failures FROM hub.endpoints WHERE name = 'wms'), 1,
 	'two failed deliveries of one request count once towards the circuit breaker');
+
+-- a transform that raises fails its own delivery, recorded; the claim and
+-- every other delivery go on
+CREATE FUNCTION public.picky(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+	IF p->>'return_id' = 'RMA-BAD' THEN
+		RAISE EXCEPTION 'cannot map return %', p->>'return_id' USING ERRCODE = 'data_exception';
+	END IF;
+	RETURN jsonb_build_object('rma', p->>'return_id');
+END $$;
+SELECT hub.create_endpoint('erp2', 'http://127.0.0.1:9/erp2', 'erp');
+SELECT hub.subscribe('erp2', 'return.*', transform => 'public.picky', ordering => 'none', max_attempts => 1);
+SELECT hub.publish('return.received', r, jsonb_build_object('return_id', r)) FROM unnest(ARRAY['RMA-OK', 'RMA-BAD']) r;
+CREATE TEMP TABLE c5 AS SELECT * FROM hub.claim_deliveries(100) WHERE endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'erp2');
+SELECT is((SELECT array_agg(payload) FROM c5), ARRAY['{"rma": "RMA-OK"}'::jsonb],
+	'the claim hands out the transformed delivery and not the one whose transform raised');
+SELECT is((SELECT d.state || ' ' || a.outcome || ' ' || a.error
+		   FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id)
+		   WHERE d.aggregate_id = 'RMA-BAD' AND d.endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'erp2')),
+	'dead dead transform public.picky failed: cannot map return RMA-BAD (SQLSTATE 22000)',
+	'the failing transform is recorded on its delivery (dead after max_attempts)');
+SELECT is((SELECT consecutive_failures FROM hub.endpoints WHERE name = 'erp2'), 0, 'and not held against the endpoint');
 
 SELECT * FROM finish();
