@@ -6,7 +6,7 @@
 -- replays (dead of a subscription, backfill of a new endpoint by time range
 -- and by correlation id) and their audit rows.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(48);
+SELECT plan(50);
 
 -- schema invariants
 SELECT is((SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) FROM pg_class
@@ -151,5 +151,11 @@ SELECT is((SELECT array_agg(action || ':' || actor ORDER BY audit_id) FROM hub.o
 	ARRAY['replay_dead:' || session_user, 'replay_range:' || session_user, 'replay_range:' || session_user],
 	'bulk replays are audited with who');
 SELECT throws_ok($$UPDATE hub.operator_audit SET reason = 'x'$$, '55000', NULL, 'the operator audit is append-only');
+
+-- the references kept by construction rather than by foreign keys
+SELECT is_empty($$SELECT d.delivery_id FROM hub.deliveries d WHERE NOT EXISTS (SELECT 1 FROM hub.outbox o WHERE o.event_id = d.event_id)$$,
+	'every delivery has its event');
+SELECT is_empty($$SELECT a.attempt_id FROM hub.attempts a WHERE NOT EXISTS (SELECT 1 FROM hub.deliveries d WHERE d.delivery_id = a.delivery_id)$$,
+	'every attempt has its delivery');
 
 SELECT * FROM finish();
