@@ -30,7 +30,8 @@ CLUSTER_USER=lhub
 # Debian packages: build tools and headers, the server, contrib (isn for
 # the benchmark), pgTAP and pg_prove, IPC::Run for TAP crash tests, nginx and
 # wrk for HTTP benchmarks, python3 for the loopback test receiver, clang-14
-# and its sanitizer/libFuzzer runtime for the parser fuzz test.
+# and its sanitizer/libFuzzer runtime for the parser fuzz test, openssl for
+# the HTTPS receiver's test certificate.
 LH_PACKAGES=(
 	build-essential
 	postgresql-$PG_MAJOR
@@ -47,6 +48,7 @@ LH_PACKAGES=(
 	nginx-light
 	wrk
 	util-linux
+	openssl
 )
 
 lh_log() { printf '== %s\n' "$*" >&2; }

@@ -45,7 +45,8 @@ Paths (a query string is allowed after each):
                              control requests are not logged
 
 Usage:
-  receiver.py serve --port-file F --log L [--port P]
+  receiver.py serve --port-file F --log L [--port P] [--tls-cert C --tls-key K]
+                             (with a certificate: HTTPS)
   receiver.py verify --log L --secret whsec_... [--secret ...] [--path S]
                              Standard Webhooks check of every logged request
                              carrying a webhook-signature (only those whose
@@ -65,6 +66,7 @@ import hmac
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -280,6 +282,10 @@ def serve(args):
     global LOG
     LOG = open(args.log, "a", encoding="utf-8")
     srv = Server(("127.0.0.1", args.port), Handler)
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write("%d\n" % srv.server_address[1])
@@ -326,6 +332,8 @@ def main():
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--port-file", required=True)
     s.add_argument("--log", required=True)
+    s.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    s.add_argument("--tls-key", help="and this key (PEM)")
     v = sub.add_parser("verify")
     v.add_argument("--log", required=True)
     v.add_argument("--secret", required=True, action="append")
