@@ -4,6 +4,26 @@
  * operator functions: endpoints, subscriptions, pause, resume, skip, replay.
  */
 
+/*
+ * _check_credentials --- refuse (22023) credentials holding CR or LF,
+ * naming the endpoint but never the value: the secrets table's own check
+ * would show the failing row, secret and all, in its error detail.
+ */
+CREATE FUNCTION hub._check_credentials(endpoint text, VARIADIC credentials text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF array_to_string(credentials, '') ~ '[\r\n]' THEN
+		RAISE EXCEPTION 'a credential of endpoint "%" contains CR or LF', endpoint
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Credentials are sent in header lines.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._check_credentials(text, text[]) IS
+'API: Private. Raise 22023 when a credential holds CR or LF (it would go into a header line), without showing it.';
+REVOKE EXECUTE ON FUNCTION hub._check_credentials(text, text[]) FROM PUBLIC;
+
 CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
 		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
 		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
@@ -27,12 +47,7 @@ BEGIN
 		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
 	END IF;
-	-- refused here: the secrets table's check would show the row, secret
-	-- and all, in its error detail
-	IF concat(auth_secret, oauth2_client_id, oauth2_client_secret) ~ '[\r\n]' THEN
-		RAISE EXCEPTION 'a credential of endpoint "%" contains CR or LF', name
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Credentials are sent in header lines.';
-	END IF;
+	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
 	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
 							   auth_kind, api_key_header, oauth2_token_url, headers)
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,

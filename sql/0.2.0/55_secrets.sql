@@ -115,12 +115,7 @@ BEGIN
 		RAISE EXCEPTION 'no credential given' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'Pass auth_secret, oauth2_client_id or oauth2_client_secret by name.';
 	END IF;
-	-- refused here with a clean message: the table's check would show the
-	-- failing row, secret and all, in its error detail
-	IF concat(auth_secret, oauth2_client_id, oauth2_client_secret) ~ '[\r\n]' THEN
-		RAISE EXCEPTION 'a credential of endpoint "%" contains CR or LF', endpoint
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Credentials are sent in header lines.';
-	END IF;
+	PERFORM hub._check_credentials(endpoint, auth_secret, oauth2_client_id, oauth2_client_secret);
 	UPDATE hub._endpoint_secrets x
 	SET auth_secret = coalesce(set_endpoint_credentials.auth_secret, x.auth_secret),
 		oauth2_client_id = coalesce(set_endpoint_credentials.oauth2_client_id, x.oauth2_client_id),
