@@ -62,6 +62,25 @@ $$;
 COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
 'Register an HTTP receiver; everything after kind is optional and passed by name. Secrets go to a table only hub_admin can read. Returns the endpoint id.';
 
+-- the endpoint's id, or 42704 naming it
+CREATE FUNCTION hub._endpoint_id(endpoint text) RETURNS integer
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id integer;
+BEGIN
+	SELECT e.endpoint_id INTO id FROM hub.endpoints e WHERE e.name = endpoint;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'endpoint "%" does not exist', endpoint
+			USING ERRCODE = 'undefined_object', HINT = 'Create it with hub.create_endpoint().';
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub._endpoint_id(text) IS 'API: Private. The id of the endpoint named so, or 42704.';
+REVOKE EXECUTE ON FUNCTION hub._endpoint_id(text) FROM PUBLIC;
+
 CREATE FUNCTION hub.subscribe(endpoint text, event_pattern text, filter jsonb DEFAULT NULL,
 		transform regproc DEFAULT NULL, ordering text DEFAULT 'per_key', priority integer DEFAULT 0,
 		max_attempts integer DEFAULT 12, retry_base interval DEFAULT '1 second',
@@ -76,11 +95,7 @@ DECLARE
 	e integer;
 	id integer;
 BEGIN
-	SELECT endpoint_id INTO e FROM hub.endpoints WHERE name = endpoint;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'endpoint "%" does not exist', endpoint
-			USING ERRCODE = 'undefined_object', HINT = 'Create it with hub.create_endpoint().';
-	END IF;
+	e := hub._endpoint_id(endpoint);
 	IF transform IS NOT NULL THEN
 		-- (the claim runs it with this function's rights: same check, early)
 		PERFORM hub._check_runnable(transform, 'transform function');

@@ -26,24 +26,6 @@ $$;
 COMMENT ON FUNCTION hub._check_signing_secret(text) IS
 'API: Private. Raise 22023 unless the text is a Standard Webhooks secret (whsec_ and base64); never shows the secret.';
 
--- the endpoint's id, or 42704 naming it
-CREATE FUNCTION hub._endpoint_id(endpoint text) RETURNS integer
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	id integer;
-BEGIN
-	SELECT e.endpoint_id INTO id FROM hub.endpoints e WHERE e.name = endpoint;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'endpoint "%" does not exist', endpoint
-			USING ERRCODE = 'undefined_object', HINT = 'Create it with hub.create_endpoint().';
-	END IF;
-	RETURN id;
-END
-$$;
-COMMENT ON FUNCTION hub._endpoint_id(text) IS 'API: Private. The id of the endpoint named so, or 42704.';
-
 CREATE FUNCTION hub.rotate_signing_secret(endpoint text, new_secret text, reason text DEFAULT NULL,
 										  keep_previous boolean DEFAULT true)
 RETURNS integer
@@ -130,7 +112,7 @@ $$;
 COMMENT ON FUNCTION hub.set_endpoint_credentials(text, text, text, text, text) IS
 'Replace an endpoint''s bearer/basic/API-key secret or OAuth2 client credentials (those given; NULL keeps the old one); audited with which ones changed, never their values.';
 
-REVOKE EXECUTE ON FUNCTION hub._check_signing_secret(text), hub._endpoint_id(text),
+REVOKE EXECUTE ON FUNCTION hub._check_signing_secret(text),
 	hub.rotate_signing_secret(text, text, text, boolean), hub.retire_signing_secrets(text, integer, text),
 	hub.set_endpoint_credentials(text, text, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.rotate_signing_secret(text, text, text, boolean),
