@@ -39,8 +39,8 @@ typedef struct HubEndpoint
 	TimestampTz usable_again;	/* when not usable: when to give work back for */
 	char	   *url;
 	int			timeout_ms;
-	int			max_concurrency;
-	double		rate_limit;		/* requests per second, 0: none */
+	int			max_concurrency;	/* this dispatcher's share (0: none) */
+	double		rate_limit;		/* requests per second of that share, 0: none */
 	bool		allow_redirects;
 	HubAuthKind auth_kind;
 	char	   *auth_secret;

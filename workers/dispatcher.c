@@ -7,10 +7,13 @@
  * One loop, three kinds of step, never a transaction open during HTTP:
  *
  *   claim   one short transaction: hub._dispatch_claim() routes what is not
- *           routed yet and leases ready deliveries of this dispatcher's
- *           shard (endpoint_id % logistics_hub.dispatchers), with their
- *           bodies already rendered; endpoint settings and secrets are
- *           (re)read in the same transaction when older than a second.
+ *           routed yet and leases ready deliveries of the endpoints this
+ *           dispatcher serves (hub._serves: an endpoint is shared by
+ *           min(logistics_hub.dispatchers, max_concurrency) dispatchers),
+ *           with their bodies already rendered; endpoint settings and
+ *           secrets are (re)read in the same transaction when older than a
+ *           second, with the concurrency cap and rate limit cut to this
+ *           dispatcher's share of them (hub._serves_share).
  *   send    requests wait in their endpoint's queue until its concurrency
  *           cap, its rate limit (a sliding window: never more than
  *           rate_limit starts in any second) and the dispatcher's total cap
@@ -312,7 +315,7 @@ static void
 prepare_plans(void)
 {
 	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID};
-	Oid			ids[] = {INT4ARRAYOID};
+	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
 	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
@@ -320,7 +323,7 @@ prepare_plans(void)
 	if (claim_plan != NULL)
 		return;
 	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6)", 6, claim_types);
-	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1)", 1, ids);
+	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
 	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
@@ -474,6 +477,16 @@ begin_work_step(const char *what)
  * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
  * step's transaction; ids must have room for every known endpoint more.
  */
+/*
+ * nshards --- how many dispatchers split the work (hub._serves): a slot
+ * beyond the setting, still finishing after it was lowered, counts as one.
+ */
+static int
+nshards(void)
+{
+	return Max(hub_dispatchers, my_slot + 1);
+}
+
 static void
 reload_endpoints(Datum *ids, int nids, TimestampTz now)
 {
@@ -494,7 +507,11 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 	}
 	if (nids > 0)
 	{
-		Datum		arg = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+		Datum		args[3];
+
+		args[0] = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
+		args[1] = Int32GetDatum(my_slot);
+		args[2] = Int32GetDatum(nshards());
 
 		/*
 		 * Not read-only: a fresh snapshot, at least as new as the claim's.
@@ -503,7 +520,7 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 		 * paused for a second and its claimed work given back; and it must see
 		 * what the claim just changed (a half-open circuit).
 		 */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(endpoints_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading endpoints failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
 			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
@@ -531,7 +548,7 @@ claim(int max)
 	args[1] = CStringGetTextDatum(worker_name);
 	args[2] = Int32GetDatum(hub_lease_seconds);
 	args[3] = Int32GetDatum(my_slot);
-	args[4] = Int32GetDatum(Max(hub_dispatchers, my_slot + 1));
+	args[4] = Int32GetDatum(nshards());
 	args[5] = CStringGetTextDatum(hub_event_source);
 	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming deliveries failed");

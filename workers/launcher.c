@@ -73,7 +73,7 @@ hub_workers_define_gucs(void)
 								   &hub_database, "postgres", PGC_POSTMASTER, 0,
 								   NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.dispatchers",
-							"Number of dispatcher workers (each serves the endpoints with endpoint_id % dispatchers = its number).",
+							"Number of dispatcher workers (an endpoint is shared by min(dispatchers, max_concurrency) of them).",
 							NULL, &hub_dispatchers, 1, 0, HUB_MAX_DISPATCHERS,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.max_in_flight",

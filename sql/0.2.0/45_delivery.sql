@@ -220,6 +220,43 @@ COMMENT ON FUNCTION hub._route_events() IS
  * the shard test is on the endpoint, where it is estimated on the small
  * endpoints table rather than as a 0.5% filter on every delivery.
  */
+/*
+ * _serves / _serves_share --- how claimers split the endpoints.  Shard k of
+ * n serves endpoint e when (k - e) mod n < e's max_concurrency: an endpoint
+ * is shared by min(n, max_concurrency) shards, so one busy endpoint keeps
+ * every dispatcher (and core) at work, and one with max_concurrency 1 has a
+ * single shard, e mod n.  Each shard serving it is entitled to a share of
+ * its concurrency, max_concurrency / n plus one for the first
+ * max_concurrency mod n of them (the shares add up to max_concurrency), and
+ * to the same fraction of its rate limit; the dispatchers
+ * (workers/dispatcher.c) compute the same shares, so neither cap is ever
+ * exceeded in sum.  (Per-key order holds across shards: the claim hands
+ * out only heads, and a head leased by one shard blocks its successors for
+ * all.)  Inlined into the claim.
+ */
+CREATE FUNCTION hub._serves(shard integer, nshards integer, endpoint_id integer, max_concurrency integer)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+	SELECT ((shard OPERATOR(pg_catalog.-) endpoint_id) OPERATOR(pg_catalog.%) nshards
+			OPERATOR(pg_catalog.+) nshards) OPERATOR(pg_catalog.%) nshards
+		OPERATOR(pg_catalog.<) max_concurrency
+$$;
+COMMENT ON FUNCTION hub._serves(integer, integer, integer, integer) IS
+'API: Private. Does shard of nshards serve this endpoint? (shard - endpoint_id) mod nshards < max_concurrency.';
+
+CREATE FUNCTION hub._serves_share(shard integer, nshards integer, endpoint_id integer, max_concurrency integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT max_concurrency / nshards
+		+ CASE WHEN ((shard - endpoint_id) % nshards + nshards) % nshards < max_concurrency % nshards
+			   THEN 1 ELSE 0 END
+$$;
+COMMENT ON FUNCTION hub._serves_share(integer, integer, integer, integer) IS
+'API: Private. The part of an endpoint''s max_concurrency (and the same fraction of its rate limit) that shard of nshards may use; 0 when it does not serve the endpoint.';
+
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
@@ -245,7 +282,7 @@ BEGIN
 		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
 			AND e.enabled AND NOT e.paused
 			AND CASE WHEN p_endpoint IS NULL
-					 THEN e.circuit_state = 'closed' AND e.endpoint_id % p_nshards = p_shard
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
 					 ELSE d.endpoint_id = p_endpoint END
 			AND (d.ordering = 'none' OR NOT EXISTS (
 				SELECT 1 FROM hub.deliveries p
@@ -378,11 +415,11 @@ BEGIN
 	 */
 	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
 	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
-		AND e.endpoint_id % nshards = shard;
+		AND hub._serves(shard, nshards, e.endpoint_id, e.max_concurrency);
 	FOR ep IN
 		SELECT e.endpoint_id FROM hub.endpoints e
 		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
-			AND e.endpoint_id % nshards = shard
+			AND hub._serves(shard, nshards, e.endpoint_id, e.max_concurrency)
 			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
 		ORDER BY e.endpoint_id
 		FOR UPDATE SKIP LOCKED
@@ -397,7 +434,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer) IS
-'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split endpoints between workers (endpoint_id % nshards = shard). Each row carries a fencing lease_token for complete/fail/defer.';
+'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the work between workers: shard k of n serves endpoint e when (k - e) mod n < max_concurrency, so an endpoint is shared by min(n, max_concurrency) workers, each entitled to its hub._serves_share of the endpoint''s concurrency and rate (with max_concurrency 1: endpoint_id % n = shard). Each row carries a fencing lease_token for complete/fail/defer.';
 
 /*
  * _check_runnable --- a function chosen by hub_admin (a subscription's
@@ -774,7 +811,7 @@ BEGIN
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2))
 			AND (s.filter IS NULL OR o.payload @> s.filter)
 		ORDER BY o.seq
-		ON CONFLICT ON CONSTRAINT deliveries_subscription_id_event_id_key DO NOTHING;
+		ON CONFLICT ON CONSTRAINT deliveries_event_subscription_key DO NOTHING;
 		GET DIAGNOSTICS created = ROW_COUNT;
 	END IF;
 
@@ -791,7 +828,9 @@ COMMENT ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) IS
 
 GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) TO hub_admin;
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer),
+REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
+	hub._serves_share(integer, integer, integer, integer),
+	hub._claim(integer, text, interval, integer, integer, integer),
 	hub._claim_transformed(integer, text, interval, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;

@@ -122,7 +122,7 @@ $$;
 COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text) IS
 'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
 
-CREATE FUNCTION hub._dispatch_endpoints(ids integer[])
+CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
 RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
 			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
 			   oauth2_token_url text, headers text[], auth_secret text, oauth2_client_id text,
@@ -130,7 +130,11 @@ RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrenc
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT e.endpoint_id, e.url, e.timeout_ms, e.max_concurrency, e.rate_limit::float8, e.allow_redirects,
+	SELECT e.endpoint_id, e.url, e.timeout_ms,
+		   hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency),
+		   (e.rate_limit * hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+			/ e.max_concurrency)::float8,
+		   e.allow_redirects,
 		   e.auth_kind, e.api_key_header, e.oauth2_token_url,
 		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
 		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
@@ -140,8 +144,8 @@ AS $$
 	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
 	WHERE e.endpoint_id = ANY (ids)
 $$;
-COMMENT ON FUNCTION hub._dispatch_endpoints(integer[]) IS
-'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone).';
+COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
+'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share).';
 
 /*
  * _complete_many --- complete_delivery for a whole set of results in one
@@ -240,7 +244,7 @@ COMMENT ON FUNCTION hub._release_leases(text) IS
 REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hub._endpoint_check(),
 	hub.wake(), hub.webhook_signature(text, text, bigint, text),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
-	hub._dispatch_claim(integer, text, integer, integer, integer, text), hub._dispatch_endpoints(integer[]),
+	hub._dispatch_claim(integer, text, integer, integer, integer, text), hub._dispatch_endpoints(integer[], integer, integer),
 	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text), hub._release_leases(text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.wake() TO hub_writer;

@@ -16,6 +16,9 @@
 #    arrival minus the event's published_at (its transaction's start, a few
 #    tenths of a millisecond before its commit): p50, p99, max.
 #
+# Runs 2. and 3. with each number of dispatchers in LH_BENCH_DISPATCHERS ("1 2":
+# one endpoint is shared by all of them, each with its share of the 64
+# connections); the latency run uses the last.
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
 # and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
 # LH_BENCH_LATENCY_SECONDS (10).
@@ -34,6 +37,7 @@ EVENTS=${LH_BENCH_EVENTS:-100000}
 CONNS=${LH_BENCH_CONNS:-64}
 RATE=${LH_BENCH_RATE:-1000}
 LSECS=${LH_BENCH_LATENCY_SECONDS:-10}
+DISPATCHERS=${LH_BENCH_DISPATCHERS:-1 2}
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 NGINX_PID=
@@ -83,11 +87,13 @@ q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
 now() { date +%s.%N; }
 # cpu PID --- CPU time of a process so far, in clock ticks
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# cpus PID... --- the same, summed over processes
+cpus() { local t=0 p; for p in "$@"; do t=$((t + $(cpu "$p"))); done; echo "$t"; }
 TICK=$(getconf CLK_TCK)
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)," \
 	"$("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), libcurl $(curl-config --version | cut -d' ' -f2)," \
 	"$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-echo "events: $EVENTS, connections: $CONNS (wrk and logistics_hub.max_in_flight), claim_batch 1000, one dispatcher"
+echo "events: $EVENTS, connections: $CONNS (wrk, logistics_hub.max_in_flight and the endpoint's max_concurrency), claim_batch 1000, dispatchers: $DISPATCHERS"
 
 q >/dev/null <<SQL
 SET client_min_messages = warning;
@@ -109,7 +115,7 @@ echo "wrk: $WRK_RPS requests/s ($CONNS connections, 10 s)"
 
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
-	local format=$1 t0 t1 dpid npid d0 d1 n0 n1 failed
+	local format=$1 ndisp=$2 t0 t1 dpids npid d0 d1 n0 n1 failed
 	q >/dev/null <<SQL
 SELECT hub.pause_endpoint('nginx', 'bench');
 DELETE FROM hub.subscriptions;
@@ -124,9 +130,14 @@ SQL
 		sleep 0.2
 	done
 	q -c "VACUUM ANALYZE hub.deliveries" -c "CHECKPOINT" >/dev/null
-	dpid=$(q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher' LIMIT 1")
+	q -c "ALTER SYSTEM SET logistics_hub.dispatchers = $ndisp" -c "SELECT pg_reload_conf()" >/dev/null
+	until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")" -eq "$ndisp" ]; do
+		sleep 0.2
+	done
+	sleep 1.5	# endpoint settings (and so the dispatchers' shares) are re-read within a second
+	dpids=$(q -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")
 	npid=$(pgrep -P "$NGINX_PID" | head -1)
-	d0=$(cpu "$dpid"); n0=$(cpu "$npid")
+	d0=$(cpus $dpids); n0=$(cpu "$npid")
 	t0=$(now)
 	# resume, then wake once the resume is committed (wake() inside the
 	# resuming transaction would wake the dispatcher before it can see it)
@@ -135,19 +146,21 @@ SQL
 		sleep 0.05
 	done
 	t1=$(now)
-	d1=$(cpu "$dpid"); n1=$(cpu "$npid")
+	d1=$(cpus $dpids); n1=$(cpu "$npid")
 	failed=$(q -c "SELECT coalesce(sum(n), 0) || coalesce(' (' || string_agg(outcome || ' ' || n, ', ') || ')', '')
 		FROM (SELECT outcome, count(*) AS n FROM hub.attempts WHERE outcome <> 'delivered' GROUP BY 1) a")
 	python3 -c "
 n = $EVENTS; dt = $t1 - $t0; r = n / dt; per = 100 if '$format' == 'batch' else 1
-print(f'hub ($format): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk;'
-      f' CPU per event: dispatcher {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
+print(f'hub ($format, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk;'
+      f' CPU per event: dispatchers {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
       f' attempts not delivered: $failed')"
 	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
 		q -c "DELETE FROM hub.deliveries" >/dev/null
 }
-run_hub event
-run_hub batch
+for ndisp in $DISPATCHERS; do
+	run_hub event "$ndisp"
+	run_hub batch "$ndisp"
+done
 
 # 4. latency at a steady rate
 q >/dev/null <<SQL

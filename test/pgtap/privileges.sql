@@ -37,7 +37,7 @@ SELECT throws_ok($$SELECT hub.receive('erp', 'in-9', 'order.confirmed', '{}')$$,
 SELECT throws_ok(format($$SELECT hub.replay(%s::bigint, 'x')$$, :d1), '42501', NULL, 'nobody cannot replay a delivery');
 SELECT throws_ok(format($$SELECT hub.replay(%s, 'x')$$, :sub), '42501', NULL, 'nobody cannot replay a subscription');
 SELECT throws_ok($$SELECT * FROM hub._endpoint_secrets$$, '42501', NULL, 'nobody cannot read secrets');
-SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1])$$, '42501', NULL, 'nobody cannot read secrets through the workers'' function');
+SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1], 0, 1)$$, '42501', NULL, 'nobody cannot read secrets through the workers'' function');
 SELECT throws_ok($$UPDATE hub.endpoints SET url = 'http://127.0.0.1:9/evil'$$, '42501', NULL, 'nobody cannot change endpoint URLs');
 SELECT throws_ok($$SELECT hub.create_endpoint('evil', 'http://127.0.0.1:9/evil')$$, '42501', NULL, 'nobody cannot create endpoints');
 SELECT throws_ok($$SELECT * FROM hub.sync_status$$, '42501', NULL, 'nobody cannot read the views');
@@ -71,7 +71,7 @@ SELECT lives_ok($$SELECT * FROM hub.outbox, hub.deliveries, hub.attempts, hub.en
 	'a reader reads the tables');
 SELECT lives_ok($$SELECT * FROM hub.trace('x')$$, 'a reader can trace');
 SELECT throws_ok($$SELECT * FROM hub._endpoint_secrets$$, '42501', NULL, 'a reader cannot read secrets');
-SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1])$$, '42501', NULL, 'a reader cannot read secrets through the workers'' function');
+SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1], 0, 1)$$, '42501', NULL, 'a reader cannot read secrets through the workers'' function');
 SELECT throws_ok($$SELECT hub.publish('order.created', 'SO-R', '{"order_id": "SO-R"}')$$, '42501', NULL, 'a reader cannot publish');
 SELECT throws_ok($$SELECT hub.receive('erp', 'in-r', 'order.confirmed', '{}')$$, '42501', NULL, 'a reader cannot receive');
 SELECT throws_ok(format($$SELECT hub.replay(%s, 'x')$$, :sub), '42501', NULL, 'a reader cannot replay');
@@ -106,7 +106,7 @@ SELECT lives_ok(format($$SELECT hub.skip_delivery(%s, 'not needed')$$, :d1), 'an
 SELECT lives_ok(format($$SELECT hub.replay(%s::bigint, 'receiver fixed')$$, :d3), 'an admin replays a delivery');
 SELECT lives_ok(format($$SELECT hub.replay(%s, 'receiver fixed')$$, :sub), 'an admin replays a subscription');
 SELECT throws_ok($$SELECT * FROM hub.claim_deliveries(1)$$, '42501', NULL, 'claiming is for the workers (superuser) only');
-SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1])$$, '42501', NULL, 'so is the workers'' secrets function');
+SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1], 0, 1)$$, '42501', NULL, 'so is the workers'' secrets function');
 RESET ROLE;
 
 -- functions hub_admin chooses never run with more rights than their owner

@@ -2,8 +2,9 @@
 -- cluster runs with logistics_hub.egress_allow = '127.0.0.1, public'), URL and
 -- header checks at registration, Standard Webhooks signatures (the spec's
 -- published example), the bodies sent, the batch completion API and the
--- lease give-back of a restarted dispatcher.
-SELECT plan(34);
+-- lease give-back of a restarted dispatcher, and how dispatchers share
+-- endpoints.
+SELECT plan(40);
 
 -- addresses: only 127.0.0.1 among the local ones, public ones by "public"
 SELECT ok(hub.egress_allowed('127.0.0.1'), '127.0.0.1 is listed');
@@ -87,5 +88,31 @@ SELECT is(hub._release_leases('w9'), 1, 'its lease is released (not the live one
 SELECT is((SELECT state || '/' || count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id)
 		   WHERE a.outcome = 'expired' AND a.worker = 'w9' GROUP BY state), 'pending/1',
 	'claimable again, with an expired attempt in the audit');
+
+-- sharing endpoints between dispatchers (hub._serves, hub._serves_share),
+-- over 1 to 5 shards, max_concurrency 1 to 20, endpoint ids 1 to 12
+CREATE TEMP TABLE shares AS
+SELECT n, k, e, m, hub._serves(k, n, e, m) AS serves, hub._serves_share(k, n, e, m) AS share
+FROM generate_series(1, 5) n, generate_series(0, 4) k, generate_series(1, 12) e, generate_series(1, 20) m
+WHERE k < n;
+SELECT is((SELECT count(*) FROM (SELECT n, e, m FROM shares GROUP BY 1, 2, 3 HAVING sum(share) <> m) x), 0::bigint,
+	'the shares of an endpoint add up to its max_concurrency');
+SELECT is((SELECT count(*) FROM shares WHERE serves <> (share > 0)), 0::bigint,
+	'a shard serves an endpoint exactly when its share is not zero');
+SELECT is((SELECT count(*) FROM (SELECT n, e, m FROM shares GROUP BY 1, 2, 3
+								 HAVING count(*) FILTER (WHERE serves) <> least(n, m)) x), 0::bigint,
+	'an endpoint is served by min(shards, max_concurrency) shards');
+SELECT is((SELECT count(*) FROM shares WHERE m = 1 AND serves <> (e % n = k)), 0::bigint,
+	'with max_concurrency 1 an endpoint has one shard, endpoint_id % nshards');
+SELECT is((SELECT count(*) FROM (SELECT n, e, m FROM shares WHERE serves GROUP BY 1, 2, 3
+								 HAVING max(share) - min(share) > 1) x), 0::bigint,
+	'the shares of one endpoint differ by at most one');
+DO $$ BEGIN PERFORM hub.create_endpoint('shared', 'http://127.0.0.1:9/', max_concurrency => 5, rate_limit => 10); END $$;
+SELECT is(ARRAY(SELECT d.max_concurrency || ' at ' || round(d.rate_limit::numeric, 3) || '/s'
+				FROM generate_series(0, 2) k,
+					 hub._dispatch_endpoints(ARRAY[(SELECT endpoint_id FROM hub.endpoints WHERE name = 'shared')], k, 3) d
+				ORDER BY 1),
+	ARRAY['1 at 2.000/s', '2 at 4.000/s', '2 at 4.000/s'],
+	'each of 3 dispatchers gets its share of 5 connections and of 10 requests a second');
 
 SELECT * FROM finish();
