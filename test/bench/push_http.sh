@@ -18,7 +18,7 @@
 #
 # Runs 2. and 3. with each number of dispatchers in LH_BENCH_DISPATCHERS ("1 2":
 # one endpoint is shared by all of them, each with its share of the 64
-# connections); the latency run uses the last.
+# connections), and so does 4.
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
 # and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
 # LH_BENCH_LATENCY_SECONDS (10).
@@ -173,18 +173,29 @@ cat > "$WORK/publish.sql" <<'EOF'
 SELECT hub.publish('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k));
 EOF
 chmod 644 "$WORK/publish.sql"
-sleep 1.5	# endpoint settings are re-read within a second
-"$PG_BIN/pgbench" -n -c 4 -j 2 -R "$RATE" -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
-sleep 2
-q -c "CREATE TABLE arrival (at float8, event_id text)"
-q -c "\\copy arrival FROM '$WORK/nginx/logs/arrival.log' WITH (FORMAT text, DELIMITER ' ')"
-q <<'SQL'
-SELECT format('latency at %s events/s: %s events, p50 %s ms, p99 %s ms, max %s ms',
+latency() {
+	local ndisp=$1
+	q -c "ALTER SYSTEM SET logistics_hub.dispatchers = $ndisp" -c "SELECT pg_reload_conf()" >/dev/null
+	until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")" -eq "$ndisp" ]; do
+		sleep 0.2
+	done
+	: > "$WORK/nginx/logs/arrival.log"	# (nginx appends)
+	sleep 1.5	# endpoint settings are re-read within a second
+	"$PG_BIN/pgbench" -n -c 4 -j 2 -R "$RATE" -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
+	sleep 2
+	q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS arrival" -c "CREATE TABLE arrival (at float8, event_id text)" >/dev/null
+	q -c "\\copy arrival FROM '$WORK/nginx/logs/arrival.log' WITH (FORMAT text, DELIMITER ' ')"
+	q -v ndisp="$ndisp" <<'SQL'
+SELECT format('latency at %s events/s, %s dispatcher(s): %s events, p50 %s ms, p99 %s ms, max %s ms',
 	round(count(*) / greatest(extract(epoch FROM max(o.published_at) - min(o.published_at)), 1)),
-	count(*),
+	:ndisp, count(*),
 	round(percentile_cont(0.5) WITHIN GROUP (ORDER BY l)::numeric, 1),
 	round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 1),
 	round(max(l)::numeric, 1))
 FROM (SELECT a.at * 1000 - extract(epoch FROM o.published_at) * 1000 AS l, o.published_at
 	  FROM arrival a JOIN hub.outbox o ON o.event_id = a.event_id::uuid) o;
 SQL
+}
+for ndisp in $DISPATCHERS; do
+	latency "$ndisp"
+done
