@@ -160,6 +160,10 @@ BEGIN
 								 ORDER BY o.event_id LIMIT 1) o) THEN
 		RETURN 0;
 	END IF;
+	-- (the subscriptions are locked in the inserting statement itself, so
+	-- none read here can be deleted before the deliveries are committed:
+	-- hub.deliveries has no foreign key, see 40_outbox.sql)
+	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE)
 	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
 	FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
@@ -169,7 +173,7 @@ BEGIN
 		  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
 		  FROM pg_snapshot_xip(prev) x
 		  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
-	JOIN hub.subscriptions s
+	JOIN s
 		ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
 		AND (s.filter IS NULL OR o.payload @> s.filter)
@@ -835,6 +839,6 @@ REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._subscription_deleted(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;

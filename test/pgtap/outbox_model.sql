@@ -6,7 +6,7 @@
 -- replays (dead of a subscription, backfill of a new endpoint by time range
 -- and by correlation id) and their audit rows.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(50);
+SELECT plan(53);
 
 -- schema invariants
 SELECT is((SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) FROM pg_class
@@ -157,5 +157,16 @@ SELECT is_empty($$SELECT d.delivery_id FROM hub.deliveries d WHERE NOT EXISTS (S
 	'every delivery has its event');
 SELECT is_empty($$SELECT a.attempt_id FROM hub.attempts a WHERE NOT EXISTS (SELECT 1 FROM hub.deliveries d WHERE d.delivery_id = a.delivery_id)$$,
 	'every attempt has its delivery');
+SELECT is_empty($$SELECT d.delivery_id FROM hub.deliveries d WHERE NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.subscription_id = d.subscription_id)$$,
+	'every delivery has its subscription');
+SELECT ok((SELECT count(*) FROM hub.deliveries WHERE subscription_id = :s_new) > 0, 'the backfilled subscription has deliveries');
+CREATE TEMP TABLE before_drop AS
+SELECT (SELECT count(*) FROM hub.attempts) AS attempts,
+	   (SELECT count(*) FROM hub.deliveries WHERE subscription_id <> :s_new) AS others;
+DELETE FROM hub.subscriptions WHERE subscription_id = :s_new;
+SELECT is((SELECT (SELECT count(*) FROM hub.deliveries WHERE subscription_id = :s_new) || '/' ||
+				  (SELECT count(*) FROM hub.deliveries) || '/' || (SELECT count(*) FROM hub.attempts)),
+		  (SELECT '0/' || others || '/' || attempts FROM before_drop),
+	'deleting a subscription deletes its deliveries (as a cascade would), no other, and keeps the attempts');
 
 SELECT * FROM finish();
