@@ -127,3 +127,21 @@ hub_event_id_floor(PG_FUNCTION_ARGS)
 	make_event_id(uuid, U64FromFullTransactionId(xid), 0, 0);
 	PG_RETURN_UUID_P(uuid);
 }
+
+/*
+ * hub_event_xid --- SQL hub._event_xid(uuid): the publishing transaction of
+ * an event id (NULL for a uuid not of our layout).  Routing asks whether
+ * it had ended in the routing snapshot (pg_visible_in_snapshot), so that an
+ * event committed after that snapshot is left for the next pass rather
+ * than routed twice.
+ */
+PG_FUNCTION_INFO_V1(hub_event_xid);
+Datum
+hub_event_xid(PG_FUNCTION_ARGS)
+{
+	uint64		xid;
+
+	if (!hub_event_id_xid(PG_GETARG_UUID_P(0), &xid))
+		PG_RETURN_NULL();		/* not of our layout: the outbox refuses those */
+	PG_RETURN_FULLTRANSACTIONID(FullTransactionIdFromU64(xid));
+}

@@ -79,8 +79,9 @@ typedef struct HubRequest
 	int			subscription_id;
 	int			batch_max;
 	bool		batch;
-	int			n;
+	int			n;				/* deliveries */
 	int			cap;
+	int			events;			/* events in the body (a batch delivery has several) */
 	int64	   *delivery_ids;
 	int64	   *lease_tokens;
 	char	   *webhook_id;

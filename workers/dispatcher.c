@@ -314,7 +314,7 @@ prepare(const char *sql, int nargs, Oid *types)
 static void
 prepare_plans(void)
 {
-	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID};
+	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID};
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
@@ -322,7 +322,7 @@ prepare_plans(void)
 
 	if (claim_plan != NULL)
 		return;
-	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6)", 6, claim_types);
+	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6, $7)", 7, claim_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
@@ -528,15 +528,23 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 }
 
 /*
- * claim --- one transaction: lease up to max deliveries, render them into
- * requests (batch subscriptions grouped per subscription), refresh stale
- * endpoint settings.  Returns the number of deliveries claimed.
+ * claim --- one transaction: lease up to max events, render them into
+ * requests, refresh stale endpoint settings.  A batch delivery (formed by
+ * routing) comes as one row per event and becomes one request; deliveries
+ * of single events of a batch subscription (a replay) are grouped per
+ * subscription up to batch_max events.  The claim asks for as many
+ * deliveries as the last claims' events per delivery suggest, so that
+ * batches of a hundred do not have a thousand deliveries locked to take
+ * ten.  Returns the number of events claimed.
  */
 static int
 claim(int max)
 {
-	Datum		args[6];
+	static double events_per_delivery = 1.0;
+	Datum		args[7];
 	int			n;
+	int			ndeliveries = 0;
+	int64		last_delivery = -1;
 	Datum	   *ids;
 	int			nids = 0;
 	HubRequest *open_batch = NULL;
@@ -544,12 +552,13 @@ claim(int max)
 
 	begin_work_step("logistics_hub: claim");
 
-	args[0] = Int32GetDatum(max);
+	args[0] = Int32GetDatum(Max(1, Min(max, (int) ceil(max / events_per_delivery))));
 	args[1] = CStringGetTextDatum(worker_name);
 	args[2] = Int32GetDatum(hub_lease_seconds);
 	args[3] = Int32GetDatum(my_slot);
 	args[4] = Int32GetDatum(nshards());
 	args[5] = CStringGetTextDatum(hub_event_source);
+	args[6] = Int32GetDatum(max);
 	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming deliveries failed");
 	n = (int) SPI_processed;
@@ -568,9 +577,22 @@ claim(int max)
 		int			batch_max = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		char	   *event_id = spi_text(tup, desc, 7);
 		text	   *body = DatumGetTextPP(SPI_getbinval(tup, desc, 8, &isnull));
+		int			batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 		HubEndpoint *ep = endpoint_get(endpoint_id);
-		bool		batch = strcmp(format, "batch") == 0;
+		/* (a batch delivery stays one, even if the format changed since) */
+		bool		batch = strcmp(format, "batch") == 0 || batch_size > 1;
 		HubRequest *req;
+
+		if (delivery_id == last_delivery && open_batch != NULL)
+		{
+			/* the next event of a batch delivery */
+			appendStringInfoChar(&open_batch->body, ',');
+			appendBinaryStringInfo(&open_batch->body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
+			open_batch->events++;
+			continue;
+		}
+		last_delivery = delivery_id;
+		ndeliveries++;
 
 		if (!ep->loaded || now - ep->loaded_at > USECS_PER_SEC)
 		{
@@ -579,7 +601,7 @@ claim(int max)
 			ep->loaded_at = now;	/* once per claim */
 		}
 		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
-			open_batch->n < open_batch->cap)
+			open_batch->n < open_batch->cap && open_batch->events + batch_size <= open_batch->batch_max)
 			req = open_batch;
 		else
 		{
@@ -598,7 +620,10 @@ claim(int max)
 		req->delivery_ids[req->n] = delivery_id;
 		req->lease_tokens[req->n] = token;
 		req->n++;
+		req->events++;
 	}
+	if (ndeliveries > 0)
+		events_per_delivery = (double) n / ndeliveries;
 
 	reload_endpoints(ids, nids, now);
 	end_step();
@@ -1223,7 +1248,7 @@ hub_dispatcher_main(Datum arg)
 
 		/*
 		 * Claim while fewer requests wait than may be in flight: a claim of
-		 * logistics_hub.claim_batch deliveries then keeps every connection
+		 * logistics_hub.claim_batch events then keeps every connection
 		 * busy until the next one, whether a request carries one delivery
 		 * or a batch of them.
 		 */
@@ -1233,7 +1258,7 @@ hub_dispatcher_main(Datum arg)
 			int			want = hub_claim_batch;
 			int			got = claim(want);
 
-			claim_full = got == want;
+			claim_full = got >= want;
 			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
 			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}

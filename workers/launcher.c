@@ -82,7 +82,7 @@ hub_workers_define_gucs(void)
 							&hub_max_in_flight, 256, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.claim_batch",
-							"Most deliveries a dispatcher claims in one transaction.",
+							"Most events a dispatcher claims in one transaction (a batch delivery counts its events; the first delivery of a claim always comes whole).",
 							NULL, &hub_claim_batch, 500, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.lease",

@@ -75,6 +75,10 @@ CREATE FUNCTION hub._event_id_ceiling(xid8) RETURNS uuid
 	AS 'MODULE_PATHNAME', 'hub_event_id_ceiling' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION hub._event_id_ceiling(xid8) IS
 'API: Private. The highest event id a transaction with this xid8 can have.';
+CREATE FUNCTION hub._event_xid(uuid) RETURNS xid8
+	AS 'MODULE_PATHNAME', 'hub_event_xid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._event_xid(uuid) IS
+'API: Private. The xid8 of the transaction that published an event (NULL for an id not made by hub._event_id).';
 
 CREATE TABLE hub.outbox (
 	event_id		uuid PRIMARY KEY DEFAULT hub._event_id(),
@@ -257,6 +261,9 @@ CREATE TABLE hub.deliveries (
 	last_http_status integer,
 	last_error		text,
 	updated_at		timestamptz NOT NULL DEFAULT now(),
+	-- a batch delivery (body_format batch): its events, in order; event_id is
+	-- the smallest of them, seq that of the first
+	batch_events	uuid[] CHECK (cardinality(batch_events) >= 1),
 	-- event first: it also serves every lookup by event (retention, trace)
 	CONSTRAINT deliveries_event_subscription_key UNIQUE (event_id, subscription_id),
 	-- a lease exists exactly while in flight (the workers rely on it)
@@ -274,6 +281,10 @@ CREATE INDEX deliveries_ready_idx ON hub.deliveries (priority DESC, next_attempt
 -- per-key heads: the lowest open delivery of (subscription, aggregate)
 CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggregate_id, seq)
 	WHERE state NOT IN ('delivered', 'skipped');
+-- retention keeps every event from the smallest one of an open batch on
+-- (one entry a batch, not one an event)
+CREATE INDEX deliveries_open_batch_idx ON hub.deliveries (event_id)
+	WHERE batch_events IS NOT NULL AND state NOT IN ('delivered', 'skipped');
 /*
  * No other index: every one is paid on each claim and each completion (a
  * state change is never a HOT update), about 5 us a row each on our
@@ -283,7 +294,9 @@ CREATE INDEX deliveries_open_key_idx ON hub.deliveries (subscription_id, aggrega
  * dropped subscription) is a scan.
  */
 COMMENT ON TABLE hub.deliveries IS
-'One delivery per (subscription, event): pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
+'One delivery per (subscription, event), or per batch of events for body_format batch: pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
+COMMENT ON COLUMN hub.deliveries.batch_events IS
+'For a batch delivery (one request of up to batch_max events, retried, dead-lettered and replayed whole): its events in order; NULL for a delivery of one event (event_id). Routing forms the batches.';
 
 CREATE FUNCTION hub._subscription_deleted() RETURNS trigger
 LANGUAGE plpgsql

@@ -124,8 +124,9 @@ COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, int
  * snapshot.  An event whose transaction commits after later ones were
  * routed and delivered is thus still routed; a long-running transaction
  * delays only its own events and does not make every pass re-read what
- * was published since it began.  ON CONFLICT keeps re-examined events
- * idempotent.
+ * was published since it began.  A pass routes only the events of
+ * transactions that had ended at its own starting snapshot, so no event is
+ * routed twice (ON CONFLICT is only a safety net).
  */
 CREATE FUNCTION hub._route_events() RETURNS bigint
 LANGUAGE plpgsql
@@ -160,25 +161,56 @@ BEGIN
 								 ORDER BY o.event_id LIMIT 1) o) THEN
 		RETURN 0;
 	END IF;
-	-- (the subscriptions are locked in the inserting statement itself, so
-	-- none read here can be deleted before the deliveries are committed:
-	-- hub.deliveries has no foreign key, see 40_outbox.sql)
-	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE)
-	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
-	SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
-	FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
-		  FROM hub.outbox o
-		  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
-		  UNION ALL
-		  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
-		  FROM pg_snapshot_xip(prev) x
-		  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
-	JOIN s
-		ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
-			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
-		AND (s.filter IS NULL OR o.payload @> s.filter)
-		AND s.created_at <= o.published_at
-	ORDER BY o.event_id, s.subscription_id
+	/*
+	 * The subscriptions are locked in the inserting statement itself, so
+	 * none read here can be deleted before the deliveries are committed
+	 * (hub.deliveries has no foreign key, see 40_outbox.sql).  Only events
+	 * of transactions that had ended in cur are routed: the statement's own
+	 * snapshot is younger and may see more, which the next pass, starting
+	 * from cur, routes (ON CONFLICT is only a safety net: a batch delivery
+	 * has a key on its smallest event alone).
+	 *
+	 * A batch subscription gets its events in batch deliveries of up to
+	 * batch_max, in seq order: with per_key ordering, per one of 64 buckets
+	 * of the aggregate's hash (the bucket is the batch's aggregate_id, so
+	 * the batches of a bucket go in order, and with them the events of
+	 * each key), with none, in one run.  Events routed in one pass are
+	 * batched together: under load a pass sees many, and an idle hub sends
+	 * an event as soon as it is routed, in a batch of one.
+	 */
+	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE), ev AS (
+		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority,
+			   s.body_format = 'batch' AS batched, s.batch_max,
+			   CASE WHEN s.ordering = 'per_key' THEN abs(hashtext(o.aggregate_id) % 64) ELSE 0 END AS bucket
+		FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+			  FROM hub.outbox o
+			  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+			  UNION ALL
+			  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+			  FROM pg_snapshot_xip(prev) x
+			  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
+		JOIN s
+			ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
+				AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
+			AND (s.filter IS NULL OR o.payload @> s.filter)
+			AND s.created_at <= o.published_at
+		WHERE pg_visible_in_snapshot(hub._event_xid(o.event_id), cur)
+	)
+	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority,
+								batch_events)
+	SELECT ev.subscription_id, ev.endpoint_id, ev.event_id, ev.seq, ev.aggregate_id, ev.ordering, ev.priority, NULL
+	FROM ev
+	WHERE NOT ev.batched
+	UNION ALL
+	SELECT b.subscription_id, b.endpoint_id, (array_agg(b.event_id ORDER BY b.event_id))[1], min(b.seq),
+		   CASE WHEN b.ordering = 'per_key' THEN 'batch:' || b.bucket ELSE min(b.aggregate_id) END,
+		   b.ordering, b.priority, array_agg(b.event_id ORDER BY b.seq)
+	FROM (SELECT ev.*, (row_number() OVER (PARTITION BY ev.subscription_id, ev.bucket ORDER BY ev.seq) - 1)
+						   / ev.batch_max AS chunk
+		  FROM ev
+		  WHERE ev.batched) b
+	GROUP BY b.subscription_id, b.endpoint_id, b.ordering, b.priority, b.bucket, b.chunk
+	ORDER BY 3, 1
 	ON CONFLICT (subscription_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE hub._router_state SET snapshot = cur, watermark = pg_snapshot_xmin(cur);
@@ -261,12 +293,15 @@ $$;
 COMMENT ON FUNCTION hub._serves_share(integer, integer, integer, integer) IS
 'API: Private. The part of an endpoint''s max_concurrency (and the same fraction of its rate limit) that shard of nshards may use; 0 when it does not serve the endpoint.';
 
+CREATE TYPE hub._claimed AS (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+	event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text, payload jsonb,
+	subscription_id integer, endpoint_id integer, body_format text, transform regproc, batch_size integer);
+COMMENT ON TYPE hub._claimed IS
+'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token).';
+
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
-						   p_nshards integer, p_endpoint integer)
-RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
-			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   transform regproc)
+						   p_nshards integer, p_endpoint integer, p_max_events integer)
+RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -280,7 +315,9 @@ BEGIN
 	RETURN QUERY
 	WITH candidates AS (
 		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
-			   d.leased_by AS old_worker, d.attempts AS old_attempt
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq
 		FROM hub.deliveries d
 		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
@@ -295,32 +332,40 @@ BEGIN
 		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
 		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- at most p_max_events events (the first delivery always)
+		SELECT c.* FROM (SELECT c.*, sum(c.n_events) OVER (ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+															ROWS UNBOUNDED PRECEDING) AS upto
+						 FROM candidates c) c
+		WHERE p_max_events IS NULL OR c.upto - c.n_events < p_max_events
 	), claimed AS (
 		UPDATE hub.deliveries d
 		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
 			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
 			leased_by = p_worker, updated_at = now()
-		FROM candidates c
+		FROM capped c
 		WHERE d.delivery_id = c.delivery_id
 		RETURNING d.*
 	), expired AS (
 		-- a lease that ran out: its attempt never reported; say so in the audit
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
 		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
-		FROM candidates c
+		FROM capped c
 		WHERE c.old_state = 'in_flight'
 	)
 	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
 		   o.occurred_at, o.correlation_id,
-		   o.payload, c.subscription_id, c.endpoint_id, s.body_format, s.transform
+		   o.payload, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   coalesce(cardinality(c.batch_events), 1)
 	FROM claimed c
-	JOIN hub.outbox o ON o.event_id = c.event_id
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	ORDER BY c.priority DESC, c.seq;
+	ORDER BY c.priority DESC, c.seq, c.delivery_id, b.ord;
 END
 $$;
-COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer) IS
-'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe).';
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events; a batch delivery comes as one row per event, in order.';
 
 /*
  * _claim_transformed --- _claim with each subscription's transform applied.
@@ -328,62 +373,65 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  * function failed and why, retried with backoff, dead after max_attempts;
  * it does not count towards the endpoint's circuit breaker, the receiver is
  * not at fault) instead of aborting the claim, which would stop every
- * endpoint.  Each transform runs in a subtransaction of its own; with no
+ * endpoint; none of its events is handed out (a batch goes whole or not at
+ * all).  Each transform runs in a subtransaction of its own; with no
  * transform configured the rows go through untouched.
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
-									   p_nshards integer, p_endpoint integer)
+									   p_nshards integer, p_endpoint integer, p_max_events integer)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
+			   batch_size integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	r record;
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
 		RETURN QUERY
 		SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
-			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format
-		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint) c;
+			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+			   c.batch_size
+		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events) c;
 		RETURN;
 	END IF;
-	FOR r IN SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint) LOOP
-		IF r.transform IS NOT NULL THEN
-			BEGIN
-				r.payload := hub._transform(r.transform, r.payload);
-			EXCEPTION WHEN OTHERS THEN
-				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL,
-										  format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE),
-										  0, NULL, NULL, p_worker, false);
-				CONTINUE;
-			END;
-		END IF;
-		delivery_id := r.delivery_id;
-		lease_token := r.lease_token;
-		attempt := r.attempt;
-		event_id := r.event_id;
-		event_type := r.event_type;
-		aggregate_id := r.aggregate_id;
-		occurred_at := r.occurred_at;
-		correlation_id := r.correlation_id;
-		payload := r.payload;
-		subscription_id := r.subscription_id;
-		endpoint_id := r.endpoint_id;
-		body_format := r.body_format;
-		RETURN NEXT;
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL,
+									  format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE),
+									  0, NULL, NULL, p_worker, false);
+			failed := failed || r.delivery_id;
+		END;
 	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.batch_size
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed)
+	ORDER BY c.ordinality;
 END
 $$;
-COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer) IS
-'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint).';
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer) IS
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out.';
 
 CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
-		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1)
+		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1,
+		max_events integer DEFAULT NULL)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text)
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
+			   batch_size integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -405,9 +453,13 @@ BEGIN
 		RAISE EXCEPTION 'invalid lease: "%"', coalesce(lease::text, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'A lease must be a positive interval.';
 	END IF;
+	IF max_events < 1 THEN
+		RAISE EXCEPTION 'invalid claim size: % events', max_events
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim at least one event, or pass NULL for no limit.';
+	END IF;
 	PERFORM hub._route_events();
 
-	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL);
+	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL, max_events);
 	GET DIAGNOSTICS n = ROW_COUNT;
 
 	/*
@@ -429,7 +481,7 @@ BEGIN
 		FOR UPDATE SKIP LOCKED
 	LOOP
 		EXIT WHEN n >= max;
-		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep);
+		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL);
 		IF FOUND THEN
 			n := n + 1;
 			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
@@ -437,8 +489,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer) IS
-'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the work between workers: shard k of n serves endpoint e when (k - e) mod n < max_concurrency, so an endpoint is shared by min(n, max_concurrency) workers, each entitled to its hub._serves_share of the endpoint''s concurrency and rate (with max_concurrency 1: endpoint_id % n = shard). Each row carries a fencing lease_token for complete/fail/defer.';
+COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer, integer) IS
+'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the work between workers: shard k of n serves endpoint e when (k - e) mod n < max_concurrency, so an endpoint is shared by min(n, max_concurrency) workers, each entitled to its hub._serves_share of the endpoint''s concurrency and rate (with max_concurrency 1: endpoint_id % n = shard). Each row carries a fencing lease_token for complete/fail/defer. A batch delivery (body_format batch) comes as batch_size rows, one per event in order, with the same delivery_id and lease_token; max_events caps the events of a claim (the first delivery always comes whole).';
 
 /*
  * _check_runnable --- a function chosen by hub_admin (a subscription's
@@ -748,7 +800,9 @@ GRANT EXECUTE ON FUNCTION
  * subscription's pattern and filter match, whether or not it had a delivery
  * (a subscription added later is backfilled this way; the events routed
  * before it existed are not sent to it otherwise).  Existing deliveries are
- * reset to pending and keep their id and order; missing ones are created.
+ * reset to pending and keep their id and order; missing ones are created
+ * (a batch delivery is reset whole when its smallest event is in the range;
+ * events that had none are created as deliveries of their own).
  * Deliveries that are leased right now are left alone (never two live
  * leases) and counted in the audit row's details.  Returns the number of
  * deliveries made pending.
@@ -805,10 +859,14 @@ BEGIN
 	INTO reset, leased;
 
 	IF ranged THEN
+		-- (events in a batch delivery of the subscription have one: the
+		-- batch, reset above when its smallest event is in the range)
 		INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority)
 		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority
 		FROM hub.outbox o
-		WHERE (from_time IS NULL OR o.occurred_at >= from_time)
+		WHERE o.event_id NOT IN (SELECT unnest(d.batch_events) FROM hub.deliveries d
+								 WHERE d.subscription_id = s.subscription_id AND d.batch_events IS NOT NULL)
+			AND (from_time IS NULL OR o.occurred_at >= from_time)
 			AND (to_time IS NULL OR o.occurred_at < to_time)
 			AND (replay.correlation_id IS NULL OR o.correlation_id = replay.correlation_id)
 			AND split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
@@ -834,11 +892,11 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._serves_share(integer, integer, integer, integer),
-	hub._claim(integer, text, interval, integer, integer, integer),
-	hub._claim_transformed(integer, text, interval, integer, integer, integer) FROM PUBLIC;
+	hub._claim(integer, text, interval, integer, integer, integer, integer),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;
-REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._subscription_deleted(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._subscription_deleted(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8), hub._event_xid(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;

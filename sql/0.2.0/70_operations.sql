@@ -8,13 +8,14 @@
 
 CREATE VIEW hub.dead_letters AS
 SELECT d.delivery_id, e.name AS endpoint, d.subscription_id, o.event_id, o.event_type,
-	   o.aggregate_id, o.correlation_id, d.attempts, d.last_error, d.updated_at AS dead_since
+	   o.aggregate_id, o.correlation_id, d.attempts, d.last_error, d.updated_at AS dead_since,
+	   coalesce(cardinality(d.batch_events), 1) AS events
 FROM hub.deliveries d
 JOIN hub.endpoints e USING (endpoint_id)
 JOIN hub.outbox o USING (event_id)
 WHERE d.state = 'dead';
 COMMENT ON VIEW hub.dead_letters IS
-'Deliveries that gave up (permanent 4xx or attempts exhausted), with the last error; replay with hub.replay or unblock the key with hub.skip_delivery.';
+'Deliveries that gave up (permanent 4xx or attempts exhausted), with the last error; replay with hub.replay or unblock the key with hub.skip_delivery. A batch delivery shows its smallest event and how many events it carries.';
 
 CREATE VIEW hub.sync_status AS
 SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
@@ -73,6 +74,15 @@ BEGIN
 		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
 	), i AS (
 		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	), dl AS (
+		-- the deliveries of these events: their own, and the batches they
+		-- are in (a scan of the batch deliveries: they have no index by event)
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.event_id = o.event_id
+		UNION ALL
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
+			AND d.event_id <> o.event_id
 	)
 	SELECT o.published_at, 'published', o.event_id, o.event_type, o.aggregate_id, NULL::text, NULL::text,
 		   NULL::text, o.payload::text
@@ -81,14 +91,14 @@ BEGIN
 	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
 		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms')
 	FROM o
-	JOIN hub.deliveries d ON d.event_id = o.event_id
+	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	JOIN hub.attempts a ON a.delivery_id = d.delivery_id
 	UNION ALL
 	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
 		   NULL, NULL, d.last_error
 	FROM o
-	JOIN hub.deliveries d ON d.event_id = o.event_id
+	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	UNION ALL
 	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,

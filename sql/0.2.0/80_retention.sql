@@ -144,6 +144,7 @@ DECLARE
 	cutoff timestamptz;
 	dead_cutoff timestamptz;
 	bound xid8;
+	batch_floor uuid;
 	ids uuid[];
 	last_id uuid;
 	p record;
@@ -227,12 +228,20 @@ BEGIN
 	SELECT least(m.snapshot_xmin, r.watermark) INTO bound
 	FROM hub._router_state r,
 		 LATERAL (SELECT m.snapshot_xmin FROM hub._retention_marks m WHERE m.at <= cutoff ORDER BY m.at DESC LIMIT 1) m;
+	-- and below the smallest event of a batch delivery still kept: the
+	-- other events of a batch have no delivery of their own to look at
+	SELECT d.event_id INTO batch_floor
+	FROM hub.deliveries d
+	WHERE d.batch_events IS NOT NULL AND d.state NOT IN ('delivered', 'skipped')
+		AND NOT (d.state = 'dead' AND d.updated_at < dead_cutoff)
+	ORDER BY d.event_id LIMIT 1;
 	WHILE bound IS NOT NULL AND events_removed < max_events LOOP
 		-- each batch starts after the last candidate of the one before, so
 		-- events kept (open or recently dead) are read once a run
 		SELECT array_agg(x.event_id ORDER BY x.event_id) INTO ids
 		FROM (SELECT o.event_id FROM hub.outbox o
 			  WHERE o.event_id < hub._event_id_floor(bound) AND o.published_at < cutoff
+				AND (batch_floor IS NULL OR o.event_id < batch_floor)
 				AND o.event_id > coalesce(last_id, '00000000-0000-0000-0000-000000000000')
 				AND NOT EXISTS (SELECT 1 FROM hub.deliveries d
 								WHERE d.event_id = o.event_id

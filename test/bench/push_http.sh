@@ -9,7 +9,8 @@
 # 2. the hub: N events published while the endpoint is paused, routed, then
 #    the endpoint resumed and the time until every delivery is delivered
 #    measured (one event per request), in events/s, and the ratio to wrk;
-# 3. the same in batch mode (a JSON array of up to 100 events a request);
+# 3. the same in batch mode (a JSON array of up to 100 events a request: batch
+#    deliveries of 100, formed by routing);
 # 4. latency: a steady rate of publishes (pgbench --rate, one event a
 #    transaction) for some seconds; nginx logs the arrival time ($msec) and
 #    the webhook-id of every request, and commit-to-receiver latency is the
@@ -125,7 +126,7 @@ SELECT 'order.created', 'SO-' || i, jsonb_build_object('order_id', 'SO-' || i, '
 FROM generate_series(1, $EVENTS) i;
 SQL
 	# the dispatcher routes at its next claim; wait until all are routed
-	until [ "$(q -c "SELECT count(*) FROM hub.deliveries WHERE state = 'pending'")" -ge "$EVENTS" ]; do
+	until [ "$(q -c "SELECT coalesce(sum(coalesce(cardinality(batch_events), 1)), 0) FROM hub.deliveries WHERE state = 'pending'")" -ge "$EVENTS" ]; do
 		q -c "SELECT hub._route_events()" >/dev/null
 		sleep 0.2
 	done
