@@ -37,7 +37,9 @@ Paths (a query string is allowed after each):
   /redirect?to=URL           302 to URL
   /redirect-loop             302 to itself, forever
   /oauth/token               OAuth2 client-credentials token endpoint:
-                             {"access_token": "tok-N", "expires_in": E}
+                             {"access_token": "tok-N", "expires_in": E};
+                             ?delay=MS answers after MS milliseconds (a slow
+                             token endpoint), with the N current then
   /oauth/api                 401 unless "Authorization: Bearer tok-N" with
                              the current N; 200 then
   /_control?name=X&value=Y   set control value X (empty value clears it);
@@ -208,6 +210,8 @@ class Handler(BaseHTTPRequestHandler):
         if head == "redirect":
             return self.answer(302, b"", {"Location": q.get("to", "/ok")})
         if head == "oauth" and parts[1:2] == ["token"]:
+            if "delay" in q:
+                time.sleep(int(q["delay"]) / 1000.0)
             with LOCK:
                 OAUTH["issued"] += 1
                 tok = "tok-%d" % OAUTH["n"]
