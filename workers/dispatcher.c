@@ -401,6 +401,13 @@ end_step(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/*
+	 * The commit left TopMemoryContext current: what the loop allocates
+	 * next (error messages, a token answer being parsed) belongs to this
+	 * loop and goes with its reset, not into a context never reset.
+	 */
+	MemoryContextSwitchTo(loop_cxt);
 }
 
 /* does hub.<name>() exist?  Inside a transaction. */
