@@ -859,21 +859,23 @@ pump(void)
 						   ep->usable ? now : Max(now, ep->usable_again));
 				continue;
 			}
-			if (!ep->loaded || ep->in_flight >= ep->max_concurrency || in_flight >= hub_max_in_flight)
+			if (!ep->loaded || in_flight >= hub_max_in_flight)
 				break;
-			wait = rate_wait_us(ep, now);
-			if (wait > 0)
-			{
-				if (next == 0 || now + wait < next)
-					next = now + wait;
-				break;
-			}
 			if (ep->auth_kind == HUB_AUTH_OAUTH2 &&
 				(ep->oauth2_token == NULL || ep->oauth2_expires <= now))
 			{
 				/* the queue waits for the token, spending no attempt */
 				if (ep->token_fetch == NULL)
 					token_start(ep);
+				break;
+			}
+			if (ep->in_flight >= ep->max_concurrency)
+				break;
+			wait = rate_wait_us(ep, now);
+			if (wait > 0)
+			{
+				if (next == 0 || now + wait < next)
+					next = now + wait;
 				break;
 			}
 			endpoint_dequeue(ep, req);

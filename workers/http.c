@@ -37,7 +37,6 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include "miscadmin.h"
 #include "common/base64.h"
 #include "common/hashfn.h"
 #include "utils/builtins.h"

@@ -13,6 +13,8 @@
 #     before the token came; all 12 sent with that one token
 #   - a token the receiver rotated: the 401s of the 8 requests sent with the
 #     old one cost one new token request, not one each; delivered with it
+#   - a token URL the egress policy no longer admits: refused at connect time
+#     and recorded as blocked, the receiver never reached
 source test/receiver/push_lib.sh
 push_setup push-oauth-async 115 "logistics_hub.poll_interval = 200ms" "logistics_hub.lease = 120"
 
@@ -107,5 +109,19 @@ got=$(q "SELECT count(*) FILTER (WHERE a.error LIKE 'HTTP 401: the OAuth2 access
          WHERE o.payload ->> 'order_id' LIKE 'R-%'")
 case $got in *" 8") ;; *) fail "token rotated: 401 attempts / delivered '$got', want 8 delivered" ;; esac
 ok "token rotated: $(echo "$got" | cut -d' ' -f1) requests refused with 401, one new token request, all 8 delivered with it"
+
+# ---- the egress policy applies to token requests too (checked at connect)
+PUSH_SUB="max_attempts => 1" push_endpoint oauthdenied "ok?ep=oauthdenied" "auth_kind => 'oauth2'" \
+	"oauth2_token_url => '$RECV_URL/oauth/token?ep=tokdenied'" "oauth2_client_id => 'hub'" "oauth2_client_secret => 'x'"
+q "ALTER SYSTEM SET logistics_hub.egress_allow = 'public'" "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+publish_n oauthdenied 1 D
+must_wait "SELECT bool_and(d.state = 'dead') FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'oauthdenied'" 20 \
+	"token URL outside the egress policy: no outcome"
+got=$(q "SELECT d.last_error FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'oauthdenied'")
+[ "$got" = "oauth2 token request blocked by egress policy: address 127.0.0.1" ] ||
+	fail "token URL outside the egress policy: '$got'"
+[ "$(hits tokdenied)" = 0 ] && [ "$(hits oauthdenied)" = 0 ] || fail "token URL outside the egress policy: the receiver was reached"
+ok "token URL outside the egress policy (narrowed after registration): refused at connect, recorded as such"
 
 push_finish
