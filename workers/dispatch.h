@@ -70,6 +70,8 @@ typedef struct HubEndpoint
 	 */
 	char	   *oauth2_token;	/* malloc'd */
 	TimestampTz oauth2_expires;
+	bool		oauth2_fresh;	/* fetched, not used yet: good once even if
+								 * expired (a token valid for seconds) */
 	uint32		oauth2_generation;	/* counts the tokens fetched */
 	uint64		oauth2_cred_hash;	/* of the settings loaded now */
 	uint64		oauth2_token_hash;	/* of those the token came with */

@@ -844,6 +844,7 @@ pump(void)
 	dlist_foreach_modify(it, &active_endpoints)
 	{
 		HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+		bool		sent = false;
 
 		while (!dlist_is_empty(&ep->queue))
 		{
@@ -862,7 +863,7 @@ pump(void)
 			if (!ep->loaded || in_flight >= hub_max_in_flight)
 				break;
 			if (ep->auth_kind == HUB_AUTH_OAUTH2 &&
-				(ep->oauth2_token == NULL || ep->oauth2_expires <= now))
+				(ep->oauth2_token == NULL || (ep->oauth2_expires <= now && !ep->oauth2_fresh)))
 			{
 				/* the queue waits for the token, spending no attempt */
 				if (ep->token_fetch == NULL)
@@ -901,7 +902,15 @@ pump(void)
 			}
 			ep->in_flight++;
 			in_flight++;
+			sent = true;
 		}
+
+		/*
+		 * A new token serves this pass whatever its expiry, so that one
+		 * valid for less than the margin still carries what waited for it.
+		 */
+		if (sent)
+			ep->oauth2_fresh = false;
 		if (dlist_is_empty(&ep->queue))
 		{
 			dlist_delete(&ep->active_node);
@@ -960,7 +969,10 @@ collect(void)
 				 * 401 too, and must not each cost another token request.
 				 */
 				if (req->token_generation == req->ep->oauth2_generation)
+				{
 					req->ep->oauth2_expires = 0;
+					req->ep->oauth2_fresh = false;
+				}
 				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
 						   -1, false, 0);
 			}

@@ -461,7 +461,9 @@ hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, char **error)
 /*
  * hub_oauth2_finish --- the outcome of a finished token request (rc its
  * libcurl result): on success the token is cached in the endpoint until
- * expires_in runs out (less 30 s) and true is returned; otherwise false
+ * expires_in runs out, less a margin of 30 s or, for a token valid a
+ * minute or less, half its life (3600 when the answer does not say), and
+ * true is returned; otherwise false
  * with *error (palloc'd) saying why, a malformed answer included: outside
  * data is recorded, never raised.  The error never holds the token or the
  * response.
@@ -530,8 +532,13 @@ hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error)
 		*error = pstrdup("out of memory");
 		return false;
 	}
-	ep->oauth2_expires = GetCurrentTimestamp() +
-		(int64) Max(0, (expires ? atol(expires) : 3600) - 30) * USECS_PER_SEC;
+	{
+		int64		life = expires ? Max(0, atol(expires)) : 3600;
+
+		ep->oauth2_expires = GetCurrentTimestamp() +
+			(life - Min(30, life / 2)) * USECS_PER_SEC;
+	}
+	ep->oauth2_fresh = true;
 	ep->oauth2_token_hash = fetch->cred_hash;
 	ep->oauth2_generation++;
 	return true;

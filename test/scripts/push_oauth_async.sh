@@ -13,6 +13,8 @@
 #     before the token came; all 12 sent with that one token
 #   - a token the receiver rotated: the 401s of the 8 requests sent with the
 #     old one cost one new token request, not one each; delivered with it
+#   - a token that expires at once (expires_in 0) is still used for the
+#     requests that waited for it
 #   - a token URL the egress policy no longer admits: refused at connect time
 #     and recorded as blocked, the receiver never reached
 source test/receiver/push_lib.sh
@@ -109,6 +111,16 @@ got=$(q "SELECT count(*) FILTER (WHERE a.error LIKE 'HTTP 401: the OAuth2 access
          WHERE o.payload ->> 'order_id' LIKE 'R-%'")
 case $got in *" 8") ;; *) fail "token rotated: 401 attempts / delivered '$got', want 8 delivered" ;; esac
 ok "token rotated: $(echo "$got" | cut -d' ' -f1) requests refused with 401, one new token request, all 8 delivered with it"
+
+# ---- a token valid for no time at all (expires_in 0): each one still
+# carries the requests that waited for it
+push_endpoint oauthshort "oauth/api?ep=oauthshort" "auth_kind => 'oauth2'" \
+	"oauth2_token_url => '$RECV_URL/oauth/token?expires_in=0&ep=tokshort'" "oauth2_client_id => 'hub'" "oauth2_client_secret => 'x'"
+publish_n oauthshort 10 T
+must_wait "$(delivered oauthshort 10)" 20 "token valid for 0 s: the deliveries were not delivered (a token per pass, none used?)"
+n=$(hits tokshort)
+[ "$n" -ge 1 ] && [ "$n" -le 10 ] || fail "token valid for 0 s: $n token requests for 10 deliveries, want 1 to 10"
+ok "token valid for 0 s: 10 deliveries delivered with $n token requests"
 
 # ---- the egress policy applies to token requests too (checked at connect)
 PUSH_SUB="max_attempts => 1" push_endpoint oauthdenied "ok?ep=oauthdenied" "auth_kind => 'oauth2'" \
