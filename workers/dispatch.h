@@ -29,6 +29,15 @@ typedef enum HubAuthKind
 	HUB_AUTH_OAUTH2
 } HubAuthKind;
 
+/* where the egress callbacks note the address they refused */
+typedef struct HubEgressNote
+{
+	bool		blocked;
+	char		address[64];
+} HubEgressNote;
+
+struct HubTokenFetch;
+
 typedef struct HubEndpoint
 {
 	int			endpoint_id;	/* hash key */
@@ -53,9 +62,20 @@ typedef struct HubEndpoint
 	int			nsecrets;
 	char	  **signing_secrets;
 
-	/* OAuth2 access token, cached until it expires */
+	/*
+	 * OAuth2 access token, cached until it expires, and the one token
+	 * request in flight (NULL: none).  The hashes say which token URL and
+	 * client credentials a token or a token request belongs to, so that a
+	 * reload that changes them drops both.
+	 */
 	char	   *oauth2_token;	/* malloc'd */
 	TimestampTz oauth2_expires;
+	bool		oauth2_fresh;	/* fetched, not used yet: good once even if
+								 * expired (a token valid for seconds) */
+	uint32		oauth2_generation;	/* counts the tokens fetched */
+	uint64		oauth2_cred_hash;	/* of the settings loaded now */
+	uint64		oauth2_token_hash;	/* of those the token came with */
+	struct HubTokenFetch *token_fetch;
 
 	/* limits */
 	int			in_flight;
@@ -96,16 +116,37 @@ typedef struct HubRequest
 	StringInfoData excerpt;
 	size_t		received;
 	bool		too_big;
-	bool		blocked;
-	char		blocked_address[64];
+	HubEgressNote egress;
+	uint32		token_generation;	/* the OAuth2 token it was sent with */
 	char		errbuf[CURL_ERROR_SIZE];
 } HubRequest;
+
+/*
+ * an OAuth2 token request, a transfer on the dispatcher's multi handle like
+ * the requests (at most one per endpoint); its memory lives in cxt, the
+ * easy handle is malloc'd by libcurl
+ */
+typedef struct HubTokenFetch
+{
+	dlist_node	node;			/* in the dispatcher's list of them */
+	MemoryContext cxt;			/* this struct and the response */
+	HubEndpoint *ep;
+	uint64		cred_hash;		/* the settings it was sent with */
+	CURL	   *easy;
+	StringInfoData resp;
+	bool		too_big;
+	HubEgressNote egress;
+	char		errbuf[CURL_ERROR_SIZE];
+} HubTokenFetch;
 
 /* http.c */
 extern void hub_http_init(void);
 extern CURL *hub_http_prepare(HubRequest *req, char **error);
 extern void hub_http_release(HubRequest *req);
-extern bool hub_oauth2_refresh(HubEndpoint *ep, char **error);
+extern uint64 hub_oauth2_cred_hash(HubEndpoint *ep);
+extern HubTokenFetch *hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, char **error);
+extern bool hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error);
+extern void hub_oauth2_release(HubTokenFetch *fetch);
 extern bool hub_header_value_ok(const char *header);
 
 #endif							/* HUB_DISPATCH_H */

@@ -19,7 +19,13 @@
  *           rate_limit starts in any second) and the dispatcher's total cap
  *           let them go; libcurl drives all transfers on one multi handle
  *           whose sockets sit in an epoll set that the loop's WaitEventSet
- *           watches together with the latch and postmaster death.
+ *           watches together with the latch and postmaster death.  An
+ *           OAuth2 endpoint without a valid token starts one token request
+ *           on the same multi handle (never more than one at a time) and
+ *           its queue waits, spending no attempt, until the answer: a
+ *           token lets the queue go, a failure fails every queued request
+ *           once.  Nothing blocks, so a slow or hung token URL holds up
+ *           only its own endpoint.
  *   record  one short transaction for everything finished (every few
  *           hundred results, or 10 ms after the first, or when idle):
  *           successes in bulk (hub._complete_many), failures one by one
@@ -101,6 +107,7 @@ static int	epoll_fd = -1;
 static TimestampTz curl_deadline = 0;	/* 0: no timer */
 static int	in_flight = 0;
 static int	queued_total = 0;
+static dlist_head token_fetches = DLIST_STATIC_INIT(token_fetches); /* in flight */
 static List *results = NIL;		/* of HubResult, in dispatcher_cxt */
 static int	nresults = 0;		/* list_length(results) */
 static TimestampTz first_result_at = 0; /* when the oldest of them came */
@@ -172,11 +179,35 @@ drive(curl_socket_t fd, int flags)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
+/*
+ * token_abort --- stop the endpoint's token request, if any, without an
+ * outcome: its queue waits for the next one (a reload changed the token URL
+ * or the credentials, or the dispatcher exits).
+ */
+static void
+token_abort(HubEndpoint *ep)
+{
+	HubTokenFetch *fetch = ep->token_fetch;
+
+	if (fetch == NULL)
+		return;
+	curl_multi_remove_handle(multi, fetch->easy);
+	dlist_delete(&fetch->node);
+	in_flight--;
+	ep->token_fetch = NULL;
+	hub_oauth2_release(fetch);
+}
+
 static void
 dispatcher_cleanup(int code, Datum arg)
 {
-	if (multi != NULL)
-		curl_multi_cleanup(multi);
+	dlist_mutable_iter it;
+
+	if (multi == NULL)
+		return;
+	dlist_foreach_modify(it, &token_fetches)
+		token_abort(dlist_container(HubTokenFetch, node, it.cur)->ep);
+	curl_multi_cleanup(multi);
 	multi = NULL;
 }
 
@@ -296,6 +327,24 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 	ep->usable = usable;
 	ep->loaded = true;
 	ep->loaded_at = GetCurrentTimestamp();
+
+	/*
+	 * A new token URL or new client credentials (or no OAuth2 any more):
+	 * the token and a token request in flight belong to the old ones.  The
+	 * request is stopped rather than left to finish, so that fixing a token
+	 * URL that hangs takes effect within a second, not after the timeout.
+	 * (A request in flight needs none of the strings freed above: libcurl
+	 * copied them.)
+	 */
+	ep->oauth2_cred_hash = hub_oauth2_cred_hash(ep);
+	if (ep->token_fetch != NULL && ep->token_fetch->cred_hash != ep->oauth2_cred_hash)
+		token_abort(ep);
+	if (ep->oauth2_token != NULL && ep->oauth2_token_hash != ep->oauth2_cred_hash)
+	{
+		free(ep->oauth2_token);
+		ep->oauth2_token = NULL;
+		ep->oauth2_expires = 0;
+	}
 }
 
 /* ---------------------------------------------------------------- SQL */
@@ -355,6 +404,13 @@ end_step(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/*
+	 * The commit left TopMemoryContext current: what the loop allocates
+	 * next (error messages, a token answer being parsed) belongs to this
+	 * loop and goes with its reset, not into a context never reset.
+	 */
+	MemoryContextSwitchTo(loop_cxt);
 }
 
 /* does hub.<name>() exist?  Inside a transaction. */
@@ -727,6 +783,93 @@ batch_close(HubRequest *req)
 										  psprintf("%s_%016llx", req->webhook_id, (unsigned long long) h));
 }
 
+/* every queued request of the endpoint fails with error (an attempt each) */
+static void
+endpoint_fail_queue(HubEndpoint *ep, char *error)
+{
+	while (!dlist_is_empty(&ep->queue))
+	{
+		HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
+
+		endpoint_dequeue(ep, r);
+		add_result(r, 0, error, -1, false, 0);
+	}
+}
+
+/*
+ * token_start --- start the endpoint's token request on the multi handle
+ * (the caller checked that none is in flight).  One that cannot start fails
+ * the whole queue at once, as a failed answer does (token_done): one token
+ * error per queued request, each retried with its backoff, never a token
+ * request per queued request.
+ *
+ * A token request counts towards logistics_hub.max_in_flight (it is an open
+ * transfer and connection of this process, and pump starts it only below
+ * that cap) but not towards the endpoint's max_concurrency, which protects
+ * the endpoint's API, usually another server than its token URL, and would
+ * otherwise delay a refresh behind the endpoint's own requests.
+ */
+static void
+token_start(HubEndpoint *ep)
+{
+	char	   *error;
+	HubTokenFetch *fetch;
+	CURLMcode	mrc;
+
+	/* an expired or refused token is of no use any more */
+	if (ep->oauth2_token != NULL)
+	{
+		free(ep->oauth2_token);
+		ep->oauth2_token = NULL;
+	}
+	fetch = hub_oauth2_prepare(ep, dispatcher_cxt, &error);
+	if (fetch == NULL)
+	{
+		endpoint_fail_queue(ep, error);
+		return;
+	}
+	if ((mrc = curl_multi_add_handle(multi, fetch->easy)) != CURLM_OK)
+	{
+		hub_oauth2_release(fetch);
+		endpoint_fail_queue(ep, psprintf("oauth2 token request not sent: %s", curl_multi_strerror(mrc)));
+		return;
+	}
+	dlist_push_tail(&token_fetches, &fetch->node);
+	ep->token_fetch = fetch;
+	in_flight++;
+}
+
+/*
+ * token_done --- a token request finished with rc: the token is cached and
+ * the next pump lets the queue go, or the queue fails with the error.
+ */
+static void
+token_done(HubTokenFetch *fetch, CURLcode rc)
+{
+	HubEndpoint *ep = fetch->ep;
+	char	   *error;
+
+	curl_multi_remove_handle(multi, fetch->easy);
+	dlist_delete(&fetch->node);
+	in_flight--;
+	ep->token_fetch = NULL;
+	if (!hub_oauth2_finish(fetch, rc, &error))
+		endpoint_fail_queue(ep, error);
+	hub_oauth2_release(fetch);
+}
+
+/* the token request whose easy handle's private pointer is p, or NULL */
+static HubTokenFetch *
+token_fetch_of(void *p)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &token_fetches)
+		if (dlist_container(HubTokenFetch, node, it.cur) == p)
+			return (HubTokenFetch *) p;
+	return NULL;
+}
+
 /*
  * pump --- start every queued request the limits allow; give back those
  * that cannot go (endpoint paused or circuit open, or waited too long).
@@ -743,6 +886,7 @@ pump(void)
 	dlist_foreach_modify(it, &active_endpoints)
 	{
 		HubEndpoint *ep = dlist_container(HubEndpoint, active_node, it.cur);
+		bool		sent = false;
 
 		while (!dlist_is_empty(&ep->queue))
 		{
@@ -758,7 +902,17 @@ pump(void)
 						   ep->usable ? now : Max(now, ep->usable_again));
 				continue;
 			}
-			if (!ep->loaded || ep->in_flight >= ep->max_concurrency || in_flight >= hub_max_in_flight)
+			if (!ep->loaded || in_flight >= hub_max_in_flight)
+				break;
+			if (ep->auth_kind == HUB_AUTH_OAUTH2 &&
+				(ep->oauth2_token == NULL || (ep->oauth2_expires <= now && !ep->oauth2_fresh)))
+			{
+				/* the queue waits for the token, spending no attempt */
+				if (ep->token_fetch == NULL)
+					token_start(ep);
+				break;
+			}
+			if (ep->in_flight >= ep->max_concurrency)
 				break;
 			wait = rate_wait_us(ep, now);
 			if (wait > 0)
@@ -766,30 +920,6 @@ pump(void)
 				if (next == 0 || now + wait < next)
 					next = now + wait;
 				break;
-			}
-			if (ep->auth_kind == HUB_AUTH_OAUTH2 &&
-				(ep->oauth2_token == NULL || ep->oauth2_expires <= now))
-			{
-				if (!hub_oauth2_refresh(ep, &error))
-				{
-					if (error == NULL)
-						break;	/* interrupted: ask again on the next pass */
-
-					/*
-					 * every queued request of the endpoint fails with it,
-					 * without a token request of its own: the fetch blocks
-					 * for up to the endpoint's timeout, once per pump
-					 */
-					while (!dlist_is_empty(&ep->queue))
-					{
-						HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
-
-						endpoint_dequeue(ep, r);
-						add_result(r, 0, error, -1, false, 0);
-					}
-					break;
-				}
-				now = GetCurrentTimestamp();
 			}
 			endpoint_dequeue(ep, req);
 			if (req->batch)
@@ -814,7 +944,15 @@ pump(void)
 			}
 			ep->in_flight++;
 			in_flight++;
+			sent = true;
 		}
+
+		/*
+		 * A new token serves this pass whatever its expiry, so that one
+		 * valid for less than the margin still carries what waited for it.
+		 */
+		if (sent)
+			ep->oauth2_fresh = false;
 		if (dlist_is_empty(&ep->queue))
 		{
 			dlist_delete(&ep->active_node);
@@ -834,13 +972,21 @@ collect(void)
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		HubRequest *req;
+		void	   *priv = NULL;
+		HubTokenFetch *fetch;
 		long		status = 0;
 		curl_off_t	retry_after = -1;
 		CURLcode	rc = msg->data.result;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &priv);
+		if ((fetch = token_fetch_of(priv)) != NULL)
+		{
+			token_done(fetch, rc);
+			continue;
+		}
+		req = (HubRequest *) priv;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
 		curl_multi_remove_handle(multi, msg->easy_handle);
 		req->ep->in_flight--;
@@ -859,9 +1005,16 @@ collect(void)
 				 * expired): drop it and record a transient failure, without
 				 * the status that would make it a permanent 4xx; the retry
 				 * fetches a new token.  Bad client credentials fail at the
-				 * token endpoint, transient too, until max_attempts.
+				 * token endpoint, transient too, until max_attempts.  Only
+				 * a refusal of the current token drops it: the other
+				 * requests that went out with the old one come back with
+				 * 401 too, and must not each cost another token request.
 				 */
-				req->ep->oauth2_expires = 0;
+				if (req->token_generation == req->ep->oauth2_generation)
+				{
+					req->ep->oauth2_expires = 0;
+					req->ep->oauth2_fresh = false;
+				}
 				add_result(req, 0, "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one",
 						   -1, false, 0);
 			}
@@ -874,8 +1027,8 @@ collect(void)
 		{
 			char	   *error;
 
-			if (req->blocked)
-				error = psprintf("blocked by egress policy: address %s", req->blocked_address);
+			if (req->egress.blocked)
+				error = psprintf("blocked by egress policy: address %s", req->egress.address);
 			else if (req->too_big || rc == CURLE_FILESIZE_EXCEEDED)
 				error = psprintf("response larger than %d bytes", hub_max_response_bytes);
 			else

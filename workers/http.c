@@ -18,6 +18,11 @@
  * CR or LF are refused before anything is sent.  Requests are POSTs with
  * "Expect:" cleared (no 100-continue round trip).
  *
+ * OAuth2 token requests (client credentials grant) get the same options
+ * (never a redirect) and run on the dispatcher's multi handle like any
+ * request: hub_oauth2_prepare builds one, hub_oauth2_finish parses the
+ * answer into the endpoint's token cache; nothing here blocks.
+ *
  * Easy handles are kept in a small pool and reset for reuse; connections
  * live in the dispatcher's multi handle, so keep-alive works across
  * requests.  libcurl allocates with malloc: handles and header lists are
@@ -32,9 +37,8 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include "miscadmin.h"
 #include "common/base64.h"
-#include "storage/pmsignal.h"
+#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -97,15 +101,12 @@ hub_http_init(void)
 static curl_socket_t
 open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 {
-	HubRequest *req = (HubRequest *) clientp;
+	HubEgressNote *note = (HubEgressNote *) clientp;
 
 	if (!hub_egress_address_allowed(&address->addr))
 	{
-		if (req != NULL)
-		{
-			req->blocked = true;
-			hub_format_address(&address->addr, req->blocked_address, sizeof(req->blocked_address));
-		}
+		note->blocked = true;
+		hub_format_address(&address->addr, note->address, sizeof(note->address));
 		return CURL_SOCKET_BAD;
 	}
 	return socket(address->family, address->socktype, address->protocol);
@@ -119,7 +120,7 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 static int
 check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
 {
-	HubRequest *req = (HubRequest *) clientp;
+	HubEgressNote *note = (HubEgressNote *) clientp;
 	struct sockaddr_storage ss;
 
 	memset(&ss, 0, sizeof(ss));
@@ -129,11 +130,8 @@ check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_po
 		ss.ss_family = AF_INET6;
 	if (ss.ss_family != 0 && hub_egress_address_allowed((struct sockaddr *) &ss))
 		return CURL_PREREQFUNC_OK;
-	if (req != NULL)
-	{
-		req->blocked = true;
-		strlcpy(req->blocked_address, primary_ip, sizeof(req->blocked_address));
-	}
+	note->blocked = true;
+	strlcpy(note->address, primary_ip, sizeof(note->address));
 	return CURL_PREREQFUNC_ABORT;
 }
 
@@ -161,23 +159,11 @@ write_body(char *data, size_t size, size_t nmemb, void *userdata)
 }
 
 /*
- * progress: give up when the worker is asked to stop, when a procsignal
- * barrier waits for it (DROP DATABASE would otherwise wait for the whole
- * timeout) or when the postmaster is gone (an orphan must not outlive it:
- * it would keep the old shared memory in use and the next start would
- * fail).  libcurl calls this at least once a second even while nothing
- * arrives; the caller processes the interrupt after curl_easy_perform.
+ * set_safety_options --- what every handle gets, requests and token
+ * requests alike; the egress callbacks note a refusal in *note.
  */
-static int
-on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
-{
-	if (ProcDiePending || QueryCancelPending || ProcSignalBarrierPending)
-		return 1;
-	return PostmasterIsAlive() ? 0 : 1;
-}
-
 static void
-set_safety_options(CURL *easy, int timeout_ms, bool redirects)
+set_safety_options(CURL *easy, int timeout_ms, bool redirects, HubEgressNote *note)
 {
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
 	SETOPT(easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -197,7 +183,9 @@ set_safety_options(CURL *easy, int timeout_ms, bool redirects)
 		SETOPT(easy, CURLOPT_CAINFO, hub_ca_file);
 	SETOPT(easy, CURLOPT_USERAGENT, USER_AGENT);
 	SETOPT(easy, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+	SETOPT(easy, CURLOPT_OPENSOCKETDATA, note);
 	SETOPT(easy, CURLOPT_PREREQFUNCTION, check_connection);
+	SETOPT(easy, CURLOPT_PREREQDATA, note);
 	SETOPT(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 }
 
@@ -247,9 +235,7 @@ hub_http_prepare(HubRequest *req, char **error)
 	req->easy = easy;
 
 	setopt_reset();
-	set_safety_options(easy, ep->timeout_ms, ep->allow_redirects);
-	SETOPT(easy, CURLOPT_OPENSOCKETDATA, req);
-	SETOPT(easy, CURLOPT_PREREQDATA, req);
+	set_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
 	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
 	SETOPT(easy, CURLOPT_WRITEDATA, req);
 	SETOPT(easy, CURLOPT_ERRORBUFFER, req->errbuf);
@@ -306,6 +292,7 @@ hub_http_prepare(HubRequest *req, char **error)
 											  ep->auth_secret ? ep->auth_secret : ""));
 			break;
 		case HUB_AUTH_OAUTH2:
+			req->token_generation = ep->oauth2_generation;
 			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->oauth2_token ? ep->oauth2_token : ""));
 			break;
 	}
@@ -346,16 +333,23 @@ hub_http_release(HubRequest *req)
 	}
 }
 
+/* ---------------------------------------------------------------- OAuth2 */
+
+#define TOKEN_RESPONSE_MAX 65536
+
 /* body of a token response, bounded */
 static size_t
 write_token(char *data, size_t size, size_t nmemb, void *userdata)
 {
-	StringInfo	buf = (StringInfo) userdata;
+	HubTokenFetch *fetch = (HubTokenFetch *) userdata;
 	size_t		len = size * nmemb;
 
-	if (buf->len + len > 65536)
+	if (fetch->resp.len + len > TOKEN_RESPONSE_MAX)
+	{
+		fetch->too_big = true;
 		return 0;
-	appendBinaryStringInfo(buf, data, len);
+	}
+	appendBinaryStringInfo(&fetch->resp, data, len);
 	return len;
 }
 
@@ -374,82 +368,132 @@ json_member(Jsonb *jb, const char *key)
 	return NULL;
 }
 
-/*
- * hub_oauth2_refresh --- fetch an access token with the client credentials
- * grant (client id and secret sent as HTTP basic auth, RFC 6749 2.3.1) and
- * cache it until expires_in runs out (less 30 s).  Blocking, bounded by the
- * endpoint's timeout and interruptible.  false with *error on any failure,
- * a malformed answer included; false with *error NULL when interrupted
- * (a procsignal barrier or the postmaster's death): nothing to record, ask
- * again later.
- */
-bool
-hub_oauth2_refresh(HubEndpoint *ep, char **error)
+static uint64
+hash_string(const char *s, uint64 seed)
 {
-	CURL	   *easy = curl_easy_init();
-	StringInfoData resp;
-	char		errbuf[CURL_ERROR_SIZE];
-	CURLcode	rc;
-	long		status = 0;
-	char	   *token = NULL;
-	char	   *expires = NULL;
-	volatile bool parsed = false;
-	MemoryContext cxt = CurrentMemoryContext;
+	/* NULL and "" differ; the terminator separates consecutive strings */
+	if (s == NULL)
+		return hash_bytes_uint32_extended(0x6e756c6c, seed);
+	return hash_bytes_extended((const unsigned char *) s, strlen(s) + 1, seed);
+}
+
+/*
+ * hub_oauth2_cred_hash --- a hash of what a token is fetched with (token
+ * URL, client id and secret), 0 for an endpoint that is not
+ * OAuth2.  Compared, never stored anywhere but in the dispatcher's memory.
+ */
+uint64
+hub_oauth2_cred_hash(HubEndpoint *ep)
+{
+	uint64		h;
+
+	if (ep->auth_kind != HUB_AUTH_OAUTH2)
+		return 0;
+	h = hash_string(ep->oauth2_token_url, 1);
+	h = hash_string(ep->oauth2_client_id, h);
+	h = hash_string(ep->oauth2_client_secret, h);
+	return h == 0 ? 1 : h;
+}
+
+/*
+ * hub_oauth2_prepare --- an easy handle, not started, that asks the
+ * endpoint's token URL for an access token with the client credentials
+ * grant (client id and secret sent as HTTP basic auth, RFC 6749 2.3.1),
+ * with every safety option of a request (no redirects) and the endpoint's
+ * timeout.  libcurl copies the URL and credentials, so a reload may free
+ * the endpoint's strings while it runs.  NULL with *error when it cannot
+ * be sent (no token URL, an option refused).  The memory is a child
+ * context of parent; hub_oauth2_release frees everything.
+ */
+HubTokenFetch *
+hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, char **error)
+{
+	MemoryContext cxt;
+	HubTokenFetch *fetch;
+	CURL	   *easy;
 
 	*error = NULL;
-	if (ep->oauth2_token)
-	{
-		free(ep->oauth2_token);
-		ep->oauth2_token = NULL;
-	}
-	if (easy == NULL)
-	{
-		*error = pstrdup("oauth2: could not create a libcurl handle");
-		return false;
-	}
 	if (ep->oauth2_token_url == NULL)
 	{
 		*error = pstrdup("oauth2: the endpoint has no oauth2_token_url");
-		curl_easy_cleanup(easy);
-		return false;
+		return NULL;
 	}
-	initStringInfo(&resp);
-	errbuf[0] = '\0';
+	easy = curl_easy_init();
+	if (easy == NULL)
+	{
+		*error = pstrdup("oauth2: could not create a libcurl handle");
+		return NULL;
+	}
+	cxt = AllocSetContextCreate(parent, "logistics_hub token request", ALLOCSET_SMALL_SIZES);
+	fetch = MemoryContextAllocZero(cxt, sizeof(HubTokenFetch));
+	fetch->cxt = cxt;
+	fetch->ep = ep;
+	fetch->easy = easy;
+	fetch->cred_hash = ep->oauth2_cred_hash;
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		initStringInfo(&fetch->resp);
+		MemoryContextSwitchTo(old);
+	}
+
 	setopt_reset();
-	set_safety_options(easy, ep->timeout_ms, false);
-	SETOPT(easy, CURLOPT_OPENSOCKETDATA, NULL);
-	SETOPT(easy, CURLOPT_PREREQDATA, NULL);
+	set_safety_options(easy, ep->timeout_ms, false, &fetch->egress);
+	SETOPT(easy, CURLOPT_PRIVATE, fetch);
 	SETOPT(easy, CURLOPT_URL, ep->oauth2_token_url);
+	/* a literal: libcurl does not copy POSTFIELDS */
 	SETOPT(easy, CURLOPT_POSTFIELDS, "grant_type=client_credentials");
 	SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
 	SETOPT(easy, CURLOPT_USERNAME, ep->oauth2_client_id ? ep->oauth2_client_id : "");
 	SETOPT(easy, CURLOPT_PASSWORD, ep->oauth2_client_secret ? ep->oauth2_client_secret : "");
 	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_token);
-	SETOPT(easy, CURLOPT_WRITEDATA, &resp);
-	SETOPT(easy, CURLOPT_ERRORBUFFER, errbuf);
-	SETOPT(easy, CURLOPT_NOPROGRESS, 0L);
-	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+	SETOPT(easy, CURLOPT_WRITEDATA, fetch);
+	SETOPT(easy, CURLOPT_ERRORBUFFER, fetch->errbuf);
 	if (setopt_failed != NULL)
 	{
 		*error = setopt_error("oauth2 token request not sent: ");
-		curl_easy_cleanup(easy);
-		return false;
+		hub_oauth2_release(fetch);
+		return NULL;
 	}
-	rc = curl_easy_perform(easy);
-	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(easy);
-	CHECK_FOR_INTERRUPTS();
-	if (rc == CURLE_ABORTED_BY_CALLBACK)
-	{
-		/* interrupted (on_progress), not a failure of the endpoint */
-		*error = NULL;
-		return false;
-	}
+	return fetch;
+}
 
+/*
+ * hub_oauth2_finish --- the outcome of a finished token request (rc its
+ * libcurl result): on success the token is cached in the endpoint until
+ * expires_in runs out, less a margin of 30 s or, for a token valid a
+ * minute or less, half its life (3600 when the answer does not say), and
+ * true is returned; otherwise false
+ * with *error (palloc'd) saying why, a malformed answer included: outside
+ * data is recorded, never raised.  The error never holds the token or the
+ * response.
+ */
+bool
+hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error)
+{
+	HubEndpoint *ep = fetch->ep;
+	long		status = 0;
+	char	   *volatile token = NULL;
+	char	   *volatile expires = NULL;
+	volatile bool parsed = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	*error = NULL;
+	curl_easy_getinfo(fetch->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (fetch->egress.blocked)
+	{
+		*error = psprintf("oauth2 token request blocked by egress policy: address %s", fetch->egress.address);
+		return false;
+	}
+	if (fetch->too_big)
+	{
+		*error = psprintf("oauth2 token response larger than %d bytes", TOKEN_RESPONSE_MAX);
+		return false;
+	}
 	if (rc != CURLE_OK)
 	{
 		*error = psprintf("oauth2 token request failed: %s%s%s", curl_easy_strerror(rc),
-						  errbuf[0] ? ": " : "", errbuf);
+						  fetch->errbuf[0] ? ": " : "", fetch->errbuf);
 		return false;
 	}
 	if (status != 200)
@@ -460,7 +504,7 @@ hub_oauth2_refresh(HubEndpoint *ep, char **error)
 	/* the answer is outside data: a parse error is recorded, not raised */
 	PG_TRY();
 	{
-		Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(resp.data)));
+		Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(fetch->resp.data)));
 
 		if (JB_ROOT_IS_OBJECT(jb))
 		{
@@ -480,13 +524,33 @@ hub_oauth2_refresh(HubEndpoint *ep, char **error)
 		*error = pstrdup("oauth2 token response is not JSON with an access_token");
 		return false;
 	}
+	if (ep->oauth2_token != NULL)
+		free(ep->oauth2_token);
 	ep->oauth2_token = strdup(token);
 	if (ep->oauth2_token == NULL)
 	{
 		*error = pstrdup("out of memory");
 		return false;
 	}
-	ep->oauth2_expires = GetCurrentTimestamp() +
-		(int64) Max(0, (expires ? atol(expires) : 3600) - 30) * USECS_PER_SEC;
+	{
+		int64		life = expires ? Max(0, atol(expires)) : 3600;
+
+		ep->oauth2_expires = GetCurrentTimestamp() +
+			(life - Min(30, life / 2)) * USECS_PER_SEC;
+	}
+	ep->oauth2_fresh = true;
+	ep->oauth2_token_hash = fetch->cred_hash;
+	ep->oauth2_generation++;
 	return true;
+}
+
+/*
+ * hub_oauth2_release --- free a token request (already removed from the
+ * multi handle, or never added).
+ */
+void
+hub_oauth2_release(HubTokenFetch *fetch)
+{
+	curl_easy_cleanup(fetch->easy);
+	MemoryContextDelete(fetch->cxt);
 }

@@ -37,7 +37,11 @@ Paths (a query string is allowed after each):
   /redirect?to=URL           302 to URL
   /redirect-loop             302 to itself, forever
   /oauth/token               OAuth2 client-credentials token endpoint:
-                             {"access_token": "tok-N", "expires_in": E}
+                             {"access_token": "tok-N", "expires_in": E};
+                             ?delay=MS answers after MS milliseconds (a slow
+                             token endpoint), with the N current then;
+                             ?expires_in=E overrides E (default: the control
+                             value oauth_expires_in, else 3600)
   /oauth/api                 401 unless "Authorization: Bearer tok-N" with
                              the current N; 200 then
   /_control?name=X&value=Y   set control value X (empty value clears it);
@@ -208,11 +212,13 @@ class Handler(BaseHTTPRequestHandler):
         if head == "redirect":
             return self.answer(302, b"", {"Location": q.get("to", "/ok")})
         if head == "oauth" and parts[1:2] == ["token"]:
+            if "delay" in q:
+                time.sleep(int(q["delay"]) / 1000.0)
             with LOCK:
                 OAUTH["issued"] += 1
                 tok = "tok-%d" % OAUTH["n"]
             doc = {"access_token": tok, "token_type": "Bearer",
-                   "expires_in": int(CONTROL.get("oauth_expires_in", "3600"))}
+                   "expires_in": int(q.get("expires_in", CONTROL.get("oauth_expires_in", "3600")))}
             return self.answer(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
         if head == "oauth":
             if self.headers.get("Authorization") != "Bearer tok-%d" % OAUTH["n"]:
