@@ -5,7 +5,9 @@
 #
 # 1. wrk posting the same event body to the same nginx with the same number
 #    of connections (the baseline: what the loopback, nginx and the machine
-#    allow), in requests/s;
+#    allow), in requests/s; and test/bench/curl_multi_post.c, the same POSTs
+#    through libcurl's multi interface with nothing else, in one process and
+#    in two (what libcurl itself costs a request);
 # 2. the hub: N events published while the endpoint is paused, routed, then
 #    the endpoint resumed and the time until every delivery is delivered
 #    measured (one event per request), in events/s, and the ratio to wrk;
@@ -114,6 +116,17 @@ WRK_RPS=$(wrk -t1 -c"$CONNS" -d10s -s "$WORK/post.lua" "http://127.0.0.1:$HTTP_P
 	awk '/Requests\/sec/ {print $2}')
 echo "wrk: $WRK_RPS requests/s ($CONNS connections, 10 s)"
 
+# 1b. libcurl alone: the same POSTs over the same connections through
+# libcurl's multi interface and nothing else, in one process and in two
+# (as the one and two dispatchers below): what libcurl itself costs
+printf '%s' "$BODY" > "$WORK/body.json"
+gcc -O2 -o "$WORK/curl_multi_post" test/bench/curl_multi_post.c $(curl-config --libs)
+CURL1=$("$WORK/curl_multi_post" "http://127.0.0.1:$HTTP_PORT/" "$CONNS" 100000 "$WORK/body.json")
+CURL2=$( ("$WORK/curl_multi_post" "http://127.0.0.1:$HTTP_PORT/" $((CONNS / 2)) 50000 "$WORK/body.json" &
+		  "$WORK/curl_multi_post" "http://127.0.0.1:$HTTP_PORT/" $((CONNS / 2)) 50000 "$WORK/body.json"; wait) |
+		awk '{s += $1} END {printf "%.0f", s}')
+echo "libcurl alone (no database): $CURL1 requests/s in one process, $CURL2 in two ($CONNS connections in all)"
+
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
 	local format=$1 ndisp=$2 t0 t1 dpids npid d0 d1 n0 n1 failed
@@ -152,7 +165,7 @@ SQL
 		FROM (SELECT outcome, count(*) AS n FROM hub.attempts WHERE outcome <> 'delivered' GROUP BY 1) a")
 	python3 -c "
 n = $EVENTS; dt = $t1 - $t0; r = n / dt; per = 100 if '$format' == 'batch' else 1
-print(f'hub ($format, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk;'
+print(f'hub ($format, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk, {r / per / $([ "$ndisp" -gt 1 ] && echo "$CURL2" || echo "$CURL1"):.3f} of libcurl alone in as many processes (requests);'
       f' CPU per event: dispatchers {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
       f' attempts not delivered: $failed')"
 	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
