@@ -84,6 +84,16 @@
 
 #define MAX_EPOLL_EVENTS 64
 
+/*
+ * A claim takes from each endpoint no more than makes this dispatcher hold
+ * (queued and in flight) this many times its share of the endpoint's
+ * connections: what it can start in as many rounds.  Without the cap the
+ * first dispatcher to claim would take a spread endpoint's whole backlog
+ * (claim after claim, right after its own completions) and send it over
+ * its share alone while the others sharing the endpoint found nothing.
+ */
+#define CLAIM_ROUNDS 8
+
 /* a finished request's outcome, kept until the record step */
 typedef struct HubResult
 {
@@ -363,7 +373,8 @@ prepare(const char *sql, int nargs, Oid *types)
 static void
 prepare_plans(void)
 {
-	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID};
+	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT4OID,
+	INT4ARRAYOID, INT4ARRAYOID};
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
@@ -371,7 +382,8 @@ prepare_plans(void)
 
 	if (claim_plan != NULL)
 		return;
-	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6, $7)", 7, claim_types);
+	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10,
+						 claim_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
@@ -597,7 +609,12 @@ static int
 claim(int max)
 {
 	static double events_per_delivery = 1.0;
-	Datum		args[7];
+	Datum		args[10];
+	int64	   *held_ids;
+	int64	   *held;
+	int			nheld = 0;
+	HASH_SEQ_STATUS seq;
+	HubEndpoint *known;
 	int			n;
 	int			ndeliveries = 0;
 	int64		last_delivery = -1;
@@ -615,6 +632,20 @@ claim(int max)
 	args[4] = Int32GetDatum(nshards());
 	args[5] = CStringGetTextDatum(hub_event_source);
 	args[6] = Int32GetDatum(max);
+	args[7] = Int32GetDatum(CLAIM_ROUNDS);
+	/* what this dispatcher holds of each endpoint: queued and in flight */
+	held_ids = palloc(sizeof(int64) * (hash_get_num_entries(endpoints) + 1));
+	held = palloc(sizeof(int64) * (hash_get_num_entries(endpoints) + 1));
+	hash_seq_init(&seq, endpoints);
+	while ((known = hash_seq_search(&seq)) != NULL)
+	{
+		if (known->queued + known->in_flight == 0)
+			continue;
+		held_ids[nheld] = known->endpoint_id;
+		held[nheld++] = known->queued + known->in_flight;
+	}
+	args[8] = int_array(held_ids, nheld, false);
+	args[9] = int_array(held, nheld, false);
 	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming deliveries failed");
 	n = (int) SPI_processed;

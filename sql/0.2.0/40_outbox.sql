@@ -173,6 +173,7 @@ CREATE TABLE hub.endpoints (
 	max_concurrency	integer NOT NULL DEFAULT 16 CHECK (max_concurrency > 0),
 	rate_limit		numeric CHECK (rate_limit > 0),
 	allow_redirects	boolean NOT NULL DEFAULT false,
+	spread			boolean NOT NULL DEFAULT false,
 	auth_kind		text NOT NULL DEFAULT 'none' CHECK (auth_kind IN ('none', 'bearer', 'basic', 'api_key', 'oauth2')),
 	api_key_header	text,
 	oauth2_token_url text,
@@ -185,6 +186,8 @@ CREATE TABLE hub.endpoints (
 	circuit_probe_until timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON COLUMN hub.endpoints.spread IS
+'Shared by every dispatcher (up to max_concurrency of them), each with its share of max_concurrency and rate_limit, so that one high-volume endpoint uses every core; false (the default): one dispatcher, endpoint_id % logistics_hub.dispatchers, with the full limits.';
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';

@@ -258,10 +258,11 @@ COMMENT ON FUNCTION hub._route_events() IS
  */
 /*
  * _serves / _serves_share --- how claimers split the endpoints.  Shard k of
- * n serves endpoint e when (k - e) mod n < e's max_concurrency: an endpoint
- * is shared by min(n, max_concurrency) shards, so one busy endpoint keeps
- * every dispatcher (and core) at work, and one with max_concurrency 1 has a
- * single shard, e mod n.  Each shard serving it is entitled to a share of
+ * n serves endpoint e when (k - e) mod n < w, where w is e's max_concurrency
+ * for an endpoint with spread set and 1 for any other: an endpoint without
+ * spread has one shard, e mod n, with its full limits; one with spread is
+ * shared by min(n, max_concurrency) shards, so one busy endpoint keeps
+ * every dispatcher (and core) at work.  Each shard serving it is entitled to a share of
  * its concurrency, max_concurrency / n plus one for the first
  * max_concurrency mod n of them (the shares add up to max_concurrency), and
  * to the same fraction of its rate limit; the dispatchers
@@ -284,11 +285,11 @@ COMMENT ON FUNCTION hub._serves(integer, integer, integer, integer) IS
 CREATE FUNCTION hub._serves_share(shard integer, nshards integer, endpoint_id integer, max_concurrency integer)
 RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT max_concurrency / nshards
-		+ CASE WHEN ((shard - endpoint_id) % nshards + nshards) % nshards < max_concurrency % nshards
-			   THEN 1 ELSE 0 END
+	SELECT max_concurrency OPERATOR(pg_catalog./) nshards
+		OPERATOR(pg_catalog.+) CASE WHEN hub._serves(shard, nshards, endpoint_id,
+													 max_concurrency OPERATOR(pg_catalog.%) nshards)
+									THEN 1 ELSE 0 END
 $$;
 COMMENT ON FUNCTION hub._serves_share(integer, integer, integer, integer) IS
 'API: Private. The part of an endpoint''s max_concurrency (and the same fraction of its rate limit) that shard of nshards may use; 0 when it does not serve the endpoint.';
@@ -300,7 +301,8 @@ COMMENT ON TYPE hub._claimed IS
 'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token).';
 
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
-						   p_nshards integer, p_endpoint integer, p_max_events integer)
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[])
 RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -317,13 +319,17 @@ BEGIN
 		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
 			   d.leased_by AS old_worker, d.attempts AS old_attempt,
 			   coalesce(cardinality(d.batch_events), 1) AS n_events,
-			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share
 		FROM hub.deliveries d
-		JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
 		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
 			AND e.enabled AND NOT e.paused
 			AND CASE WHEN p_endpoint IS NULL
-					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
 					 ELSE d.endpoint_id = p_endpoint END
 			AND (d.ordering = 'none' OR NOT EXISTS (
 				SELECT 1 FROM hub.deliveries p
@@ -333,10 +339,21 @@ BEGIN
 		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
 	), capped AS (
-		-- at most p_max_events events (the first delivery always)
-		SELECT c.* FROM (SELECT c.*, sum(c.n_events) OVER (ORDER BY c.o_priority DESC, c.o_next, c.o_seq
-															ROWS UNBOUNDED PRECEDING) AS upto
-						 FROM candidates c) c
+		-- from each endpoint, no more than makes the claimer hold (p_held:
+		-- what it holds already) p_rounds times its share of the endpoint's
+		-- connections; then at most p_max_events events (the first delivery
+		-- always); the rows locked above and left out here are free again at
+		-- commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER (ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+											  ROWS UNBOUNDED PRECEDING) AS upto
+			FROM (SELECT c.*, row_number() OVER (PARTITION BY c.o_endpoint
+												 ORDER BY c.o_priority DESC, c.o_next, c.o_seq) AS rank
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.rank <= p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)) c
 		WHERE p_max_events IS NULL OR c.upto - c.n_events < p_max_events
 	), claimed AS (
 		UPDATE hub.deliveries d
@@ -364,8 +381,8 @@ BEGIN
 	ORDER BY c.priority DESC, c.seq, c.delivery_id, b.ord;
 END
 $$;
-COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer) IS
-'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events; a batch delivery comes as one row per event, in order.';
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order.';
 
 /*
  * _claim_transformed --- _claim with each subscription's transform applied.
@@ -378,7 +395,8 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  * transform configured the rows go through untouched.
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
-									   p_nshards integer, p_endpoint integer, p_max_events integer)
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[])
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
 			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
@@ -396,10 +414,12 @@ BEGIN
 		SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
 			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
 			   c.batch_size
-		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events) c;
+		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held) c;
 		RETURN;
 	END IF;
-	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events) c);
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held) c);
 	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
 		r := rows[i];
 		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
@@ -422,8 +442,58 @@ BEGIN
 	ORDER BY c.ordinality;
 END
 $$;
-COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer) IS
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]) IS
 'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out.';
+
+CREATE FUNCTION hub._claim_all(max integer, worker text, lease interval, shard integer, nshards integer,
+		max_events integer, rounds integer, held_ids integer[], held integer[])
+RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
+			   batch_size integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	n integer;
+	ep integer;
+BEGIN
+	PERFORM hub._route_events();
+
+	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL, max_events, rounds,
+													  held_ids, held);
+	GET DIAGNOSTICS n = ROW_COUNT;
+
+	/*
+	 * Circuits: an open circuit whose cool-off is over turns half_open, and
+	 * a half-open endpoint gets one probe at a time.  The probe's lease is
+	 * kept on the endpoint row, which is locked and updated here, so a
+	 * concurrent claimer skips it or re-checks the updated row: never two
+	 * probes.
+	 */
+	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
+	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
+		AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+	FOR ep IN
+		SELECT e.endpoint_id FROM hub.endpoints e
+		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
+			AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END)
+			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
+		ORDER BY e.endpoint_id
+		FOR UPDATE SKIP LOCKED
+	LOOP
+		EXIT WHEN n >= max;
+		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL, NULL, NULL, NULL);
+		IF FOUND THEN
+			n := n + 1;
+			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[]) IS
+'API: Private. What hub.claim_deliveries does once its arguments are checked (route, claim, probes), with the dispatchers'' per-endpoint cap: rounds times the shard''s share of an endpoint''s connections, less what the claimer holds (held_ids, held).';
 
 CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
 		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1,
@@ -437,9 +507,6 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
-DECLARE
-	n integer;
-	ep integer;
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'invalid claim size: %', coalesce(max::text, 'NULL')
@@ -457,40 +524,11 @@ BEGIN
 		RAISE EXCEPTION 'invalid claim size: % events', max_events
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim at least one event, or pass NULL for no limit.';
 	END IF;
-	PERFORM hub._route_events();
-
-	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL, max_events);
-	GET DIAGNOSTICS n = ROW_COUNT;
-
-	/*
-	 * Circuits: an open circuit whose cool-off is over turns half_open, and
-	 * a half-open endpoint gets one probe at a time.  The probe's lease is
-	 * kept on the endpoint row, which is locked and updated here, so a
-	 * concurrent claimer skips it or re-checks the updated row: never two
-	 * probes.
-	 */
-	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
-	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
-		AND hub._serves(shard, nshards, e.endpoint_id, e.max_concurrency);
-	FOR ep IN
-		SELECT e.endpoint_id FROM hub.endpoints e
-		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
-			AND hub._serves(shard, nshards, e.endpoint_id, e.max_concurrency)
-			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
-		ORDER BY e.endpoint_id
-		FOR UPDATE SKIP LOCKED
-	LOOP
-		EXIT WHEN n >= max;
-		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL);
-		IF FOUND THEN
-			n := n + 1;
-			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
-		END IF;
-	END LOOP;
+	RETURN QUERY SELECT * FROM hub._claim_all(max, worker, lease, shard, nshards, max_events, NULL, NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer, integer) IS
-'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the work between workers: shard k of n serves endpoint e when (k - e) mod n < max_concurrency, so an endpoint is shared by min(n, max_concurrency) workers, each entitled to its hub._serves_share of the endpoint''s concurrency and rate (with max_concurrency 1: endpoint_id % n = shard). Each row carries a fencing lease_token for complete/fail/defer. A batch delivery (body_format batch) comes as batch_size rows, one per event in order, with the same delivery_id and lease_token; max_events caps the events of a claim (the first delivery always comes whole).';
+'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the endpoints between workers: endpoint_id % nshards = shard, or, for an endpoint with spread set, shard k of n serves endpoint e when (k - e) mod n < max_concurrency, each of those min(n, max_concurrency) workers entitled to its hub._serves_share of the endpoint''s concurrency and rate. Each row carries a fencing lease_token for complete/fail/defer. A batch delivery (body_format batch) comes as batch_size rows, one per event in order, with the same delivery_id and lease_token; max_events caps the events of a claim (the first delivery always comes whole).';
 
 /*
  * _check_runnable --- a function chosen by hub_admin (a subscription's
@@ -892,8 +930,9 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._serves_share(integer, integer, integer, integer),
-	hub._claim(integer, text, interval, integer, integer, integer, integer),
-	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer) FROM PUBLIC;
+	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]),
+	hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;

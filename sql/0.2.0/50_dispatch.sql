@@ -92,7 +92,8 @@ COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, js
 -- (plpgsql for its cached plan: a SQL function would parse and plan its
 -- query on every call)
 CREATE FUNCTION hub._dispatch_claim(max integer, worker text, lease_seconds integer, shard integer,
-									nshards integer, source text, max_events integer)
+									nshards integer, source text, max_events integer, rounds integer,
+									held_ids integer[], held integer[])
 RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subscription_id integer,
 			   body_format text, batch_max integer, event_id text, body text, batch_size integer)
 LANGUAGE plpgsql
@@ -106,13 +107,14 @@ BEGIN
 		   hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 						  c.correlation_id, c.payload, source),
 		   c.batch_size
-	FROM hub.claim_deliveries(max, worker, make_interval(secs => lease_seconds), shard, nshards, max_events)
+	FROM hub._claim_all(max, worker, make_interval(secs => lease_seconds), shard, nshards, max_events,
+						rounds, held_ids, held)
 		WITH ORDINALITY c
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
 	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id, c.ordinality;
 END
 $$;
-COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text, integer) IS
+COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]) IS
 'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
 
 CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
@@ -124,9 +126,12 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT e.endpoint_id, e.url, e.timeout_ms,
-		   hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency),
-		   (e.rate_limit * hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
-			/ e.max_concurrency)::float8,
+		   CASE WHEN e.spread THEN hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+				ELSE e.max_concurrency END,
+		   CASE WHEN e.spread
+				THEN e.rate_limit * hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+					 / e.max_concurrency
+				ELSE e.rate_limit END::float8,
 		   e.allow_redirects,
 		   e.auth_kind, e.api_key_header, e.oauth2_token_url,
 		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
@@ -237,7 +242,7 @@ COMMENT ON FUNCTION hub._release_leases(text) IS
 REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hub._endpoint_check(),
 	hub.wake(), hub.webhook_signature(text, text, bigint, text),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
-	hub._dispatch_claim(integer, text, integer, integer, integer, text, integer), hub._dispatch_endpoints(integer[], integer, integer),
+	hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]), hub._dispatch_endpoints(integer[], integer, integer),
 	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text), hub._release_leases(text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.wake() TO hub_writer;

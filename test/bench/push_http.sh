@@ -103,6 +103,7 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS logistics_hub;
 SELECT hub.create_endpoint('nginx', 'http://127.0.0.1:$HTTP_PORT/', 'wms', max_concurrency => $CONNS,
 	signing_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+UPDATE hub.endpoints SET spread = true WHERE name = 'nginx';	-- shared by the dispatchers
 SQL
 BODY=$(q -c "SELECT hub.event_body('event', gen_random_uuid(), 'order.created', 'SO-1', now(), NULL, '{\"order_id\": \"SO-1\", \"lines\": 3, \"warehouse\": \"DC1\"}')")
 

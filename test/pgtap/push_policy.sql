@@ -4,7 +4,7 @@
 -- published example), the bodies sent, the batch completion API and the
 -- lease give-back of a restarted dispatcher, and how dispatchers share
 -- endpoints.
-SELECT plan(40);
+SELECT plan(41);
 
 -- addresses: only 127.0.0.1 among the local ones, public ones by "public"
 SELECT ok(hub.egress_allowed('127.0.0.1'), '127.0.0.1 is listed');
@@ -72,7 +72,7 @@ SELECT is(hub.event_body('cloudevents', '00000000-0000-8000-8000-000000000001', 
 -- the workers' batch completion: fenced exactly like complete_delivery
 SELECT hub.subscribe('ok', 'order.*');
 SELECT hub.publish('order.created', 'SO-' || i, jsonb_build_object('order_id', 'SO-' || i)) FROM generate_series(1, 3) i;
-CREATE TEMP TABLE c AS SELECT * FROM hub._dispatch_claim(10, 'w1', 60, 0, 1, '/x', 10);
+CREATE TEMP TABLE c AS SELECT * FROM hub._dispatch_claim(10, 'w1', 60, 0, 1, '/x', 10, NULL, NULL, NULL);
 SELECT is((SELECT count(*) FROM c), 3::bigint, 'the workers'' claim renders three bodies');
 SELECT ok((SELECT bool_and(body::jsonb ->> 'id' = event_id) FROM c), 'each body carries its event id');
 SELECT is(hub._complete_many(ARRAY(SELECT delivery_id FROM c ORDER BY 1),
@@ -83,7 +83,7 @@ SELECT is((SELECT string_agg(a.outcome, ',' ORDER BY a.delivery_id) FROM hub.att
 
 -- a dispatcher that starts again gives back what its previous incarnation held
 SELECT hub.publish('order.created', 'SO-9', '{"order_id": "SO-9"}');
-SELECT count(*) FROM hub._dispatch_claim(10, 'w9', 60, 0, 1, '/x', 10);
+SELECT count(*) FROM hub._dispatch_claim(10, 'w9', 60, 0, 1, '/x', 10, NULL, NULL, NULL);
 SELECT is(hub._release_leases('w9'), 1, 'its lease is released (not the live one of w1)');
 SELECT is((SELECT state || '/' || count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id)
 		   WHERE a.outcome = 'expired' AND a.worker = 'w9' GROUP BY state), 'pending/1',
@@ -108,6 +108,13 @@ SELECT is((SELECT count(*) FROM (SELECT n, e, m FROM shares WHERE serves GROUP B
 								 HAVING max(share) - min(share) > 1) x), 0::bigint,
 	'the shares of one endpoint differ by at most one');
 DO $$ BEGIN PERFORM hub.create_endpoint('shared', 'http://127.0.0.1:9/', max_concurrency => 5, rate_limit => 10); END $$;
+SELECT is(ARRAY(SELECT d.max_concurrency || ' at ' || round(d.rate_limit::numeric, 3) || '/s'
+				FROM generate_series(0, 2) k,
+					 hub._dispatch_endpoints(ARRAY[(SELECT endpoint_id FROM hub.endpoints WHERE name = 'shared')], k, 3) d
+				ORDER BY 1),
+	ARRAY['5 at 10.000/s', '5 at 10.000/s', '5 at 10.000/s'],
+	'without spread an endpoint''s limits are not cut (it has one dispatcher)');
+UPDATE hub.endpoints SET spread = true WHERE name = 'shared';
 SELECT is(ARRAY(SELECT d.max_concurrency || ' at ' || round(d.rate_limit::numeric, 3) || '/s'
 				FROM generate_series(0, 2) k,
 					 hub._dispatch_endpoints(ARRAY[(SELECT endpoint_id FROM hub.endpoints WHERE name = 'shared')], k, 3) d

@@ -7,8 +7,8 @@
 #
 #   push_setup NAME OFFSET [postgresql.conf lines...]
 #                     a cluster on PGPORT+OFFSET with logistics_hub.dispatchers
-#                     = 1, the extension created, a receiver started, the
-#                     dispatcher awaited; cleaned up on exit
+#                     = PUSH_DISPATCHERS (1), the extension created, a receiver
+#                     started, the dispatchers awaited; cleaned up on exit
 #   q SQL...          psql -A -t, stop on error (one -c per argument)
 #   fail MSG          print "FAIL: MSG" (and diagnostics) and exit 1
 #   ok MSG            print "ok: MSG"
@@ -88,15 +88,15 @@ push_setup() {
 	port=$((PGPORT + offset))
 	PUSH_NAME=$name-$port
 	trap push_cleanup EXIT
-	lh_cluster_start "$PUSH_NAME" "$port" "logistics_hub.dispatchers = 1" "$@"
+	lh_cluster_start "$PUSH_NAME" "$port" "logistics_hub.dispatchers = ${PUSH_DISPATCHERS:-1}" "$@"
 	lh_receiver_start "$LH_CLUSTER_DIR/recv"
 	q "SET client_min_messages = warning" "CREATE EXTENSION logistics_hub" >/dev/null
 	# the helper that returns the SQLSTATE a statement raises ('ok' if none)
 	q "CREATE FUNCTION public.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS
 	   \$\$BEGIN EXECUTE stmt; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END\$\$" >/dev/null
 	# the launcher starts a dispatcher within a few seconds of the extension
-	must_wait "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'" 30 \
-		"no dispatcher started"
+	must_wait "SELECT count(*) = ${PUSH_DISPATCHERS:-1} FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'" 30 \
+		"the dispatchers did not start"
 	PUSH_DISPATCHER_PID=$(dispatcher_pid)
 	echo "cluster $PUSH_NAME, receiver $RECV_URL, dispatcher pid $PUSH_DISPATCHER_PID"
 }
