@@ -104,6 +104,7 @@ typedef struct HubResult
 	int64		retry_after_s;	/* -1: none */
 	bool		deferred;		/* give back without an attempt */
 	TimestampTz defer_until;
+	bool		counted;		/* its failure already counts through another result */
 } HubResult;
 
 static int	my_slot;
@@ -738,7 +739,7 @@ refresh(void)
 
 /* ---------------------------------------------------------------- send */
 
-static void
+static HubResult *
 add_result(HubRequest *req, long status, char *error, int64 retry_after, bool deferred,
 		   TimestampTz until)
 {
@@ -757,6 +758,7 @@ add_result(HubRequest *req, long status, char *error, int64 retry_after, bool de
 	results = lappend(results, r);
 	nresults++;
 	MemoryContextSwitchTo(old);
+	return r;
 }
 
 static void
@@ -818,12 +820,16 @@ batch_close(HubRequest *req)
 static void
 endpoint_fail_queue(HubEndpoint *ep, char *error)
 {
+	bool		first = true;
+
 	while (!dlist_is_empty(&ep->queue))
 	{
 		HubRequest *r = dlist_head_element(HubRequest, node, &ep->queue);
 
 		endpoint_dequeue(ep, r);
-		add_result(r, 0, error, -1, false, 0);
+		/* one failure (of the token request) counts once for the circuit */
+		add_result(r, 0, error, -1, false, 0)->counted = !first;
+		first = false;
 	}
 }
 
@@ -1164,7 +1170,7 @@ record(void)
 				a[6] = Int64GetDatum(r->retry_after_s);
 				a[7] = CStringGetTextDatum(worker_name);
 				/* a failed request counts once towards the circuit breaker */
-				a[8] = BoolGetDatum(i == 0);
+				a[8] = BoolGetDatum(i == 0 && !r->counted);
 				SPI_execute_plan(fail_plan, a, nulls, false, 0);
 				if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
 				{

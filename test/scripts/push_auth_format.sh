@@ -47,6 +47,10 @@ q "SELECT hub.publish('order.created', 'SO-r' || i, jsonb_build_object('order_id
    FROM generate_series(1, 6) i" >/dev/null
 
 EV[oauthjunk]=$(push_publish oauthjunk SO-oauthjunk)
+# and five more in one transaction: queued together, they wait for one
+# token request and fail with it
+q "SELECT hub.publish('order.created', 'SO-j' || i, jsonb_build_object('order_id', 'SO-j' || i, 't', 'oauthjunk'))
+   FROM generate_series(1, 5) i" >/dev/null
 q "SELECT hub.publish('order.created', 'SO-d' || i, jsonb_build_object('order_id', 'SO-d' || i, 't', 'oauthdown'))
    FROM generate_series(1, 4) i" >/dev/null
 
@@ -95,6 +99,14 @@ got=$(q "SELECT last_error FROM hub.deliveries WHERE event_id = '${EV[oauthjunk]
 n=$(recv "print(sum(1 for e in E if 'ep=oauthjunk' in e['path']))")
 [ "$n" = 0 ] || fail "oauth2 with a junk token answer: the API was called ($n)"
 ok "oauth2: a token answer of junk is recorded, the API is not called"
+must_wait "SELECT bool_and(d.state = 'dead') AND count(*) = 6 FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id)
+		   WHERE e.name = 'oauthjunk'" 20 "oauth2 with a junk token answer: not all six dead"
+got=$(q "SELECT circuit_state || ' ' || consecutive_failures FROM hub.endpoints WHERE name = 'oauthjunk'")
+tokreq=$(recv "print(sum(1 for e in E if 'ep=tokjunk' in e['path']))")
+# each failed token request counts once however many requests waited for it
+[ "${got% *}" = closed ] && [ "${got#* }" -le "$tokreq" ] ||
+	fail "oauth2 with a junk token answer: circuit '$got' after $tokreq token requests (a token failure must count once, not once per queued request)"
+ok "oauth2: a failed token request counts once towards the circuit breaker ($got after $tokreq token requests for 6 deliveries)"
 
 # ---- bodies
 got=$(recv "
