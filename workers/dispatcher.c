@@ -248,6 +248,15 @@ spi_text(HeapTuple tup, TupleDesc desc, int col)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
+/* is a text datum exactly this string? */
+static bool
+text_is(text *t, const char *s)
+{
+	size_t		len = strlen(s);
+
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
 static char **
 spi_text_array(HeapTuple tup, TupleDesc desc, int col, int *n)
 {
@@ -654,22 +663,31 @@ claim(int max)
 
 	for (int i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		delivery_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		int64		token = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		int			endpoint_id = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		int			subscription_id = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		char	   *format = spi_text(tup, desc, 5);
-		int			batch_max = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		char	   *event_id = spi_text(tup, desc, 7);
-		text	   *body = DatumGetTextPP(SPI_getbinval(tup, desc, 8, &isnull));
-		int			batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
-		HubEndpoint *ep = endpoint_get(endpoint_id);
-		/* (a batch delivery stays one, even if the format changed since) */
-		bool		batch = strcmp(format, "batch") == 0 || batch_size > 1;
+		Datum		v[9];
+		bool		isnull[9];
+		int64		delivery_id;
+		int64		token;
+		int			subscription_id;
+		text	   *format;
+		int			batch_max;
+		text	   *body;
+		int			batch_size;
+		HubEndpoint *ep;
+		bool		batch;
 		HubRequest *req;
+
+		/* one pass over the row (a batch claim has one per event) */
+		heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, v, isnull);
+		delivery_id = DatumGetInt64(v[0]);
+		token = DatumGetInt64(v[1]);
+		ep = endpoint_get(DatumGetInt32(v[2]));
+		subscription_id = DatumGetInt32(v[3]);
+		format = DatumGetTextPP(v[4]);
+		batch_max = DatumGetInt32(v[5]);
+		body = DatumGetTextPP(v[7]);
+		batch_size = DatumGetInt32(v[8]);
+		/* (a batch delivery stays one, even if the format changed since) */
+		batch = batch_size > 1 || text_is(format, "batch");
 
 		if (delivery_id == last_delivery && open_batch != NULL)
 		{
@@ -685,7 +703,7 @@ claim(int max)
 		if (!ep->loaded || now - ep->loaded_at > USECS_PER_SEC)
 		{
 			ep->loaded = false;
-			ids[nids++] = Int32GetDatum(endpoint_id);
+			ids[nids++] = Int32GetDatum(ep->endpoint_id);
 			ep->loaded_at = now;	/* once per claim */
 		}
 		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
@@ -693,8 +711,10 @@ claim(int max)
 			req = open_batch;
 		else
 		{
+			char	   *event_id = TextDatumGetCString(v[6]);
+
 			req = request_new(ep, subscription_id, batch_max, batch);
-			req->content_type = strcmp(format, "cloudevents") == 0 ?
+			req->content_type = text_is(format, "cloudevents") ?
 				"application/cloudevents+json" : "application/json";
 			req->webhook_id = MemoryContextStrdup(req->cxt, batch ? psprintf("batch_%s", event_id) : event_id);
 			if (batch)
