@@ -90,7 +90,12 @@ typedef struct HubEndpoint
 	bool		active;
 } HubEndpoint;
 
-/* one HTTP request: one delivery, or several of a batch subscription */
+struct HubGroup;
+
+/*
+ * one HTTP request: one delivery, several of a batch subscription, or one
+ * event of a lease group (group set: the group's delivery and lease)
+ */
 typedef struct HubRequest
 {
 	dlist_node	node;
@@ -109,6 +114,8 @@ typedef struct HubRequest
 	const char *content_type;
 	TimestampTz claimed_at;
 	TimestampTz started_at;
+	struct HubGroup *group;		/* NULL: not of a lease group */
+	int			group_slot;		/* its event's place in the group */
 
 	/* transfer */
 	CURL	   *easy;

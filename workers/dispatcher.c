@@ -107,6 +107,35 @@ typedef struct HubResult
 	bool		counted;		/* its failure already counts through another result */
 } HubResult;
 
+/*
+ * A lease group (hub.subscriptions.lease_group): one delivery, one lease,
+ * one request per event.  Each request's outcome waits in its slot until
+ * the last one is in; the group is then recorded at once (see record).
+ */
+typedef struct HubGroupSlot
+{
+	char	   *event_id;
+	bool		done;
+	long		http_status;
+	char	   *error;			/* NULL on success */
+	char	   *excerpt;		/* NULL: none */
+	int			latency_ms;
+	int64		retry_after_s;
+	bool		deferred;
+	TimestampTz defer_until;
+	bool		counted;
+} HubGroupSlot;
+
+typedef struct HubGroup
+{
+	int64		delivery_id;
+	int64		lease_token;
+	HubEndpoint *ep;
+	int			n;				/* events */
+	int			left;			/* outcomes still to come */
+	HubGroupSlot *slots;
+} HubGroup;
+
 static int	my_slot;
 static char worker_name[64];
 static MemoryContext dispatcher_cxt;	/* lives as long as the process */
@@ -138,7 +167,8 @@ static SPIPlanPtr claim_plan,
 			complete_plan,
 			fail_plan,
 			defer_plan,
-			due_plan;
+			due_plan,
+			split_plan;
 
 /* ---------------------------------------------------------------- curl glue */
 
@@ -386,7 +416,9 @@ prepare_plans(void)
 	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT4OID,
 	INT4ARRAYOID, INT4ARRAYOID};
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
-	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID};
+	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID,
+	TEXTARRAYOID};
+	Oid			split_types[] = {INT8OID, INT8OID, TEXTARRAYOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
 	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 
@@ -395,7 +427,9 @@ prepare_plans(void)
 	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10,
 						 claim_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
-	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6)", 6, complete_types);
+	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6, $7::uuid[])", 7, complete_types);
+	split_plan = prepare("SELECT event_id::text, delivery_id FROM hub._split_group($1, $2, $3::uuid[])", 3,
+						 split_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
 	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
 						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8, $9) "
@@ -532,6 +566,57 @@ endpoint_enqueue(HubEndpoint *ep, HubRequest *req)
 }
 
 /*
+ * group_request --- the request of a lease group's event k: a delivery of
+ * one event as far as sending goes (its own webhook-id, body and
+ * signature), recorded through its group.
+ */
+static void
+group_request(HubGroup *g, int k, int subscription_id, text *format, Datum event_id, text *body)
+{
+	HubRequest *req = request_new(g->ep, subscription_id, 1, false);
+
+	req->content_type = text_is(format, "cloudevents") ? "application/cloudevents+json" : "application/json";
+	req->webhook_id = MemoryContextStrdup(req->cxt, TextDatumGetCString(event_id));
+	appendBinaryStringInfo(&req->body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
+	req->delivery_ids[0] = g->delivery_id;
+	req->lease_tokens[0] = g->lease_token;
+	req->n = 1;
+	req->events = 1;
+	req->group = g;
+	req->group_slot = k;
+	g->slots[k].event_id = MemoryContextStrdup(dispatcher_cxt, req->webhook_id);
+	endpoint_enqueue(g->ep, req);
+}
+
+/*
+ * group_finish --- a group's claim rows are all read: it has as many
+ * requests as rows (an event missing from the outbox, which retention
+ * never allows, would otherwise keep the group waiting for ever)
+ */
+static void
+group_finish(HubGroup *g, int filled)
+{
+	if (g != NULL && filled < g->n)
+		g->n = g->left = filled;
+}
+
+static void
+group_free(HubGroup *g)
+{
+	for (int k = 0; k < g->n; k++)
+	{
+		if (g->slots[k].event_id)
+			pfree(g->slots[k].event_id);
+		if (g->slots[k].error)
+			pfree(g->slots[k].error);
+		if (g->slots[k].excerpt)
+			pfree(g->slots[k].excerpt);
+	}
+	pfree(g->slots);
+	pfree(g);
+}
+
+/*
  * begin_work_step --- begin_step for a step that needs the extension: a
  * dispatcher whose extension is gone (DROP EXTENSION) leaves quietly with
  * exit code 0; the launcher starts it again once the extension is back.
@@ -631,6 +716,8 @@ claim(int max)
 	Datum	   *ids;
 	int			nids = 0;
 	HubRequest *open_batch = NULL;
+	HubGroup   *group = NULL;
+	int			group_filled = 0;
 	TimestampTz now = GetCurrentTimestamp();
 
 	begin_work_step("logistics_hub: claim");
@@ -686,8 +773,12 @@ claim(int max)
 		batch_max = DatumGetInt32(v[5]);
 		body = DatumGetTextPP(v[7]);
 		batch_size = DatumGetInt32(v[8]);
-		/* (a batch delivery stays one, even if the format changed since) */
-		batch = batch_size > 1 || text_is(format, "batch");
+		/*
+		 * A delivery of several events is one request for a batch
+		 * subscription, and one request per event otherwise (a lease
+		 * group); the format read now decides.
+		 */
+		batch = text_is(format, "batch");
 
 		if (delivery_id == last_delivery && open_batch != NULL)
 		{
@@ -697,6 +788,14 @@ claim(int max)
 			open_batch->events++;
 			continue;
 		}
+		if (delivery_id == last_delivery && group != NULL)
+		{
+			/* the next event of a lease group */
+			group_request(group, group_filled++, subscription_id, format, v[6], body);
+			continue;
+		}
+		group_finish(group, group_filled);
+		group = NULL;
 		last_delivery = delivery_id;
 		ndeliveries++;
 
@@ -705,6 +804,19 @@ claim(int max)
 			ep->loaded = false;
 			ids[nids++] = Int32GetDatum(ep->endpoint_id);
 			ep->loaded_at = now;	/* once per claim */
+		}
+		if (batch_size > 1 && !batch)
+		{
+			group = MemoryContextAllocZero(dispatcher_cxt, sizeof(HubGroup));
+			group->delivery_id = delivery_id;
+			group->lease_token = token;
+			group->ep = ep;
+			group->n = group->left = batch_size;
+			group->slots = MemoryContextAllocZero(dispatcher_cxt, sizeof(HubGroupSlot) * batch_size);
+			group_filled = 0;
+			open_batch = NULL;
+			group_request(group, group_filled++, subscription_id, format, v[6], body);
+			continue;
 		}
 		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
 			open_batch->n < open_batch->cap && open_batch->events + batch_size <= open_batch->batch_max)
@@ -730,6 +842,7 @@ claim(int max)
 		req->n++;
 		req->events++;
 	}
+	group_finish(group, group_filled);
 	if (ndeliveries > 0)
 		events_per_delivery = (double) n / ndeliveries;
 
@@ -1113,129 +1226,312 @@ note_due(TimestampTz t)
 
 /* ---------------------------------------------------------------- record */
 
+/* a delivery given back without an attempt, claimable again at until */
+static void
+record_deferral(int64 delivery_id, int64 token, TimestampTz until)
+{
+	Datum		a[3] = {Int64GetDatum(delivery_id), Int64GetDatum(token), TimestampTzGetDatum(until)};
+
+	SPI_execute_plan(defer_plan, a, NULL, false, 0);
+	note_due(until);
+}
+
+/* a failed attempt (count: it counts towards the endpoint's circuit breaker) */
+static void
+record_failure(int64 delivery_id, int64 token, long status, const char *error, int latency_ms,
+			   const char *excerpt, int64 retry_after_s, bool count)
+{
+	Datum		a[9];
+	char		nulls[9] = "         ";
+
+	a[0] = Int64GetDatum(delivery_id);
+	a[1] = Int64GetDatum(token);
+	a[2] = Int32GetDatum((int32) status);
+	nulls[2] = status == 0 ? 'n' : ' ';
+	a[3] = CStringGetTextDatum(error[0] ? error : (status ? psprintf("HTTP %ld", status) : "failed"));
+	a[4] = Int32GetDatum(latency_ms);
+	a[5] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
+	nulls[5] = excerpt ? ' ' : 'n';
+	a[6] = Int64GetDatum(retry_after_s);
+	a[7] = CStringGetTextDatum(worker_name);
+	a[8] = BoolGetDatum(count);
+	SPI_execute_plan(fail_plan, a, nulls, false, 0);
+	if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			note_due(DatumGetTimestampTz(due));
+	}
+}
+
+/* the successes waiting for _complete_many */
+typedef struct HubDone
+{
+	int			n;
+	int64	   *ids;
+	int64	   *tokens;
+	int64	   *statuses;
+	int64	   *latencies;
+	Datum	   *excerpts;
+	bool	   *excerpt_nulls;
+	Datum	   *events;
+	bool	   *event_nulls;
+	bool		any_event;
+} HubDone;
+
+static void
+done_add(HubDone *d, int64 id, int64 token, long status, int latency_ms, const char *excerpt,
+		 const char *event_id)
+{
+	d->ids[d->n] = id;
+	d->tokens[d->n] = token;
+	d->statuses[d->n] = status;
+	d->latencies[d->n] = latency_ms;
+	d->excerpts[d->n] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
+	d->excerpt_nulls[d->n] = excerpt == NULL;
+	d->events[d->n] = event_id ? CStringGetTextDatum(event_id) : (Datum) 0;
+	d->event_nulls[d->n] = event_id == NULL;
+	d->any_event |= event_id != NULL;
+	d->n++;
+}
+
+/*
+ * record_group --- a lease group whose every request has its outcome: all
+ * delivered, it is completed at once (an attempt row per event); all given
+ * back, it is deferred whole; otherwise the events that did not get
+ * through leave it (hub._split_group), each failed or deferred as a
+ * delivery of its own, and the rest of it is completed.
+ */
+static void
+record_group(HubGroup *g, HubDone *done, Datum *failed_eps, int *nfailed)
+{
+	int			nout = 0;
+	bool		all_deferred = true;
+	TimestampTz until = 0;
+	Datum	   *out;
+	int64	   *out_ids;
+	bool		counted_ep = false;
+
+	for (int k = 0; k < g->n; k++)
+	{
+		HubGroupSlot *sl = &g->slots[k];
+
+		if (sl->deferred || sl->error != NULL)
+			nout++;
+		if (!sl->deferred)
+			all_deferred = false;
+		else
+			until = Max(until, sl->defer_until);
+	}
+	if (nout == 0)
+	{
+		for (int k = 0; k < g->n; k++)
+			done_add(done, g->delivery_id, g->lease_token, g->slots[k].http_status,
+					 g->slots[k].latency_ms, g->slots[k].excerpt, g->slots[k].event_id);
+		return;
+	}
+	if (all_deferred)
+	{
+		record_deferral(g->delivery_id, g->lease_token, until);
+		return;
+	}
+
+	out = palloc(sizeof(Datum) * nout);
+	out_ids = palloc(sizeof(int64) * g->n);
+	nout = 0;
+	for (int k = 0; k < g->n; k++)
+		if (g->slots[k].deferred || g->slots[k].error != NULL)
+			out[nout++] = CStringGetTextDatum(g->slots[k].event_id);
+	{
+		Datum		a[3];
+
+		a[0] = Int64GetDatum(g->delivery_id);
+		a[1] = Int64GetDatum(g->lease_token);
+		a[2] = PointerGetDatum(construct_array(out, nout, TEXTOID, -1, false, TYPALIGN_INT));
+		if (SPI_execute_plan(split_plan, a, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "splitting a lease group failed");
+	}
+	/* each event's delivery now (the rows go with the next statement) */
+	for (int k = 0; k < g->n; k++)
+	{
+		out_ids[k] = g->delivery_id;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			char	   *e = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+			if (e != NULL && strcmp(e, g->slots[k].event_id) == 0)
+			{
+				out_ids[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2,
+														 &isnull));
+				break;
+			}
+		}
+	}
+	for (int k = 0; k < g->n; k++)
+	{
+		HubGroupSlot *sl = &g->slots[k];
+
+		if (sl->deferred)
+			record_deferral(out_ids[k], g->lease_token, sl->defer_until);
+		else if (sl->error != NULL)
+		{
+			record_failure(out_ids[k], g->lease_token, sl->http_status, sl->error, sl->latency_ms,
+						   sl->excerpt, sl->retry_after_s, !sl->counted);
+			if (!counted_ep)
+				failed_eps[(*nfailed)++] = Int32GetDatum(g->ep->endpoint_id);
+			counted_ep = true;
+		}
+		else
+			done_add(done, g->delivery_id, g->lease_token, sl->http_status, sl->latency_ms, sl->excerpt,
+					 sl->event_id);
+	}
+}
+
 /*
  * record --- one transaction for every finished request: successes in
- * bulk, failures and deferrals one by one.  Then the endpoints that
- * failed are re-read: an opened circuit gives their queues back.
+ * bulk, failures and deferrals one by one, lease groups once all their
+ * requests are in.  Then the endpoints that failed are re-read: an opened
+ * circuit gives their queues back.
  */
 static void
 record(void)
 {
-	int			nok = 0;
 	int			cap = 0;
-	int64	   *ids,
-			   *tokens,
-			   *statuses,
-			   *latencies;
-	Datum	   *excerpts;
-	bool	   *excerpt_nulls;
+	int			nresults_here = 0;
+	HubDone		done = {0};
 	ListCell   *lc;
 	Datum	   *failed_eps;
 	int			nfailed = 0;
+	List	   *groups = NIL;
 
 	if (results == NIL)
 		return;
-	foreach(lc, results)
-		cap += ((HubResult *) lfirst(lc))->req->n;
 
-	begin_step("logistics_hub: record results");
-	prepare_plans();
-	ids = palloc(sizeof(int64) * cap);
-	tokens = palloc(sizeof(int64) * cap);
-	statuses = palloc(sizeof(int64) * cap);
-	latencies = palloc(sizeof(int64) * cap);
-	excerpts = palloc(sizeof(Datum) * cap);
-	excerpt_nulls = palloc(sizeof(bool) * cap);
-	failed_eps = palloc(sizeof(Datum) * list_length(results));
-
+	/*
+	 * The outcome of a lease group's request goes to its slot; a group
+	 * whose last outcome is in is recorded now, one still waiting for some
+	 * keeps the others (in dispatcher_cxt) until then.
+	 */
 	foreach(lc, results)
 	{
 		HubResult  *r = lfirst(lc);
 		HubRequest *req = r->req;
-		char	   *excerpt = req->excerpt.len > 0 ? excerpt_text(req) : NULL;
+		HubGroup   *g = req->group;
+		HubGroupSlot *sl;
 
-		for (int i = 0; i < req->n; i++)
+		nresults_here++;
+		if (g == NULL)
 		{
-			if (r->deferred)
-			{
-				Datum		a[3] = {Int64GetDatum(req->delivery_ids[i]),
-				Int64GetDatum(req->lease_tokens[i]), TimestampTzGetDatum(r->defer_until)};
-
-				SPI_execute_plan(defer_plan, a, NULL, false, 0);
-				note_due(r->defer_until);
-			}
-			else if (r->error == NULL)
-			{
-				ids[nok] = req->delivery_ids[i];
-				tokens[nok] = req->lease_tokens[i];
-				statuses[nok] = r->http_status;
-				latencies[nok] = r->latency_ms;
-				excerpts[nok] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
-				excerpt_nulls[nok] = excerpt == NULL;
-				nok++;
-			}
-			else
-			{
-				Datum		a[9];
-				char		nulls[9] = "         ";
-
-				a[0] = Int64GetDatum(req->delivery_ids[i]);
-				a[1] = Int64GetDatum(req->lease_tokens[i]);
-				a[2] = Int32GetDatum((int32) r->http_status);
-				nulls[2] = r->http_status == 0 ? 'n' : ' ';
-				a[3] = CStringGetTextDatum(r->error[0] ? r->error : (r->http_status ? psprintf("HTTP %ld", r->http_status) : "failed"));
-				a[4] = Int32GetDatum(r->latency_ms);
-				a[5] = excerpt ? CStringGetTextDatum(excerpt) : (Datum) 0;
-				nulls[5] = excerpt ? ' ' : 'n';
-				a[6] = Int64GetDatum(r->retry_after_s);
-				a[7] = CStringGetTextDatum(worker_name);
-				/* a failed request counts once towards the circuit breaker */
-				a[8] = BoolGetDatum(i == 0 && !r->counted);
-				SPI_execute_plan(fail_plan, a, nulls, false, 0);
-				if (SPI_execute_plan(due_plan, a, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
-				{
-					bool		isnull;
-					Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-					if (!isnull)
-						note_due(DatumGetTimestampTz(due));
-				}
-				if (i == 0)
-					failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
-			}
+			cap += req->n;
+			continue;
+		}
+		sl = &g->slots[req->group_slot];
+		sl->done = true;
+		sl->http_status = r->http_status;
+		sl->error = r->error ? MemoryContextStrdup(dispatcher_cxt, r->error) : NULL;
+		sl->excerpt = req->excerpt.len > 0 ? MemoryContextStrdup(dispatcher_cxt, excerpt_text(req)) : NULL;
+		sl->latency_ms = r->latency_ms;
+		sl->retry_after_s = r->retry_after_s;
+		sl->deferred = r->deferred;
+		sl->defer_until = r->defer_until;
+		sl->counted = r->counted;
+		if (--g->left == 0)
+		{
+			groups = lappend(groups, g);
+			cap += g->n;
 		}
 	}
-	if (nok > 0)
+
+	if (cap > 0)
 	{
-		Datum		a[6];
-		int			dims[1] = {nok};
-		int			lbs[1] = {1};
+		begin_step("logistics_hub: record results");
+		prepare_plans();
+		done.ids = palloc(sizeof(int64) * cap);
+		done.tokens = palloc(sizeof(int64) * cap);
+		done.statuses = palloc(sizeof(int64) * cap);
+		done.latencies = palloc(sizeof(int64) * cap);
+		done.excerpts = palloc(sizeof(Datum) * cap);
+		done.excerpt_nulls = palloc(sizeof(bool) * cap);
+		done.events = palloc(sizeof(Datum) * cap);
+		done.event_nulls = palloc(sizeof(bool) * cap);
+		failed_eps = palloc(sizeof(Datum) * (nresults_here + list_length(groups)));
 
-		a[0] = int_array(ids, nok, true);
-		a[1] = int_array(tokens, nok, true);
-		a[2] = int_array(statuses, nok, false);
-		a[3] = int_array(latencies, nok, false);
-		a[4] = PointerGetDatum(construct_md_array(excerpts, excerpt_nulls, 1, dims, lbs,
-												  TEXTOID, -1, false, TYPALIGN_INT));
-		a[5] = CStringGetTextDatum(worker_name);
-		SPI_execute_plan(complete_plan, a, NULL, false, 0);
-		/* a per-key successor of what was delivered is claimable now */
-		note_due(GetCurrentTimestamp());
+		foreach(lc, results)
+		{
+			HubResult  *r = lfirst(lc);
+			HubRequest *req = r->req;
+			char	   *excerpt;
+
+			if (req->group != NULL)
+				continue;
+			excerpt = req->excerpt.len > 0 ? excerpt_text(req) : NULL;
+			for (int i = 0; i < req->n; i++)
+			{
+				if (r->deferred)
+					record_deferral(req->delivery_ids[i], req->lease_tokens[i], r->defer_until);
+				else if (r->error == NULL)
+					done_add(&done, req->delivery_ids[i], req->lease_tokens[i], r->http_status,
+							 r->latency_ms, excerpt, NULL);
+				else
+				{
+					/* a failed request counts once towards the circuit breaker */
+					record_failure(req->delivery_ids[i], req->lease_tokens[i], r->http_status, r->error,
+								   r->latency_ms, excerpt, r->retry_after_s, i == 0 && !r->counted);
+					if (i == 0)
+						failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
+				}
+			}
+		}
+		foreach(lc, groups)
+			record_group(lfirst(lc), &done, failed_eps, &nfailed);
+
+		if (done.n > 0)
+		{
+			Datum		a[7];
+			char		nulls[7] = "       ";
+			int			dims[1] = {done.n};
+			int			lbs[1] = {1};
+
+			a[0] = int_array(done.ids, done.n, true);
+			a[1] = int_array(done.tokens, done.n, true);
+			a[2] = int_array(done.statuses, done.n, false);
+			a[3] = int_array(done.latencies, done.n, false);
+			a[4] = PointerGetDatum(construct_md_array(done.excerpts, done.excerpt_nulls, 1, dims, lbs,
+													  TEXTOID, -1, false, TYPALIGN_INT));
+			a[5] = CStringGetTextDatum(worker_name);
+			if (done.any_event)
+				a[6] = PointerGetDatum(construct_md_array(done.events, done.event_nulls, 1, dims, lbs,
+														  TEXTOID, -1, false, TYPALIGN_INT));
+			else
+			{
+				a[6] = (Datum) 0;
+				nulls[6] = 'n';
+			}
+			SPI_execute_plan(complete_plan, a, nulls, false, 0);
+			/* a per-key successor of what was delivered is claimable now */
+			note_due(GetCurrentTimestamp());
+		}
+		if (nfailed > 0)
+		{
+			Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
+
+			/*
+			 * not read-only: a read-only execution uses the step's first
+			 * snapshot and would not see the circuit the failures above
+			 * just opened
+			 */
+			if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
+				for (uint64 i = 0; i < SPI_processed; i++)
+					endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+		}
+		end_step();
 	}
-	if (nfailed > 0)
-	{
-		Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
 
-		/*
-		 * not read-only: a read-only execution uses the step's first snapshot
-		 * and would not see the circuit the failures above just opened
-		 */
-		if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
-			for (uint64 i = 0; i < SPI_processed; i++)
-				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-	}
-	end_step();
-
+	foreach(lc, groups)
+		group_free(lfirst(lc));
 	foreach(lc, results)
 		request_free(((HubResult *) lfirst(lc))->req);
 	MemoryContextSwitchTo(dispatcher_cxt);

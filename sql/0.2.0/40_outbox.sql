@@ -216,11 +216,16 @@ CREATE TABLE hub.subscriptions (
 	retry_on_4xx	boolean NOT NULL DEFAULT false,
 	body_format		text NOT NULL DEFAULT 'event' CHECK (body_format IN ('event', 'cloudevents', 'batch')),
 	batch_max		integer NOT NULL DEFAULT 100 CHECK (batch_max > 0),
+	lease_group		integer NOT NULL DEFAULT 1 CHECK (lease_group BETWEEN 1 AND 1000),
 	created_at		timestamptz NOT NULL DEFAULT now(),
-	UNIQUE (endpoint_id, event_pattern)
+	UNIQUE (endpoint_id, event_pattern),
+	CONSTRAINT subscriptions_lease_group_unordered
+		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format <> 'batch'))
 );
 COMMENT ON TABLE hub.subscriptions IS
 'Which events go to which endpoint: an event type pattern (shipment.*), an optional payload filter (@>), an optional transform, ordering per_key or none, priority and retry policy.';
+COMMENT ON COLUMN hub.subscriptions.lease_group IS
+'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. Only for ordering none and one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
 
 SELECT pg_catalog.pg_extension_config_dump('hub.endpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('hub._endpoint_secrets', '');
@@ -297,9 +302,9 @@ CREATE INDEX deliveries_open_batch_idx ON hub.deliveries (event_id)
  * dropped subscription) is a scan.
  */
 COMMENT ON TABLE hub.deliveries IS
-'One delivery per (subscription, event), or per batch of events for body_format batch: pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
+'One delivery per (subscription, event), or per batch of events for body_format batch, or per lease group (hub.subscriptions.lease_group): pending, in_flight (leased, fenced by lease_token), delivered, retry_wait, dead or skipped.';
 COMMENT ON COLUMN hub.deliveries.batch_events IS
-'For a batch delivery (one request of up to batch_max events, retried, dead-lettered and replayed whole): its events in order; NULL for a delivery of one event (event_id). Routing forms the batches.';
+'The events of a delivery of several, in order: a batch (body_format batch: one request of up to batch_max events, retried, dead-lettered and replayed whole) or a lease group (lease_group: one request per event, leased and completed together; an event that fails leaves the group as a delivery of its own). NULL for a delivery of one event (event_id). Routing forms both.';
 
 CREATE FUNCTION hub._subscription_deleted() RETURNS trigger
 LANGUAGE plpgsql
@@ -345,6 +350,7 @@ CREATE TABLE hub.attempts (
 	latency_ms		integer,
 	response_excerpt text CHECK (length(response_excerpt) <= 1024),
 	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired')),
+	event_id		uuid,	-- the request's event, for a delivery of a lease group
 	PRIMARY KEY (attempt_id, at)
 ) PARTITION BY RANGE (at);
 CREATE TABLE hub._attempts_default PARTITION OF hub.attempts DEFAULT;
@@ -353,6 +359,8 @@ COMMENT ON TABLE hub._attempts_default IS
 CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
 COMMENT ON TABLE hub.attempts IS
 'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed; expired: the lease ran out, or its worker restarted, with no result).';
+COMMENT ON COLUMN hub.attempts.event_id IS
+'For a delivery of a lease group (hub.subscriptions.lease_group), each of whose events is its own request: the event this attempt sent; NULL when the attempt was the whole delivery.';
 
 CREATE TABLE hub.operator_audit (
 	audit_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

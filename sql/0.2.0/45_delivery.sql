@@ -85,7 +85,7 @@ CREATE FUNCTION hub.subscribe(endpoint text, event_pattern text, filter jsonb DE
 		transform regproc DEFAULT NULL, ordering text DEFAULT 'per_key', priority integer DEFAULT 0,
 		max_attempts integer DEFAULT 12, retry_base interval DEFAULT '1 second',
 		retry_max interval DEFAULT '1 hour', retry_on_4xx boolean DEFAULT false,
-		body_format text DEFAULT 'event', batch_max integer DEFAULT 100)
+		body_format text DEFAULT 'event', batch_max integer DEFAULT 100, lease_group integer DEFAULT 1)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -100,16 +100,23 @@ BEGIN
 		-- (the claim runs it with this function's rights: same check, early)
 		PERFORM hub._check_runnable(transform, 'transform function');
 	END IF;
+	IF lease_group IS DISTINCT FROM 1 AND (lease_group IS NULL OR lease_group NOT BETWEEN 1 AND 1000
+			OR ordering IS DISTINCT FROM 'none' OR body_format = 'batch') THEN
+		RAISE EXCEPTION 'invalid lease_group: %', coalesce(lease_group::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A lease group holds 1 to 1000 events, and only a subscription with ordering => ''none'' and one event a request (body_format event or cloudevents) can have one.';
+	END IF;
 	INSERT INTO hub.subscriptions (endpoint_id, event_pattern, filter, transform, ordering, priority,
-								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max)
+								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max,
+								   lease_group)
 	VALUES (e, event_pattern, filter, transform, ordering, priority, max_attempts, retry_base,
-			retry_max, retry_on_4xx, body_format, batch_max)
+			retry_max, retry_on_4xx, body_format, batch_max, lease_group)
 	RETURNING subscription_id INTO id;
 	RETURN id;
 END
 $$;
-COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer) IS
-'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay to backfill. Returns the subscription id.';
+COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer) IS
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id.';
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
@@ -174,13 +181,17 @@ BEGIN
 	 * batch_max, in seq order: with per_key ordering, per one of 64 buckets
 	 * of the aggregate's hash (the bucket is the batch's aggregate_id, so
 	 * the batches of a bucket go in order, and with them the events of
-	 * each key), with none, in one run.  Events routed in one pass are
-	 * batched together: under load a pass sees many, and an idle hub sends
-	 * an event as soon as it is routed, in a batch of one.
+	 * each key), with none, in one run.  A subscription with a lease group
+	 * (ordering none) gets its events the same way, in deliveries of up to
+	 * lease_group events, each of which is still sent on its own.  Events
+	 * routed in one pass are batched together: under load a pass sees many,
+	 * and an idle hub sends an event as soon as it is routed, in a batch of
+	 * one.
 	 */
 	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE), ev AS (
 		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority,
-			   s.body_format = 'batch' AS batched, s.batch_max,
+			   s.body_format = 'batch' OR s.lease_group > 1 AS batched,
+			   CASE WHEN s.body_format = 'batch' THEN s.batch_max ELSE s.lease_group END AS batch_max,
 			   CASE WHEN s.ordering = 'per_key' THEN abs(hashtext(o.aggregate_id) % 64) ELSE 0 END AS bucket
 		FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
 			  FROM hub.outbox o
@@ -319,6 +330,11 @@ BEGIN
 		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
 			   d.leased_by AS old_worker, d.attempts AS old_attempt,
 			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests: one a batch, one an event of a lease group
+			   CASE WHEN d.batch_events IS NULL THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) = 'batch' THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
 			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
 			   e.endpoint_id AS o_endpoint,
 			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
@@ -339,19 +355,20 @@ BEGIN
 		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
 	), capped AS (
-		-- from each endpoint, no more than makes the claimer hold (p_held:
-		-- what it holds already) p_rounds times its share of the endpoint's
-		-- connections; then at most p_max_events events (the first delivery
-		-- always); the rows locked above and left out here are free again at
-		-- commit
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- (the first delivery always); the rows locked above and left out
+		-- here are free again at commit
 		SELECT c.* FROM (
 			SELECT c.*, sum(c.n_events) OVER (ORDER BY c.o_priority DESC, c.o_next, c.o_seq
 											  ROWS UNBOUNDED PRECEDING) AS upto
-			FROM (SELECT c.*, row_number() OVER (PARTITION BY c.o_endpoint
-												 ORDER BY c.o_priority DESC, c.o_next, c.o_seq) AS rank
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
 				  FROM candidates c) c
 			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
-				OR c.rank <= p_rounds * c.o_share
+				OR c.requests - c.n_requests < p_rounds * c.o_share
 							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
 										 WHERE h.id = c.o_endpoint), 0)) c
 		WHERE p_max_events IS NULL OR c.upto - c.n_events < p_max_events
@@ -825,7 +842,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON hub.event_types TO hub_admin;
 GRANT SELECT ON hub._endpoint_secrets TO hub_admin;
 GRANT EXECUTE ON FUNCTION
 	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb),
-	hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer),
+	hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer),
 	hub.pause_endpoint(text, text), hub.resume_endpoint(text, text), hub.skip_delivery(bigint, text),
 	hub.replay(bigint, text)
 	TO hub_admin;

@@ -149,7 +149,11 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
  * _complete_many --- complete_delivery for a whole set of results in one
  * statement.  A result whose lease is gone (reclaimed by another claim) is
  * recorded as a stale attempt and changes nothing, as in complete_delivery;
- * the UPDATE re-checks the token under the row lock.
+ * the UPDATE re-checks the token under the row lock.  The events of a lease
+ * group come as one result each (the same delivery id and token, events
+ * naming the event): the delivery is completed once, with an attempt row
+ * per event.  events is NULL, or NULL at a result, for a delivery sent
+ * whole.
  *
  * Its plan is cached once and generic, made from whatever the statistics
  * said then (often: nothing in flight), so it is pinned down to the one
@@ -163,7 +167,7 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
  * the whole backlog).
  */
 CREATE FUNCTION hub._complete_many(ids bigint[], tokens bigint[], statuses integer[], latencies integer[],
-								   excerpts text[], worker text)
+								   excerpts text[], worker text, events uuid[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -177,30 +181,38 @@ DECLARE
 	n integer;
 BEGIN
 	WITH r AS (
-		SELECT * FROM unnest(ids, tokens, statuses, latencies, excerpts)
-			AS r(delivery_id, token, status, latency, excerpt)
+		-- (events NULL: unnest pads it with NULLs)
+		SELECT * FROM unnest(ids, tokens, statuses, latencies, excerpts, events)
+			AS r(delivery_id, token, status, latency, excerpt, event_id)
 	), done AS (
+		-- (a delivery that several results name, a lease group, is joined
+		-- once: each further join row would be another update attempt of
+		-- the row this statement has just updated)
 		UPDATE hub.deliveries d
 		SET state = 'delivered', lease_until = NULL, last_error = NULL, last_http_status = r.status,
 			updated_at = now()
-		FROM r
+		FROM (SELECT r.delivery_id, min(r.token) AS token, min(r.status) AS status
+			  FROM r GROUP BY r.delivery_id) r
 		WHERE d.delivery_id = ANY (ids) AND d.delivery_id = r.delivery_id
 			AND (d.state = 'in_flight') IS TRUE AND d.lease_token = r.token
-		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token, r.status, r.latency, r.excerpt
+		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token
 	), audit AS (
-		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
-		SELECT done.delivery_id, done.attempts, worker, done.token, done.status, done.latency,
-			   left(done.excerpt, 1024), 'delivered'
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
+								  response_excerpt, outcome, event_id)
+		SELECT done.delivery_id, done.attempts, worker, done.token, r.status, r.latency,
+			   left(r.excerpt, 1024), 'delivered', r.event_id
 		FROM done
+		JOIN r ON r.delivery_id = done.delivery_id
 		RETURNING 1
 	), stale AS (
-		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
+								  response_excerpt, outcome, event_id)
 		SELECT r.delivery_id,
 			   coalesce((SELECT a.attempt FROM hub.attempts a
 						 WHERE a.delivery_id = r.delivery_id AND a.lease_token = r.token
 						 ORDER BY a.attempt_id LIMIT 1),
 						(SELECT d.attempts FROM hub.deliveries d WHERE d.delivery_id = r.delivery_id)),
-			   worker, r.token, r.status, r.latency, left(r.excerpt, 1024), 'stale'
+			   worker, r.token, r.status, r.latency, left(r.excerpt, 1024), 'stale', r.event_id
 		FROM r
 		WHERE r.delivery_id NOT IN (SELECT done.delivery_id FROM done)
 			AND r.delivery_id IN (SELECT d.delivery_id FROM hub.deliveries d WHERE d.delivery_id = ANY (ids))
@@ -217,8 +229,75 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text) IS
-'API: Private. Record many successful deliveries under their leases at once (stale ones as stale attempts); returns how many were completed.';
+COMMENT ON FUNCTION hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text, uuid[]) IS
+'API: Private. Record many successful deliveries under their leases at once (stale ones as stale attempts), an attempt row per event for a lease group (events); returns how many attempts were recorded delivered.';
+
+/*
+ * _split_group --- take the events of a leased lease group that did not
+ * get through (failed, or given back) out of it, each into a delivery of
+ * its own under the same lease (state, token, attempt count and lease
+ * time), so that the dispatcher fails or defers each with the usual
+ * functions while the rest of the group is completed.  A group none of
+ * whose events got through keeps its first one.  Returns the delivery of
+ * each event named; with the lease gone (the token no longer the group's),
+ * nothing changes and every event maps to the group, whose fenced
+ * functions then record stale attempts.
+ */
+CREATE FUNCTION hub._split_group(p_delivery bigint, p_token bigint, p_events uuid[])
+RETURNS TABLE (event_id uuid, delivery_id bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+DECLARE
+	g hub.deliveries;
+	keep uuid[];
+	out uuid[];
+BEGIN
+	SELECT * INTO g FROM hub.deliveries d
+	WHERE d.delivery_id = p_delivery AND d.lease_token = p_token AND d.state = 'in_flight'
+		AND d.batch_events IS NOT NULL
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT e.e, p_delivery FROM unnest(p_events) e(e);
+		RETURN;
+	END IF;
+	keep := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
+				  WHERE b.e <> ALL (p_events) ORDER BY b.o);
+	IF cardinality(keep) = 0 THEN
+		keep := g.batch_events[1:1];
+	END IF;
+	out := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
+				 WHERE b.e <> ALL (keep) ORDER BY b.o);
+	-- the group first: its key is its smallest event, which may be leaving
+	UPDATE hub.deliveries d
+	SET batch_events = CASE WHEN cardinality(keep) > 1 THEN keep END,
+		event_id = k.event_id, seq = k.seq, aggregate_id = k.aggregate_id, updated_at = now()
+	FROM (SELECT (array_agg(o.event_id ORDER BY o.event_id))[1] AS event_id, min(o.seq) AS seq,
+				 min(o.aggregate_id) AS aggregate_id
+		  FROM hub.outbox o WHERE o.event_id = ANY (keep)) k
+	WHERE d.delivery_id = p_delivery;
+	IF keep[1] = ANY (p_events) THEN
+		event_id := keep[1];
+		delivery_id := p_delivery;
+		RETURN NEXT;
+	END IF;
+	FOR event_id, delivery_id IN
+		INSERT INTO hub.deliveries AS d (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering,
+										 priority, state, attempts, next_attempt_at, lease_until, lease_token,
+										 leased_by)
+		SELECT g.subscription_id, g.endpoint_id, o.event_id, o.seq, o.aggregate_id, g.ordering, g.priority,
+			   'in_flight', g.attempts, g.next_attempt_at, g.lease_until, g.lease_token, g.leased_by
+		FROM hub.outbox o
+		WHERE o.event_id = ANY (out)
+		RETURNING d.event_id, d.delivery_id
+	LOOP
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._split_group(bigint, bigint, uuid[]) IS
+'API: Private. Take the events of a leased lease group that did not get through out of it, each into a delivery of its own under the same lease; returns the delivery of each (all the group''s own when the lease is gone).';
 
 CREATE FUNCTION hub._release_leases(worker text) RETURNS integer
 LANGUAGE sql
@@ -243,7 +322,8 @@ REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hu
 	hub.wake(), hub.webhook_signature(text, text, bigint, text),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
 	hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]), hub._dispatch_endpoints(integer[], integer, integer),
-	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text), hub._release_leases(text)
+	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text, uuid[]),
+	hub._split_group(bigint, bigint, uuid[]), hub._release_leases(text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.wake() TO hub_writer;
 GRANT EXECUTE ON FUNCTION hub.egress_allowed(text) TO hub_admin;

@@ -1,0 +1,125 @@
+-- Lease groups (hub.subscriptions.lease_group): routing puts up to
+-- lease_group events of an unordered subscription in one delivery row; a
+-- claim hands the group out as one lease (a row per event); the claim cap
+-- counts its requests, one per event; _complete_many completes it once
+-- with an attempt row per event; _split_group takes the events that did not
+-- get through out of it, each into a delivery of its own under the same
+-- lease; trace shows each event its own attempts.
+-- Autocommit (own database): routing only sees committed events.
+SELECT plan(34);
+
+SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', max_concurrency => 4) AS ep \gset
+
+-- only unordered subscriptions of one event a request
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', lease_group => 8)$$, '22023', 'invalid lease_group: 8',
+	'a per_key subscription cannot have a lease group');
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', body_format => 'batch', lease_group => 8)$$,
+	'22023', 'invalid lease_group: 8', 'nor a batch subscription');
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => 0)$$,
+	'22023', 'invalid lease_group: 0', 'a group holds at least one event');
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => 1001)$$,
+	'22023', 'invalid lease_group: 1001', 'and at most 1000');
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => NULL)$$,
+	'22023', 'invalid lease_group: NULL', 'and not NULL');
+
+SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => 5) AS s \gset
+SELECT hub.subscribe('erp', 'shipment.*', ordering => 'none') AS s_one \gset
+SELECT throws_ok($$UPDATE hub.subscriptions SET ordering = 'per_key' WHERE lease_group > 1$$, '23514', NULL,
+	'the table holds the same rule (a grouped subscription made per_key)');
+\o /dev/null
+SELECT hub.publish('order.created', 'SO-' || g, jsonb_build_object('order_id', 'SO-' || g, 'n', g), correlation_id => 'c-' || g)
+FROM generate_series(1, 12) g;
+SELECT hub.publish('shipment.dispatched', 'SH-' || g, jsonb_build_object('shipment_id', 'SH-' || g, 'carrier', 'ACME'))
+FROM generate_series(1, 3) g;
+\o
+SELECT is(hub._route_events(), 6::bigint, 'one pass routes 12 events in groups of 5, 5, 2 and 3 single deliveries');
+SELECT is(ARRAY(SELECT cardinality(batch_events) FROM hub.deliveries WHERE subscription_id = :s ORDER BY seq),
+	ARRAY[5, 5, 2], 'groups of lease_group events in publishing order');
+SELECT is(ARRAY(SELECT o.payload ->> 'n' FROM hub.deliveries d, unnest(d.batch_events) WITH ORDINALITY b(e, i)
+				JOIN hub.outbox o ON o.event_id = b.e WHERE d.subscription_id = :s ORDER BY d.seq, b.i),
+	ARRAY(SELECT g::text FROM generate_series(1, 12) g), 'every event exactly once, in publishing order');
+SELECT is((SELECT count(*) FROM hub.deliveries WHERE subscription_id = :s_one AND batch_events IS NULL), 3::bigint,
+	'a subscription without a lease group keeps a delivery per event');
+
+-- the claim cap counts requests: with rounds 1 and a share of 4 connections,
+-- the first group comes whole (5 requests) and nothing more of the endpoint
+CREATE TEMP TABLE c0 AS
+SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, NULL, NULL);
+SELECT is((SELECT count(DISTINCT delivery_id) FROM c0), 1::bigint,
+	'a claim capped at 4 requests takes one group of 5 (the first delivery always comes whole)');
+SELECT is((SELECT count(*) FROM c0), 5::bigint, 'and hands out each of its events');
+CREATE TEMP TABLE c0b AS
+SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, ARRAY[:ep], ARRAY[5]);
+SELECT is((SELECT count(*) FROM c0b), 0::bigint, 'a claimer holding 5 requests of the endpoint gets nothing more');
+-- give them back for the rest of the test
+UPDATE hub.deliveries SET state = 'pending', lease_until = NULL, lease_token = NULL, next_attempt_at = now(),
+	attempts = 0 WHERE state = 'in_flight';
+
+CREATE TEMP TABLE c AS SELECT * FROM hub.claim_deliveries(100, 'w');
+SELECT is((SELECT count(*) FROM c WHERE subscription_id = :s), 12::bigint, 'a claim hands out every event of the groups');
+SELECT is((SELECT count(*) FROM (SELECT delivery_id FROM c WHERE subscription_id = :s GROUP BY 1
+								 HAVING count(*) <> min(batch_size) OR count(DISTINCT lease_token) <> 1) x), 0::bigint,
+	'a group comes as batch_size rows under one lease token');
+
+SELECT delivery_id AS g1, lease_token AS t1 FROM c WHERE subscription_id = :s ORDER BY delivery_id LIMIT 1 \gset
+SELECT delivery_id AS g2, lease_token AS t2 FROM c WHERE subscription_id = :s ORDER BY delivery_id OFFSET 5 LIMIT 1 \gset
+SELECT delivery_id AS g3, lease_token AS t3 FROM c WHERE subscription_id = :s ORDER BY delivery_id DESC LIMIT 1 \gset
+
+-- group 1 all delivered: completed once, an attempt row per event
+SELECT is(hub._complete_many(array_agg(delivery_id), array_agg(lease_token), array_agg(200), array_agg(3),
+							 array_agg(NULL::text), 'w', array_agg(event_id)), 5)
+FROM c WHERE delivery_id = :g1;
+SELECT is((SELECT state FROM hub.deliveries WHERE delivery_id = :g1), 'delivered', 'the group is delivered');
+SELECT is((SELECT array_agg(a.event_id ORDER BY a.event_id) FROM hub.attempts a WHERE a.delivery_id = :g1 AND a.outcome = 'delivered'),
+	(SELECT array_agg(e ORDER BY e) FROM hub.deliveries d, unnest(d.batch_events) e WHERE d.delivery_id = :g1),
+	'with one delivered attempt naming each of its events');
+SELECT is((SELECT count(*) FROM hub.attempts WHERE delivery_id = :g1 AND attempt <> 1), 0::bigint,
+	'all of them attempt 1 of the group');
+
+-- group 2: its 1st and 4th events failed
+SELECT array_agg(event_id ORDER BY event_id) AS g2_events FROM c WHERE delivery_id = :g2 \gset
+CREATE TEMP TABLE g2 AS SELECT c.event_id, row_number() OVER (ORDER BY c.event_id) AS k FROM c WHERE delivery_id = :g2;
+CREATE TEMP TABLE split AS
+SELECT * FROM hub._split_group(:g2, :t2, ARRAY(SELECT event_id FROM g2 WHERE k IN (1, 4)));
+SELECT is((SELECT count(*) FROM split WHERE delivery_id <> :g2), 2::bigint, 'two events leave the group');
+SELECT is((SELECT count(*) FROM split s JOIN hub.deliveries d USING (delivery_id)
+		   WHERE d.event_id = s.event_id AND d.batch_events IS NULL AND d.state = 'in_flight'
+			 AND d.lease_token = :t2 AND d.attempts = 1 AND d.leased_by = 'w'), 2::bigint,
+	'each into a delivery of its own, in flight under the group''s lease and attempt');
+SELECT is((SELECT batch_events FROM hub.deliveries WHERE delivery_id = :g2),
+	ARRAY(SELECT event_id FROM g2 WHERE k NOT IN (1, 4) ORDER BY k), 'the group keeps the other three');
+SELECT is((SELECT event_id FROM hub.deliveries WHERE delivery_id = :g2), (SELECT event_id FROM g2 WHERE k = 2),
+	'and its key moves to its smallest remaining event');
+SELECT is(hub.fail_delivery((SELECT delivery_id FROM split ORDER BY delivery_id LIMIT 1), :t2, 500, 'HTTP 500', 3),
+	'retry_wait', 'a split event fails on its own, with the usual backoff');
+SELECT is(hub._complete_many(array_agg(:g2::bigint), array_agg(:t2::bigint), array_agg(204), array_agg(1),
+							 array_agg(NULL::text), 'w', array_agg(event_id)), 3)
+FROM g2 WHERE k NOT IN (1, 4);
+SELECT is((SELECT count(*) FROM hub.deliveries d, unnest(coalesce(d.batch_events, ARRAY[d.event_id])) e
+		   WHERE d.subscription_id = :s AND e = ANY (:'g2_events'::uuid[])), 5::bigint,
+	'every event of the group is in exactly one delivery');
+
+-- group 3: none got through: it keeps its first event
+CREATE TEMP TABLE split3 AS
+SELECT * FROM hub._split_group(:g3, :t3, ARRAY(SELECT event_id FROM c WHERE delivery_id = :g3));
+SELECT is((SELECT count(*) FROM split3 WHERE delivery_id = :g3), 1::bigint, 'a group none of whose events got through keeps one');
+SELECT ok((SELECT batch_events IS NULL AND state = 'in_flight' FROM hub.deliveries WHERE delivery_id = :g3),
+	'as a delivery of one event, still in flight');
+SELECT is((SELECT count(*) FROM split3), 2::bigint, 'every event named gets its delivery');
+
+-- a lease gone: nothing changes, every event maps to the group
+SELECT is((SELECT count(*) FROM hub._split_group(:g1, :t1, ARRAY(SELECT event_id FROM c WHERE delivery_id = :g1))
+		   WHERE delivery_id = :g1), 5::bigint, 'a group no longer leased maps every event to itself');
+SELECT is((SELECT cardinality(batch_events) FROM hub.deliveries WHERE delivery_id = :g1), 5, 'and stays whole');
+-- a stale completion: an attempt row per event, marked stale
+SELECT is(hub._complete_many(array_agg(delivery_id), array_agg(lease_token), array_agg(200), array_agg(3),
+							 array_agg(NULL::text), 'w', array_agg(event_id)), 0)
+FROM c WHERE delivery_id = :g1;
+SELECT is((SELECT count(DISTINCT event_id) FROM hub.attempts WHERE delivery_id = :g1 AND outcome = 'stale'), 5::bigint,
+	'a result for a lease that is gone is a stale attempt of each event');
+
+-- trace: an event of a group shows its own attempts, not its neighbours'
+SELECT is((SELECT count(*) FROM hub.trace('c-2') WHERE what LIKE 'attempt%'), 2::bigint,
+	'the trace of an event of a group shows its attempts only (delivered, stale)');
+
+SELECT * FROM finish();
