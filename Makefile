@@ -39,6 +39,9 @@ PGXS := $(wildcard $(shell $(PG_CONFIG) --pgxs 2>/dev/null))
 
 ifneq ($(PGXS),)
 include $(PGXS)
+# (PGXS tracks no header dependencies unless PostgreSQL was configured with
+# --enable-depend; a struct changed in a header must rebuild every user)
+$(OBJS): $(wildcard extension/*.h workers/*.h)
 else
 all:
 	@echo "pg_config not found: run 'make demo' or 'make test', which install PostgreSQL 15 first" >&2

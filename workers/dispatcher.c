@@ -520,10 +520,22 @@ excerpt_text(HubRequest *req)
 
 /* ---------------------------------------------------------------- claim */
 
+/*
+ * Request contexts are reset and kept for the next request rather than
+ * deleted: a request's struct, body, excerpt and headers fit in the first
+ * block, so a busy dispatcher makes and frees requests without a malloc
+ * of its own.  At most REQUEST_CONTEXTS_KEPT wait (one claim's worth).
+ */
+#define REQUEST_BLOCK 4096
+#define REQUEST_CONTEXTS_KEPT 1024
+static MemoryContext kept_contexts[REQUEST_CONTEXTS_KEPT];
+static int	nkept = 0;
+
 static HubRequest *
 request_new(HubEndpoint *ep, int subscription_id, int batch_max, bool batch)
 {
-	MemoryContext cxt = AllocSetContextCreate(dispatcher_cxt, "logistics_hub request", ALLOCSET_SMALL_SIZES);
+	MemoryContext cxt = nkept > 0 ? kept_contexts[--nkept] :
+		AllocSetContextCreate(dispatcher_cxt, "logistics_hub request", 0, REQUEST_BLOCK, 8 * REQUEST_BLOCK);
 	HubRequest *req = MemoryContextAllocZero(cxt, sizeof(HubRequest));
 
 	req->cxt = cxt;
@@ -548,8 +560,16 @@ request_new(HubEndpoint *ep, int subscription_id, int batch_max, bool batch)
 static void
 request_free(HubRequest *req)
 {
+	MemoryContext cxt = req->cxt;
+
 	hub_http_release(req);
-	MemoryContextDelete(req->cxt);
+	if (nkept < REQUEST_CONTEXTS_KEPT)
+	{
+		MemoryContextReset(cxt);
+		kept_contexts[nkept++] = cxt;
+	}
+	else
+		MemoryContextDelete(cxt);
 }
 
 static void
@@ -1579,7 +1599,13 @@ static void
 release_retired_leases(void)
 {
 	static uint32 seen = 0;		/* bit per slot seen running */
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
+	/* (ten times a second is soon enough, and spares a busy loop) */
+	if (now - last < USECS_PER_SEC / 10)
+		return;
+	last = now;
 	for (int k = 1; k < HUB_MAX_DISPATCHERS; k++)
 	{
 		uint32		bit = (uint32) 1 << k;

@@ -350,7 +350,7 @@ CREATE TABLE hub.attempts (
 	latency_ms		integer,
 	response_excerpt text CHECK (length(response_excerpt) <= 1024),
 	outcome			text NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'deferred', 'stale', 'expired')),
-	event_id		uuid,	-- the request's event, for a delivery of a lease group
+	group_event_id	uuid,	-- the request's event, for a delivery of a lease group
 	PRIMARY KEY (attempt_id, at)
 ) PARTITION BY RANGE (at);
 CREATE TABLE hub._attempts_default PARTITION OF hub.attempts DEFAULT;
@@ -359,7 +359,7 @@ COMMENT ON TABLE hub._attempts_default IS
 CREATE INDEX attempts_delivery_idx ON hub.attempts (delivery_id, attempt_id);
 COMMENT ON TABLE hub.attempts IS
 'Append-only audit of every delivery attempt: time, worker, HTTP status or transport error, latency, a bounded response excerpt and the outcome (stale: the result arrived after its lease was reclaimed; expired: the lease ran out, or its worker restarted, with no result).';
-COMMENT ON COLUMN hub.attempts.event_id IS
+COMMENT ON COLUMN hub.attempts.group_event_id IS
 'For a delivery of a lease group (hub.subscriptions.lease_group), each of whose events is its own request: the event this attempt sent; NULL when the attempt was the whole delivery.';
 
 CREATE TABLE hub.operator_audit (

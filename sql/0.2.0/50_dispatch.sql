@@ -198,7 +198,7 @@ BEGIN
 		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token
 	), audit AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
-								  response_excerpt, outcome, event_id)
+								  response_excerpt, outcome, group_event_id)
 		SELECT done.delivery_id, done.attempts, worker, done.token, r.status, r.latency,
 			   left(r.excerpt, 1024), 'delivered', r.event_id
 		FROM done
@@ -206,7 +206,7 @@ BEGIN
 		RETURNING 1
 	), stale AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
-								  response_excerpt, outcome, event_id)
+								  response_excerpt, outcome, group_event_id)
 		SELECT r.delivery_id,
 			   coalesce((SELECT a.attempt FROM hub.attempts a
 						 WHERE a.delivery_id = r.delivery_id AND a.lease_token = r.token

@@ -94,7 +94,7 @@ BEGIN
 	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	-- (an attempt of a lease group sent one of its events: that one's)
-	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.event_id IS NULL OR a.event_id = o.event_id)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
 	UNION ALL
 	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
 		   NULL, NULL, d.last_error

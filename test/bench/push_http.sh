@@ -11,13 +11,17 @@
 # 2. the hub: N events published while the endpoint is paused, routed, then
 #    the endpoint resumed and the time until every delivery is delivered
 #    measured (one event per request), in events/s, and the ratio to wrk;
+#    and the same again with lease groups of LH_BENCH_GROUP events (64): still
+#    one event a request, but the events routed together share a delivery
+#    row, leased and completed at once (hub.subscribe(..., lease_group));
 # 3. the same in batch mode (a JSON array of up to 100 events a request: batch
 #    deliveries of 100, formed by routing);
 # 4. latency: a steady rate of publishes (pgbench --rate, one event a
 #    transaction) for some seconds; nginx logs the arrival time ($msec) and
 #    the webhook-id of every request, and commit-to-receiver latency is the
 #    arrival minus the event's published_at (its transaction's start, a few
-#    tenths of a millisecond before its commit): p50, p99, max.
+#    tenths of a millisecond before its commit): p50, p99, max; without and
+#    with lease groups.
 #
 # Runs 2. and 3. with each number of dispatchers in LH_BENCH_DISPATCHERS ("1 2":
 # one endpoint is shared by all of them, each with its share of the 64
@@ -41,6 +45,7 @@ CONNS=${LH_BENCH_CONNS:-64}
 RATE=${LH_BENCH_RATE:-1000}
 LSECS=${LH_BENCH_LATENCY_SECONDS:-10}
 DISPATCHERS=${LH_BENCH_DISPATCHERS:-1 2}
+GROUP=${LH_BENCH_GROUP:-64}
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 NGINX_PID=
@@ -130,11 +135,13 @@ echo "libcurl alone (no database): $CURL1 requests/s in one process, $CURL2 in t
 
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
-	local format=$1 ndisp=$2 t0 t1 dpids npid d0 d1 n0 n1 failed
+	local format=$1 ndisp=$2 group=${3:-1} label t0 t1 dpids npid d0 d1 n0 n1 failed
+	label=$format; [ "$group" -gt 1 ] && label="$format, lease_group $group"
 	q >/dev/null <<SQL
 SELECT hub.pause_endpoint('nginx', 'bench');
 DELETE FROM hub.subscriptions;
-SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', body_format => '$format', batch_max => 100);
+SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', body_format => '$format', batch_max => 100,
+	lease_group => $group);
 INSERT INTO hub.outbox (event_type, aggregate_id, payload)
 SELECT 'order.created', 'SO-' || i, jsonb_build_object('order_id', 'SO-' || i, 'lines', 3, 'warehouse', 'DC1')
 FROM generate_series(1, $EVENTS) i;
@@ -177,7 +184,7 @@ SQL
 		FROM (SELECT outcome, count(*) AS n FROM hub.attempts WHERE outcome <> 'delivered' GROUP BY 1) a")
 	python3 -c "
 n = $EVENTS; dt = $t1 - $t0; r = n / dt; per = 100 if '$format' == 'batch' else 1
-print(f'hub ($format, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk, {r / per / $([ "$ndisp" -gt 1 ] && echo "$CURL2" || echo "$CURL1"):.3f} of libcurl alone in as many processes (requests);'
+print(f'hub ($label, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk, {r / per / $([ "$ndisp" -gt 1 ] && echo "$CURL2" || echo "$CURL1"):.3f} of libcurl alone in as many processes (requests);'
       f' CPU per event: dispatchers {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
       f' attempts not delivered: $failed')"
 	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
@@ -185,22 +192,21 @@ print(f'hub ($format, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} eve
 }
 for ndisp in $DISPATCHERS; do
 	run_hub event "$ndisp"
+	run_hub event "$ndisp" "$GROUP"
 	run_hub batch "$ndisp"
 done
 
 # 4. latency at a steady rate
-q >/dev/null <<SQL
-DELETE FROM hub.subscriptions;
-SELECT hub.subscribe('nginx', 'order.*', ordering => 'none');
-UPDATE hub.endpoints SET url = 'http://127.0.0.1:$HTTP_PORT/log';
-SQL
+q -c "UPDATE hub.endpoints SET url = 'http://127.0.0.1:$HTTP_PORT/log'" >/dev/null
 cat > "$WORK/publish.sql" <<'EOF'
 \set k random(1, 1000000)
 SELECT hub.publish('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k));
 EOF
 chmod 644 "$WORK/publish.sql"
 latency() {
-	local ndisp=$1
+	local ndisp=$1 group=$2
+	q -c "DELETE FROM hub.subscriptions" \
+		-c "SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', lease_group => $group)" >/dev/null
 	q -c "ALTER SYSTEM SET logistics_hub.dispatchers = $ndisp" -c "SELECT pg_reload_conf()" >/dev/null
 	until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")" -eq "$ndisp" ]; do
 		sleep 0.2
@@ -211,10 +217,10 @@ latency() {
 	sleep 2
 	q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS arrival" -c "CREATE TABLE arrival (at float8, event_id text)" >/dev/null
 	q -c "\\copy arrival FROM '$WORK/nginx/logs/arrival.log' WITH (FORMAT text, DELIMITER ' ')"
-	q -v ndisp="$ndisp" <<'SQL'
-SELECT format('latency at %s events/s, %s dispatcher(s): %s events, p50 %s ms, p99 %s ms, max %s ms',
+	q -v ndisp="$ndisp" -v group="$group" <<'SQL'
+SELECT format('latency at %s events/s, %s dispatcher(s), lease_group %s: %s events, p50 %s ms, p99 %s ms, max %s ms',
 	round(count(*) / greatest(extract(epoch FROM max(o.published_at) - min(o.published_at)), 1)),
-	:ndisp, count(*),
+	:ndisp, :group, count(*),
 	round(percentile_cont(0.5) WITHIN GROUP (ORDER BY l)::numeric, 1),
 	round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 1),
 	round(max(l)::numeric, 1))
@@ -223,5 +229,6 @@ FROM (SELECT a.at * 1000 - extract(epoch FROM o.published_at) * 1000 AS l, o.pub
 SQL
 }
 for ndisp in $DISPATCHERS; do
-	latency "$ndisp"
+	latency "$ndisp" 1
+	latency "$ndisp" "$GROUP"
 done

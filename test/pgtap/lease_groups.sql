@@ -70,7 +70,7 @@ SELECT is(hub._complete_many(array_agg(delivery_id), array_agg(lease_token), arr
 							 array_agg(NULL::text), 'w', array_agg(event_id)), 5)
 FROM c WHERE delivery_id = :g1;
 SELECT is((SELECT state FROM hub.deliveries WHERE delivery_id = :g1), 'delivered', 'the group is delivered');
-SELECT is((SELECT array_agg(a.event_id ORDER BY a.event_id) FROM hub.attempts a WHERE a.delivery_id = :g1 AND a.outcome = 'delivered'),
+SELECT is((SELECT array_agg(a.group_event_id ORDER BY a.group_event_id) FROM hub.attempts a WHERE a.delivery_id = :g1 AND a.outcome = 'delivered'),
 	(SELECT array_agg(e ORDER BY e) FROM hub.deliveries d, unnest(d.batch_events) e WHERE d.delivery_id = :g1),
 	'with one delivered attempt naming each of its events');
 SELECT is((SELECT count(*) FROM hub.attempts WHERE delivery_id = :g1 AND attempt <> 1), 0::bigint,
@@ -115,7 +115,7 @@ SELECT is((SELECT cardinality(batch_events) FROM hub.deliveries WHERE delivery_i
 SELECT is(hub._complete_many(array_agg(delivery_id), array_agg(lease_token), array_agg(200), array_agg(3),
 							 array_agg(NULL::text), 'w', array_agg(event_id)), 0)
 FROM c WHERE delivery_id = :g1;
-SELECT is((SELECT count(DISTINCT event_id) FROM hub.attempts WHERE delivery_id = :g1 AND outcome = 'stale'), 5::bigint,
+SELECT is((SELECT count(DISTINCT group_event_id) FROM hub.attempts WHERE delivery_id = :g1 AND outcome = 'stale'), 5::bigint,
 	'a result for a lease that is gone is a stale attempt of each event');
 
 -- trace: an event of a group shows its own attempts, not its neighbours'

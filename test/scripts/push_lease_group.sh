@@ -64,8 +64,8 @@ lh_receiver_verify "$S1" --path ep=grp || fail "grp: a signature does not verify
 ok "grp: every request's Standard Webhooks signature verifies (the receiver's own check)"
 
 # the audit: one delivered attempt row per event, naming it
-v=$(q "SELECT count(*) FILTER (WHERE a.outcome = 'delivered'), count(DISTINCT a.event_id) FILTER (WHERE a.outcome = 'delivered'),
-			  bool_and(a.event_id = ANY (d.batch_events)), bool_and(a.attempt = 1)
+v=$(q "SELECT count(*) FILTER (WHERE a.outcome = 'delivered'), count(DISTINCT a.group_event_id) FILTER (WHERE a.outcome = 'delivered'),
+			  bool_and(a.group_event_id = ANY (d.batch_events)), bool_and(a.attempt = 1)
 	   FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) JOIN hub.attempts a USING (delivery_id)
 	   WHERE e.name = 'grp' AND d.batch_events IS NOT NULL")
 [ "$v" = "9|9|t|t" ] || fail "grp: the group's attempt rows are '$v' (want 9 delivered, one per event, attempt 1)"
