@@ -38,6 +38,8 @@ typedef struct HubEgressNote
 
 struct HubTokenFetch;
 
+#define HUB_IDLE_HANDLES 64
+
 typedef struct HubEndpoint
 {
 	int			endpoint_id;	/* hash key */
@@ -88,6 +90,17 @@ typedef struct HubEndpoint
 	int			queued;
 	dlist_node	active_node;	/* in the list of endpoints with a queue */
 	bool		active;
+
+	/*
+	 * Easy handles set up for this endpoint and idle: a request takes one
+	 * and sets only what is its own (body, headers, callbacks' data).
+	 * config_gen counts the loads of the endpoint's settings (at least
+	 * once a second); a handle set up under an older one is set up again.
+	 */
+	uint32		config_gen;
+	int			nidle;
+	void	   *idle[HUB_IDLE_HANDLES];	/* CURL * */
+	uint32		idle_gen[HUB_IDLE_HANDLES];
 } HubEndpoint;
 
 struct HubGroup;
@@ -119,6 +132,7 @@ typedef struct HubRequest
 
 	/* transfer */
 	CURL	   *easy;
+	uint32		easy_gen;		/* the endpoint's config_gen it was set up at, 0: none */
 	struct curl_slist *headers;
 	StringInfoData excerpt;
 	size_t		received;

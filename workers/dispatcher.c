@@ -338,6 +338,9 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 
 	MemoryContextReset(ep->cxt);
 	old = MemoryContextSwitchTo(ep->cxt);
+	ep->config_gen++;			/* (handles set up before are set up again) */
+	if (ep->config_gen == 0)
+		ep->config_gen = 1;
 	url = spi_text(tup, desc, 2);
 	ep->url = url;
 	ep->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
@@ -1832,7 +1835,12 @@ hub_dispatcher_main(Datum arg)
 			timeout = 0;
 		else
 		{
-			TimestampTz until = next_claim;
+			/*
+			 * (a claim falls due only once fewer requests wait than may be
+			 * in flight, which a transfer ending wakes this loop for; until
+			 * then a due claim must not make the wait a busy loop)
+			 */
+			TimestampTz until = queued_total < hub_max_in_flight ? next_claim : Max(next_claim, next_refresh);
 
 			if (results != NIL && first_result_at + RECORD_DELAY_MS * 1000L < until)
 				until = first_result_at + RECORD_DELAY_MS * 1000L;

@@ -23,9 +23,12 @@
  * request: hub_oauth2_prepare builds one, hub_oauth2_finish parses the
  * answer into the endpoint's token cache; nothing here blocks.
  *
- * Easy handles are kept in a small pool and reset for reuse; connections
- * live in the dispatcher's multi handle, so keep-alive works across
- * requests.  libcurl allocates with malloc: handles and header lists are
+ * Easy handles are kept for reuse: set up for an endpoint, a handle goes
+ * back to that endpoint's idle list as it is, and its next request sets
+ * only its own options (body, headers, the callbacks' data); one set up
+ * under settings loaded since is reset first (reset handles wait in a small
+ * pool).  Connections live in the dispatcher's multi handle, so keep-alive
+ * works across requests.  libcurl allocates with malloc: handles and header lists are
  * freed explicitly, never left to memory contexts.
  *
  * workers/http.c
@@ -223,9 +226,21 @@ hub_http_prepare(HubRequest *req, char **error)
 	StringInfoData sig;
 	int64		now_s = (int64) time(NULL);
 	bool		ok = true;
+	bool		set_up = false;
 
 	*error = NULL;
-	easy = npool > 0 ? pool[--npool] : curl_easy_init();
+	easy = NULL;
+	/* a handle set up for this endpoint's current settings, or a fresh one */
+	if (ep->nidle > 0)
+	{
+		easy = ep->idle[--ep->nidle];
+		if (ep->idle_gen[ep->nidle] == ep->config_gen)
+			set_up = true;
+		else
+			curl_easy_reset(easy);
+	}
+	if (easy == NULL)
+		easy = npool > 0 ? pool[--npool] : curl_easy_init();
 	if (easy == NULL)
 	{
 		*error = pstrdup("could not create a libcurl handle");
@@ -233,15 +248,27 @@ hub_http_prepare(HubRequest *req, char **error)
 		return NULL;
 	}
 	req->easy = easy;
+	req->easy_gen = ep->config_gen;
 
 	setopt_reset();
-	set_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
-	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
+	if (!set_up)
+	{
+		set_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
+		SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
+		SETOPT(easy, CURLOPT_URL, ep->url);
+		SETOPT(easy, CURLOPT_POST, 1L);
+		if (ep->auth_kind == HUB_AUTH_BASIC)
+		{
+			SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+			SETOPT(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
+		}
+	}
+	/* what is this request's own */
+	SETOPT(easy, CURLOPT_OPENSOCKETDATA, &req->egress);
+	SETOPT(easy, CURLOPT_PREREQDATA, &req->egress);
 	SETOPT(easy, CURLOPT_WRITEDATA, req);
 	SETOPT(easy, CURLOPT_ERRORBUFFER, req->errbuf);
 	SETOPT(easy, CURLOPT_PRIVATE, req);
-	SETOPT(easy, CURLOPT_URL, ep->url);
-	SETOPT(easy, CURLOPT_POST, 1L);
 	SETOPT(easy, CURLOPT_POSTFIELDS, req->body.data);
 	SETOPT(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body.len);
 	req->errbuf[0] = '\0';
@@ -284,9 +311,7 @@ hub_http_prepare(HubRequest *req, char **error)
 			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->auth_secret ? ep->auth_secret : ""));
 			break;
 		case HUB_AUTH_BASIC:
-			SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
-			SETOPT(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
-			break;
+			break;				/* (set up with the handle, above) */
 		case HUB_AUTH_API_KEY:
 			ok &= append_header(req, psprintf("%s: %s", ep->api_key_header ? ep->api_key_header : "X-API-Key",
 											  ep->auth_secret ? ep->auth_secret : ""));
@@ -307,6 +332,7 @@ hub_http_prepare(HubRequest *req, char **error)
 	{
 		if (*error == NULL)
 			*error = pstrdup("refused to send: a header value holds CR or LF");
+		req->easy_gen = 0;		/* (not to be reused as set up) */
 		hub_http_release(req);
 		return NULL;
 	}
@@ -317,13 +343,24 @@ hub_http_prepare(HubRequest *req, char **error)
 void
 hub_http_release(HubRequest *req)
 {
+	HubEndpoint *ep = req->ep;
+
 	if (req->easy != NULL)
 	{
-		curl_easy_reset(req->easy);
-		if (npool < POOL_MAX)
-			pool[npool++] = req->easy;
+		if (req->easy_gen != 0 && req->easy_gen == ep->config_gen && ep->nidle < HUB_IDLE_HANDLES)
+		{
+			/* kept set up for the endpoint's next request */
+			ep->idle_gen[ep->nidle] = req->easy_gen;
+			ep->idle[ep->nidle++] = req->easy;
+		}
 		else
-			curl_easy_cleanup(req->easy);
+		{
+			curl_easy_reset(req->easy);
+			if (npool < POOL_MAX)
+				pool[npool++] = req->easy;
+			else
+				curl_easy_cleanup(req->easy);
+		}
 		req->easy = NULL;
 	}
 	if (req->headers != NULL)
