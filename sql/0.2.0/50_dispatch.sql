@@ -150,9 +150,9 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
  * statement.  A result whose lease is gone (reclaimed by another claim) is
  * recorded as a stale attempt and changes nothing, as in complete_delivery;
  * the UPDATE re-checks the token under the row lock.  The events of a lease
- * group come as one result each (the same delivery id and token, events
- * naming the event): the delivery is completed once, with an attempt row
- * per event.  events is NULL, or NULL at a result, for a delivery sent
+ * group come as one result each, one after another (the same delivery id
+ * and token, events naming the event): the delivery is completed once, with
+ * an attempt row per event.  events is NULL, or NULL at a result, for a delivery sent
  * whole.
  *
  * Its plan is cached once and generic, made from whatever the statistics
@@ -181,28 +181,33 @@ DECLARE
 	n integer;
 BEGIN
 	WITH r AS (
-		-- (events NULL: unnest pads it with NULLs)
-		SELECT * FROM unnest(ids, tokens, statuses, latencies, excerpts, events)
-			AS r(delivery_id, token, status, latency, excerpt, event_id)
+		-- (events NULL: unnest pads it with NULLs; lead: the first result
+		-- of its delivery, the results of a group coming one after another)
+		SELECT r.*, (r.i = 1 OR ids[r.i - 1] IS DISTINCT FROM r.delivery_id) AS lead
+		FROM unnest(ids, tokens, statuses, latencies, excerpts, events) WITH ORDINALITY
+			AS r(delivery_id, token, status, latency, excerpt, event_id, i)
 	), done AS (
-		-- (a delivery that several results name, a lease group, is joined
-		-- once: each further join row would be another update attempt of
-		-- the row this statement has just updated)
+		-- (a delivery joined once: a further join row of a group would be
+		-- another attempt to update the row this statement just updated)
 		UPDATE hub.deliveries d
 		SET state = 'delivered', lease_until = NULL, last_error = NULL, last_http_status = r.status,
 			updated_at = now()
-		FROM (SELECT r.delivery_id, min(r.token) AS token, min(r.status) AS status
-			  FROM r GROUP BY r.delivery_id) r
-		WHERE d.delivery_id = ANY (ids) AND d.delivery_id = r.delivery_id
+		FROM r
+		WHERE d.delivery_id = ANY (ids) AND d.delivery_id = r.delivery_id AND r.lead
 			AND (d.state = 'in_flight') IS TRUE AND d.lease_token = r.token
-		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token
+		RETURNING d.delivery_id, d.attempts, d.endpoint_id, r.token, r.status, r.latency, r.excerpt, r.event_id
 	), audit AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
 								  response_excerpt, outcome, group_event_id)
+		SELECT done.delivery_id, done.attempts, worker, done.token, done.status, done.latency,
+			   left(done.excerpt, 1024), 'delivered', done.event_id
+		FROM done
+		UNION ALL
+		-- the other events of a group
 		SELECT done.delivery_id, done.attempts, worker, done.token, r.status, r.latency,
 			   left(r.excerpt, 1024), 'delivered', r.event_id
-		FROM done
-		JOIN r ON r.delivery_id = done.delivery_id
+		FROM r JOIN done ON done.delivery_id = r.delivery_id
+		WHERE NOT r.lead
 		RETURNING 1
 	), stale AS (
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms,
