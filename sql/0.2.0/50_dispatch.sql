@@ -98,6 +98,7 @@ RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subs
 			   body_format text, batch_max integer, event_id text, body text, batch_size integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 BEGIN
@@ -155,8 +156,10 @@ COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
  * an attempt row per event.  events is NULL, or NULL at a result, for a delivery sent
  * whole.
  *
- * Its plan is cached once and generic, made from whatever the statistics
- * said then (often: nothing in flight), so it is pinned down to the one
+ * Its plan is cached once and generic (forced: left to choose, the plan
+ * cache kept planning it anew for every call whose arrays were small, a
+ * millisecond each), made from whatever the statistics said then (often:
+ * nothing in flight), so it is pinned down to the one
  * shape that is linear in the number of results whatever the table holds:
  * deliveries are reached only through the primary key (= ANY (ids)), and
  * the results are joined to them by hashing.  Nested loops are off (with
@@ -172,6 +175,7 @@ RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 SET enable_nestloop = off
 SET enable_mergejoin = off
 SET enable_bitmapscan = off
