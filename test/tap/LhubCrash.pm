@@ -113,8 +113,9 @@ sub lh_receiver
 }
 
 # lh_endpoint NODE, RECV, NAME, PATH, timeout_ms => .., max_concurrency => ..,
-# ordering => none|per_key --- an endpoint on the receiver, subscribed to
-# order.* (ordering none unless asked).
+# ordering => none|per_key, lease_group => N --- an endpoint on the
+# receiver, subscribed to order.* (ordering none and no lease group unless
+# asked).
 # The URL carries ?ep=NAME so the checker can tell endpoints apart in the
 # receiver's log.
 sub lh_endpoint
@@ -123,13 +124,14 @@ sub lh_endpoint
 	my $timeout = $opt{timeout_ms} // 10000;
 	my $conc = $opt{max_concurrency} // 32;
 	my $ordering = $opt{ordering} // 'none';
+	my $group = $opt{lease_group} // 1;
 
 	$node->safe_psql(
 		'postgres', qq{
 SELECT hub.create_endpoint('$name', '$recv->{url}$path?ep=$name',
 	timeout_ms => $timeout, max_concurrency => $conc);
 SELECT hub.subscribe('$name', 'order.*', ordering => '$ordering', retry_base => '100 ms',
-	retry_max => '1 s', max_attempts => 50);
+	retry_max => '1 s', max_attempts => 50, lease_group => $group);
 });
 	return;
 }
@@ -301,7 +303,7 @@ sub lh_wait_delivered
 	return lh_wait_until(
 		sub {
 			lh_count($node,
-				"SELECT count(*) FROM hub.deliveries WHERE state = 'delivered'")
+				"SELECT coalesce(sum(coalesce(cardinality(batch_events), 1)), 0) FROM hub.deliveries WHERE state = 'delivered'")
 			  >= $k;
 		},
 		$secs);
@@ -367,7 +369,9 @@ sub first_few
 #    webhook-id.
 # I3 duplicates are safe: every copy of a webhook-id carries the same body
 #    (SHA-256); duplicates are counted and printed.
-# I4 complete audit, per delivery: exactly one 'delivered' attempt row,
+# I4 complete audit, per delivery (per event of a lease group, whose
+#    attempt rows name the event, or none for what the whole group went
+#    through, an expired lease): exactly one 'delivered' attempt row,
 #    numbered with the delivery's final attempt count; in attempt_id order
 #    the rows that close a lease (delivered, retry, dead, expired) are
 #    numbered 1, 2, 3, ..., a 'deferred' row carries the number then given
@@ -424,7 +428,7 @@ sub lh_invariants
 	# I1
 	my $i1 = q{
 SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptions)
-	 = (SELECT count(*) FROM hub.deliveries)
+	 = (SELECT sum(coalesce(cardinality(batch_events), 1)) FROM hub.deliveries)
    AND NOT EXISTS (SELECT 1 FROM hub.deliveries WHERE state <> 'delivered')};
 	my $wait = $opt{wait} // 60;
 	my $took = lh_wait_until(sub { lh_count($node, $i1) eq 't' }, $wait, 200);
@@ -453,7 +457,8 @@ SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptio
 	{
 		my %want = map { $_ => 1 } split /\n/,
 		  $node->safe_psql('postgres',
-			"SELECT d.event_id FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id)"
+			"SELECT x.ev FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id)"
+			  . " CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) x(ev)"
 			  . " WHERE e.name = '$ep' AND d.state = 'delivered'");
 		my %got = map { ($_->{ep} eq $ep ? ($_->{id} => 1) : ()) } @hits;
 		push @missing, map { "$ep:$_" } grep { !$got{$_} } keys %want;
@@ -503,16 +508,22 @@ SELECT (SELECT count(*) FROM hub.outbox) * (SELECT count(*) FROM hub.subscriptio
 	# I4
 	my $misnumbered = lh_count(
 		$node, q{
-WITH a AS (
-	SELECT a.delivery_id, a.attempt, a.outcome,
-		   1 + count(*) FILTER (WHERE a.outcome NOT IN ('deferred', 'stale'))
-			   OVER (PARTITION BY a.delivery_id ORDER BY a.attempt_id
+WITH s AS (
+	SELECT d.delivery_id, x.ev, a.attempt, a.outcome, a.attempt_id
+	FROM hub.deliveries d
+	CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) x(ev)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id
+		AND (a.group_event_id IS NULL OR a.group_event_id = x.ev)
+), a AS (
+	SELECT s.attempt, s.outcome,
+		   1 + count(*) FILTER (WHERE s.outcome NOT IN ('deferred', 'stale'))
+			   OVER (PARTITION BY s.delivery_id, s.ev ORDER BY s.attempt_id
 					 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS expected
-	FROM hub.attempts a)
+	FROM s)
 SELECT count(*) FROM a WHERE a.outcome <> 'stale' AND a.attempt <> a.expected});
 	my $rows = $node->safe_psql(
 		'postgres', q{
-SELECT e.name, d.event_id, d.attempts,
+SELECT e.name, x.ev, d.attempts,
 	   count(a.*) FILTER (WHERE a.outcome NOT IN ('deferred', 'stale')),
 	   count(a.*) FILTER (WHERE a.outcome = 'delivered'),
 	   coalesce(max(a.attempt) FILTER (WHERE a.outcome = 'delivered'), -1),
@@ -521,7 +532,9 @@ SELECT e.name, d.event_id, d.attempts,
 	   count(a.*) FILTER (WHERE a.outcome = 'expired')
 FROM hub.deliveries d
 JOIN hub.endpoints e USING (endpoint_id)
-LEFT JOIN hub.attempts a USING (delivery_id)
+CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) x(ev)
+LEFT JOIN hub.attempts a ON a.delivery_id = d.delivery_id
+	AND (a.group_event_id IS NULL OR a.group_event_id = x.ev)
 GROUP BY 1, 2, 3});
 	my @bad4;
 	my $expired = 0;
