@@ -28,7 +28,10 @@
  *           only its own endpoint.
  *   record  one short transaction for everything finished (every few
  *           hundred results, or 10 ms after the first, or when idle):
- *           successes in bulk (hub._complete_many), failures one by one
+ *           successes in bulk (hub._complete_many; a lease group, whose
+ *           events are sent one request each, once all of them are in,
+ *           the events that failed taken out of it first by
+ *           hub._split_group), failures one by one
  *           (hub.fail_delivery: backoff, Retry-After, dead letters, circuit
  *           breaker), and requests given back without an attempt
  *           (hub.defer_delivery: circuit opened, endpoint paused, or a
