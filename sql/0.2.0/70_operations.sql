@@ -20,10 +20,11 @@ COMMENT ON VIEW hub.dead_letters IS
 CREATE VIEW hub.sync_status AS
 SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
 	   e.enabled, e.paused, e.circuit_state,
-	   count(*) FILTER (WHERE d.state = 'pending') AS pending,
-	   count(*) FILTER (WHERE d.state = 'in_flight') AS in_flight,
-	   count(*) FILTER (WHERE d.state = 'retry_wait') AS retrying,
-	   count(*) FILTER (WHERE d.state = 'dead') AS dead,
+	   -- (events: a batch or a lease group counts each of its events)
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'pending'), 0) AS pending,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
 	   now() - min(o.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
 	   (SELECT max(a.at) FROM hub.attempts a JOIN hub.deliveries x USING (delivery_id)
 		WHERE x.subscription_id = s.subscription_id AND a.outcome = 'delivered') AS last_success,
@@ -37,7 +38,7 @@ LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
 LEFT JOIN hub.outbox o ON o.event_id = d.event_id
 GROUP BY e.endpoint_id, s.subscription_id;
 COMMENT ON VIEW hub.sync_status IS
-'Per endpoint and subscription: pending, in flight, retrying and dead deliveries, the age of the oldest undelivered event, the last success, the success rate of attempts over the last hour, and the circuit state.';
+'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success, the success rate of attempts over the last hour, and the circuit state.';
 
 /*
  * trace --- the timeline of one correlation id, or of one business key

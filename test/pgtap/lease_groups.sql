@@ -6,7 +6,7 @@
 -- get through out of it, each into a delivery of its own under the same
 -- lease; trace shows each event its own attempts.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(34);
+SELECT plan(35);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', max_concurrency => 4) AS ep \gset
 
@@ -40,6 +40,8 @@ SELECT is(ARRAY(SELECT o.payload ->> 'n' FROM hub.deliveries d, unnest(d.batch_e
 	ARRAY(SELECT g::text FROM generate_series(1, 12) g), 'every event exactly once, in publishing order');
 SELECT is((SELECT count(*) FROM hub.deliveries WHERE subscription_id = :s_one AND batch_events IS NULL), 3::bigint,
 	'a subscription without a lease group keeps a delivery per event');
+SELECT is((SELECT pending FROM hub.sync_status WHERE subscription_id = :s), 12::bigint,
+	'sync_status counts the events of the groups, not their rows');
 
 -- the claim cap counts requests: with rounds 1 and a share of 4 connections,
 -- the first group comes whole (5 requests) and nothing more of the endpoint
