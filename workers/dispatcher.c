@@ -30,7 +30,7 @@
  *           hundred results, or 10 ms after the first, or when idle):
  *           successes in bulk (hub._complete_many; a lease group, whose
  *           events are sent one request each, once all of them are in,
- *           the events that failed taken out of it first by
+ *           the events that did not get through taken out of it first by
  *           hub._split_group), failures one by one
  *           (hub.fail_delivery: backoff, Retry-After, dead letters, circuit
  *           breaker), and requests given back without an attempt
@@ -424,7 +424,7 @@ prepare_plans(void)
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID,
 	TEXTARRAYOID};
-	Oid			split_types[] = {INT8OID, INT8OID, TEXTARRAYOID};
+	Oid			split_types[] = {INT8OID, INT8OID, TEXTARRAYOID, TEXTARRAYOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
 	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 
@@ -434,8 +434,8 @@ prepare_plans(void)
 						 claim_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6, $7::uuid[])", 7, complete_types);
-	split_plan = prepare("SELECT event_id::text, delivery_id FROM hub._split_group($1, $2, $3::uuid[])", 3,
-						 split_types);
+	split_plan = prepare("SELECT event_id::text, delivery_id FROM hub._split_group($1, $2, $3::uuid[], $4::uuid[])",
+						 4, split_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
 	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
 						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8, $9) "
@@ -1327,55 +1327,65 @@ done_add(HubDone *d, int64 id, int64 token, long status, int latency_ms, const c
  * record_group --- a lease group whose every request has its outcome: all
  * delivered, it is completed at once (an attempt row per event); all given
  * back, it is deferred whole; otherwise the events that did not get
- * through leave it (hub._split_group), each failed or deferred as a
- * delivery of its own, and the rest of it is completed.
+ * through leave it (hub._split_group), the failed ones each a delivery of
+ * its own, failed as such, the ones given back one group, deferred as
+ * such, and the rest of it is completed.
  */
 static void
 record_group(HubGroup *g, HubDone *done, Datum *failed_eps, int *nfailed)
 {
-	int			nout = 0;
-	bool		all_deferred = true;
+	int			nfail = 0;
+	int			nback = 0;
 	TimestampTz until = 0;
-	Datum	   *out;
+	Datum	   *fail_ids;
+	Datum	   *back_ids;
 	int64	   *out_ids;
+	int64		deferred_id = -1;
 	bool		counted_ep = false;
 
 	for (int k = 0; k < g->n; k++)
 	{
 		HubGroupSlot *sl = &g->slots[k];
 
-		if (sl->deferred || sl->error != NULL)
-			nout++;
-		if (!sl->deferred)
-			all_deferred = false;
-		else
+		if (sl->deferred)
+		{
+			nback++;
 			until = Max(until, sl->defer_until);
+		}
+		else if (sl->error != NULL)
+			nfail++;
 	}
-	if (nout == 0)
+	if (nfail == 0 && nback == 0)
 	{
 		for (int k = 0; k < g->n; k++)
 			done_add(done, g->delivery_id, g->lease_token, g->slots[k].http_status,
 					 g->slots[k].latency_ms, g->slots[k].excerpt, g->slots[k].event_id);
 		return;
 	}
-	if (all_deferred)
+	if (nback == g->n)
 	{
 		record_deferral(g->delivery_id, g->lease_token, until);
 		return;
 	}
 
-	out = palloc(sizeof(Datum) * nout);
+	fail_ids = palloc(sizeof(Datum) * (nfail + 1));
+	back_ids = palloc(sizeof(Datum) * (nback + 1));
 	out_ids = palloc(sizeof(int64) * g->n);
-	nout = 0;
+	nfail = nback = 0;
 	for (int k = 0; k < g->n; k++)
-		if (g->slots[k].deferred || g->slots[k].error != NULL)
-			out[nout++] = CStringGetTextDatum(g->slots[k].event_id);
 	{
-		Datum		a[3];
+		if (g->slots[k].deferred)
+			back_ids[nback++] = CStringGetTextDatum(g->slots[k].event_id);
+		else if (g->slots[k].error != NULL)
+			fail_ids[nfail++] = CStringGetTextDatum(g->slots[k].event_id);
+	}
+	{
+		Datum		a[4];
 
 		a[0] = Int64GetDatum(g->delivery_id);
 		a[1] = Int64GetDatum(g->lease_token);
-		a[2] = PointerGetDatum(construct_array(out, nout, TEXTOID, -1, false, TYPALIGN_INT));
+		a[2] = PointerGetDatum(construct_array(fail_ids, nfail, TEXTOID, -1, false, TYPALIGN_INT));
+		a[3] = PointerGetDatum(construct_array(back_ids, nback, TEXTOID, -1, false, TYPALIGN_INT));
 		if (SPI_execute_plan(split_plan, a, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "splitting a lease group failed");
 	}
@@ -1401,7 +1411,12 @@ record_group(HubGroup *g, HubDone *done, Datum *failed_eps, int *nfailed)
 		HubGroupSlot *sl = &g->slots[k];
 
 		if (sl->deferred)
-			record_deferral(out_ids[k], g->lease_token, sl->defer_until);
+		{
+			/* (all of them one delivery: given back once) */
+			if (out_ids[k] != deferred_id)
+				record_deferral(out_ids[k], g->lease_token, until);
+			deferred_id = out_ids[k];
+		}
 		else if (sl->error != NULL)
 		{
 			record_failure(out_ids[k], g->lease_token, sl->http_status, sl->error, sl->latency_ms,

@@ -243,16 +243,20 @@ COMMENT ON FUNCTION hub._complete_many(bigint[], bigint[], integer[], integer[],
 
 /*
  * _split_group --- take the events of a leased lease group that did not
- * get through (failed, or given back) out of it, each into a delivery of
- * its own under the same lease (state, token, attempt count and lease
- * time), so that the dispatcher fails or defers each with the usual
- * functions while the rest of the group is completed.  A group none of
- * whose events got through keeps its first one.  Returns the delivery of
- * each event named; with the lease gone (the token no longer the group's),
- * nothing changes and every event maps to the group, whose fenced
- * functions then record stale attempts.
+ * get through out of it, under the same lease (state, token, attempt count
+ * and lease time), so that the dispatcher fails or defers them with the
+ * usual functions while the rest of the group is completed.  p_events
+ * (failed: each has its own outcome, backoff and attempts from now on)
+ * each become a delivery of their own; p_together (given back without an
+ * attempt) become one group again, so that what a pause or an opened
+ * circuit gives back is still leased as one.  A group none of whose events
+ * got through keeps what is given back together, or else its first event.
+ * Returns the delivery of each event named; with the lease gone (the token
+ * no longer the group's), nothing changes and every event maps to the
+ * group, whose fenced functions then record stale attempts.
  */
-CREATE FUNCTION hub._split_group(p_delivery bigint, p_token bigint, p_events uuid[])
+CREATE FUNCTION hub._split_group(p_delivery bigint, p_token bigint, p_events uuid[],
+								 p_together uuid[] DEFAULT '{}')
 RETURNS TABLE (event_id uuid, delivery_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -261,23 +265,33 @@ AS $$
 DECLARE
 	g hub.deliveries;
 	keep uuid[];
-	out uuid[];
+	together uuid[];
+	alone uuid[];
+	kept_named boolean;
 BEGIN
 	SELECT * INTO g FROM hub.deliveries d
 	WHERE d.delivery_id = p_delivery AND d.lease_token = p_token AND d.state = 'in_flight'
 		AND d.batch_events IS NOT NULL
 	FOR UPDATE;
 	IF NOT FOUND THEN
-		RETURN QUERY SELECT e.e, p_delivery FROM unnest(p_events) e(e);
+		RETURN QUERY SELECT e.e, p_delivery FROM unnest(p_events || coalesce(p_together, '{}')) e(e);
 		RETURN;
 	END IF;
+	-- (each list in the group's order, and only the group's own events)
+	alone := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
+				   WHERE b.e = ANY (p_events) ORDER BY b.o);
+	together := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
+					  WHERE b.e = ANY (p_together) AND b.e <> ALL (alone) ORDER BY b.o);
 	keep := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
-				  WHERE b.e <> ALL (p_events) ORDER BY b.o);
-	IF cardinality(keep) = 0 THEN
-		keep := g.batch_events[1:1];
+				  WHERE b.e <> ALL (alone) AND b.e <> ALL (together) ORDER BY b.o);
+	kept_named := cardinality(keep) = 0;
+	IF kept_named AND cardinality(together) > 0 THEN
+		keep := together;		-- the group row is what goes back together
+		together := '{}';
+	ELSIF kept_named THEN
+		keep := alone[1:1];		-- the group row is its first failed event
+		alone := alone[2:];
 	END IF;
-	out := ARRAY(SELECT b.e FROM unnest(g.batch_events) WITH ORDINALITY b(e, o)
-				 WHERE b.e <> ALL (keep) ORDER BY b.o);
 	-- the group first: its key is its smallest event, which may be leaving
 	UPDATE hub.deliveries d
 	SET batch_events = CASE WHEN cardinality(keep) > 1 THEN keep END,
@@ -286,10 +300,8 @@ BEGIN
 				 min(o.aggregate_id) AS aggregate_id
 		  FROM hub.outbox o WHERE o.event_id = ANY (keep)) k
 	WHERE d.delivery_id = p_delivery;
-	IF keep[1] = ANY (p_events) THEN
-		event_id := keep[1];
-		delivery_id := p_delivery;
-		RETURN NEXT;
+	IF kept_named THEN
+		RETURN QUERY SELECT e.e, p_delivery FROM unnest(keep) e(e);
 	END IF;
 	FOR event_id, delivery_id IN
 		INSERT INTO hub.deliveries AS d (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering,
@@ -298,15 +310,30 @@ BEGIN
 		SELECT g.subscription_id, g.endpoint_id, o.event_id, o.seq, o.aggregate_id, g.ordering, g.priority,
 			   'in_flight', g.attempts, g.next_attempt_at, g.lease_until, g.lease_token, g.leased_by
 		FROM hub.outbox o
-		WHERE o.event_id = ANY (out)
+		WHERE o.event_id = ANY (alone || CASE WHEN cardinality(together) = 1 THEN together ELSE '{}' END)
 		RETURNING d.event_id, d.delivery_id
 	LOOP
 		RETURN NEXT;
 	END LOOP;
+	IF cardinality(together) > 1 THEN
+		RETURN QUERY
+		WITH regrouped AS (
+			INSERT INTO hub.deliveries AS d (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering,
+											 priority, state, attempts, next_attempt_at, lease_until,
+											 lease_token, leased_by, batch_events)
+			SELECT g.subscription_id, g.endpoint_id, (array_agg(o.event_id ORDER BY o.event_id))[1], min(o.seq),
+				   min(o.aggregate_id), g.ordering, g.priority, 'in_flight', g.attempts, g.next_attempt_at,
+				   g.lease_until, g.lease_token, g.leased_by, together
+			FROM hub.outbox o
+			WHERE o.event_id = ANY (together)
+			RETURNING d.delivery_id
+		)
+		SELECT e.e, r.delivery_id FROM regrouped r, unnest(together) e(e);
+	END IF;
 END
 $$;
-COMMENT ON FUNCTION hub._split_group(bigint, bigint, uuid[]) IS
-'API: Private. Take the events of a leased lease group that did not get through out of it, each into a delivery of its own under the same lease; returns the delivery of each (all the group''s own when the lease is gone).';
+COMMENT ON FUNCTION hub._split_group(bigint, bigint, uuid[], uuid[]) IS
+'API: Private. Take the events of a leased lease group that did not get through out of it under the same lease: failed ones (p_events) each into a delivery of its own, ones given back (p_together) into one group; returns the delivery of each (all the group''s own when the lease is gone).';
 
 CREATE FUNCTION hub._release_leases(worker text) RETURNS integer
 LANGUAGE sql
@@ -332,7 +359,7 @@ REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hu
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
 	hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]), hub._dispatch_endpoints(integer[], integer, integer),
 	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text, uuid[]),
-	hub._split_group(bigint, bigint, uuid[]), hub._release_leases(text)
+	hub._split_group(bigint, bigint, uuid[], uuid[]), hub._release_leases(text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.wake() TO hub_writer;
 GRANT EXECUTE ON FUNCTION hub.egress_allowed(text) TO hub_admin;

@@ -6,7 +6,7 @@
 -- get through out of it, each into a delivery of its own under the same
 -- lease; trace shows each event its own attempts.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(35);
+SELECT plan(43);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', max_concurrency => 4) AS ep \gset
 
@@ -108,6 +108,44 @@ SELECT is((SELECT count(*) FROM split3 WHERE delivery_id = :g3), 1::bigint, 'a g
 SELECT ok((SELECT batch_events IS NULL AND state = 'in_flight' FROM hub.deliveries WHERE delivery_id = :g3),
 	'as a delivery of one event, still in flight');
 SELECT is((SELECT count(*) FROM split3), 2::bigint, 'every event named gets its delivery');
+
+-- events given back (deferred) leave together, as one group; failed ones alone
+\o /dev/null
+SELECT hub.publish('order.created', 'SO-' || g, jsonb_build_object('order_id', 'SO-' || g, 'n', g))
+FROM generate_series(13, 22) g;
+\o
+SELECT is(hub._route_events(), 2::bigint, 'ten more events route into two groups of 5');
+CREATE TEMP TABLE c4 AS SELECT * FROM hub.claim_deliveries(100, 'w');
+SELECT min(delivery_id) AS g4, max(delivery_id) AS g5 FROM c4 WHERE batch_size = 5 \gset
+SELECT lease_token AS t4 FROM c4 WHERE delivery_id = :g4 LIMIT 1 \gset
+SELECT lease_token AS t5 FROM c4 WHERE delivery_id = :g5 LIMIT 1 \gset
+CREATE TEMP TABLE e4 AS SELECT b.ev AS e, row_number() OVER (ORDER BY b.o) AS k
+	FROM hub.deliveries d, unnest(d.batch_events) WITH ORDINALITY b(ev, o) WHERE d.delivery_id = :g4;
+CREATE TEMP TABLE e5 AS SELECT b.ev AS e, row_number() OVER (ORDER BY b.o) AS k
+	FROM hub.deliveries d, unnest(d.batch_events) WITH ORDINALITY b(ev, o) WHERE d.delivery_id = :g5;
+-- group 4: the 1st failed, the 2nd delivered, the 3rd to 5th given back
+CREATE TEMP TABLE split4 AS
+SELECT * FROM hub._split_group(:g4, :t4, ARRAY(SELECT e FROM e4 WHERE k = 1), ARRAY(SELECT e FROM e4 WHERE k >= 3));
+SELECT is((SELECT count(DISTINCT delivery_id) FROM split4 s JOIN e4 ON e4.e = s.event_id WHERE e4.k >= 3), 1::bigint,
+	'the events given back leave together, as one delivery');
+SELECT is((SELECT d.batch_events FROM split4 s JOIN e4 ON e4.e = s.event_id JOIN hub.deliveries d USING (delivery_id)
+		   WHERE e4.k = 3), ARRAY(SELECT e FROM e4 WHERE k >= 3 ORDER BY k),
+	'a group of their own, in order, under the same lease');
+SELECT ok((SELECT d.batch_events IS NULL AND d.state = 'in_flight' AND d.lease_token = :t4
+		   FROM split4 s JOIN e4 ON e4.e = s.event_id JOIN hub.deliveries d USING (delivery_id) WHERE e4.k = 1),
+	'the failed one alone');
+SELECT ok((SELECT batch_events IS NULL AND event_id = (SELECT e FROM e4 WHERE k = 2) FROM hub.deliveries WHERE delivery_id = :g4),
+	'and the group row keeps the one that got through');
+-- group 5: none got through, the 1st failed, the rest given back: the
+-- group row is what goes back
+CREATE TEMP TABLE split5 AS
+SELECT * FROM hub._split_group(:g5, :t5, ARRAY(SELECT e FROM e5 WHERE k = 1), ARRAY(SELECT e FROM e5 WHERE k >= 2));
+SELECT is((SELECT batch_events FROM hub.deliveries WHERE delivery_id = :g5), ARRAY(SELECT e FROM e5 WHERE k >= 2 ORDER BY k),
+	'a group none of whose events got through keeps those given back together');
+SELECT is((SELECT count(*) FROM split5 WHERE delivery_id = :g5), 4::bigint, 'and maps them to itself');
+SELECT is((SELECT count(*) FROM hub.deliveries d, unnest(coalesce(d.batch_events, ARRAY[d.event_id])) x
+		   WHERE x IN (SELECT e FROM e4 UNION ALL SELECT e FROM e5)), 10::bigint,
+	'every event of both groups is in exactly one delivery');
 
 -- a lease gone: nothing changes, every event maps to the group
 SELECT is((SELECT count(*) FROM hub._split_group(:g1, :t1, ARRAY(SELECT event_id FROM c WHERE delivery_id = :g1))
