@@ -118,7 +118,6 @@ typedef struct HubResult
 typedef struct HubGroupSlot
 {
 	char	   *event_id;
-	bool		done;
 	long		http_status;
 	char	   *error;			/* NULL on success */
 	char	   *excerpt;		/* NULL: none */
@@ -1391,20 +1390,19 @@ record_group(HubGroup *g, HubDone *done, Datum *failed_eps, int *nfailed)
 	}
 	/* each event's delivery now (the rows go with the next statement) */
 	for (int k = 0; k < g->n; k++)
-	{
 		out_ids[k] = g->delivery_id;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			char	   *e = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *e = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
-			if (e != NULL && strcmp(e, g->slots[k].event_id) == 0)
+		for (int k = 0; e != NULL && k < g->n; k++)
+			if (strcmp(e, g->slots[k].event_id) == 0)
 			{
-				out_ids[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2,
-														 &isnull));
+				out_ids[k] = id;
 				break;
 			}
-		}
 	}
 	for (int k = 0; k < g->n; k++)
 	{
@@ -1470,7 +1468,6 @@ record(void)
 			continue;
 		}
 		sl = &g->slots[req->group_slot];
-		sl->done = true;
 		sl->http_status = r->http_status;
 		sl->error = r->error ? MemoryContextStrdup(dispatcher_cxt, r->error) : NULL;
 		sl->excerpt = req->excerpt.len > 0 ? MemoryContextStrdup(dispatcher_cxt, excerpt_text(req)) : NULL;
