@@ -6,11 +6,14 @@
  *
  * One loop, three kinds of step, never a transaction open during HTTP:
  *
- *   claim   one short transaction: hub._dispatch_claim() routes what is not
- *           routed yet and leases ready deliveries of the endpoints this
- *           dispatcher serves (hub._serves: an endpoint is shared by
- *           min(logistics_hub.dispatchers, max_concurrency) dispatchers),
- *           with their bodies already rendered; endpoint settings and
+ *   claim   one short transaction: route what is not routed yet
+ *           (hub._route_events), lease ready deliveries of the endpoints
+ *           this dispatcher serves (hub._claim, or hub._claim_transformed
+ *           when a subscription has a transform; hub._serves: an endpoint
+ *           is shared by min(logistics_hub.dispatchers, max_concurrency)
+ *           dispatchers) with their bodies already rendered, then the
+ *           probes of half-open circuits (hub._claim_probes), as
+ *           hub.claim_deliveries does in one call; endpoint settings and
  *           secrets are (re)read in the same transaction when older than a
  *           second, with the concurrency cap and rate limit cut to this
  *           dispatcher's share of them (hub._serves_share).
@@ -164,7 +167,10 @@ static TimestampTz retry_due = 0;	/* earliest retry or deferral recorded, 0: non
  */
 #define RECORD_BATCH Max(64, hub_max_in_flight)
 #define RECORD_DELAY_MS 10
-static SPIPlanPtr claim_plan,
+static SPIPlanPtr route_plan,
+			claim_plan,
+			claim_transformed_plan,
+			probes_plan,
 			endpoints_plan,
 			complete_plan,
 			fail_plan,
@@ -426,11 +432,27 @@ prepare_plans(void)
 	Oid			split_types[] = {INT8OID, INT8OID, TEXTARRAYOID, TEXTARRAYOID};
 	Oid			fail_types[] = {INT8OID, INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID, BOOLOID};
 	Oid			defer_types[] = {INT8OID, INT8OID, TIMESTAMPTZOID};
+	Oid			probe_types[] = {INT4OID, INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID};
 
 	if (claim_plan != NULL)
 		return;
-	claim_plan = prepare("SELECT * FROM hub._dispatch_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10,
-						 claim_types);
+
+	/*
+	 * The claim's three steps, each a statement of its own: from plpgsql
+	 * (hub.claim_deliveries) every level of RETURN QUERY that the rows
+	 * pass through copies each event's row, body and all, once more.
+	 */
+	route_plan = prepare("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL) "
+						 "FROM hub._route_events()", 0, NULL);
+#define CLAIMED_COLUMNS "delivery_id, lease_token, endpoint_id, subscription_id, body_format, batch_max, " \
+		"event_id::text, body, batch_size"
+	claim_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
+						 "$4, $5, NULL, $7, $8, $9, $10, $6)", 10, claim_types);
+	claim_transformed_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
+									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6)",
+									 10, claim_types);
+	probes_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_probes($1, $2, $3, "
+						  "pg_catalog.make_interval(secs => $4), $5, $6, $7)", 7, probe_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
 	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6, $7::uuid[])", 7, complete_types);
 	split_plan = prepare("SELECT event_id::text, delivery_id FROM hub._split_group($1, $2, $3::uuid[], $4::uuid[])",
@@ -490,7 +512,7 @@ static bool
 extension_present(void)
 {
 	return OidIsValid(get_extension_oid("logistics_hub", true)) &&
-		hub_function_exists("_dispatch_claim");
+		hub_function_exists("_claim_probes");
 }
 
 static Datum
@@ -744,6 +766,11 @@ claim(int max)
 	HubGroup   *group = NULL;
 	int			group_filled = 0;
 	TimestampTz now = GetCurrentTimestamp();
+	bool		transforms;
+	bool		isnull_transforms;
+	SPITupleTable *claimed;
+	SPITupleTable *probes;
+	int			nclaimed;
 
 	begin_work_step("logistics_hub: claim");
 
@@ -768,9 +795,25 @@ claim(int max)
 	}
 	args[8] = int_array(held_ids, nheld, false);
 	args[9] = int_array(held, nheld, false);
-	if (SPI_execute_plan(claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+
+	/* route; is a transform configured? */
+	if (SPI_execute_plan(route_plan, NULL, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "routing events failed");
+	transforms = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_transforms));
+	/* lease */
+	if (SPI_execute_plan(transforms ? claim_transformed_plan : claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "claiming deliveries failed");
-	n = (int) SPI_processed;
+	claimed = SPI_tuptable;
+	nclaimed = (int) SPI_processed;
+	/* probe half-open circuits (the claim's table stays until SPI_finish) */
+	{
+		Datum		pargs[7] = {args[0], Int32GetDatum(nclaimed), args[1], args[2], args[3], args[4], args[5]};
+
+		if (SPI_execute_plan(probes_plan, pargs, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "probing endpoints failed");
+	}
+	probes = SPI_tuptable;
+	n = nclaimed + (int) SPI_processed;
 	ids = palloc(sizeof(Datum) * (n + 1 + hash_get_num_entries(endpoints)));
 
 	for (int i = 0; i < n; i++)
@@ -789,7 +832,10 @@ claim(int max)
 		HubRequest *req;
 
 		/* one pass over the row (a batch claim has one per event) */
-		heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, v, isnull);
+		if (i < nclaimed)
+			heap_deform_tuple(claimed->vals[i], claimed->tupdesc, v, isnull);
+		else
+			heap_deform_tuple(probes->vals[i - nclaimed], probes->tupdesc, v, isnull);
 		delivery_id = DatumGetInt64(v[0]);
 		token = DatumGetInt64(v[1]);
 		ep = endpoint_get(DatumGetInt32(v[2]));

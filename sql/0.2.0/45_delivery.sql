@@ -310,13 +310,14 @@ COMMENT ON FUNCTION hub._serves_share(integer, integer, integer, integer) IS
 
 CREATE TYPE hub._claimed AS (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 	event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text, payload jsonb,
-	subscription_id integer, endpoint_id integer, body_format text, transform regproc, batch_size integer);
+	subscription_id integer, endpoint_id integer, body_format text, transform regproc, batch_size integer,
+	batch_max integer, body text);
 COMMENT ON TYPE hub._claimed IS
-'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token).';
+'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token); body is the event rendered for its receiver (hub.event_body), when the claim was asked to render.';
 
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
-						   p_held_ids integer[], p_held integer[])
+						   p_held_ids integer[], p_held integer[], p_source text)
 RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -401,7 +402,10 @@ BEGIN
 			leased_by = p_worker, updated_at = now()
 		FROM capped c
 		WHERE d.delivery_id = c.delivery_id
-		RETURNING d.*
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
 	), expired AS (
 		-- a lease that ran out: its attempt never reported; say so in the audit
 		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
@@ -409,19 +413,27 @@ BEGIN
 		FROM capped c
 		WHERE c.old_state = 'in_flight'
 	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
 	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
 		   o.occurred_at, o.correlation_id,
-		   o.payload, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
-		   coalesce(cardinality(c.batch_events), 1)
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source) END
 	FROM claimed c
 	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
 	JOIN hub.outbox o ON o.event_id = b.event_id
 	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	ORDER BY c.priority DESC, c.seq, c.delivery_id, b.ord;
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
 END
 $$;
-COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]) IS
-'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order.';
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order. With p_source, each event comes rendered (hub.event_body with that source; body, and payload NULL), a subscription''s deliveries together.';
 
 /*
  * _claim_transformed --- _claim with each subscription's transform applied.
@@ -435,11 +447,11 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
 									   p_nshards integer, p_endpoint integer, p_max_events integer,
-									   p_rounds integer, p_held_ids integer[], p_held integer[])
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
 			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   batch_size integer)
+			   batch_size integer, batch_max integer, body text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -453,13 +465,17 @@ BEGIN
 		RETURN QUERY
 		SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
 			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
-			   c.batch_size
+			   c.batch_size, c.batch_max, c.body
 		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
-						 p_held_ids, p_held) c;
+						 p_held_ids, p_held, p_source) c;
 		RETURN;
 	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
 	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
-						 p_held_ids, p_held) c);
+						 p_held_ids, p_held, NULL) c);
 	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
 		r := rows[i];
 		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
@@ -476,43 +492,41 @@ BEGIN
 	RETURN QUERY
 	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
 		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
-		   c.batch_size
+		   c.batch_size, c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source) END
 	FROM unnest(rows) WITH ORDINALITY AS c
 	WHERE c.delivery_id <> ALL (failed)
 	ORDER BY c.ordinality;
 END
 $$;
-COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]) IS
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text) IS
 'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out.';
 
-CREATE FUNCTION hub._claim_all(max integer, worker text, lease interval, shard integer, nshards integer,
-		max_events integer, rounds integer, held_ids integer[], held integer[])
+/*
+ * _claim_probes --- circuits: an open circuit whose cool-off is over turns
+ * half_open, and a half-open endpoint gets one probe at a time.  The
+ * probe's lease is kept on the endpoint row, which is locked and updated
+ * here, so a concurrent claimer skips it or re-checks the updated row: never
+ * two probes.  claimed: the rows the claim before it handed out (no probe
+ * once they reach max).
+ */
+CREATE FUNCTION hub._claim_probes(max integer, claimed integer, worker text, lease interval, shard integer,
+		nshards integer, source text)
 RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
 			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   batch_size integer)
+			   batch_size integer, batch_max integer, body text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 DECLARE
-	n integer;
+	n integer := claimed;
 	ep integer;
 BEGIN
-	PERFORM hub._route_events();
-
-	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL, max_events, rounds,
-													  held_ids, held);
-	GET DIAGNOSTICS n = ROW_COUNT;
-
-	/*
-	 * Circuits: an open circuit whose cool-off is over turns half_open, and
-	 * a half-open endpoint gets one probe at a time.  The probe's lease is
-	 * kept on the endpoint row, which is locked and updated here, so a
-	 * concurrent claimer skips it or re-checks the updated row: never two
-	 * probes.
-	 */
 	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
 	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
 		AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
@@ -525,7 +539,8 @@ BEGIN
 		FOR UPDATE SKIP LOCKED
 	LOOP
 		EXIT WHEN n >= max;
-		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL, NULL, NULL, NULL);
+		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL, NULL, NULL, NULL,
+														  source);
 		IF FOUND THEN
 			n := n + 1;
 			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
@@ -533,8 +548,32 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[]) IS
-'API: Private. What hub.claim_deliveries does once its arguments are checked (route, claim, probes), with the dispatchers'' per-endpoint cap: rounds times the shard''s share of an endpoint''s connections, less what the claimer holds (held_ids, held).';
+COMMENT ON FUNCTION hub._claim_probes(integer, integer, text, interval, integer, integer, text) IS
+'API: Private. The probes of a claim: half-opens the circuits of the shard whose cool-off is over, and leases one delivery of each half-open endpoint not probed yet, while fewer than max rows are claimed.';
+
+CREATE FUNCTION hub._claim_all(max integer, worker text, lease interval, shard integer, nshards integer,
+		max_events integer, rounds integer, held_ids integer[], held integer[], source text)
+RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
+			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
+			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
+			   batch_size integer, batch_max integer, body text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	PERFORM hub._route_events();
+	RETURN QUERY SELECT * FROM hub._claim_transformed(max, worker, lease, shard, nshards, NULL, max_events, rounds,
+													  held_ids, held, source);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN QUERY SELECT * FROM hub._claim_probes(max, n, worker, lease, shard, nshards, source);
+END
+$$;
+COMMENT ON FUNCTION hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[], text) IS
+'API: Private. What hub.claim_deliveries does once its arguments are checked (route, claim, probes), with the dispatchers'' per-endpoint cap: rounds times the shard''s share of an endpoint''s connections, less what the claimer holds (held_ids, held); with source, the events rendered (hub._claim). The dispatchers make the same three steps themselves, the claim straight from hub._claim when no transform is configured.';
 
 CREATE FUNCTION hub.claim_deliveries(max integer, worker text DEFAULT NULL,
 		lease interval DEFAULT '60 seconds', shard integer DEFAULT 0, nshards integer DEFAULT 1,
@@ -565,7 +604,10 @@ BEGIN
 		RAISE EXCEPTION 'invalid claim size: % events', max_events
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim at least one event, or pass NULL for no limit.';
 	END IF;
-	RETURN QUERY SELECT * FROM hub._claim_all(max, worker, lease, shard, nshards, max_events, NULL, NULL, NULL);
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+		   c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format, c.batch_size
+	FROM hub._claim_all(max, worker, lease, shard, nshards, max_events, NULL, NULL, NULL, NULL) c;
 END
 $$;
 COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integer, integer) IS
@@ -971,9 +1013,10 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._serves_share(integer, integer, integer, integer),
-	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]),
-	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[]),
-	hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[]) FROM PUBLIC;
+	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
+	hub._claim_probes(integer, integer, text, interval, integer, integer, text),
+	hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[], text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;

@@ -89,35 +89,6 @@ COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, js
 
 -- ---------------------------------------------------------------- worker API
 
--- (plpgsql for its cached plan: a SQL function would parse and plan its
--- query on every call)
-CREATE FUNCTION hub._dispatch_claim(max integer, worker text, lease_seconds integer, shard integer,
-									nshards integer, source text, max_events integer, rounds integer,
-									held_ids integer[], held integer[])
-RETURNS TABLE (delivery_id bigint, lease_token bigint, endpoint_id integer, subscription_id integer,
-			   body_format text, batch_max integer, event_id text, body text, batch_size integer)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-SET jit = off
-AS $$
-BEGIN
-	RETURN QUERY
-	SELECT c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, s.batch_max,
-		   c.event_id::text,
-		   hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
-						  c.correlation_id, c.payload, source),
-		   c.batch_size
-	FROM hub._claim_all(max, worker, make_interval(secs => lease_seconds), shard, nshards, max_events,
-						rounds, held_ids, held)
-		WITH ORDINALITY c
-	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	ORDER BY s.priority DESC, c.subscription_id, c.delivery_id, c.ordinality;
-END
-$$;
-COMMENT ON FUNCTION hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]) IS
-'API: Private. hub.claim_deliveries with the bodies rendered, grouped by subscription (for batches), for the dispatcher workers.';
-
 CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
 RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
 			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
@@ -357,7 +328,7 @@ COMMENT ON FUNCTION hub._release_leases(text) IS
 REVOKE EXECUTE ON FUNCTION hub._egress_check(text), hub.egress_allowed(text), hub._endpoint_check(),
 	hub.wake(), hub.webhook_signature(text, text, bigint, text),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
-	hub._dispatch_claim(integer, text, integer, integer, integer, text, integer, integer, integer[], integer[]), hub._dispatch_endpoints(integer[], integer, integer),
+	hub._dispatch_endpoints(integer[], integer, integer),
 	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text, uuid[]),
 	hub._split_group(bigint, bigint, uuid[], uuid[]), hub._release_leases(text)
 	FROM PUBLIC;

@@ -7,7 +7,7 @@
 # payload of a few hundred bytes with order lines), once a round for each
 # body format; the format comes from a joined table as in the claim, so the
 # planner cannot fold the SQL version's CASE.  jit and parallel query are off
-# as in hub._dispatch_claim.  Rounds alternate; medians are reported, minus
+# as in the claim (hub._claim).  Rounds alternate; medians are reported, minus
 # the time of the same scan rendering nothing, as rows/s and us a row; the
 # payload's own text output (payload::text), which both versions include,
 # is shown for scale.

@@ -26,6 +26,10 @@
 # Runs 2. and 3. with each number of dispatchers in LH_BENCH_DISPATCHERS ("1 2":
 # one endpoint is shared by all of them, each with its share of the 64
 # connections), and so does 4.
+# LH_BENCH_PERF=PATH records a profile of the dispatchers of each hub run
+# (perf record -g) to PATH.<format>-<dispatchers>-<group>.
+# LH_BENCH_PARTS picks what runs ("baseline event group batch latency"; the
+# ratios need baseline).
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
 # and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
 # LH_BENCH_LATENCY_SECONDS (10).
@@ -46,6 +50,8 @@ RATE=${LH_BENCH_RATE:-1000}
 LSECS=${LH_BENCH_LATENCY_SECONDS:-10}
 DISPATCHERS=${LH_BENCH_DISPATCHERS:-1 2}
 GROUP=${LH_BENCH_GROUP:-64}
+PARTS=${LH_BENCH_PARTS:-baseline event group batch latency}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 NGINX_PID=
@@ -113,6 +119,9 @@ SQL
 BODY=$(q -c "SELECT hub.event_body('event', gen_random_uuid(), 'order.created', 'SO-1', now(), NULL, '{\"order_id\": \"SO-1\", \"lines\": 3, \"warehouse\": \"DC1\"}')")
 
 # 1. wrk baseline
+WRK_RPS=1 CURL1=1 CURL2=1 BASELINE=False
+if part baseline; then
+BASELINE=True
 cat > "$WORK/post.lua" <<EOF
 wrk.method = "POST"
 wrk.body = [[$BODY]]
@@ -132,10 +141,11 @@ CURL2=$( ("$WORK/curl_multi_post" "http://127.0.0.1:$HTTP_PORT/" $((CONNS / 2)) 
 		  "$WORK/curl_multi_post" "http://127.0.0.1:$HTTP_PORT/" $((CONNS / 2)) 50000 "$WORK/body.json"; wait) |
 		awk '{s += $1} END {printf "%.0f", s}')
 echo "libcurl alone (no database): $CURL1 requests/s in one process, $CURL2 in two ($CONNS connections in all)"
+fi
 
 # 2./3. the hub: publish while paused, route, resume, time until delivered
 run_hub() {
-	local format=$1 ndisp=$2 group=${3:-1} label t0 t1 dpids npid d0 d1 n0 n1 failed
+	local format=$1 ndisp=$2 group=${3:-1} label perf_pid t0 t1 dpids npid d0 d1 n0 n1 failed
 	label=$format; [ "$group" -gt 1 ] && label="$format, lease_group $group"
 	q >/dev/null <<SQL
 SELECT hub.pause_endpoint('nginx', 'bench');
@@ -160,6 +170,12 @@ SQL
 	dpids=$(q -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")
 	npid=$(pgrep -P "$NGINX_PID" | head -1)
 	d0=$(cpus $dpids); n0=$(cpu "$npid")
+	perf_pid=
+	if [ -n "${LH_BENCH_PERF:-}" ]; then	# a profile of the dispatchers, for reading with perf report
+		perf record -q -F 1999 -g -o "$LH_BENCH_PERF.$format-$ndisp-$group" -p "${dpids// /,}" >/dev/null 2>&1 &
+		perf_pid=$!
+		sleep 0.5
+	fi
 	t0=$(now)
 	# resume, then wake once the resume is committed (wake() inside the
 	# resuming transaction would wake the dispatcher before it can see it)
@@ -180,20 +196,22 @@ SQL
 		  END \$\$"
 	t1=$(now)
 	d1=$(cpus $dpids); n1=$(cpu "$npid")
+	[ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
 	failed=$(q -c "SELECT coalesce(sum(n), 0) || coalesce(' (' || string_agg(outcome || ' ' || n, ', ') || ')', '')
 		FROM (SELECT outcome, count(*) AS n FROM hub.attempts WHERE outcome <> 'delivered' GROUP BY 1) a")
 	python3 -c "
 n = $EVENTS; dt = $t1 - $t0; r = n / dt; per = 100 if '$format' == 'batch' else 1
-print(f'hub ($label, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s), {r / $WRK_RPS:.3f} of wrk, {r / per / $([ "$ndisp" -gt 1 ] && echo "$CURL2" || echo "$CURL1"):.3f} of libcurl alone in as many processes (requests);'
+ratios = f', {r / $WRK_RPS:.3f} of wrk, {r / per / $([ "$ndisp" -gt 1 ] && echo "$CURL2" || echo "$CURL1"):.3f} of libcurl alone in as many processes (requests)' if $BASELINE else ''
+print(f'hub ($label, $ndisp dispatcher$([ "$ndisp" -gt 1 ] && echo s)): {n} events in {dt:.2f} s = {r:.0f} events/s ({r / per:.0f} requests/s){ratios};'
       f' CPU per event: dispatchers {($d1 - $d0) * 1e6 / $TICK / n:.0f} us, nginx {($n1 - $n0) * 1e6 / $TICK / n:.1f} us;'
       f' attempts not delivered: $failed')"
 	q -c "SET logistics_hub._retention = on; TRUNCATE hub.attempts, hub.deliveries, hub.outbox CASCADE" >/dev/null 2>&1 ||
 		q -c "DELETE FROM hub.deliveries" >/dev/null
 }
 for ndisp in $DISPATCHERS; do
-	run_hub event "$ndisp"
-	run_hub event "$ndisp" "$GROUP"
-	run_hub batch "$ndisp"
+	part event && run_hub event "$ndisp"
+	part group && run_hub event "$ndisp" "$GROUP"
+	part batch && run_hub batch "$ndisp"
 done
 
 # 4. latency at a steady rate
@@ -228,7 +246,7 @@ FROM (SELECT a.at * 1000 - extract(epoch FROM o.published_at) * 1000 AS l, o.pub
 	  FROM arrival a JOIN hub.outbox o ON o.event_id = a.event_id::uuid) o;
 SQL
 }
-for ndisp in $DISPATCHERS; do
+part latency && for ndisp in $DISPATCHERS; do
 	latency "$ndisp" 1
 	latency "$ndisp" "$GROUP"
 done

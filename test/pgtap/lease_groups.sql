@@ -46,12 +46,12 @@ SELECT is((SELECT pending FROM hub.sync_status WHERE subscription_id = :s), 12::
 -- the claim cap counts requests: with rounds 1 and a share of 4 connections,
 -- the first group comes whole (5 requests) and nothing more of the endpoint
 CREATE TEMP TABLE c0 AS
-SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, NULL, NULL);
+SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, NULL, NULL, NULL);
 SELECT is((SELECT count(DISTINCT delivery_id) FROM c0), 1::bigint,
 	'a claim capped at 4 requests takes one group of 5 (the first delivery always comes whole)');
 SELECT is((SELECT count(*) FROM c0), 5::bigint, 'and hands out each of its events');
 CREATE TEMP TABLE c0b AS
-SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, ARRAY[:ep], ARRAY[5]);
+SELECT * FROM hub._claim_all(100, 'w0', '60 s', 0, 1, NULL, 1, ARRAY[:ep], ARRAY[5], NULL);
 SELECT is((SELECT count(*) FROM c0b), 0::bigint, 'a claimer holding 5 requests of the endpoint gets nothing more');
 -- give them back for the rest of the test
 UPDATE hub.deliveries SET state = 'pending', lease_until = NULL, lease_token = NULL, next_attempt_at = now(),

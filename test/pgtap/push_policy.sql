@@ -72,7 +72,8 @@ SELECT is(hub.event_body('cloudevents', '00000000-0000-8000-8000-000000000001', 
 -- the workers' batch completion: fenced exactly like complete_delivery
 SELECT hub.subscribe('ok', 'order.*');
 SELECT hub.publish('order.created', 'SO-' || i, jsonb_build_object('order_id', 'SO-' || i)) FROM generate_series(1, 3) i;
-CREATE TEMP TABLE c AS SELECT * FROM hub._dispatch_claim(10, 'w1', 60, 0, 1, '/x', 10, NULL, NULL, NULL);
+CREATE TEMP TABLE c AS
+SELECT delivery_id, lease_token, event_id::text, body FROM hub._claim_all(10, 'w1', '60 seconds', 0, 1, 10, NULL, NULL, NULL, '/x');
 SELECT is((SELECT count(*) FROM c), 3::bigint, 'the workers'' claim renders three bodies');
 SELECT ok((SELECT bool_and(body::jsonb ->> 'id' = event_id) FROM c), 'each body carries its event id');
 SELECT is(hub._complete_many(ARRAY(SELECT delivery_id FROM c ORDER BY 1),
@@ -83,7 +84,7 @@ SELECT is((SELECT string_agg(a.outcome, ',' ORDER BY a.delivery_id) FROM hub.att
 
 -- a dispatcher that starts again gives back what its previous incarnation held
 SELECT hub.publish('order.created', 'SO-9', '{"order_id": "SO-9"}');
-SELECT count(*) FROM hub._dispatch_claim(10, 'w9', 60, 0, 1, '/x', 10, NULL, NULL, NULL);
+SELECT count(*) FROM hub._claim_all(10, 'w9', '60 seconds', 0, 1, 10, NULL, NULL, NULL, '/x');
 SELECT is(hub._release_leases('w9'), 1, 'its lease is released (not the live one of w1)');
 SELECT is((SELECT state || '/' || count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id)
 		   WHERE a.outcome = 'expired' AND a.worker = 'w9' GROUP BY state), 'pending/1',
