@@ -2,7 +2,7 @@
 -- routing after commit, claim with leases and per-key order, complete, fail
 -- with retry and dead, fencing of late results, pause, skip and replay.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(38);
+SELECT plan(41);
 
 -- publishing and contracts
 SELECT ok(hub.publish('order.created', 'SO-1', '{"order_id": "SO-1"}') IS NOT NULL, 'publish returns the event id');
@@ -109,5 +109,27 @@ SELECT is((SELECT d.state || ' ' || a.outcome || ' ' || a.error
 	'dead dead transform public.picky failed: cannot map return RMA-BAD (SQLSTATE 22000)',
 	'the failing transform is recorded on its delivery (dead after max_attempts)');
 SELECT is((SELECT consecutive_failures FROM hub.endpoints WHERE name = 'erp2'), 0, 'and not held against the endpoint');
+
+-- the same claim as the dispatchers make it, rendered (source given): the
+-- body is rendered from the transformed payload
+SELECT hub.publish('return.received', r, jsonb_build_object('return_id', r)) FROM unnest(ARRAY['RMA-OK2', 'RMA-BAD']) r;
+SELECT hub._route_events();
+CREATE TEMP TABLE c6 AS
+SELECT * FROM hub._claim_transformed(100, 'w6', '60 s', 0, 1, NULL, NULL, NULL, NULL, NULL, '/t')
+WHERE endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'erp2');
+SELECT is((SELECT array_agg(body::jsonb -> 'data') FROM c6), ARRAY['{"rma": "RMA-OK2"}'::jsonb],
+	'rendered for a dispatcher: the body holds the transformed payload, the failed transform is not handed out');
+-- without a transform the claim itself renders, the body instead of the payload
+SELECT hub.subscribe('erp2', 'shipment.*', ordering => 'none');
+SELECT hub.publish('shipment.dispatched', 'SH-30', '{"shipment_id": "SH-30", "carrier": "DHL"}');
+SELECT hub._route_events();
+CREATE TEMP TABLE c7 AS
+SELECT * FROM hub._claim(100, 'w7', '60 s', 0, 1, (SELECT endpoint_id FROM hub.endpoints WHERE name = 'erp2'),
+						 NULL, NULL, NULL, NULL, '/t');
+SELECT is((SELECT body::jsonb - 'occurred_at' FROM c7),
+	jsonb_build_object('id', (SELECT event_id FROM c7), 'type', 'shipment.dispatched', 'aggregate_id', 'SH-30',
+					   'correlation_id', NULL, 'data', '{"shipment_id": "SH-30", "carrier": "DHL"}'::jsonb),
+	'rendered by the claim: the canonical event');
+SELECT ok((SELECT payload IS NULL FROM c7), 'and no payload alongside it');
 
 SELECT * FROM finish();

@@ -14,6 +14,10 @@
 #     events, every event exactly once, signed); a batch retried after a
 #     failure: a webhook-id (the receivers' idempotency key) seen twice
 #     always carries the same body
+#   - a transform (configured last: while one exists the dispatcher claims
+#     through hub._claim_transformed): the receiver gets the body rendered
+#     from the transformed payload, signed over what it got; an event whose
+#     transform raises is never sent, dead with the error recorded
 source test/receiver/push_lib.sh
 push_setup push-auth 113 "logistics_hub.poll_interval = 200ms"
 
@@ -153,5 +157,29 @@ print(len(rows), len(reused))")
 read -r n reused <<<"$got"
 [ "$reused" = 0 ] || fail "batch retries: $reused webhook-ids were sent with different bodies ($n requests): a receiver deduplicating on the id loses events"
 ok "batch retries: $n requests; every webhook-id repeated carries the same body"
+
+# ---- a transform
+q "CREATE FUNCTION public.to_erp(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS \$\$
+   BEGIN
+	 IF p->>'order_id' = 'SO-xbad' THEN RAISE EXCEPTION 'no ERP mapping for %', p->>'order_id'; END IF;
+	 RETURN jsonb_build_object('erp_order', p->>'order_id', 'src', 'hub');
+   END \$\$" >/dev/null
+PUSH_SUB="transform => 'public.to_erp', ordering => 'none', max_attempts => 1" push_endpoint xform "ok?ep=xform" \
+	"signing_secret => '$S1'"
+EV[xform]=$(push_publish xform SO-xform)
+EV[xbad]=$(push_publish xform SO-xbad)
+must_wait "SELECT bool_and(state IN ('delivered', 'dead')) AND count(*) = 2 FROM hub.deliveries d
+		   JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'xform'" 30 "xform: not settled"
+got=$(recv "
+import json
+rows = [e for e in E if 'ep=xform' in e['path']]
+print(len(rows), [json.loads(e['body'])['data'] for e in rows] == [{'erp_order': 'SO-xform', 'src': 'hub'}],
+      rows[0]['headers']['webhook-id'] == '${EV[xform]}')")
+[ "$got" = "1 True True" ] || fail "transform: requests / transformed data / id: '$got'"
+lh_receiver_verify "$S1" --path ep=xform || fail "transform: the signature does not verify"
+got=$(q "SELECT d.state || ': ' || a.error FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id)
+		 WHERE d.event_id = '${EV[xbad]}'")
+case $got in "dead: transform public.to_erp failed: no ERP mapping for SO-xbad"*) ;; *) fail "transform failure: '$got'" ;; esac
+ok "transform: the receiver got the transformed payload, signed; the event whose transform raised is $got"
 
 push_finish
