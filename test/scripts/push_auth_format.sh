@@ -14,6 +14,7 @@
 #     events, every event exactly once, signed); a batch retried after a
 #     failure: a webhook-id (the receivers' idempotency key) seen twice
 #     always carries the same body
+#   - a body over 1 MiB goes out whole
 #   - a transform (configured last: while one exists the dispatcher claims
 #     through hub._claim_transformed): the receiver gets the body rendered
 #     from the transformed payload, signed over what it got; an event whose
@@ -157,6 +158,17 @@ print(len(rows), len(reused))")
 read -r n reused <<<"$got"
 [ "$reused" = 0 ] || fail "batch retries: $reused webhook-ids were sent with different bodies ($n requests): a receiver deduplicating on the id loses events"
 ok "batch retries: $n requests; every webhook-id repeated carries the same body"
+
+# ---- a large body
+EV[big]=$(q "SELECT hub.publish('order.created', 'SO-big', jsonb_build_object('order_id', 'SO-big', 't', 'bearer',
+			 'lines', (SELECT jsonb_agg(jsonb_build_object('line', i, 'sku', repeat('x', 40))) FROM generate_series(1, 20000) i)))")
+must_wait "SELECT state = 'delivered' FROM hub.deliveries WHERE event_id = '${EV[big]}'" 30 "large body: not delivered"
+got=$(recv "
+import json
+e = [e for e in E if e['headers'].get('webhook-id') == '${EV[big]}'][0]
+print(len(e['body']) > 1048576, len(json.loads(e['body'])['data']['lines']))")
+[ "$got" = "True 20000" ] || fail "large body: over 1 MiB / lines: '$got'"
+ok "a body over 1 MiB arrives whole"
 
 # ---- a transform
 q "CREATE FUNCTION public.to_erp(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS \$\$
