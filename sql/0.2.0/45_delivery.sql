@@ -448,10 +448,7 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
 									   p_nshards integer, p_endpoint integer, p_max_events integer,
 									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text)
-RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
-			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   batch_size integer, batch_max integer, body text)
+RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -463,11 +460,8 @@ DECLARE
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
 		RETURN QUERY
-		SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
-			   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
-			   c.batch_size, c.batch_max, c.body
-		FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
-						 p_held_ids, p_held, p_source) c;
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source);
 		RETURN;
 	END IF;
 	-- (unrendered: the transforms need the payloads; rendered below, in
@@ -492,7 +486,7 @@ BEGIN
 	RETURN QUERY
 	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
 		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
-		   c.batch_size, c.batch_max,
+		   c.transform, c.batch_size, c.batch_max,
 		   CASE WHEN p_source IS NOT NULL
 				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 									c.correlation_id, c.payload, p_source) END
@@ -514,10 +508,7 @@ COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, int
  */
 CREATE FUNCTION hub._claim_probes(max integer, claimed integer, worker text, lease interval, shard integer,
 		nshards integer, source text)
-RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
-			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   batch_size integer, batch_max integer, body text)
+RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -553,10 +544,7 @@ COMMENT ON FUNCTION hub._claim_probes(integer, integer, text, interval, integer,
 
 CREATE FUNCTION hub._claim_all(max integer, worker text, lease interval, shard integer, nshards integer,
 		max_events integer, rounds integer, held_ids integer[], held integer[], source text)
-RETURNS TABLE (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
-			   event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text,
-			   payload jsonb, subscription_id integer, endpoint_id integer, body_format text,
-			   batch_size integer, batch_max integer, body text)
+RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
