@@ -188,6 +188,7 @@ CREATE TABLE hub.endpoints (
 );
 COMMENT ON COLUMN hub.endpoints.spread IS
 'Shared by every dispatcher (up to max_concurrency of them), each with its share of max_concurrency and rate_limit, so that one high-volume endpoint uses every core; false (the default): one dispatcher, endpoint_id % logistics_hub.dispatchers, with the full limits.';
+COMMENT ON COLUMN hub.endpoints.headers IS 'Fixed extra request headers {"Name": "value"}; readable by hub_reader, so never credentials (auth_kind api_key with api_key_header keeps a key header among the secrets).';
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
