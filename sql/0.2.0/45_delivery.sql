@@ -442,8 +442,10 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  * it does not count towards the endpoint's circuit breaker, the receiver is
  * not at fault) instead of aborting the claim, which would stop every
  * endpoint; none of its events is handed out (a batch goes whole or not at
- * all).  Each transform runs in a subtransaction of its own; with no
- * transform configured the rows go through untouched.
+ * all).  An event of a lease group, though, is a request of its own: it
+ * alone leaves the group (hub._split_group) and fails, and the rest of the
+ * group goes out.  Each transform runs in a subtransaction of its own; with
+ * no transform configured the rows go through untouched.
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
 									   p_nshards integer, p_endpoint integer, p_max_events integer,
@@ -457,6 +459,10 @@ DECLARE
 	rows hub._claimed[];
 	r hub._claimed;
 	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	err text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
 		RETURN QUERY
@@ -477,26 +483,39 @@ BEGIN
 			r.payload := hub._transform(r.transform, r.payload);
 			rows[i] := r;
 		EXCEPTION WHEN OTHERS THEN
-			PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL,
-									  format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE),
-									  0, NULL, NULL, p_worker, false);
-			failed := failed || r.delivery_id;
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
 		END;
 	END LOOP;
 	RETURN QUERY
 	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
 		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
-		   c.transform, c.batch_size, c.batch_max,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
 		   CASE WHEN p_source IS NOT NULL
 				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 									c.correlation_id, c.payload, p_source) END
 	FROM unnest(rows) WITH ORDINALITY AS c
-	WHERE c.delivery_id <> ALL (failed)
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
 	ORDER BY c.ordinality;
 END
 $$;
 COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text) IS
-'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out.';
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group.';
 
 /*
  * _claim_probes --- circuits: an open circuit whose cool-off is over turns

@@ -6,7 +6,7 @@
 -- get through out of it, each into a delivery of its own under the same
 -- lease; trace shows each event its own attempts.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(43);
+SELECT plan(46);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', max_concurrency => 4) AS ep \gset
 
@@ -161,5 +161,30 @@ SELECT is((SELECT count(DISTINCT group_event_id) FROM hub.attempts WHERE deliver
 -- trace: an event of a group shows its own attempts, not its neighbours'
 SELECT is((SELECT count(*) FROM hub.trace('c-2') WHERE what LIKE 'attempt%'), 2::bigint,
 	'the trace of an event of a group shows its attempts only (delivered, stale)');
+
+-- a transform that raises for one event of a group: that event alone
+-- leaves the group and fails; the rest goes out as the group
+CREATE FUNCTION public.lg_picky(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $f$
+BEGIN
+	IF p->>'return_id' = 'RT-2' THEN
+		RAISE EXCEPTION 'no mapping for %', p->>'return_id' USING ERRCODE = 'data_exception';
+	END IF;
+	RETURN p || '{"mapped": true}';
+END $f$;
+SELECT hub.create_endpoint('erp_t', 'http://127.0.0.1:9/erp_t', 'erp', max_concurrency => 8) AS ep_t \gset
+\o /dev/null
+SELECT hub.subscribe('erp_t', 'return.*', ordering => 'none', lease_group => 4, transform => 'public.lg_picky',
+	max_attempts => 1);
+SELECT hub.publish('return.received', 'RT-' || g, jsonb_build_object('return_id', 'RT-' || g)) FROM generate_series(1, 4) g;
+\o
+CREATE TEMP TABLE ct AS SELECT * FROM hub.claim_deliveries(100, 'wt') WHERE endpoint_id = :ep_t;
+SELECT is((SELECT string_agg(aggregate_id, ' ' ORDER BY aggregate_id) FROM ct), 'RT-1 RT-3 RT-4',
+	'a transform raising for one event of a group: the other events are handed out');
+SELECT is((SELECT count(DISTINCT delivery_id) || ' ' || min(batch_size) || ' ' || bool_and((payload ->> 'mapped')::boolean)
+		   FROM ct), '1 3 true', 'as one group of three, transformed');
+SELECT is((SELECT d.state || ' ' || (d.batch_events IS NULL) || ' ' || a.error
+		   FROM hub.deliveries d JOIN hub.attempts a USING (delivery_id) WHERE d.aggregate_id = 'RT-2'),
+	'dead true transform public.lg_picky failed: no mapping for RT-2 (SQLSTATE 22000)',
+	'the failing event alone, in a delivery of its own, dead with the transform''s error');
 
 SELECT * FROM finish();
