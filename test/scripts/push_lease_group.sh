@@ -14,6 +14,11 @@
 #     in the queue: those are given back without an attempt, together as one
 #     group, the ones in flight are completed in the group; after the resume
 #     every event has been sent exactly once
+#   - a group with a transform that raises for one of its events (configured
+#     last: while a transform exists the dispatcher claims through
+#     hub._claim_transformed): the other events are sent, transformed, one
+#     request each, and completed as the group; the failing one is dead on
+#     its own, never sent
 source test/receiver/push_lib.sh
 push_setup push-lease-group 117 "logistics_hub.poll_interval = 200ms"
 
@@ -131,5 +136,28 @@ print(len(ids), len(set(ids)))
 ")
 [ "$out" = "20 20" ] || fail "grppause: receiver saw '$out' (want 20 requests for 20 events)"
 ok "grppause: after the resume every event was sent exactly once"
+
+q "CREATE FUNCTION public.grp_map(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS \$\$
+   BEGIN
+	 IF p->>'order_id' = 'XK3' THEN RAISE EXCEPTION 'no mapping for %', p->>'order_id'; END IF;
+	 RETURN p || '{\"mapped\": true}';
+   END \$\$" >/dev/null
+PUSH_SUB="ordering => 'none', lease_group => 6, transform => 'public.grp_map', max_attempts => 1" \
+	push_endpoint grpx "ok?ep=grpx"
+pub grpx XK 6
+XK3=$(q "SELECT event_id FROM hub.outbox WHERE aggregate_id = 'XK3'")
+must_wait "SELECT count(*) = 2 AND bool_and(state IN ('delivered', 'dead')) FROM hub.deliveries d
+		   JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'grpx'" 20 "grpx: the group and its failed event did not settle"
+v=$(q "SELECT string_agg(d.state || ':' || coalesce(cardinality(d.batch_events), 1), ' ' ORDER BY d.state)
+	   FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'grpx'")
+[ "$v" = "dead:1 delivered:5" ] || fail "grpx: deliveries '$v' (want the group of five delivered, the failed event dead alone)"
+out=$(recv "
+import json
+hits = [e for e in E if 'ep=grpx' in e['path']]
+print(len(hits), len(set(e['headers']['webhook-id'] for e in hits)), all(json.loads(e['body'])['data'].get('mapped') for e in hits),
+      '$XK3' in [e['headers']['webhook-id'] for e in hits])
+")
+[ "$out" = "5 5 True False" ] || fail "grpx: receiver saw '$out' (want 5 requests, 5 ids, all transformed, not the failed event)"
+ok "grpx: a transform raising for one event of a group: the other five sent transformed and delivered as the group, the failed one dead alone, never sent"
 
 push_finish
