@@ -4,8 +4,8 @@
  *		hub.event_body(): the JSON request body of one event, canonical or
  *		CloudEvents 1.0 structured mode.
  *
- * The dispatcher renders one body per claimed delivery (hub._dispatch_claim
- * in sql/0.2.0/50_dispatch.sql).  The body used to be built as a jsonb
+ * The dispatchers' claim renders one body per claimed event (hub._claim
+ * in sql/0.2.0/45_delivery.sql).  The body used to be built as a jsonb
  * (jsonb_build_object, jsonb_strip_nulls for the CloudEvents envelope) and
  * cast to text, which costs a jsonb tree, its sorting and its
  * serialisation per row.  Here the text is written directly into one
