@@ -194,11 +194,11 @@ SQL
 	q -c "SELECT hub.resume_endpoint('nginx', 'bench')" -c "SELECT hub.wake()" >/dev/null
 	# (polled every 5 ms by one session, a statement at a time: a run of
 	# batches takes about a second, which a shell loop starting psql every
-	# 50 ms would blur.  Not from one DO block or procedure: it holds its
-	# snapshot, and so the xmin horizon, for the whole run, and then no dead
+	# 50 ms would blur.  Not from one DO block: one that never commits holds
+	# its snapshot, and so the xmin horizon, for the whole run, and then no dead
 	# index entry of a claimed delivery is ever killed, and every claim reads
 	# all of those before it again (24 million index entries for 100k events,
-	# a third of the dispatchers' CPU).  First the newest delivery, by primary
+	# a quarter of the dispatchers' CPU).  First the newest delivery, by primary
 	# key, then every open one: a scan of the open deliveries every 5 ms for
 	# the whole run took a third of a core from the dispatchers)
 	poll_until "SELECT d.state NOT IN ('pending', 'in_flight', 'retry_wait') FROM hub.deliveries d
