@@ -15,6 +15,10 @@
  * superuser): what hub.run_retention() removes (sql/0.2.0/80_retention.sql):
  * finished events and attempts older than the first; dead deliveries are
  * kept until the second, so that they can still be replayed.
+ * logistics_hub.inbox_retention_period (seconds, default 30 days, superuser)
+ * is the inbox's deduplication window: a processed inbox message is removed
+ * once it was received, processed and last seen again (a duplicate) longer
+ * ago than that; a dead or unhandled one after dead_retention_period.
  * logistics_hub.retention_max_events (default 100,000, superuser) bounds one
  * call, which is one transaction: dispatcher 0 runs it between deliveries.
  *
@@ -65,6 +69,7 @@ static int	hub_unknown_event_types = HUB_UNKNOWN_ACCEPT;
 static bool hub_retention = false;
 static int	hub_retention_period = 7 * 86400;
 static int	hub_dead_retention_period = 30 * 86400;
+static int	hub_inbox_retention_period = 30 * 86400;
 static int	hub_retention_max_events = 100000;
 
 /*
@@ -101,8 +106,18 @@ hub_outbox_define_gucs(void)
 							PGC_SUSET, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("logistics_hub.inbox_retention_period",
+							"How long processed inbox messages are kept, and so recognized as duplicates, before hub.run_retention() removes them.",
+							"Counted from the last of receipt, processing and the last duplicate; "
+							"a message sent again after its row was removed is accepted as new. "
+							"Dead and unhandled messages are kept for logistics_hub.dead_retention_period.",
+							&hub_inbox_retention_period,
+							30 * 86400, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("logistics_hub.retention_max_events",
-							"Most events one hub.run_retention() call removes.",
+							"Most events, and most inbox messages, one hub.run_retention() call removes.",
 							"A call runs in one transaction (dispatcher 0 runs it between its deliveries); "
 							"about 50 microseconds an event.",
 							&hub_retention_max_events,

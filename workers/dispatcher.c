@@ -1692,9 +1692,10 @@ release_retired_leases(void)
 
 /*
  * run_retention --- one slice of hub.run_retention(): at most
- * RETENTION_SLICE events, so that dispatcher 0's deliveries pause for one
- * slice at a time (about half a second), not for a whole run.  Returns
- * true when the slice was full and more may be waiting.  A failure is a
+ * RETENTION_SLICE events (and as many inbox messages), so that dispatcher
+ * 0's deliveries pause for one slice at a time (about half a second), not
+ * for a whole run.  Returns true when a slice was full and more may be
+ * waiting.  A failure is a
  * WARNING in the log: the next run tries again.
  */
 #define RETENTION_SLICE 10000
@@ -1710,14 +1711,23 @@ run_retention(void)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
+		/* (by name: inbox_removed is missing before the extension's update) */
 		if (hub_function_exists("run_retention") &&
-			SPI_execute("SELECT events_removed >= " CppAsString2(RETENTION_SLICE)
-						" FROM hub.run_retention(max_events => " CppAsString2(RETENTION_SLICE) ")",
+			SPI_execute("SELECT * FROM hub.run_retention(max_events => " CppAsString2(RETENTION_SLICE) ")",
 						false, 0) == SPI_OK_SELECT && SPI_processed == 1)
 		{
-			bool		isnull;
+			const char *const counts[] = {"events_removed", "inbox_removed"};
 
-			more = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+			for (int i = 0; i < (int) lengthof(counts); i++)
+			{
+				int			col = SPI_fnumber(SPI_tuptable->tupdesc, counts[i]);
+				bool		isnull = true;
+				Datum		n = col > 0 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull)
+					: (Datum) 0;
+
+				if (!isnull && DatumGetInt64(n) >= RETENTION_SLICE)
+					more = true;
+			}
 		}
 		ReleaseCurrentSubTransaction();
 	}

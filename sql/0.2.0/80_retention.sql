@@ -12,8 +12,14 @@
  *   - attempts older than retention_period, except those of a delivery
  *     that is still open (pending, in_flight, retry_wait) or dead within
  *     the dead period, which are kept with their delivery.
+ *   - inbox messages past the deduplication window: a done one received,
+ *     processed and last sent again (a duplicate) longer than
+ *     logistics_hub.inbox_retention_period ago; a dead or unhandled one
+ *     the same past dead_retention_period (it may still be retried).  A
+ *     message sent again after its row went is accepted as new.
  * Never removed: an event with an open delivery, a dead one within the
- * dead period, or one not routed yet.
+ * dead period, or one not routed yet; an inbox message not processed yet
+ * (new, retry_wait).
  *
  * How, and why it does not bloat:
  *   - hub.attempts (the largest table: one row or more per delivery, never
@@ -44,11 +50,14 @@
 
 CREATE TABLE hub._retention_marks (
 	at			timestamptz PRIMARY KEY,
-	snapshot_xmin	xid8 NOT NULL
+	snapshot_xmin	xid8 NOT NULL,
+	-- the largest inbox_id by then: every inbox row at or below it had been
+	-- inserted before at (an identity value is taken as the row is written)
+	inbox_upto	bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE hub._retention_marks IS
-'API: Private. One row per retention run: every transaction with an xid below snapshot_xmin had ended (so had published its events) by at.';
-INSERT INTO hub._retention_marks VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()));
+'API: Private. One row per retention run: every transaction with an xid below snapshot_xmin had ended (so had published its events) by at, and every inbox row up to inbox_upto had been received.';
+INSERT INTO hub._retention_marks (at, snapshot_xmin) VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()));
 
 /*
  * _retention_setting --- a retention period setting (seconds) as an
@@ -131,9 +140,9 @@ COMMENT ON FUNCTION hub._attempts_drop_partition(regclass, timestamptz) IS
 'API: Private. Detach and drop one day of hub.attempts, keeping the attempts of open and recently dead deliveries.';
 
 CREATE FUNCTION hub.run_retention(retention interval DEFAULT NULL, dead_retention interval DEFAULT NULL,
-		max_events integer DEFAULT NULL,
+		max_events integer DEFAULT NULL, inbox_retention interval DEFAULT NULL,
 		OUT events_removed bigint, OUT deliveries_removed bigint, OUT attempts_removed bigint,
-		OUT partitions_dropped integer, OUT partitions_created integer)
+		OUT partitions_dropped integer, OUT partitions_created integer, OUT inbox_removed bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -141,6 +150,12 @@ AS $$
 DECLARE
 	keep interval := coalesce(retention, hub._retention_setting('logistics_hub.retention_period'));
 	keep_dead interval := coalesce(dead_retention, hub._retention_setting('logistics_hub.dead_retention_period'));
+	keep_inbox interval := coalesce(inbox_retention, hub._retention_setting('logistics_hub.inbox_retention_period'));
+	inbox_cutoff timestamptz;
+	inbox_done_upto bigint;
+	inbox_dead_upto bigint;
+	inbox_last bigint;
+	inbox_ids bigint[];
 	cutoff timestamptz;
 	dead_cutoff timestamptz;
 	bound xid8;
@@ -152,8 +167,9 @@ DECLARE
 	na bigint;
 	old_lock_timeout text := current_setting('lock_timeout');
 BEGIN
-	IF keep < interval '0' OR keep_dead < interval '0' THEN
-		RAISE EXCEPTION 'invalid retention period: "%"', CASE WHEN keep < interval '0' THEN keep ELSE keep_dead END
+	IF keep < interval '0' OR keep_dead < interval '0' OR keep_inbox < interval '0' THEN
+		RAISE EXCEPTION 'invalid retention period: "%"',
+			CASE WHEN keep < interval '0' THEN keep WHEN keep_dead < interval '0' THEN keep_dead ELSE keep_inbox END
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'A retention period must not be negative.';
 	END IF;
 	PERFORM hub._retention_active();	-- loads the library: the settings are the real ones
@@ -164,7 +180,9 @@ BEGIN
 	END IF;
 	cutoff := now() - keep;
 	dead_cutoff := now() - keep_dead;
+	inbox_cutoff := now() - keep_inbox;
 	events_removed := 0;
+	inbox_removed := 0;
 	deliveries_removed := 0;
 	attempts_removed := 0;
 	partitions_dropped := 0;
@@ -180,7 +198,8 @@ BEGIN
 	-- open the door for this function only (closed again below; an error
 	-- rolls the setting back with the transaction or subtransaction)
 	PERFORM set_config('logistics_hub._retention', 'on', true);
-	INSERT INTO hub._retention_marks VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()))
+	INSERT INTO hub._retention_marks (at, snapshot_xmin, inbox_upto)
+	VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()), coalesce((SELECT max(i.inbox_id) FROM hub.inbox i), 0))
 	ON CONFLICT (at) DO NOTHING;
 
 	-- attempts: whole days, each DDL waiting at most 2 s for its lock
@@ -272,15 +291,50 @@ BEGIN
 		events_removed := events_removed + nd;
 	END LOOP;
 
-	-- marks: keep those a longer period (the setting's) may still need
+	-- inbox: finished messages past their period, a primary-key range up
+	-- to the inbox id recorded by the newest mark before each cutoff (so
+	-- received before it); each batch starts after the last candidate of
+	-- the one before, so messages kept (not processed yet, sent again
+	-- lately) are read once a run
+	SELECT max(m.inbox_upto) INTO inbox_done_upto FROM hub._retention_marks m WHERE m.at <= inbox_cutoff;
+	SELECT max(m.inbox_upto) INTO inbox_dead_upto FROM hub._retention_marks m WHERE m.at <= dead_cutoff;
+	WHILE greatest(inbox_done_upto, inbox_dead_upto) > 0 AND inbox_removed < max_events LOOP
+		SELECT array_agg(x.inbox_id ORDER BY x.inbox_id) INTO inbox_ids
+		FROM (SELECT i.inbox_id FROM hub.inbox i
+			  WHERE i.inbox_id <= greatest(inbox_done_upto, inbox_dead_upto)
+				AND i.inbox_id > coalesce(inbox_last, 0)
+			  ORDER BY i.inbox_id
+			  LIMIT least(10000, max_events - inbox_removed)) x;
+		EXIT WHEN inbox_ids IS NULL;
+		inbox_last := inbox_ids[array_upper(inbox_ids, 1)];
+		-- the state and times are checked under the row lock: a message
+		-- sent again or retried meanwhile stays
+		DELETE FROM hub.inbox i
+		WHERE i.inbox_id = ANY (inbox_ids)
+			AND CASE WHEN i.state = 'done'
+					 THEN i.inbox_id <= inbox_done_upto AND i.processed_at < inbox_cutoff
+						  AND (i.last_duplicate_at IS NULL OR i.last_duplicate_at < inbox_cutoff)
+					 WHEN i.state IN ('dead', 'unhandled')
+					 THEN i.inbox_id <= inbox_dead_upto AND i.processed_at < dead_cutoff
+						  AND (i.last_duplicate_at IS NULL OR i.last_duplicate_at < dead_cutoff)
+					 ELSE false END;
+		GET DIAGNOSTICS nd = ROW_COUNT;
+		inbox_removed := inbox_removed + nd;
+	END LOOP;
+
+	-- marks: keep those a longer period (the settings') may still need
 	DELETE FROM hub._retention_marks m
-	WHERE m.at < now() - greatest(keep, hub._retention_setting('logistics_hub.retention_period')) - interval '1 day';
+	WHERE m.at < now() - greatest(keep, keep_dead, keep_inbox,
+								  hub._retention_setting('logistics_hub.retention_period'),
+								  hub._retention_setting('logistics_hub.dead_retention_period'),
+								  hub._retention_setting('logistics_hub.inbox_retention_period'))
+				 - interval '1 day';
 	PERFORM set_config('logistics_hub._retention', 'off', true);
 END
 $$;
-COMMENT ON FUNCTION hub.run_retention(interval, interval, integer) IS
-'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions. Never removes an undelivered event. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
+COMMENT ON FUNCTION hub.run_retention(interval, interval, integer, interval) IS
+'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions; remove inbox messages processed and last sent again longer than inbox_retention ago (default logistics_hub.inbox_retention_period; dead and unhandled ones after dead_retention), at most max_events of them. Never removes an undelivered event or an inbox message not processed yet. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
 
-REVOKE EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer), hub._retention_setting(text),
+REVOKE EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer, interval), hub._retention_setting(text),
 	hub._attempts_partition(date), hub._attempts_drop_partition(regclass, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer) TO hub_admin;
+GRANT EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer, interval) TO hub_admin;

@@ -1,10 +1,11 @@
 -- Retention (hub.run_retention): finished events older than the period go
 -- with their deliveries and attempts, whole days of attempts are dropped as
 -- partitions (keeping those of open deliveries), recent and undelivered
--- events stay, dead ones stay for the dead period, and only the retention
+-- events stay, dead ones stay for the dead period, processed inbox messages
+-- go after the inbox's deduplication window, and only the retention
 -- function opens the door of the immutability triggers.
 -- Autocommit (own database): routing only sees committed events.
-SELECT plan(31);
+SELECT plan(43);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1);
@@ -75,6 +76,42 @@ SELECT is((SELECT events_removed FROM hub.run_retention(interval '0', interval '
 SELECT hub.complete_delivery(delivery_id, lease_token, 200, 5) FROM c WHERE aggregate_id = 'SO-3';
 SELECT hub.replay((SELECT delivery_id FROM hub.deliveries WHERE aggregate_id = 'SO-3'), 'receiver lost it');
 SELECT is((SELECT events_removed FROM hub.run_retention(interval '0', interval '0')), 0::bigint, 'a replayed (pending again) event stays');
+
+-- the inbox: processed messages past the deduplication window go, dead and
+-- unhandled ones after the dead period, unprocessed ones never
+CREATE FUNCTION public.inbox_ok(payload jsonb, message_type text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.inbox_bad(payload jsonb, message_type text) RETURNS void LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'cannot book it'; END $$;
+SELECT hub.register_handler('ok.*', 'public.inbox_ok');
+SELECT hub.register_handler('bad.*', 'public.inbox_bad', max_attempts => 1);
+SELECT hub.receive('wms', m, t, '{}') FROM (VALUES ('m-done-1', 'ok.x'), ('m-done-2', 'ok.x'), ('m-dup', 'ok.x'),
+	('m-dead', 'bad.x'), ('m-unhandled', 'none.x')) v(m, t);
+SELECT * FROM hub.process_inbox(10);
+SELECT hub.receive('wms', 'm-new', 'ok.x', '{}', now() - interval '3 hours');	-- old, but not processed yet
+UPDATE hub.inbox SET processed_at = now() - interval '2 hours' WHERE processed_at IS NOT NULL;
+SELECT is((SELECT string_agg(message_id || ':' || state, ',' ORDER BY inbox_id) FROM hub.inbox),
+	'm-done-1:done,m-done-2:done,m-dup:done,m-dead:dead,m-unhandled:unhandled,m-new:new', 'the inbox is set up');
+SELECT is(current_setting('logistics_hub.inbox_retention_period'), '30d', 'logistics_hub.inbox_retention_period defaults to 30 days');
+SELECT is((SELECT inbox_removed FROM hub.run_retention(interval '1 hour', interval '1 hour', NULL, interval '1 hour')), 0::bigint,
+	'no message is removed while no retention mark from before the cutoff names it (received before the cutoff)');
+-- a run two hours ago would have recorded every message so far
+INSERT INTO hub._retention_marks (at, snapshot_xmin, inbox_upto)
+SELECT now() - interval '2 hours', pg_snapshot_xmin(pg_current_snapshot()), max(inbox_id) FROM hub.inbox;
+SELECT ok(hub.receive('wms', 'm-dup', 'ok.x', '{}') = false, 'm-dup is sent again: a duplicate');
+SELECT is((SELECT inbox_removed FROM hub.run_retention(interval '1 hour', interval '3 hours', 1, interval '1 hour')), 1::bigint,
+	'max_events bounds the inbox messages of a run too');
+SELECT is((SELECT inbox_removed FROM hub.run_retention(interval '1 hour', interval '3 hours', NULL, interval '1 hour')), 1::bigint,
+	'the next run takes the rest');
+SELECT is((SELECT string_agg(message_id, ',' ORDER BY inbox_id) FROM hub.inbox), 'm-dup,m-dead,m-unhandled,m-new',
+	'done messages processed before the cutoff are gone; one sent again since, dead, unhandled and unprocessed ones stay');
+SELECT is((SELECT inbox_removed FROM hub.run_retention(interval '1 hour', interval '1 hour', NULL, interval '1 hour')), 2::bigint,
+	'dead and unhandled messages go after the dead period');
+SELECT is((SELECT string_agg(message_id, ',' ORDER BY inbox_id) FROM hub.inbox), 'm-dup,m-new',
+	'the one sent again within the window and the unprocessed one stay');
+SELECT ok(hub.receive('wms', 'm-done-1', 'ok.x', '{}'), 'a message sent again after its row went is accepted as new');
+SELECT is((SELECT count(*) FROM hub.outbox)::int, 2, 'the events are untouched by the inbox''s retention');
+SELECT throws_ok($$SELECT * FROM hub.run_retention(inbox_retention => interval '-1 day')$$, '22023',
+	'invalid retention period: "-1 days"', 'a negative inbox period is refused');
 
 -- the door
 SELECT throws_ok($$SELECT * FROM hub.run_retention(interval '-1 day')$$, '22023', 'invalid retention period: "-1 days"',
