@@ -34,17 +34,19 @@ q "SELECT pg_reload_conf()" >/dev/null
 # 60 s) for the first removal, then the rest must follow within 10 s, well
 # before the next interval
 old() { q "SELECT count(*) FROM hub.inbox WHERE message_id LIKE 'old-%'"; }
-for _ in $(seq 300); do
-	[ "$(old)" -lt 10050 ] && break
-	sleep 0.2
-done
-n=$(old)
+# old_until TEST LIMIT SECONDS --- poll until [ old TEST LIMIT ] holds; the
+# count left then
+old_until() {
+	local i
+	for i in $(seq $(($3 * 5))); do
+		[ "$(old)" "$1" "$2" ] && break
+		sleep 0.2
+	done
+	old
+}
+n=$(old_until -lt 10050 60)
 [ "$n" -lt 10050 ] || fail "dispatcher 0 removed no old inbox message within 60 s"
-for _ in $(seq 50); do
-	[ "$(old)" -eq 0 ] && break
-	sleep 0.2
-done
-n=$(old)
+n=$(old_until -eq 0 10)
 [ "$n" -eq 0 ] || fail "$n old inbox messages left 10 s after the first slice: the next slice did not follow at once"
 echo "ok: dispatcher 0's retention removed the 10,050 inbox messages past the window, the second slice right after the first"
 
