@@ -1695,8 +1695,7 @@ release_retired_leases(void)
  * RETENTION_SLICE events (and as many inbox messages), so that dispatcher
  * 0's deliveries pause for one slice at a time (about half a second), not
  * for a whole run.  Returns true when a slice was full and more may be
- * waiting.  A failure is a
- * WARNING in the log: the next run tries again.
+ * waiting.  A failure is a WARNING in the log: the next run tries again.
  */
 #define RETENTION_SLICE 10000
 
