@@ -35,6 +35,7 @@ void
 _PG_init(void)
 {
 	hub_outbox_define_gucs();
+	hub_user_code_define_gucs();
 	hub_workers_define_gucs();
 	if (process_shared_preload_libraries_in_progress && !IsBinaryUpgrade)
 	{

@@ -13,6 +13,10 @@
 /* Called once from _PG_init, before the GUC prefix is reserved. */
 extern void hub_outbox_define_gucs(void);
 
+/* user code run as its owner (user_code.c) */
+extern int	hub_user_code_timeout_ms;
+extern void hub_user_code_define_gucs(void);
+
 /* logistics_hub.unknown_event_types = reject */
 extern bool hub_outbox_reject_unknown(void);
 

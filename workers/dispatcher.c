@@ -445,7 +445,7 @@ prepare_plans(void)
 	route_plan = prepare("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL) "
 						 "FROM hub._route_events()", 0, NULL);
 #define CLAIMED_COLUMNS "delivery_id, lease_token, endpoint_id, subscription_id, body_format, batch_max, " \
-		"event_id::text, body, batch_size"
+		"event_id::pg_catalog.text, body, batch_size"
 	claim_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
 						 "$4, $5, NULL, $7, $8, $9, $10, $6)", 10, claim_types);
 	claim_transformed_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
@@ -454,18 +454,20 @@ prepare_plans(void)
 	probes_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_probes($1, $2, $3, "
 						  "pg_catalog.make_interval(secs => $4), $5, $6, $7)", 7, probe_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
-	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6, $7::uuid[])", 7, complete_types);
-	split_plan = prepare("SELECT event_id::text, delivery_id FROM hub._split_group($1, $2, $3::uuid[], $4::uuid[])",
+	complete_plan = prepare("SELECT hub._complete_many($1, $2, $3, $4, $5, $6, $7::pg_catalog.uuid[])", 7, complete_types);
+	split_plan = prepare("SELECT event_id::pg_catalog.text, delivery_id "
+						 "FROM hub._split_group($1, $2, $3::pg_catalog.uuid[], $4::pg_catalog.uuid[])",
 						 4, split_types);
 	/* a delivery deleted meanwhile (its endpoint dropped) is skipped */
 	fail_plan = prepare("SELECT hub.fail_delivery($1, $2, $3, $4, $5, $6, "
-						"CASE WHEN $7 >= 0 THEN make_interval(secs => $7) END, $8, $9) "
-						"FROM hub.deliveries WHERE delivery_id = $1", 9, fail_types);
+						"CASE WHEN $7 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.make_interval(secs => $7) END, $8, $9) "
+						"FROM hub.deliveries WHERE delivery_id OPERATOR(pg_catalog.=) $1", 9, fail_types);
 	defer_plan = prepare("SELECT hub.defer_delivery($1, $2, $3) "
-						 "FROM hub.deliveries WHERE delivery_id = $1", 3, defer_types);
+						 "FROM hub.deliveries WHERE delivery_id OPERATOR(pg_catalog.=) $1", 3, defer_types);
 	/* when a failed delivery is due again (none when it is dead) */
 	due_plan = prepare("SELECT next_attempt_at FROM hub.deliveries "
-					   "WHERE delivery_id = $1 AND state = 'retry_wait'", 1, defer_types);
+					   "WHERE delivery_id OPERATOR(pg_catalog.=) $1 "
+					   "AND state OPERATOR(pg_catalog.=) 'retry_wait'", 1, defer_types);
 }
 
 static void
@@ -1748,10 +1750,44 @@ run_retention(void)
 	return more;
 }
 
+/*
+ * pin_session --- the settings every statement of the worker relies on,
+ * whatever the database's or role's defaults say (ALTER DATABASE ... SET is
+ * the database owner's to change): search_path holds only pg_catalog (and
+ * pg_temp, which is never searched for functions or operators), so no
+ * function or operator planted in another schema can be chosen even by a
+ * statement that forgot to qualify one; and the settings that would stop
+ * every claim (read-only transactions, timeouts, serializable isolation)
+ * are fixed at the override level, above anything a SET or a function's
+ * own SET clause can do.  Raises, and so exits, when connected as a
+ * superuser after all.
+ */
+static void
+pin_session(void)
+{
+	static const char *const fixed[][2] = {
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_isolation", "read committed"},
+		{"statement_timeout", "0"},
+		{"lock_timeout", "0"},
+		{"idle_in_transaction_session_timeout", "0"},
+	};
+
+	if (superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("logistics_hub dispatcher %d will not run as a superuser", my_slot),
+				 errhint("Set logistics_hub.worker_role to a role without superuser, such as hub_worker.")));
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	for (int i = 0; i < (int) lengthof(fixed); i++)
+		SetConfigOption(fixed[i][0], fixed[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+}
+
 void
 hub_dispatcher_main(Datum arg)
 {
 	Oid			dboid;
+	Oid			roleoid;
 	WaitEventSet *wes;
 	TimestampTz next_claim = 0;
 	TimestampTz next_refresh = 0;
@@ -1765,7 +1801,9 @@ hub_dispatcher_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	memcpy(&roleoid, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(Oid));
+	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
+	pin_session();
 	pgstat_report_appname(psprintf("logistics_hub %s", worker_name));
 	hub_dispatcher_attach(my_slot);
 

@@ -22,6 +22,7 @@ struct sockaddr;
 
 /* settings (workers/launcher.c) */
 extern char *hub_database;
+extern char *hub_worker_role;
 extern int	hub_dispatchers;
 extern int	hub_max_in_flight;
 extern int	hub_claim_batch;

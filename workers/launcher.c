@@ -30,6 +30,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "utils/snapmgr.h"
 #include "miscadmin.h"
@@ -39,12 +40,14 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "hub_workers.h"
 
 char	   *hub_database = NULL;
+char	   *hub_worker_role = NULL;
 int			hub_dispatchers = 1;
 int			hub_max_in_flight = 256;
 int			hub_claim_batch = 500;
@@ -72,6 +75,11 @@ hub_workers_define_gucs(void)
 								   "The extension must be installed there; workers wait quietly until it is.",
 								   &hub_database, "postgres", PGC_POSTMASTER, 0,
 								   NULL, NULL, NULL);
+	DefineCustomStringVariable("logistics_hub.worker_role",
+							   "Role the dispatcher workers connect as.",
+							   "It must exist, may log in and must not be a superuser; the extension creates hub_worker with just the grants the workers need. Changed, it applies to the dispatchers started next.",
+							   &hub_worker_role, "hub_worker", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.dispatchers",
 							"Number of dispatcher workers (an endpoint is shared by min(dispatchers, max_concurrency) of them).",
 							NULL, &hub_dispatchers, 1, 0, HUB_MAX_DISPATCHERS,
@@ -166,6 +174,71 @@ find_database(const char *name)
 	return oid;
 }
 
+/*
+ * find_worker_role --- the OID of the role named by logistics_hub.worker_role
+ * when the dispatchers may connect as it, else InvalidOid with the reason
+ * logged once (until the setting or the role changes).  A plain heap scan
+ * of the shared catalogue pg_authid, as for pg_database.  A superuser is
+ * refused: user code and every function the workers call would then run
+ * with every right.
+ */
+static Oid
+find_worker_role(const char *name)
+{
+	static char last_problem[NAMEDATALEN + 64] = "";
+	char		problem[NAMEDATALEN + 64] = "";
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Oid			oid = InvalidOid;
+	bool		found = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(AuthIdRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_authid role = (Form_pg_authid) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(role->rolname), name) != 0)
+			continue;
+		found = true;
+		if (role->rolsuper)
+			snprintf(problem, sizeof(problem), "superuser:%s", name);
+		else if (!role->rolcanlogin)
+			snprintf(problem, sizeof(problem), "nologin:%s", name);
+		else
+			oid = role->oid;
+		break;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	if (!found)
+		snprintf(problem, sizeof(problem), "missing:%s", name);
+
+	if (problem[0] != '\0' && strcmp(problem, last_problem) != 0)
+	{
+		if (strncmp(problem, "superuser:", 10) == 0)
+			ereport(WARNING,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("logistics_hub dispatchers will not run as superuser \"%s\"", name),
+					 errhint("Set logistics_hub.worker_role to a role without superuser, such as hub_worker, which CREATE EXTENSION logistics_hub makes.")));
+		else if (strncmp(problem, "nologin:", 8) == 0)
+			ereport(WARNING,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("logistics_hub dispatchers cannot connect as role \"%s\": it may not log in", name),
+					 errhint("ALTER ROLE %s LOGIN (a background worker connects only as a role that may log in).", quote_identifier(name))));
+		else
+			ereport(LOG,
+					(errmsg("logistics_hub dispatchers wait for role \"%s\" (logistics_hub.worker_role)", name),
+					 errhint("CREATE EXTENSION logistics_hub creates hub_worker.")));
+	}
+	strlcpy(last_problem, problem, sizeof(last_problem));
+	return oid;
+}
+
 typedef struct LauncherSlot
 {
 	BackgroundWorkerHandle *handle;
@@ -174,7 +247,7 @@ typedef struct LauncherSlot
 } LauncherSlot;
 
 static bool
-start_dispatcher(int slot, Oid dboid, LauncherSlot *ls)
+start_dispatcher(int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
 {
 	BackgroundWorker worker;
 
@@ -188,6 +261,7 @@ start_dispatcher(int slot, Oid dboid, LauncherSlot *ls)
 	snprintf(worker.bgw_type, BGW_MAXLEN, "logistics_hub dispatcher");
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	memcpy(worker.bgw_extra, &dboid, sizeof(Oid));
+	memcpy(worker.bgw_extra + sizeof(Oid), &roleoid, sizeof(Oid));
 	worker.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &ls->handle))
@@ -239,6 +313,7 @@ hub_launcher_main(Datum arg)
 	for (;;)
 	{
 		Oid			dboid;
+		Oid			roleoid = InvalidOid;
 		long		wait_ms = 5000;
 		TimestampTz now;
 
@@ -250,13 +325,15 @@ hub_launcher_main(Datum arg)
 		}
 
 		dboid = find_database(hub_database);
+		if (OidIsValid(dboid))
+			roleoid = find_worker_role(hub_worker_role);
 
 		now = GetCurrentTimestamp();
 		for (int i = 0; i < HUB_MAX_DISPATCHERS; i++)
 		{
 			LauncherSlot *ls = &slots[i];
 			bool		alive = dispatcher_alive(i, ls);
-			bool		wanted = OidIsValid(dboid) && i < hub_dispatchers;
+			bool		wanted = OidIsValid(dboid) && OidIsValid(roleoid) && i < hub_dispatchers;
 
 			if (alive && !wanted && ls->handle != NULL)
 				TerminateBackgroundWorker(ls->handle);
@@ -270,7 +347,7 @@ hub_launcher_main(Datum arg)
 					since < DISPATCHER_RESTART_PAUSE_MS * 1000L)
 					wait_ms = Min(wait_ms, (DISPATCHER_RESTART_PAUSE_MS * 1000L - since) / 1000 + 1);
 				else
-					start_dispatcher(i, dboid, ls);
+					start_dispatcher(i, dboid, roleoid, ls);
 			}
 		}
 

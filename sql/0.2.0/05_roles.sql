@@ -4,7 +4,14 @@
  *   hub_reader  read the views (sync state, drift, dead letters); never secrets
  *   hub_writer  publish events and receive inbound messages; apply statuses
  *   hub_admin   endpoints, secrets, mappings, replay, skip; member of both
- * Grant them to login roles: GRANT hub_writer TO app_user;
+ *   hub_worker  what the background workers connect as (the setting
+ *               logistics_hub.worker_role): no superuser, no membership,
+ *               only the grants of the queue functions and tables they
+ *               use (90_privileges.sql).  LOGIN because PostgreSQL 15 lets
+ *               a background worker connect only as a role that may log in;
+ *               it has no password, so no client can log in as it unless
+ *               pg_hba.conf trusts it.
+ * Grant the first three to login roles: GRANT hub_writer TO app_user;
  */
 DO $$
 DECLARE
@@ -15,6 +22,9 @@ BEGIN
 			EXECUTE format('CREATE ROLE %I NOLOGIN', r);
 		END IF;
 	END LOOP;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'hub_worker') THEN
+		CREATE ROLE hub_worker LOGIN NOINHERIT;
+	END IF;
 END
 $$;
 GRANT hub_reader, hub_writer TO hub_admin;

@@ -97,8 +97,7 @@ DECLARE
 BEGIN
 	e := hub._endpoint_id(endpoint);
 	IF transform IS NOT NULL THEN
-		-- (the claim runs it with this function's rights: same check, early)
-		PERFORM hub._check_runnable(transform, 'transform function');
+		PERFORM hub._check_user_function(transform, 'transform function', '3802', 'jsonb');
 	END IF;
 	IF lease_group IS DISTINCT FROM 1 AND (lease_group IS NULL OR lease_group NOT BETWEEN 1 AND 1000
 			OR ordering IS DISTINCT FROM 'none' OR body_format = 'batch') THEN
@@ -621,46 +620,54 @@ COMMENT ON FUNCTION hub.claim_deliveries(integer, text, interval, integer, integ
 'Route what is not routed yet, then lease up to max ready deliveries: never one held by another claimer; for per_key subscriptions only the head of each aggregate; expired leases are claimable again; endpoints disabled, paused or with an open circuit are skipped, a half-open one gets a single probe. shard/nshards split the endpoints between workers: endpoint_id % nshards = shard, or, for an endpoint with spread set, shard k of n serves endpoint e when (k - e) mod n < max_concurrency, each of those min(n, max_concurrency) workers entitled to its hub._serves_share of the endpoint''s concurrency and rate. Each row carries a fencing lease_token for complete/fail/defer. A batch delivery (body_format batch) or a lease group (lease_group) comes as batch_size rows, one per event in order, with the same delivery_id and lease_token, and is completed, failed or deferred whole; max_events caps the events of a claim (the first delivery always comes whole).';
 
 /*
- * _check_runnable --- a function chosen by hub_admin (a subscription's
- * transform, an inbox handler) may run only when that cannot lend it more
- * rights than its owner has: it is owned by the current user or by a
- * superuser, or it is SECURITY DEFINER (and so runs as its owner anyway).
- * Transforms run inside claim_deliveries, with the extension owner's
- * (superuser) rights, and handlers with those of whoever calls
- * process_inbox; without this check hub_admin could have a superuser run
- * its code.  Checked at every call, since the owner can change the
- * function afterwards.  Raises 42501.
+ * _transform, _run_handler --- a function chosen by hub_admin (a
+ * subscription's transform, an inbox handler) runs as its owner, in a
+ * security-restricted operation, with every setting it changes undone when
+ * it returns, cancelled after logistics_hub.user_code_timeout
+ * (extension/user_code.c).  Whoever runs the claim or the inbox lends it
+ * no right: a dispatcher's role or a superuser calling hub.process_inbox
+ * runs the function with its owner's rights only.
  */
-CREATE FUNCTION hub._check_runnable(f regproc, what text) RETURNS void
+CREATE FUNCTION hub._transform(f regproc, payload jsonb) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'hub_transform' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION hub._transform(regproc, jsonb) IS
+'API: Private. Apply a subscription''s transform function (jsonb) -> jsonb to a payload, as the function''s owner, within logistics_hub.user_code_timeout; settings it changes are undone when it returns.';
+
+CREATE FUNCTION hub._run_handler(f regproc, payload jsonb, message_type text) RETURNS void
+	AS 'MODULE_PATHNAME', 'hub_run_handler' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION hub._run_handler(regproc, jsonb, text) IS
+'API: Private. Call an inbox handler (payload jsonb, message_type text) as the function''s owner, within logistics_hub.user_code_timeout; settings it changes are undone when it returns.';
+
+/*
+ * _check_user_function --- raise 42883 unless f takes exactly these
+ * argument types (and, when given, returns rettype): checked where hub_admin
+ * names the function, so that a wrong one is refused at once rather than
+ * failing every event or message later.
+ */
+CREATE FUNCTION hub._check_user_function(f regproc, what text, argtypes oidvector, rettype regtype DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
-				   WHERE p.oid = f AND (p.prosecdef OR r.rolsuper OR r.rolname = current_user)) THEN
-		RAISE EXCEPTION 'permission denied for function %', f
-			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = pg_catalog.format('A %s runs with the rights of role %s, and this function belongs to another role.', what, current_user),
-				  HINT = 'Declare it SECURITY DEFINER (it then runs with its owner''s rights), or have a superuser own it.';
+	IF f IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+								WHERE p.oid = f AND p.prokind = 'f' AND NOT p.proretset
+								  AND p.proargtypes OPERATOR(pg_catalog.=) argtypes
+								  AND (rettype IS NULL OR p.prorettype OPERATOR(pg_catalog.=) rettype)) THEN
+		RAISE EXCEPTION '% %(%) does not exist', what, f,
+			pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', ')
+			USING ERRCODE = 'undefined_function',
+				  HINT = CASE WHEN rettype IS NULL
+							  THEN pg_catalog.format('A %s is a plain function taking (%s).', what,
+									pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', '))
+							  ELSE pg_catalog.format('A %s is a plain function taking (%s) and returning %s.', what,
+									pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', '),
+									rettype) END;
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION hub._check_runnable(regproc, text) IS
-'API: Private. Refuse (42501) to run a transform or handler function that would get more rights than its owner has.';
-
-CREATE FUNCTION hub._transform(f regproc, payload jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	result jsonb;
-BEGIN
-	PERFORM hub._check_runnable(f, 'transform function');
-	EXECUTE format('SELECT %s($1)', f::text) INTO result USING payload;
-	RETURN result;
-END
-$$;
-COMMENT ON FUNCTION hub._transform(regproc, jsonb) IS 'API: Private. Apply a subscription''s transform function to a payload.';
+COMMENT ON FUNCTION hub._check_user_function(regproc, text, oidvector, regtype) IS
+'API: Private. Refuse (42883) a transform or handler function of the wrong shape.';
 
 /*
  * _fenced --- lock a delivery and return it only when the lease token still
@@ -1025,8 +1032,9 @@ REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._claim_probes(integer, integer, text, interval, integer, integer, text),
 	hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[], text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION hub._check_runnable(regproc, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub._check_runnable(regproc, text) TO hub_admin;
+REVOKE EXECUTE ON FUNCTION hub._check_user_function(regproc, text, oidvector, regtype),
+	hub._run_handler(regproc, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._run_handler(regproc, jsonb, text) TO hub_admin;
 REVOKE EXECUTE ON FUNCTION hub._immutable(), hub._subscription_deleted(), hub._retention_active(), hub._event_types_changed(), hub._event_id(), hub._event_id_floor(xid8), hub._event_id_ceiling(xid8), hub._event_xid(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._event_id() TO hub_writer;
 GRANT SELECT ON hub.event_types TO hub_writer;

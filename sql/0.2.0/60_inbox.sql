@@ -138,13 +138,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
 	END IF;
-	IF handler IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-									  WHERE p.oid = handler AND p.prokind = 'f'
-										AND p.proargtypes = '3802 25'::oidvector) THEN
-		RAISE EXCEPTION 'function %(jsonb, text) does not exist', handler
-			USING ERRCODE = 'undefined_function',
-				  HINT = 'An inbox handler is a function taking (payload jsonb, message_type text).';
-	END IF;
+	PERFORM hub._check_user_function(handler, 'inbox handler', '3802 25');
 	IF max_attempts IS NULL OR max_attempts < 1 THEN
 		RAISE EXCEPTION 'max_attempts must be at least 1' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -250,9 +244,9 @@ BEGIN
 		END IF;
 		err := NULL;
 		BEGIN
-			-- its own subtransaction: the handler's writes are rolled back if it fails
-			PERFORM hub._check_runnable(m.handler, 'inbox handler');
-			EXECUTE format('SELECT %s($1, $2)', m.handler) USING m.payload, m.message_type;
+			-- its own subtransaction: the handler's writes are rolled back if it
+			-- fails; it runs as its owner, within the time limit
+			PERFORM hub._run_handler(m.handler, m.payload, m.message_type);
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
 		END;
@@ -268,7 +262,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
-'Run the handlers of up to max ready inbox messages, each in its own subtransaction, with the caller''s rights: success -> done; an error -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; no handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+'Run the handlers of up to max ready inbox messages, each in its own subtransaction, as the handler function''s owner and within logistics_hub.user_code_timeout: success -> done; an error -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; no handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ---------------------------------------------------------------- privileges
 

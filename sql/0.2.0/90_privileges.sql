@@ -19,3 +19,35 @@ GRANT EXECUTE ON FUNCTION hub._egress_check(text) TO hub_admin;
 -- identifier types' I/O, operators and checks)
 REVOKE EXECUTE ON FUNCTION hub.libcurl_version() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.libcurl_version() TO hub_reader, hub_writer;
+
+/*
+ * hub_worker: what the dispatchers connect as (logistics_hub.worker_role).
+ * Only the queue: the functions a dispatcher calls and the tables those
+ * functions read and write as their caller; fail_delivery, defer_delivery,
+ * _route_events and run_retention are SECURITY DEFINER and need no table
+ * grant.  Of an endpoint it changes only the circuit breaker's columns; it
+ * publishes nothing, changes no configuration and owns nothing.
+ */
+GRANT USAGE ON SCHEMA hub TO hub_worker;
+GRANT SELECT ON hub.outbox, hub.event_types, hub.subscriptions, hub._endpoint_secrets TO hub_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON hub.deliveries TO hub_worker;
+GRANT SELECT, UPDATE (circuit_state, circuit_opened_at, consecutive_failures, circuit_probe_until)
+	ON hub.endpoints TO hub_worker;
+GRANT SELECT, INSERT ON hub.attempts TO hub_worker;
+GRANT EXECUTE ON FUNCTION
+	hub._route_events(),
+	hub._serves(integer, integer, integer, integer),
+	hub._serves_share(integer, integer, integer, integer),
+	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
+	hub._claim_probes(integer, integer, text, interval, integer, integer, text),
+	hub._transform(regproc, jsonb),
+	hub._dispatch_endpoints(integer[], integer, integer),
+	hub._complete_many(bigint[], bigint[], integer[], integer[], text[], text, uuid[]),
+	hub._split_group(bigint, bigint, uuid[], uuid[]),
+	hub._release_leases(text),
+	hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text, boolean),
+	hub.defer_delivery(bigint, bigint, timestamptz),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
+	hub.run_retention(interval, interval, integer, interval)
+	TO hub_worker;

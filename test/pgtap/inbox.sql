@@ -44,7 +44,7 @@ SELECT lives_ok($$SELECT hub.register_handler('easypost.tracker.*', 'public.h_tr
 SELECT lives_ok($$SELECT hub.register_handler('carrier.fail', 'public.h_fail', max_attempts => 2, retry_base => '0'::interval)$$,
 	'register a handler with max_attempts and retry_base');
 SELECT throws_ok($$SELECT hub.register_handler('x.y', 'public.h_wrong')$$, '42883',
-	'function public.h_wrong(jsonb, text) does not exist', 'a handler must take (jsonb, text)');
+	'inbox handler public.h_wrong(jsonb, text) does not exist', 'a handler must take (jsonb, text)');
 SELECT throws_ok($$SELECT hub.register_handler('easy*post', 'public.h_ok')$$, '22023',
 	'invalid message pattern: "easy*post"', 'a * is only allowed at the end');
 SELECT lives_ok($$SELECT hub.register_handler('order.created', 'public.h_ok', max_attempts => 3)$$, 'register again replaces');

@@ -7,7 +7,7 @@
 -- and functions chosen by hub_admin (transforms, handlers) never run with
 -- more rights than their owner has.
 -- Autocommit (own database).
-SELECT plan(61);
+SELECT plan(68);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', auth_kind => 'bearer', auth_secret => 's3cret');
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', max_attempts => 1) AS sub \gset
@@ -109,29 +109,58 @@ SELECT throws_ok($$SELECT * FROM hub.claim_deliveries(1)$$, '42501', NULL, 'clai
 SELECT throws_ok($$SELECT * FROM hub._dispatch_endpoints(ARRAY[1], 0, 1)$$, '42501', NULL, 'so is the workers'' secrets function');
 RESET ROLE;
 
--- functions hub_admin chooses never run with more rights than their owner
+-- functions hub_admin chooses run as their owner, never with the rights of
+-- whoever runs the claim or the inbox
+CREATE TABLE public.priv_ran (who text, setting text);
+GRANT INSERT, SELECT ON public.priv_ran TO PUBLIC;
 CREATE FUNCTION public.priv_transform(p jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT p $$;
-CREATE FUNCTION public.priv_handler(p jsonb, t text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.priv_handler(p jsonb, t text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.priv_ran VALUES (current_user, pg_catalog.set_config('search_path', 'public', false)) $$;
 CREATE FUNCTION public.priv_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE FUNCTION public.priv_bad_shape(p jsonb) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;
 ALTER FUNCTION public.priv_transform(jsonb) OWNER TO priv_admin;
 ALTER FUNCTION public.priv_handler(jsonb, text) OWNER TO priv_admin;
 ALTER FUNCTION public.priv_trigger() OWNER TO priv_admin;
 SET ROLE priv_admin;
-SELECT throws_ok($$SELECT hub.subscribe('wms', 'shipment.*', transform => 'public.priv_transform')$$, '42501',
-	'permission denied for function public.priv_transform',
-	'a transform the claim would run as superuser is refused unless SECURITY DEFINER');
-ALTER FUNCTION public.priv_transform(jsonb) SECURITY DEFINER;
 SELECT lives_ok($$SELECT hub.subscribe('wms', 'shipment.*', transform => 'public.priv_transform')$$,
-	'a SECURITY DEFINER transform (runs as its owner) is accepted');
+	'a transform of the admin''s own is accepted (it runs as its owner)');
+SELECT throws_ok($$SELECT hub.subscribe('wms', 'return.*', transform => 'public.priv_bad_shape')$$, '42883', NULL,
+	'a transform must be (jsonb) -> jsonb');
 SELECT throws_ok($$CREATE TRIGGER priv BEFORE INSERT ON hub.event_types FOR EACH ROW EXECUTE FUNCTION public.priv_trigger()$$,
 	'42501', NULL, 'an admin cannot attach triggers to the catalogue (superusers write it)');
 SELECT lives_ok($$SELECT hub.register_handler('order.confirmed', 'public.priv_handler', retry_base => '0')$$, 'an admin registers a handler');
 RESET ROLE;
-SELECT is((SELECT failed FROM hub.process_inbox()), 2, 'a superuser running the inbox does not run the admin''s handler as superuser');
-SELECT ok((SELECT bool_and(last_error LIKE '42501: permission denied for function public.priv_handler%') FROM hub.inbox), 'the refusal is recorded');
-SET ROLE priv_admin;
-SELECT is((SELECT processed FROM hub.process_inbox()), 2, 'the admin running the inbox runs its own handler');
+SELECT is((SELECT processed FROM hub.process_inbox()), 2, 'a superuser runs the inbox: the admin''s handler runs');
+SELECT results_eq($$SELECT DISTINCT who FROM public.priv_ran$$, $$VALUES ('priv_admin'::text)$$,
+	'as its owner, not as the superuser who ran the inbox');
+SELECT is(current_setting('search_path'), '"$user", public',
+	'the search_path the handler set with set_config(..., false) did not outlive its call');
+SELECT is((SELECT hub._transform('public.priv_transform', '{"a": 1}')), '{"a": 1}'::jsonb, 'a transform called directly returns its result');
+SELECT throws_ok($$SELECT hub._transform('public.priv_bad_shape', '{}')$$, '42883', NULL,
+	'and one of the wrong shape is refused at the call too');
+SET ROLE priv_writer;
+SELECT throws_ok($$SELECT hub._run_handler('public.priv_handler', '{}', 'x')$$, '42501', NULL,
+	'a writer cannot call a handler by itself');
 RESET ROLE;
+
+-- the workers' role: least privilege
+SELECT ok((SELECT rolcanlogin AND NOT rolsuper AND NOT rolcreaterole AND NOT rolcreatedb AND NOT rolbypassrls
+				  AND NOT rolreplication FROM pg_roles WHERE rolname = 'hub_worker'),
+	'hub_worker may log in (a background worker needs it) and has no other attribute');
+SELECT is((SELECT count(*)::int FROM pg_auth_members WHERE member = 'hub_worker'::regrole), 0,
+	'hub_worker is a member of no role');
+SELECT ok(NOT has_table_privilege('hub_worker', 'hub.outbox', 'INSERT')
+		  AND NOT has_table_privilege('hub_worker', 'hub.event_types', 'UPDATE')
+		  AND NOT has_table_privilege('hub_worker', 'hub._endpoint_secrets', 'UPDATE')
+		  AND NOT has_table_privilege('hub_worker', 'hub.operator_audit', 'SELECT')
+		  AND NOT has_column_privilege('hub_worker', 'hub.endpoints', 'url', 'UPDATE')
+		  AND NOT has_column_privilege('hub_worker', 'hub.endpoints', 'paused', 'UPDATE')
+		  AND has_column_privilege('hub_worker', 'hub.endpoints', 'circuit_state', 'UPDATE'),
+	'hub_worker publishes nothing and changes no configuration: of an endpoint, only the circuit');
+SELECT ok(NOT has_function_privilege('hub_worker', 'hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb)', 'EXECUTE')
+		  AND NOT has_function_privilege('hub_worker', 'hub.set_endpoint_credentials(text, text, text, text, text)', 'EXECUTE')
+		  AND has_function_privilege('hub_worker', 'hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text)', 'EXECUTE'),
+	'hub_worker runs the queue''s functions, not the operators''');
 
 -- catalogue rules
 SELECT is_empty($$
