@@ -102,7 +102,7 @@ check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oi
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("%s %s has the wrong signature", what, format_procedure(fn))));
+				 errmsg("%s %s has the wrong signature", what, format_procedure_qualified(fn))));
 	return owner;
 }
 
@@ -140,7 +140,7 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 #endif
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", format_procedure(fn)),
+				 errmsg("permission denied for function %s", format_procedure_qualified(fn)),
 				 errdetail("A %s runs as its owner, who may not execute it.", what)));
 
 	fmgr_info(fn, &flinfo);
@@ -172,7 +172,7 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 				ereport(ERROR,
 						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 						 errmsg("%s %s ran longer than logistics_hub.user_code_timeout (%d ms) and was cancelled",
-								what, format_procedure(fn), hub_user_code_timeout_ms)));
+								what, format_procedure_qualified(fn), hub_user_code_timeout_ms)));
 			}
 		}
 		PG_RE_THROW();

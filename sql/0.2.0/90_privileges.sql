@@ -34,6 +34,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON hub.deliveries TO hub_worker;
 GRANT SELECT, UPDATE (circuit_state, circuit_opened_at, consecutive_failures, circuit_probe_until)
 	ON hub.endpoints TO hub_worker;
 GRANT SELECT, INSERT ON hub.attempts TO hub_worker;
+GRANT USAGE ON SEQUENCE hub._lease_token_seq TO hub_worker;
 GRANT EXECUTE ON FUNCTION
 	hub._route_events(),
 	hub._serves(integer, integer, integer, integer),
