@@ -75,6 +75,13 @@ user_code_timeout_handler(void)
 	SetLatch(MyLatch);
 }
 
+/* fn as schema.name, whatever the search_path of the moment */
+static char *
+qualified_name(Oid fn)
+{
+	return quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn));
+}
+
 /*
  * check_user_function --- the owner of a function that can be called with
  * nargs arguments of these types, returning rettype.  Raises 42883 when
@@ -102,7 +109,7 @@ check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oi
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("%s %s has the wrong signature", what, format_procedure_qualified(fn))));
+				 errmsg("%s %s has the wrong signature", what, qualified_name(fn))));
 	return owner;
 }
 
@@ -140,7 +147,7 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 #endif
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", format_procedure_qualified(fn)),
+				 errmsg("permission denied for function %s", qualified_name(fn)),
 				 errdetail("A %s runs as its owner, who may not execute it.", what)));
 
 	fmgr_info(fn, &flinfo);
@@ -172,7 +179,7 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 				ereport(ERROR,
 						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 						 errmsg("%s %s ran longer than logistics_hub.user_code_timeout (%d ms) and was cancelled",
-								what, format_procedure_qualified(fn), hub_user_code_timeout_ms)));
+								what, qualified_name(fn), hub_user_code_timeout_ms)));
 			}
 		}
 		PG_RE_THROW();
