@@ -738,7 +738,8 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 }
 
 /*
- * claim --- one transaction: lease up to max events, render them into
+ * claim --- one transaction: lease up to max events and, beyond the first
+ * delivery, logistics_hub.claim_max_bytes payload bytes, render them into
  * requests, refresh stale endpoint settings.  A batch delivery (formed by
  * routing) comes as one row per event and becomes one request; deliveries
  * of single events of a batch subscription (a replay) are grouped per
