@@ -20,6 +20,14 @@ extern void hub_user_code_define_gucs(void);
 /* logistics_hub.unknown_event_types = reject */
 extern bool hub_outbox_reject_unknown(void);
 
+/*
+ * Limits on inputs: the longest business key (aggregate id, business key,
+ * message id, source, correlation and causation id) in bytes, and
+ * logistics_hub.max_payload_size, the largest payload in bytes.
+ */
+#define HUB_KEY_MAXLEN 256
+extern int	hub_max_payload_size;
+
 /* the transaction id an event id carries (false: not an event id) */
 #include "fmgr.h"
 
@@ -28,7 +36,13 @@ extern bool hub_event_id_xid(const struct pg_uuid_t *uuid, uint64 *xid);
 
 /* the contract check of one event (extension/outbox_check.c) */
 extern bool hub_outbox_check_event(Datum etype, bool etype_null, Datum agg, bool agg_null,
-								   Datum payload, bool payload_null, Datum *id, bool *id_null);
+								   Datum payload, bool payload_null, Datum *id, bool *id_null,
+								   Datum correlation, bool correlation_null,
+								   Datum causation, bool causation_null);
+
+/* the limits on inputs, raising 22001 and 54000 (extension/outbox_check.c) */
+extern void hub_check_key_length(const char *what, Datum value);
+extern void hub_check_payload_size(const char *what, Datum payload);
 
 /* SQL hub._event_id() */
 extern Datum hub_event_id(PG_FUNCTION_ARGS);

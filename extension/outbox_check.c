@@ -15,13 +15,19 @@
  *
  * Per row the trigger checks the <entity>.<verb> name, a non-empty
  * aggregate id, that the payload is a JSON object holding every key its
- * type requires (naming the first missing one), refuses unknown types when
+ * type requires (naming the first missing one), the limits on inputs (the
+ * aggregate, correlation and causation ids at most HUB_KEY_MAXLEN bytes,
+ * since they are keys of btree indexes and a longer one would fail routing
+ * on the index row size limit, 22001; the payload at most
+ * logistics_hub.max_payload_size bytes, 54000), refuses unknown types when
  * logistics_hub.unknown_event_types = reject, and stamps xid (the top-level
  * transaction id, for the routing watermark) and published_at, so that a
  * plain INSERT cannot forge them.  The event id must carry the inserting
  * transaction's id (extension/outbox_event_id.c): the default does, and a
  * foreign id is refused, since routing finds events by that prefix.  Every
- * error is 22023 with core wording.  The checks are one function,
+ * other error is 22023 with core wording.  hub._check_key_length() and
+ * hub._check_payload_size() give the same two limit checks to the SQL
+ * functions that take keys and payloads (hub.receive, hub.apply_status).  The checks are one function,
  * hub_outbox_check_event(), which hub.publish's direct insert calls itself
  * when this trigger is the only one an INSERT fires (outbox_publish.c), so
  * both paths check exactly the same.
@@ -32,6 +38,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -194,19 +201,101 @@ keys_list(EventTypeEntry *e)
 }
 
 /*
+ * hub_check_key_length --- raise 22001 when a business key or id (a text
+ * datum, possibly toasted: only its header is read) is longer than
+ * HUB_KEY_MAXLEN bytes.  what names it in the message.
+ */
+void
+hub_check_key_length(const char *what, Datum value)
+{
+	Size		len = toast_raw_datum_size(value) - VARHDRSZ;
+
+	if (len > HUB_KEY_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is longer than %d bytes", what, HUB_KEY_MAXLEN),
+				 errdetail("It has %zu bytes.", len),
+				 errhint("Business keys, message ids, sources and correlation ids are at most %d bytes, since they are index keys; pass a shorter key (a hash of a longer one, for instance).",
+						 HUB_KEY_MAXLEN)));
+}
+
+/*
+ * hub_check_payload_size --- raise 54000 when a payload (a jsonb datum,
+ * possibly toasted or compressed: its uncompressed size is read from the
+ * header, nothing is detoasted) is larger than logistics_hub.max_payload_size.
+ * what names whose payload it is.
+ */
+void
+hub_check_payload_size(const char *what, Datum payload)
+{
+	Size		size = toast_raw_datum_size(payload) - VARHDRSZ;
+
+	if (size > (Size) hub_max_payload_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the payload of %s has %zu bytes, more than logistics_hub.max_payload_size (%d bytes)",
+						what, size, hub_max_payload_size),
+				 errhint("Send a large document by reference (its URL or id) rather than in the payload; a superuser can raise logistics_hub.max_payload_size.")));
+}
+
+/*
+ * hub_check_key_length_sql --- SQL hub._check_key_length(what, value):
+ * hub_check_key_length for the SQL functions (NULL passes).  Returns
+ * nothing; raises 22001.
+ */
+PG_FUNCTION_INFO_V1(hub_check_key_length_sql);
+Datum
+hub_check_key_length_sql(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0) && !PG_ARGISNULL(1))
+		hub_check_key_length(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_DATUM(1));
+	PG_RETURN_VOID();
+}
+
+/*
+ * hub_check_payload_size_sql --- SQL hub._check_payload_size(what, payload):
+ * hub_check_payload_size for the SQL functions (NULL passes).  Returns
+ * nothing; raises 54000.
+ */
+PG_FUNCTION_INFO_V1(hub_check_payload_size_sql);
+Datum
+hub_check_payload_size_sql(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0) && !PG_ARGISNULL(1))
+		hub_check_payload_size(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_DATUM(1));
+	PG_RETURN_VOID();
+}
+
+/*
+ * hub_payload_size --- SQL hub._payload_size(jsonb): the payload's size in
+ * bytes, uncompressed, read from its header without detoasting it (what a
+ * claim counts against logistics_hub.claim_max_bytes).  Never fails.
+ */
+PG_FUNCTION_INFO_V1(hub_payload_size);
+Datum
+hub_payload_size(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) (toast_raw_datum_size(PG_GETARG_DATUM(0)) - VARHDRSZ));
+}
+
+/*
  * hub_outbox_check_event --- the contract check of one event, shared by the
  * trigger and hub.publish's direct insert (which then skips the trigger;
  * extension/outbox_publish.c).  Raises 22023 for a malformed event type, an
  * empty aggregate id, a payload that is not an object or lacks a required
  * key, an unknown event type when unknown types are rejected, and an event
- * id not made by this transaction.  *id is set when it is NULL.  Returns
+ * id not made by this transaction; 22001 for an aggregate, correlation or
+ * causation id longer than HUB_KEY_MAXLEN bytes, and 54000 for a payload
+ * larger than logistics_hub.max_payload_size.  *id is set when it is NULL.  Returns
  * false, checking nothing, when the event type is NULL (NOT NULL
  * constraints are checked after BEFORE triggers: NULLs are left to them);
  * otherwise notes the insert for the commit-time wake-up and returns true.
  */
 bool
 hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_null,
-					   Datum payload_datum, bool payload_null, Datum *id, bool *id_null)
+					   Datum payload_datum, bool payload_null, Datum *id, bool *id_null,
+					   Datum correlation, bool correlation_null,
+					   Datum causation, bool causation_null)
 {
 	text	   *etype;
 	char	   *name;
@@ -232,9 +321,18 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the aggregate id of a %s event must not be empty", name),
 				 errhint("Pass the business key the event is about (order, shipment, SKU, return number).")));
+	if (!agg_null)
+		hub_check_key_length("aggregate id", agg);
+	if (!correlation_null)
+		hub_check_key_length("correlation id", correlation);
+	if (!causation_null)
+		hub_check_key_length("causation id", causation);
 
 	if (!payload_null)
 	{
+		/* the size first: from the header, before detoasting it */
+		if (toast_raw_datum_size(payload_datum) - VARHDRSZ > (Size) hub_max_payload_size)
+			hub_check_payload_size(psprintf("an event of type %s", name), payload_datum);
 		payload = DatumGetJsonbP(payload_datum);
 		if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
 			ereport(ERROR,
@@ -302,15 +400,21 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	int			att_id,
 				att_type,
 				att_agg,
+				att_corr,
+				att_caus,
 				att_payload,
 				att_xid,
 				att_published;
 	Datum		etype,
 				agg,
 				payload,
+				corr,
+				caus,
 				id;
 	bool		etype_null,
 				agg_null,
+				corr_null,
+				caus_null,
 				payload_null,
 				id_null,
 				id_was_null;
@@ -329,17 +433,22 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	att_type = SPI_fnumber(desc, "event_type");
 	att_agg = SPI_fnumber(desc, "aggregate_id");
 	att_payload = SPI_fnumber(desc, "payload");
+	att_corr = SPI_fnumber(desc, "correlation_id");
+	att_caus = SPI_fnumber(desc, "causation_id");
 	att_xid = SPI_fnumber(desc, "xid");
 	att_published = SPI_fnumber(desc, "published_at");
-	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_xid <= 0 || att_published <= 0)
+	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 
 	etype = heap_getattr(tuple, att_type, desc, &etype_null);
 	agg = heap_getattr(tuple, att_agg, desc, &agg_null);
 	payload = heap_getattr(tuple, att_payload, desc, &payload_null);
+	corr = heap_getattr(tuple, att_corr, desc, &corr_null);
+	caus = heap_getattr(tuple, att_caus, desc, &caus_null);
 	id = heap_getattr(tuple, att_id, desc, &id_null);
 	id_was_null = id_null;
-	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null))
+	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null,
+								corr, corr_null, caus, caus_null))
 		return PointerGetDatum(tuple);
 	if (id_was_null)
 	{

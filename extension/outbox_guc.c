@@ -22,6 +22,14 @@
  * logistics_hub.retention_max_events (default 100,000, superuser) bounds one
  * call, which is one transaction: dispatcher 0 runs it between deliveries.
  *
+ * logistics_hub.max_payload_size (bytes, default 1 MB, 1 kB to 256 MB,
+ * superuser): the largest payload hub.publish, a plain INSERT into
+ * hub.outbox and hub.receive accept (54000 beyond it), measured
+ * uncompressed as the jsonb is stored.  Superuser-only, so that a writer
+ * cannot raise it for its own session: it bounds what a dispatcher holds
+ * for one event, and with logistics_hub.claim_max_bytes what one claim
+ * takes.  The upper end is jsonb's own limit on a container (256 MB).
+ *
  * logistics_hub._retention (boolean, superuser only, hidden): the one door
  * through which published events, attempts and audit rows may be removed.
  * The immutability triggers refuse UPDATE and DELETE unless it is on; only a
@@ -71,6 +79,7 @@ static int	hub_retention_period = 7 * 86400;
 static int	hub_dead_retention_period = 30 * 86400;
 static int	hub_inbox_retention_period = 30 * 86400;
 static int	hub_retention_max_events = 100000;
+int			hub_max_payload_size = 1024 * 1024;
 
 /*
  * hub_outbox_define_gucs --- define the outbox settings.  Called from
@@ -123,6 +132,15 @@ hub_outbox_define_gucs(void)
 							&hub_retention_max_events,
 							100000, 1, INT_MAX,
 							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("logistics_hub.max_payload_size",
+							"Largest event or inbox payload accepted (jsonb, uncompressed).",
+							"hub.publish, INSERT into hub.outbox and hub.receive raise SQLSTATE 54000 "
+							"for a larger payload.",
+							&hub_max_payload_size,
+							1024 * 1024, 1024, 256 * 1024 * 1024,
+							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("logistics_hub._retention",

@@ -272,7 +272,9 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 		if (hub_outbox_check_event(slot->tts_values[2], slot->tts_isnull[2],
 								   slot->tts_values[3], slot->tts_isnull[3],
 								   slot->tts_values[4], slot->tts_isnull[4],
-								   &slot->tts_values[0], &id_null))
+								   &slot->tts_values[0], &id_null,
+								   slot->tts_values[5], slot->tts_isnull[5],
+								   slot->tts_values[6], slot->tts_isnull[6]))
 		{
 			slot->tts_values[9] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 			slot->tts_isnull[9] = false;

@@ -425,7 +425,7 @@ static void
 prepare_plans(void)
 {
 	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT4OID,
-	INT4ARRAYOID, INT4ARRAYOID};
+	INT4ARRAYOID, INT4ARRAYOID, INT8OID};
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID,
 	TEXTARRAYOID};
@@ -447,10 +447,10 @@ prepare_plans(void)
 #define CLAIMED_COLUMNS "delivery_id, lease_token, endpoint_id, subscription_id, body_format, batch_max, " \
 		"event_id::pg_catalog.text, body, batch_size"
 	claim_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
-						 "$4, $5, NULL, $7, $8, $9, $10, $6)", 10, claim_types);
+						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11)", 11, claim_types);
 	claim_transformed_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
-									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6)",
-									 10, claim_types);
+									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6, $11)",
+									 11, claim_types);
 	probes_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_probes($1, $2, $3, "
 						  "pg_catalog.make_interval(secs => $4), $5, $6, $7)", 7, probe_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
@@ -740,7 +740,8 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 }
 
 /*
- * claim --- one transaction: lease up to max events, render them into
+ * claim --- one transaction: lease up to max events and, beyond the first
+ * delivery, logistics_hub.claim_max_bytes payload bytes, render them into
  * requests, refresh stale endpoint settings.  A batch delivery (formed by
  * routing) comes as one row per event and becomes one request; deliveries
  * of single events of a batch subscription (a replay) are grouped per
@@ -753,7 +754,7 @@ static int
 claim(int max)
 {
 	static double events_per_delivery = 1.0;
-	Datum		args[10];
+	Datum		args[11];
 	int64	   *held_ids;
 	int64	   *held;
 	int			nheld = 0;
@@ -797,6 +798,7 @@ claim(int max)
 	}
 	args[8] = int_array(held_ids, nheld, false);
 	args[9] = int_array(held, nheld, false);
+	args[10] = Int64GetDatum(hub_claim_max_bytes);
 
 	/* route; is a transform configured? */
 	if (SPI_execute_plan(route_plan, NULL, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)

@@ -26,6 +26,7 @@ extern char *hub_worker_role;
 extern int	hub_dispatchers;
 extern int	hub_max_in_flight;
 extern int	hub_claim_batch;
+extern int	hub_claim_max_bytes;
 extern int	hub_lease_seconds;
 extern int	hub_poll_interval_ms;
 extern int	hub_connect_timeout_ms;

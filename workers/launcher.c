@@ -51,6 +51,7 @@ char	   *hub_worker_role = NULL;
 int			hub_dispatchers = 1;
 int			hub_max_in_flight = 256;
 int			hub_claim_batch = 500;
+int			hub_claim_max_bytes = 16 * 1024 * 1024;
 int			hub_lease_seconds = 60;
 int			hub_poll_interval_ms = 1000;
 int			hub_connect_timeout_ms = 2000;
@@ -93,6 +94,10 @@ hub_workers_define_gucs(void)
 							"Most events a dispatcher claims in one transaction (a batch delivery counts its events; the first delivery of a claim always comes whole).",
 							NULL, &hub_claim_batch, 500, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.claim_max_bytes",
+							"Most payload bytes a dispatcher claims in one transaction (the first delivery of a claim always comes whole).",
+							NULL, &hub_claim_max_bytes, 16 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.lease",
 							"Lease of a claimed delivery beyond its endpoint's timeout; an expired lease makes it claimable again.",
 							NULL, &hub_lease_seconds, 60, 5, 86400,

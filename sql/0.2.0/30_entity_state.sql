@@ -167,7 +167,8 @@ SELECT pg_catalog.pg_extension_config_dump('hub.drift_tolerances', 'WHERE NOT bu
 
 CREATE TABLE hub.entity_state (
 	lifecycle			text NOT NULL CHECK (lifecycle IN ('order', 'shipment', 'movement', 'return')),
-	business_key		text NOT NULL CHECK (business_key <> ''),
+	-- (at most 256 bytes, as hub.apply_status checks: README, "Limits on inputs")
+	business_key		text NOT NULL CHECK (business_key <> '' AND octet_length(business_key) <= 256),
 	state				text CHECK (state IS NULL OR hub.lifecycle_state_valid(lifecycle, state)),
 	state_system		text,
 	state_occurred_at	timestamptz,
@@ -334,6 +335,7 @@ BEGIN
 		RAISE EXCEPTION 'business_key, system, code and occurred_at must not be null or empty'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	PERFORM hub._check_key_length('business key', business_key);
 	IF m_state IS NOT NULL AND NOT hub.lifecycle_state_valid(lifecycle, m_state) THEN
 		RAISE EXCEPTION 'unknown % state: "%"', lifecycle, m_state
 			USING ERRCODE = 'invalid_parameter_value',
@@ -472,7 +474,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean) IS
-'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay.';
+'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay; 22001 for a business key longer than 256 bytes.';
 
 CREATE FUNCTION hub.apply_status(lifecycle text, business_key text, system text, code text,
 								 occurred_at timestamptz, qualifier text DEFAULT NULL,
@@ -492,7 +494,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text) IS
-'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system.';
+'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system; 22001 for a business key longer than 256 bytes.';
 
 CREATE FUNCTION hub.resolve_conflict(conflict_id bigint, resolution text)
 RETURNS boolean

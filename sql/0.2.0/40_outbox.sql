@@ -118,6 +118,29 @@ COMMENT ON FUNCTION hub._outbox_check() IS
 CREATE TRIGGER outbox_check BEFORE INSERT ON hub.outbox
 	FOR EACH ROW EXECUTE FUNCTION hub._outbox_check();
 
+/*
+ * _check_key_length / _check_payload_size --- the limits the contract check
+ * applies (a business key or id at most 256 bytes, 22001; a payload at most
+ * logistics_hub.max_payload_size bytes, 54000), for the SQL functions that
+ * take keys and payloads: hub.receive, hub.apply_canonical_status.  In C
+ * (extension/outbox_check.c), so that the messages are the trigger's and
+ * the sizes are read without detoasting.  NULL passes.
+ */
+CREATE FUNCTION hub._check_key_length(what text, value text) RETURNS void
+	AS 'MODULE_PATHNAME', 'hub_check_key_length_sql' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._check_key_length(text, text) IS
+'API: Private. Raise 22001 naming what when value is longer than 256 bytes (the limit of business keys and ids).';
+CREATE FUNCTION hub._check_payload_size(what text, payload jsonb) RETURNS void
+	AS 'MODULE_PATHNAME', 'hub_check_payload_size_sql' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._check_payload_size(text, jsonb) IS
+'API: Private. Raise 54000 when a payload is larger than logistics_hub.max_payload_size (uncompressed, read without detoasting).';
+CREATE FUNCTION hub._payload_size(jsonb) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'hub_payload_size' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub._payload_size(jsonb) IS
+'API: Private. A payload''s size in bytes, uncompressed, read without detoasting it (what a dispatcher''s claim counts against logistics_hub.claim_max_bytes).';
+REVOKE EXECUTE ON FUNCTION hub._check_key_length(text, text), hub._check_payload_size(text, jsonb),
+	hub._payload_size(jsonb) FROM PUBLIC;
+
 CREATE FUNCTION hub._event_types_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'hub_event_types_changed' LANGUAGE C;
 COMMENT ON FUNCTION hub._event_types_changed() IS
@@ -170,16 +193,18 @@ CREATE TABLE hub.endpoints (
 	enabled			boolean NOT NULL DEFAULT true,
 	paused			boolean NOT NULL DEFAULT false,
 	timeout_ms		integer NOT NULL DEFAULT 10000 CHECK (timeout_ms BETWEEN 100 AND 600000),
-	max_concurrency	integer NOT NULL DEFAULT 16 CHECK (max_concurrency > 0),
-	rate_limit		numeric CHECK (rate_limit > 0),
+	max_concurrency	integer NOT NULL DEFAULT 16 CHECK (max_concurrency BETWEEN 1 AND 1000),
+	-- (NaN and Infinity are out of the range too: NaN sorts above every number)
+	rate_limit		numeric CHECK (rate_limit BETWEEN 0.001 AND 100000),
 	allow_redirects	boolean NOT NULL DEFAULT false,
 	spread			boolean NOT NULL DEFAULT false,
 	auth_kind		text NOT NULL DEFAULT 'none' CHECK (auth_kind IN ('none', 'bearer', 'basic', 'api_key', 'oauth2')),
 	api_key_header	text,
 	oauth2_token_url text,
 	headers			jsonb NOT NULL DEFAULT '{}',
-	circuit_failure_threshold integer NOT NULL DEFAULT 5 CHECK (circuit_failure_threshold > 0),
-	circuit_cooloff	interval NOT NULL DEFAULT '30 seconds',
+	circuit_failure_threshold integer NOT NULL DEFAULT 5 CHECK (circuit_failure_threshold BETWEEN 1 AND 1000),
+	circuit_cooloff	interval NOT NULL DEFAULT '30 seconds'
+		CHECK (circuit_cooloff BETWEEN interval '0' AND interval '1 day'),
 	circuit_state	text NOT NULL DEFAULT 'closed' CHECK (circuit_state IN ('closed', 'open', 'half_open')),
 	circuit_opened_at timestamptz,
 	consecutive_failures integer NOT NULL DEFAULT 0,
@@ -192,6 +217,17 @@ COMMENT ON COLUMN hub.endpoints.headers IS 'Fixed extra request headers {"Name":
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
+/*
+ * The limits' ranges (CHECK constraints, so that hub.create_endpoint and a
+ * plain UPDATE get the same): every value inside them keeps the workers'
+ * arithmetic in range (rate windows, shares, cool-off times).  README,
+ * "Limits on inputs".
+ */
+COMMENT ON COLUMN hub.endpoints.timeout_ms IS 'Total time of one request, 100 to 600000 ms.';
+COMMENT ON COLUMN hub.endpoints.max_concurrency IS 'Most requests in flight to the endpoint at once, 1 to 1000 (shared by the dispatchers serving it with spread).';
+COMMENT ON COLUMN hub.endpoints.rate_limit IS 'Most request starts a second, 0.001 to 100000 (not NaN or Infinity); NULL: no limit.';
+COMMENT ON COLUMN hub.endpoints.circuit_failure_threshold IS 'Consecutive failed requests that open the circuit, 1 to 1000.';
+COMMENT ON COLUMN hub.endpoints.circuit_cooloff IS 'How long an open circuit waits before its probe, 0 to 1 day.';
 
 CREATE TABLE hub._endpoint_secrets (
 	endpoint_id		integer PRIMARY KEY REFERENCES hub.endpoints ON DELETE CASCADE,
@@ -210,21 +246,29 @@ CREATE TABLE hub.subscriptions (
 	filter			jsonb,
 	transform		regproc,
 	ordering		text NOT NULL DEFAULT 'per_key' CHECK (ordering IN ('per_key', 'none')),
-	priority		integer NOT NULL DEFAULT 0,
-	max_attempts	integer NOT NULL DEFAULT 12 CHECK (max_attempts > 0),
-	retry_base		interval NOT NULL DEFAULT '1 second',
-	retry_max		interval NOT NULL DEFAULT '1 hour',
+	priority		integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN -1000 AND 1000),
+	max_attempts	integer NOT NULL DEFAULT 12 CHECK (max_attempts BETWEEN 1 AND 1000),
+	retry_base		interval NOT NULL DEFAULT '1 second'
+		CHECK (retry_base BETWEEN interval '0' AND interval '1 day'),
+	retry_max		interval NOT NULL DEFAULT '1 hour'
+		CHECK (retry_max BETWEEN interval '0' AND interval '7 days'),
 	retry_on_4xx	boolean NOT NULL DEFAULT false,
 	body_format		text NOT NULL DEFAULT 'event' CHECK (body_format IN ('event', 'cloudevents', 'batch')),
-	batch_max		integer NOT NULL DEFAULT 100 CHECK (batch_max > 0),
+	batch_max		integer NOT NULL DEFAULT 100 CHECK (batch_max BETWEEN 1 AND 1000),
 	lease_group		integer NOT NULL DEFAULT 1 CHECK (lease_group BETWEEN 1 AND 1000),
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (endpoint_id, event_pattern),
 	CONSTRAINT subscriptions_lease_group_unordered
-		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format <> 'batch'))
+		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format <> 'batch')),
+	CONSTRAINT subscriptions_retry_base_max CHECK (retry_base <= retry_max)
 );
 COMMENT ON TABLE hub.subscriptions IS
 'Which events go to which endpoint: an event type pattern (shipment.*), an optional payload filter (@>), an optional transform, ordering per_key or none, priority and retry policy.';
+COMMENT ON COLUMN hub.subscriptions.priority IS 'Claim order across subscriptions, -1000 to 1000 (higher first).';
+COMMENT ON COLUMN hub.subscriptions.max_attempts IS 'Attempts before a delivery is dead, 1 to 1000.';
+COMMENT ON COLUMN hub.subscriptions.retry_base IS 'First retry''s backoff, doubled each attempt (with full jitter) up to retry_max; 0 to 1 day, at most retry_max.';
+COMMENT ON COLUMN hub.subscriptions.retry_max IS 'Longest backoff between attempts, 0 to 7 days.';
+COMMENT ON COLUMN hub.subscriptions.batch_max IS 'Most events in one batch delivery (body_format batch), 1 to 1000.';
 COMMENT ON COLUMN hub.subscriptions.lease_group IS
 'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. Only for ordering none and one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
 

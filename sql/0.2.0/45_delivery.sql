@@ -24,6 +24,28 @@ COMMENT ON FUNCTION hub._check_credentials(text, text[]) IS
 'API: Private. Raise 22023 when a credential holds CR or LF (it would go into a header line), without showing it.';
 REVOKE EXECUTE ON FUNCTION hub._check_credentials(text, text[]) FROM PUBLIC;
 
+/*
+ * _check_setting --- raise 22023 naming a setting, its value and its range
+ * unless ok is true (NULL counts as out of range).  The tables' CHECK
+ * constraints hold the same ranges (40_outbox.sql, 60_inbox.sql); this
+ * only gives the API functions an error that says what to change.
+ */
+CREATE FUNCTION hub._check_setting(setting text, ok boolean, value text, range text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF ok IS NOT TRUE THEN
+		RAISE EXCEPTION 'invalid %: %', setting, coalesce(value, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = pg_catalog.format('%s must be %s.', setting, range);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._check_setting(text, boolean, text, text) IS
+'API: Private. Raise 22023 "invalid <setting>: <value>" with the setting''s range in the hint unless ok is true.';
+REVOKE EXECUTE ON FUNCTION hub._check_setting(text, boolean, text, text) FROM PUBLIC;
+
 CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
 		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
 		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
@@ -48,6 +70,12 @@ BEGIN
 			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
 	END IF;
 	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
+	PERFORM hub._check_setting('timeout_ms', timeout_ms BETWEEN 100 AND 600000, timeout_ms::text,
+							   'between 100 and 600000 (milliseconds)');
+	PERFORM hub._check_setting('max_concurrency', max_concurrency BETWEEN 1 AND 1000, max_concurrency::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('rate_limit', rate_limit IS NULL OR rate_limit BETWEEN 0.001 AND 100000,
+							   rate_limit::text, 'NULL (no limit) or between 0.001 and 100000 requests a second');
 	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
 							   auth_kind, api_key_header, oauth2_token_url, headers)
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
@@ -96,6 +124,16 @@ DECLARE
 	id integer;
 BEGIN
 	e := hub._endpoint_id(endpoint);
+	PERFORM hub._check_setting('priority', priority BETWEEN -1000 AND 1000, priority::text, 'between -1000 and 1000');
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN interval '0' AND interval '1 day',
+							   retry_base::text, 'between 0 and 1 day');
+	PERFORM hub._check_setting('retry_max', retry_max BETWEEN interval '0' AND interval '7 days',
+							   retry_max::text, 'between 0 and 7 days');
+	PERFORM hub._check_setting('retry_base', retry_base <= retry_max, retry_base::text,
+							   pg_catalog.format('at most retry_max (%s)', retry_max));
+	PERFORM hub._check_setting('batch_max', batch_max BETWEEN 1 AND 1000, batch_max::text, 'between 1 and 1000');
 	IF transform IS NOT NULL THEN
 		PERFORM hub._check_user_function(transform, 'transform function', '3802', 'jsonb');
 	END IF;
@@ -316,7 +354,7 @@ COMMENT ON TYPE hub._claimed IS
 
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
-						   p_held_ids integer[], p_held integer[], p_source text)
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
 RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -360,7 +398,15 @@ BEGIN
 			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
 			   e.endpoint_id AS o_endpoint,
 			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
-					ELSE e.max_concurrency END AS o_share
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
 		FROM hub.deliveries d
 		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
 			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
@@ -380,11 +426,10 @@ BEGIN
 		-- from each endpoint, no more requests than make the claimer hold
 		-- (p_held: the requests it holds already) p_rounds times its share
 		-- of the endpoint's connections; then at most p_max_events events
-		-- (the first delivery always); the rows locked above and left out
-		-- here are free again at commit
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
 		SELECT c.* FROM (
-			SELECT c.*, sum(c.n_events) OVER (ORDER BY c.o_priority DESC, c.o_next, c.o_seq
-											  ROWS UNBOUNDED PRECEDING) AS upto
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
 			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
 													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
 													  ROWS UNBOUNDED PRECEDING) AS requests
@@ -392,8 +437,10 @@ BEGIN
 			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
 				OR c.requests - c.n_requests < p_rounds * c.o_share
 							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
-										 WHERE h.id = c.o_endpoint), 0)) c
-		WHERE p_max_events IS NULL OR c.upto - c.n_events < p_max_events
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
 	), claimed AS (
 		UPDATE hub.deliveries d
 		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
@@ -431,8 +478,8 @@ BEGIN
 		b.ord;
 END
 $$;
-COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text) IS
-'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order. With p_source, each event comes rendered (hub.event_body with that source; body, and payload NULL), a subscription''s deliveries together.';
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and p_max_bytes payload bytes (hub._payload_size; the first delivery always comes whole) and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order. With p_source, each event comes rendered (hub.event_body with that source; body, and payload NULL), a subscription''s deliveries together.';
 
 /*
  * _claim_transformed --- _claim with each subscription's transform applied.
@@ -448,7 +495,8 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
 									   p_nshards integer, p_endpoint integer, p_max_events integer,
-									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text)
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
 RETURNS SETOF hub._claimed
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -466,7 +514,7 @@ BEGIN
 	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
 		RETURN QUERY
 		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
-								 p_held_ids, p_held, p_source);
+								 p_held_ids, p_held, p_source, p_max_bytes);
 		RETURN;
 	END IF;
 	-- (unrendered: the transforms need the payloads; rendered below, in
@@ -474,7 +522,7 @@ BEGIN
 	-- replay of single events of a transformed batch subscription may go
 	-- out in more, smaller batches)
 	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
-						 p_held_ids, p_held, NULL) c);
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
 	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
 		r := rows[i];
 		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
@@ -513,7 +561,7 @@ BEGIN
 	ORDER BY c.ordinality;
 END
 $$;
-COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text) IS
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
 'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group.';
 
 /*
@@ -757,8 +805,11 @@ BEGIN
 		new_state := 'retry_wait';
 		-- capped exponential backoff with full jitter, never sooner than
 		-- Retry-After, which is itself capped at the larger of retry_max and
-		-- a day (a receiver may not park a delivery for years)
-		backoff := least(s.retry_max, s.retry_base * power(2, least(d.attempts - 1, 30))) * random();
+		-- a day (a receiver may not park a delivery for years); in seconds
+		-- as float8, which cannot overflow where an interval times 2^30 can
+		backoff := make_interval(secs => least(extract(epoch FROM s.retry_max)::float8,
+											   extract(epoch FROM s.retry_base)::float8
+											   * power(2, least(d.attempts - 1, 30))) * random());
 		backoff := greatest(backoff, least(coalesce(retry_after, interval '0'),
 										   greatest(s.retry_max, interval '1 day')));
 	END IF;
@@ -1027,8 +1078,8 @@ GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, te
 REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._serves_share(integer, integer, integer, integer),
-	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
-	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text),
+	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint),
+	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint),
 	hub._claim_probes(integer, integer, text, interval, integer, integer, text),
 	hub._claim_all(integer, text, interval, integer, integer, integer, integer, integer[], integer[], text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._audit(text, text, text, jsonb) FROM PUBLIC;

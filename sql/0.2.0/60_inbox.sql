@@ -27,9 +27,10 @@
 
 CREATE TABLE hub.inbox (
 	inbox_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	source				text NOT NULL CHECK (source <> ''),
-	message_id			text NOT NULL CHECK (message_id <> ''),
-	message_type		text NOT NULL CHECK (message_type <> ''),
+	-- (keys at most 256 bytes, as hub.receive checks: README, "Limits on inputs")
+	source				text NOT NULL CHECK (source <> '' AND octet_length(source) <= 256),
+	message_id			text NOT NULL CHECK (message_id <> '' AND octet_length(message_id) <= 256),
+	message_type		text NOT NULL CHECK (message_type <> '' AND octet_length(message_type) <= 256),
 	payload				jsonb NOT NULL,
 	received_at			timestamptz NOT NULL DEFAULT now(),
 	state				text NOT NULL DEFAULT 'new'
@@ -40,8 +41,8 @@ CREATE TABLE hub.inbox (
 	processed_at		timestamptz,
 	duplicate_count		integer NOT NULL DEFAULT 0 CHECK (duplicate_count >= 0),
 	last_duplicate_at	timestamptz,
-	correlation_id		text,
-	aggregate_id		text,
+	correlation_id		text CHECK (octet_length(correlation_id) <= 256),
+	aggregate_id		text CHECK (octet_length(aggregate_id) <= 256),
 	UNIQUE (source, message_id),
 	CHECK ((state IN ('new', 'retry_wait')) = (next_attempt_at IS NOT NULL))
 );
@@ -66,9 +67,12 @@ COMMENT ON COLUMN hub.inbox.aggregate_id IS 'The business key (order, shipment, 
 CREATE TABLE hub.inbox_handlers (
 	message_pattern		text PRIMARY KEY CHECK (message_pattern ~ '^[^*]*\*?$' AND message_pattern <> ''),
 	handler				regproc NOT NULL,
-	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
-	retry_base			interval NOT NULL DEFAULT '1 second' CHECK (retry_base >= '0'::interval)
+	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 1000),
+	retry_base			interval NOT NULL DEFAULT '1 second'
+						CHECK (retry_base BETWEEN '0'::interval AND '1 day'::interval)
 );
+COMMENT ON COLUMN hub.inbox_handlers.max_attempts IS 'Failed runs before a message is dead, 1 to 1000.';
+COMMENT ON COLUMN hub.inbox_handlers.retry_base IS 'Backoff after the first failure, doubled after each further one up to a day; 0 to 1 day.';
 COMMENT ON TABLE hub.inbox_handlers IS
 'Inbox handlers by message type pattern: an exact type, or a prefix ending in * (easypost.*); the longest matching pattern wins. Register with hub.register_handler().';
 COMMENT ON COLUMN hub.inbox_handlers.handler IS
@@ -96,17 +100,27 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	corr text := coalesce(receive.correlation_id,
+						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
+							   THEN receive.payload ->> 'correlation_id' END);
 BEGIN
+	-- the limits on inputs (22001, 54000), before anything is written
+	PERFORM hub._check_key_length('source', receive.source);
+	PERFORM hub._check_key_length('message id', receive.message_id);
+	PERFORM hub._check_key_length('message type', receive.message_type);
+	PERFORM hub._check_key_length('correlation id', corr);
+	PERFORM hub._check_key_length('aggregate id', receive.aggregate_id);
+	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
+													  left(receive.source, 64)),
+									receive.payload);
 	-- the loop only repeats if a concurrent receiver's row vanished between
 	-- our INSERT and UPDATE (it rolled back or was deleted)
 	LOOP
 		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
 									correlation_id, aggregate_id)
 		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
-				coalesce(receive.received_at, now()), now(),
-				coalesce(receive.correlation_id,
-						 CASE WHEN jsonb_typeof(receive.payload) = 'object' THEN receive.payload ->> 'correlation_id' END),
-				receive.aggregate_id)
+				coalesce(receive.received_at, now()), now(), corr, receive.aggregate_id)
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 		IF FOUND THEN
 			RETURN true;
@@ -139,12 +153,10 @@ BEGIN
 				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
 	END IF;
 	PERFORM hub._check_user_function(handler, 'inbox handler', '3802 25');
-	IF max_attempts IS NULL OR max_attempts < 1 THEN
-		RAISE EXCEPTION 'max_attempts must be at least 1' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF retry_base IS NULL OR retry_base < '0'::interval THEN
-		RAISE EXCEPTION 'retry_base must not be negative' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
 	INSERT INTO hub.inbox_handlers AS h (message_pattern, handler, max_attempts, retry_base)
 	VALUES (register_handler.message_pattern, register_handler.handler,
 			register_handler.max_attempts, register_handler.retry_base)
@@ -207,8 +219,12 @@ BEGIN
 		SET attempts = i.attempts + 1,
 			last_error = error,
 			state = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN 'dead' ELSE 'retry_wait' END,
+			-- (in seconds as float8, capped at a day: an interval times
+			-- 2^attempts would overflow)
 			next_attempt_at = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN NULL
-								   ELSE now() + _inbox_settle.retry_base * power(2, i.attempts) END,
+								   ELSE now() + make_interval(secs => least(86400,
+										extract(epoch FROM _inbox_settle.retry_base)::float8
+										* power(2, least(i.attempts, 30)))) END,
 			processed_at = CASE WHEN i.attempts + 1 >= _inbox_settle.max_attempts THEN now() END
 		WHERE i.inbox_id = _inbox_settle.inbox_id
 		RETURNING i.state INTO new_state;
