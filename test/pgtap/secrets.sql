@@ -6,7 +6,7 @@
 -- endpoint and column, and no SQL function opens it (what the dispatcher
 -- does with it is test/scripts/security_sealed.sh).
 BEGIN;
-SELECT plan(39);
+SELECT plan(45);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', auth_kind => 'bearer', auth_secret => 'old-token',
 	signing_secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
@@ -54,10 +54,10 @@ SELECT is(cardinality(hub._seal_signing_secret(1, 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZ
 -- rotation
 SELECT is(hub.rotate_signing_secret('erp', 'whsec_c2Vjb25kIHNlY3JldA==', 'yearly rotation'), 2,
 	'a rotation keeps the previous secret: two now');
-SELECT ok(pg_temp.secrets()[2] = (:'first_sealed'::bytea[])[1] AND pg_temp.secrets()[1] <> (:'first_sealed'::bytea[])[1],
+SELECT ok((pg_temp.secrets())[2] = (:'first_sealed'::bytea[])[1] AND (pg_temp.secrets())[1] <> (:'first_sealed'::bytea[])[1],
 	'the new secret signs first, the old one still signs');
 SELECT is(hub.rotate_signing_secret('erp', 'whsec_c2Vjb25kIHNlY3JldA=='), 2, 'rotating to the same secret again adds nothing');
-SELECT ok(pg_temp.secrets()[2] = (:'first_sealed'::bytea[])[1], 'and the old one stays second');
+SELECT ok((pg_temp.secrets())[2] = (:'first_sealed'::bytea[])[1], 'and the old one stays second');
 SELECT throws_ok($$SELECT hub.rotate_signing_secret('erp', 'not-a-secret')$$, '22023', 'invalid signing secret',
 	'a secret that is not whsec_ base64 is refused');
 SELECT throws_ok($$SELECT hub.rotate_signing_secret('nosuch', 'whsec_c2Vjb25kIHNlY3JldA==')$$, '42704',
