@@ -8,7 +8,7 @@
  * The design follows pgsodium's server key: the key is read once, by the
  * postmaster while it preloads the library, from the file named by
  * logistics_hub.secret_key_file (PGC_POSTMASTER), and every server process
- * inherits it in memory (sodium_malloc: locked, guarded, read-only once
+ * inherits it in memory (sodium_malloc: guard pages, read-only once
  * loaded).  No SQL function returns it or anything derived from it except
  * its key id.  The file must be a regular file of exactly 32 bytes, owned
  * by the server's operating-system user and neither group- nor
@@ -95,6 +95,7 @@ static const char *const seal_columns[] = {
 	"auth_secret", "oauth2_client_id", "oauth2_client_secret", "signing_secrets"
 };
 
+/* seal_hex_id --- a key id as 16 hex digits (out holds 17 bytes) */
 static void
 seal_hex_id(const unsigned char *id, char *out)
 {
@@ -253,6 +254,7 @@ hub_sealed_define_gucs(void)
 
 /* ---------------------------------------------------------------- sealing */
 
+/* seal_check_column --- 22023 unless column is a secret column */
 static void
 seal_check_column(const char *column)
 {
@@ -275,6 +277,7 @@ seal_aad(unsigned char *aad, const unsigned char *header, int32 endpoint_id, con
 	return SEAL_HEADER + Min(n, SEAL_AAD_MAX - SEAL_HEADER - 1);
 }
 
+/* seal_find_key --- the loaded key with this id, or NULL */
 static const SealKey *
 seal_find_key(const unsigned char *id)
 {
