@@ -24,7 +24,8 @@ UPGRADE_0_2_0_PARTS = $(sort $(wildcard sql/0.2.0/*.sql))
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cflags 2>/dev/null)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
-SHLIB_LINK = $(shell curl-config --libs 2>/dev/null)
+# libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c)
+SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium
 
 # JIT bitcode is not needed and Debian builds it with a clang that may be
 # absent.

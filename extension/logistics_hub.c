@@ -9,7 +9,9 @@
  * that only make sense at server start are registered only while the
  * library is being preloaded (shared_preload_libraries) and never during a
  * binary upgrade.  The GUC prefix "logistics_hub." is reserved so that a
- * misspelt setting is reported instead of silently ignored.
+ * misspelt setting is reported instead of silently ignored.  The secret
+ * keys (extension/sealed.c) are read here too, by the postmaster while
+ * preloading, so that every server process inherits them.
  *
  * extension/logistics_hub.c
  *
@@ -26,6 +28,7 @@
 
 #include "hub_workers.h"
 #include "outbox.h"
+#include "sealed.h"
 
 PG_MODULE_MAGIC;
 
@@ -37,6 +40,7 @@ _PG_init(void)
 	hub_outbox_define_gucs();
 	hub_user_code_define_gucs();
 	hub_workers_define_gucs();
+	hub_sealed_define_gucs();
 	if (process_shared_preload_libraries_in_progress && !IsBinaryUpgrade)
 	{
 		hub_shmem_init_hooks();

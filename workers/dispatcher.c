@@ -16,7 +16,10 @@
  *           hub.claim_deliveries does in one call; endpoint settings and
  *           secrets are (re)read in the same transaction when older than a
  *           second, with the concurrency cap and rate limit cut to this
- *           dispatcher's share of them (hub._serves_share).
+ *           dispatcher's share of them (hub._serves_share).  Secrets
+ *           come sealed and are opened here, in C (extension/sealed.c);
+ *           an endpoint whose secrets do not open (no key, another key)
+ *           sends nothing and is paused with the reason.
  *   send    requests wait in their endpoint's queue until its concurrency
  *           cap, its rate limit (a sliding window: never more than
  *           rate_limit starts in any second) and the dispatcher's total cap
@@ -87,6 +90,7 @@
 
 #include "dispatch.h"
 #include "hub_workers.h"
+#include "sealed.h"
 
 #define MAX_EPOLL_EVENTS 64
 
@@ -332,6 +336,124 @@ auth_kind(const char *s)
 	return HUB_AUTH_OAUTH2;
 }
 
+/*
+ * Endpoints whose secrets did not open, to be paused once the rows of
+ * hub._dispatch_endpoints() are read (pause_unsealed): ids and reasons, in
+ * dispatcher_cxt.
+ */
+static List *unsealed_ids = NIL;
+static List *unsealed_reasons = NIL;
+static SPIPlanPtr pause_plan = NULL;
+
+static SPIPlanPtr prepare(const char *sql, int nargs, Oid *types);
+
+/*
+ * open_secret --- the plain text of one sealed column (NULL when NULL);
+ * false, with the endpoint noted for pause_unsealed, when it does not open
+ * or a credential holds CR or LF.  The reason never holds the secret.
+ */
+static bool
+open_secret(HubEndpoint *ep, const char *column, Datum d, bool credential, char **out)
+{
+	char	   *why = NULL;
+	MemoryContext old;
+
+	*out = hub_secret_open(ep->endpoint_id, column, DatumGetByteaPP(d), &why);
+	if (*out != NULL && credential && strpbrk(*out, "\r\n") != NULL)
+	{
+		*out = NULL;
+		why = pstrdup("it contains CR or LF");
+	}
+	if (*out != NULL)
+		return true;
+	old = MemoryContextSwitchTo(dispatcher_cxt);
+	unsealed_ids = lappend_int(unsealed_ids, ep->endpoint_id);
+	unsealed_reasons = lappend(unsealed_reasons,
+							   psprintf("sealed secrets cannot be opened: %s of the endpoint: %s", column, why));
+	MemoryContextSwitchTo(old);
+	return false;
+}
+
+/*
+ * endpoint_open_secrets --- open columns 11-14 of a hub._dispatch_endpoints()
+ * row (sealed credentials and signing secrets, extension/sealed.c) into the
+ * endpoint.  False when one does not open: the endpoint then keeps no
+ * secret, sends nothing and is paused by pause_unsealed.
+ */
+static bool
+endpoint_open_secrets(HubEndpoint *ep, HeapTuple tup, TupleDesc desc)
+{
+	static const char *const columns[] = {"auth_secret", "oauth2_client_id", "oauth2_client_secret"};
+	char	  **fields[3];
+	bool		isnull;
+	Datum		d;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+
+	fields[0] = &ep->auth_secret;
+	fields[1] = &ep->oauth2_client_id;
+	fields[2] = &ep->oauth2_client_secret;
+	ep->auth_secret = ep->oauth2_client_id = ep->oauth2_client_secret = NULL;
+	ep->signing_secrets = NULL;
+	ep->nsecrets = 0;
+	for (int i = 0; i < 3; i++)
+	{
+		d = SPI_getbinval(tup, desc, 11 + i, &isnull);
+		if (!isnull && !open_secret(ep, columns[i], d, true, fields[i]))
+			goto fail;
+	}
+	d = SPI_getbinval(tup, desc, 14, &isnull);
+	if (isnull)
+		return true;
+	deconstruct_array(DatumGetArrayTypeP(d), BYTEAOID, -1, false, TYPALIGN_INT, &elems, &nulls, &count);
+	ep->signing_secrets = palloc0(sizeof(char *) * Max(count, 1));
+	for (int i = 0; i < count; i++)
+		if (!nulls[i] &&
+			!open_secret(ep, "signing_secrets", elems[i], false, &ep->signing_secrets[ep->nsecrets++]))
+			goto fail;
+	return true;
+
+fail:
+	ep->auth_secret = ep->oauth2_client_id = ep->oauth2_client_secret = NULL;
+	ep->signing_secrets = NULL;
+	ep->nsecrets = 0;
+	return false;
+}
+
+/*
+ * pause_unsealed --- pause the endpoints noted by open_secret, each with
+ * its reason (hub._pause_unsealed: audited, a WARNING naming the endpoint
+ * in the server log); inside SPI, after the endpoint rows were read.
+ */
+static void
+pause_unsealed(void)
+{
+	ListCell   *a,
+			   *b;
+
+	if (unsealed_ids == NIL)
+		return;
+	if (pause_plan == NULL)
+	{
+		Oid			types[2] = {INT4OID, TEXTOID};
+
+		pause_plan = prepare("SELECT hub._pause_unsealed($1, $2)", 2, types);
+	}
+	forboth(a, unsealed_ids, b, unsealed_reasons)
+	{
+		Datum		args[2];
+
+		args[0] = Int32GetDatum(lfirst_int(a));
+		args[1] = CStringGetTextDatum((char *) lfirst(b));
+		if (SPI_execute_plan(pause_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "pausing endpoint %d failed", lfirst_int(a));
+	}
+	list_free_deep(unsealed_reasons);
+	list_free(unsealed_ids);
+	unsealed_ids = unsealed_reasons = NIL;
+}
+
 /* store one row of hub._dispatch_endpoints() (inside SPI) */
 static void
 endpoint_load(HeapTuple tup, TupleDesc desc)
@@ -360,11 +482,8 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 	ep->api_key_header = spi_text(tup, desc, 8);
 	ep->oauth2_token_url = spi_text(tup, desc, 9);
 	ep->headers = spi_text_array(tup, desc, 10, &ep->nheaders);
-	ep->auth_secret = spi_text(tup, desc, 11);
-	ep->oauth2_client_id = spi_text(tup, desc, 12);
-	ep->oauth2_client_secret = spi_text(tup, desc, 13);
-	ep->signing_secrets = spi_text_array(tup, desc, 14, &ep->nsecrets);
-	usable = DatumGetBool(SPI_getbinval(tup, desc, 15, &isnull));
+	usable = endpoint_open_secrets(ep, tup, desc);
+	usable = DatumGetBool(SPI_getbinval(tup, desc, 15, &isnull)) && usable;
 	ep->usable_again = DatumGetTimestampTz(SPI_getbinval(tup, desc, 16, &isnull));
 
 	/* the rate window: at most rate_n starts in rate_n / rate seconds */
@@ -736,6 +855,7 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 			elog(ERROR, "reading endpoints failed");
 		for (uint64 i = 0; i < SPI_processed; i++)
 			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+		pause_unsealed();
 	}
 }
 
@@ -1612,8 +1732,11 @@ record(void)
 			 * just opened
 			 */
 			if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
+			{
 				for (uint64 i = 0; i < SPI_processed; i++)
 					endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+				pause_unsealed();
+			}
 		}
 		end_step();
 	}

@@ -229,15 +229,20 @@ COMMENT ON COLUMN hub.endpoints.rate_limit IS 'Most request starts a second, 0.0
 COMMENT ON COLUMN hub.endpoints.circuit_failure_threshold IS 'Consecutive failed requests that open the circuit, 1 to 1000.';
 COMMENT ON COLUMN hub.endpoints.circuit_cooloff IS 'How long an open circuit waits before its probe, 0 to 1 day.';
 
+-- sealed: ciphertext only (extension/sealed.c; README "Sealed secrets")
 CREATE TABLE hub._endpoint_secrets (
 	endpoint_id		integer PRIMARY KEY REFERENCES hub.endpoints ON DELETE CASCADE,
-	auth_secret		text,
-	oauth2_client_id text,
-	oauth2_client_secret text,
-	signing_secrets	text[] NOT NULL DEFAULT '{}'
+	auth_secret		bytea,
+	oauth2_client_id bytea,
+	oauth2_client_secret bytea,
+	signing_secrets	bytea[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE hub._endpoint_secrets IS
-'API: Private. Endpoint credentials and webhook signing secrets (newest first); readable by hub_admin only.';
+'API: Private. Endpoint credentials and webhook signing secrets (newest first), sealed: each value is XChaCha20-Poly1305 ciphertext under the key of logistics_hub.secret_key_file, bound to its endpoint and column; readable by hub_admin only.';
+COMMENT ON COLUMN hub._endpoint_secrets.auth_secret IS
+'Sealed bearer token, user:password or API key: version, key id (hub.sealed_key_id), nonce, ciphertext and tag; opened only by the dispatchers.';
+COMMENT ON COLUMN hub._endpoint_secrets.signing_secrets IS
+'Sealed Standard Webhooks signing secrets, newest first; opened only by the dispatchers.';
 
 CREATE TABLE hub.subscriptions (
 	subscription_id	integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -81,14 +81,16 @@ BEGIN
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
 			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'))
 	RETURNING endpoint_id INTO id;
+	-- sealed (hub._seal, 55_secrets.sql): only ciphertext reaches the table
 	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
-	VALUES (id, auth_secret, oauth2_client_id, oauth2_client_secret,
-			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[signing_secret] END);
+	VALUES (id, hub._seal(id, 'auth_secret', auth_secret), hub._seal(id, 'oauth2_client_id', oauth2_client_id),
+			hub._seal(id, 'oauth2_client_secret', oauth2_client_secret),
+			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[hub._seal(id, 'signing_secrets', signing_secret)] END);
 	RETURN id;
 END
 $$;
 COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
-'Register an HTTP receiver; everything after kind is optional and passed by name. Secrets go to a table only hub_admin can read. Returns the endpoint id.';
+'Register an HTTP receiver; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
 
 -- the endpoint's id, or 42704 naming it
 CREATE FUNCTION hub._endpoint_id(endpoint text) RETURNS integer

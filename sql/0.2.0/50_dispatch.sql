@@ -52,9 +52,9 @@ COMMENT ON FUNCTION hub._endpoint_check() IS
 CREATE TRIGGER endpoint_check BEFORE INSERT OR UPDATE OF url, headers, api_key_header, oauth2_token_url
 	ON hub.endpoints FOR EACH ROW EXECUTE FUNCTION hub._endpoint_check();
 
--- secrets may not carry CR or LF either (they go into header lines)
-ALTER TABLE hub._endpoint_secrets ADD CONSTRAINT endpoint_secrets_no_crlf
-	CHECK (auth_secret !~ '[\r\n]' AND oauth2_client_id !~ '[\r\n]' AND oauth2_client_secret !~ '[\r\n]');
+-- secrets may not carry CR or LF either (they go into header lines): being
+-- sealed, they are checked before sealing (hub._check_credentials) and
+-- again by the dispatcher once opened
 
 -- ---------------------------------------------------------------- wake-up
 
@@ -92,8 +92,8 @@ COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, js
 CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
 RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
 			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
-			   oauth2_token_url text, headers text[], auth_secret text, oauth2_client_id text,
-			   oauth2_client_secret text, signing_secrets text[], usable boolean, usable_again timestamptz)
+			   oauth2_token_url text, headers text[], auth_secret bytea, oauth2_client_id bytea,
+			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -115,7 +115,7 @@ AS $$
 	WHERE e.endpoint_id = ANY (ids)
 $$;
 COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
-'API: Private. Settings and secrets of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share).';
+'API: Private. Settings and sealed secrets (opened by the workers in C) of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share).';
 
 /*
  * _complete_many --- complete_delivery for a whole set of results in one

@@ -50,5 +50,6 @@ GRANT EXECUTE ON FUNCTION
 	hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text, boolean),
 	hub.defer_delivery(bigint, bigint, timestamptz),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
-	hub.run_retention(interval, interval, integer, interval)
+	hub.run_retention(interval, interval, integer, interval),
+	hub._pause_unsealed(integer, text)
 	TO hub_worker;

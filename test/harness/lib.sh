@@ -31,7 +31,7 @@ CLUSTER_USER=lhub
 # the benchmark), pgTAP and pg_prove, IPC::Run for TAP crash tests, nginx and
 # wrk for HTTP benchmarks, python3 for the loopback test receiver, clang-14
 # and its sanitizer/libFuzzer runtime for the parser fuzz test, openssl for
-# the HTTPS receiver's test certificate.
+# the HTTPS receiver's test certificate, libsodium for sealed secrets.
 LH_PACKAGES=(
 	build-essential
 	postgresql-$PG_MAJOR
@@ -42,6 +42,7 @@ LH_PACKAGES=(
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
 	libcurl4-openssl-dev
+	libsodium-dev
 	python3
 	clang-14
 	libclang-rt-14-dev
@@ -144,7 +145,11 @@ lh_cluster_stop()
 
 # lh_cluster_start NAME PORT [extra postgresql.conf lines...] --- a fresh
 # cluster with the library preloaded (unless LH_NO_PRELOAD is set); sets PGHOST, PGPORT, PGUSER and
-# LH_CLUSTER_DIR for the caller.
+# LH_CLUSTER_DIR for the caller.  The key that seals endpoint secrets is
+# made fresh for every cluster: 32 random bytes in $LH_CLUSTER_DIR/secret.key,
+# owned by the cluster user, mode 0600, outside the data directory (so a
+# copy of the data directory never carries its key), named by
+# logistics_hub.secret_key_file; removed with the cluster.
 lh_cluster_start()
 {
 	local name=$1 port=$2 dir
@@ -155,6 +160,9 @@ lh_cluster_start()
 	mkdir -p "$dir/data" "$dir/sock"
 	[ "$(id -u)" -eq 0 ] && chown -R "$CLUSTER_USER" "$dir"
 	chmod 700 "$dir/data"
+	(umask 077 && head -c 32 /dev/urandom >"$dir/secret.key")
+	[ "$(id -u)" -eq 0 ] && chown "$CLUSTER_USER" "$dir/secret.key"
+	chmod 600 "$dir/secret.key"
 	lh_as_cluster_user "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust \
 		--encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
 		{ cat "$dir/initdb.log" >&2; return 1; }
@@ -163,6 +171,7 @@ lh_cluster_start()
 		echo "port = $port"
 		echo "unix_socket_directories = '$dir/sock'"
 		[ -n "${LH_NO_PRELOAD:-}" ] || echo "shared_preload_libraries = 'logistics_hub'"
+		[ -n "${LH_NO_PRELOAD:-}" ] || echo "logistics_hub.secret_key_file = '$dir/secret.key'"
 		echo "max_worker_processes = 16"
 		echo "fsync = off"
 		echo "logging_collector = off"

@@ -27,8 +27,7 @@ PUSH_SUB="retry_base => '100 ms', retry_max => '300 ms'"
 push_endpoint acc "ok?ep=acc" "signing_secret => '$S1'"
 push_endpoint rot "ok?ep=rot" "signing_secret => '$S1'"
 # rotation: the new secret first, the old one still signed with
-q "UPDATE hub._endpoint_secrets SET signing_secrets = ARRAY['$S2', '$S1']
-   WHERE endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'rot')"
+q "SELECT hub.rotate_signing_secret('rot', '$S2')" >/dev/null
 push_endpoint ff500 "fail-first/2/500?ep=ff500"
 push_endpoint ff503 "fail-first/1/503?ep=ff503"
 PUSH_SUB="retry_base => '100 ms', retry_max => '300 ms', max_attempts => 2" \

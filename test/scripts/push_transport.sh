@@ -47,8 +47,8 @@ push_endpoint crlf "ok?ep=crlf" "timeout_ms => 2000" "headers => '{\"X-Tenant\":
 push_endpoint early "ok?ep=early" "timeout_ms => 2000"
 push_endpoint garbage "garbage?ep=garbage" "timeout_ms => 2000"
 push_endpoint badsecret "ok?ep=badsecret" "timeout_ms => 2000"
-# a signing secret that is not base64, written around create_endpoint's check
-q "UPDATE hub._endpoint_secrets SET signing_secrets = ARRAY['whsec_%%%']
+# a signing secret that is not base64, written (sealed) around create_endpoint's check
+q "UPDATE hub._endpoint_secrets SET signing_secrets = ARRAY[hub._seal(endpoint_id, 'signing_secrets', 'whsec_%%%')]
    WHERE endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'badsecret')"
 push_endpoint badstatus "badstatus?ep=badstatus" "timeout_ms => 2000"
 push_endpoint s599 "status/599?ep=s599" "timeout_ms => 2000"

@@ -32,7 +32,7 @@ lh_endpoint($node, $recv, 'oauth', '/oauth/api', timeout_ms => 30000);
 $node->safe_psql(
 	'postgres', qq{
 UPDATE hub.endpoints SET auth_kind = 'oauth2', oauth2_token_url = '$recv->{url}/hang' WHERE name = 'oauth';
-UPDATE hub._endpoint_secrets SET oauth2_client_id = 'id', oauth2_client_secret = 'secret';
+SELECT hub.set_endpoint_credentials('oauth', oauth2_client_id => 'id', oauth2_client_secret => 'secret');
 });
 ok(defined lh_wait_dispatchers($node, 1, 20), 'dispatcher running');
 my @disp0 = lh_dispatcher_pids($node);

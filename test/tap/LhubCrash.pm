@@ -21,6 +21,7 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use Fcntl qw(O_WRONLY O_CREAT O_TRUNC);
 use File::Basename qw(dirname);
 use File::Spec;
 use IPC::Run;
@@ -64,9 +65,23 @@ sub lh_node
 	my $node = PostgreSQL::Test::Cluster->new($name);
 
 	$node->init;
+
+	# the key that seals endpoint secrets: 32 random bytes, mode 0600, owned
+	# by the node's user, outside the data directory
+	my $key = $node->basedir . '/secret.key';
+	open(my $rnd, '<:raw', '/dev/urandom') or die "/dev/urandom: $!";
+	read($rnd, my $bytes, 32) == 32 or die "short read from /dev/urandom";
+	close($rnd);
+	sysopen(my $kf, $key, O_WRONLY | O_CREAT | O_TRUNC, 0600) or die "$key: $!";
+	binmode($kf);
+	print $kf $bytes;
+	close($kf);
+	chmod(0600, $key);
+
 	$node->append_conf(
 		'postgresql.conf', qq{
 shared_preload_libraries = 'logistics_hub'
+logistics_hub.secret_key_file = '$key'
 restart_after_crash = on
 max_connections = 40
 max_worker_processes = 16
