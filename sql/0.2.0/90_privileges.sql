@@ -24,9 +24,10 @@ GRANT EXECUTE ON FUNCTION hub.libcurl_version() TO hub_reader, hub_writer;
  * hub_worker: what the dispatchers connect as (logistics_hub.worker_role).
  * Only the queue: the functions a dispatcher calls and the tables those
  * functions read and write as their caller; fail_delivery, defer_delivery,
- * _route_events and run_retention are SECURITY DEFINER and need no table
- * grant.  Of an endpoint it changes only the circuit breaker's columns; it
- * publishes nothing, changes no configuration and owns nothing.
+ * _route_events, _pause_unsealed and run_retention are SECURITY DEFINER and
+ * need no table grant.  Of an endpoint it changes only the circuit
+ * breaker's columns; it publishes nothing, changes no configuration and
+ * owns nothing.
  */
 GRANT USAGE ON SCHEMA hub TO hub_worker;
 GRANT SELECT ON hub.outbox, hub.event_types, hub.subscriptions, hub._endpoint_secrets TO hub_worker;
