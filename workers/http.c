@@ -54,6 +54,7 @@
 
 #include "common/base64.h"
 #include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -526,10 +527,13 @@ hub_http_release(HubRequest *req)
  * bearer token, API key or OAuth2 access token, for basic auth
  * "user:password", its base64 and the password alone, each also with "/"
  * escaped as JSON may write it ("\/").  With truncated (the excerpt was cut),
- * a tail that begins a secret (3 characters or more) is redacted too.
- * Returns text itself when there is nothing to redact, else a palloc'd
+ * a tail that begins a secret (3 characters or more) is redacted too.  The
+ * result stays within EXCERPT_MAX bytes (a marker is never cut: the text
+ * before it is).  Returns text itself when there is nothing to redact, else a palloc'd
  * copy.  Never fails but for out of memory.
  */
+#define REDACTED_LEN 10			/* strlen("[redacted]") */
+
 char *
 hub_http_redact(HubRequest *req, char *text, bool truncated)
 {
@@ -589,9 +593,23 @@ hub_http_redact(HubRequest *req, char *text, bool truncated)
 		}
 		if (best > 0)
 		{
+			/*
+			 * Within the excerpt's size, a marker whole: the record cuts a
+			 * longer excerpt, and a cut marker would end in the secret's
+			 * place with "[redact"
+			 */
+			if (out.len + REDACTED_LEN > EXCERPT_MAX)
+			{
+				out.len = pg_mbcliplen(out.data, out.len, Max(0, EXCERPT_MAX - REDACTED_LEN));
+				out.data[out.len] = '\0';
+				appendStringInfoString(&out, "[redacted]");
+				break;
+			}
 			appendStringInfoString(&out, "[redacted]");
 			i += best;
 		}
+		else if (out.len + 1 > EXCERPT_MAX)
+			break;
 		else
 			appendStringInfoChar(&out, text[i++]);
 	}

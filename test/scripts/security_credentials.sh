@@ -50,7 +50,8 @@ push_endpoint echokey "echo-headers?ep=echokey" "auth_kind => 'api_key'" "api_ke
 	"auth_secret => 'key-echo-SECRET-0005'"
 push_endpoint echooauth "echo-headers?ep=echooauth" "auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/oauth/token'" \
 	"oauth2_client_id => 'hub'" "oauth2_client_secret => 'hub-secret'"
-# the excerpt keeps 1024 bytes: 1010 of padding, then "Bearer tok-cut" of the token
+# the excerpt keeps 1024 bytes: 1010 of padding, then "Bearer tok-cut" of the
+# token (redacted, the marker's 10 bytes kept whole within the 1024)
 push_endpoint echocut "echo-headers?header=Authorization&pad=1010&ep=echocut" "auth_kind => 'bearer'" \
 	"auth_secret => 'tok-cut-SECRET-0006'"
 
@@ -80,12 +81,15 @@ for ep in keyport keyhost bearerport; do
 done
 n=$(python3 -c "import sys; print(sum(1 for l in open(sys.argv[1]) if l.strip()))" "$RECV2_DIR/receiver.log")
 [ "$n" = 0 ] || fail "the receiver on the other port got $n requests: $(cat "$RECV2_DIR/receiver.log")"
-n=$(recv "print(sum(1 for e in E if 'keyhost_target' in e['path'] or ('$KEY' in json.dumps(e['headers']) and 'keysame' not in e['path'])))")
+# (at the first receiver: only the endpoints' own /redirect requests and the
+# same-origin target may carry the key; the other targets get nothing)
+n=$(recv "print(sum(1 for e in E if e['path'].startswith('/ok') and
+                  ('keyhost_target' in e['path'] or ('$KEY' in json.dumps(e['headers']) and 'keysame_target' not in e['path']))))")
 [ "$n" = 0 ] || fail "the key reached another origin or path than its own ($n requests)"
 ok "redirects to another port and another host name: nothing sent there, no key anywhere else"
 got=$(outcome keysame)
 [ "$got" = "delivered " ] || fail "keysame: '$got', want delivered"
-got=$(recv "print([e['headers'].get('x-api-key') for e in E if 'keysame_target' in e['path']])")
+got=$(recv "print([e['headers'].get('x-api-key') for e in E if e['path'].startswith('/ok') and 'keysame_target' in e['path']])")
 [ "$got" = "['$KEY']" ] || fail "keysame: the target within the origin got '$got'"
 ok "a redirect within the endpoint's origin is followed with the key"
 got=$(outcome redirui)
@@ -93,7 +97,7 @@ case $got in
 "dead "*) ok "redirui: a Location with user information is not followed ($got)" ;;
 *) fail "redirui: '$got', want dead" ;;
 esac
-n=$(recv "print(sum(1 for e in E if 'redirui_target' in e['path']))")
+n=$(recv "print(sum(1 for e in E if e['path'].startswith('/ok') and 'redirui_target' in e['path']))")
 [ "$n" = 0 ] || fail "redirui: the target got $n requests"
 
 # ---- echoed secrets are redacted from the stored excerpt
@@ -115,7 +119,7 @@ done
 got=$(excerpt echocut)
 case $got in
 *tok-cut*) fail "echocut: the beginning of the token is in the excerpt: ...${got: -40}" ;;
-*"Bearer [redacted]") ok "echocut: an excerpt cut inside the token ends 'Bearer [redacted]'" ;;
+*"Bear"*"[redacted]") ok "echocut: an excerpt cut inside the token ends '...${got: -20}' (the marker whole, within 1024 bytes)" ;;
 *) fail "echocut: '...${got: -40}'" ;;
 esac
 n=$(q "SELECT count(*) FROM hub.attempts WHERE response_excerpt ~ '(SECRET|tok-[0-9])' OR error ~ 'SECRET'")
