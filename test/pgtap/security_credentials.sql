@@ -87,7 +87,7 @@ SELECT throws_ok($$INSERT INTO hub.operator_audit (action, target) VALUES ('x', 
 	'hub_admin still cannot write the audit itself');
 RESET ROLE;
 
-SELECT max(audit_id) AS audit_mark FROM hub.operator_audit \gset
+SELECT coalesce(max(audit_id), 0) AS audit_mark FROM hub.operator_audit \gset
 SELECT hub.pause_endpoint('aud', 'receiver maintenance');
 SELECT hub.resume_endpoint('aud', 'maintenance over');
 SELECT is((SELECT array_agg(action || ':' || coalesce(reason, '') || ':' || coalesce((details->'paused'->>'new'), '')
@@ -97,7 +97,7 @@ SELECT is((SELECT array_agg(action || ':' || coalesce(reason, '') || ':' || coal
 SELECT hub.resume_endpoint('aud', 'again');
 SELECT is((SELECT action || ':' || reason FROM hub.operator_audit ORDER BY audit_id DESC LIMIT 1), 'resume_endpoint:again',
 	'resuming an endpoint that runs is still audited (the operator acted)');
-SELECT max(audit_id) AS audit_mark FROM hub.operator_audit \gset
+SELECT coalesce(max(audit_id), 0) AS audit_mark FROM hub.operator_audit \gset
 BEGIN;
 SELECT hub.pause_endpoint('aud', 'short');
 UPDATE hub.endpoints SET kind = 'wms' WHERE name = 'aud';
@@ -115,7 +115,7 @@ SELECT hub.resume_endpoint('aud');
 UPDATE hub.endpoints SET enabled = true WHERE name = 'aud';
 
 -- the circuit breaker is not an operator: its changes write no audit row
-SELECT max(audit_id) AS audit_mark FROM hub.operator_audit \gset
+SELECT coalesce(max(audit_id), 0) AS audit_mark FROM hub.operator_audit \gset
 UPDATE hub.endpoints SET circuit_state = 'open', circuit_opened_at = now(), consecutive_failures = 5 WHERE name = 'aud';
 UPDATE hub.endpoints SET circuit_state = 'half_open', circuit_probe_until = now() WHERE name = 'aud';
 UPDATE hub.endpoints SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL,
