@@ -13,8 +13,9 @@
 #     are "[redacted]" in hub.attempts.response_excerpt; an excerpt cut
 #     inside a secret has the secret's beginning redacted too
 #   - rows that slipped past the endpoints trigger (written with it
-#     disabled): a URL with user information, a fixed Content-Length header;
-#     the worker refuses to send them, nothing reaches the receiver
+#     disabled): a URL with user information, a fixed Content-Length header,
+#     a token URL with user information; the worker refuses to send them,
+#     nothing reaches the receiver
 source test/receiver/push_lib.sh
 push_setup sec-cred 118 "logistics_hub.poll_interval = 200ms"
 
@@ -58,13 +59,16 @@ push_endpoint echocut "echo-headers?header=Authorization&pad=1010&ep=echocut" "a
 # rows from before the checks (written with the endpoints trigger disabled)
 push_endpoint uirow "ok?ep=uirow"
 push_endpoint clrow "ok?ep=clrow"
+push_endpoint uitoken "ok?ep=uitoken" "auth_kind => 'oauth2'" "oauth2_token_url => '$RECV_URL/oauth/token?ep=uitoken_tok'" \
+	"oauth2_client_id => 'hub'" "oauth2_client_secret => 'hub-secret'"
 q "ALTER TABLE hub.endpoints DISABLE TRIGGER endpoint_check" \
 	"UPDATE hub.endpoints SET url = 'http://u:pw-row-SECRET@127.0.0.1:$RECV_PORT/ok?ep=uirow' WHERE name = 'uirow'" \
 	"UPDATE hub.endpoints SET headers = '{\"Content-Length\": \"0\"}' WHERE name = 'clrow'" \
+	"UPDATE hub.endpoints SET oauth2_token_url = 'http://hub:pw-tok-SECRET@127.0.0.1:$RECV_PORT/oauth/token?ep=uitoken_tok' WHERE name = 'uitoken'" \
 	"ALTER TABLE hub.endpoints ENABLE TRIGGER endpoint_check" >/dev/null
 
 declare -A EV
-ALL="keyport keyhost bearerport keysame redirui echobearer echobasic echokey echooauth echocut uirow clrow"
+ALL="keyport keyhost bearerport keysame redirui echobearer echobasic echokey echooauth echocut uirow clrow uitoken"
 for ep in $ALL; do EV[$ep]=$(push_publish $ep "SO-$ep"); done
 must_wait "SELECT count(*) = 0 FROM hub.deliveries WHERE state NOT IN ('delivered', 'dead')" 60 \
 	"not every delivery came to an end"
@@ -134,8 +138,12 @@ ok "uirow: $got"
 got=$(outcome clrow)
 [ "$got" = 'dead refused to send: header "Content-Length" cannot be a fixed endpoint header' ] || fail "clrow: '$got'"
 ok "clrow: $got"
-n=$(recv "print(sum(1 for e in E if 'ep=uirow' in e['path'] or 'ep=clrow' in e['path']))")
-[ "$n" = 0 ] || fail "uirow, clrow: $n requests reached the receiver"
-ok "uirow, clrow: nothing was sent"
+got=$(outcome uitoken)
+[ "$got" = "dead oauth2: the token URL holds user information; the client credentials belong in oauth2_client_id and oauth2_client_secret" ] ||
+	fail "uitoken: '$got'"
+ok "uitoken: $got"
+n=$(recv "print(sum(1 for e in E if 'ep=uirow' in e['path'] or 'ep=clrow' in e['path'] or 'ep=uitoken' in e['path']))")
+[ "$n" = 0 ] || fail "uirow, clrow, uitoken: $n requests reached the receiver"
+ok "uirow, clrow, uitoken: nothing was sent (no token request either)"
 
 push_finish
