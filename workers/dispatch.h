@@ -29,11 +29,18 @@ typedef enum HubAuthKind
 	HUB_AUTH_OAUTH2
 } HubAuthKind;
 
-/* where the egress callbacks note the address they refused */
+/*
+ * where the egress callbacks note the address they refused; with origin
+ * set (a request carrying a credential, redirects allowed) they also refuse
+ * a request to another origin than origin's, saying why in refused
+ */
 typedef struct HubEgressNote
 {
 	bool		blocked;
 	char		address[64];
+	CURL	   *easy;			/* the transfer (for its current URL) */
+	const char *origin;			/* the URL whose origin credentials stay in */
+	const char *refused;		/* static text: why a request was refused */
 } HubEgressNote;
 
 struct HubTokenFetch;
@@ -139,6 +146,7 @@ typedef struct HubRequest
 	bool		too_big;
 	HubEgressNote egress;
 	uint32		token_generation;	/* the OAuth2 token it was sent with */
+	char	   *sent_secret;	/* the credential it carried (to redact), or NULL */
 	char		errbuf[CURL_ERROR_SIZE];
 } HubRequest;
 
@@ -169,5 +177,7 @@ extern HubTokenFetch *hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, 
 extern bool hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error);
 extern void hub_oauth2_release(HubTokenFetch *fetch);
 extern bool hub_header_value_ok(const char *header);
+extern bool hub_header_name_reserved(const char *header, bool api_key);
+extern char *hub_http_redact(HubRequest *req, char *text, bool truncated);
 
 #endif							/* HUB_DISPATCH_H */

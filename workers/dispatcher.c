@@ -648,7 +648,10 @@ int_array(int64 *v, int n, bool wide)
 										   wide ? TYPALIGN_DOUBLE : TYPALIGN_INT));
 }
 
-/* an excerpt cut to text valid in the database encoding, without NULs */
+/*
+ * an excerpt cut to text valid in the database encoding, without NULs, and
+ * without the secrets the request carried (hub_http_redact)
+ */
 static char *
 excerpt_text(HubRequest *req)
 {
@@ -663,7 +666,8 @@ excerpt_text(HubRequest *req)
 		}
 	/* the valid prefix (an excerpt may end inside a character) */
 	len = pg_encoding_verifymbstr(GetDatabaseEncoding(), s, len);
-	return pnstrdup(s, len);
+	return hub_http_redact(req, pnstrdup(s, len),
+						   len < req->excerpt.len || req->received > (size_t) req->excerpt.len);
 }
 
 /* ---------------------------------------------------------------- claim */
@@ -1392,7 +1396,9 @@ collect(void)
 		{
 			char	   *error;
 
-			if (req->egress.blocked)
+			if (req->egress.refused != NULL)
+				error = pstrdup(req->egress.refused);
+			else if (req->egress.blocked)
 				error = psprintf("blocked by egress policy: address %s", req->egress.address);
 			else if (req->too_big || rc == CURLE_FILESIZE_EXCEEDED)
 				error = psprintf("response larger than %d bytes", hub_max_response_bytes);

@@ -22,9 +22,14 @@
  * dispatcher's CURLOPT_OPENSOCKETFUNCTION), the resolved address must be
  * allowed as an address.  A listed name therefore does not admit whatever
  * it resolves to: its addresses must pass on their own, so neither a DNS
- * answer nor a redirect can reach an address outside the policy.  IPv4
- * mapped IPv6 addresses (::ffff:a.b.c.d) match only IPv6 entries; for
- * "public" they count as the IPv4 address they carry.
+ * answer nor a redirect can reach an address outside the policy.  IPv6
+ * addresses that carry an IPv4 address (IPv4-mapped ::ffff:a.b.c.d, NAT64,
+ * 6to4, Teredo) match only IPv6 entries; for "public" they count as the
+ * IPv4 address they carry (hub_address_is_public).
+ *
+ * A URL with user information (http://user:password@host/) is refused
+ * before anything else, and without being shown in the error: credentials
+ * belong in the endpoint's secrets, not in a column hub_reader reads.
  *
  * workers/egress.c
  *
@@ -268,11 +273,20 @@ v4_public(const uint8 *a)
 			 v4_in(a, 172, 16, 12) ||	/* private */
 			 v4_in(a, 192, 168, 16) || /* private */
 			 (a[0] == 192 && a[1] == 0 && (a[2] == 0 || a[2] == 2)) ||	/* IETF, TEST-NET-1 */
+			 (a[0] == 192 && a[1] == 88 && a[2] == 99) ||	/* 6to4 relay anycast (deprecated) */
 			 v4_in(a, 198, 18, 15) ||	/* benchmarking */
 			 (a[0] == 198 && a[1] == 51 && a[2] == 100) ||	/* TEST-NET-2 */
 			 (a[0] == 203 && a[1] == 0 && a[2] == 113));	/* TEST-NET-3 */
 }
 
+/*
+ * hub_address_is_public --- is this a public unicast address?  An IPv6
+ * address that carries an IPv4 address (IPv4-mapped ::ffff:0:0/96, NAT64
+ * 64:ff9b::/96, 6to4 2002::/16 with the IPv4 address in bits 16..47, Teredo
+ * 2001::/32 with its server's IPv4 address in bits 32..63 and its client's,
+ * inverted, in the last 32 bits) is judged by the IPv4 address(es) it
+ * carries, since that is where its packets end up.
+ */
 bool
 hub_address_is_public(const struct sockaddr *addr)
 {
@@ -286,10 +300,32 @@ hub_address_is_public(const struct sockaddr *addr)
 
 		if (memcmp(a, mapped, 12) == 0 || memcmp(a, nat64, 12) == 0)
 			return v4_public(a + 12);
-		/* global unicast is 2000::/3, minus documentation 2001:db8::/32 */
+		/* global unicast is 2000::/3 */
 		if ((a[0] & 0xe0) != 0x20)
 			return false;
-		if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8)
+		/* 6to4: 2002:AABB:CCDD::/48 is IPv4 AA.BB.CC.DD's */
+		if (a[0] == 0x20 && a[1] == 0x02)
+			return v4_public(a + 2);
+		if (a[0] == 0x20 && a[1] == 0x01)
+		{
+			/* Teredo 2001:0::/32: server IPv4, then the client's inverted */
+			if (a[2] == 0 && a[3] == 0)
+			{
+				uint8		client[4];
+
+				for (int i = 0; i < 4; i++)
+					client[i] = a[12 + i] ^ 0xff;
+				return v4_public(a + 4) && v4_public(client);
+			}
+			/* documentation 2001:db8::/32, benchmarking 2001:2::/48, ORCHID 2001:10::/28, 2001:20::/28 */
+			if ((a[2] == 0x0d && a[3] == 0xb8) ||
+				(a[2] == 0 && a[3] == 0x02 && a[4] == 0 && a[5] == 0) ||
+				(a[2] == 0 && (a[3] & 0xf0) == 0x10) ||
+				(a[2] == 0 && (a[3] & 0xf0) == 0x20))
+				return false;
+		}
+		/* documentation 3fff::/20 */
+		if (a[0] == 0x3f && a[1] == 0xff && (a[2] & 0xf0) == 0)
 			return false;
 		return true;
 	}
@@ -403,8 +439,44 @@ hub_egress_url_allowed(const char *url, char **why)
 }
 
 /*
+ * hub_url_has_userinfo --- does the URL carry user information (a user
+ * name or password before the host)?  True when libcurl finds one, or when
+ * the authority (after "://", up to the first /, ? or #) holds an "@"
+ * whatever libcurl makes of it.  Never fails.
+ */
+bool
+hub_url_has_userinfo(const char *url)
+{
+	CURLU	   *u = curl_url();
+	const char *auth = strstr(url, "://");
+	bool		found = false;
+
+	auth = auth ? auth + 3 : url;
+	for (const char *c = auth; *c && *c != '/' && *c != '?' && *c != '#'; c++)
+		if (*c == '@')
+			found = true;
+	if (!found && u != NULL && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK)
+	{
+		CURLUPart	parts[2] = {CURLUPART_USER, CURLUPART_PASSWORD};
+
+		for (int i = 0; i < 2; i++)
+		{
+			char	   *part = NULL;
+
+			if (curl_url_get(u, parts[i], &part, 0) == CURLUE_OK)
+				found = true;
+			curl_free(part);
+		}
+	}
+	if (u != NULL)
+		curl_url_cleanup(u);
+	return found;
+}
+
+/*
  * hub_egress_check --- SQL hub._egress_check(url text): raise 22023 unless
- * an endpoint may have this URL.
+ * an endpoint may have this URL; a URL with user information first, without
+ * showing it.
  */
 PG_FUNCTION_INFO_V1(hub_egress_check);
 Datum
@@ -413,6 +485,12 @@ hub_egress_check(PG_FUNCTION_ARGS)
 	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *why;
 
+	if (hub_url_has_userinfo(url))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("endpoint URL must not contain user information"),
+				 errdetail("A user name or password in the URL would be readable by hub_reader."),
+				 errhint("Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret) of hub.create_endpoint or hub.set_endpoint_credentials.")));
 	if (!hub_egress_url_allowed(url, &why))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -18,6 +18,18 @@
  * CR or LF are refused before anything is sent.  Requests are POSTs with
  * "Expect:" cleared (no 100-continue round trip).
  *
+ * Credentials stay where they belong: a URL with user information is
+ * refused (the endpoint's and a redirect's: CURLOPT_DISALLOW_USERNAME_IN_URL);
+ * a request that carries a credential (bearer, basic, API key, OAuth2
+ * token) follows a redirect only within the endpoint's origin (scheme, host
+ * and port): the prereq callback refuses a request to another origin
+ * before anything is sent on it, because libcurl keeps a custom header
+ * such as an API key across hosts; fixed headers that frame the message
+ * (Content-Length, Transfer-Encoding, Host, hop-by-hop ones) or that the
+ * hub sets itself are refused, so a row that slipped past the endpoints
+ * trigger fails its requests; and every secret a request carried is
+ * redacted from the response excerpt that is stored (hub_http_redact).
+ *
  * OAuth2 token requests (client credentials grant) get the same options
  * (never a redirect) and run on the dispatcher's multi handle like any
  * request: hub_oauth2_prepare builds one, hub_oauth2_finish parses the
@@ -42,6 +54,7 @@
 
 #include "common/base64.h"
 #include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -116,9 +129,49 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 }
 
 /*
+ * same_origin --- do the two URLs have the same scheme, host and port (the
+ * default port of the scheme when none is given)?  False when either
+ * cannot be parsed.
+ */
+static bool
+same_origin(const char *a, const char *b)
+{
+	CURLU	   *u[2] = {curl_url(), curl_url()};
+	const char *url[2] = {a, b};
+	char	   *part[2][3] = {{NULL}};
+	CURLUPart	which[3] = {CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT};
+	bool		same = true;
+
+	for (int i = 0; i < 2; i++)
+	{
+		if (u[i] == NULL || curl_url_set(u[i], CURLUPART_URL, url[i], 0) != CURLUE_OK)
+		{
+			same = false;
+			continue;
+		}
+		for (int j = 0; j < 3; j++)
+			if (curl_url_get(u[i], which[j], &part[i][j], CURLU_DEFAULT_PORT) != CURLUE_OK)
+				same = false;
+	}
+	for (int j = 0; same && j < 3; j++)
+		same = pg_strcasecmp(part[0][j], part[1][j]) == 0;
+	for (int i = 0; i < 2; i++)
+	{
+		for (int j = 0; j < 3; j++)
+			curl_free(part[i][j]);
+		if (u[i] != NULL)
+			curl_url_cleanup(u[i]);
+	}
+	return same;
+}
+
+/*
  * prereq: the egress policy once more just before every request is sent,
  * including one on a kept-alive connection, which open_socket never sees
- * (opened under an earlier, wider policy, or before a redirect).
+ * (opened under an earlier, wider policy, or before a redirect); and, for
+ * a request carrying a credential (note->origin set), no request to
+ * another origin than the endpoint's (a redirect elsewhere): libcurl would
+ * send a custom header such as an API key there.
  */
 static int
 check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_port, int local_port)
@@ -131,11 +184,26 @@ check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_po
 		ss.ss_family = AF_INET;
 	else if (inet_pton(AF_INET6, primary_ip, &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1)
 		ss.ss_family = AF_INET6;
-	if (ss.ss_family != 0 && hub_egress_address_allowed((struct sockaddr *) &ss))
-		return CURL_PREREQFUNC_OK;
-	note->blocked = true;
-	strlcpy(note->address, primary_ip, sizeof(note->address));
-	return CURL_PREREQFUNC_ABORT;
+	if (ss.ss_family == 0 || !hub_egress_address_allowed((struct sockaddr *) &ss))
+	{
+		note->blocked = true;
+		strlcpy(note->address, primary_ip, sizeof(note->address));
+		return CURL_PREREQFUNC_ABORT;
+	}
+	if (note->origin != NULL && note->easy != NULL)
+	{
+		char	   *url = NULL;
+
+		/* (the URL of the request about to go out: a redirect's target) */
+		if (curl_easy_getinfo(note->easy, CURLINFO_EFFECTIVE_URL, &url) != CURLE_OK || url == NULL ||
+			(strcmp(url, note->origin) != 0 && !same_origin(url, note->origin)))
+		{
+			note->refused = "redirect to another origin refused: the endpoint's requests carry a credential, "
+				"which is never sent to another scheme, host or port";
+			return CURL_PREREQFUNC_ABORT;
+		}
+	}
+	return CURL_PREREQFUNC_OK;
 }
 
 /* write: keep an excerpt, abort past the size cap */
@@ -171,6 +239,7 @@ set_safety_options(CURL *easy, int timeout_ms, bool redirects, HubEgressNote *no
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
 	SETOPT(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	SETOPT(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	SETOPT(easy, CURLOPT_DISALLOW_USERNAME_IN_URL, 1L);
 	SETOPT(easy, CURLOPT_FOLLOWLOCATION, redirects ? 1L : 0L);
 	SETOPT(easy, CURLOPT_MAXREDIRS, 5L);
 	SETOPT(easy, CURLOPT_POSTREDIR, (long) CURL_REDIR_POST_ALL);
@@ -197,6 +266,40 @@ bool
 hub_header_value_ok(const char *header)
 {
 	return strpbrk(header, "\r\n") == NULL;
+}
+
+/*
+ * Header names an endpoint's fixed headers may not use (the endpoints
+ * trigger, hub._endpoint_check, refuses the same list): HTTP's framing
+ * and hop-by-hop headers, which libcurl sets from the request itself (a
+ * fixed Content-Length: 0 made the receiver read the body as the next
+ * request), the headers the hub sets on every request, and credentials,
+ * which belong in the endpoint's secrets.  The API key header may be
+ * Authorization, not one of the others.
+ */
+static const char *const reserved_headers[] = {
+	"content-length", "transfer-encoding", "host", "connection", "keep-alive",
+	"proxy-connection", "te", "trailer", "upgrade", "expect",
+	"content-type", "content-encoding", "webhook-id", "webhook-timestamp",
+	"webhook-signature", "idempotency-key",
+	"authorization", "proxy-authorization"	/* (last two: fixed headers only) */
+};
+
+/*
+ * hub_header_name_reserved --- may a header line ("Name: value", or a bare
+ * name) not be sent as a fixed header (api_key false) or as the API key
+ * header (api_key true)?
+ */
+bool
+hub_header_name_reserved(const char *header, bool api_key)
+{
+	size_t		len = strcspn(header, ":");
+	int			n = lengthof(reserved_headers) - (api_key ? 2 : 0);
+
+	for (int i = 0; i < n; i++)
+		if (strlen(reserved_headers[i]) == len && pg_strncasecmp(header, reserved_headers[i], len) == 0)
+			return true;
+	return false;
 }
 
 static bool
@@ -251,6 +354,12 @@ hub_http_prepare(HubRequest *req, char **error)
 	req->easy_gen = ep->config_gen;
 
 	setopt_reset();
+	if (!set_up && hub_url_has_userinfo(ep->url))
+	{
+		/* (a row from before the endpoints trigger refused it) */
+		*error = pstrdup("refused to send: the endpoint URL holds user information; credentials belong in auth_kind and auth_secret");
+		ok = false;
+	}
 	if (!set_up)
 	{
 		set_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
@@ -305,30 +414,64 @@ hub_http_prepare(HubRequest *req, char **error)
 		ok &= append_header(req, sig.data);
 	}
 	for (int i = 0; i < ep->nheaders; i++)
-		if (!append_header(req, ep->headers[i]))
+	{
+		size_t		namelen = strcspn(ep->headers[i], ":\r\n");
+
+		/* (a row from before the endpoints trigger refused it) */
+		if (hub_header_name_reserved(ep->headers[i], false) ||
+			(ep->auth_kind == HUB_AUTH_API_KEY && ep->api_key_header != NULL &&
+			 strlen(ep->api_key_header) == namelen &&
+			 pg_strncasecmp(ep->api_key_header, ep->headers[i], namelen) == 0))
 		{
-			*error = psprintf("refused to send: the value of header \"%.*s\" holds CR or LF",
-							  (int) Min(strcspn(ep->headers[i], ":\r\n"), 64), ep->headers[i]);
+			*error = psprintf("refused to send: header \"%.*s\" cannot be a fixed endpoint header",
+							  (int) Min(namelen, 64), ep->headers[i]);
 			ok = false;
 		}
+		else if (!append_header(req, ep->headers[i]))
+		{
+			*error = psprintf("refused to send: the value of header \"%.*s\" holds CR or LF",
+							  (int) Min(namelen, 64), ep->headers[i]);
+			ok = false;
+		}
+	}
 	switch (ep->auth_kind)
 	{
 		case HUB_AUTH_NONE:
 			break;
 		case HUB_AUTH_BEARER:
-			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->auth_secret ? ep->auth_secret : ""));
+			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
+			ok &= append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
 			break;
 		case HUB_AUTH_BASIC:
-			break;				/* (set up with the handle, above) */
+			/* (set up with the handle, above) */
+			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
+			break;
 		case HUB_AUTH_API_KEY:
+			if (ep->api_key_header != NULL && hub_header_name_reserved(ep->api_key_header, true))
+			{
+				*error = psprintf("refused to send: header \"%.64s\" cannot be the API key header",
+								  ep->api_key_header);
+				ok = false;
+			}
+			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
 			ok &= append_header(req, psprintf("%s: %s", ep->api_key_header ? ep->api_key_header : "X-API-Key",
-											  ep->auth_secret ? ep->auth_secret : ""));
+											  req->sent_secret));
 			break;
 		case HUB_AUTH_OAUTH2:
 			req->token_generation = ep->oauth2_generation;
-			ok &= append_header(req, psprintf("Authorization: Bearer %s", ep->oauth2_token ? ep->oauth2_token : ""));
+			req->sent_secret = pstrdup(ep->oauth2_token ? ep->oauth2_token : "");
+			ok &= append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
 			break;
 	}
+
+	/*
+	 * A credential never leaves the endpoint's origin: with redirects
+	 * allowed, check_connection refuses a request to another one (libcurl
+	 * drops its own basic auth and an Authorization header there, but keeps
+	 * an API key header).
+	 */
+	req->egress.easy = easy;
+	req->egress.origin = (ep->allow_redirects && ep->auth_kind != HUB_AUTH_NONE) ? pstrdup(ep->url) : NULL;
 	SETOPT(easy, CURLOPT_HTTPHEADER, req->headers);
 	MemoryContextSwitchTo(old);
 	if (ok && setopt_failed != NULL)
@@ -376,6 +519,101 @@ hub_http_release(HubRequest *req)
 		curl_slist_free_all(req->headers);
 		req->headers = NULL;
 	}
+}
+
+/*
+ * hub_http_redact --- text (a response excerpt of req) with every
+ * occurrence of a secret the request carried replaced by "[redacted]": the
+ * bearer token, API key or OAuth2 access token, for basic auth
+ * "user:password", its base64 and the password alone, each also with "/"
+ * escaped as JSON may write it ("\/").  With truncated (the excerpt was cut),
+ * a tail that begins a secret (3 characters or more) is redacted too.  The
+ * result stays within EXCERPT_MAX bytes (a marker is never cut: the text
+ * before it is).  Returns text itself when there is nothing to redact, else a palloc'd
+ * copy.  Never fails but for out of memory.
+ */
+#define REDACTED_LEN 10			/* strlen("[redacted]") */
+
+char *
+hub_http_redact(HubRequest *req, char *text, bool truncated)
+{
+	const char *v[8];
+	int			nv = 0;
+	int			n;
+	size_t		len;
+	StringInfoData out;
+
+	if (req->sent_secret == NULL || req->sent_secret[0] == '\0' || text == NULL)
+		return text;
+	v[nv++] = req->sent_secret;
+	if (req->ep->auth_kind == HUB_AUTH_BASIC)
+	{
+		const char *colon = strchr(req->sent_secret, ':');
+		int			srclen = strlen(req->sent_secret);
+		char	   *b64 = palloc(pg_b64_enc_len(srclen) + 1);
+		int			b64len = pg_b64_encode(req->sent_secret, srclen, b64, pg_b64_enc_len(srclen));
+
+		b64[Max(b64len, 0)] = '\0';
+		if (b64len > 0)
+			v[nv++] = b64;
+		if (colon != NULL && colon[1] != '\0')
+			v[nv++] = colon + 1;
+	}
+	n = nv;
+	for (int i = 0; i < n; i++)
+		if (strchr(v[i], '/') != NULL)
+		{
+			StringInfoData esc;
+
+			initStringInfo(&esc);
+			for (const char *c = v[i]; *c; c++)
+			{
+				if (*c == '/')
+					appendStringInfoChar(&esc, '\\');
+				appendStringInfoChar(&esc, *c);
+			}
+			v[nv++] = esc.data;
+		}
+
+	len = strlen(text);
+	initStringInfo(&out);
+	for (size_t i = 0; i < len;)
+	{
+		size_t		best = 0;
+
+		for (int k = 0; k < nv; k++)
+		{
+			size_t		vl = strlen(v[k]);
+
+			if (vl <= len - i && vl > best && memcmp(text + i, v[k], vl) == 0)
+				best = vl;
+			/* a cut excerpt that ends inside a secret */
+			else if (truncated && vl > len - i && len - i >= 3 && memcmp(text + i, v[k], len - i) == 0)
+				best = Max(best, len - i);
+		}
+		if (best > 0)
+		{
+			/*
+			 * Within the excerpt's size, a marker whole: the record cuts a
+			 * longer excerpt, and a cut marker would end in the secret's
+			 * place with "[redact"
+			 */
+			if (out.len + REDACTED_LEN > EXCERPT_MAX)
+			{
+				out.len = pg_mbcliplen(out.data, out.len, Max(0, EXCERPT_MAX - REDACTED_LEN));
+				out.data[out.len] = '\0';
+				appendStringInfoString(&out, "[redacted]");
+				break;
+			}
+			appendStringInfoString(&out, "[redacted]");
+			i += best;
+		}
+		else if (out.len + 1 > EXCERPT_MAX)
+			break;
+		else
+			appendStringInfoChar(&out, text[i++]);
+	}
+	return out.data;
 }
 
 /* ---------------------------------------------------------------- OAuth2 */
@@ -461,6 +699,11 @@ hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, char **error)
 	if (ep->oauth2_token_url == NULL)
 	{
 		*error = pstrdup("oauth2: the endpoint has no oauth2_token_url");
+		return NULL;
+	}
+	if (hub_url_has_userinfo(ep->oauth2_token_url))
+	{
+		*error = pstrdup("oauth2: the token URL holds user information; the client credentials belong in oauth2_client_id and oauth2_client_secret");
 		return NULL;
 	}
 	easy = curl_easy_init();

@@ -56,6 +56,7 @@ extern void hub_note_outbox_insert(void);
 /* egress policy (workers/egress.c) */
 extern bool hub_egress_address_allowed(const struct sockaddr *addr);
 extern bool hub_egress_url_allowed(const char *url, char **why);
+extern bool hub_url_has_userinfo(const char *url);
 extern bool hub_address_is_public(const struct sockaddr *addr);
 extern void hub_format_address(const struct sockaddr *addr, char *buf, size_t len);
 

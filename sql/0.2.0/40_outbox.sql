@@ -421,7 +421,7 @@ CREATE TABLE hub.operator_audit (
 	reason			text,
 	details			jsonb
 );
-COMMENT ON TABLE hub.operator_audit IS 'Append-only: who (session user) replayed, skipped, paused or resumed what, when and why.';
+COMMENT ON TABLE hub.operator_audit IS 'Append-only: who (session user) replayed, skipped, paused or resumed what, or changed or deleted an endpoint or subscription (however it was done), when and why.';
 COMMENT ON COLUMN hub.operator_audit.target IS 'What the action applied to: a delivery id, an endpoint name or subscription:<id>.';
 
 CREATE TRIGGER attempts_append_only BEFORE UPDATE OR DELETE ON hub.attempts

@@ -61,6 +61,13 @@ AS $$
 DECLARE
 	id integer;
 BEGIN
+	-- (before anything that would show the URL, password and all)
+	IF url ~ '^[^/?#]*(//)?[^/?#]*@' OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
+		RAISE EXCEPTION 'endpoint URL must not contain user information'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A user name or password in the URL would be readable by hub_reader.',
+				  HINT = 'Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret).';
+	END IF;
 	IF url !~* '^https?://[^/?#[:space:]]+' THEN
 		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Only http:// and https:// URLs can be delivered to.';
@@ -888,15 +895,97 @@ AS $$
 $$;
 COMMENT ON FUNCTION hub._audit(text, text, text, jsonb) IS 'API: Private. Append an operator action to hub.operator_audit.';
 
+/*
+ * _audit_change --- trigger on hub.endpoints and hub.subscriptions: every
+ * change of an endpoint's state or settings (enabled, paused, URL, limits,
+ * auth kind, headers, ...; not the circuit breaker's columns, which the
+ * delivery functions change at high rate: the trigger's WHEN leaves those
+ * updates alone) and every change or deletion of a subscription goes to
+ * hub.operator_audit, whichever way it is made: an operator function or a
+ * plain UPDATE or DELETE.  The row's details hold the changed columns
+ * ({"column": {"old": ..., "new": ...}}) or, for a deletion, the row.  An
+ * operator function names its action and reason in the transaction-local
+ * settings hub.audit_action and hub.audit_reason (hub.pause_endpoint,
+ * hub.resume_endpoint), so that its change is audited once, here; without
+ * them the action is update_endpoint, delete_endpoint, update_subscription
+ * or delete_subscription.  (The settings can only relabel a row, never
+ * suppress one.)  SECURITY DEFINER: hub_admin cannot write the audit
+ * itself; the actor is still the session user.
+ */
+CREATE FUNCTION hub._audit_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	circuit constant text[] := ARRAY['circuit_state', 'circuit_opened_at', 'consecutive_failures',
+									 'circuit_probe_until'];
+	what text := CASE TG_TABLE_NAME WHEN 'endpoints' THEN 'endpoint' ELSE 'subscription' END;
+	action text := nullif(current_setting('hub.audit_action', true), '');
+	target text;
+	details jsonb;
+BEGIN
+	IF TG_TABLE_NAME = 'endpoints' THEN
+		target := OLD.name;
+	ELSE
+		target := 'subscription:' || OLD.subscription_id;
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		details := to_jsonb(OLD) - circuit;
+	ELSE
+		SELECT jsonb_object_agg(n.key, jsonb_build_object('old', o.value, 'new', n.value)) INTO details
+		FROM jsonb_each(to_jsonb(NEW) - circuit) n
+		JOIN jsonb_each(to_jsonb(OLD)) o ON o.key = n.key
+		WHERE n.value IS DISTINCT FROM o.value;
+	END IF;
+	PERFORM hub._audit(coalesce(action, lower(TG_OP) || '_' || what), target,
+					   nullif(current_setting('hub.audit_reason', true), ''), details);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION hub._audit_change() IS
+'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
+REVOKE EXECUTE ON FUNCTION hub._audit_change() FROM PUBLIC;
+CREATE TRIGGER endpoint_audit AFTER UPDATE ON hub.endpoints FOR EACH ROW
+	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_probe_until}'::text[])
+		  IS DISTINCT FROM
+		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_probe_until}'::text[])
+		  OR COALESCE(pg_catalog.current_setting('hub.audit_action', true), '') <> '')
+	EXECUTE FUNCTION hub._audit_change();
+CREATE TRIGGER endpoint_audit_delete AFTER DELETE ON hub.endpoints FOR EACH ROW
+	EXECUTE FUNCTION hub._audit_change();
+CREATE TRIGGER subscription_audit AFTER UPDATE ON hub.subscriptions FOR EACH ROW
+	WHEN (OLD.* IS DISTINCT FROM NEW.*)
+	EXECUTE FUNCTION hub._audit_change();
+CREATE TRIGGER subscription_audit_delete AFTER DELETE ON hub.subscriptions FOR EACH ROW
+	EXECUTE FUNCTION hub._audit_change();
+
+/*
+ * _audited --- run by an operator function before the UPDATE it audits:
+ * name the action and reason that hub._audit_change writes for it (NULL
+ * action: clear them again, after the UPDATE).
+ */
+CREATE FUNCTION hub._audited(action text, reason text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.set_config('hub.audit_action', coalesce(action, ''), true),
+		   pg_catalog.set_config('hub.audit_reason', coalesce(reason, ''), true)
+$$;
+COMMENT ON FUNCTION hub._audited(text, text) IS
+'API: Private. Name the action and reason that the audit trigger of hub.endpoints writes for the next change (NULL: clear them).';
+REVOKE EXECUTE ON FUNCTION hub._audited(text, text) FROM PUBLIC;
+
 CREATE FUNCTION hub.pause_endpoint(name text, reason text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- (audited by the trigger on hub.endpoints, as this action)
+	PERFORM hub._audited('pause_endpoint', reason);
 	UPDATE hub.endpoints e SET paused = true WHERE e.name = pause_endpoint.name;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM hub._audit('pause_endpoint', name, reason);
+	PERFORM hub._audited(NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION hub.pause_endpoint(text, text) IS 'Stop handing out the endpoint''s deliveries (they wait, spending no attempts); audited.';
@@ -905,11 +994,13 @@ CREATE FUNCTION hub.resume_endpoint(name text, reason text DEFAULT NULL) RETURNS
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- (audited by the trigger on hub.endpoints, as this action)
+	PERFORM hub._audited('resume_endpoint', reason);
 	UPDATE hub.endpoints e SET paused = false WHERE e.name = resume_endpoint.name;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'endpoint "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM hub._audit('resume_endpoint', name, reason);
+	PERFORM hub._audited(NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION hub.resume_endpoint(text, text) IS 'Resume a paused endpoint; audited.';

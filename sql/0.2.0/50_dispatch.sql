@@ -14,16 +14,31 @@ CREATE FUNCTION hub.egress_allowed(address text) RETURNS boolean
 COMMENT ON FUNCTION hub.egress_allowed(text) IS
 'Would the delivery workers connect to this IPv4 or IPv6 address under the current logistics_hub.egress_allow?';
 
--- endpoints: the URL against the egress policy and header values without CR
--- or LF, whoever writes the row (hub.create_endpoint or an UPDATE by hub_admin)
+/*
+ * endpoints: the URL against the egress policy (and without user
+ * information, refused by hub._egress_check before anything else and
+ * without showing it), header values without CR or LF, and no fixed header
+ * that HTTP's framing, the hub or the credentials own, whoever writes the
+ * row (hub.create_endpoint or an UPDATE by hub_admin).  The list of
+ * reserved names is the one workers/http.c refuses to send
+ * (hub_header_name_reserved); the two must agree.
+ */
 CREATE FUNCTION hub._endpoint_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	h record;
+	-- framing and hop-by-hop headers, then those the hub sets on every request
+	reserved constant text[] := ARRAY['content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive',
+		'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
+		'content-type', 'content-encoding', 'webhook-id', 'webhook-timestamp', 'webhook-signature',
+		'idempotency-key'];
 BEGIN
 	PERFORM hub._egress_check(NEW.url);
+	IF NEW.oauth2_token_url IS NOT NULL THEN
+		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	END IF;
 	IF jsonb_typeof(NEW.headers) <> 'object' THEN
 		RAISE EXCEPTION 'endpoint headers must be a JSON object of names and string values'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -37,18 +52,32 @@ BEGIN
 			RAISE EXCEPTION 'invalid value for header "%"', h.key
 				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header values are strings without CR, LF or other control characters.';
 		END IF;
+		IF lower(h.key) = ANY (reserved) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature and Idempotency-Key are set by the hub.',
+					  HINT = 'Remove the header from headers.';
+		END IF;
+		IF lower(h.key) IN ('authorization', 'proxy-authorization') OR lower(h.key) = lower(NEW.api_key_header) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Fixed headers are readable by hub_reader; credentials are not.',
+					  HINT = 'Pass credentials as auth_kind and auth_secret (with api_key_header for an API key).';
+		END IF;
 	END LOOP;
 	IF NEW.api_key_header IS NOT NULL AND NEW.api_key_header !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
 		RAISE EXCEPTION 'invalid API key header name "%"', NEW.api_key_header USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF NEW.oauth2_token_url IS NOT NULL THEN
-		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	IF lower(NEW.api_key_header) = ANY (reserved) THEN
+		RAISE EXCEPTION 'header "%" cannot be the API key header', NEW.api_key_header
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Framing headers and the headers the hub sets itself are reserved; use a name such as X-API-Key.';
 	END IF;
 	RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION hub._endpoint_check() IS
-'API: Private. Trigger on hub.endpoints: URL and token URL against the egress policy, header names and values safe to send.';
+'API: Private. Trigger on hub.endpoints: URL and token URL against the egress policy and without user information, header names and values safe to send, no framing, hub-set or credential header among the fixed headers.';
 CREATE TRIGGER endpoint_check BEFORE INSERT OR UPDATE OF url, headers, api_key_header, oauth2_token_url
 	ON hub.endpoints FOR EACH ROW EXECUTE FUNCTION hub._endpoint_check();
 

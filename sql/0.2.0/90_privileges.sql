@@ -39,6 +39,7 @@ GRANT USAGE ON SEQUENCE hub._lease_token_seq TO hub_worker;
 GRANT EXECUTE ON FUNCTION
 	hub._route_events(),
 	hub._serves(integer, integer, integer, integer),
+	hub._payload_size(jsonb),
 	hub._serves_share(integer, integer, integer, integer),
 	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint),
 	hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint),

@@ -36,6 +36,10 @@ Paths (a query string is allowed after each):
                              UTF-8 and every byte value, as "JSON"
   /redirect?to=URL           302 to URL
   /redirect-loop             302 to itself, forever
+  /echo-headers              200 with the request's headers as a JSON object
+                             (a receiver that echoes what it got, credentials
+                             included); ?header=NAME echoes only that
+                             header's value, ?pad=N puts N "x" before it
   /oauth/token               OAuth2 client-credentials token endpoint:
                              {"access_token": "tok-N", "expires_in": E};
                              ?delay=MS answers after MS milliseconds (a slow
@@ -211,6 +215,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(302, b"", {"Location": self.path})
         if head == "redirect":
             return self.answer(302, b"", {"Location": q.get("to", "/ok")})
+        if head == "echo-headers":
+            if "header" in q:
+                echoed = self.headers.get(q["header"], "")
+            else:
+                echoed = json.dumps({k: v for k, v in self.headers.items()})
+            out = ("x" * int(q.get("pad", "0")) + echoed).encode()
+            return self.answer(200, out, {"Content-Type": "application/json"})
         if head == "oauth" and parts[1:2] == ["token"]:
             if "delay" in q:
                 time.sleep(int(q["delay"]) / 1000.0)
