@@ -177,6 +177,18 @@ extern HubTokenFetch *hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, 
 extern bool hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error);
 extern void hub_oauth2_release(HubTokenFetch *fetch);
 extern bool hub_header_value_ok(const char *header);
+
+/* step_guard.c: one piece of a step's SQL in a subtransaction */
+typedef struct HubStepError
+{
+	int			sqlerrcode;
+	char	   *message;		/* with its SQLSTATE */
+} HubStepError;
+
+extern bool hub_guard_run(void (*fn) (void *), void *arg, HubStepError *err);
+extern void hub_step_error_take(HubStepError *err);
+extern bool hub_error_is_general(int sqlerrcode);
+extern void hub_guard_pause(int endpoint_id, const char *action, const char *reason);
 extern bool hub_header_name_reserved(const char *header, bool api_key);
 extern char *hub_http_redact(HubRequest *req, char *text, bool truncated);
 

@@ -174,6 +174,7 @@ static TimestampTz retry_due = 0;	/* earliest retry or deferral recorded, 0: non
 static SPIPlanPtr route_plan,
 			claim_plan,
 			claim_transformed_plan,
+			claim_one_plan,
 			probes_plan,
 			endpoints_plan,
 			complete_plan,
@@ -544,7 +545,7 @@ static void
 prepare_plans(void)
 {
 	Oid			claim_types[] = {INT4OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INT4OID, INT4OID,
-	INT4ARRAYOID, INT4ARRAYOID, INT8OID};
+	INT4ARRAYOID, INT4ARRAYOID, INT8OID, INT4OID};
 	Oid			ids[] = {INT4ARRAYOID, INT4OID, INT4OID};
 	Oid			complete_types[] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTOID,
 	TEXTARRAYOID};
@@ -570,6 +571,10 @@ prepare_plans(void)
 	claim_transformed_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
 									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6, $11)",
 									 11, claim_types);
+	/* (claim_types has room for $12, the endpoint) */
+	claim_one_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
+							 "pg_catalog.make_interval(secs => $3), $4, $5, $12, $7, $8, $9, $10, $6, $11)",
+							 12, claim_types);
 	probes_plan = prepare("SELECT " CLAIMED_COLUMNS " FROM hub._claim_probes($1, $2, $3, "
 						  "pg_catalog.make_interval(secs => $4), $5, $6, $7)", 7, probe_types);
 	endpoints_plan = prepare("SELECT * FROM hub._dispatch_endpoints($1, $2, $3)", 3, ids);
@@ -807,12 +812,6 @@ begin_work_step(const char *what)
 }
 
 /*
- * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
- * them) and of every endpoint with queued requests not read for a second:
- * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
- * step's transaction; ids must have room for every known endpoint more.
- */
-/*
  * nshards --- how many dispatchers split the work (hub._serves): a slot
  * beyond the setting, still finishing after it was lowered, counts as one.
  */
@@ -822,6 +821,43 @@ nshards(void)
 	return Max(hub_dispatchers, my_slot + 1);
 }
 
+typedef struct ReloadArgs
+{
+	Datum	   *ids;
+	int			nids;
+} ReloadArgs;
+
+/*
+ * reload_some --- read the settings of these endpoints (inside SPI).  Not
+ * read-only: a fresh snapshot, at least as new as the claim's.  The
+ * transaction's first snapshot can predate a resume_endpoint that the claim
+ * already saw, and the endpoint would then be held paused for a second and
+ * its claimed work given back; and it must see what the claim just changed
+ * (a half-open circuit).
+ */
+static void
+reload_some(void *arg)
+{
+	ReloadArgs *r = arg;
+	Datum		args[3];
+
+	args[0] = PointerGetDatum(construct_array(r->ids, r->nids, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = Int32GetDatum(my_slot);
+	args[2] = Int32GetDatum(nshards());
+	if (SPI_execute_plan(endpoints_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading endpoints failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	pause_unsealed();
+}
+
+/*
+ * reload_endpoints --- re-read the settings of the endpoints in ids (nids of
+ * them) and of every endpoint with queued requests not read for a second:
+ * paused, resumed, re-pointed or its circuit opened meanwhile?  Inside a
+ * step's transaction; ids must have room for every known endpoint more.
+ * An endpoint whose settings cannot be read is paused with the reason.
+ */
 static void
 reload_endpoints(Datum *ids, int nids, TimestampTz now)
 {
@@ -842,73 +878,74 @@ reload_endpoints(Datum *ids, int nids, TimestampTz now)
 	}
 	if (nids > 0)
 	{
-		Datum		args[3];
+		ReloadArgs	a = {ids, nids};
+		HubStepError err;
 
-		args[0] = PointerGetDatum(construct_array(ids, nids, INT4OID, 4, true, TYPALIGN_INT));
-		args[1] = Int32GetDatum(my_slot);
-		args[2] = Int32GetDatum(nshards());
+		if (hub_guard_run(reload_some, &a, &err))
+			return;
+		if (hub_error_is_general(err.sqlerrcode))
+			ereport(ERROR,
+					(errcode(err.sqlerrcode),
+					 errmsg("logistics_hub %s: reading endpoints failed: %s", worker_name, err.message)));
+		/* one at a time: pause the endpoints that cannot be read */
+		for (int i = 0; i < nids; i++)
+		{
+			a.ids = &ids[i];
+			a.nids = 1;
+			if (!hub_guard_run(reload_some, &a, &err))
+			{
+				HubEndpoint *ep = endpoint_get(DatumGetInt32(ids[i]));
 
-		/*
-		 * Not read-only: a fresh snapshot, at least as new as the claim's.
-		 * The transaction's first snapshot can predate a resume_endpoint
-		 * that the claim already saw, and the endpoint would then be held
-		 * paused for a second and its claimed work given back; and it must see
-		 * what the claim just changed (a half-open circuit).
-		 */
-		if (SPI_execute_plan(endpoints_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading endpoints failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-			endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-		pause_unsealed();
+				ereport(hub_error_is_general(err.sqlerrcode) ? ERROR : WARNING,
+						(errcode(err.sqlerrcode),
+						 errmsg("logistics_hub %s: reading endpoint %d failed: %s",
+								worker_name, ep->endpoint_id, err.message)));
+				hub_guard_pause(ep->endpoint_id, "pause_failing",
+								psprintf("a dispatcher could not read its settings: %s", err.message));
+				/* its queue is given back; read again in a second */
+				ep->usable = false;
+				ep->usable_again = now + USECS_PER_SEC;
+				ep->loaded = true;
+				ep->loaded_at = now;
+			}
+		}
 	}
 }
 
 /*
- * claim --- one transaction: lease up to max events and, beyond the first
- * delivery, logistics_hub.claim_max_bytes payload bytes, render them into
- * requests, refresh stale endpoint settings.  A batch delivery (formed by
- * routing) comes as one row per event and becomes one request; deliveries
- * of single events of a batch subscription (a replay) are grouped per
- * subscription up to batch_max events.  The claim asks for as many
- * deliveries as the last claims' events per delivery suggest, so that
- * batches of a hundred do not have a thousand deliveries locked to take
- * ten.  Returns the number of events claimed.
+ * The claim's statements and what they return: the arguments of the claim
+ * plans (args[11]: one endpoint, for claim_one_plan), the tuple tables of
+ * the rows claimed, in order, and how many of them the claim proper gave
+ * (the probes come after).
  */
-static int
-claim(int max)
+typedef struct HubClaim
 {
-	static double events_per_delivery = 1.0;
-	Datum		args[11];
+	Datum		args[12];
+	bool		transforms;
+	List	   *tables;			/* of SPITupleTable * */
+	int			nclaimed;
+} HubClaim;
+
+static double claim_events_per_delivery = 1.0;
+
+/* claim_args --- the claim plans' arguments for a claim of max events */
+static void
+claim_args(HubClaim *c, int max)
+{
 	int64	   *held_ids;
 	int64	   *held;
 	int			nheld = 0;
 	HASH_SEQ_STATUS seq;
 	HubEndpoint *known;
-	int			n;
-	int			ndeliveries = 0;
-	int64		last_delivery = -1;
-	Datum	   *ids;
-	int			nids = 0;
-	HubRequest *open_batch = NULL;
-	HubGroup   *group = NULL;
-	int			group_filled = 0;
-	TimestampTz now = GetCurrentTimestamp();
-	bool		transforms;
-	bool		isnull_transforms;
-	SPITupleTable *claimed;
-	SPITupleTable *probes;
-	int			nclaimed;
 
-	begin_work_step("logistics_hub: claim");
-
-	args[0] = Int32GetDatum(Max(1, Min(max, (int) ceil(max / events_per_delivery))));
-	args[1] = CStringGetTextDatum(worker_name);
-	args[2] = Int32GetDatum(hub_lease_seconds);
-	args[3] = Int32GetDatum(my_slot);
-	args[4] = Int32GetDatum(nshards());
-	args[5] = CStringGetTextDatum(hub_event_source);
-	args[6] = Int32GetDatum(max);
-	args[7] = Int32GetDatum(CLAIM_ROUNDS);
+	c->args[0] = Int32GetDatum(Max(1, Min(max, (int) ceil(max / claim_events_per_delivery))));
+	c->args[1] = CStringGetTextDatum(worker_name);
+	c->args[2] = Int32GetDatum(hub_lease_seconds);
+	c->args[3] = Int32GetDatum(my_slot);
+	c->args[4] = Int32GetDatum(nshards());
+	c->args[5] = CStringGetTextDatum(hub_event_source);
+	c->args[6] = Int32GetDatum(max);
+	c->args[7] = Int32GetDatum(CLAIM_ROUNDS);
 	/* what this dispatcher holds of each endpoint: queued and in flight */
 	held_ids = palloc(sizeof(int64) * (hash_get_num_entries(endpoints) + 1));
 	held = palloc(sizeof(int64) * (hash_get_num_entries(endpoints) + 1));
@@ -920,30 +957,227 @@ claim(int max)
 		held_ids[nheld] = known->endpoint_id;
 		held[nheld++] = known->queued + known->in_flight;
 	}
-	args[8] = int_array(held_ids, nheld, false);
-	args[9] = int_array(held, nheld, false);
-	args[10] = Int64GetDatum(hub_claim_max_bytes);
+	c->args[8] = int_array(held_ids, nheld, false);
+	c->args[9] = int_array(held, nheld, false);
+	c->args[10] = Int64GetDatum(hub_claim_max_bytes);
+	c->args[11] = Int32GetDatum(0);
+	c->transforms = false;
+	c->tables = NIL;
+	c->nclaimed = 0;
+}
 
-	/* route; is a transform configured? */
+/* claim_route --- route what is not routed yet; is a transform configured? */
+static void
+claim_route(void *arg)
+{
+	HubClaim   *c = arg;
+	bool		isnull;
+
 	if (SPI_execute_plan(route_plan, NULL, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "routing events failed");
-	transforms = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_transforms));
-	/* lease */
-	if (SPI_execute_plan(transforms ? claim_transformed_plan : claim_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "claiming deliveries failed");
-	claimed = SPI_tuptable;
-	nclaimed = (int) SPI_processed;
-	/* probe half-open circuits (the claim's table stays until SPI_finish) */
-	{
-		Datum		pargs[7] = {args[0], Int32GetDatum(nclaimed), args[1], args[2], args[3], args[4], args[5]};
+	c->transforms = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
 
-		if (SPI_execute_plan(probes_plan, pargs, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "probing endpoints failed");
+/* claim_route_each --- routing's slow path, event by event */
+static void
+claim_route_each(void *arg)
+{
+	HubClaim   *c = arg;
+
+	if (SPI_execute("SELECT hub._route_events_each()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "routing events one by one failed");
+	c->transforms = true;		/* (the transformed claim checks for itself) */
+}
+
+/* claim_keep --- keep the rows of the statement just run */
+static void
+claim_keep(HubClaim *c, int ret, const char *what)
+{
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "%s failed", what);
+	c->tables = lappend(c->tables, SPI_tuptable);
+}
+
+/* claim_lease --- lease ready deliveries of the endpoints this dispatcher serves */
+static void
+claim_lease(void *arg)
+{
+	HubClaim   *c = arg;
+
+	claim_keep(c, SPI_execute_plan(c->transforms ? claim_transformed_plan : claim_plan, c->args, NULL, false, 0),
+			   "claiming deliveries");
+	c->nclaimed += (int) SPI_processed;
+}
+
+/* claim_lease_one --- claim_lease for one endpoint, args[11] */
+static void
+claim_lease_one(void *arg)
+{
+	HubClaim   *c = arg;
+
+	claim_keep(c, SPI_execute_plan(claim_one_plan, c->args, NULL, false, 0), "claiming deliveries of an endpoint");
+	c->nclaimed += (int) SPI_processed;
+}
+
+/* claim_probes --- one probe for each half-open circuit */
+static void
+claim_probes(void *arg)
+{
+	HubClaim   *c = arg;
+	Datum		pargs[7] = {c->args[0], Int32GetDatum(c->nclaimed), c->args[1], c->args[2], c->args[3],
+	c->args[4], c->args[5]};
+
+	claim_keep(c, SPI_execute_plan(probes_plan, pargs, NULL, false, 0), "probing endpoints");
+}
+
+/* a piece of an isolated claim failed: fatal when the server is at fault */
+static void
+claim_piece_failed(const char *what, HubStepError *err)
+{
+	ereport(hub_error_is_general(err->sqlerrcode) ? ERROR : WARNING,
+			(errcode(err->sqlerrcode),
+			 errmsg("logistics_hub %s: %s failed: %s", worker_name, what, err->message)));
+}
+
+/*
+ * claim_isolated --- the claim's statements again, after they failed
+ * together, each piece in a subtransaction of its own so that what fails
+ * because of one event or endpoint stops only that one: routing event by
+ * event if it fails as a whole (an event that cannot be routed is kept in
+ * hub.unroutable_events), then a claim for each endpoint with work for
+ * this dispatcher, sharing the claim's budget (an endpoint whose claim
+ * fails is paused with the reason), then the probes.  Slower, and only
+ * for the claim after a failure.
+ */
+static void
+claim_isolated(HubClaim *c)
+{
+	HubStepError err;
+	Datum		sargs[2] = {c->args[3], c->args[4]};
+	Oid			stypes[2] = {INT4OID, INT4OID};
+	Datum	   *eps;
+	int			neps;
+	bool		isnull;
+
+	if (!hub_guard_run(claim_route, c, &err))
+	{
+		claim_piece_failed("routing (now event by event)", &err);
+		if (!hub_guard_run(claim_route_each, c, &err))
+			claim_piece_failed("routing event by event", &err);
+		c->transforms = true;
 	}
-	probes = SPI_tuptable;
-	n = nclaimed + (int) SPI_processed;
+
+	if (SPI_execute_with_args("SELECT hub._ready_endpoints($1, $2)", 2, stypes, sargs, NULL, false, 0)
+		!= SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading the endpoints with work failed");
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+					  INT4OID, 4, true, TYPALIGN_INT, &eps, NULL, &neps);
+	if (neps > 1)
+	{
+		/* the claim's budget, shared */
+		c->args[0] = Int32GetDatum(Max(1, DatumGetInt32(c->args[0]) / neps));
+		c->args[6] = Int32GetDatum(Max(1, DatumGetInt32(c->args[6]) / neps));
+		c->args[10] = Int64GetDatum(Max(1, hub_claim_max_bytes / neps));
+	}
+	for (int i = 0; i < neps; i++)
+	{
+		c->args[11] = eps[i];
+		if (!hub_guard_run(claim_lease_one, c, &err))
+		{
+			claim_piece_failed(psprintf("the claim of endpoint %d", DatumGetInt32(eps[i])), &err);
+			hub_guard_pause(DatumGetInt32(eps[i]), "pause_failing",
+							psprintf("a dispatcher could not claim its deliveries: %s", err.message));
+		}
+	}
+	if (!hub_guard_run(claim_probes, c, &err))
+		claim_piece_failed("probing half-open circuits", &err);
+}
+
+/*
+ * claim_statements --- begin the claim's transaction and run its
+ * statements, all at once; when they fail for a reason of the data (not
+ * the server's: then the worker exits and starts again), abort, say so,
+ * and do them again piece by piece in a new transaction (claim_isolated).
+ */
+static void
+claim_statements(HubClaim *c, int max)
+{
+	volatile bool failed = false;
+	HubStepError err;
+
+	begin_work_step("logistics_hub: claim");
+	claim_args(c, max);
+	PG_TRY();
+	{
+		claim_route(c);
+		claim_lease(c);
+		claim_probes(c);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(loop_cxt);
+		hub_step_error_take(&err);
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(loop_cxt);
+		failed = true;
+	}
+	PG_END_TRY();
+	if (!failed)
+		return;
+	if (hub_error_is_general(err.sqlerrcode))
+		ereport(ERROR,
+				(errcode(err.sqlerrcode),
+				 errmsg("logistics_hub %s: claim failed: %s", worker_name, err.message)));
+	ereport(WARNING,
+			(errcode(err.sqlerrcode),
+			 errmsg("logistics_hub %s: claim failed: %s", worker_name, err.message),
+			 errdetail("Claiming again piece by piece, so that only what fails stops.")));
+	begin_work_step("logistics_hub: claim, piece by piece");
+	claim_args(c, max);
+	claim_isolated(c);
+}
+
+/*
+ * claim --- one transaction: lease up to max events and, beyond the first
+ * delivery, logistics_hub.claim_max_bytes payload bytes, render them into
+ * requests, refresh stale endpoint settings.  A batch delivery (formed by
+ * routing) comes as one row per event and becomes one request; deliveries
+ * of single events of a batch subscription (a replay) are grouped per
+ * subscription up to batch_max events.  The claim asks for as many
+ * deliveries as the last claims' events per delivery suggest, so that
+ * batches of a hundred do not have a thousand deliveries locked to take
+ * ten.  When the claim's statements fail together for a reason of the data
+ * (not the server's: then the worker exits and starts again), the claim is
+ * done again piece by piece (claim_isolated).  Returns the number of
+ * events claimed.
+ */
+static int
+claim(int max)
+{
+	HubClaim	c;
+	int			n;
+	int			ndeliveries = 0;
+	int64		last_delivery = -1;
+	Datum	   *ids;
+	int			nids = 0;
+	HubRequest *open_batch = NULL;
+	HubGroup   *group = NULL;
+	int			group_filled = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	ListCell   *tc;
+	SPITupleTable *table;
+	uint64		row;
+
+	claim_statements(&c, max);
+
+	n = 0;
+	foreach(tc, c.tables)
+		n += (int) ((SPITupleTable *) lfirst(tc))->numvals;
 	ids = palloc(sizeof(Datum) * (n + 1 + hash_get_num_entries(endpoints)));
 
+	tc = list_head(c.tables);
+	table = tc ? lfirst(tc) : NULL;
+	row = 0;
 	for (int i = 0; i < n; i++)
 	{
 		Datum		v[9];
@@ -960,10 +1194,13 @@ claim(int max)
 		HubRequest *req;
 
 		/* one pass over the row (a batch claim has one per event) */
-		if (i < nclaimed)
-			heap_deform_tuple(claimed->vals[i], claimed->tupdesc, v, isnull);
-		else
-			heap_deform_tuple(probes->vals[i - nclaimed], probes->tupdesc, v, isnull);
+		while (row >= table->numvals)
+		{
+			tc = lnext(c.tables, tc);
+			table = lfirst(tc);
+			row = 0;
+		}
+		heap_deform_tuple(table->vals[row++], table->tupdesc, v, isnull);
 		delivery_id = DatumGetInt64(v[0]);
 		token = DatumGetInt64(v[1]);
 		ep = endpoint_get(DatumGetInt32(v[2]));
@@ -1043,7 +1280,7 @@ claim(int max)
 	}
 	group_finish(group, group_filled);
 	if (ndeliveries > 0)
-		events_per_delivery = (double) n / ndeliveries;
+		claim_events_per_delivery = (double) n / ndeliveries;
 
 	reload_endpoints(ids, nids, now);
 	end_step();
@@ -1606,21 +1843,175 @@ record_group(HubGroup *g, HubDone *done, Datum *failed_eps, int *nfailed)
 }
 
 /*
- * record --- one transaction for every finished request: successes in
- * bulk, failures and deferrals one by one, lease groups once all their
- * requests are in.  Then the endpoints that failed are re-read: an opened
- * circuit gives their queues back.
+ * record_write --- one transaction for the outcomes of these requests
+ * (singles: HubResults of requests not in a lease group) and lease groups
+ * (all their outcomes in): successes in bulk, failures and deferrals one by
+ * one.  Then the endpoints that failed are re-read: an opened circuit gives
+ * their queues back.
  */
 static void
-record(void)
+record_write(List *singles, List *groups)
 {
 	int			cap = 0;
-	int			nresults_here = 0;
 	HubDone		done = {0};
 	ListCell   *lc;
 	Datum	   *failed_eps;
 	int			nfailed = 0;
+
+	foreach(lc, singles)
+		cap += ((HubResult *) lfirst(lc))->req->n;
+	foreach(lc, groups)
+		cap += ((HubGroup *) lfirst(lc))->n;
+	if (cap == 0)
+		return;
+
+	begin_step("logistics_hub: record results");
+	prepare_plans();
+	done.ids = palloc(sizeof(int64) * cap);
+	done.tokens = palloc(sizeof(int64) * cap);
+	done.statuses = palloc(sizeof(int64) * cap);
+	done.latencies = palloc(sizeof(int64) * cap);
+	done.excerpts = palloc(sizeof(Datum) * cap);
+	done.excerpt_nulls = palloc(sizeof(bool) * cap);
+	done.events = palloc(sizeof(Datum) * cap);
+	done.event_nulls = palloc(sizeof(bool) * cap);
+	failed_eps = palloc(sizeof(Datum) * (list_length(singles) + list_length(groups) + 1));
+
+	foreach(lc, singles)
+	{
+		HubResult  *r = lfirst(lc);
+		HubRequest *req = r->req;
+		char	   *excerpt = req->excerpt.len > 0 ? excerpt_text(req) : NULL;
+
+		for (int i = 0; i < req->n; i++)
+		{
+			if (r->deferred)
+				record_deferral(req->delivery_ids[i], req->lease_tokens[i], r->defer_until);
+			else if (r->error == NULL)
+				done_add(&done, req->delivery_ids[i], req->lease_tokens[i], r->http_status,
+						 r->latency_ms, excerpt, NULL);
+			else
+			{
+				/* a failed request counts once towards the circuit breaker */
+				record_failure(req->delivery_ids[i], req->lease_tokens[i], r->http_status, r->error,
+							   r->latency_ms, excerpt, r->retry_after_s, i == 0 && !r->counted);
+				if (i == 0)
+					failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
+			}
+		}
+	}
+	foreach(lc, groups)
+		record_group(lfirst(lc), &done, failed_eps, &nfailed);
+
+	if (done.n > 0)
+	{
+		Datum		a[7];
+		char		nulls[7] = "       ";
+		int			dims[1] = {done.n};
+		int			lbs[1] = {1};
+
+		a[0] = int_array(done.ids, done.n, true);
+		a[1] = int_array(done.tokens, done.n, true);
+		a[2] = int_array(done.statuses, done.n, false);
+		a[3] = int_array(done.latencies, done.n, false);
+		a[4] = PointerGetDatum(construct_md_array(done.excerpts, done.excerpt_nulls, 1, dims, lbs,
+												  TEXTOID, -1, false, TYPALIGN_INT));
+		a[5] = CStringGetTextDatum(worker_name);
+		if (done.any_event)
+			a[6] = PointerGetDatum(construct_md_array(done.events, done.event_nulls, 1, dims, lbs,
+													  TEXTOID, -1, false, TYPALIGN_INT));
+		else
+		{
+			a[6] = (Datum) 0;
+			nulls[6] = 'n';
+		}
+		if (SPI_execute_plan(complete_plan, a, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "recording deliveries failed");
+		/* a per-key successor of what was delivered is claimable now */
+		note_due(GetCurrentTimestamp());
+	}
+	if (nfailed > 0)
+	{
+		Datum		a[3];
+
+		a[0] = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
+		a[1] = Int32GetDatum(my_slot);
+		a[2] = Int32GetDatum(nshards());
+
+		/*
+		 * not read-only: a read-only execution uses the step's first
+		 * snapshot and would not see the circuit the failures above
+		 * just opened
+		 */
+		if (SPI_execute_plan(endpoints_plan, a, NULL, false, 0) == SPI_OK_SELECT)
+		{
+			for (uint64 i = 0; i < SPI_processed; i++)
+				endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+			pause_unsealed();
+		}
+	}
+	end_step();
+}
+
+/*
+ * record_guarded --- record_write, its transaction aborted when it fails;
+ * false then, with the error in *err.  An error of the server's (not of
+ * these outcomes) ends the worker, as before.
+ */
+static bool
+record_guarded(List *singles, List *groups, HubStepError *err)
+{
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		record_write(singles, groups);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(loop_cxt);
+		hub_step_error_take(err);
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(loop_cxt);
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok && hub_error_is_general(err->sqlerrcode))
+		ereport(ERROR,
+				(errcode(err->sqlerrcode),
+				 errmsg("logistics_hub %s: recording outcomes failed: %s", worker_name, err->message)));
+	return ok;
+}
+
+/* record_pause --- in a transaction of its own, pause an endpoint whose outcomes cannot be recorded */
+static void
+record_pause(HubEndpoint *ep, HubStepError *err)
+{
+	ereport(WARNING,
+			(errcode(err->sqlerrcode),
+			 errmsg("logistics_hub %s: recording an outcome of endpoint %d failed: %s",
+					worker_name, ep->endpoint_id, err->message)));
+	begin_step("logistics_hub: pause an endpoint");
+	hub_guard_pause(ep->endpoint_id, "pause_failing",
+					psprintf("a dispatcher could not record an outcome: %s", err->message));
+	end_step();
+}
+
+/*
+ * record --- the outcomes of every finished request, lease groups once all
+ * their requests are in, in one transaction (record_write).  When that
+ * fails because of some outcome, each request's or group's outcome is
+ * recorded again in a transaction of its own: one that still fails is
+ * dropped (its lease runs out, and it is sent again) and its endpoint
+ * paused with the reason, so that it cannot fail every record step.
+ */
+static void
+record(void)
+{
+	ListCell   *lc;
+	List	   *singles = NIL;
 	List	   *groups = NIL;
+	HubStepError err;
 
 	if (results == NIL)
 		return;
@@ -1637,10 +2028,9 @@ record(void)
 		HubGroup   *g = req->group;
 		HubGroupSlot *sl;
 
-		nresults_here++;
 		if (g == NULL)
 		{
-			cap += req->n;
+			singles = lappend(singles, r);
 			continue;
 		}
 		sl = &g->slots[req->group_slot];
@@ -1653,98 +2043,29 @@ record(void)
 		sl->defer_until = r->defer_until;
 		sl->counted = r->counted;
 		if (--g->left == 0)
-		{
 			groups = lappend(groups, g);
-			cap += g->n;
-		}
 	}
 
-	if (cap > 0)
+	if (!record_guarded(singles, groups, &err))
 	{
-		begin_step("logistics_hub: record results");
-		prepare_plans();
-		done.ids = palloc(sizeof(int64) * cap);
-		done.tokens = palloc(sizeof(int64) * cap);
-		done.statuses = palloc(sizeof(int64) * cap);
-		done.latencies = palloc(sizeof(int64) * cap);
-		done.excerpts = palloc(sizeof(Datum) * cap);
-		done.excerpt_nulls = palloc(sizeof(bool) * cap);
-		done.events = palloc(sizeof(Datum) * cap);
-		done.event_nulls = palloc(sizeof(bool) * cap);
-		failed_eps = palloc(sizeof(Datum) * (nresults_here + list_length(groups)));
-
-		foreach(lc, results)
+		ereport(WARNING,
+				(errcode(err.sqlerrcode),
+				 errmsg("logistics_hub %s: recording outcomes failed: %s", worker_name, err.message),
+				 errdetail("Recording them again one request at a time, so that only what fails stops.")));
+		foreach(lc, singles)
 		{
 			HubResult  *r = lfirst(lc);
-			HubRequest *req = r->req;
-			char	   *excerpt;
 
-			if (req->group != NULL)
-				continue;
-			excerpt = req->excerpt.len > 0 ? excerpt_text(req) : NULL;
-			for (int i = 0; i < req->n; i++)
-			{
-				if (r->deferred)
-					record_deferral(req->delivery_ids[i], req->lease_tokens[i], r->defer_until);
-				else if (r->error == NULL)
-					done_add(&done, req->delivery_ids[i], req->lease_tokens[i], r->http_status,
-							 r->latency_ms, excerpt, NULL);
-				else
-				{
-					/* a failed request counts once towards the circuit breaker */
-					record_failure(req->delivery_ids[i], req->lease_tokens[i], r->http_status, r->error,
-								   r->latency_ms, excerpt, r->retry_after_s, i == 0 && !r->counted);
-					if (i == 0)
-						failed_eps[nfailed++] = Int32GetDatum(req->ep->endpoint_id);
-				}
-			}
+			if (!record_guarded(list_make1(r), NIL, &err))
+				record_pause(r->req->ep, &err);
 		}
 		foreach(lc, groups)
-			record_group(lfirst(lc), &done, failed_eps, &nfailed);
-
-		if (done.n > 0)
 		{
-			Datum		a[7];
-			char		nulls[7] = "       ";
-			int			dims[1] = {done.n};
-			int			lbs[1] = {1};
+			HubGroup   *g = lfirst(lc);
 
-			a[0] = int_array(done.ids, done.n, true);
-			a[1] = int_array(done.tokens, done.n, true);
-			a[2] = int_array(done.statuses, done.n, false);
-			a[3] = int_array(done.latencies, done.n, false);
-			a[4] = PointerGetDatum(construct_md_array(done.excerpts, done.excerpt_nulls, 1, dims, lbs,
-													  TEXTOID, -1, false, TYPALIGN_INT));
-			a[5] = CStringGetTextDatum(worker_name);
-			if (done.any_event)
-				a[6] = PointerGetDatum(construct_md_array(done.events, done.event_nulls, 1, dims, lbs,
-														  TEXTOID, -1, false, TYPALIGN_INT));
-			else
-			{
-				a[6] = (Datum) 0;
-				nulls[6] = 'n';
-			}
-			SPI_execute_plan(complete_plan, a, nulls, false, 0);
-			/* a per-key successor of what was delivered is claimable now */
-			note_due(GetCurrentTimestamp());
+			if (!record_guarded(NIL, list_make1(g), &err))
+				record_pause(g->ep, &err);
 		}
-		if (nfailed > 0)
-		{
-			Datum		arg = PointerGetDatum(construct_array(failed_eps, nfailed, INT4OID, 4, true, TYPALIGN_INT));
-
-			/*
-			 * not read-only: a read-only execution uses the step's first
-			 * snapshot and would not see the circuit the failures above
-			 * just opened
-			 */
-			if (SPI_execute_plan(endpoints_plan, &arg, NULL, false, 0) == SPI_OK_SELECT)
-			{
-				for (uint64 i = 0; i < SPI_processed; i++)
-					endpoint_load(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-				pause_unsealed();
-			}
-		}
-		end_step();
 	}
 
 	foreach(lc, groups)
@@ -1832,51 +2153,43 @@ release_retired_leases(void)
  */
 #define RETENTION_SLICE 10000
 
+/* retention_slice --- one slice (inside SPI); *(bool *) arg: was it full? */
+static void
+retention_slice(void *arg)
+{
+	bool	   *more = arg;
+
+	/* (by name: inbox_removed is missing before the extension's update) */
+	if (hub_function_exists("run_retention") &&
+		SPI_execute("SELECT * FROM hub.run_retention(max_events => " CppAsString2(RETENTION_SLICE) ")",
+					false, 0) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		const char *const counts[] = {"events_removed", "inbox_removed"};
+
+		for (int i = 0; i < (int) lengthof(counts); i++)
+		{
+			int			col = SPI_fnumber(SPI_tuptable->tupdesc, counts[i]);
+			bool		isnull = true;
+			Datum		n = col > 0 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull)
+				: (Datum) 0;
+
+			if (!isnull && DatumGetInt64(n) >= RETENTION_SLICE)
+				*more = true;
+		}
+	}
+}
+
 static bool
 run_retention(void)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool more = false;
+	bool		more = false;
+	HubStepError err;
 
 	begin_step("logistics_hub: retention");
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		/* (by name: inbox_removed is missing before the extension's update) */
-		if (hub_function_exists("run_retention") &&
-			SPI_execute("SELECT * FROM hub.run_retention(max_events => " CppAsString2(RETENTION_SLICE) ")",
-						false, 0) == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			const char *const counts[] = {"events_removed", "inbox_removed"};
-
-			for (int i = 0; i < (int) lengthof(counts); i++)
-			{
-				int			col = SPI_fnumber(SPI_tuptable->tupdesc, counts[i]);
-				bool		isnull = true;
-				Datum		n = col > 0 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull)
-					: (Datum) 0;
-
-				if (!isnull && DatumGetInt64(n) >= RETENTION_SLICE)
-					more = true;
-			}
-		}
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING, (errmsg("logistics_hub retention failed: %s", edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	if (!hub_guard_run(retention_slice, &more, &err))
+		ereport(WARNING,
+				(errcode(err.sqlerrcode),
+				 errmsg("logistics_hub retention failed: %s", err.message)));
 	end_step();
 	return more;
 }

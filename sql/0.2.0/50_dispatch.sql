@@ -366,3 +366,155 @@ GRANT EXECUTE ON FUNCTION hub.egress_allowed(text) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.webhook_signature(text, text, bigint, text),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text)
 	TO hub_reader, hub_writer;
+
+-- ---------------------------------------------------------------- isolation
+
+/*
+ * What a dispatcher does when its claim fails as a whole (extension
+ * workers/dispatcher.c, claim_isolated): it claims again endpoint by
+ * endpoint, so that what fails because of one event, subscription or
+ * endpoint stops only that one.  An event that routing cannot take is kept
+ * in hub.unroutable_events, with the error, and routing goes on past it;
+ * an endpoint whose claim, settings or outcomes cannot be handled is
+ * paused with the reason audited (hub._pause_by_worker).  Nothing here runs
+ * while the ordinary claim works.
+ */
+CREATE TABLE hub.unroutable_events (
+	event_id		uuid PRIMARY KEY,
+	error			text NOT NULL,
+	failed_at		timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE hub.unroutable_events IS
+'Events that routing could not give deliveries to (the error kept); routing went on past them. Fix the cause, then backfill with hub.replay(subscription_id, reason, from_time, to_time) and delete the row.';
+
+/*
+ * _event_matches --- does a subscription (pattern, filter, creation time)
+ * take this event?  The rule of hub._route_events, for its slow path.
+ */
+CREATE FUNCTION hub._event_matches(event_pattern text, filter jsonb, created_at timestamptz,
+								   event_type text, payload jsonb, published_at timestamptz)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT split_part(event_pattern, '.', 1) IN ('*', split_part(event_type, '.', 1))
+		AND split_part(event_pattern, '.', 2) IN ('*', split_part(event_type, '.', 2))
+		AND (filter IS NULL OR payload @> filter)
+		AND created_at <= published_at
+$$;
+COMMENT ON FUNCTION hub._event_matches(text, jsonb, timestamptz, text, jsonb, timestamptz) IS
+'API: Private. Whether a subscription (pattern, filter, created_at) takes an event (type, payload, published_at).';
+
+/*
+ * _route_events_each --- hub._route_events one event at a time, each in a
+ * subtransaction of its own: an event whose deliveries cannot be made goes
+ * to hub.unroutable_events, with a WARNING, and the others are routed.
+ * Every delivery made here is of one event (batch and lease-group
+ * subscriptions get theirs unbatched: the dispatcher batches single
+ * deliveries of a batch subscription again).  The slow path of a routing
+ * that failed as a whole.
+ */
+CREATE FUNCTION hub._route_events_each() RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cur pg_snapshot := pg_current_snapshot();
+	prev pg_snapshot;
+	ev record;
+	k bigint;
+	n bigint := 0;
+BEGIN
+	SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN 0;
+	END IF;
+	FOR ev IN
+		SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+		FROM (SELECT o.* FROM hub.outbox o
+			  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+			  UNION ALL
+			  SELECT o.* FROM pg_snapshot_xip(prev) x
+			  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
+		WHERE pg_visible_in_snapshot(hub._event_xid(o.event_id), cur)
+		ORDER BY o.seq
+	LOOP
+		BEGIN
+			INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering,
+										priority, batch_events)
+			SELECT s.subscription_id, s.endpoint_id, ev.event_id, ev.seq, ev.aggregate_id, s.ordering, s.priority, NULL
+			FROM (SELECT * FROM hub.subscriptions FOR KEY SHARE) s
+			WHERE hub._event_matches(s.event_pattern, s.filter, s.created_at, ev.event_type, ev.payload,
+									 ev.published_at)
+			ON CONFLICT (subscription_id, event_id) DO NOTHING;
+			GET DIAGNOSTICS k = ROW_COUNT;
+			n := n + k;
+		EXCEPTION WHEN OTHERS THEN
+			INSERT INTO hub.unroutable_events AS u (event_id, error)
+			VALUES (ev.event_id, SQLSTATE || ': ' || SQLERRM)
+			ON CONFLICT (event_id) DO UPDATE SET error = excluded.error, failed_at = excluded.failed_at;
+			RAISE WARNING 'event % could not be routed and is kept in hub.unroutable_events: %', ev.event_id, SQLERRM
+				USING ERRCODE = SQLSTATE;
+		END;
+	END LOOP;
+	UPDATE hub._router_state SET snapshot = cur, watermark = pg_snapshot_xmin(cur);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION hub._route_events_each() IS
+'API: Private. Route what hub._route_events would, one event at a time: an event whose deliveries cannot be made is kept in hub.unroutable_events (with a WARNING) and the others are routed.';
+
+/*
+ * _ready_endpoints --- the endpoints a dispatcher (shard of nshards) would
+ * claim from now: usable, closed circuit, served by it, with a delivery due.
+ */
+CREATE FUNCTION hub._ready_endpoints(shard integer, nshards integer) RETURNS integer[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(array_agg(e.endpoint_id ORDER BY e.endpoint_id), '{}')
+	FROM hub.endpoints e
+	WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+		AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END)
+		AND EXISTS (SELECT 1 FROM hub.deliveries d
+					WHERE d.endpoint_id = e.endpoint_id AND d.state IN ('pending', 'retry_wait', 'in_flight')
+					  AND d.next_attempt_at <= now())
+$$;
+COMMENT ON FUNCTION hub._ready_endpoints(integer, integer) IS
+'API: Private. The endpoints a dispatcher (shard of nshards) would claim from: enabled, not paused, circuit closed, served by it, with a delivery due.';
+
+/*
+ * _pause_by_worker --- a dispatcher pauses an endpoint it cannot serve
+ * (secrets that do not open, a claim, settings or outcome that fail
+ * because of it): audited as action with the reason, a WARNING naming the
+ * endpoint; nothing when it is paused already.
+ */
+CREATE FUNCTION hub._pause_by_worker(endpoint_id integer, action text, reason text) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ep text;
+BEGIN
+	-- (audited by the trigger on hub.endpoints, as this action)
+	PERFORM hub._audited(action, reason);
+	UPDATE hub.endpoints e SET paused = true
+	WHERE e.endpoint_id = _pause_by_worker.endpoint_id AND NOT e.paused
+	RETURNING e.name INTO ep;
+	PERFORM hub._audited(NULL, NULL);
+	IF ep IS NOT NULL THEN
+		RAISE WARNING 'endpoint "%" paused: %', ep, reason
+			USING HINT = 'Fix the cause, then hub.resume_endpoint().';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._pause_by_worker(integer, text, text) IS
+'API: Private. Pause an endpoint a dispatcher cannot serve, audited as action with the reason, with a WARNING naming the endpoint.';
+
+REVOKE EXECUTE ON FUNCTION hub._event_matches(text, jsonb, timestamptz, text, jsonb, timestamptz),
+	hub._route_events_each(), hub._ready_endpoints(integer, integer), hub._pause_by_worker(integer, text, text)
+	FROM PUBLIC;
+GRANT SELECT ON hub.unroutable_events TO hub_reader;
+GRANT SELECT, DELETE ON hub.unroutable_events TO hub_admin;

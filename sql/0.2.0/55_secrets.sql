@@ -104,11 +104,13 @@ AS $$
 DECLARE
 	ep text;
 BEGIN
+	-- (audited by the trigger on hub.endpoints, as this action)
+	PERFORM hub._audited('pause_unsealed', reason);
 	UPDATE hub.endpoints e SET paused = true
 	WHERE e.endpoint_id = _pause_unsealed.endpoint_id AND NOT e.paused
 	RETURNING e.name INTO ep;
+	PERFORM hub._audited(NULL, NULL);
 	IF ep IS NOT NULL THEN
-		PERFORM hub._audit('pause_unsealed', ep, reason);
 		RAISE WARNING 'endpoint "%" paused: %', ep, reason
 			USING HINT = 'Load the secret key it was sealed with (logistics_hub.secret_key_file or logistics_hub.previous_secret_key_files) and restart the server, or set its secrets again; then hub.resume_endpoint().';
 	END IF;

@@ -19,7 +19,9 @@
  * 'processing' state: a claim is a row lock, so a processor that dies
  * loses nothing.  The claim and the state changes are private SECURITY
  * DEFINER helpers, while process_inbox() itself runs with its caller's
- * rights, so handlers never run with the extension owner's privileges.
+ * rights, and each handler as its own owner (hub._run_handler), so a
+ * handler never runs with the privileges of the extension's owner or of
+ * whoever processes the inbox.
  * All tables are WAL-logged.
  */
 

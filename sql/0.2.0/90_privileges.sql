@@ -53,5 +53,8 @@ GRANT EXECUTE ON FUNCTION
 	hub.defer_delivery(bigint, bigint, timestamptz),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text),
 	hub.run_retention(interval, interval, integer, interval),
-	hub._pause_unsealed(integer, text)
+	hub._pause_unsealed(integer, text),
+	hub._route_events_each(),
+	hub._ready_endpoints(integer, integer),
+	hub._pause_by_worker(integer, text, text)
 	TO hub_worker;
