@@ -42,6 +42,7 @@
 #include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
@@ -83,9 +84,16 @@ qualified_name(Oid fn)
 }
 
 /*
- * check_user_function --- the owner of a function that can be called with
- * nargs arguments of these types, returning rettype.  Raises 42883 when
- * the function is missing or of another shape.
+ * check_user_function --- the owner of a function chosen by hub_admin as a
+ * transform or handler (what), after checking that it can be called with
+ * nargs arguments of these types returning rettype (InvalidOid: any type),
+ * 42883 otherwise, and that running it as its owner lends hub_admin no
+ * right, 42501 otherwise.  That holds when the function is SECURITY
+ * DEFINER (its owner lent it its rights, to whoever may execute it) or its
+ * owner is a member of hub_admin without being a superuser; and hub_admin
+ * must be allowed to execute it.  So a superuser's SECURITY INVOKER
+ * function, or one whose EXECUTE was revoked, is never run with its
+ * owner's rights on inputs that hub_admin and hub_writer choose.
  */
 static Oid
 check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oid rettype)
@@ -93,7 +101,9 @@ check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oi
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
 	Form_pg_proc p;
 	Oid			owner;
+	bool		secdef;
 	bool		ok;
+	Oid			admin = get_role_oid("hub_admin", true);
 
 	if (!HeapTupleIsValid(tup))
 		ereport(ERROR,
@@ -105,11 +115,34 @@ check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oi
 	for (int i = 0; ok && i < nargs; i++)
 		ok = p->proargtypes.values[i] == argtypes[i];
 	owner = p->proowner;
+	secdef = p->prosecdef;
 	ReleaseSysCache(tup);
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("%s %s has the wrong signature", what, qualified_name(fn))));
+				 errmsg("%s %s has the wrong signature", what, qualified_name(fn)),
+				 errhint("A transform takes (jsonb) and returns jsonb; an inbox handler takes (jsonb, text).")));
+	if (!OidIsValid(admin))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role \"hub_admin\" does not exist")));
+	if (!secdef && (superuser_arg(owner) || !has_privs_of_role(owner, admin)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s %s may not run with the rights of its owner %s",
+						what, qualified_name(fn), GetUserNameFromId(owner, false)),
+				 errdetail("It would run as its owner, and this SECURITY INVOKER function belongs to %s.",
+						   superuser_arg(owner) ? "a superuser" : "a role that is not a member of hub_admin"),
+				 errhint("Have a member of hub_admin that is not a superuser own it, or declare it SECURITY DEFINER (its owner then lends it its rights).")));
+#if PG_VERSION_NUM >= 160000
+	if (object_aclcheck(ProcedureRelationId, fn, admin, ACL_EXECUTE) != ACLCHECK_OK)
+#else
+	if (pg_proc_aclcheck(fn, admin, ACL_EXECUTE) != ACLCHECK_OK)
+#endif
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", qualified_name(fn)),
+				 errdetail("hub_admin, which chooses transforms and handlers, may not execute it.")));
 	return owner;
 }
 
@@ -138,17 +171,6 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 						   SECURITY_RESTRICTED_OPERATION);
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-
-	/* the owner may have revoked its own right (or lost it to a REVOKE) */
-#if PG_VERSION_NUM >= 160000
-	if (object_aclcheck(ProcedureRelationId, fn, owner, ACL_EXECUTE) != ACLCHECK_OK)
-#else
-	if (pg_proc_aclcheck(fn, owner, ACL_EXECUTE) != ACLCHECK_OK)
-#endif
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", qualified_name(fn)),
-				 errdetail("A %s runs as its owner, who may not execute it.", what)));
 
 	fmgr_info(fn, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, nargs, InvalidOid, NULL, NULL);
@@ -235,5 +257,29 @@ hub_run_handler(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	(void) call_as_owner(fn, owner, "inbox handler", 2, args, &isnull);
+	PG_RETURN_VOID();
+}
+
+/*
+ * hub._check_user_function(f regproc, what text, argtypes oidvector,
+ * rettype regtype DEFAULT NULL) --- check_user_function where hub_admin
+ * names the function (hub.subscribe, hub.register_handler), so that a
+ * wrong one is refused at once rather than failing every event later.
+ */
+PG_FUNCTION_INFO_V1(hub_check_user_function);
+Datum
+hub_check_user_function(PG_FUNCTION_ARGS)
+{
+	oidvector  *types;
+	char	   *what;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("a function must be named")));
+	types = (oidvector *) PG_GETARG_POINTER(2);
+	what = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	(void) check_user_function(PG_GETARG_OID(0), what, types->dim1, types->values,
+							   PG_ARGISNULL(3) ? InvalidOid : PG_GETARG_OID(3));
 	PG_RETURN_VOID();
 }

@@ -697,34 +697,17 @@ COMMENT ON FUNCTION hub._run_handler(regproc, jsonb, text) IS
 
 /*
  * _check_user_function --- raise 42883 unless f takes exactly these
- * argument types (and, when given, returns rettype): checked where hub_admin
- * names the function, so that a wrong one is refused at once rather than
- * failing every event or message later.
+ * argument types (and, when given, returns rettype), and 42501 unless
+ * running it as its owner lends hub_admin no right (SECURITY DEFINER, or
+ * owned by a member of hub_admin that is not a superuser; and hub_admin
+ * may execute it): checked where hub_admin names the function, and again
+ * at every call (extension/user_code.c).
  */
 CREATE FUNCTION hub._check_user_function(f regproc, what text, argtypes oidvector, rettype regtype DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF f IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-								WHERE p.oid = f AND p.prokind = 'f' AND NOT p.proretset
-								  AND p.proargtypes OPERATOR(pg_catalog.=) argtypes
-								  AND (rettype IS NULL OR p.prorettype OPERATOR(pg_catalog.=) rettype)) THEN
-		RAISE EXCEPTION '% %(%) does not exist', what, f,
-			pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', ')
-			USING ERRCODE = 'undefined_function',
-				  HINT = CASE WHEN rettype IS NULL
-							  THEN pg_catalog.format('A %s is a plain function taking (%s).', what,
-									pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', '))
-							  ELSE pg_catalog.format('A %s is a plain function taking (%s) and returning %s.', what,
-									pg_catalog.array_to_string(ARRAY(SELECT t::regtype::text FROM pg_catalog.unnest(argtypes::oid[]) t), ', '),
-									rettype) END;
-	END IF;
-END
-$$;
+	AS 'MODULE_PATHNAME', 'hub_check_user_function' LANGUAGE C STABLE;
 COMMENT ON FUNCTION hub._check_user_function(regproc, text, oidvector, regtype) IS
-'API: Private. Refuse (42883) a transform or handler function of the wrong shape.';
+'API: Private. Refuse a transform or handler function of the wrong shape (42883) or one that would lend its owner''s rights (42501).';
 
 /*
  * _fenced --- lock a delivery and return it only when the lease token still

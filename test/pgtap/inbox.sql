@@ -24,13 +24,13 @@ SELECT throws_ok($$SELECT hub.receive('erp', NULL, 'order.created', '{}')$$, '23
 
 -- handlers
 CREATE TABLE public.inbox_seen (tag text, message_type text, payload jsonb);
-CREATE FUNCTION public.h_ok(p jsonb, t text) RETURNS void LANGUAGE sql
+CREATE FUNCTION public.h_ok(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER
 	AS $$ INSERT INTO public.inbox_seen VALUES ('ok', t, p) $$;
-CREATE FUNCTION public.h_wild(p jsonb, t text) RETURNS void LANGUAGE sql
+CREATE FUNCTION public.h_wild(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER
 	AS $$ INSERT INTO public.inbox_seen VALUES ('wild', t, p) $$;
-CREATE FUNCTION public.h_tracker(p jsonb, t text) RETURNS void LANGUAGE sql
+CREATE FUNCTION public.h_tracker(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER
 	AS $$ INSERT INTO public.inbox_seen VALUES ('tracker', t, p) $$;
-CREATE FUNCTION public.h_fail(p jsonb, t text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.h_fail(p jsonb, t text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
 	INSERT INTO public.inbox_seen VALUES ('fail', t, p);
 	RAISE EXCEPTION 'carrier % is down', p->>'carrier' USING ERRCODE = 'connection_failure';
@@ -44,7 +44,7 @@ SELECT lives_ok($$SELECT hub.register_handler('easypost.tracker.*', 'public.h_tr
 SELECT lives_ok($$SELECT hub.register_handler('carrier.fail', 'public.h_fail', max_attempts => 2, retry_base => '0'::interval)$$,
 	'register a handler with max_attempts and retry_base');
 SELECT throws_ok($$SELECT hub.register_handler('x.y', 'public.h_wrong')$$, '42883',
-	'inbox handler public.h_wrong(jsonb, text) does not exist', 'a handler must take (jsonb, text)');
+	'inbox handler public.h_wrong has the wrong signature', 'a handler must take (jsonb, text)');
 SELECT throws_ok($$SELECT hub.register_handler('easy*post', 'public.h_ok')$$, '22023',
 	'invalid message pattern: "easy*post"', 'a * is only allowed at the end');
 SELECT lives_ok($$SELECT hub.register_handler('order.created', 'public.h_ok', max_attempts => 3)$$, 'register again replaces');

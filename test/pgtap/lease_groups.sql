@@ -164,7 +164,7 @@ SELECT is((SELECT count(*) FROM hub.trace('c-2') WHERE what LIKE 'attempt%'), 2:
 
 -- a transform that raises for one event of a group: that event alone
 -- leaves the group and fails; the rest goes out as the group
-CREATE FUNCTION public.lg_picky(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $f$
+CREATE FUNCTION public.lg_picky(p jsonb) RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER AS $f$
 BEGIN
 	IF p->>'return_id' = 'RT-2' THEN
 		RAISE EXCEPTION 'no mapping for %', p->>'return_id' USING ERRCODE = 'data_exception';

@@ -79,8 +79,8 @@ SELECT is((SELECT events_removed FROM hub.run_retention(interval '0', interval '
 
 -- the inbox: processed messages past the deduplication window go, dead and
 -- unhandled ones after the dead period, unprocessed ones never
-CREATE FUNCTION public.inbox_ok(payload jsonb, message_type text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
-CREATE FUNCTION public.inbox_bad(payload jsonb, message_type text) RETURNS void LANGUAGE plpgsql
+CREATE FUNCTION public.inbox_ok(payload jsonb, message_type text) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ SELECT $$;
+CREATE FUNCTION public.inbox_bad(payload jsonb, message_type text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 AS $$ BEGIN RAISE EXCEPTION 'cannot book it'; END $$;
 SELECT hub.register_handler('ok.*', 'public.inbox_ok');
 SELECT hub.register_handler('bad.*', 'public.inbox_bad', max_attempts => 1);

@@ -181,7 +181,7 @@ SELECT throws_ok($$UPDATE hub.subscriptions SET priority = 1001$$, '23514', NULL
 SELECT throws_ok($$UPDATE hub.subscriptions SET batch_max = 1001$$, '23514', NULL, 'an UPDATE to batch_max 1001 is refused');
 
 -- inbox handlers
-CREATE FUNCTION public.limits_fail(p jsonb, t text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.limits_fail(p jsonb, t text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
 	RAISE EXCEPTION 'refused';
 END

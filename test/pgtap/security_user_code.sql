@@ -6,7 +6,7 @@
 -- message); one that sets search_path, read-only transactions or timeouts
 -- leaves the session as it was; none lends its caller's rights.
 BEGIN;
-SELECT plan(19);
+SELECT plan(24);
 
 CREATE ROLE uc_admin LOGIN;
 GRANT hub_admin TO uc_admin;
@@ -85,6 +85,28 @@ SELECT is(current_user::text, 'postgres', 'the caller is itself again');
 -- transforms: the same fence
 SELECT throws_ok($$SELECT hub._transform('uc_evil.loop_transform', '{}')$$, '54000', NULL,
 	'a looping transform is cancelled with 54000, which an exception block catches');
+
+
+-- whose functions may run as their owners: SECURITY DEFINER ones (the owner
+-- lends its rights), or those of a member of hub_admin that is not a
+-- superuser; and only functions hub_admin may execute
+CREATE ROLE uc_other LOGIN;
+CREATE FUNCTION public.uc_su_handler(p jsonb, t text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.uc_other_handler(p jsonb, t text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+ALTER FUNCTION public.uc_other_handler(jsonb, text) OWNER TO uc_other;
+SELECT throws_ok($$SELECT hub.register_handler('uc.su', 'public.uc_su_handler')$$, '42501',
+	'inbox handler public.uc_su_handler may not run with the rights of its owner postgres',
+	'a superuser''s SECURITY INVOKER function is refused: it would run as superuser on inputs writers choose');
+SELECT throws_ok($$SELECT hub.register_handler('uc.other', 'public.uc_other_handler')$$, '42501', NULL,
+	'so is one of a role outside hub_admin');
+ALTER FUNCTION public.uc_su_handler(jsonb, text) SECURITY DEFINER;
+SELECT lives_ok($$SELECT hub.register_handler('uc.su', 'public.uc_su_handler')$$,
+	'a SECURITY DEFINER function is accepted: its owner lent it its rights');
+REVOKE EXECUTE ON FUNCTION public.uc_su_handler(jsonb, text) FROM PUBLIC;
+SELECT throws_ok($$SELECT hub.register_handler('uc.su', 'public.uc_su_handler')$$, '42501', NULL,
+	'but not once hub_admin may not execute it');
+SELECT hub.receive('test', 'm-su', 'uc.su', '{}');
+SELECT is((SELECT failed FROM hub.process_inbox()), 1, 'nor at the call, when EXECUTE was revoked after it was registered');
 
 -- the limit is the superuser's to set
 SET ROLE uc_admin;

@@ -5,7 +5,7 @@
 -- Autocommit (own database): routing only sees committed events.
 SELECT plan(9);
 
-CREATE FUNCTION public.trace_ok(p jsonb, t text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.trace_ok(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ SELECT $$;
 SELECT hub.register_handler('carrier.*', 'public.trace_ok');
 SELECT hub.create_endpoint('tms', 'http://127.0.0.1:9/tms', 'tms');
 SELECT hub.subscribe('tms', 'order.*', ordering => 'none');

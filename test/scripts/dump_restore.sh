@@ -19,7 +19,7 @@ q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS
 	-c "CREATE DATABASE $src" -c "CREATE DATABASE $dst"
 q -d "$src" >/dev/null <<'SQL'
 CREATE EXTENSION logistics_hub;
-CREATE FUNCTION public.on_ack(p jsonb, t text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.on_ack(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ SELECT $$;
 SELECT hub.register_handler('carrier.*', 'public.on_ack');
 INSERT INTO hub.event_types (event_type, required_keys) VALUES ('pallet.wrapped', '{pallet_id}');
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', auth_kind => 'bearer', auth_secret => 'tok-dump-4f1c9e');

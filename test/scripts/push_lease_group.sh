@@ -137,7 +137,7 @@ print(len(ids), len(set(ids)))
 [ "$out" = "20 20" ] || fail "grppause: receiver saw '$out' (want 20 requests for 20 events)"
 ok "grppause: after the resume every event was sent exactly once"
 
-q "CREATE FUNCTION public.grp_map(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS \$\$
+q "CREATE FUNCTION public.grp_map(p jsonb) RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER AS \$\$
    BEGIN
 	 IF p->>'order_id' = 'XK3' THEN RAISE EXCEPTION 'no mapping for %', p->>'order_id'; END IF;
 	 RETURN p || '{\"mapped\": true}';
