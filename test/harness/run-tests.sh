@@ -11,6 +11,8 @@
 #   5. tap              test/tap/*.pl through prove: crash, restart and
 #                       shutdown tests, each on clusters of its own made by
 #                       PostgreSQL::Test::Cluster (not the cluster above)
+# LH_TEST_ONLY=security runs the security layer: the pgTAP files and scripts
+# named security_*, privileges.sql and secrets.sql.
 # It ends with one line "N passed, N failed" and exits non-zero on any failure.
 # The cluster is removed on exit, whatever happens.
 
@@ -18,7 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$LH_TOP"
 
 PORT=${LH_TEST_PORT:-54329}
-ONLY=${LH_TEST_ONLY:-}		# e.g. LH_TEST_ONLY=pgtap to run one layer
+ONLY=${LH_TEST_ONLY:-}		# e.g. LH_TEST_ONLY=pgtap to run one layer, security for the security tests
 passed=0
 failed=0
 failures=()
@@ -33,7 +35,12 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 [ "$(id -u)" -eq 0 ] && chown "$CLUSTER_USER" "$OUT"
 
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ] || { [ "$ONLY" = security ] && { [ "$1" = pgtap ] || [ "$1" = scripts ]; }; }; }
+
+# the security layer (LH_TEST_ONLY=security): the pgTAP files and scripts
+# of issue 16's threat model, run from their usual layers
+security_file() { case $(basename "$1") in security_*|privileges.sql|secrets.sql) return 0 ;; esac; return 1; }
+in_run() { [ "$ONLY" != security ] || security_file "$1"; }
 
 # run_regress LAYER DRIVER INPUTDIR OUTDIR TEST... --- run pg_regress or
 # pg_isolation_regress (same options, same output) and count its results;
@@ -80,6 +87,7 @@ if want pgtap && compgen -G "test/pgtap/*.sql" >/dev/null; then
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE tap_template" \
 		-c "\\c tap_template" -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION logistics_hub" >/dev/null
 	for t in test/pgtap/*.sql; do
+		in_run "$t" || continue
 		db="tap_$(basename "$t" .sql | tr -c 'a-z0-9_\n' '_')"
 		psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db TEMPLATE tap_template" >/dev/null
 		set +e
@@ -102,6 +110,7 @@ fi
 # 4. script tests
 if want scripts && compgen -G "test/scripts/*.sh" >/dev/null; then
 	for t in test/scripts/*.sh; do
+		in_run "$t" || continue
 		lh_log "script $t"
 		set +e
 		bash "$t" >"$OUT/$(basename "$t" .sh).log" 2>&1
