@@ -49,10 +49,17 @@
  * nor DROP DATABASE (a procsignal barrier) is held up by a hung receiver:
  * transfers never block, they are only driven.  Outside data never raises
  * an error: every transport error, bad status, oversized or malformed
- * answer becomes an attempt row.  An error in the dispatcher's own SQL
- * (the extension being dropped, a lock) ends the process with exit code 1
- * and the launcher starts it again; leases it held expire or, for its next
- * incarnation, are given back at start.
+ * answer becomes an attempt row.  The dispatcher connects as
+ * logistics_hub.worker_role, never a superuser, and pins its search_path
+ * and the settings a claim relies on (pin_session); transforms run as
+ * their owners (extension/user_code.c).  A claim or record step that fails
+ * because of one event, endpoint or outcome is done again piece by piece,
+ * so that only that one stops: an event kept in hub.unroutable_events, an
+ * endpoint paused with the reason (claim_isolated, record,
+ * reload_endpoints; workers/step_guard.c).  An error of the server's
+ * rather than the data's (the extension being dropped, a lock) ends the
+ * process with exit code 1 and the launcher starts it again; leases it
+ * held expire or, for its next incarnation, are given back at start.
  *
  * workers/dispatcher.c
  *

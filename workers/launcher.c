@@ -7,7 +7,10 @@
  * connects to no database (it reads only the shared catalogue pg_database,
  * so it never stands in the way of DROP DATABASE), and keeps
  * logistics_hub.dispatchers dispatcher workers running for the database
- * named by logistics_hub.database while that database exists.  A
+ * named by logistics_hub.database while that database exists, connected
+ * as the role named by logistics_hub.worker_role (hub_worker), which must
+ * exist, may log in and must not be a superuser: otherwise a WARNING says
+ * why once, and no dispatcher runs until it is fixed.  A
  * dispatcher that finds no extension there exits at once and quietly; the
  * launcher starts it again after a pause, so installing the extension is
  * noticed within that pause and nothing else is needed.
@@ -146,36 +149,56 @@ hub_workers_register(void)
 }
 
 /*
- * find_database --- the OID of the database, or InvalidOid.  A plain heap
- * scan of pg_database: without a database, only shared catalogues can be
- * read, and an index scan may need pg_class before the shared relcache
- * init file exists.
+ * shared_catalog_find --- a copy (palloc'd in the caller's context) of the
+ * row of shared catalogue relid whose name column (a name in Form_*'s
+ * struct, name_offset bytes into it) is name, or NULL.  A plain heap scan
+ * in a transaction of its own: without a database, only shared catalogues
+ * can be read, and an index scan may need pg_class before the shared
+ * relcache init file exists.
  */
-static Oid
-find_database(const char *name)
+static HeapTuple
+shared_catalog_find(Oid relid, size_t name_offset, const char *name)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
-	Oid			oid = InvalidOid;
+	HeapTuple	found = NULL;
 
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
-	rel = table_open(DatabaseRelationId, AccessShareLock);
+	rel = table_open(relid, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
-
-		if (strcmp(NameStr(db->datname), name) == 0)
+		if (strcmp(NameStr(*(Name) ((char *) GETSTRUCT(tup) + name_offset)), name) == 0)
 		{
-			oid = db->oid;
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			found = heap_copytuple(tup);
+			MemoryContextSwitchTo(old);
 			break;
 		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	return found;
+}
+
+/* find_database --- the OID of the database, or InvalidOid */
+static Oid
+find_database(const char *name)
+{
+	HeapTuple	tup = shared_catalog_find(DatabaseRelationId, offsetof(FormData_pg_database, datname), name);
+	Oid			oid = InvalidOid;
+
+	if (tup != NULL)
+	{
+		oid = ((Form_pg_database) GETSTRUCT(tup))->oid;
+		heap_freetuple(tup);
+	}
 	return oid;
 }
 
@@ -192,36 +215,23 @@ find_worker_role(const char *name)
 {
 	static char last_problem[NAMEDATALEN + 64] = "";
 	char		problem[NAMEDATALEN + 64] = "";
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tup;
+	HeapTuple	tup = shared_catalog_find(AuthIdRelationId, offsetof(FormData_pg_authid, rolname), name);
 	Oid			oid = InvalidOid;
-	bool		found = false;
 
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
-	rel = table_open(AuthIdRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	if (tup == NULL)
+		snprintf(problem, sizeof(problem), "missing:%s", name);
+	else
 	{
 		Form_pg_authid role = (Form_pg_authid) GETSTRUCT(tup);
 
-		if (strcmp(NameStr(role->rolname), name) != 0)
-			continue;
-		found = true;
 		if (role->rolsuper)
 			snprintf(problem, sizeof(problem), "superuser:%s", name);
 		else if (!role->rolcanlogin)
 			snprintf(problem, sizeof(problem), "nologin:%s", name);
 		else
 			oid = role->oid;
-		break;
+		heap_freetuple(tup);
 	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	CommitTransactionCommand();
-	if (!found)
-		snprintf(problem, sizeof(problem), "missing:%s", name);
 
 	if (problem[0] != '\0' && strcmp(problem, last_problem) != 0)
 	{

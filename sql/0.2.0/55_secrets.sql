@@ -97,24 +97,11 @@ COMMENT ON FUNCTION hub.reseal_secrets() IS
  * log a WARNING naming the endpoint, once (nothing when already paused).
  */
 CREATE FUNCTION hub._pause_unsealed(endpoint_id integer, reason text) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	ep text;
-BEGIN
-	-- (audited by the trigger on hub.endpoints, as this action)
-	PERFORM hub._audited('pause_unsealed', reason);
-	UPDATE hub.endpoints e SET paused = true
-	WHERE e.endpoint_id = _pause_unsealed.endpoint_id AND NOT e.paused
-	RETURNING e.name INTO ep;
-	PERFORM hub._audited(NULL, NULL);
-	IF ep IS NOT NULL THEN
-		RAISE WARNING 'endpoint "%" paused: %', ep, reason
-			USING HINT = 'Load the secret key it was sealed with (logistics_hub.secret_key_file or logistics_hub.previous_secret_key_files) and restart the server, or set its secrets again; then hub.resume_endpoint().';
-	END IF;
-END
+	SELECT hub._pause_by_worker(endpoint_id, 'pause_unsealed', reason)
 $$;
 COMMENT ON FUNCTION hub._pause_unsealed(integer, text) IS
 'API: Private. Pause an endpoint whose sealed secrets the dispatcher cannot open, audited as pause_unsealed with the reason, with a WARNING naming the endpoint.';

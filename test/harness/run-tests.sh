@@ -138,18 +138,34 @@ fi
 if want tap && compgen -G "test/tap/*.pl" >/dev/null; then
 	lh_log "TAP crash tests"
 	TAPDIR=$OUT/tap
+	TAPTOP=$LH_TOP
 	PORTLOCK=/tmp/logistics_hub-tap-portlock
+	# A checkout the cluster user cannot read (a home folder of mode 700,
+	# like /root): the tests, the receiver and the results go to a copy it
+	# can read, outside the checkout, removed at the end.
+	if [ "$(id -u)" -eq 0 ] && ! runuser -u "$CLUSTER_USER" -- test -r "$LH_TOP/test/tap/LhubCrash.pm"; then
+		TAPTOP=$(mktemp -d /tmp/logistics_hub-tap.XXXXXX)
+		mkdir -p "$TAPTOP/test"
+		cp -a "$LH_TOP/test/tap" "$LH_TOP/test/receiver" "$TAPTOP/test/"
+		TAPDIR=$TAPTOP/results
+		chmod 755 "$TAPTOP"
+		trap 'lh_cluster_stop test-$PORT; rm -rf "$TAPTOP"' EXIT
+		lh_log "the checkout is not readable by $CLUSTER_USER: TAP tests run from $TAPTOP"
+	fi
 	mkdir -p "$TAPDIR" "$PORTLOCK"
-	[ "$(id -u)" -eq 0 ] && chown -R "$CLUSTER_USER" "$TAPDIR" "$PORTLOCK"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown -R "$CLUSTER_USER" "$TAPDIR" "$PORTLOCK"
+		[ "$TAPTOP" = "$LH_TOP" ] || chown -R "$CLUSTER_USER" "$TAPTOP"
+	fi
 	for t in test/tap/*.pl; do
 		name=$(basename "$t" .pl)
 		set +e
-		lh_as_cluster_user env PATH="$PG_BIN:$PATH" \
-			PERL5LIB="$PGXS_DIR/src/test/perl:$LH_TOP/test/tap" \
+		(cd "$TAPTOP" && lh_as_cluster_user env PATH="$PG_BIN:$PATH" \
+			PERL5LIB="$PGXS_DIR/src/test/perl:$TAPTOP/test/tap" \
 			PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
 			TESTDIR="$TAPDIR" PG_TEST_PORT_DIR="$PORTLOCK" \
-			PG_TEST_TIMEOUT_DEFAULT=60 LH_TOP="$LH_TOP" \
-			prove -v --timer "$t" >"$TAPDIR/$name.tap" 2>&1
+			PG_TEST_TIMEOUT_DEFAULT=60 LH_TOP="$TAPTOP" \
+			prove -v --timer "$t") >"$TAPDIR/$name.tap" 2>&1
 		rc=$?
 		set -e
 		p=$(grep -cE '^ *ok [0-9]' "$TAPDIR/$name.tap" || true)
