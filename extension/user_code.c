@@ -48,6 +48,7 @@
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 #include "outbox.h"
 
@@ -161,6 +162,8 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 	int			save_nestlevel;
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile Datum result = (Datum) 0;
+	bool		outer;
+	TimestampTz outer_deadline;
 
 	if (user_code_timeout_id == MAX_TIMEOUTS)
 		user_code_timeout_id = RegisterTimeout(USER_TIMEOUT, user_code_timeout_handler);
@@ -180,15 +183,28 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 		fcinfo->args[i].isnull = false;
 	}
 
+	/*
+	 * A call inside another (a handler calling hub._run_handler) ends by
+	 * the outer call's deadline at the latest, and gives it back after.
+	 */
+	outer = get_timeout_active(user_code_timeout_id);
+	outer_deadline = outer ? get_timeout_finish_time(user_code_timeout_id) : 0;
 	user_code_timed_out = false;
-	enable_timeout_after(user_code_timeout_id, hub_user_code_timeout_ms);
+	enable_timeout_at(user_code_timeout_id,
+					  outer ? Min(outer_deadline, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																			  hub_user_code_timeout_ms))
+					  : TimestampTzPlusMilliseconds(GetCurrentTimestamp(), hub_user_code_timeout_ms));
 	PG_TRY();
 	{
 		result = FunctionCallInvoke(fcinfo);
 	}
 	PG_CATCH();
 	{
-		disable_timeout(user_code_timeout_id, false);
+		/* (an outer call may catch this error and go on: its deadline stays) */
+		if (outer)
+			enable_timeout_at(user_code_timeout_id, outer_deadline);
+		else
+			disable_timeout(user_code_timeout_id, false);
 		if (user_code_timed_out)
 		{
 			ErrorData  *edata;
@@ -207,7 +223,10 @@ call_as_owner(Oid fn, Oid owner, const char *what, int nargs, Datum *args, bool 
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	disable_timeout(user_code_timeout_id, false);
+	if (outer)
+		enable_timeout_at(user_code_timeout_id, outer_deadline);
+	else
+		disable_timeout(user_code_timeout_id, false);
 	if (user_code_timed_out)
 	{
 		/* the timer fired as the function returned: that cancel is ours */

@@ -6,7 +6,7 @@
 -- message); one that sets search_path, read-only transactions or timeouts
 -- leaves the session as it was; none lends its caller's rights.
 BEGIN;
-SELECT plan(24);
+SELECT plan(26);
 
 CREATE ROLE uc_admin LOGIN;
 GRANT hub_admin TO uc_admin;
@@ -81,6 +81,28 @@ SELECT is(current_setting('default_transaction_read_only'), 'off', 'default_tran
 SELECT is(current_setting('statement_timeout'), '0', 'statement_timeout too');
 SELECT is(current_setting('work_mem'), '4MB', 'and work_mem: no setting outlives the handler');
 SELECT is(current_user::text, 'postgres', 'the caller is itself again');
+
+-- a call inside a call keeps the outer deadline: a handler that catches its
+-- inner call's cancellation and goes on is cancelled too
+SET ROLE uc_admin;
+CREATE FUNCTION uc_evil.nest_handler(p jsonb, t text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	BEGIN
+		PERFORM hub._run_handler('uc_evil.loop_handler', p, t);
+	EXCEPTION WHEN program_limit_exceeded THEN
+		NULL;
+	END;
+	FOR i IN 1 .. 300 LOOP
+		PERFORM pg_catalog.pg_sleep(0.01);
+	END LOOP;
+END $$;
+SELECT lives_ok($$SELECT hub.register_handler('uc.nest', 'uc_evil.nest_handler', max_attempts => 1)$$, 'a handler calling another registers');
+RESET ROLE;
+SELECT hub.receive('test', 'm-nest', 'uc.nest', '{}');
+SELECT hub.process_inbox();
+SELECT matches((SELECT last_error FROM hub.inbox WHERE message_id = 'm-nest'),
+	'^54000: inbox handler uc_evil\.nest_handler ran longer',
+	'the outer handler is cancelled by its own deadline after catching the inner one''s cancellation');
 
 -- transforms: the same fence
 SELECT throws_ok($$SELECT hub._transform('uc_evil.loop_transform', '{}')$$, '54000', NULL,
