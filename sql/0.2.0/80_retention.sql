@@ -198,8 +198,21 @@ BEGIN
 	-- open the door for this function only (closed again below; an error
 	-- rolls the setting back with the transaction or subtransaction)
 	PERFORM set_config('logistics_hub._retention', 'on', true);
+	-- (no mark when nothing was published or received since the newest one:
+	-- it would bound nothing more, and an idle hub's retention runs then
+	-- take no transaction id and write no WAL; the newest mark's own
+	-- transaction id moves the xmin, so that cannot be the test)
 	INSERT INTO hub._retention_marks (at, snapshot_xmin, inbox_upto)
-	VALUES (now(), pg_snapshot_xmin(pg_current_snapshot()), coalesce((SELECT max(i.inbox_id) FROM hub.inbox i), 0))
+	SELECT now(), x.snapshot_xmin, x.inbox_upto
+	FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS snapshot_xmin,
+				 coalesce((SELECT max(i.inbox_id) FROM hub.inbox i), 0) AS inbox_upto) x
+	WHERE NOT EXISTS (SELECT 1
+					  FROM (SELECT m.snapshot_xmin, m.inbox_upto FROM hub._retention_marks m
+							ORDER BY m.at DESC LIMIT 1) l
+					  WHERE l.inbox_upto = x.inbox_upto
+						AND (SELECT o.event_id FROM hub.outbox o
+							 WHERE o.event_id >= hub._event_id_floor(l.snapshot_xmin)
+							 ORDER BY o.event_id LIMIT 1) IS NULL)
 	ON CONFLICT (at) DO NOTHING;
 
 	-- attempts: whole days, each DDL waiting at most 2 s for its lock
