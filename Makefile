@@ -22,6 +22,18 @@ UPGRADE_0_2_0 = sql/$(EXTNAME)--0.1.0--0.2.0.sql
 DATA_built = $(UPGRADE_0_2_0)
 UPGRADE_0_2_0_PARTS = $(sort $(wildcard sql/0.2.0/*.sql))
 
+# The version being built (the control file's default) and the PGXN archive
+# of it that `make dist` writes from the committed tree.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" control/$(EXTNAME).control)
+DIST = $(EXTNAME)-$(EXTVERSION).zip
+
+# `make installcheck` (PGXS): the pg_regress tests of test/sql against a
+# running server where the extension is installed (PGHOST, PGPORT, PGUSER
+# as for psql); `make test` runs them, and every other layer, on a
+# throwaway cluster of its own.
+REGRESS = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
+REGRESS_OPTS = --inputdir=test --outputdir=test/results/installcheck --load-extension=$(EXTNAME)
+
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cflags 2>/dev/null)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
 # libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c)
@@ -36,7 +48,7 @@ PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_con
 # be there before the server headers are.
 PGXS := $(wildcard $(shell $(PG_CONFIG) --pgxs 2>/dev/null))
 
-.PHONY: demo test bench stop-demo
+.PHONY: demo test bench stop-demo dist
 
 ifneq ($(PGXS),)
 include $(PGXS)
@@ -67,3 +79,9 @@ bench:
 
 stop-demo:
 	@bash test/harness/demo.sh --stop
+
+# dist --- the PGXN archive of the committed HEAD (what is not committed is
+# not in it), named after the control file's version
+dist:
+	git archive --format=zip --prefix=$(EXTNAME)-$(EXTVERSION)/ -o $(DIST) HEAD
+	@echo "$(DIST)"

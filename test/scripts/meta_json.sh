@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test/scripts/meta_json.sh --- META.json follows the PGXN meta spec 1.0.0
 # (required keys, semantic versions, a provides entry whose file exists) and
-# agrees with the control file's default version.
+# agrees with the control file's default version; prerequisites are a
+# version or a range of them (">= 15.0.0, < 16.0.0": the tested majors).
 set -euo pipefail
 python3 - <<'PY'
 import json, re, os, sys
@@ -32,8 +33,11 @@ if m['provides']['logistics_hub']['version'] != default or m['version'] != defau
 for s in m.get('prereqs', {}).values():
     for rel in s.values():
         for dep, v in rel.items():
-            if not semver.match(v):
-                errors.append('prereq %s version %r is not semantic' % (dep, v))
+            # a version, or a range of comparisons (spec: Version Ranges)
+            clauses = [c.strip() for c in v.split(',')]
+            if not all(re.match(r'^(>=|<=|>|<|==|!=)?\s*', c) and
+                       semver.match(re.sub(r'^(>=|<=|>|<|==|!=)\s*', '', c)) for c in clauses):
+                errors.append('prereq %s version %r is neither a semantic version nor a range of them' % (dep, v))
 if errors:
     print('\n'.join(errors)); sys.exit(1)
 print('META.json valid (PGXN meta spec 1.0.0), version', default)
