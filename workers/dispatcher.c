@@ -44,7 +44,7 @@
  *           request that waited half its lease in a queue).
  *
  * The latch is set by publishing transactions at commit (shmem.c), by
- * SIGTERM (die) and SIGHUP; the poll interval is only a safety net.  The
+ * SIGTERM (die) and SIGHUP; the naptime is only a safety net.  The
  * loop checks for interrupts after every wait, so neither a fast shutdown
  * nor DROP DATABASE (a procsignal barrier) is held up by a hung receiver:
  * transfers never block, they are only driven.  Outside data never raises
@@ -1659,7 +1659,7 @@ collect(void)
  * note_due --- a delivery this dispatcher failed or gave back, or the
  * per-key successor of one it delivered, is claimable at t: claim then
  * rather than at the next poll, so a retry backoff or a Retry-After shorter
- * than logistics_hub.poll_interval is kept and a key's next event follows
+ * than logistics_hub.dispatcher_naptime is kept and a key's next event follows
  * its predecessor at once.
  */
 static void
@@ -2353,7 +2353,7 @@ hub_dispatcher_main(Datum arg)
 			int			got = claim(want);
 
 			claim_full = got >= want;
-			next_claim = GetCurrentTimestamp() + (int64) hub_poll_interval_ms * 1000;
+			next_claim = GetCurrentTimestamp() + (int64) hub_naptime_ms() * 1000;
 			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}
 		else if (now >= next_refresh)

@@ -28,7 +28,11 @@ extern int	hub_max_in_flight;
 extern int	hub_claim_batch;
 extern int	hub_claim_max_bytes;
 extern int	hub_lease_seconds;
+extern int	hub_dispatcher_naptime_ms;
 extern int	hub_poll_interval_ms;
+
+/* the idle dispatcher's naptime, honouring the deprecated name when set */
+#define hub_naptime_ms() (hub_poll_interval_ms >= 10 ? hub_poll_interval_ms : hub_dispatcher_naptime_ms)
 extern int	hub_connect_timeout_ms;
 extern int	hub_max_response_bytes;
 extern int	hub_retention_interval_s;

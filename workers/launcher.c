@@ -56,7 +56,8 @@ int			hub_max_in_flight = 256;
 int			hub_claim_batch = 500;
 int			hub_claim_max_bytes = 16 * 1024 * 1024;
 int			hub_lease_seconds = 60;
-int			hub_poll_interval_ms = 1000;
+int			hub_dispatcher_naptime_ms = 1000;
+int			hub_poll_interval_ms = -1;	/* deprecated: -1, not set */
 int			hub_connect_timeout_ms = 2000;
 int			hub_max_response_bytes = 65536;
 int			hub_retention_interval_s = 600;
@@ -67,6 +68,16 @@ char	   *hub_event_source = NULL;
 #define DISPATCHER_RESTART_PAUSE_MS 5000
 
 extern void hub_egress_define_guc(void);
+
+/* the deprecated logistics_hub.poll_interval: -1 (not set) or 10 ms and more */
+static bool
+check_poll_interval(int *newval, void **extra, GucSource source)
+{
+	if (*newval == -1 || *newval >= 10)
+		return true;
+	GUC_check_errdetail("logistics_hub.poll_interval is -1 (not set) or at least 10 ms; it is the deprecated name of logistics_hub.dispatcher_naptime.");
+	return false;
+}
 
 void
 hub_workers_define_gucs(void)
@@ -105,10 +116,15 @@ hub_workers_define_gucs(void)
 							"Lease of a claimed delivery beyond its endpoint's timeout; an expired lease makes it claimable again.",
 							NULL, &hub_lease_seconds, 60, 5, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("logistics_hub.poll_interval",
+	DefineCustomIntVariable("logistics_hub.dispatcher_naptime",
 							"How often an idle dispatcher looks for work without being woken (the safety net of the wake-up at commit).",
-							NULL, &hub_poll_interval_ms, 1000, 10, 600000,
+							NULL, &hub_dispatcher_naptime_ms, 1000, 10, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.poll_interval",
+							"Deprecated name of logistics_hub.dispatcher_naptime; when set (not -1) it wins.",
+							"\"poll\" now means the pollers that read APIs into the inbox.",
+							&hub_poll_interval_ms, -1, -1, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, check_poll_interval, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.connect_timeout",
 							"Connect timeout of every HTTP request.",
 							NULL, &hub_connect_timeout_ms, 2000, 100, 600000,

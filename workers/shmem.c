@@ -204,7 +204,7 @@ hub_note_outbox_insert(void)
 
 /*
  * hub_wake --- SQL hub.wake(): wake the dispatchers now (after COMMIT
- * PREPARED of a transaction that published, or to skip the poll interval).
+ * PREPARED of a transaction that published, or to skip the naptime).
  * Returns the number of running dispatchers.
  */
 PG_FUNCTION_INFO_V1(hub_wake);

@@ -162,7 +162,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer) IS
-'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id.';
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id.';
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
@@ -1014,13 +1014,13 @@ $$;
 COMMENT ON FUNCTION hub.skip_delivery(bigint, text) IS
 'Give up on a delivery to unblock its aggregate''s later events (per_key ordering); audited with the reason.';
 
-CREATE FUNCTION hub.replay(delivery_id bigint, reason text) RETURNS void
+CREATE FUNCTION hub.replay_delivery(delivery_id bigint, reason text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	UPDATE hub.deliveries d
 	SET state = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now()
-	WHERE d.delivery_id = replay.delivery_id AND d.state IN ('delivered', 'dead', 'skipped', 'retry_wait');
+	WHERE d.delivery_id = replay_delivery.delivery_id AND d.state IN ('delivered', 'dead', 'skipped', 'retry_wait');
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'delivery % cannot be replayed now', delivery_id
 			USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -1029,8 +1029,14 @@ BEGIN
 	PERFORM hub._audit('replay', delivery_id::text, reason);
 END
 $$;
-COMMENT ON FUNCTION hub.replay(bigint, text) IS
+COMMENT ON FUNCTION hub.replay_delivery(bigint, text) IS
 'Deliver one delivery again (same event id, the receiver''s idempotency key); refused while it is leased; audited.';
+
+CREATE FUNCTION hub.replay(delivery_id bigint, reason text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT hub.replay_delivery(delivery_id, reason) $$;
+COMMENT ON FUNCTION hub.replay(bigint, text) IS
+'Deprecated: hub.replay_delivery(delivery_id, reason).';
 
 -- no outbox or delivery function keeps EXECUTE for PUBLIC (the identifier
 -- type functions of 0.1.0 are left as they are)
@@ -1042,7 +1048,7 @@ BEGIN
 			 WHERE p.pronamespace = 'hub'::regnamespace
 			   AND p.proname IN ('publish', 'create_endpoint', 'subscribe', 'claim_deliveries',
 								 'complete_delivery', 'fail_delivery', 'defer_delivery',
-								 'pause_endpoint', 'resume_endpoint', 'skip_delivery', 'replay',
+								 'pause_endpoint', 'resume_endpoint', 'skip_delivery', 'replay', 'replay_delivery',
 								 '_route_events', '_transform', '_fenced', '_outbox_check')
 	LOOP
 		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
@@ -1060,7 +1066,7 @@ GRANT EXECUTE ON FUNCTION
 	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb),
 	hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer),
 	hub.pause_endpoint(text, text), hub.resume_endpoint(text, text), hub.skip_delivery(bigint, text),
-	hub.replay(bigint, text)
+	hub.replay(bigint, text), hub.replay_delivery(bigint, text)
 	TO hub_admin;
 
 /*
@@ -1078,8 +1084,8 @@ GRANT EXECUTE ON FUNCTION
  * leases) and counted in the audit row's details.  Returns the number of
  * deliveries made pending.
  */
-CREATE FUNCTION hub.replay(subscription_id integer, reason text, from_time timestamptz DEFAULT NULL,
-						   to_time timestamptz DEFAULT NULL, correlation_id text DEFAULT NULL)
+CREATE FUNCTION hub.replay_subscription(subscription_id integer, reason text, from_time timestamptz DEFAULT NULL,
+										to_time timestamptz DEFAULT NULL, correlation_id text DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1098,7 +1104,7 @@ BEGIN
 		RAISE EXCEPTION 'invalid replay range: % is after %', from_time, to_time
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO s FROM hub.subscriptions x WHERE x.subscription_id = replay.subscription_id FOR SHARE;
+	SELECT * INTO s FROM hub.subscriptions x WHERE x.subscription_id = replay_subscription.subscription_id FOR SHARE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'subscription % does not exist', subscription_id USING ERRCODE = 'undefined_object';
 	END IF;
@@ -1114,7 +1120,7 @@ BEGIN
 						SELECT 1 FROM hub.outbox o WHERE o.event_id = d.event_id
 							AND (from_time IS NULL OR o.occurred_at >= from_time)
 							AND (to_time IS NULL OR o.occurred_at < to_time)
-							AND (replay.correlation_id IS NULL OR o.correlation_id = replay.correlation_id))
+							AND (replay_subscription.correlation_id IS NULL OR o.correlation_id = replay_subscription.correlation_id))
 					 ELSE d.state = 'dead' END
 		ORDER BY d.delivery_id
 		FOR UPDATE OF d
@@ -1139,7 +1145,7 @@ BEGIN
 								 WHERE d.subscription_id = s.subscription_id AND d.batch_events IS NOT NULL)
 			AND (from_time IS NULL OR o.occurred_at >= from_time)
 			AND (to_time IS NULL OR o.occurred_at < to_time)
-			AND (replay.correlation_id IS NULL OR o.correlation_id = replay.correlation_id)
+			AND (replay_subscription.correlation_id IS NULL OR o.correlation_id = replay_subscription.correlation_id)
 			AND split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
 			AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2))
 			AND (s.filter IS NULL OR o.payload @> s.filter)
@@ -1156,11 +1162,21 @@ BEGIN
 	RETURN reset + created;
 END
 $$;
-COMMENT ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) IS
-'Replay for one subscription, audited: all its dead deliveries, or (with from_time/to_time on occurred_at, or correlation_id) every matching event of the outbox, creating deliveries for events it never had (backfill of a new endpoint). Event ids are kept; leased deliveries are left alone. Returns the number of deliveries made pending. Note: hub.replay(42, ''why'') with an integer literal names a subscription; pass a bigint or delivery_id => 42 for one delivery.';
+COMMENT ON FUNCTION hub.replay_subscription(integer, text, timestamptz, timestamptz, text) IS
+'Replay for one subscription, audited: all its dead deliveries, or (with from_time/to_time on occurred_at, or correlation_id) every matching event of the outbox, creating deliveries for events it never had (backfill of a new endpoint). Event ids are kept; leased deliveries are left alone. Returns the number of deliveries made pending.';
 
-GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) TO hub_admin;
-REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
+CREATE FUNCTION hub.replay(subscription_id integer, reason text, from_time timestamptz DEFAULT NULL,
+						   to_time timestamptz DEFAULT NULL, correlation_id text DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT hub.replay_subscription(subscription_id, reason, from_time, to_time, correlation_id) $$;
+COMMENT ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text) IS
+'Deprecated: hub.replay_subscription(subscription_id, reason, ...). (With an integer literal hub.replay(42, ''why'') named a subscription and with a bigint one delivery: hence the new names.)';
+
+GRANT EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text),
+	hub.replay_subscription(integer, text, timestamptz, timestamptz, text) TO hub_admin;
+REVOKE EXECUTE ON FUNCTION hub.replay(integer, text, timestamptz, timestamptz, text),
+	hub.replay_subscription(integer, text, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION hub._serves(integer, integer, integer, integer),
 	hub._serves_share(integer, integer, integer, integer),
 	hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint),

@@ -385,7 +385,7 @@ CREATE TABLE hub.unroutable_events (
 	failed_at		timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE hub.unroutable_events IS
-'Events that routing could not give deliveries to (the error kept); routing went on past them. Fix the cause, then backfill with hub.replay(subscription_id, reason, from_time, to_time) and delete the row.';
+'Events that routing could not give deliveries to (the error kept); routing went on past them. Fix the cause, then backfill with hub.replay_subscription(subscription_id, reason, from_time, to_time) and delete the row.';
 
 /*
  * _event_matches --- does a subscription (pattern, filter, creation time)

@@ -2,7 +2,7 @@
  * 70_operations.sql --- what an operator and an analyst look at: dead
  * letters, sync status per endpoint and subscription, the trace of one
  * correlation id or business key across outbox and inbox.  No view shows a
- * secret.  (Bulk replays and backfills are hub.replay(subscription_id, ...)
+ * secret.  (Bulk replays and backfills are hub.replay_subscription(subscription_id, ...)
  * in 45_delivery.sql.)
  */
 
@@ -15,7 +15,7 @@ JOIN hub.endpoints e USING (endpoint_id)
 JOIN hub.outbox o USING (event_id)
 WHERE d.state = 'dead';
 COMMENT ON VIEW hub.dead_letters IS
-'Deliveries that gave up (permanent 4xx or attempts exhausted), with the last error; replay with hub.replay or unblock the key with hub.skip_delivery. A batch delivery shows its smallest event and how many events it carries.';
+'Deliveries that gave up (permanent 4xx or attempts exhausted), with the last error; replay with hub.replay_delivery or unblock the key with hub.skip_delivery. A batch delivery shows its smallest event and how many events it carries.';
 
 CREATE VIEW hub.sync_status AS
 SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,

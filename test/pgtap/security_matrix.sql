@@ -168,6 +168,8 @@ $q$, $q$ VALUES
 	('hub.register_handler(text,regproc,integer,interval)', 'hub_admin'),
 	('hub.replay(bigint,text)', 'hub_admin'),
 	('hub.replay(integer,text,timestamp with time zone,timestamp with time zone,text)', 'hub_admin'),
+	('hub.replay_delivery(bigint,text)', 'hub_admin'),
+	('hub.replay_subscription(integer,text,timestamp with time zone,timestamp with time zone,text)', 'hub_admin'),
 	('hub.reseal_secrets()', 'hub_admin'),
 	('hub.resolve_conflict(bigint,text)', 'hub_admin'),
 	('hub.resume_endpoint(text,text)', 'hub_admin'),

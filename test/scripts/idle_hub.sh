@@ -7,7 +7,7 @@
 # Autovacuum is off in this cluster: its own work on the tables the setup
 # wrote is PostgreSQL's, not the hub's, and would blur the measure.
 source test/receiver/push_lib.sh
-PUSH_DISPATCHERS=2 push_setup idle-hub 132 "logistics_hub.poll_interval = 100ms" \
+PUSH_DISPATCHERS=2 push_setup idle-hub 132 "logistics_hub.dispatcher_naptime = 100ms" \
 	"logistics_hub.retention_interval = 5s" "autovacuum = off"
 
 push_endpoint a "ok?ep=a"

@@ -15,7 +15,7 @@
 # endpoints resumed, everything held back is delivered (a backfill replay
 # for the unroutable event).
 source test/receiver/push_lib.sh
-push_setup security-isolation 131 "logistics_hub.poll_interval = 200ms" "logistics_hub.lease = 5s"
+push_setup security-isolation 131 "logistics_hub.dispatcher_naptime = 200ms" "logistics_hub.lease = 5s"
 
 is_t() { [ "$(q "$1")" = t ] || fail "$2"; }
 delivered() {
@@ -90,7 +90,7 @@ ok "the dispatcher ran throughout, the failures in the log as WARNINGs"
 # the faults gone: everything held back is delivered
 q "DROP TRIGGER fault ON hub.deliveries" \
 	"SELECT hub.resume_endpoint('poisoned', 'fault fixed'), hub.resume_endpoint('badrecord', 'fault fixed')" >/dev/null
-q "SELECT hub.replay(s.subscription_id, 'unroutable event fixed', from_time => o.occurred_at,
+q "SELECT hub.replay_subscription(s.subscription_id, 'unroutable event fixed', from_time => o.occurred_at,
 					 to_time => o.occurred_at + interval '1 microsecond')
    FROM hub.outbox o, hub.subscriptions s JOIN hub.endpoints e USING (endpoint_id)
    WHERE o.event_id = '$poison' AND e.name = 'healthy'" >/dev/null
