@@ -208,12 +208,17 @@ CREATE TABLE hub.endpoints (
 	circuit_state	text NOT NULL DEFAULT 'closed' CHECK (circuit_state IN ('closed', 'open', 'half_open')),
 	circuit_opened_at timestamptz,
 	consecutive_failures integer NOT NULL DEFAULT 0,
+	circuit_failed_keys bigint[] NOT NULL DEFAULT '{}',
 	circuit_probe_until timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON COLUMN hub.endpoints.spread IS
 'Shared by every dispatcher (up to max_concurrency of them), each with its share of max_concurrency and rate_limit, so that one high-volume endpoint uses every core; false (the default): one dispatcher, endpoint_id % logistics_hub.dispatchers, with the full limits.';
 COMMENT ON COLUMN hub.endpoints.headers IS 'Fixed extra request headers {"Name": "value"}; readable by hub_reader, so never credentials (auth_kind api_key with api_key_header keeps a key header among the secrets).';
+COMMENT ON COLUMN hub.endpoints.consecutive_failures IS
+'Distinct business keys (aggregate ids) whose requests failed since the endpoint''s last success; a retry of a key already among them does not count again. The circuit opens when it reaches circuit_failure_threshold.';
+COMMENT ON COLUMN hub.endpoints.circuit_failed_keys IS
+'The keys counted in consecutive_failures, as hashtextextended(aggregate_id, 0); emptied by a success.';
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
@@ -226,7 +231,7 @@ COMMENT ON TABLE hub.endpoints IS
 COMMENT ON COLUMN hub.endpoints.timeout_ms IS 'Total time of one request, 100 to 600000 ms.';
 COMMENT ON COLUMN hub.endpoints.max_concurrency IS 'Most requests in flight to the endpoint at once, 1 to 1000 (shared by the dispatchers serving it with spread).';
 COMMENT ON COLUMN hub.endpoints.rate_limit IS 'Most request starts a second, 0.001 to 100000 (not NaN or Infinity); NULL: no limit.';
-COMMENT ON COLUMN hub.endpoints.circuit_failure_threshold IS 'Consecutive failed requests that open the circuit, 1 to 1000.';
+COMMENT ON COLUMN hub.endpoints.circuit_failure_threshold IS 'Distinct business keys failing with no success in between that open the circuit, 1 to 1000.';
 COMMENT ON COLUMN hub.endpoints.circuit_cooloff IS 'How long an open circuit waits before its probe, 0 to 1 day.';
 
 -- sealed: ciphertext only (extension/sealed.c; README "Sealed secrets")

@@ -770,14 +770,33 @@ BEGIN
 	INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, http_status, latency_ms, response_excerpt, outcome)
 	VALUES (d.delivery_id, d.attempts, worker, d.lease_token, http_status, latency_ms, left(response_excerpt, 1024), 'delivered');
 	UPDATE hub.endpoints e
-	SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
-	WHERE e.endpoint_id = d.endpoint_id AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0);
+	SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0,
+		circuit_failed_keys = '{}'
+	WHERE e.endpoint_id = d.endpoint_id
+		AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0 OR e.circuit_failed_keys <> '{}');
 	RETURN true;
 END
 $$;
 COMMENT ON FUNCTION hub.complete_delivery(bigint, bigint, integer, integer, text, text) IS
 'Record a successful delivery under its lease. false (and a stale attempt row) when the lease was reclaimed meanwhile. Closes the endpoint''s circuit.';
 
+/*
+ * fail_delivery --- the circuit breaker judges the endpoint, not one
+ * business key.  A key whose receiver refuses it for good (a bad record on
+ * the other side) fails on every retry while every other key goes through;
+ * counting each of its failures would open the circuit and hold all the
+ * other keys' events behind it.  So a failure counts only when its key
+ * (aggregate_id, hashed into circuit_failed_keys) has not failed already
+ * since the endpoint's last success: the circuit opens when
+ * circuit_failure_threshold distinct keys have failed with no success in
+ * between, which an endpoint down for everyone reaches at once, and a key
+ * failing alone never does; it is retried on its own backoff and
+ * dead-lettered after max_attempts.  (Convoy opens on a failure rate over a
+ * window with a minimum of requests, Svix disables an endpoint only after
+ * days of failures; a rate needs a write per success, this only per
+ * failure, and none for a key already counted.)  Any success empties the
+ * set; a failed half-open probe opens the circuit again whatever its key.
+ */
 CREATE FUNCTION hub.fail_delivery(delivery_id bigint, lease_token bigint, http_status integer, error text,
 		latency_ms integer, response_excerpt text DEFAULT NULL, retry_after interval DEFAULT NULL,
 		worker text DEFAULT NULL, counts boolean DEFAULT true)
@@ -792,6 +811,7 @@ DECLARE
 	permanent boolean;
 	backoff interval;
 	new_state text;
+	fail_key bigint;
 BEGIN
 	IF d.delivery_id IS NULL THEN
 		RETURN 'stale';
@@ -825,26 +845,33 @@ BEGIN
 	IF permanent THEN
 		-- the receiver answered: a half-open circuit can close, nothing counts
 		UPDATE hub.endpoints e
-		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
+		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0,
+			circuit_failed_keys = '{}'
 		WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'half_open';
 	ELSIF counts THEN
+		-- the breaker judges the endpoint, not a key: a key counts once in a
+		-- streak of failures, so one key failing for good is left to its own
+		-- retries and dead letter; no write when it already counts
+		fail_key := pg_catalog.hashtextextended(d.aggregate_id, 0);
 		UPDATE hub.endpoints e
 		SET consecutive_failures = e.consecutive_failures + 1,
-			circuit_state = CASE WHEN e.circuit_state = 'half_open'
-									  OR e.consecutive_failures + 1 >= e.circuit_failure_threshold
+			circuit_failed_keys = e.circuit_failed_keys || fail_key,
+			circuit_state = CASE WHEN e.consecutive_failures + 1 >= e.circuit_failure_threshold
 								 THEN 'open' ELSE e.circuit_state END,
-			circuit_opened_at = CASE WHEN e.circuit_state = 'half_open'
-										  OR (e.circuit_state = 'closed'
-											  AND e.consecutive_failures + 1 >= e.circuit_failure_threshold)
-									 THEN now() ELSE e.circuit_opened_at END,
-			circuit_probe_until = NULL
-		WHERE e.endpoint_id = d.endpoint_id;
+			circuit_opened_at = CASE WHEN e.consecutive_failures + 1 >= e.circuit_failure_threshold
+									 THEN now() ELSE e.circuit_opened_at END
+		WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'closed'
+			AND fail_key <> ALL (e.circuit_failed_keys);
+		-- a failed probe opens the circuit again, whatever its key
+		UPDATE hub.endpoints e
+		SET circuit_state = 'open', circuit_opened_at = now(), circuit_probe_until = NULL
+		WHERE e.endpoint_id = d.endpoint_id AND e.circuit_state = 'half_open';
 	END IF;
 	RETURN new_state;
 END
 $$;
 COMMENT ON FUNCTION hub.fail_delivery(bigint, bigint, integer, text, integer, text, interval, text, boolean) IS
-'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after, honoured up to the larger of retry_max and a day), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker (counts => false for all but one delivery of a failed batch request: a request fails once). Returns the new state, or stale when the lease was reclaimed.';
+'Record a failed attempt under its lease: a 4xx other than 408/429 is dead at once unless the subscription retries 4xx; otherwise retry_wait with capped exponential backoff and full jitter (at least retry_after, honoured up to the larger of retry_max and a day), dead after max_attempts. Transient failures count towards the endpoint''s circuit breaker, once per business key (aggregate_id) since the endpoint''s last success, so one failing key never opens it; a failed half-open probe reopens it (counts => false for all but one delivery of a failed batch request: a request fails once). Returns the new state, or stale when the lease was reclaimed.';
 
 CREATE FUNCTION hub.defer_delivery(delivery_id bigint, lease_token bigint, until timestamptz)
 RETURNS boolean
@@ -910,7 +937,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	circuit constant text[] := ARRAY['circuit_state', 'circuit_opened_at', 'consecutive_failures',
-									 'circuit_probe_until'];
+									 'circuit_failed_keys', 'circuit_probe_until'];
 	what text := CASE TG_TABLE_NAME WHEN 'endpoints' THEN 'endpoint' ELSE 'subscription' END;
 	action text := nullif(current_setting('hub.audit_action', true), '');
 	target text;
@@ -938,9 +965,9 @@ COMMENT ON FUNCTION hub._audit_change() IS
 'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
 REVOKE EXECUTE ON FUNCTION hub._audit_change() FROM PUBLIC;
 CREATE TRIGGER endpoint_audit AFTER UPDATE ON hub.endpoints FOR EACH ROW
-	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_probe_until}'::text[])
+	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
 		  IS DISTINCT FROM
-		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_probe_until}'::text[])
+		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
 		  OR COALESCE(pg_catalog.current_setting('hub.audit_action', true), '') <> '')
 	EXECUTE FUNCTION hub._audit_change();
 CREATE TRIGGER endpoint_audit_delete AFTER DELETE ON hub.endpoints FOR EACH ROW

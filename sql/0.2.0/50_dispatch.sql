@@ -228,9 +228,10 @@ BEGIN
 		RETURNING 1
 	), closed AS (
 		UPDATE hub.endpoints e
-		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0
+		SET circuit_state = 'closed', circuit_opened_at = NULL, circuit_probe_until = NULL, consecutive_failures = 0,
+			circuit_failed_keys = '{}'
 		WHERE e.endpoint_id IN (SELECT done.endpoint_id FROM done)
-			AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0)
+			AND (e.circuit_state <> 'closed' OR e.consecutive_failures <> 0 OR e.circuit_failed_keys <> '{}')
 		RETURNING 1
 	)
 	-- (data-modifying CTEs run to completion whether read or not)

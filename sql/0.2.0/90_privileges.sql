@@ -32,7 +32,8 @@ GRANT EXECUTE ON FUNCTION hub.libcurl_version() TO hub_reader, hub_writer;
 GRANT USAGE ON SCHEMA hub TO hub_worker;
 GRANT SELECT ON hub.outbox, hub.event_types, hub.subscriptions, hub._endpoint_secrets TO hub_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON hub.deliveries TO hub_worker;
-GRANT SELECT, UPDATE (circuit_state, circuit_opened_at, consecutive_failures, circuit_probe_until)
+GRANT SELECT, UPDATE (circuit_state, circuit_opened_at, consecutive_failures, circuit_failed_keys,
+					   circuit_probe_until)
 	ON hub.endpoints TO hub_worker;
 GRANT SELECT, INSERT ON hub.attempts TO hub_worker;
 GRANT USAGE ON SEQUENCE hub._lease_token_seq TO hub_worker;

@@ -2,11 +2,12 @@
 -- the indexes the claim relies on, SECURITY DEFINER functions pinning
 -- search_path, no EXECUTE for PUBLIC, the catalogue cache following
 -- changes, the retention door of the immutability triggers, append-only
--- audit tables, circuit breaker with one half-open probe, defer, bulk
+-- audit tables, circuit breaker with one half-open probe (counting each
+-- failing key once until a success), defer, bulk
 -- replays (dead of a subscription, backfill of a new endpoint by time range
 -- and by correlation id) and their audit rows.
 -- Runs in autocommit (its own database): routing only sees committed events.
-SELECT plan(53);
+SELECT plan(66);
 
 -- schema invariants
 SELECT is((SELECT string_agg(relname || ':' || relpersistence::text, ',' ORDER BY relname) FROM pg_class
@@ -168,5 +169,46 @@ SELECT is((SELECT (SELECT count(*) FROM hub.deliveries WHERE subscription_id = :
 				  (SELECT count(*) FROM hub.deliveries) || '/' || (SELECT count(*) FROM hub.attempts)),
 		  (SELECT '0/' || others || '/' || attempts FROM before_drop),
 	'deleting a subscription deletes its deliveries (as a cascade would), no other, and keeps the attempts');
+
+-- the breaker judges the endpoint, not a key (issue 17): a key counts once
+-- until a success, distinct keys open the circuit at the threshold, a
+-- failed probe opens it again whatever its key, any success empties the set
+SELECT hub.create_endpoint('wh', 'http://127.0.0.1:9/wh', 'wms') AS wh \gset
+UPDATE hub.endpoints SET circuit_failure_threshold = 3, circuit_cooloff = '0' WHERE name = 'wh';
+SELECT hub.subscribe('wh', 'inventory.*', ordering => 'none', retry_base => '0', retry_max => '0', max_attempts => 100);
+CREATE FUNCTION pg_temp.inv(sku text) RETURNS uuid LANGUAGE sql AS
+$$ SELECT hub.publish('inventory.adjusted', sku, jsonb_build_object('sku', sku, 'quantity', 1, 'location', 'A1')) $$;
+-- claim every ready delivery of wh and fail it (500); the keys, in claim order
+CREATE FUNCTION pg_temp.fail_wh() RETURNS text LANGUAGE sql AS
+$$ SELECT string_agg(c.aggregate_id || ':' || hub.fail_delivery(c.delivery_id, c.lease_token, 500, 'down', 3), ',')
+   FROM hub.claim_deliveries(100, 'w9') c WHERE c.endpoint_id = (SELECT endpoint_id FROM hub.endpoints WHERE name = 'wh') $$;
+CREATE FUNCTION pg_temp.wh_circuit() RETURNS text LANGUAGE sql AS
+$$ SELECT circuit_state || ':' || consecutive_failures || ':' || cardinality(circuit_failed_keys) FROM hub.endpoints WHERE name = 'wh' $$;
+SELECT pg_temp.inv('SKU-B');
+SELECT pg_temp.fail_wh(), pg_temp.fail_wh(), pg_temp.fail_wh(), pg_temp.fail_wh();
+SELECT is(pg_temp.wh_circuit() || ' ' || (SELECT attempts FROM hub.deliveries WHERE aggregate_id = 'SKU-B'), 'closed:1:1 4',
+	'one key failing 4 times in a row (threshold 3) counts once: the circuit stays closed');
+SELECT pg_temp.inv('SKU-C');
+SELECT pg_temp.fail_wh();
+SELECT is(pg_temp.wh_circuit(), 'closed:2:2', 'another key''s failure counts');
+CREATE TEMP TABLE w1 AS SELECT * FROM hub.claim_deliveries(100, 'w9') WHERE endpoint_id = :wh;
+SELECT ok((SELECT hub.complete_delivery(delivery_id, lease_token, 200, 3) FROM w1 WHERE aggregate_id = 'SKU-C'), 'C gets through');
+SELECT is(pg_temp.wh_circuit(), 'closed:0:0', 'a success of any key empties the count');
+SELECT hub.fail_delivery(delivery_id, lease_token, 500, 'down', 3) FROM w1 WHERE aggregate_id = 'SKU-B';
+SELECT is(pg_temp.wh_circuit(), 'closed:1:1', 'after a success the failing key counts again, once');
+SELECT pg_temp.inv('SKU-D'), pg_temp.inv('SKU-E');
+SELECT pg_temp.fail_wh();
+SELECT is(pg_temp.wh_circuit(), 'open:3:3', 'three distinct keys failing with no success between open the circuit');
+SELECT is(pg_temp.fail_wh(), 'SKU-B:retry_wait', 'after the cool-off one probe goes (here of the key counted first) and fails');
+SELECT is(pg_temp.wh_circuit(), 'open:3:3', 'a failed probe opens the circuit again, though its key already counted');
+CREATE TEMP TABLE w2 AS SELECT * FROM hub.claim_deliveries(100, 'w9') WHERE endpoint_id = :wh;
+SELECT ok((SELECT hub.complete_delivery(delivery_id, lease_token, 200, 3) FROM w2), 'the next probe succeeds');
+SELECT is(pg_temp.wh_circuit(), 'closed:0:0', 'and closes the circuit with an empty count');
+CREATE TEMP TABLE w3 AS SELECT * FROM hub.claim_deliveries(100, 'w9') WHERE endpoint_id = :wh;
+SELECT hub.fail_delivery(delivery_id, lease_token, 500, 'down', 3) FROM w3 WHERE aggregate_id = (SELECT min(aggregate_id) FROM w3);
+SELECT is(pg_temp.wh_circuit(), 'closed:1:1', 'a failure counts');
+SELECT is(hub._complete_many(array_agg(delivery_id), array_agg(lease_token), array_agg(200), array_agg(3), array_agg(NULL::text), 'w9'), 1,
+	'the batch completion records the other delivery') FROM w3 WHERE aggregate_id = (SELECT max(aggregate_id) FROM w3);
+SELECT is(pg_temp.wh_circuit(), 'closed:0:0', 'and empties the count too');
 
 SELECT * FROM finish();

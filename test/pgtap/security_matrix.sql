@@ -46,6 +46,7 @@ $q$, $q$ VALUES
 	('endpoints.api_key_header', 'hub_admin', 'UPDATE'),
 	('endpoints.auth_kind', 'hub_admin', 'UPDATE'),
 	('endpoints.circuit_cooloff', 'hub_admin', 'UPDATE'),
+	('endpoints.circuit_failed_keys', 'hub_worker', 'UPDATE'),
 	('endpoints.circuit_failure_threshold', 'hub_admin', 'UPDATE'),
 	('endpoints.circuit_opened_at', 'hub_worker', 'UPDATE'),
 	('endpoints.circuit_probe_until', 'hub_worker', 'UPDATE'),

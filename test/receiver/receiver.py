@@ -23,6 +23,8 @@ Paths (a query string is allowed after each):
                              canonical or CloudEvents body) while the control
                              value "fail_KEY" is "1", its default; 200 for the
                              other events; set fail_KEY to 0 to heal
+  /fail-prefix/P             the same for every aggregate_id starting with P
+                             (several keys failing), control value "fail_P"
   /delay/MS                  wait MS milliseconds, then 200
   /hang                      read the request and never answer
   /drip                      headers (Content-Length 1000, under any size
@@ -162,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self.close_mid_body()
                 return self.answer(int(parts[2]), b"failing on purpose")
             return self.answer(200, b"ok")
-        if head == "fail-aggregate" and len(parts) > 1:
+        if head in ("fail-aggregate", "fail-prefix") and len(parts) > 1:
             try:
                 agg = json.loads(body).get("aggregate_id")
             except (ValueError, AttributeError):
@@ -172,7 +174,9 @@ class Handler(BaseHTTPRequestHandler):
                     agg = json.loads(body).get("subject")
                 except (ValueError, AttributeError):
                     agg = None
-            if agg == parts[1] and CONTROL.get("fail_" + parts[1], "1") == "1":
+            hit = agg == parts[1] if head == "fail-aggregate" else \
+                isinstance(agg, str) and agg.startswith(parts[1])
+            if hit and CONTROL.get("fail_" + parts[1], "1") == "1":
                 return self.answer(500, b"this key is failing")
             return self.answer(200, b"ok")
         if head == "delay" and len(parts) > 1:

@@ -5,7 +5,8 @@
 #     aggregates' events all arrive, in order; once healed, the failing
 #     aggregate's events arrive in order, each later one only after the
 #     earlier one was delivered
-#   - circuit breaker: after N consecutive failures the circuit opens (in
+#     (with the default circuit threshold: one failing key never opens it)
+#   - circuit breaker: once N distinct keys have failed the circuit opens (in
 #     hub.sync_status); deliveries wait without spending attempts and another
 #     endpoint is served meanwhile; after the cool-off exactly one probe; the
 #     circuit closes and everything is delivered once the receiver heals
@@ -20,9 +21,8 @@ push_setup push-flow 112 "logistics_hub.poll_interval = 200ms"
 
 PUSH_SUB="retry_base => '100 ms', retry_max => '200 ms', max_attempts => 100" \
 	push_endpoint ord "fail-aggregate/A?ep=ord"
-q "UPDATE hub.endpoints SET circuit_failure_threshold = 1000 WHERE name = 'ord'"
 PUSH_SUB="retry_base => '100 ms', retry_max => '200 ms', max_attempts => 100, ordering => 'none'" \
-	push_endpoint cb "fail-aggregate/CB?ep=cb" "max_concurrency => 1"
+	push_endpoint cb "fail-prefix/CB?ep=cb" "max_concurrency => 1"
 q "UPDATE hub.endpoints SET circuit_failure_threshold = 3, circuit_cooloff = '5 s' WHERE name = 'cb'"
 push_endpoint cbok "ok?ep=cbok"
 PUSH_SUB="ordering => 'none'" push_endpoint rate "ok?ep=rate" "rate_limit => 5"
@@ -76,23 +76,33 @@ print(folded == want, ids.count(want[1]), ids.count(want[2]))")
 ok "per key: after healing A's events arrive in order, each after the previous was delivered"
 
 # ---- circuit breaker
-for i in $(seq 4); do pub cb CB $i >/dev/null; done
+# four keys failing (fail-prefix/CB), published together so that the first
+# try of each comes before any retry
+q "SELECT hub.publish('order.created', 'CB' || i, jsonb_build_object('order_id', 'CB' || i, 't', 'cb', 'n', i))
+   FROM generate_series(1, 4) i" >/dev/null
 must_wait "SELECT circuit_state = 'open' FROM hub.sync_status WHERE endpoint = 'cb'" 30 "the circuit did not open"
 opened1=$(q "SELECT circuit_opened_at FROM hub.endpoints WHERE name = 'cb'")
-seen1=$(recv "print(sum(1 for e in E if 'ep=cb' in e['path'] and 'ep=cbok' not in e['path']))")
 # (from the audit, not a sample: the attempts up to the opening)
 spent1=$(q "SELECT count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id)
             WHERE e.name = 'cb' AND a.outcome IN ('retry', 'dead', 'delivered') AND a.at <= '$opened1'")
-[ "$spent1" = 3 ] || fail "the circuit opened after $spent1 attempts ($seen1 requests), threshold 3: $(q "SELECT string_agg(a.delivery_id || ':' || a.attempt || ':' || a.outcome || '@' || to_char(a.at, 'SS.MS'), ' ' ORDER BY a.attempt_id) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'") opened $opened1"
 OK1=$(pub cbok CB-ok 1)
 must_wait "SELECT state = 'delivered' FROM hub.deliveries WHERE event_id = '$OK1'" 10 "another endpoint was not served while cb's circuit was open"
-got=$(q "SELECT e.circuit_state || ' ' || (e.circuit_opened_at = '$opened1') || ' ' || sum(d.attempts) || ' ' ||
+got=$(q "SELECT e.circuit_state || ' ' || (e.circuit_opened_at = '$opened1') || ' ' || e.consecutive_failures || ' ' ||
                 count(*) FILTER (WHERE d.state IN ('retry_wait', 'pending'))
          FROM hub.endpoints e JOIN hub.deliveries d USING (endpoint_id) WHERE e.name = 'cb' GROUP BY e.endpoint_id")
+spent=$(q "SELECT sum(d.attempts) FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'")
 seen=$(recv "print(sum(1 for e in E if 'ep=cb' in e['path'] and 'ep=cbok' not in e['path']))")
-[ "$got" = "open true 3 4" ] && [ "$seen" = 3 ] ||
-	fail "while open: state/same opening/attempts/waiting '$got' (want 'open true 3 4'), requests $seen (want 3)"
-ok "circuit open after 3 failures (hub.sync_status); 4 deliveries wait, no attempt spent; another endpoint served meanwhile"
+# The third key's failure opens the circuit: exactly 3 keys counted, and
+# counting stops while it is open.  The attempts spent are not exactly 3:
+# the dispatcher may start the next request of its queue (the fourth key's
+# first try, or a retry of a key already counted) while a failure waits up
+# to 10 ms to be recorded with others, so a few requests may go out before
+# the opening is recorded; each is an attempt, recorded, counting no
+# further.  Once the circuit is open nothing goes until the probe (checked
+# below from the receiver's log: exactly one request between two openings).
+[ "$got" = "open true 3 4" ] && [ "$spent1" -ge 3 ] && [ "$spent1" -le "$spent" ] && [ "$seen" = "$spent" ] ||
+	fail "while open: state/same opening/keys counted/waiting '$got' (want 'open true 3 4'), attempts up to the opening $spent1 (want 3 or more) and in all $spent, requests $seen (want $spent): $(q "SELECT string_agg(a.delivery_id || ':' || a.attempt || ':' || a.outcome || '@' || to_char(a.at, 'SS.MS'), ' ' ORDER BY a.attempt_id) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'cb'") opened $opened1"
+ok "circuit open once 3 keys failed (hub.sync_status; $spent attempts: $((spent - 3)) started before the opening was recorded); 4 deliveries wait; another endpoint served meanwhile"
 must_wait "SELECT circuit_opened_at > '$opened1' FROM hub.endpoints WHERE name = 'cb'" 30 "no probe after the cool-off"
 opened2=$(q "SELECT circuit_opened_at FROM hub.endpoints WHERE name = 'cb'")
 got=$(recv "
