@@ -28,6 +28,9 @@ extern bool hub_outbox_reject_unknown(void);
 #define HUB_KEY_MAXLEN 256
 extern int	hub_max_payload_size;
 
+/* logistics_hub.restoring: the session restores a dump (outbox_guc.c) */
+extern bool hub_restoring;
+
 /* the transaction id an event id carries (false: not an event id) */
 #include "fmgr.h"
 

@@ -43,6 +43,20 @@
  * hub._immutable(), is here too, in C, since the retention job fires it for
  * every row it removes.
  *
+ * logistics_hub.restoring (boolean, superuser only): the session is
+ * restoring a dump of the hub, so the contract trigger of hub.outbox takes
+ * the events of the dump as they are: their ids were made by transactions
+ * of the dumped database, not by the restoring one, and their xid and
+ * published_at are kept (extension/outbox_check.c).  A restore turns it on
+ * by itself: pg_dump writes the one row of hub._restore_marker, whose name
+ * sorts before every queue table, and inserting it (superuser only) runs
+ * hub._restore_begin(), which sets the setting for the session and stores
+ * nothing.  A restore whose statements do not all run in that one session
+ * (pg_restore --jobs) sets it itself (PGOPTIONS='-c
+ * logistics_hub.restoring=on').  Only a superuser can set it, and it takes
+ * effect only for a superuser, who could disable the triggers anyway; the
+ * immutability triggers ignore it (a restore only inserts).
+ *
  * extension/outbox_guc.c
  *
  *-------------------------------------------------------------------------
@@ -54,6 +68,7 @@
 #include "catalog/partition.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -80,6 +95,7 @@ static int	hub_dead_retention_period = 30 * 86400;
 static int	hub_inbox_retention_period = 30 * 86400;
 static int	hub_retention_max_events = 100000;
 int			hub_max_payload_size = 1024 * 1024;
+bool		hub_restoring = false;
 
 /*
  * hub_outbox_define_gucs --- define the outbox settings.  Called from
@@ -151,6 +167,16 @@ hub_outbox_define_gucs(void)
 							 PGC_SUSET,
 							 GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("logistics_hub.restoring",
+							 "The session restores a dump of the hub: events keep the ids, xid and publication time they have in the dump.",
+							 "Set by the restore itself (the row of hub._restore_marker); "
+							 "set it with PGOPTIONS for a restore in several sessions (pg_restore --jobs).",
+							 &hub_restoring,
+							 false,
+							 PGC_SUSET,
+							 GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
 }
 
 /*
@@ -211,4 +237,30 @@ hub_immutable(PG_FUNCTION_ARGS)
 			 errdetail("%s on hub.%s is refused.", op, table),
 			 errhint("Audit rows are removed by the retention job only.")));
 	PG_RETURN_NULL();			/* not reached */
+}
+
+/*
+ * hub_restore_begin --- SQL trigger hub._restore_begin() (BEFORE INSERT row
+ * trigger on hub._restore_marker): the restore of a dump inserts the
+ * marker's row before any queue table's, which turns
+ * logistics_hub.restoring on for the rest of the session; the row itself
+ * is not stored (the extension's own is there).  Raises 42501 for a user
+ * who is not a superuser.
+ */
+PG_FUNCTION_INFO_V1(hub_restore_begin);
+Datum
+hub_restore_begin(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		elog(ERROR, "hub._restore_begin must be a BEFORE INSERT row trigger");
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only a superuser can restore a dump of logistics_hub"),
+				 errhint("Run pg_restore, or psql with the dump, as a superuser.")));
+	SetConfigOption("logistics_hub.restoring", "on", PGC_SUSET, PGC_S_SESSION);
+	return PointerGetDatum(NULL);
 }

@@ -96,8 +96,8 @@ BEGIN
 		RETURN false;
 	END IF;
 	EXECUTE format('CREATE TABLE hub.%I PARTITION OF hub.attempts FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
-	-- a member like hub.attempts itself: pg_dump leaves both out (it keeps
-	-- configuration, not queue data or audit), DROP EXTENSION removes it
+	-- a member like hub.attempts itself, which DROP EXTENSION removes;
+	-- pg_dump dumps its rows through hub._attempts_default (85_backup.sql)
 	EXECUTE format('ALTER EXTENSION logistics_hub ADD TABLE hub.%I', part);
 	EXECUTE format('COMMENT ON TABLE hub.%I IS %L', part,
 				   'API: Private. Attempts of ' || to_char(day, 'YYYY-MM-DD') || ' (UTC); dropped whole by hub.run_retention().');
