@@ -60,6 +60,8 @@
  * rather than the data's (the extension being dropped, a lock) ends the
  * process with exit code 1 and the launcher starts it again; leases it
  * held expire or, for its next incarnation, are given back at start.
+ * Its WARNINGs and errors are one log line each, naming the worker and the
+ * step (dispatcher_log_hook); their CONTEXT goes to DEBUG1.
  *
  * workers/dispatcher.c
  *
