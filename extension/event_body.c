@@ -16,14 +16,20 @@
  *	   below for each format;
  *	 - ", " and ": " between members, as jsonb's text output has them;
  *	 - strings through escape_json, the routine jsonb's output uses;
- *	 - the timestamptz as JsonEncodeDateTime renders it for jsonb (ISO 8601
- *	   in the session's TimeZone, hence STABLE), the uuid in its text form
- *	   and the payload as JsonbToCString prints it;
+ *	 - the timestamptz as JsonEncodeDateTime renders it for jsonb, but
+ *	   always in UTC (RFC 3339, "+00:00"): the bytes of a delivery must not
+ *	   depend on the session's TimeZone, since a retry sends them again
+ *	   under the same webhook-id and signature, and the dispatcher's
+ *	   TimeZone is whatever the database's or role's default says (so the
+ *	   jsonb route's bytes are matched in a UTC session only); the uuid in
+ *	   its text form and the payload as JsonbToCString prints it;
  *	 - a NULL argument is a JSON null; in CloudEvents mode null members of
  *	   the envelope are left out (jsonb_strip_nulls ran on the envelope
  *	   only, so "data": null stays).
  *
- * A NULL body_format, like any value other than 'cloudevents', gives the
+ * 'cloudevents' and 'cloudevents_batch' (one member of the array a
+ * CloudEvents batch is) give the CloudEvents envelope; a NULL body_format,
+ * like any other value, gives the
  * canonical event (the SQL version's CASE fell through to its ELSE); the
  * comparison is bytewise, as text equality is under a deterministic
  * collation.  The result is never NULL.  test/pgtap/event_body.sql compares
@@ -121,8 +127,9 @@ append_value(StringInfo buf, const BodyMember *m, FunctionCallInfo fcinfo)
 		case BODY_TIMESTAMPTZ:
 			{
 				char		ts[MAXDATELEN + 1];
+				const int	utc = 0;
 
-				JsonEncodeDateTime(ts, PG_GETARG_DATUM(m->arg), TIMESTAMPTZOID, NULL);
+				JsonEncodeDateTime(ts, PG_GETARG_DATUM(m->arg), TIMESTAMPTZOID, &utc);
 				escape_json(buf, ts);
 			}
 			break;
@@ -173,18 +180,23 @@ append_members(StringInfo buf, const BodyMember *members, int nmembers,
 }
 
 /*
- * is_cloudevents --- is body_format (possibly NULL) 'cloudevents'?
+ * is_cloudevents --- is body_format (possibly NULL) 'cloudevents' or
+ * 'cloudevents_batch'?
  */
 static bool
 is_cloudevents(FunctionCallInfo fcinfo)
 {
 	text	   *format;
+	size_t		len;
 
 	if (PG_ARGISNULL(ARG_FORMAT))
 		return false;
 	format = PG_GETARG_TEXT_PP(ARG_FORMAT);
-	return VARSIZE_ANY_EXHDR(format) == strlen("cloudevents") &&
-		memcmp(VARDATA_ANY(format), "cloudevents", strlen("cloudevents")) == 0;
+	len = VARSIZE_ANY_EXHDR(format);
+	return (len == strlen("cloudevents") &&
+			memcmp(VARDATA_ANY(format), "cloudevents", len) == 0) ||
+		(len == strlen("cloudevents_batch") &&
+		 memcmp(VARDATA_ANY(format), "cloudevents_batch", len) == 0);
 }
 
 /*

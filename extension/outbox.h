@@ -47,6 +47,9 @@ extern bool hub_outbox_check_event(Datum etype, bool etype_null, Datum agg, bool
 extern void hub_check_key_length(const char *what, Datum value);
 extern void hub_check_payload_size(const char *what, Datum payload);
 
+/* an event's occurred_at as RFC 3339 can write it, else 22008 (outbox_check.c) */
+extern void hub_check_occurred_at(Datum occurred_at);
+
 /* SQL hub._event_id() */
 extern Datum hub_event_id(PG_FUNCTION_ARGS);
 

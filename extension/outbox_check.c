@@ -19,7 +19,9 @@
  * aggregate, correlation and causation ids at most HUB_KEY_MAXLEN bytes,
  * since they are keys of btree indexes and a longer one would fail routing
  * on the index row size limit, 22001; the payload at most
- * logistics_hub.max_payload_size bytes, 54000), refuses unknown types when
+ * logistics_hub.max_payload_size bytes, 54000), an occurred_at in years
+ * 0001 to 9999 (RFC 3339, 22008: hub_check_occurred_at, also called by
+ * hub.publish before its direct insert), refuses unknown types when
  * logistics_hub.unknown_event_types = reject, and stamps xid (the top-level
  * transaction id, for the routing watermark) and published_at, so that a
  * plain INSERT cannot forge them.  The event id must carry the inserting
@@ -55,6 +57,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -247,6 +250,28 @@ hub_check_payload_size(const char *what, Datum payload)
 }
 
 /*
+ * hub_check_occurred_at --- raise 22008 unless an event's occurred_at (a
+ * timestamptz datum) lies in years 0001 to 9999 in UTC: infinity, a BC
+ * date or a five-digit year has no RFC 3339 form, which the canonical
+ * event's occurred_at and the CloudEvents time must have.
+ */
+void
+hub_check_occurred_at(Datum occurred_at)
+{
+	TimestampTz ts = DatumGetTimestampTz(occurred_at);
+	const TimestampTz lo = (TimestampTz) (date2j(1, 1, 1) - POSTGRES_EPOCH_JDATE) * USECS_PER_DAY;
+	const TimestampTz hi = (TimestampTz) (date2j(10000, 1, 1) - POSTGRES_EPOCH_JDATE) * USECS_PER_DAY;
+
+	if (TIMESTAMP_NOT_FINITE(ts) || ts < lo || ts >= hi)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("occurred_at out of range: \"%s\"",
+						DatumGetCString(DirectFunctionCall1(timestamptz_out, occurred_at))),
+				 errdetail("An event's time is sent as an RFC 3339 time in UTC, which has years 0001 to 9999."),
+				 errhint("Pass the time the event happened, or leave occurred_at to its default, the time of the transaction.")));
+}
+
+/*
  * hub_check_key_length_sql --- SQL hub._check_key_length(what, value):
  * hub_check_key_length for the SQL functions (NULL passes).  Returns
  * nothing; raises 22001.
@@ -433,6 +458,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	HeapTuple	tuple;
 	int			att_id,
+				att_occurred,
 				att_type,
 				att_agg,
 				att_corr,
@@ -472,7 +498,8 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	att_caus = SPI_fnumber(desc, "causation_id");
 	att_xid = SPI_fnumber(desc, "xid");
 	att_published = SPI_fnumber(desc, "published_at");
-	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0)
+	att_occurred = SPI_fnumber(desc, "occurred_at");
+	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0 || att_occurred <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 	if (restored_event(tuple, desc, att_id, att_xid, att_published))
 		return PointerGetDatum(tuple);
@@ -487,6 +514,13 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null,
 								corr, corr_null, caus, caus_null))
 		return PointerGetDatum(tuple);
+	{
+		bool		occurred_null;
+		Datum		occurred = heap_getattr(tuple, att_occurred, desc, &occurred_null);
+
+		if (!occurred_null)
+			hub_check_occurred_at(occurred);
+	}
 	if (id_was_null)
 	{
 		cols[2] = att_id;

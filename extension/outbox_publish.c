@@ -370,6 +370,8 @@ hub_publish(PG_FUNCTION_ARGS)
 	nulls[7] = ' ';
 	values[7] = PG_ARGISNULL(6) ? TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())
 		: PG_GETARG_DATUM(6);
+	/* (the direct insert does not run the trigger, which checks it too) */
+	hub_check_occurred_at(values[7]);
 
 	rel = open_outbox();
 	if (direct_allowed(rel))

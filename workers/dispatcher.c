@@ -60,6 +60,8 @@
  * rather than the data's (the extension being dropped, a lock) ends the
  * process with exit code 1 and the launcher starts it again; leases it
  * held expire or, for its next incarnation, are given back at start.
+ * Its WARNINGs and errors are one log line each, naming the worker and the
+ * step (dispatcher_log_hook); their CONTEXT goes to DEBUG1.
  *
  * workers/dispatcher.c
  *
@@ -154,6 +156,8 @@ typedef struct HubGroup
 
 static int	my_slot;
 static char worker_name[64];
+static const char *current_step = NULL; /* for log lines; NULL between steps */
+static emit_log_hook_type prev_emit_log_hook = NULL;
 static MemoryContext dispatcher_cxt;	/* lives as long as the process */
 static MemoryContext loop_cxt;	/* reset every loop */
 static HTAB *endpoints;
@@ -305,6 +309,20 @@ text_is(text *t, const char *s)
 	size_t		len = strlen(s);
 
 	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
+/*
+ * body_content_type --- the Content-Type of a request of this body_format:
+ * CloudEvents' own media types for its structured and batched modes.
+ */
+static const char *
+body_content_type(text *format)
+{
+	if (text_is(format, "cloudevents"))
+		return "application/cloudevents+json";
+	if (text_is(format, "cloudevents_batch"))
+		return "application/cloudevents-batch+json";
+	return "application/json";
 }
 
 static char **
@@ -601,9 +619,53 @@ prepare_plans(void)
 					   "AND state OPERATOR(pg_catalog.=) 'retry_wait'", 1, defer_types);
 }
 
+/*
+ * dispatcher_log_hook --- emit_log_hook of a dispatcher: a WARNING or an
+ * error that comes out during one of its steps (an error in its own SQL,
+ * a WARNING of a function it calls) is one line naming the worker and the
+ * step, "logistics_hub dispatcher 0: claim: <message>"; its CONTEXT (the
+ * PL/pgSQL calls and statement texts, some 80 lines for a claim) goes to a
+ * DEBUG1 line of its own, written just before it.  A message that already
+ * names the worker ("logistics_hub ...") keeps its text.  Cannot fail: a
+ * DEBUG1 report does not throw, and this hook does not run for its own.
+ */
+static void
+dispatcher_log_hook(ErrorData *edata)
+{
+	static bool busy = false;
+
+	if (!busy && edata->output_to_server && edata->elevel >= WARNING && current_step != NULL)
+	{
+		busy = true;
+		if (edata->message != NULL && strncmp(edata->message, "logistics_hub ", 14) != 0)
+			edata->message = psprintf("logistics_hub %s: %s: %s", worker_name, current_step, edata->message);
+		if (edata->context != NULL)
+		{
+			const char *context = edata->context;
+			ErrorContextCallback *stack = error_context_stack;
+
+			edata->context = NULL;
+			/* (the callbacks already wrote the context; not twice) */
+			error_context_stack = NULL;
+			/* (nor may its end check for interrupts inside this report) */
+			HOLD_INTERRUPTS();
+			ereport(DEBUG1,
+					(errmsg_internal("%s", edata->message ? edata->message : ""),
+					 errcontext("%s", context)));
+			RESUME_INTERRUPTS();
+			error_context_stack = stack;
+		}
+		busy = false;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 static void
 begin_step(const char *what)
 {
+	/* the step's name for log lines: what, without "logistics_hub: " */
+	current_step = strncmp(what, "logistics_hub: ", 15) == 0 ? what + 15 : what;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -620,6 +682,7 @@ end_step(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	current_step = NULL;
 
 	/*
 	 * The commit left TopMemoryContext current: what the loop allocates
@@ -759,7 +822,7 @@ group_request(HubGroup *g, int k, int subscription_id, text *format, Datum event
 {
 	HubRequest *req = request_new(g->ep, subscription_id, 1, false);
 
-	req->content_type = text_is(format, "cloudevents") ? "application/cloudevents+json" : "application/json";
+	req->content_type = body_content_type(format);
 	req->webhook_id = MemoryContextStrdup(req->cxt, TextDatumGetCString(event_id));
 	appendBinaryStringInfo(&req->body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
 	req->delivery_ids[0] = g->delivery_id;
@@ -1221,7 +1284,7 @@ claim(int max)
 		 * subscription, and one request per event otherwise (a lease
 		 * group); the format read now decides.
 		 */
-		batch = text_is(format, "batch");
+		batch = text_is(format, "batch") || text_is(format, "cloudevents_batch");
 
 		if (delivery_id == last_delivery && open_batch != NULL)
 		{
@@ -1269,8 +1332,7 @@ claim(int max)
 			char	   *event_id = TextDatumGetCString(v[6]);
 
 			req = request_new(ep, subscription_id, batch_max, batch);
-			req->content_type = text_is(format, "cloudevents") ?
-				"application/cloudevents+json" : "application/json";
+			req->content_type = body_content_type(format);
 			req->webhook_id = MemoryContextStrdup(req->cxt, batch ? psprintf("batch_%s", event_id) : event_id);
 			if (batch)
 				appendStringInfoChar(&req->body, '[');
@@ -2248,6 +2310,8 @@ hub_dispatcher_main(Datum arg)
 	my_slot = DatumGetInt32(arg);
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	snprintf(worker_name, sizeof(worker_name), "dispatcher %d", my_slot);
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = dispatcher_log_hook;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -2298,6 +2362,7 @@ hub_dispatcher_main(Datum arg)
 
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
+		current_step = NULL;	/* (a step that failed and was handled) */
 
 		/*
 		 * Asked to stop with results not recorded yet: record them first

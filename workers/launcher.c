@@ -79,6 +79,64 @@ check_poll_interval(int *newval, void **extra, GucSource source)
 	return false;
 }
 
+/*
+ * check_event_source --- check hook of logistics_hub.event_source: the
+ * CloudEvents source must be a non-empty URI-reference (RFC 3986): only
+ * URI characters, a "%" only before two hex digits, and a ":" before the
+ * first "/", "?" or "#" only after a valid scheme (a relative reference's
+ * first segment has no colon).  A bad value is refused where it is set
+ * (ALTER SYSTEM, the configuration file), never sent.
+ */
+static bool
+check_event_source(char **newval, void **extra, GucSource source)
+{
+	const char *s = *newval;
+	const char *colon = NULL;
+	const char *p;
+
+	if (s == NULL || *s == '\0')
+	{
+		GUC_check_errdetail("The CloudEvents source must not be empty.");
+		return false;
+	}
+	for (p = s; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '%')
+		{
+			if (!isxdigit((unsigned char) p[1]) || !isxdigit((unsigned char) p[2]))
+			{
+				GUC_check_errdetail("A \"%%\" must start a percent-encoding such as %%20.");
+				return false;
+			}
+			continue;
+		}
+		if (!(isalnum(c) || strchr("-._~:/?#[]@!$&'()*+,;=", c) != NULL) || c >= 0x80)
+		{
+			GUC_check_errdetail("The CloudEvents source must be a URI-reference (RFC 3986); character \"%c\" at position %d must be percent-encoded.",
+								c >= 0x20 && c < 0x7f ? c : '?', (int) (p - s) + 1);
+			return false;
+		}
+		if (c == ':' && colon == NULL && strcspn(s, "/?#") > (size_t) (p - s))
+			colon = p;
+	}
+	if (colon != NULL)
+	{
+		/* scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) */
+		bool		ok = colon > s && isalpha((unsigned char) s[0]);
+
+		for (p = s; ok && p < colon; p++)
+			ok = isalnum((unsigned char) *p) || *p == '+' || *p == '-' || *p == '.';
+		if (!ok)
+		{
+			GUC_check_errdetail("The part before the first \":\" is not a URI scheme, and a relative reference cannot have a \":\" in its first segment.");
+			return false;
+		}
+	}
+	return true;
+}
+
 void
 hub_workers_define_gucs(void)
 {
@@ -142,9 +200,10 @@ hub_workers_define_gucs(void)
 							   NULL, &hub_ca_file, "", PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
 	DefineCustomStringVariable("logistics_hub.event_source",
-							   "The CloudEvents source attribute of events sent in the cloudevents format.",
-							   NULL, &hub_event_source, "/logistics_hub", PGC_SIGHUP, 0,
-							   NULL, NULL, NULL);
+							   "The CloudEvents source attribute of events sent in the cloudevents formats.",
+							   "A URI-reference (RFC 3986), such as /logistics_hub or https://hub.example.com/wms.",
+							   &hub_event_source, "/logistics_hub", PGC_SIGHUP, 0,
+							   check_event_source, NULL, NULL);
 }
 
 /* hub_workers_register --- from _PG_init while preloading */

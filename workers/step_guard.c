@@ -30,6 +30,8 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "utils/builtins.h"
 #include "utils/resowner.h"
 
@@ -71,15 +73,29 @@ hub_guard_run(void (*fn) (void *), void *arg, HubStepError *err)
 /*
  * hub_step_error_take --- inside PG_CATCH, in a memory context that
  * outlives the error: copy the error being handled into *err and clear it.
+ * The caller logs err->message on one line; the error's CONTEXT (the
+ * PL/pgSQL calls and statements) goes to a DEBUG1 line here.
  */
 void
 hub_step_error_take(HubStepError *err)
 {
 	ErrorData  *edata = CopyErrorData();
+	ErrorContextCallback *stack = error_context_stack;
 
 	FlushErrorState();
 	err->sqlerrcode = edata->sqlerrcode;
 	err->message = psprintf("%s (SQLSTATE %s)", edata->message, unpack_sql_state(edata->sqlerrcode));
+	if (edata->context != NULL)
+	{
+		error_context_stack = NULL; /* (only the error's own context) */
+		HOLD_INTERRUPTS();		/* (its end must not throw inside PG_CATCH) */
+		ereport(DEBUG1,
+				(errmsg_internal("%s: %s", MyBgworkerEntry ? MyBgworkerEntry->bgw_name : "logistics_hub",
+								 err->message),
+				 errcontext("%s", edata->context)));
+		RESUME_INTERRUPTS();
+		error_context_stack = stack;
+	}
 	FreeErrorData(edata);
 }
 

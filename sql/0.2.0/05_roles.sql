@@ -29,3 +29,14 @@ END
 $$;
 GRANT hub_reader, hub_writer TO hub_admin;
 GRANT USAGE ON SCHEMA hub TO hub_reader, hub_writer, hub_admin;
+/*
+ * The identifier types (hub.gtin, hub.sscc, hub.gln, hub.container_no)
+ * are for everyone: a role outside the hub_* roles that stores one must be
+ * able to name the type and compare two (its operators are looked up in
+ * this schema).  USAGE lends nothing else: every function of the
+ * extension is revoked from PUBLIC except the pure functions of their
+ * arguments (the types' I/O, operators and checks), no table, view or
+ * sequence has a PUBLIC grant, and nobody but the owner may create here
+ * (test/pgtap/privileges.sql and security_matrix.sql pin all of it).
+ */
+GRANT USAGE ON SCHEMA hub TO PUBLIC;

@@ -249,13 +249,24 @@ CREATE TABLE hub.status_conflicts (
 	incoming_state	text NOT NULL,
 	occurred_at		timestamptz NOT NULL,
 	detected_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	reports			integer NOT NULL DEFAULT 1,
+	last_history_id	bigint NOT NULL,
+	last_reported_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	resolved_at		timestamptz,
 	resolution		text
 );
-CREATE INDEX status_conflicts_open_idx ON hub.status_conflicts (lifecycle, business_key)
+-- one open conflict per key and disagreement: a report sent again (a
+-- carrier's retry, a poller's overlap) counts on it instead of opening
+-- another; the index also finds a key's open conflicts
+CREATE UNIQUE INDEX status_conflicts_open_idx
+	ON hub.status_conflicts (lifecycle, business_key, current_state, incoming_state)
 	WHERE resolved_at IS NULL;
 COMMENT ON TABLE hub.status_conflicts IS
-'Reports whose state was incomparable with the canonical state (e.g. cancelled vs shipped), for review; resolved_at and resolution are set by an operator.';
+'Reports whose state was incomparable with the canonical state (e.g. cancelled vs shipped), for review; one open row per key and disagreement (current and incoming state), which a report sent again counts on; resolved_at and resolution are set by an operator.';
+COMMENT ON COLUMN hub.status_conflicts.history_id IS 'The hub.status_history row of the report that opened the conflict.';
+COMMENT ON COLUMN hub.status_conflicts.reports IS 'How many reports of this disagreement came while it was open (1: only the one that opened it).';
+COMMENT ON COLUMN hub.status_conflicts.last_history_id IS 'The hub.status_history row of the latest report of this disagreement.';
+COMMENT ON COLUMN hub.status_conflicts.last_reported_at IS 'When the latest report of this disagreement came.';
 
 CREATE FUNCTION hub._refuse_history_change()
 RETURNS trigger
@@ -461,10 +472,23 @@ BEGIN
 			occurred_at)
 	RETURNING history_id INTO r.history_id;
 
+	-- one open conflict per key and disagreement (serialized by the key's
+	-- row lock; status_conflicts_open_idx holds it): the same report again
+	-- counts on the open one
 	IF r.outcome = 'conflict' THEN
-		INSERT INTO hub.status_conflicts
-			(history_id, lifecycle, business_key, system, current_state, incoming_state, occurred_at)
-		VALUES (r.history_id, lifecycle, business_key, system, r.previous_state, m_state, occurred_at);
+		UPDATE hub.status_conflicts c
+		SET reports = c.reports + 1, last_history_id = r.history_id, last_reported_at = now()
+		WHERE c.lifecycle = apply_canonical_status.lifecycle
+		  AND c.business_key = apply_canonical_status.business_key
+		  AND c.current_state = r.previous_state AND c.incoming_state = m_state
+		  AND c.resolved_at IS NULL;
+		IF NOT FOUND THEN
+			INSERT INTO hub.status_conflicts
+				(history_id, lifecycle, business_key, system, current_state, incoming_state, occurred_at,
+				 last_history_id)
+			VALUES (r.history_id, lifecycle, business_key, system, r.previous_state, m_state, occurred_at,
+					r.history_id);
+		END IF;
 	END IF;
 
 	r.state := e.state;

@@ -263,13 +263,13 @@ CREATE TABLE hub.subscriptions (
 	retry_max		interval NOT NULL DEFAULT '1 hour'
 		CHECK (retry_max BETWEEN interval '0' AND interval '7 days'),
 	retry_on_4xx	boolean NOT NULL DEFAULT false,
-	body_format		text NOT NULL DEFAULT 'event' CHECK (body_format IN ('event', 'cloudevents', 'batch')),
+	body_format		text NOT NULL DEFAULT 'event' CHECK (body_format IN ('event', 'cloudevents', 'batch', 'cloudevents_batch')),
 	batch_max		integer NOT NULL DEFAULT 100 CHECK (batch_max BETWEEN 1 AND 1000),
 	lease_group		integer NOT NULL DEFAULT 1 CHECK (lease_group BETWEEN 1 AND 1000),
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (endpoint_id, event_pattern),
 	CONSTRAINT subscriptions_lease_group_unordered
-		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format <> 'batch')),
+		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format NOT IN ('batch', 'cloudevents_batch'))),
 	CONSTRAINT subscriptions_retry_base_max CHECK (retry_base <= retry_max)
 );
 COMMENT ON TABLE hub.subscriptions IS
@@ -278,7 +278,8 @@ COMMENT ON COLUMN hub.subscriptions.priority IS 'Claim order across subscription
 COMMENT ON COLUMN hub.subscriptions.max_attempts IS 'Attempts before a delivery is dead, 1 to 1000.';
 COMMENT ON COLUMN hub.subscriptions.retry_base IS 'First retry''s backoff, doubled each attempt (with full jitter) up to retry_max; 0 to 1 day, at most retry_max.';
 COMMENT ON COLUMN hub.subscriptions.retry_max IS 'Longest backoff between attempts, 0 to 7 days.';
-COMMENT ON COLUMN hub.subscriptions.batch_max IS 'Most events in one batch delivery (body_format batch), 1 to 1000.';
+COMMENT ON COLUMN hub.subscriptions.body_format IS 'What a request carries: event (the canonical event, application/json), cloudevents (a CloudEvents 1.0 structured-mode event, application/cloudevents+json), batch (a JSON array of canonical events, application/json) or cloudevents_batch (a JSON array of CloudEvents, application/cloudevents-batch+json).';
+COMMENT ON COLUMN hub.subscriptions.batch_max IS 'Most events in one batch delivery (body_format batch or cloudevents_batch), 1 to 1000.';
 COMMENT ON COLUMN hub.subscriptions.lease_group IS
 'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. Only for ordering none and one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
 

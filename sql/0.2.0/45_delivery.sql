@@ -143,11 +143,17 @@ BEGIN
 	PERFORM hub._check_setting('retry_base', retry_base <= retry_max, retry_base::text,
 							   pg_catalog.format('at most retry_max (%s)', retry_max));
 	PERFORM hub._check_setting('batch_max', batch_max BETWEEN 1 AND 1000, batch_max::text, 'between 1 and 1000');
+	-- (the table's CHECK constraints hold the same; this names the value)
+	PERFORM hub._check_setting('body_format', body_format IN ('event', 'cloudevents', 'batch', 'cloudevents_batch'),
+							   '"' || body_format || '"',
+							   'event, cloudevents, batch or cloudevents_batch');
+	PERFORM hub._check_setting('ordering', ordering IN ('per_key', 'none'), '"' || ordering || '"',
+							   'per_key or none');
 	IF transform IS NOT NULL THEN
 		PERFORM hub._check_user_function(transform, 'transform function', '3802', 'jsonb');
 	END IF;
 	IF lease_group IS DISTINCT FROM 1 AND (lease_group IS NULL OR lease_group NOT BETWEEN 1 AND 1000
-			OR ordering IS DISTINCT FROM 'none' OR body_format = 'batch') THEN
+			OR ordering IS DISTINCT FROM 'none' OR body_format IN ('batch', 'cloudevents_batch')) THEN
 		RAISE EXCEPTION 'invalid lease_group: %', coalesce(lease_group::text, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'A lease group holds 1 to 1000 events, and only a subscription with ordering => ''none'' and one event a request (body_format event or cloudevents) can have one.';
@@ -162,7 +168,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer) IS
-'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id.';
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id; 22023 for a setting out of its range, an unknown body_format (event, cloudevents, batch, cloudevents_batch) or ordering (per_key, none).';
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
@@ -245,8 +251,8 @@ BEGIN
 	 */
 	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE), ev AS (
 		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority,
-			   s.body_format = 'batch' OR s.lease_group > 1 AS batched,
-			   CASE WHEN s.body_format = 'batch' THEN s.batch_max ELSE s.lease_group END AS batch_max,
+			   s.body_format IN ('batch', 'cloudevents_batch') OR s.lease_group > 1 AS batched,
+			   CASE WHEN s.body_format IN ('batch', 'cloudevents_batch') THEN s.batch_max ELSE s.lease_group END AS batch_max,
 			   CASE WHEN s.ordering = 'per_key' THEN abs(hashtext(o.aggregate_id) % 64) ELSE 0 END AS bucket
 		FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
 			  FROM hub.outbox o
@@ -411,7 +417,7 @@ BEGIN
 			   -- requests: one a batch, one an event of a lease group
 			   CASE WHEN d.batch_events IS NULL THEN 1
 					WHEN (SELECT s.body_format FROM hub.subscriptions s
-						  WHERE s.subscription_id = d.subscription_id) = 'batch' THEN 1
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
 					ELSE cardinality(d.batch_events) END AS n_requests,
 			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
 			   e.endpoint_id AS o_endpoint,
@@ -549,7 +555,8 @@ BEGIN
 			rows[i] := r;
 		EXCEPTION WHEN OTHERS THEN
 			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
-			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch' THEN
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
 				-- an event of a lease group, which is its own request: only
 				-- it leaves the group (a delivery of its own, same lease) and
 				-- fails; the rest of the group goes out
@@ -1084,6 +1091,13 @@ END
 $$;
 GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) TO hub_writer;
 GRANT INSERT ON hub.outbox TO hub_writer;
+-- INSERT ... RETURNING event_id (what ORMs send) needs SELECT on the
+-- returned column.  Only that column: a writer can then list event ids,
+-- which are not secret (every receiver gets them), but reads no payload,
+-- type, key or time, and cannot filter on them.  (Row security limited to
+-- the writer's own transaction would send every hub.publish down its slow
+-- path, and RETURNING * still fails, 42501.)
+GRANT SELECT (event_id) ON hub.outbox TO hub_writer;
 GRANT SELECT ON hub.outbox, hub.event_types, hub.endpoints, hub.subscriptions, hub.deliveries,
 	hub.attempts, hub.operator_audit TO hub_reader;
 -- (not ALL: TRIGGER would let hub_admin attach code that superusers' writes run)

@@ -104,7 +104,9 @@ COMMENT ON FUNCTION hub.webhook_signature(text, text, bigint, text) IS
  * (extension/event_body.c) byte for byte as the jsonb it replaced printed
  * them: jsonb_build_object of the canonical event, or of the CloudEvents
  * envelope with its nulls stripped and then "data" added, cast to text.
- * STABLE: a timestamptz is rendered in the session's TimeZone.  Not
+ * The time is always rendered in UTC, whatever the session's TimeZone (a
+ * retry must send the same bytes under the same webhook-id and
+ * signature); still declared STABLE, as it was when it followed TimeZone.  Not
  * strict: NULL arguments are JSON nulls, a NULL body_format gives the
  * canonical event.  test/reference/event_body.sql keeps the SQL definition
  * the tests compare it with.
@@ -114,7 +116,7 @@ CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text,
 RETURNS text
 	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text) IS
-'The JSON a receiver gets for one event: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data) or a CloudEvents 1.0 structured-mode event; a batch request is a JSON array of canonical events.';
+'The JSON a receiver gets for one event: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event; a batch request is a JSON array of them. The time is in UTC whatever the session''s TimeZone.';
 
 -- ---------------------------------------------------------------- worker API
 

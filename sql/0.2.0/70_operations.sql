@@ -46,7 +46,10 @@ COMMENT ON VIEW hub.sync_status IS
  * deliveries and their attempts, and the inbox.  Correlation ids are
  * indexed on both sides; a business key is indexed in the inbox only: on
  * the outbox it is a scan, since an index on outbox.aggregate_id would be
- * paid by every publish.
+ * paid by every publish.  Rows come in time order; rows at the same time
+ * (the events of one transaction share their published_at) in publishing
+ * order (hub.outbox.seq; inbox messages by inbox_id), then by what
+ * happened.
  */
 CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
 RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
@@ -85,12 +88,15 @@ BEGIN
 		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
 			AND d.event_id <> o.event_id
 	)
-	SELECT o.published_at, 'published', o.event_id, o.event_type, o.aggregate_id, NULL::text, NULL::text,
-		   NULL::text, o.payload::text
+	SELECT t.at, t.what, t.event_id, t.event_type, t.aggregate_id, t.endpoint, t.source, t.message_id, t.detail
+	FROM (
+	SELECT o.published_at AS at, 'published' AS what, o.event_id, o.event_type, o.aggregate_id,
+		   NULL::text AS endpoint, NULL::text AS source, NULL::text AS message_id, o.payload::text AS detail,
+		   o.seq AS ord
 	FROM o
 	UNION ALL
 	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
-		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms')
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms'), o.seq
 	FROM o
 	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
@@ -98,25 +104,28 @@ BEGIN
 	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
 	UNION ALL
 	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
-		   NULL, NULL, d.last_error
+		   NULL, NULL, d.last_error, o.seq
 	FROM o
 	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	UNION ALL
 	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
-		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
+		   i.inbox_id
 	FROM i
 	UNION ALL
 	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
 		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
-		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error)
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error),
+		   i.inbox_id
 	FROM i
 	WHERE i.state <> 'new'
-	ORDER BY 1, 2;
+	) t
+	ORDER BY t.at, t.ord, t.what;
 END
 $$;
 COMMENT ON FUNCTION hub.trace(text, text) IS
-'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing). 22023 when neither is given.';
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
 
 REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;

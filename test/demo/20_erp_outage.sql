@@ -53,5 +53,7 @@ JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 JOIN hub.outbox o ON o.event_id = d.event_id
 ORDER BY e.name, o.aggregate_id, o.event_type, a.attempt;
 
--- One order's story across the outbox, deliveries and attempts.
-SELECT * FROM hub.trace('SO-1001') ORDER BY 1;
+-- One order's story across the outbox, deliveries and attempts (in order
+-- already: the events of one transaction share their time, and an ORDER BY
+-- on it alone would mix them).
+SELECT * FROM hub.trace('SO-1001');

@@ -1,12 +1,13 @@
 -- The privilege matrix, for every role and every object of the extension:
 -- exactly who holds which privilege on each table, view, sequence and
--- column of schema hub (besides their owner), and who may execute each of
+-- column of schema hub (besides their owner), who may execute each of
 -- its functions (besides their owner; the identifier types' I/O and
 -- operators, pure functions of their arguments, are left to PUBLIC and not
--- listed).  A grant added or lost anywhere fails this test: change it
--- together with README's "What the roles can do" and "Privileges".
+-- listed), and who may use the schema itself.  A grant added or lost
+-- anywhere fails this test: change it together with README's "What the
+-- roles can do" and "Privileges".
 BEGIN;
-SELECT plan(2);
+SELECT plan(3);
 
 SELECT set_eq($q$
 SELECT m.object COLLATE "default", m.grantee COLLATE "default", m.privileges COLLATE "default" FROM (
@@ -73,6 +74,7 @@ $q$, $q$ VALUES
 	('outbox', 'hub_reader', 'SELECT'),
 	('outbox', 'hub_worker', 'SELECT'),
 	('outbox', 'hub_writer', 'INSERT'),
+	('outbox.event_id', 'hub_writer', 'SELECT'),
 	('stale_entities', 'hub_reader', 'SELECT'),
 	('stale_thresholds', 'hub_admin', 'DELETE,INSERT,UPDATE'),
 	('stale_thresholds', 'hub_reader', 'SELECT'),
@@ -192,6 +194,20 @@ $q$, $q$ VALUES
 	('hub.webhook_signature(text,text,bigint,text)', 'hub_reader'),
 	('hub.webhook_signature(text,text,bigint,text)', 'hub_writer')
 $q$, 'who may execute each function of the extension');
+
+SELECT set_eq($q$
+SELECT coalesce(r.rolname, 'PUBLIC')::text COLLATE "default", a.privilege_type::text COLLATE "default"
+FROM pg_namespace n
+CROSS JOIN LATERAL aclexplode(n.nspacl) a
+LEFT JOIN pg_roles r ON r.oid = a.grantee
+WHERE n.nspname = 'hub' AND a.grantee <> n.nspowner
+$q$, $q$ VALUES
+	('PUBLIC', 'USAGE'),
+	('hub_admin', 'USAGE'),
+	('hub_reader', 'USAGE'),
+	('hub_worker', 'USAGE'),
+	('hub_writer', 'USAGE')
+$q$, 'who may use schema hub: everyone (the identifier types are for everyone), and nobody but its owner may create in it');
 
 SELECT * FROM finish();
 ROLLBACK;

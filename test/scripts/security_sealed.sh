@@ -108,7 +108,8 @@ must_wait "$(delivered_ev "$P3")" 30 "an endpoint without secrets stopped delive
 [ "$(q "SELECT count(*) FROM hub.operator_audit WHERE action = 'pause_unsealed' AND target = 'sealed'
         AND reason LIKE 'sealed secrets cannot be opened: % no secret key is loaded%'")" = 1 ] ||
 	fail "the pause and its reason are not audited: $(q "SELECT string_agg(action || ' ' || coalesce(reason, ''), '; ') FROM hub.operator_audit")"
-grep -q "WARNING:  endpoint \"sealed\" paused: sealed secrets cannot be opened" "$LOG" ||
+# (one line naming the worker and its step, as every dispatcher WARNING)
+grep -qE "WARNING:  logistics_hub dispatcher 0: [a-z ,]+: endpoint \"sealed\" paused: sealed secrets cannot be opened" "$LOG" ||
 	fail "no WARNING naming the endpoint"
 # the lease given back without an attempt: the request was never started
 must_wait "SELECT state = 'pending' AND attempts = 0 FROM hub.deliveries WHERE event_id = '$E3'" 30 \
