@@ -5,7 +5,7 @@
  *		CloudEvents 1.0 structured mode.
  *
  * The dispatchers' claim renders one body per claimed event (hub._claim
- * in sql/0.2.0/45_delivery.sql).  The body used to be built as a jsonb
+ * in sql/src/45_delivery.sql).  The body used to be built as a jsonb
  * (jsonb_build_object, jsonb_strip_nulls for the CloudEvents envelope) and
  * cast to text, which costs a jsonb tree, its sorting and its
  * serialisation per row.  Here the text is written directly into one

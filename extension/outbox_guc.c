@@ -12,7 +12,7 @@
  *
  * logistics_hub.retention_period (seconds, default 7 days, superuser) and
  * logistics_hub.dead_retention_period (seconds, default 30 days,
- * superuser): what hub.run_retention() removes (sql/0.2.0/80_retention.sql):
+ * superuser): what hub.run_retention() removes (sql/src/80_retention.sql):
  * finished events and attempts older than the first; dead deliveries are
  * kept until the second, so that they can still be replayed.
  * logistics_hub.inbox_retention_period (seconds, default 30 days, superuser)

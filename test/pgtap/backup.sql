@@ -1,4 +1,4 @@
--- Backup and restore (sql/0.2.0/85_backup.sql): every table of the hub and
+-- Backup and restore (sql/src/85_backup.sql): every table of the hub and
 -- its sequence is registered for pg_dump; the restore marker turns
 -- logistics_hub.restoring on for a superuser's session and stores nothing;
 -- while restoring, a superuser's event carrying its id, the xid that id

@@ -36,7 +36,8 @@ z = zipfile.ZipFile(sys.argv[1])
 names = set(z.namelist())
 top = 'logistics_hub-%s/' % sys.argv[2]
 want = ['META.json', 'LICENSE', 'README.md', 'Makefile', 'control/logistics_hub.control',
-        'sql/logistics_hub--0.1.0.sql', 'extension/user_code.c', 'workers/dispatcher.c']
+        'sql/logistics_hub--0.1.0.sql', 'sql/logistics_hub--0.1.0--0.2.0.sql', 'sql/src/00_identifiers.sql',
+        'extension/user_code.c', 'workers/dispatcher.c']
 missing = [w for w in want if top + w not in names]
 bad = [n for n in names if not n.startswith(top) or n.endswith(('.o', '.so')) or '/test/results/' in n
        or '/.cluster/' in n]
