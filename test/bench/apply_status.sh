@@ -18,7 +18,7 @@ CLIENTS=4
 trap 'lh_cluster_stop bench-$PORT; rm -rf "$WORK"' EXIT
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
-lh_prepare "bench-$PORT" "$PORT" "shared_buffers = 256MB" "synchronous_commit = on"
+lh_prepare "bench-$PORT" "$PORT" "fsync = on" "shared_buffers = 256MB" "synchronous_commit = on"
 
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
 SET client_min_messages = warning;

@@ -12,7 +12,7 @@ PORT=${LH_BENCH_PORT:-54360}
 N=${LH_BENCH_ROWS:-1000000}
 ROUNDS=${LH_BENCH_ROUNDS:-5}
 trap 'lh_cluster_stop bench-$PORT' EXIT
-lh_prepare "bench-$PORT" "$PORT" "shared_buffers = 512MB" "maintenance_work_mem = 256MB" "work_mem = 64MB" "max_parallel_maintenance_workers = 0" "max_parallel_workers_per_gather = 0"
+lh_prepare "bench-$PORT" "$PORT" "fsync = on" "shared_buffers = 512MB" "maintenance_work_mem = 256MB" "work_mem = 64MB" "max_parallel_maintenance_workers = 0" "max_parallel_workers_per_gather = 0"
 
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 SET client_min_messages = warning;

@@ -8,7 +8,7 @@ cd "$LH_TOP"
 PORT=${LH_BENCH_PORT:-54361}
 N=${LH_BENCH_CALLS:-1000000}
 trap 'lh_cluster_stop bench-$PORT' EXIT
-lh_prepare "bench-$PORT" "$PORT" "max_parallel_workers_per_gather = 0"
+lh_prepare "bench-$PORT" "$PORT" "fsync = on" "max_parallel_workers_per_gather = 0"
 
 psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres <<SQL
 SET client_min_messages = warning;

@@ -37,7 +37,7 @@ fi
 trap 'lh_cluster_stop bench-$PORT; rm -rf "$WORK"' EXIT
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
-lh_prepare "bench-$PORT" "$PORT" "max_connections = 50"
+lh_prepare "bench-$PORT" "$PORT" "fsync = on" "max_connections = 50"
 
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
 

@@ -62,7 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-lh_prepare "bench-$PORT" "$PORT" "max_connections = 50" \
+lh_prepare "bench-$PORT" "$PORT" "fsync = on" "max_connections = 50" \
 	"logistics_hub.dispatchers = 1" "logistics_hub.database = 'postgres'" \
 	"logistics_hub.max_in_flight = $CONNS" "logistics_hub.claim_batch = 1000" \
 	"logistics_hub.egress_allow = '127.0.0.1'" "shared_buffers = 512MB" \
