@@ -29,7 +29,9 @@
 # LH_BENCH_PERF=PATH records a profile of the dispatchers of each hub run
 # (perf record -g) to PATH.<format>-<dispatchers>-<group>.
 # LH_BENCH_PARTS picks what runs ("baseline event group batch latency"; the
-# ratios need baseline).
+# ratios need baseline).  LH_BENCH_CLAIM_BATCH (1000) and
+# LH_BENCH_SHARED_BUFFERS (512MB) set logistics_hub.claim_batch and
+# shared_buffers (500 and 128MB are the defaults a new user has).
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
 # and wrk's connections, 64), LH_BENCH_RATE (1000 events/s) for
 # LH_BENCH_LATENCY_SECONDS (10).
@@ -51,6 +53,8 @@ LSECS=${LH_BENCH_LATENCY_SECONDS:-10}
 DISPATCHERS=${LH_BENCH_DISPATCHERS:-1 2}
 GROUP=${LH_BENCH_GROUP:-64}
 PARTS=${LH_BENCH_PARTS:-baseline event group batch latency}
+CLAIM_BATCH=${LH_BENCH_CLAIM_BATCH:-1000}
+SHARED_BUFFERS=${LH_BENCH_SHARED_BUFFERS:-512MB}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -64,8 +68,8 @@ trap cleanup EXIT
 
 lh_prepare "bench-$PORT" "$PORT" "fsync = on" "max_connections = 50" \
 	"logistics_hub.dispatchers = 1" "logistics_hub.database = 'postgres'" \
-	"logistics_hub.max_in_flight = $CONNS" "logistics_hub.claim_batch = 1000" \
-	"logistics_hub.egress_allow = '127.0.0.1'" "shared_buffers = 512MB" \
+	"logistics_hub.max_in_flight = $CONNS" "logistics_hub.claim_batch = $CLAIM_BATCH" \
+	"logistics_hub.egress_allow = '127.0.0.1'" "shared_buffers = $SHARED_BUFFERS" \
 	"synchronous_commit = on"
 
 # nginx: one worker, 204 for everything, keep-alive without a request limit
@@ -119,7 +123,7 @@ poll_until() {
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)," \
 	"$("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), libcurl $(curl-config --version | cut -d' ' -f2)," \
 	"$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-echo "events: $EVENTS, connections: $CONNS (wrk, logistics_hub.max_in_flight and the endpoint's max_concurrency), claim_batch 1000, dispatchers: $DISPATCHERS"
+echo "events: $EVENTS, connections: $CONNS (wrk, logistics_hub.max_in_flight and the endpoint's max_concurrency), claim_batch $CLAIM_BATCH, shared_buffers $SHARED_BUFFERS, dispatchers: $DISPATCHERS"
 
 q >/dev/null <<SQL
 SET client_min_messages = warning;
