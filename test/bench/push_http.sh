@@ -28,8 +28,9 @@
 # connections), and so does 4.
 # LH_BENCH_PERF=PATH records a profile of the dispatchers of each hub run
 # (perf record -g) to PATH.<format>-<dispatchers>-<group>.
-# LH_BENCH_PARTS picks what runs ("baseline event group batch latency"; the
-# ratios need baseline).  LH_BENCH_CLAIM_BATCH (1000) and
+# LH_BENCH_PARTS picks what runs ("baseline event group batch latency steady";
+# the ratios need baseline; steady, publishing and delivering at once, is
+# not in the default set).  LH_BENCH_CLAIM_BATCH (1000) and
 # LH_BENCH_SHARED_BUFFERS (512MB) set logistics_hub.claim_batch and
 # shared_buffers (500 and 128MB are the defaults a new user has).
 # Sizes: LH_BENCH_EVENTS (100000), LH_BENCH_CONNS (logistics_hub.max_in_flight
@@ -260,6 +261,42 @@ FROM (SELECT a.at * 1000 - extract(epoch FROM o.published_at) * 1000 AS l, o.pub
 	  FROM arrival a JOIN hub.outbox o ON o.event_id = a.event_id::uuid) o;
 SQL
 }
+# steady NDISP GROUP --- publish and deliver at once, as an application
+# does: 8 pgbench clients publish one event a transaction as fast as they
+# can for LH_BENCH_LATENCY_SECONDS while the dispatchers deliver; prints
+# the publishing rate and the delivery rate over the whole window (first
+# publish to last arrival), which is what a user who publishes while
+# measuring sees.
+steady() {
+	local ndisp=$1 group=$2
+	q -c "DELETE FROM hub.subscriptions" \
+		-c "SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', lease_group => $group)" >/dev/null
+	q -c "ALTER SYSTEM SET logistics_hub.dispatchers = $ndisp" -c "SELECT pg_reload_conf()" >/dev/null
+	until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")" -eq "$ndisp" ]; do
+		sleep 0.2
+	done
+	: > "$WORK/nginx/logs/arrival.log"
+	sleep 1.5
+	"$PG_BIN/pgbench" -n -c 8 -j 2 -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
+	poll_until "SELECT count(*) = 0 FROM hub.deliveries WHERE state <> 'delivered'"
+	q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS arrival" -c "CREATE TABLE arrival (at float8, event_id text)" >/dev/null
+	q -c "\\copy arrival FROM '$WORK/nginx/logs/arrival.log' WITH (FORMAT text, DELIMITER ' ')"
+	q -v ndisp="$ndisp" -v group="$group" <<'SQL'
+SELECT format('steady, %s dispatcher(s), lease_group %s: %s events published at %s events/s, delivered at %s events/s (first publish to last arrival), last arrival %s ms after the last publish',
+	:ndisp, :group, count(*),
+	round(count(*) / greatest(extract(epoch FROM max(o.published_at) - min(o.published_at)), 0.001)),
+	round(count(*) / greatest(max(a.at) - extract(epoch FROM min(o.published_at)), 0.001)),
+	round(((max(a.at) - extract(epoch FROM max(o.published_at))) * 1000)::numeric, 1))
+FROM arrival a JOIN hub.outbox o ON o.event_id = a.event_id::uuid;
+SQL
+	q -c "SELECT hub.run_retention(retention => '0 s')" >/dev/null 2>&1 || true
+}
+if part steady; then
+	for ndisp in $DISPATCHERS; do
+		steady "$ndisp" 1
+		steady "$ndisp" "$GROUP"
+	done
+fi
 # (an if, not part latency && ...: without the latency part that would be
 # the script's exit status, a failure)
 if part latency; then
