@@ -236,7 +236,10 @@ cat > "$WORK/publish.sql" <<'EOF'
 SELECT hub.publish('order.created', 'SO-' || :k, jsonb_build_object('order_id', 'SO-' || :k));
 EOF
 chmod 644 "$WORK/publish.sql"
-latency() {
+# part_setup NDISP GROUP --- one subscription with lease groups of GROUP,
+# NDISP dispatchers running, nginx's arrival log emptied, the endpoint's
+# settings re-read: what the latency and steady parts start from
+part_setup() {
 	local ndisp=$1 group=$2
 	q -c "DELETE FROM hub.subscriptions" \
 		-c "SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', lease_group => $group)" >/dev/null
@@ -246,6 +249,10 @@ latency() {
 	done
 	: > "$WORK/nginx/logs/arrival.log"	# (nginx appends)
 	sleep 1.5	# endpoint settings are re-read within a second
+}
+latency() {
+	local ndisp=$1 group=$2
+	part_setup "$ndisp" "$group"
 	"$PG_BIN/pgbench" -n -c 4 -j 2 -R "$RATE" -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
 	sleep 2
 	q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS arrival" -c "CREATE TABLE arrival (at float8, event_id text)" >/dev/null
@@ -269,14 +276,7 @@ SQL
 # measuring sees.
 steady() {
 	local ndisp=$1 group=$2
-	q -c "DELETE FROM hub.subscriptions" \
-		-c "SELECT hub.subscribe('nginx', 'order.*', ordering => 'none', lease_group => $group)" >/dev/null
-	q -c "ALTER SYSTEM SET logistics_hub.dispatchers = $ndisp" -c "SELECT pg_reload_conf()" >/dev/null
-	until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'")" -eq "$ndisp" ]; do
-		sleep 0.2
-	done
-	: > "$WORK/nginx/logs/arrival.log"
-	sleep 1.5
+	part_setup "$ndisp" "$group"
 	"$PG_BIN/pgbench" -n -c 8 -j 2 -T "$LSECS" -f "$WORK/publish.sql" postgres >/dev/null
 	poll_until "SELECT count(*) = 0 FROM hub.deliveries WHERE state <> 'delivered'"
 	q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS arrival" -c "CREATE TABLE arrival (at float8, event_id text)" >/dev/null
