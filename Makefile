@@ -23,7 +23,8 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c workers/*.c)))
 # step by step.
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" control/$(EXTNAME).control)
 FULL_SCRIPT = sql/$(EXTNAME)--$(EXTVERSION).sql
-DATA = $(filter-out $(FULL_SCRIPT),$(wildcard sql/$(EXTNAME)--*.sql))
+# (only committed scripts: a full script an older make built is not a release)
+DATA = sql/$(EXTNAME)--0.1.0.sql $(wildcard sql/$(EXTNAME)--*--*.sql)
 DATA_built = $(FULL_SCRIPT)
 SRC_PARTS = $(sort $(wildcard sql/src/*.sql))
 
