@@ -40,7 +40,13 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ] || { [ "$ONLY" = security ] && { [
 # the security layer (LH_TEST_ONLY=security): the pgTAP files and scripts
 # of issue 16's threat model, run from their usual layers
 security_file() { case $(basename "$1") in security_*|privileges.sql|secrets.sql) return 0 ;; esac; return 1; }
-in_run() { [ "$ONLY" != security ] || security_file "$1"; }
+# LH_TEST_FILTER=REGEX: of the pgTAP files, scripts and TAP tests, only those
+# whose file name matches (e.g. 'poll' while working on the pollers)
+FILTER=${LH_TEST_FILTER:-}
+in_run() {
+	{ [ "$ONLY" != security ] || security_file "$1"; } &&
+		{ [ -z "$FILTER" ] || [[ $(basename "$1") =~ $FILTER ]]; }
+}
 
 # run_regress LAYER DRIVER INPUTDIR OUTDIR TEST... --- run pg_regress or
 # pg_isolation_regress (same options, same output) and count its results;
@@ -158,6 +164,7 @@ if want tap && compgen -G "test/tap/*.pl" >/dev/null; then
 		[ "$TAPTOP" = "$LH_TOP" ] || chown -R "$CLUSTER_USER" "$TAPTOP"
 	fi
 	for t in test/tap/*.pl; do
+		in_run "$t" || continue
 		name=$(basename "$t" .pl)
 		set +e
 		(cd "$TAPTOP" && lh_as_cluster_user env PATH="$PG_BIN:$PATH" \
