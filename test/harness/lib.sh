@@ -89,6 +89,9 @@ lh_build_install()
 		cp -a /usr/share/postgresql/$PG_MAJOR "$LH_PGROOT/usr/share/postgresql/"
 		# the relocated pg_config points at usr/include under the copy
 		ln -sfn /usr/include "$LH_PGROOT/usr/include"
+		# an installation of the system tree is not this checkout's
+		rm -f "$LH_PGROOT"/usr/share/postgresql/$PG_MAJOR/extension/logistics_hub* \
+			"$LH_PGROOT"/usr/lib/postgresql/$PG_MAJOR/lib/logistics_hub.so
 	fi
 	make -C "$LH_TOP" -s PG_CONFIG="$PG_CONFIG" all >/dev/null
 	if [ "$(id -u)" -eq 0 ] || [ -w "$($PG_CONFIG --pkglibdir)" ]; then
