@@ -8,7 +8,8 @@
  * waits for the other inserter and then sees its row.
  *
  * hub.process_inbox() claims ready messages with FOR UPDATE SKIP LOCKED
- * (two processors never run one message twice) and runs, for each, the
+ * (two processors never run one message twice), one message of a business
+ * key (aggregate_id) at a time in inbox_id order, and runs, for each, the
  * handler of the longest matching message pattern in its own
  * subtransaction: a handler's writes are kept when it succeeds and rolled
  * back when it fails.  A message moves through
@@ -184,6 +185,12 @@ AS $$
 		SELECT i.inbox_id, i.message_type, i.payload, i.attempts
 		FROM hub.inbox i
 		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  -- in order per business key (aggregate_id): not while an earlier
+		  -- message of the key is pending (62_inbox_worker.sql)
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait')))
 		ORDER BY i.next_attempt_at, i.inbox_id
 		LIMIT max
 		FOR UPDATE SKIP LOCKED
@@ -200,7 +207,7 @@ AS $$
 	ORDER BY c.inbox_id
 $$;
 COMMENT ON FUNCTION hub._inbox_claim(integer) IS
-'API: Private. Lock up to max ready inbox messages (skipping locked ones) and return each with its best-matching handler.';
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (none while an earlier message with the same aggregate_id is new or retry_wait), and return each with its best-matching handler.';
 
 CREATE FUNCTION hub._inbox_settle(inbox_id bigint, outcome text, error text DEFAULT NULL,
 		max_attempts integer DEFAULT NULL, retry_base interval DEFAULT NULL)

@@ -59,3 +59,18 @@ GRANT EXECUTE ON FUNCTION
 	hub._ready_endpoints(integer, integer),
 	hub._pause_by_worker(integer, text, text)
 	TO hub_worker;
+
+/*
+ * hub_worker as the inbox workers (workers/inbox_worker.c): the look
+ * (hub._inbox_next_due, SECURITY DEFINER, read only) and hub.process_inbox,
+ * which runs with its caller's rights and calls the SECURITY DEFINER claim
+ * and settle and, for each message, its handler as the handler's owner
+ * (hub._run_handler): the worker's role lends a handler no right.
+ */
+GRANT EXECUTE ON FUNCTION
+	hub._inbox_next_due(),
+	hub.process_inbox(integer),
+	hub._inbox_claim(integer),
+	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._run_handler(regproc, jsonb, text)
+	TO hub_worker;
