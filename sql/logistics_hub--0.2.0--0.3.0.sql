@@ -24,6 +24,10 @@
 -- ================================================================ inbox worker
 -- (issue 19)
 
+-- the claim's order, (next_attempt_at, inbox_id) (sql/src/60_inbox.sql)
+DROP INDEX hub.inbox_ready_idx;
+CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at, inbox_id) WHERE state IN ('new', 'retry_wait');
+
 -- hub._inbox_claim: in order per business key (sql/src/60_inbox.sql)
 CREATE OR REPLACE FUNCTION hub._inbox_claim(max integer)
 RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,

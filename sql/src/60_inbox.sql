@@ -49,7 +49,10 @@ CREATE TABLE hub.inbox (
 	UNIQUE (source, message_id),
 	CHECK ((state IN ('new', 'retry_wait')) = (next_attempt_at IS NOT NULL))
 );
-CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at) WHERE state IN ('new', 'retry_wait');
+-- the claim's order (next_attempt_at, inbox_id): a backlog received in one
+-- statement shares one next_attempt_at, and without inbox_id in the index
+-- every claim would sort all of it to find the first few
+CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at, inbox_id) WHERE state IN ('new', 'retry_wait');
 -- hub.trace() follows a correlation id or a business key into the inbox
 CREATE INDEX inbox_correlation_idx ON hub.inbox (correlation_id) WHERE correlation_id IS NOT NULL;
 CREATE INDEX inbox_aggregate_idx ON hub.inbox (aggregate_id) WHERE aggregate_id IS NOT NULL;
