@@ -183,6 +183,10 @@ RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integ
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
 AS $$
 	WITH claimed AS (
 		SELECT i.inbox_id, i.message_type, i.payload, i.attempts

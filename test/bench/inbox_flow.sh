@@ -19,10 +19,18 @@
 #    extension has it, else by a handler doing the same (hub.apply_status,
 #    then hub.publish of shipment.moved when the state moved).
 #
+# 3. where the time goes (LH_BENCH_PARTS has "components"): the same
+#    records' work without the worker, each in one statement and one
+#    transaction from psql: hub.apply_status alone, then the handler's body
+#    (hub.apply_status and hub.publish), per record; and a worker run with a
+#    handler that does nothing (the inbox processing itself: claim,
+#    subtransaction, handler call, settlement).
+#
 # Prints records/s and the ratio to the UPDATE, the CPU time the inbox
 # workers spent per record (from /proc), and checks the outcome (every
 # message done, one history row each, one event per state change).
 # LH_BENCH_RECORDS (100000), LH_BENCH_INBOX_WORKERS ("1 2"),
+# LH_BENCH_PARTS ("baseline hub components"),
 # LH_BENCH_BATCH (logistics_hub.inbox_batch, 500), LH_BENCH_MODE (auto |
 # handler | mapping | noop: a handler that does nothing, the cost of the
 # inbox processing itself), LH_BENCH_PERF=PATH records a profile of the workers
@@ -35,6 +43,8 @@ WORKERS=${LH_BENCH_INBOX_WORKERS:-1 2}
 BATCH=${LH_BENCH_BATCH:-500}
 MODE=${LH_BENCH_MODE:-auto}
 KEYS=$((RECORDS / 2))
+PARTS=${LH_BENCH_PARTS:-baseline hub components}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 trap 'lh_cluster_stop bench-$PORT' EXIT
 lh_prepare "bench-$PORT" "$PORT" "fsync = on" "synchronous_commit = on" "shared_buffers = 256MB" \
 	"logistics_hub.inbox_batch = $BATCH" "logistics_hub.inbox_naptime = 1s" "max_wal_size = 4GB"
@@ -106,6 +116,8 @@ receive() {
 }
 
 # 1. baseline: the same records applied by UPDATE ... FROM
+base=0
+if part baseline; then
 receive base
 q >/dev/null <<SQL
 CREATE TABLE bench_records AS
@@ -126,10 +138,11 @@ t1=$(now)
 base_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 base=$(rate "$RECORDS" "$base_s")
 printf '%-44s %8s records/s  (%.2f s)\n' "plain UPDATE ... FROM of a state table" "$base" "$base_s"
+fi
 
-# 2. the hub, with each number of inbox workers
-for w in $WORKERS; do
-	run=w$w
+# hub_run RUN WORKERS LABEL --- drain the records of RUN with WORKERS inbox workers
+hub_run() {
+	local run=$1 w=$2 label=$3 t0 t1 pids c0 c1 p secs r perf_pid
 	receive "$run"
 	t0=$(now)
 	q -c "ALTER SYSTEM SET logistics_hub.inbox_workers = $w" -c "SELECT pg_reload_conf()" >/dev/null
@@ -150,11 +163,49 @@ for w in $WORKERS; do
 	poll_until "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox'"
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 	r=$(rate "$RECORDS" "$secs")
-	printf '%-44s %8s records/s  (%.2f s; worker CPU %.1f us/record)\n' "hub: $w inbox worker(s), $MODE" "$r" "$secs" \
+	printf '%-44s %8s records/s  (%.2f s; worker CPU %.1f us/record)\n' "$label" "$r" "$secs" \
 		"$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$RECORDS" 'BEGIN { print c / t / n * 1e6 }')"
-	echo "ratio: hub with $w worker(s) / UPDATE ... FROM = $(ratio "$r" "$base")"
+	echo "ratio: $label / UPDATE ... FROM = $(ratio "$r" "$base")"
 	q -c "SELECT '  check: ' || (SELECT count(*) FILTER (WHERE state = 'done') || ' done, ' || count(*) FILTER (WHERE state <> 'done') || ' not done' FROM hub.inbox WHERE message_id LIKE 'r$run-%')
 		|| ', ' || (SELECT count(*) || ' history rows (' || string_agg(DISTINCT outcome, ',') || ')' FROM hub.status_history WHERE business_key LIKE 'R$run-%')
 		|| ', ' || (SELECT count(*) || ' events' FROM hub.outbox WHERE aggregate_id LIKE 'R$run-%')
 		|| ', ' || (SELECT count(*) || ' keys in state' FROM hub.entity_state WHERE business_key LIKE 'R$run-%' AND state = 'out_for_delivery')"
-done
+}
+
+# 2. the hub, with each number of inbox workers
+if part hub; then
+	for w in $WORKERS; do
+		hub_run "w$w" "$w" "hub: $w inbox worker(s), $MODE"
+	done
+fi
+
+# 3. where the time goes
+if part components; then
+	echo "where the time goes (one statement, one transaction each, no worker):"
+	# timed SQL: the same work over the records, printed per record
+	timed() {
+		local t0 t1
+		t0=$(now)
+		q -c "$2" >/dev/null
+		t1=$(now)
+		printf '  %-42s %8.1f us/record\n' "$1" "$(awk -v a="$t0" -v b="$t1" -v n="$RECORDS" 'BEGIN { print (b - a) / n * 1e6 }')"
+	}
+	records="FROM generate_series(1, 2) s, generate_series(1, $KEYS) k"
+	code="(ARRAY['in_transit', 'out_for_delivery'])[s]"
+	at="'2026-01-01 00:00:00+00'::timestamptz + s * interval '1 hour'"
+	timed "hub.apply_status" \
+		"SELECT count(hub.apply_status('shipment', 'CA-' || k, 'easypost', $code, $at)) $records"
+	timed "hub.apply_status + hub.publish (handler)" \
+		"SELECT count(public.bench_apply(jsonb_build_object('shipment_id', 'CB-' || k, 'status', $code,
+			'updated_at', $at), 'bench.tracker')) $records"
+	timed "hub.publish alone" \
+		"SELECT count(hub.publish('shipment.moved', 'CC-' || k, jsonb_build_object('shipment_id', 'CC-' || k,
+			'state', $code, 'system', 'easypost'))) $records"
+	timed "plpgsql loop, subtransaction per record" \
+		"DO \$\$ BEGIN FOR i IN 1..$RECORDS LOOP BEGIN PERFORM 1; EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END \$\$"
+	MODE_SAVED=$MODE
+	MODE=noop
+	q -c "SELECT hub.register_handler('bench.tracker', 'public.bench_noop')" >/dev/null
+	hub_run noop 1 "  inbox processing alone (no-op handler)"
+	MODE=$MODE_SAVED
+fi
