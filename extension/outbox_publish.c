@@ -28,7 +28,10 @@
  * insert runs the same check (hub_outbox_check_event) on the values instead
  * of calling the trigger, which saves forming the row twice.
  * hub.publish is SECURITY INVOKER either way: the caller needs INSERT on
- * hub.outbox (hub_writer has it).
+ * hub.outbox (hub_writer has it).  Called without a correlation (or
+ * causation) id while hub.process_inbox processes a message, it takes the
+ * message's (context_default), so that what an inbound record causes is
+ * traced back to it.
  *
  * extension/outbox_publish.c
  *
@@ -54,6 +57,7 @@
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -327,6 +331,24 @@ insert_spi(Datum *values, char *nulls)
 }
 
 /*
+ * context_default --- the value of a transaction-local setting that
+ * hub.process_inbox sets for the message it processes (60_inbox.sql), as
+ * a text datum, when it is set and not empty; otherwise leaves *value NULL.
+ * A publisher that passes its own id is never overridden.
+ */
+static void
+context_default(const char *setting, Datum *value, char *null)
+{
+	const char *v = GetConfigOption(setting, true, false);
+
+	if (v != NULL && v[0] != '\0')
+	{
+		*value = CStringGetTextDatum(v);
+		*null = ' ';
+	}
+}
+
+/*
  * hub_publish --- SQL hub.publish(event_type, aggregate_id, payload,
  * correlation_id, causation_id, headers, occurred_at): returns the new
  * event id.  Errors are those of the INSERT (the contract trigger's 22023,
@@ -355,6 +377,11 @@ hub_publish(PG_FUNCTION_ARGS)
 		nulls[i + 1] = PG_ARGISNULL(i) ? 'n' : ' ';
 		values[i + 1] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 	}
+	/* no correlation or causation id given: those of the inbox message in process */
+	if (PG_ARGISNULL(3))
+		context_default("hub.inbox_correlation_id", &values[4], &nulls[4]);
+	if (PG_ARGISNULL(4))
+		context_default("hub.inbox_causation_id", &values[5], &nulls[5]);
 	if (PG_ARGISNULL(5))		/* headers: none, one '{}' kept for the backend */
 	{
 		if (empty_headers == (Datum) 0)
