@@ -240,7 +240,8 @@ COMMENT ON FUNCTION hub._json_time(jsonb) IS
  * transaction.  The payload: <entity>_id and business_key, lifecycle,
  * state and previous_state, change (created, advanced, corrected, raised,
  * cleared), the reporting system, occurred_at (UTC), the overlay and its
- * reason, the partner (and carrier, for a shipment), the parent key (and
+ * reason, the partner, a shipment's carrier when the contract needs it
+ * (the partner, else the reporting system if it is a carrier), the parent key (and
  * <parent entity>_id) where known, and, from the inbound record, every
  * required key of the contract the hub does not know itself.  When the
  * contract still cannot be met, nothing is published and a
@@ -280,9 +281,11 @@ BEGIN
 	END IF;
 	IF $10 IS NOT NULL THEN
 		v_payload := v_payload || jsonb_build_object('partner', $10);
-		IF $1 = 'shipment' THEN
-			v_payload := v_payload || jsonb_build_object('carrier', $10);
-		END IF;
+	END IF;
+	-- a shipment's carrier: the partner (a SCAC), else a reporting carrier system
+	IF $1 = 'shipment' AND 'carrier' = ANY (v_keys) THEN
+		v_payload := v_payload || jsonb_build_object('carrier',
+			coalesce($10, CASE WHEN hub._system_role($7, NULL) = 'carrier' THEN $7 END));
 	END IF;
 	IF $12 IS NOT NULL THEN
 		v_payload := v_payload || jsonb_build_object('parent_lifecycle', $11, 'parent_key', $12);
