@@ -166,6 +166,10 @@ COMMENT ON COLUMN hub.exceptions.code IS 'The status code reported (unknown_code
 COMMENT ON COLUMN hub.exceptions.message IS 'The hub.inbox message (inbox_id) that opened the exception; NULL when it came from a direct call.';
 COMMENT ON COLUMN hub.exceptions.reports IS 'How many reports of it came while it was open (1: only the one that opened it).';
 COMMENT ON COLUMN hub.exceptions.last_message IS 'The hub.inbox message of the latest report.';
+-- the truth, dumped with the queue (85_backup.sql), with its links
+SELECT pg_catalog.pg_extension_config_dump('hub.exceptions', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.exceptions', 'exception_id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump('hub.entity_links', '');
 COMMENT ON COLUMN hub.exceptions.resolved_by IS 'The session user that resolved it (hub.resolve_exception, audited in hub.operator_audit).';
 
 /*
@@ -927,6 +931,9 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_apply(bigint, jsonb, text, timestamptz, text),
 	hub._run_handler(regproc, jsonb, text, jsonb)
 FROM PUBLIC;
+-- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
+REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) TO hub_admin;
 GRANT EXECUTE ON FUNCTION
 	hub.create_readiness_rule(text, text, text, text, text, text),
 	hub.resolve_exception(bigint, text),
