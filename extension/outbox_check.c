@@ -226,7 +226,11 @@ keys_list(EventTypeEntry *e)
 
 	initStringInfo(&buf);
 	for (i = 0; i < e->nkeys; i++)
+	{
 		appendStringInfo(&buf, "%s%s", i ? ", " : "", e->keys[i]);
+		if (e->types != NULL && e->types[i][0] != '\0')
+			appendStringInfo(&buf, " (%s)", e->types[i]);
+	}
 	return buf.data;
 }
 
@@ -517,9 +521,10 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg_internal("%s", problem),
-						 errdetail("Contract version %d of %s requires the keys: %s (non-null%s).",
-								   e->version, name, keys_list(e),
-								   contract_typed(e) ? ", typed as hub.event_types.key_types says" : "")));
+						 errdetail("Contract version %d of %s requires the keys: %s.",
+								   e->version, name, keys_list(e)),
+						 errhint("Required keys must be present and not null%s.",
+								 contract_typed(e) ? ", and of the type in parentheses" : "")));
 		}
 		if (e->deprecated)
 			ereport(WARNING,
