@@ -451,12 +451,15 @@ hub_contract_violation(PG_FUNCTION_ARGS)
  * false, checking nothing, when the event type is NULL (NOT NULL
  * constraints are checked after BEFORE triggers: NULLs are left to them);
  * otherwise notes the insert for the commit-time wake-up and returns true.
+ * *version is set to the contract version the event was checked against,
+ * which every event carries (hub.outbox.contract_version, the body), or 0
+ * for an unknown type that was accepted.
  */
 bool
 hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_null,
 					   Datum payload_datum, bool payload_null, Datum *id, bool *id_null,
 					   Datum correlation, bool correlation_null,
-					   Datum causation, bool causation_null)
+					   Datum causation, bool causation_null, int32 *version)
 {
 	text	   *etype;
 	char	   *name;
@@ -465,6 +468,7 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 	EventTypeEntry *e;
 	uint64		top_xid;
 
+	*version = 0;
 	if (etype_null)
 		return false;
 	etype = pg_detoast_datum_packed((text *) DatumGetPointer(etype_datum));
@@ -513,6 +517,7 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 	}
 	else
 	{
+		*version = e->version;
 		if (payload != NULL)
 		{
 			char	   *problem = contract_problem(e, name, payload);
@@ -584,7 +589,8 @@ restored_event(HeapTuple tuple, TupleDesc desc, int att_id, int att_xid, int att
 
 /*
  * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox: the checks
- * of hub_outbox_check_event, then xid and published_at stamped; an event
+ * of hub_outbox_check_event, then xid, published_at and the contract
+ * version stamped; an event
  * restored from a dump (restored_event) is kept as it is.
  */
 PG_FUNCTION_INFO_V1(hub_outbox_check);
@@ -602,7 +608,9 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				att_caus,
 				att_payload,
 				att_xid,
-				att_published;
+				att_published,
+				att_version;
+	int32		version;
 	Datum		etype,
 				agg,
 				payload,
@@ -617,9 +625,9 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				id_null,
 				id_was_null;
 	int			ncols = 2;
-	int			cols[3];
-	Datum		vals[3];
-	bool		nulls[3] = {false, false, false};
+	int			cols[4];
+	Datum		vals[4];
+	bool		nulls[4] = {false, false, false, false};
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
@@ -636,6 +644,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	att_xid = SPI_fnumber(desc, "xid");
 	att_published = SPI_fnumber(desc, "published_at");
 	att_occurred = SPI_fnumber(desc, "occurred_at");
+	att_version = SPI_fnumber(desc, "contract_version");	/* (not before 0.3.0) */
 	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0 || att_occurred <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 	if (restored_event(tuple, desc, att_id, att_xid, att_published))
@@ -649,7 +658,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	id = heap_getattr(tuple, att_id, desc, &id_null);
 	id_was_null = id_null;
 	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null,
-								corr, corr_null, caus, caus_null))
+								corr, corr_null, caus, caus_null, &version))
 		return PointerGetDatum(tuple);
 	{
 		bool		occurred_null;
@@ -660,9 +669,16 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	}
 	if (id_was_null)
 	{
-		cols[2] = att_id;
-		vals[2] = id;
-		ncols = 3;
+		cols[ncols] = att_id;
+		vals[ncols] = id;
+		ncols++;
+	}
+	if (att_version > 0)
+	{
+		cols[ncols] = att_version;
+		vals[ncols] = Int32GetDatum(version);
+		nulls[ncols] = (version == 0);
+		ncols++;
 	}
 	cols[0] = att_xid;
 	vals[0] = FullTransactionIdGetDatum(GetTopFullTransactionId());

@@ -14,7 +14,7 @@
  * identity default all apply as they do to a plain INSERT, without a plan.
  *
  * That is only the same as a plain INSERT while hub.outbox has the shape
- * this file knows: the eleven columns of 40_outbox.sql (defaults only where
+ * this file knows: the twelve columns of 40_outbox.sql (defaults only where
  * the values are supplied here or stamped by the contract trigger), no row
  * security, no statement-level INSERT triggers or transition tables, and
  * table-level INSERT privilege for the caller.  Whenever that does not
@@ -68,7 +68,7 @@
 #include "outbox.h"
 
 #define PUBLISH_NARGS 8			/* columns the publish INSERT names */
-#define OUTBOX_NATTS 11
+#define OUTBOX_NATTS 12
 
 /* hub.outbox as 40_outbox.sql makes it, in column order */
 static const struct
@@ -88,7 +88,8 @@ static const struct
 	{"headers", JSONBOID, true},
 	{"occurred_at", TIMESTAMPTZOID, true},
 	{"published_at", TIMESTAMPTZOID, false},	/* stamped by the trigger */
-	{"xid", XID8OID, false}		/* stamped by the trigger */
+	{"xid", XID8OID, false},	/* stamped by the trigger */
+	{"contract_version", INT4OID, false}	/* stamped by the trigger */
 };
 
 /* what this backend knows of hub.outbox; valid until a relcache invalidation */
@@ -272,18 +273,21 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 	{
 		/* the contract trigger's work, without the trigger call */
 		bool		id_null = false;
+		int32		version;
 
 		if (hub_outbox_check_event(slot->tts_values[2], slot->tts_isnull[2],
 								   slot->tts_values[3], slot->tts_isnull[3],
 								   slot->tts_values[4], slot->tts_isnull[4],
 								   &slot->tts_values[0], &id_null,
 								   slot->tts_values[5], slot->tts_isnull[5],
-								   slot->tts_values[6], slot->tts_isnull[6]))
+								   slot->tts_values[6], slot->tts_isnull[6], &version))
 		{
 			slot->tts_values[9] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 			slot->tts_isnull[9] = false;
 			slot->tts_values[10] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 			slot->tts_isnull[10] = false;
+			slot->tts_values[11] = Int32GetDatum(version);
+			slot->tts_isnull[11] = (version == 0);
 		}
 		rri->ri_TrigDesc = NULL;
 	}

@@ -114,7 +114,8 @@ CREATE TABLE hub.outbox (
 	headers			jsonb NOT NULL DEFAULT '{}',
 	occurred_at		timestamptz NOT NULL DEFAULT now(),
 	published_at	timestamptz NOT NULL,	-- set by the contract trigger
-	xid				xid8 NOT NULL			-- set by the contract trigger
+	xid				xid8 NOT NULL,			-- set by the contract trigger
+	contract_version integer				-- set by the contract trigger (0.3.0)
 );
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
@@ -122,6 +123,7 @@ COMMENT ON TABLE hub.outbox IS
 COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key, kept by every replay: a UUID (version 8) leading with the publishing transaction''s xid8, assigned by the hub.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
+COMMENT ON COLUMN hub.outbox.contract_version IS 'The version of the event type''s contract (hub.event_types) the event was checked against, stamped by the contract check and sent in every body (canonical contract_version, CloudEvents contractversion); NULL for an unknown type that was accepted.';
 
 /*
  * _outbox_check --- contract check shared by hub.publish and plain INSERTs,

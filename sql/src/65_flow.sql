@@ -201,6 +201,20 @@ CREATE FUNCTION hub.contract_violation(event_type text, payload jsonb) RETURNS t
 COMMENT ON FUNCTION hub.contract_violation(text, jsonb) IS
 'Why an event of this type with this payload would be refused by the contract check (a required key missing or null, a key of the wrong type, a payload that is not an object, an unknown type when logistics_hub.unknown_event_types = reject), or NULL when it would be published. Raises nothing.';
 
+/*
+ * event_body with the contract version: what the claim renders (45_delivery
+ * .sql), the eight-argument form (50_dispatch.sql) plus the event's
+ * hub.outbox.contract_version, as the canonical event's contract_version and
+ * the CloudEvents extension attribute contractversion (both left out when
+ * NULL).  The same C function; the eight-argument form's bytes are unchanged.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
+'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+
 -- ---------------------------------------------------------------- canonical events
 
 /*
@@ -929,8 +943,11 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_path_text(jsonb, jsonpath, text),
 	hub._inbox_step(bigint, jsonb, text),
 	hub._inbox_apply(bigint, jsonb, text, timestamptz, text),
-	hub._run_handler(regproc, jsonb, text, jsonb)
+	hub._run_handler(regproc, jsonb, text, jsonb),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
 FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+TO hub_reader, hub_writer, hub_worker;
 -- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
 REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) TO hub_admin;

@@ -4,7 +4,7 @@
 -- hub.contract_violation says why an event would be refused; the
 -- catalogue refuses a malformed key_types.
 BEGIN;
-SELECT plan(17);
+SELECT plan(23);
 
 INSERT INTO hub.event_types (event_type, version, required_keys, key_types) VALUES
 	('stock.counted', 2, '{sku,quantity,bins,lot,counted}',
@@ -34,6 +34,25 @@ SELECT throws_ok($$SELECT hub.publish('stock.counted', 'SKU-1',
 SELECT throws_ok($$INSERT INTO hub.outbox (event_type, aggregate_id, payload)
 	VALUES ('stock.counted', 'SKU-1', '{"sku": "S", "quantity": 4, "bins": [], "lot": {}, "counted": 1}')$$,
 	'22023', NULL, 'a plain INSERT is checked alike');
+
+-- every event carries its contract version: stamped on the row, sent in the body
+SELECT is((SELECT contract_version FROM hub.outbox WHERE aggregate_id = 'SKU-1'), 2,
+	'hub.publish stamps the contract version the event was checked against');
+INSERT INTO hub.outbox (event_type, aggregate_id, payload) VALUES ('order.created', 'SO-V', '{"order_id": "SO-V"}');
+SELECT is((SELECT contract_version FROM hub.outbox WHERE aggregate_id = 'SO-V'), 1, 'so does a plain INSERT');
+SELECT hub.publish('stock.unlisted', 'SKU-U', '{}');
+SELECT is((SELECT contract_version FROM hub.outbox WHERE aggregate_id = 'SKU-U'), NULL, 'an accepted unknown type has none');
+SELECT is((SELECT hub.event_body('event', event_id, event_type, aggregate_id, occurred_at, correlation_id, payload, '/s', contract_version)::jsonb
+				  ->> 'contract_version' FROM hub.outbox WHERE aggregate_id = 'SKU-1'),
+	'2', 'the canonical body carries contract_version');
+SELECT is((SELECT hub.event_body('cloudevents', event_id, event_type, aggregate_id, occurred_at, correlation_id, payload, '/s', contract_version)::jsonb
+				  -> 'contractversion' FROM hub.outbox WHERE aggregate_id = 'SKU-1'),
+	'2'::jsonb, 'a CloudEvent carries the extension attribute contractversion (an integer)');
+SELECT is((SELECT hub.event_body(f, event_id, event_type, aggregate_id, occurred_at, correlation_id, payload, '/s', NULL)
+		   FROM hub.outbox, unnest(ARRAY['event', 'cloudevents']) f WHERE aggregate_id = 'SKU-U' ORDER BY f LIMIT 1),
+	(SELECT hub.event_body(f, event_id, event_type, aggregate_id, occurred_at, correlation_id, payload, '/s')
+	 FROM hub.outbox, unnest(ARRAY['event', 'cloudevents']) f WHERE aggregate_id = 'SKU-U' ORDER BY f LIMIT 1),
+	'without a version the body is the eight-argument form''s, byte for byte');
 
 -- hub.contract_violation: the same check, as a value
 SELECT is(hub.contract_violation('stock.counted', '{"sku": "S", "quantity": 4, "bins": [], "lot": {}, "counted": true}'),
