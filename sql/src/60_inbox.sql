@@ -82,7 +82,7 @@ COMMENT ON COLUMN hub.inbox_handlers.retry_base IS 'Backoff after the first fail
 COMMENT ON TABLE hub.inbox_handlers IS
 'Inbox handlers by message type pattern: an exact type, or a prefix ending in * (easypost.*); the longest matching pattern wins. Register with hub.register_handler().';
 COMMENT ON COLUMN hub.inbox_handlers.handler IS
-'A function handler(payload jsonb, message_type text); its result is ignored and an error it raises fails the message.';
+'A function handler(payload jsonb, message_type text, context jsonb), or (payload jsonb, message_type text), or (payload jsonb); its result is ignored and an error it raises fails the message. Runs after the pattern''s declared mapping (hub.inbox_mappings), if any, in the same subtransaction.';
 SELECT pg_catalog.pg_extension_config_dump('hub.inbox_handlers', '');
 
 CREATE FUNCTION hub._inbox_pattern_matches(message_pattern text, message_type text)
@@ -158,7 +158,11 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
 	END IF;
-	PERFORM hub._check_user_function(handler, 'inbox handler', '3802 25');
+	-- (jsonb, text, jsonb) gets the message's context; (jsonb, text) and
+	-- (jsonb) are handlers written before it
+	PERFORM hub._check_user_function(handler, 'inbox handler',
+		CASE (SELECT p.pronargs FROM pg_catalog.pg_proc p WHERE p.oid = handler)
+			WHEN 1 THEN '3802' WHEN 3 THEN '3802 25 3802' ELSE '3802 25' END::oidvector);
 	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
 							   'between 1 and 1000');
 	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
@@ -175,7 +179,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.register_handler(text, regproc, integer, interval) IS
-'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text). Unhandled messages the pattern matches become new again.';
+'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text, context jsonb) (the context: inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or (payload jsonb, message_type text), or (payload jsonb). Unhandled messages the pattern matches become new again.';
 
 CREATE FUNCTION hub._inbox_claim(max integer)
 RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
@@ -260,6 +264,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	m record;
+	mp record;
+	ctx jsonb;
 	err text;
 BEGIN
 	IF max IS NULL OR max < 1 THEN
@@ -269,16 +275,27 @@ BEGIN
 	failed := 0;
 	unhandled := 0;
 	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
-		IF m.handler IS NULL THEN
+		-- a declared mapping (65_flow.sql) and/or a handler
+		SELECT x.message_pattern, x.max_attempts, x.retry_base INTO mp FROM hub._inbox_mapping(m.message_type) x;
+		IF m.handler IS NULL AND mp.message_pattern IS NULL THEN
 			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
 			unhandled := unhandled + 1;
 			CONTINUE;
 		END IF;
 		err := NULL;
 		BEGIN
-			-- its own subtransaction: the handler's writes are rolled back if it
-			-- fails; it runs as its owner, within the time limit
-			PERFORM hub._run_handler(m.handler, m.payload, m.message_type);
+			-- its own subtransaction: the mapping's and the handler's writes
+			-- are rolled back together if either fails.  The mapping first
+			-- (the state, links, events and exceptions of the record), then
+			-- the handler, as its owner, within the time limit, with the
+			-- message's context; both publish with the message's
+			-- correlation id unless they name one
+			ctx := hub._inbox_step(m.inbox_id, m.payload, mp.message_pattern);
+			IF m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			END IF;
+			PERFORM set_config('hub.inbox_correlation_id', '', true),
+					set_config('hub.inbox_causation_id', '', true);
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
 		END;
@@ -286,7 +303,8 @@ BEGIN
 			PERFORM hub._inbox_settle(m.inbox_id, 'done');
 			processed := processed + 1;
 		ELSE
-			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, m.max_attempts, m.retry_base);
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, coalesce(m.max_attempts, mp.max_attempts),
+									  coalesce(m.retry_base, mp.retry_base));
 			failed := failed + 1;
 		END IF;
 	END LOOP;
@@ -294,7 +312,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
-'Run the handlers of up to max ready inbox messages, each in its own subtransaction, as the handler function''s owner and within logistics_hub.user_code_timeout: success -> done; an error -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; no handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+'Process up to max ready inbox messages, each in its own subtransaction: a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ---------------------------------------------------------------- privileges
 
