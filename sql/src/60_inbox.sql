@@ -87,12 +87,15 @@ SELECT pg_catalog.pg_extension_config_dump('hub.inbox_handlers', '');
 
 CREATE FUNCTION hub._inbox_pattern_matches(message_pattern text, message_type text)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- (no SET clause and not STRICT, every name qualified: the planner inlines
+-- it into the claim and the mapping lookup; a SET clause made it a function
+-- call parsed and planned anew for every message, 40 us each.  NULL in
+-- gives NULL out all the same.)
 AS $$
-	SELECT CASE WHEN right(message_pattern, 1) = '*'
-				THEN starts_with(message_type, left(message_pattern, -1))
-				ELSE message_type = message_pattern END
+	SELECT CASE WHEN pg_catalog.right(message_pattern, 1) OPERATOR(pg_catalog.=) '*'
+				THEN pg_catalog.starts_with(message_type, pg_catalog.left(message_pattern, -1))
+				ELSE message_type OPERATOR(pg_catalog.=) message_pattern END
 $$;
 COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
 'API: Private. Whether an inbox handler pattern (exact, or a prefix ending in *) matches a message type.';

@@ -17,7 +17,8 @@
 #    hub.apply_status and its canonical event published in the same
 #    transaction: by the declared mapping (hub.map_inbox) when the
 #    extension has it, else by a handler doing the same (hub.apply_status,
-#    then hub.publish of shipment.moved when the state moved).
+#    then hub.publish of shipment.moved when the state moved, unless
+#    hub.apply_status publishes the canonical event itself).
 #
 # 3. where the time goes (LH_BENCH_PARTS has "components"): the same
 #    records' work without the worker, each in one statement and one
@@ -30,7 +31,9 @@
 # workers spent per record (from /proc), and checks the outcome (every
 # message done, one history row each, one event per state change).
 # LH_BENCH_RECORDS (100000), LH_BENCH_INBOX_WORKERS ("1 2"),
-# LH_BENCH_PARTS ("baseline hub components"),
+# LH_BENCH_PARTS ("baseline hub components"), LH_BENCH_TRACK_FUNCTIONS (none;
+# pl or all: print each function's calls, self and total time per record
+# after each worker run),
 # LH_BENCH_BATCH (logistics_hub.inbox_batch, 500), LH_BENCH_MODE (auto |
 # handler | mapping | noop: a handler that does nothing, the cost of the
 # inbox processing itself), LH_BENCH_PERF=PATH records a profile of the workers
@@ -47,7 +50,8 @@ PARTS=${LH_BENCH_PARTS:-baseline hub components}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 trap 'lh_cluster_stop bench-$PORT' EXIT
 lh_prepare "bench-$PORT" "$PORT" "fsync = on" "synchronous_commit = on" "shared_buffers = 256MB" \
-	"logistics_hub.inbox_batch = $BATCH" "logistics_hub.inbox_naptime = 1s" "max_wal_size = 4GB"
+	"logistics_hub.inbox_batch = $BATCH" "logistics_hub.inbox_naptime = 1s" "max_wal_size = 4GB" \
+	"track_functions = '${LH_BENCH_TRACK_FUNCTIONS:-none}'"
 
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
 now() { date +%s.%N; }
@@ -76,7 +80,8 @@ DECLARE
 	r hub.apply_result;
 BEGIN
 	r := hub.apply_status('shipment', p->>'shipment_id', 'easypost', p->>'status', (p->>'updated_at')::timestamptz);
-	IF r.outcome IN ('created', 'advanced', 'corrected') THEN
+	-- (where hub.apply_status publishes the canonical event itself, that is all)
+	IF r.outcome IN ('created', 'advanced', 'corrected') AND to_regclass('hub.state_events') IS NULL THEN
 		PERFORM hub.publish('shipment.moved', p->>'shipment_id',
 			jsonb_build_object('shipment_id', p->>'shipment_id', 'state', r.state, 'previous_state', r.previous_state,
 							   'system', 'easypost', 'occurred_at', p->>'updated_at'));
@@ -145,6 +150,7 @@ hub_run() {
 	local run=$1 w=$2 label=$3 t0 t1 pids c0 c1 p secs r perf_pid
 	receive "$run"
 	t0=$(now)
+	q -c "SELECT pg_stat_reset()" >/dev/null
 	q -c "ALTER SYSTEM SET logistics_hub.inbox_workers = $w" -c "SELECT pg_reload_conf()" >/dev/null
 	poll_until "SELECT count(*) = $w FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox'"
 	pids=$(q -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox'")
@@ -170,6 +176,14 @@ hub_run() {
 		|| ', ' || (SELECT count(*) || ' history rows (' || string_agg(DISTINCT outcome, ',') || ')' FROM hub.status_history WHERE business_key LIKE 'R$run-%')
 		|| ', ' || (SELECT count(*) || ' events' FROM hub.outbox WHERE aggregate_id LIKE 'R$run-%')
 		|| ', ' || (SELECT count(*) || ' keys in state' FROM hub.entity_state WHERE business_key LIKE 'R$run-%' AND state = 'out_for_delivery')"
+	if [ "${LH_BENCH_TRACK_FUNCTIONS:-none}" != none ]; then
+		# (the workers report their counts at the end of each transaction)
+		sleep 1
+		echo "  functions by self time (track_functions = $LH_BENCH_TRACK_FUNCTIONS; calls and us a record):"
+		q -F ' ' -c "SELECT rpad(schemaname || '.' || funcname, 34), lpad(round(calls::numeric / $RECORDS, 2)::text, 6),
+			lpad(round(self_time::numeric * 1000 / $RECORDS, 1)::text, 8), lpad(round(total_time::numeric * 1000 / $RECORDS, 1)::text, 8)
+			FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT 25" | sed 's/^/    /'
+	fi
 }
 
 # 2. the hub, with each number of inbox workers
@@ -195,7 +209,7 @@ if part components; then
 	at="'2026-01-01 00:00:00+00'::timestamptz + s * interval '1 hour'"
 	timed "hub.apply_status" \
 		"SELECT count(hub.apply_status('shipment', 'CA-' || k, 'easypost', $code, $at)) $records"
-	timed "hub.apply_status + hub.publish (handler)" \
+	timed "the handler's body (apply_status [+ publish])" \
 		"SELECT count(public.bench_apply(jsonb_build_object('shipment_id', 'CB-' || k, 'status', $code,
 			'updated_at', $at), 'bench.tracker')) $records"
 	timed "hub.publish alone" \
@@ -206,6 +220,7 @@ if part components; then
 	MODE_SAVED=$MODE
 	MODE=noop
 	q -c "SELECT hub.register_handler('bench.tracker', 'public.bench_noop')" >/dev/null
+	[ "$have_map" = t ] && q -c "DELETE FROM hub.inbox_mappings WHERE message_pattern = 'bench.tracker'" >/dev/null
 	hub_run noop 1 "  inbox processing alone (no-op handler)"
 	MODE=$MODE_SAVED
 fi
