@@ -632,7 +632,7 @@ BEGIN
 			-- limit, with the message's context; both publish with the
 			-- message's correlation id unless they name one.  NULL: neither
 			-- a mapping nor a handler
-			ctx := hub._inbox_step(m.inbox_id, m.payload, m.message_type, m.handler IS NOT NULL);
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
 			IF ctx IS NOT NULL THEN
 				IF m.handler IS NOT NULL THEN
 					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
@@ -812,19 +812,25 @@ COMMENT ON COLUMN hub.exceptions.resolved_by IS 'The session user that resolved 
  * one of the same kind, key and code (the partial unique index serializes
  * concurrent reports); returns its id.
  */
-CREATE FUNCTION hub._open_exception(kind text, lifecycle text, business_key text, system text,
-									code text, detail text, message bigint)
+CREATE FUNCTION hub._open_exception(p_kind text, p_lifecycle text, p_business_key text, p_system text,
+									p_code text, p_detail text, p_message bigint)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	v_id bigint;
+BEGIN
+	-- (plpgsql: a SQL function would be planned again in every message's subtransaction)
 	INSERT INTO hub.exceptions AS x (kind, lifecycle, business_key, system, code, detail, message, last_message)
-	VALUES ($1, $2, $3, $4, coalesce($5, ''), $6, $7, $7)
+	VALUES (p_kind, p_lifecycle, p_business_key, p_system, coalesce(p_code, ''), p_detail, p_message, p_message)
 	ON CONFLICT (lifecycle, business_key, kind, code) WHERE resolved_at IS NULL
 	DO UPDATE SET reports = x.reports + 1, last_message = EXCLUDED.message,
-				  last_reported_at = pg_catalog.now(), detail = EXCLUDED.detail, system = EXCLUDED.system
-	RETURNING x.exception_id
+				  last_reported_at = now(), detail = EXCLUDED.detail, system = EXCLUDED.system
+	RETURNING x.exception_id INTO v_id;
+	RETURN v_id;
+END
 $$;
 COMMENT ON FUNCTION hub._open_exception(text, text, text, text, text, text, bigint) IS
 'API: Private. Open a business exception in hub.exceptions, or count the report on the open one of the same kind, key and code; returns its id.';
@@ -938,7 +944,8 @@ BEGIN
 	-- a shipment's carrier: the partner (a SCAC), else a reporting carrier system
 	IF $1 = 'shipment' AND 'carrier' = ANY (v_keys) THEN
 		v_payload := v_payload || jsonb_build_object('carrier',
-			coalesce($10, CASE WHEN hub._system_role($7, NULL) = 'carrier' THEN $7 END));
+			coalesce($10, (SELECT sy.system FROM hub.systems sy
+						   WHERE sy.system = $7 AND sy.qualifier = '' AND sy.role = 'carrier')));
 	END IF;
 	IF $12 IS NOT NULL THEN
 		v_payload := v_payload || jsonb_build_object('parent_lifecycle', $11, 'parent_key', $12);
@@ -1411,7 +1418,7 @@ COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
  * Returns the context a handler gets ('{}' when there is no handler).
  * One function, every path read inline: it runs once per message.
  */
-CREATE FUNCTION hub._inbox_step(p_inbox_id bigint, p_payload jsonb, p_message_type text, p_handled boolean)
+CREATE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1430,7 +1437,20 @@ DECLARE
 	r			hub.apply_result;
 	v_terminal	boolean;
 	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
 BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
 	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
 	IF NOT FOUND THEN
 		SELECT * INTO mp FROM hub.inbox_mappings m
@@ -1440,8 +1460,6 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
-	SELECT x.source, x.message_id, x.correlation_id, x.aggregate_id, x.received_at, x.attempts
-	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
 	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
 			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
 
@@ -1564,8 +1582,8 @@ BEGIN
 							  'attempts', i.attempts);
 END
 $$;
-COMMENT ON FUNCTION hub._inbox_step(bigint, jsonb, text, boolean) IS
-'API: Private. Within hub.process_inbox''s subtransaction of one message: find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
 
 CREATE FUNCTION hub._run_handler(f regproc, payload jsonb, message_type text, context jsonb) RETURNS void
 	AS 'MODULE_PATHNAME', 'hub_run_handler_context' LANGUAGE C STRICT VOLATILE;
@@ -1589,7 +1607,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval),
 	hub._inbox_mapping(text),
 	hub._inbox_not_a_value(text, jsonpath, jsonb),
-	hub._inbox_step(bigint, jsonb, text, boolean),
+	hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
 FROM PUBLIC;
@@ -1605,7 +1623,7 @@ GRANT EXECUTE ON FUNCTION
 TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.contract_violation(text, jsonb) TO hub_reader, hub_writer;
 -- (hub.process_inbox runs with its caller's rights: these are what it calls)
-GRANT EXECUTE ON FUNCTION hub._inbox_mapping(text), hub._inbox_step(bigint, jsonb, text, boolean),
+GRANT EXECUTE ON FUNCTION hub._inbox_mapping(text), hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub._at_or_past(text, text, text), hub._readiness_blocked(text, text, boolean, text)
 TO hub_reader;
@@ -1716,7 +1734,7 @@ GRANT EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_mapping(text),
-	hub._inbox_step(bigint, jsonb, text, boolean),
+	hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb)
 	TO hub_worker;
 

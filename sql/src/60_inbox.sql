@@ -271,7 +271,7 @@ BEGIN
 			-- limit, with the message's context; both publish with the
 			-- message's correlation id unless they name one.  NULL: neither
 			-- a mapping nor a handler
-			ctx := hub._inbox_step(m.inbox_id, m.payload, m.message_type, m.handler IS NOT NULL);
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
 			IF ctx IS NOT NULL THEN
 				IF m.handler IS NOT NULL THEN
 					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
