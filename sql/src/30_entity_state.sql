@@ -372,7 +372,10 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The overlays are on_hold and exception.';
 	END IF;
-	v_role := hub._system_role(system, qualifier);
+	-- (hub._system_role, inline: this runs for every report)
+	SELECT sy.role INTO v_role FROM hub.systems sy
+	WHERE sy.system = _apply_canonical.system AND sy.qualifier IN ('', coalesce(_apply_canonical.qualifier, ''))
+	ORDER BY sy.qualifier DESC LIMIT 1;
 	IF v_role IS NULL THEN
 		RAISE EXCEPTION 'unknown system: "%"', system
 			USING ERRCODE = 'invalid_parameter_value',
@@ -550,11 +553,15 @@ CREATE FUNCTION hub.apply_canonical_status(lifecycle text, business_key text, sy
 		code text, occurred_at timestamptz, state text, overlay_kind text DEFAULT NULL,
 		reason text DEFAULT NULL, qualifier text DEFAULT NULL, correction boolean DEFAULT false)
 RETURNS hub.apply_result
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT hub._apply_canonical($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL)
+BEGIN
+	-- (plpgsql, not sql: a SQL function is planned again in every
+	-- subtransaction, such as a handler's in hub.process_inbox)
+	RETURN hub._apply_canonical($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL);
+END
 $$;
 COMMENT ON FUNCTION hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean) IS
 'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. When the state moves or an overlay is raised or cleared, the canonical event of hub.state_events is published in the same transaction (a duplicate, stale, not-owner or informational report publishes nothing; an event whose contract the report cannot satisfy is not published and opens a contract_violation exception in hub.exceptions). Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay; 22001 for a business key longer than 256 bytes.';

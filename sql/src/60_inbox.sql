@@ -267,9 +267,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	m record;
-	mp record;
 	ctx jsonb;
 	err text;
+	v_max integer;
+	v_base interval;
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -278,36 +279,40 @@ BEGIN
 	failed := 0;
 	unhandled := 0;
 	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
-		-- a declared mapping (65_flow.sql) and/or a handler
-		SELECT x.message_pattern, x.max_attempts, x.retry_base INTO mp FROM hub._inbox_mapping(m.message_type) x;
-		IF m.handler IS NULL AND mp.message_pattern IS NULL THEN
-			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
-			unhandled := unhandled + 1;
-			CONTINUE;
-		END IF;
 		err := NULL;
 		BEGIN
-			-- its own subtransaction: the mapping's and the handler's writes
-			-- are rolled back together if either fails.  The mapping first
-			-- (the state, links, events and exceptions of the record), then
-			-- the handler, as its owner, within the time limit, with the
-			-- message's context; both publish with the message's
-			-- correlation id unless they name one
-			ctx := hub._inbox_step(m.inbox_id, m.payload, mp.message_pattern);
-			IF m.handler IS NOT NULL THEN
-				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL THEN
+				IF m.handler IS NOT NULL THEN
+					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+				END IF;
+				PERFORM set_config('hub.inbox_correlation_id', '', true),
+						set_config('hub.inbox_causation_id', '', true);
 			END IF;
-			PERFORM set_config('hub.inbox_correlation_id', '', true),
-					set_config('hub.inbox_causation_id', '', true);
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
 		END;
-		IF err IS NULL THEN
+		IF err IS NULL AND ctx IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
 			PERFORM hub._inbox_settle(m.inbox_id, 'done');
 			processed := processed + 1;
 		ELSE
-			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, coalesce(m.max_attempts, mp.max_attempts),
-									  coalesce(m.retry_base, mp.retry_base));
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
 		END IF;
 	END LOOP;

@@ -177,19 +177,25 @@ COMMENT ON COLUMN hub.exceptions.resolved_by IS 'The session user that resolved 
  * one of the same kind, key and code (the partial unique index serializes
  * concurrent reports); returns its id.
  */
-CREATE FUNCTION hub._open_exception(kind text, lifecycle text, business_key text, system text,
-									code text, detail text, message bigint)
+CREATE FUNCTION hub._open_exception(p_kind text, p_lifecycle text, p_business_key text, p_system text,
+									p_code text, p_detail text, p_message bigint)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	v_id bigint;
+BEGIN
+	-- (plpgsql: a SQL function would be planned again in every message's subtransaction)
 	INSERT INTO hub.exceptions AS x (kind, lifecycle, business_key, system, code, detail, message, last_message)
-	VALUES ($1, $2, $3, $4, coalesce($5, ''), $6, $7, $7)
+	VALUES (p_kind, p_lifecycle, p_business_key, p_system, coalesce(p_code, ''), p_detail, p_message, p_message)
 	ON CONFLICT (lifecycle, business_key, kind, code) WHERE resolved_at IS NULL
 	DO UPDATE SET reports = x.reports + 1, last_message = EXCLUDED.message,
-				  last_reported_at = pg_catalog.now(), detail = EXCLUDED.detail, system = EXCLUDED.system
-	RETURNING x.exception_id
+				  last_reported_at = now(), detail = EXCLUDED.detail, system = EXCLUDED.system
+	RETURNING x.exception_id INTO v_id;
+	RETURN v_id;
+END
 $$;
 COMMENT ON FUNCTION hub._open_exception(text, text, text, text, text, text, bigint) IS
 'API: Private. Open a business exception in hub.exceptions, or count the report on the open one of the same kind, key and code; returns its id.';
@@ -303,7 +309,8 @@ BEGIN
 	-- a shipment's carrier: the partner (a SCAC), else a reporting carrier system
 	IF $1 = 'shipment' AND 'carrier' = ANY (v_keys) THEN
 		v_payload := v_payload || jsonb_build_object('carrier',
-			coalesce($10, CASE WHEN hub._system_role($7, NULL) = 'carrier' THEN $7 END));
+			coalesce($10, (SELECT sy.system FROM hub.systems sy
+						   WHERE sy.system = $7 AND sy.qualifier = '' AND sy.role = 'carrier')));
 	END IF;
 	IF $12 IS NOT NULL THEN
 		v_payload := v_payload || jsonb_build_object('parent_lifecycle', $11, 'parent_key', $12);
@@ -742,87 +749,49 @@ COMMENT ON FUNCTION hub._inbox_mapping(text) IS
 'API: Private. The declared mapping (hub.inbox_mappings) of a message type: the longest matching pattern; a row of NULLs when none matches.';
 
 /*
- * _inbox_path_text --- the scalar a path finds in a payload, as text; NULL
- * when it finds nothing (or JSON null).  An object or array where a key
- * was expected is malformed: 22023.
+ * _inbox_not_a_value --- 22023 for a path that finds an object or array
+ * where a value (key, code, qualifier, partner, parent) was expected: a
+ * malformed inbound message (a technical failure: retried, then dead).
  */
-CREATE FUNCTION hub._inbox_path_text(payload jsonb, path jsonpath, what text)
-RETURNS text
+CREATE FUNCTION hub._inbox_not_a_value(what text, path jsonpath, v jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	v jsonb;
 BEGIN
-	IF path IS NULL THEN
-		RETURN NULL;
-	END IF;
-	v := jsonb_path_query_first(payload, path);
-	IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
-		RETURN NULL;
-	ELSIF jsonb_typeof(v) IN ('object', 'array') THEN
-		RAISE EXCEPTION '% path % finds a JSON % where a value was expected', what, path, jsonb_typeof(v)
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	RETURN v #>> '{}';
+	RAISE EXCEPTION '% path % finds a JSON % where a value was expected', what, path, jsonb_typeof(v)
+		USING ERRCODE = 'invalid_parameter_value';
 END
 $$;
-COMMENT ON FUNCTION hub._inbox_path_text(jsonb, jsonpath, text) IS
-'API: Private. The string, number or boolean a jsonpath finds in a payload, as text; NULL when it finds nothing; 22023 when it finds an object or array.';
+COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
+'API: Private. Raise 22023: a mapping''s path found an object or array where a value was expected (a malformed message).';
 
 /*
  * _inbox_step --- the hub's part of processing one message, inside
- * hub.process_inbox's subtransaction for it: make the message's context
- * the transaction's (hub.inbox_correlation_id and hub.inbox_causation_id,
- * which hub.publish takes when it is given none), then, when the message
- * has a mapping, apply it (_inbox_apply).  Returns the context the
- * handler gets.
+ * hub.process_inbox's subtransaction for it.  Finds the message's mapping
+ * (an exact pattern by its key, else the longest matching prefix); with
+ * neither mapping nor handler returns NULL (unhandled).  Otherwise makes
+ * the message's context the transaction's (hub.inbox_correlation_id and
+ * hub.inbox_causation_id, which hub.publish takes when it is given none)
+ * and, with a mapping, applies the message: reads key, code, time,
+ * qualifier, partner, parent and children (a payload that is not an
+ * object, or a key, code or configured time that does not resolve,
+ * raises: a technical failure); links parent and children; maps the code
+ * (unknown: an unknown_code exception, done) and applies it with its
+ * canonical events (hub._apply_canonical); opens the business exceptions
+ * of the outcome: terminal (a conflicting report, or a stale one made
+ * after the state, about a key in a terminal state), conflict, not_owner.
+ * Returns the context a handler gets ('{}' when there is no handler).
+ * One function, every path read inline: it runs once per message.
  */
-CREATE FUNCTION hub._inbox_step(p_inbox_id bigint, p_payload jsonb, p_pattern text)
+CREATE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	i	record;
-BEGIN
-	SELECT x.inbox_id, x.source, x.message_id, x.message_type, x.correlation_id, x.aggregate_id,
-		   x.received_at, x.attempts
-	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
-	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
-			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
-	IF p_pattern IS NOT NULL THEN
-		PERFORM hub._inbox_apply(p_inbox_id, p_payload, p_pattern, i.received_at, i.aggregate_id);
-	END IF;
-	RETURN jsonb_build_object('inbox_id', i.inbox_id, 'source', i.source, 'message_id', i.message_id,
-							  'message_type', i.message_type, 'correlation_id', i.correlation_id,
-							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
-							  'attempts', i.attempts);
-END
-$$;
-COMMENT ON FUNCTION hub._inbox_step(bigint, jsonb, text) IS
-'API: Private. Within hub.process_inbox''s subtransaction of one message: set the message''s correlation and causation ids for hub.publish, apply its declared mapping (if any), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts).';
-
-/*
- * _inbox_apply --- apply one message by its declared mapping: read key,
- * code, time, qualifier, partner, parent and children (a payload that is
- * not an object, or a key, code or configured time that does not resolve,
- * raises: a technical failure); link parent and children; map the code
- * (unknown: an unknown_code exception, done) and apply it with its
- * canonical events (hub._apply_canonical); open the business exceptions
- * of the outcome: terminal (a conflicting report, or a stale one made
- * after the state, about a key in a terminal state), conflict, not_owner.
- */
-CREATE FUNCTION hub._inbox_apply(p_inbox_id bigint, p_payload jsonb, p_pattern text,
-								 p_received_at timestamptz, p_aggregate_id text)
-RETURNS hub.apply_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
 	mp			hub.inbox_mappings;
+	i			record;
 	v_key		text;
 	v_code		text;
 	v_at		timestamptz;
@@ -832,92 +801,154 @@ DECLARE
 	v_mapped	hub.mapped_status;
 	r			hub.apply_result;
 	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
 BEGIN
-	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_pattern;
-	IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
-		RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('Mapping "%s" reads it with jsonpaths.', p_pattern);
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
 	END IF;
-	v_key := hub._inbox_path_text(p_payload, mp.key_path, 'key');
-	v_code := hub._inbox_path_text(p_payload, mp.code_path, 'code');
-	IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
-		RAISE EXCEPTION 'the % path % finds nothing in the message', CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
-			CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('Mapping "%s" of %s records needs both.', p_pattern, mp.lifecycle);
-	END IF;
-	PERFORM hub._check_key_length('business key', v_key);
-	IF mp.occurred_at_path IS NULL THEN
-		v_at := p_received_at;
-	ELSE
-		v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
-		IF v_at IS NULL THEN
-			RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
-				USING ERRCODE = 'invalid_parameter_value';
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
 		END IF;
 	END IF;
-	v_qual := hub._inbox_path_text(p_payload, mp.qualifier_path, 'qualifier');
-	v_partner := hub._inbox_path_text(p_payload, mp.partner_path, 'partner');
-	v_parent := nullif(hub._inbox_path_text(p_payload, mp.parent_path, 'parent'), '');
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
 
-	-- the links the record names (kept once; a key never links to itself)
-	IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
-		PERFORM hub._check_key_length('parent key', v_parent);
-		INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
-		VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
-		ON CONFLICT DO NOTHING;
-	END IF;
-	IF mp.children_path IS NOT NULL THEN
-		INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
-		SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
-		FROM jsonb_path_query(p_payload, mp.children_path) c(v)
-		WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
-		  AND octet_length(c.v #>> '{}') <= 256
-		  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
-		ON CONFLICT DO NOTHING;
-	END IF;
-	-- the message names its key from now on (hub.trace by aggregate)
-	IF p_aggregate_id IS NULL THEN
-		UPDATE hub.inbox x SET aggregate_id = v_key WHERE x.inbox_id = p_inbox_id;
-	END IF;
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
 
-	v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
-	IF v_mapped::text IS NULL THEN
-		PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
-			format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
-				   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
-			p_inbox_id);
-		RETURN NULL;
-	END IF;
-	r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
-							  v_mapped.reason, v_qual, false, p_payload, v_partner,
-							  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- the message names its key from now on (hub.trace by aggregate)
+		IF i.aggregate_id IS NULL THEN
+			UPDATE hub.inbox x SET aggregate_id = v_key WHERE x.inbox_id = p_inbox_id;
+		END IF;
 
-	IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
-		SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
-		IF v_terminal AND (r.outcome = 'conflict'
-						   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
-			PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
-				format('%s reported %s (%s) after the %s reached its terminal state %s',
-					   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
-			RETURN r;
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
 		END IF;
 	END IF;
-	IF r.outcome = 'conflict' THEN
-		PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
-			format('%s reported %s (%s), incomparable with the canonical state %s',
-				   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
-	ELSIF r.outcome = 'not_owner' THEN
-		PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
-			format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
-			p_inbox_id);
+
+	IF NOT p_handled THEN
+		RETURN '{}';
 	END IF;
-	RETURN r;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
 END
 $$;
-COMMENT ON FUNCTION hub._inbox_apply(bigint, jsonb, text, timestamptz, text) IS
-'API: Private. Apply one inbox message by its declared mapping: read its fields (22023/22007 for a malformed message: retried, then dead), link parent and children, map and apply the code with its canonical events, open the business exceptions of the outcome (unknown_code, terminal, conflict, not_owner).';
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
 
 CREATE FUNCTION hub._run_handler(f regproc, payload jsonb, message_type text, context jsonb) RETURNS void
 	AS 'MODULE_PATHNAME', 'hub_run_handler_context' LANGUAGE C STRICT VOLATILE;
@@ -940,9 +971,8 @@ REVOKE EXECUTE ON FUNCTION
 	hub._jsonpath_arg(text, text),
 	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval),
 	hub._inbox_mapping(text),
-	hub._inbox_path_text(jsonb, jsonpath, text),
-	hub._inbox_step(bigint, jsonb, text),
-	hub._inbox_apply(bigint, jsonb, text, timestamptz, text),
+	hub._inbox_not_a_value(text, jsonpath, jsonb),
+	hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb),
 	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
 FROM PUBLIC;
@@ -958,7 +988,7 @@ GRANT EXECUTE ON FUNCTION
 TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.contract_violation(text, jsonb) TO hub_reader, hub_writer;
 -- (hub.process_inbox runs with its caller's rights: these are what it calls)
-GRANT EXECUTE ON FUNCTION hub._inbox_mapping(text), hub._inbox_step(bigint, jsonb, text),
+GRANT EXECUTE ON FUNCTION hub._inbox_mapping(text), hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub._at_or_past(text, text, text), hub._readiness_blocked(text, text, boolean, text)
 TO hub_reader;

@@ -72,7 +72,7 @@ GRANT EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_mapping(text),
-	hub._inbox_step(bigint, jsonb, text),
+	hub._inbox_step(bigint, boolean),
 	hub._run_handler(regproc, jsonb, text, jsonb)
 	TO hub_worker;
 

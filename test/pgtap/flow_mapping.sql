@@ -4,7 +4,7 @@
 -- hub.trace and the views), malformed messages as technical failures,
 -- a mapping and a handler on one pattern, and the handler's context.
 BEGIN;
-SELECT plan(40);
+SELECT plan(41);
 SET LOCAL TimeZone = 'America/New_York';	-- naive times must still be UTC
 
 INSERT INTO hub.systems (system, role) VALUES ('acme_wms', 'wms');
@@ -56,6 +56,9 @@ SELECT is((SELECT parent_lifecycle || ' ' || parent_key || ' -> ' || child_lifec
 		   FROM hub.entity_links WHERE child_key = 'SH-1'),
 	'order SO-1 -> shipment SH-1 by acme_wms', 'the record''s parent is linked');
 SELECT is((SELECT aggregate_id FROM hub.inbox WHERE message_id = 'm1'), 'SH-1', 'the message now names its business key');
+
+SELECT throws_ok($$SELECT hub._inbox_step((SELECT inbox_id FROM hub.inbox WHERE message_id = 'm1'), false)$$,
+	'55000', NULL, 'the step applies only a message waiting to be processed, as stored');
 
 -- its canonical event: in the same transaction, with the record's context
 SELECT is((SELECT count(*)::int FROM hub.outbox WHERE aggregate_id = 'SH-1'), 1, 'one canonical event');
