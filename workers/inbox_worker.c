@@ -29,11 +29,19 @@
  * (the claim's row locks) and keep the order per key (the claim skips a
  * message while an earlier one of its key is pending).
  *
- * A step that fails (an error outside the per-message subtransactions: a
- * lock, the extension being updated) is rolled back and logged as one
- * WARNING line naming the worker, its CONTEXT at DEBUG1, and the worker
- * goes on after a naptime: messages claimed by the failed transaction are
- * claimable again at once, since a claim is only a row lock.  A worker
+ * A step that fails (an error outside the per-message subtransactions) is
+ * rolled back and logged as one WARNING line naming the worker, its
+ * CONTEXT at DEBUG1: messages claimed by the failed transaction are
+ * claimable again at once, since a claim is only a row lock.  An error of
+ * the server or the extension (a lock, a revoked grant, the extension being
+ * updated: hub_error_is_general) is waited out for a naptime.  Any other
+ * error may be one message's doing (a handler's failed ASSERT, which
+ * process_inbox's WHEN OTHERS does not catch), and that message would fail
+ * every batch it is in, every time: the worker then processes messages one
+ * at a time (isolate), each claimed first and run by process_inbox(1) in a
+ * subtransaction, until one fails alone; that one is set aside as a failed
+ * attempt (hub._inbox_settle: retried on its backoff, dead after
+ * max_attempts) and the batches resume.  A worker
  * that finds no extension (or one without the inbox worker's functions)
  * exits quietly; the launcher starts it again after a pause.  A worker
  * killed in the middle of a batch loses nothing: the batch's transaction
@@ -77,6 +85,12 @@ static char worker_name[32];
 static MemoryContext loop_cxt;	/* reset every loop */
 static SPIPlanPtr due_plan = NULL;
 static SPIPlanPtr process_plan = NULL;
+static SPIPlanPtr first_plan = NULL;
+static SPIPlanPtr aside_plan = NULL;
+
+/* after a batch failed for a reason that may be one message's: how many
+ * messages to process one at a time, looking for it (0: batches) */
+static int	isolate_left = 0;
 
 /* hub_inbox_define_gucs --- the inbox workers' settings (from _PG_init) */
 void
@@ -168,6 +182,16 @@ begin_work_step(const char *what)
 		due_plan = prepare("SELECT hub._inbox_next_due()", 0, NULL);
 	if (process_plan == NULL)
 		process_plan = prepare("SELECT processed, failed, unhandled FROM hub.process_inbox($1)", 1, batch_type);
+	if (first_plan == NULL)
+		first_plan = prepare("SELECT inbox_id, max_attempts, retry_base FROM hub._inbox_claim(1)", 0, NULL);
+	if (aside_plan == NULL)
+	{
+		Oid			aside_types[4] = {INT8OID, TEXTOID, INT4OID, INTERVALOID};
+
+		/* (a mapped message has no handler's settings: the defaults) */
+		aside_plan = prepare("SELECT hub._inbox_settle($1, 'failed', $2, COALESCE($3, 5), "
+							 "COALESCE($4, '1 second'::pg_catalog.interval))", 4, aside_types);
+	}
 }
 
 /*
@@ -214,14 +238,94 @@ process(void *arg)
 	end_step();
 }
 
+/* process_one --- hub.process_inbox(1), inside isolate's transaction */
+static void
+process_one(void *arg)
+{
+	Datum		values[1] = {Int32GetDatum(1)};
+
+	if (SPI_execute_plan(process_plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "hub.process_inbox(1) returned no row");
+}
+
+/*
+ * isolate --- one message alone: claim the first claimable message (a row
+ * lock, which process_inbox's own claim in the same transaction takes
+ * again, so it runs that message), then process it in a subtransaction.  If
+ * that fails for a reason of its own (not hub_error_is_general), the
+ * message is settled as a failed attempt with the error as its last_error,
+ * logged as a WARNING, and *(int *) arg set to 2; 1 when it went through,
+ * 0 when nothing was claimable.  An error of the server's is raised again.
+ *
+ * (A message that became claimable ahead of it between the two claims, an
+ * instant, would be the one processed; if that one failed, the first
+ * would be set aside in its place: a retry, never a loss.)
+ */
+static void
+isolate(void *arg)
+{
+	int		   *outcome = arg;
+	HubStepError err;
+	bool		isnull;
+	Datum		id,
+				max_attempts,
+				retry_base;
+	bool		max_null,
+				base_null;
+
+	*outcome = 0;
+	begin_work_step("logistics_hub: process an inbox message alone");
+	if (SPI_execute_plan(first_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "hub._inbox_claim(1) failed");
+	if (SPI_processed == 0)
+	{
+		end_step();
+		return;
+	}
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	max_attempts = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &max_null);
+	retry_base = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &base_null);
+	if (!base_null)				/* (a copy, out of SPI's tuple table) */
+		retry_base = PointerGetDatum(memcpy(palloc(sizeof(Interval)), DatumGetPointer(retry_base), sizeof(Interval)));
+	*outcome = 1;
+	if (!hub_guard_run(process_one, NULL, &err))
+	{
+		char	   *cut = strstr(err.message, " (SQLSTATE ");
+		char	   *why;
+		Datum		values[4];
+		char		nulls[4] = {' ', ' ', max_null ? 'n' : ' ', base_null ? 'n' : ' '};
+
+		if (hub_error_is_general(err.sqlerrcode))
+			ereport(ERROR, (errcode(err.sqlerrcode), errmsg_internal("%s", err.message)));
+		if (cut != NULL)
+			*cut = '\0';
+		/* as process_inbox keeps a handler's error: "SQLSTATE: message" */
+		why = psprintf("%s: %s", unpack_sql_state(err.sqlerrcode), err.message);
+		values[0] = id;
+		values[1] = CStringGetTextDatum(why);
+		values[2] = max_attempts;
+		values[3] = retry_base;
+		if (SPI_execute_plan(aside_plan, values, nulls, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "hub._inbox_settle failed");
+		ereport(WARNING,
+				(errcode(err.sqlerrcode),
+				 errmsg("logistics_hub %s: inbox message %lld failed its batch, set aside as a failed attempt: %s",
+						worker_name, (long long) DatumGetInt64(id), why),
+				 errdetail("An error that process_inbox does not catch per message (a failed ASSERT) rolls back the whole batch; the worker found this message by processing one at a time.")));
+		*outcome = 2;
+	}
+	end_step();
+}
+
 /*
  * guarded --- run a step; an error is rolled back and logged as one
  * WARNING line (its CONTEXT at DEBUG1, hub_step_error_take) and false
- * returned, so that the worker goes on.  FATAL (SIGTERM, postmaster
- * death) is not caught: it ends the worker as it should.
+ * returned, with the error's SQLSTATE in *sqlerrcode, so that the worker
+ * goes on.  FATAL (SIGTERM, postmaster death) is not caught: it ends the
+ * worker as it should.
  */
 static bool
-guarded(void (*step) (void *), void *arg, const char *what)
+guarded(void (*step) (void *), void *arg, const char *what, int *sqlerrcode)
 {
 	volatile bool ok = true;
 
@@ -241,7 +345,11 @@ guarded(void (*step) (void *), void *arg, const char *what)
 		ereport(WARNING,
 				(errcode(err.sqlerrcode),
 				 errmsg("logistics_hub %s: %s failed: %s", worker_name, what, err.message),
-				 errhint("The worker tries again after logistics_hub.inbox_naptime.")));
+				 hub_error_is_general(err.sqlerrcode) ?
+				 errhint("The worker tries again after logistics_hub.inbox_naptime.") :
+				 errhint("The worker processes the next messages one at a time to find the one that fails.")));
+		if (sqlerrcode != NULL)
+			*sqlerrcode = err.sqlerrcode;
 		ok = false;
 	}
 	PG_END_TRY();
@@ -252,7 +360,9 @@ guarded(void (*step) (void *), void *arg, const char *what)
 
 /*
  * work --- look, and process what is due; returns when to look next (0:
- * at once).
+ * at once).  After a batch that failed for a reason that may be one
+ * message's, the next messages go one at a time (isolate) until one fails
+ * alone, nothing is left, or a batch's worth went through.
  */
 static TimestampTz
 work(bool *again)
@@ -261,10 +371,11 @@ work(bool *again)
 	TimestampTz nap = now + (int64) inbox_naptime_ms * 1000;
 	TimestampTz due = 0;
 	int			n = 0;
+	int			code = 0;
 
 	if (!*again)
 	{
-		if (!guarded(look, &due, "look"))
+		if (!guarded(look, &due, "look", NULL))
 			return nap;
 		if (due == 0)
 			return nap;			/* nothing waiting */
@@ -272,8 +383,23 @@ work(bool *again)
 			return Min(due, nap);	/* a retry, later */
 	}
 	*again = false;
-	if (!guarded(process, &n, "process"))
-		return nap;
+	if (isolate_left > 0)
+	{
+		if (!guarded(isolate, &n, "process alone", NULL))
+			return nap;
+		/* 0: nothing left; 2: the culprit was found and set aside */
+		isolate_left = (n == 1) ? isolate_left - 1 : 0;
+		*again = isolate_left > 0;
+		return n > 0 ? 0 : nap;
+	}
+	if (!guarded(process, &n, "process", &code))
+	{
+		if (hub_error_is_general(code))
+			return nap;
+		isolate_left = inbox_batch;
+		*again = true;
+		return 0;
+	}
 	/* a full batch: another at once; some: look again at once */
 	*again = n >= inbox_batch;
 	return n > 0 ? 0 : nap;

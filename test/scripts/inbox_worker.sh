@@ -24,13 +24,18 @@ ok "two inbox workers ($pids) run as hub_worker"
 
 # The fixture handler (SECURITY DEFINER, as applications write them): it
 # records each successful run; kind 'flaky' fails twice (a sequence counts
-# the failures: it is not rolled back with them), kind 'bad' always fails.
+# the failures: it is not rolled back with them), kind 'bad' always fails,
+# kind 'assert' fails an ASSERT, which process_inbox's WHEN OTHERS does not
+# catch: it fails the whole batch it is in.
 q "CREATE TABLE public.seen (n bigserial PRIMARY KEY, msg text NOT NULL, key text, seq int,
 	at timestamptz NOT NULL DEFAULT clock_timestamp())" \
 	"CREATE SEQUENCE public.flaky_failures" \
 	"CREATE FUNCTION public.h(p jsonb, t text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 	 SET search_path = pg_catalog, public AS \$\$
 	 BEGIN
+		IF p->>'kind' = 'assert' THEN
+			ASSERT false, 'message ' || (p->>'msg') || ' asserts';
+		END IF;
 		IF p->>'kind' = 'bad' THEN
 			RAISE EXCEPTION 'message % is broken', p->>'msg' USING ERRCODE = 'data_exception';
 		END IF;
@@ -106,6 +111,30 @@ q "INSERT INTO hub.inbox (source, message_id, message_type, payload) VALUES ('er
 must_wait "SELECT state = 'done' FROM hub.inbox WHERE message_id = 'plain-1'" 20 "a plainly inserted message was not processed"
 ok "a plain INSERT into hub.inbox woke a worker"
 
+# a message that fails its whole batch (a failed ASSERT) is found by
+# processing one at a time and set aside as a failed attempt; the ten
+# received with it in one transaction (so in its batch) go on, and the
+# message behind it in its key waits until it is dead
+q "BEGIN" "SELECT hub.receive('wms', 'poison-1', 't.x', '{\"msg\": \"poison-1\", \"kind\": \"assert\"}', aggregate_id => 'KP')" \
+	"SELECT hub.receive('wms', 'KP-2', 't.x', '{\"msg\": \"KP-2\", \"key\": \"KP\", \"seq\": 2}', aggregate_id => 'KP')" \
+	"SELECT hub.receive('wms', 'with-poison-' || g, 't.x', jsonb_build_object('msg', 'with-poison-' || g)) FROM generate_series(1, 10) g" \
+	"COMMIT" >/dev/null
+must_wait "SELECT count(*) = 10 FROM hub.inbox WHERE message_id LIKE 'with-poison-%' AND state = 'done'" 20 \
+	"the messages received with a message that fails its batch were not processed"
+got=$(q "SELECT state || ' ' || attempts || ' ' || last_error FROM hub.inbox WHERE message_id = 'poison-1'")
+case $got in
+	"retry_wait 1 P0004: message poison-1 asserts"|"retry_wait 2 P0004: message poison-1 asserts") ;;
+	*) fail "the message failing its batch should wait for a retry: $got" ;;
+esac
+[ "$(q "SELECT state FROM hub.inbox WHERE message_id = 'KP-2'")" = new ] || fail "KP-2 did not wait behind poison-1"
+grep -q 'WARNING:  logistics_hub inbox worker [01]: inbox message [0-9]* failed its batch, set aside as a failed attempt: P0004: message poison-1 asserts' \
+	"$LH_CLUSTER_DIR/server.log" || fail "no WARNING naming the message set aside"
+ok "a message failing its whole batch (ASSERT) was found and set aside (retry_wait, P0004 kept); the ten in its batch were processed"
+must_wait "SELECT state = 'dead' AND attempts = 3 FROM hub.inbox WHERE message_id = 'poison-1'" 30 \
+	"the message failing its batch did not die after max_attempts"
+must_wait "SELECT state = 'done' FROM hub.inbox WHERE message_id = 'KP-2'" 20 "KP-2 was not processed after poison-1 died"
+ok "it was retried on its backoff and is dead after 3 attempts; the message behind it in its key then ran"
+
 # a failing batch (here: the worker's role lost a grant) does not end a worker
 q "REVOKE EXECUTE ON FUNCTION hub._inbox_claim(integer) FROM hub_worker" >/dev/null
 q "SELECT hub.receive('erp', 'after-revoke', 't.x', '{\"msg\": \"after-revoke\"}')" >/dev/null
@@ -136,6 +165,10 @@ q "ALTER SYSTEM SET logistics_hub.inbox_workers = 1" "SELECT pg_reload_conf()" >
 must_wait "SELECT count(*) = 3 FROM hub.inbox WHERE message_id LIKE 'off-%' AND state = 'done'" 30 \
 	"a worker started again did not process what waited"
 ok "a worker started again processed what waited"
+
+got=$(q "SELECT count(*) - count(DISTINCT msg) FROM public.seen")
+[ "$got" = 0 ] || fail "$got messages ran more than once"
+ok "no message ran twice in the whole run"
 
 if grep -E "terminated by signal|exited with exit code [^01]|PANIC|TRAP:" "$LH_CLUSTER_DIR/server.log"; then
 	fail "the server log shows a worker crash"
