@@ -35,8 +35,11 @@
  * carrier exception clears that exception (EasyPost failure -> in_transit),
  * but never a 'state_conflict' exception, which waits for an advance.
  *
- * Concurrency: INSERT ... ON CONFLICT DO NOTHING followed by SELECT ... FOR
- * UPDATE serializes all reports of one key; distinct keys never wait.
+ * Concurrency: SELECT ... FOR UPDATE of the key's row serializes all
+ * reports of one key; a new key's row is inserted with its final values
+ * (INSERT ... ON CONFLICT DO NOTHING: when another transaction inserted the
+ * key first, we wait for it and classify again against its row, nothing
+ * written yet); distinct keys never wait.
  */
 
 -- ---------------------------------------------------------------- config
@@ -349,6 +352,7 @@ DECLARE
 	o_hold		boolean;
 	o_hold_reason text;
 	o_exception	text;
+	v_new		boolean;
 BEGIN
 	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
 		RAISE EXCEPTION 'unknown lifecycle: "%"', lifecycle
@@ -384,19 +388,16 @@ BEGIN
 	END IF;
 
 	-- one row lock per key serializes every report of it; a new key is
-	-- inserted first (ON CONFLICT: a concurrent insert of it waits for us)
+	-- inserted with its final values below, once, in one statement (ON
+	-- CONFLICT: a concurrent insert of it makes us wait for its
+	-- transaction and start over against its row)
 	SELECT * INTO e FROM hub.entity_state es
 	WHERE es.lifecycle = _apply_canonical.lifecycle
 	  AND es.business_key = _apply_canonical.business_key
 	FOR UPDATE;
-	IF NOT FOUND THEN
-		INSERT INTO hub.entity_state AS es (lifecycle, business_key)
-		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key)
-		ON CONFLICT DO NOTHING;
-		SELECT * INTO e FROM hub.entity_state es
-		WHERE es.lifecycle = _apply_canonical.lifecycle
-		  AND es.business_key = _apply_canonical.business_key
-		FOR UPDATE;
+	v_new := NOT FOUND;
+	IF v_new THEN
+		e.on_hold := false;
 	END IF;
 
 	-- owner of the reported state; overlays from roles owning any state
@@ -461,13 +462,30 @@ BEGIN
 		END IF;
 	END IF;
 
-	UPDATE hub.entity_state es
-	SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
-		last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
-		on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
-		exception_reason = e.exception_reason, exception_since = e.exception_since,
-		updated_at = now()
-	WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	IF v_new THEN
+		INSERT INTO hub.entity_state AS es
+			(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold,
+			 on_hold_reason, on_hold_since, exception_reason, exception_since)
+		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key, e.state, e.state_system,
+				e.state_occurred_at, e.last_advanced_at, e.on_hold, e.on_hold_reason, e.on_hold_since,
+				e.exception_reason, e.exception_since)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- another transaction made the key first (it has committed now):
+			-- nothing is written yet, so classify again against its row
+			RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at, $6, $7, $8,
+										qualifier, correction, p_record, p_partner, p_parent_lifecycle,
+										p_parent_key, p_inbox_id);
+		END IF;
+	ELSE
+		UPDATE hub.entity_state es
+		SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
+			last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
+			on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
+			exception_reason = e.exception_reason, exception_since = e.exception_since,
+			updated_at = now()
+		WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	END IF;
 
 	INSERT INTO hub.entity_system_state AS s
 		(lifecycle, business_key, system, role, qualifier, code, state, state_since,
