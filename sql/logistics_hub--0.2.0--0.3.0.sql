@@ -250,15 +250,14 @@ COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, int
 -- 30_entity_state.sql: parent and child links, the apply body with the
 -- record's context and the canonical events, the views with the parent
 CREATE TABLE hub.entity_links (
-	parent_lifecycle	text NOT NULL CHECK (parent_lifecycle IN ('order', 'shipment', 'movement', 'return')),
-	parent_key			text NOT NULL CHECK (parent_key <> '' AND octet_length(parent_key) <= 256),
-	child_lifecycle		text NOT NULL CHECK (child_lifecycle IN ('order', 'shipment', 'movement', 'return')),
-	child_key			text NOT NULL CHECK (child_key <> '' AND octet_length(child_key) <= 256),
+	parent_lifecycle	text NOT NULL,
+	parent_key			text NOT NULL,
+	child_lifecycle		text NOT NULL,
+	child_key			text NOT NULL,
 	system				text NOT NULL,
 	inbox_id			bigint,
 	linked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key),
-	CHECK ((parent_lifecycle, parent_key) IS DISTINCT FROM (child_lifecycle, child_key))
+	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key)
 );
 CREATE INDEX entity_links_child_idx ON hub.entity_links (child_lifecycle, child_key);
 COMMENT ON TABLE hub.entity_links IS
@@ -288,6 +287,7 @@ DECLARE
 	o_hold		boolean;
 	o_hold_reason text;
 	o_exception	text;
+	v_new		boolean;
 BEGIN
 	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
 		RAISE EXCEPTION 'unknown lifecycle: "%"', lifecycle
@@ -323,19 +323,16 @@ BEGIN
 	END IF;
 
 	-- one row lock per key serializes every report of it; a new key is
-	-- inserted first (ON CONFLICT: a concurrent insert of it waits for us)
+	-- inserted with its final values below, once, in one statement (ON
+	-- CONFLICT: a concurrent insert of it makes us wait for its
+	-- transaction and start over against its row)
 	SELECT * INTO e FROM hub.entity_state es
 	WHERE es.lifecycle = _apply_canonical.lifecycle
 	  AND es.business_key = _apply_canonical.business_key
 	FOR UPDATE;
-	IF NOT FOUND THEN
-		INSERT INTO hub.entity_state AS es (lifecycle, business_key)
-		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key)
-		ON CONFLICT DO NOTHING;
-		SELECT * INTO e FROM hub.entity_state es
-		WHERE es.lifecycle = _apply_canonical.lifecycle
-		  AND es.business_key = _apply_canonical.business_key
-		FOR UPDATE;
+	v_new := NOT FOUND;
+	IF v_new THEN
+		e.on_hold := false;
 	END IF;
 
 	-- owner of the reported state; overlays from roles owning any state
@@ -400,13 +397,30 @@ BEGIN
 		END IF;
 	END IF;
 
-	UPDATE hub.entity_state es
-	SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
-		last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
-		on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
-		exception_reason = e.exception_reason, exception_since = e.exception_since,
-		updated_at = now()
-	WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	IF v_new THEN
+		INSERT INTO hub.entity_state AS es
+			(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold,
+			 on_hold_reason, on_hold_since, exception_reason, exception_since)
+		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key, e.state, e.state_system,
+				e.state_occurred_at, e.last_advanced_at, e.on_hold, e.on_hold_reason, e.on_hold_since,
+				e.exception_reason, e.exception_since)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- another transaction made the key first (it has committed now):
+			-- nothing is written yet, so classify again against its row
+			RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at, $6, $7, $8,
+										qualifier, correction, p_record, p_partner, p_parent_lifecycle,
+										p_parent_key, p_inbox_id);
+		END IF;
+	ELSE
+		UPDATE hub.entity_state es
+		SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
+			last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
+			on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
+			exception_reason = e.exception_reason, exception_since = e.exception_since,
+			updated_at = now()
+		WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	END IF;
 
 	INSERT INTO hub.entity_system_state AS s
 		(lifecycle, business_key, system, role, qualifier, code, state, state_since,
@@ -1536,10 +1550,10 @@ BEGIN
 			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
 			ON CONFLICT DO NOTHING;
 		END IF;
-		-- the message names its key from now on (hub.trace by aggregate)
-		IF i.aggregate_id IS NULL THEN
-			UPDATE hub.inbox x SET aggregate_id = v_key WHERE x.inbox_id = p_inbox_id;
-		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
 
 		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
 		IF v_mapped::text IS NULL THEN
@@ -1658,6 +1672,15 @@ BEGIN
 		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
 		UNION
 		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
 	), i AS (
 		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
 	), dl AS (
@@ -1726,7 +1749,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.trace(text, text) IS
-'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), and for a business key its parent and child links (hub.entity_links) and business exceptions (hub.exceptions), in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
 
 -- 90_privileges.sql: hub_worker processes the inbox
 GRANT EXECUTE ON FUNCTION

@@ -35,8 +35,11 @@
  * carrier exception clears that exception (EasyPost failure -> in_transit),
  * but never a 'state_conflict' exception, which waits for an advance.
  *
- * Concurrency: INSERT ... ON CONFLICT DO NOTHING followed by SELECT ... FOR
- * UPDATE serializes all reports of one key; distinct keys never wait.
+ * Concurrency: SELECT ... FOR UPDATE of the key's row serializes all
+ * reports of one key; a new key's row is inserted with its final values
+ * (INSERT ... ON CONFLICT DO NOTHING: when another transaction inserted the
+ * key first, we wait for it and classify again against its row, nothing
+ * written yet); distinct keys never wait.
  */
 
 -- ---------------------------------------------------------------- config
@@ -349,6 +352,7 @@ DECLARE
 	o_hold		boolean;
 	o_hold_reason text;
 	o_exception	text;
+	v_new		boolean;
 BEGIN
 	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
 		RAISE EXCEPTION 'unknown lifecycle: "%"', lifecycle
@@ -384,19 +388,16 @@ BEGIN
 	END IF;
 
 	-- one row lock per key serializes every report of it; a new key is
-	-- inserted first (ON CONFLICT: a concurrent insert of it waits for us)
+	-- inserted with its final values below, once, in one statement (ON
+	-- CONFLICT: a concurrent insert of it makes us wait for its
+	-- transaction and start over against its row)
 	SELECT * INTO e FROM hub.entity_state es
 	WHERE es.lifecycle = _apply_canonical.lifecycle
 	  AND es.business_key = _apply_canonical.business_key
 	FOR UPDATE;
-	IF NOT FOUND THEN
-		INSERT INTO hub.entity_state AS es (lifecycle, business_key)
-		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key)
-		ON CONFLICT DO NOTHING;
-		SELECT * INTO e FROM hub.entity_state es
-		WHERE es.lifecycle = _apply_canonical.lifecycle
-		  AND es.business_key = _apply_canonical.business_key
-		FOR UPDATE;
+	v_new := NOT FOUND;
+	IF v_new THEN
+		e.on_hold := false;
 	END IF;
 
 	-- owner of the reported state; overlays from roles owning any state
@@ -461,13 +462,30 @@ BEGIN
 		END IF;
 	END IF;
 
-	UPDATE hub.entity_state es
-	SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
-		last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
-		on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
-		exception_reason = e.exception_reason, exception_since = e.exception_since,
-		updated_at = now()
-	WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	IF v_new THEN
+		INSERT INTO hub.entity_state AS es
+			(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold,
+			 on_hold_reason, on_hold_since, exception_reason, exception_since)
+		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key, e.state, e.state_system,
+				e.state_occurred_at, e.last_advanced_at, e.on_hold, e.on_hold_reason, e.on_hold_since,
+				e.exception_reason, e.exception_since)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- another transaction made the key first (it has committed now):
+			-- nothing is written yet, so classify again against its row
+			RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at, $6, $7, $8,
+										qualifier, correction, p_record, p_partner, p_parent_lifecycle,
+										p_parent_key, p_inbox_id);
+		END IF;
+	ELSE
+		UPDATE hub.entity_state es
+		SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
+			last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
+			on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
+			exception_reason = e.exception_reason, exception_since = e.exception_since,
+			updated_at = now()
+		WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	END IF;
 
 	INSERT INTO hub.entity_system_state AS s
 		(lifecycle, business_key, system, role, qualifier, code, state, state_since,
@@ -628,16 +646,22 @@ COMMENT ON FUNCTION hub.resolve_conflict(bigint, text) IS
  * children_path).  Readiness rules and the views follow them; a link is
  * kept once (the first record that named it), never moved.
  */
+/*
+ * No CHECK constraints: only the hub writes the table (nobody is granted
+ * INSERT), from values it has checked (lifecycles of hub.inbox_mappings,
+ * keys non-empty and at most 256 bytes, never a key linked to itself), and
+ * PostgreSQL 15 reads a table's CHECK expressions anew for every INSERT
+ * statement, which a link written per inbound message would pay each time.
+ */
 CREATE TABLE hub.entity_links (
-	parent_lifecycle	text NOT NULL CHECK (parent_lifecycle IN ('order', 'shipment', 'movement', 'return')),
-	parent_key			text NOT NULL CHECK (parent_key <> '' AND octet_length(parent_key) <= 256),
-	child_lifecycle		text NOT NULL CHECK (child_lifecycle IN ('order', 'shipment', 'movement', 'return')),
-	child_key			text NOT NULL CHECK (child_key <> '' AND octet_length(child_key) <= 256),
+	parent_lifecycle	text NOT NULL,
+	parent_key			text NOT NULL,
+	child_lifecycle		text NOT NULL,
+	child_key			text NOT NULL,
 	system				text NOT NULL,
 	inbox_id			bigint,
 	linked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key),
-	CHECK ((parent_lifecycle, parent_key) IS DISTINCT FROM (child_lifecycle, child_key))
+	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key)
 );
 CREATE INDEX entity_links_child_idx ON hub.entity_links (child_lifecycle, child_key);
 COMMENT ON TABLE hub.entity_links IS

@@ -901,10 +901,10 @@ BEGIN
 			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
 			ON CONFLICT DO NOTHING;
 		END IF;
-		-- the message names its key from now on (hub.trace by aggregate)
-		IF i.aggregate_id IS NULL THEN
-			UPDATE hub.inbox x SET aggregate_id = v_key WHERE x.inbox_id = p_inbox_id;
-		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
 
 		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
 		IF v_mapped::text IS NULL THEN
