@@ -6,7 +6,8 @@
 # by the safety net) while the others go on; the messages of one business
 # key are processed one at a time in order, also by two workers, and none
 # twice; a plain INSERT wakes the workers too; a failing batch does not end
-# a worker; logistics_hub.inbox_workers = 0 leaves messages untouched.
+# a worker; logistics_hub.inbox_workers = 0 leaves messages untouched; a
+# worker terminated by an administrator is started again.
 source test/receiver/push_lib.sh
 PUSH_DISPATCHERS=0 push_setup inbox-worker 143 "logistics_hub.inbox_workers = 2" \
 	"logistics_hub.inbox_naptime = 10min"
@@ -165,6 +166,17 @@ q "ALTER SYSTEM SET logistics_hub.inbox_workers = 1" "SELECT pg_reload_conf()" >
 must_wait "SELECT count(*) = 3 FROM hub.inbox WHERE message_id LIKE 'off-%' AND state = 'done'" 30 \
 	"a worker started again did not process what waited"
 ok "a worker started again processed what waited"
+
+# a worker stopped by an administrator (SIGTERM) is started again by the
+# launcher, and the next message is processed
+old=$(inbox_pids)
+q "SELECT pg_terminate_backend($old)" >/dev/null
+must_wait "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox' AND pid <> $old" 30 \
+	"the launcher did not start the inbox worker again after pg_terminate_backend"
+q "SELECT hub.receive('erp', 'after-terminate', 't.x', '{\"msg\": \"after-terminate\"}')" >/dev/null
+must_wait "SELECT state = 'done' FROM hub.inbox WHERE message_id = 'after-terminate'" 20 \
+	"the restarted inbox worker did not process a new message"
+ok "an inbox worker terminated by pg_terminate_backend was started again ($old -> $(inbox_pids)) and goes on"
 
 got=$(q "SELECT count(*) - count(DISTINCT msg) FROM public.seen")
 [ "$got" = 0 ] || fail "$got messages ran more than once"
