@@ -345,7 +345,7 @@ guarded(void (*step) (void *), void *arg, const char *what, int *sqlerrcode)
 		ereport(WARNING,
 				(errcode(err.sqlerrcode),
 				 errmsg("logistics_hub %s: %s failed: %s", worker_name, what, err.message),
-				 hub_error_is_general(err.sqlerrcode) ?
+				 sqlerrcode == NULL || hub_error_is_general(err.sqlerrcode) ?
 				 errhint("The worker tries again after logistics_hub.inbox_naptime.") :
 				 errhint("The worker processes the next messages one at a time to find the one that fails.")));
 		if (sqlerrcode != NULL)
