@@ -27,6 +27,12 @@
  *	   the envelope are left out (jsonb_strip_nulls ran on the envelope
  *	   only, so "data": null stays).
  *
+ * The nine-argument form adds the event's contract version (hub.outbox.
+ * contract_version): the canonical event's last member "contract_version",
+ * the CloudEvents extension attribute "contractversion" (an integer); both
+ * left out when it is NULL (an unknown type that was accepted).  The
+ * eight-argument form gives the bytes it always gave.
+ *
  * 'cloudevents' and 'cloudevents_batch' (one member of the array a
  * CloudEvents batch is) give the CloudEvents envelope; a NULL body_format,
  * like any other value, gives the
@@ -60,6 +66,7 @@
 #define ARG_CORRELATION_ID	5
 #define ARG_PAYLOAD			6
 #define ARG_SOURCE			7
+#define ARG_CONTRACT_VERSION 8	/* (the nine-argument form only) */
 
 /*
  * One member of the body: its key, the argument that gives its value (or
@@ -71,6 +78,7 @@ typedef enum BodyValueKind
 	BODY_UUID,					/* a uuid argument */
 	BODY_TIMESTAMPTZ,			/* a timestamptz argument */
 	BODY_JSONB,					/* a jsonb argument, as its text */
+	BODY_INT,					/* an integer argument; left out when NULL */
 	BODY_CONSTANT				/* a fixed JSON string, already escaped */
 } BodyValueKind;
 
@@ -82,7 +90,7 @@ typedef struct BodyMember
 	const char *constant;		/* for BODY_CONSTANT */
 } BodyMember;
 
-/* id, data, type, occurred_at, aggregate_id, correlation_id */
+/* id, data, type, occurred_at, aggregate_id, correlation_id, contract_version */
 static const BodyMember canonical_members[] = {
 	{"\"id\"", ARG_EVENT_ID, BODY_UUID, NULL},
 	{"\"data\"", ARG_PAYLOAD, BODY_JSONB, NULL},
@@ -90,9 +98,13 @@ static const BodyMember canonical_members[] = {
 	{"\"occurred_at\"", ARG_OCCURRED_AT, BODY_TIMESTAMPTZ, NULL},
 	{"\"aggregate_id\"", ARG_AGGREGATE_ID, BODY_TEXT, NULL},
 	{"\"correlation_id\"", ARG_CORRELATION_ID, BODY_TEXT, NULL},
+	{"\"contract_version\"", ARG_CONTRACT_VERSION, BODY_INT, NULL},
 };
 
-/* id, data, time, type, source, subject, specversion, correlationid, datacontenttype */
+/*
+ * id, data, time, type, source, subject, specversion, correlationid,
+ * contractversion (an extension attribute, an integer), datacontenttype
+ */
 static const BodyMember cloudevents_members[] = {
 	{"\"id\"", ARG_EVENT_ID, BODY_UUID, NULL},
 	{"\"data\"", ARG_PAYLOAD, BODY_JSONB, NULL},
@@ -102,6 +114,7 @@ static const BodyMember cloudevents_members[] = {
 	{"\"subject\"", ARG_AGGREGATE_ID, BODY_TEXT, NULL},
 	{"\"specversion\"", -1, BODY_CONSTANT, "\"1.0\""},
 	{"\"correlationid\"", ARG_CORRELATION_ID, BODY_TEXT, NULL},
+	{"\"contractversion\"", ARG_CONTRACT_VERSION, BODY_INT, NULL},
 	{"\"datacontenttype\"", -1, BODY_CONSTANT, "\"application/json\""},
 };
 
@@ -140,6 +153,9 @@ append_value(StringInfo buf, const BodyMember *m, FunctionCallInfo fcinfo)
 				(void) JsonbToCString(buf, &jb->root, VARSIZE(jb));
 			}
 			break;
+		case BODY_INT:
+			appendStringInfo(buf, "%d", PG_GETARG_INT32(m->arg));
+			break;
 		case BODY_CONSTANT:
 			appendStringInfoString(buf, m->constant);
 			break;
@@ -162,9 +178,13 @@ append_members(StringInfo buf, const BodyMember *members, int nmembers,
 	for (i = 0; i < nmembers; i++)
 	{
 		const BodyMember *m = &members[i];
-		bool		isnull = m->arg >= 0 && PG_ARGISNULL(m->arg);
+		bool		isnull;
 
-		if (isnull && strip_nulls && m->arg != ARG_PAYLOAD)
+		/* (the contract version: only in the nine-argument form, when known) */
+		if (m->arg >= PG_NARGS())
+			continue;
+		isnull = m->arg >= 0 && PG_ARGISNULL(m->arg);
+		if (isnull && ((strip_nulls && m->arg != ARG_PAYLOAD) || m->kind == BODY_INT))
 			continue;
 		if (!first)
 			appendBinaryStringInfo(buf, ", ", 2);
@@ -201,7 +221,8 @@ is_cloudevents(FunctionCallInfo fcinfo)
 
 /*
  * hub_event_body --- SQL hub.event_body(body_format, event_id, event_type,
- * aggregate_id, occurred_at, correlation_id, payload, source): the request
+ * aggregate_id, occurred_at, correlation_id, payload, source [,
+ * contract_version]): the request
  * body of one event as text.  Not strict: NULL arguments become JSON nulls
  * (see the file header).  Fails only as its argument types' output does
  * (out of memory, a corrupt jsonb).

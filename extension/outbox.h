@@ -41,7 +41,7 @@ extern bool hub_event_id_xid(const struct pg_uuid_t *uuid, uint64 *xid);
 extern bool hub_outbox_check_event(Datum etype, bool etype_null, Datum agg, bool agg_null,
 								   Datum payload, bool payload_null, Datum *id, bool *id_null,
 								   Datum correlation, bool correlation_null,
-								   Datum causation, bool causation_null);
+								   Datum causation, bool causation_null, int32 *version);
 
 /* the limits on inputs, raising 22001 and 54000 (extension/outbox_check.c) */
 extern void hub_check_key_length(const char *what, Datum value);

@@ -78,6 +78,8 @@ typedef struct EventTypeEntry
 	int			version;
 	int			nkeys;
 	char	  **keys;			/* required payload keys */
+	char	  **types;			/* their JSON types ("" for any non-null value) */
+	bool		deprecated;		/* publishing warns */
 } EventTypeEntry;
 
 static HTAB *etype_cache = NULL;
@@ -128,7 +130,10 @@ etype_load(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT event_type, version, required_keys FROM hub.event_types", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT t.event_type, t.version, t.required_keys,"
+					" ARRAY(SELECT coalesce(t.key_types OPERATOR(pg_catalog.->>) k.k, '')"
+					"       FROM pg_catalog.unnest(t.required_keys) WITH ORDINALITY k(k, n) ORDER BY k.n),"
+					" t.deprecated FROM hub.event_types t", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read hub.event_types");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -146,21 +151,35 @@ etype_load(void)
 		e->version = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		e->nkeys = 0;
 		e->keys = NULL;
+		e->types = NULL;
+		e->deprecated = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)) && !isnull;
 		keys = SPI_getbinval(tup, desc, 3, &isnull);
 		if (!isnull)
 		{
 			Datum	   *elems;
 			bool	   *nulls;
+			Datum	   *telems;
+			bool	   *tnulls;
 			int			n;
+			int			nt;
 			int			j;
+			bool		tnull;
+			Datum		types = SPI_getbinval(tup, desc, 4, &tnull);
 
 			deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT,
 							  &elems, &nulls, &n);
+			deconstruct_array(DatumGetArrayTypeP(types), TEXTOID, -1, false, TYPALIGN_INT,
+							  &telems, &tnulls, &nt);
 			e->keys = MemoryContextAlloc(etype_context, sizeof(char *) * Max(n, 1));
+			e->types = MemoryContextAlloc(etype_context, sizeof(char *) * Max(n, 1));
 			for (j = 0; j < n; j++)
 				if (!nulls[j])
-					e->keys[e->nkeys++] = MemoryContextStrdup(etype_context,
-															  TextDatumGetCString(elems[j]));
+				{
+					e->keys[e->nkeys] = MemoryContextStrdup(etype_context,
+															TextDatumGetCString(elems[j]));
+					e->types[e->nkeys++] = MemoryContextStrdup(etype_context,
+															   (j < nt && !tnulls[j]) ? TextDatumGetCString(telems[j]) : "");
+				}
 		}
 	}
 	SPI_finish();
@@ -207,8 +226,26 @@ keys_list(EventTypeEntry *e)
 
 	initStringInfo(&buf);
 	for (i = 0; i < e->nkeys; i++)
+	{
 		appendStringInfo(&buf, "%s%s", i ? ", " : "", e->keys[i]);
+		if (e->types != NULL && e->types[i][0] != '\0')
+			appendStringInfo(&buf, " (%s)", e->types[i]);
+	}
 	return buf.data;
+}
+
+/*
+ * contract_typed --- does the contract of e type any of its keys?
+ */
+static bool
+contract_typed(EventTypeEntry *e)
+{
+	int			i;
+
+	for (i = 0; i < e->nkeys; i++)
+		if (e->types[i][0] != '\0')
+			return true;
+	return false;
 }
 
 /*
@@ -312,6 +349,97 @@ hub_payload_size(PG_FUNCTION_ARGS)
 }
 
 /*
+ * json_type_name --- the contract's name of a JSON value's type.
+ */
+static const char *
+json_type_name(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			return "null";
+		case jbvString:
+			return "string";
+		case jbvNumeric:
+			return "number";
+		case jbvBool:
+			return "boolean";
+		case jbvBinary:
+			return JsonContainerIsArray(v->val.binary.data) ? "array" : "object";
+		case jbvArray:
+			return "array";
+		case jbvObject:
+			return "object";
+		default:
+			return "unknown";
+	}
+}
+
+/*
+ * contract_problem --- the first way payload (an object) breaks the
+ * contract of e, as a message (palloc'd), or NULL when it keeps it: a
+ * required key missing or null, or of another type than key_types says.
+ */
+static char *
+contract_problem(EventTypeEntry *e, const char *name, Jsonb *payload)
+{
+	int			i;
+
+	for (i = 0; i < e->nkeys; i++)
+	{
+		JsonbValue *v = getKeyJsonValueFromContainer(&payload->root, e->keys[i],
+													 strlen(e->keys[i]), NULL);
+
+		if (v == NULL)
+			return psprintf("%s event lacks the required payload key \"%s\"", name, e->keys[i]);
+		if (v->type == jbvNull)
+			return psprintf("%s event has null for the required payload key \"%s\"", name, e->keys[i]);
+		if (e->types[i][0] != '\0' && strcmp(e->types[i], json_type_name(v)) != 0)
+			return psprintf("%s event has a %s for the payload key \"%s\", which must be a %s",
+							name, json_type_name(v), e->keys[i], e->types[i]);
+	}
+	return NULL;
+}
+
+/*
+ * hub_contract_violation --- SQL hub.contract_violation(event_type, payload):
+ * why the payload would be refused as an event of that type (the contract
+ * check's message), or NULL when it would be accepted; an unknown type is
+ * a violation only when logistics_hub.unknown_event_types = reject.
+ * Raises nothing for a bad payload: a non-object payload is a violation.
+ */
+PG_FUNCTION_INFO_V1(hub_contract_violation);
+Datum
+hub_contract_violation(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Jsonb	   *payload;
+	EventTypeEntry *e;
+	char	   *problem;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_TEXT_P(cstring_to_text("an event needs an event type and a payload"));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	payload = PG_GETARG_JSONB_P(1);
+	if (!valid_event_type(name, strlen(name)) || strlen(name) > EVENT_TYPE_MAXLEN)
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("invalid event type: \"%s\"", name)));
+	if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("the payload of a %s event must be a JSON object", name)));
+	etype_load();
+	e = hash_search(etype_cache, name, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		if (hub_outbox_reject_unknown())
+			PG_RETURN_TEXT_P(cstring_to_text(psprintf("unknown event type: \"%s\"", name)));
+		PG_RETURN_NULL();
+	}
+	problem = contract_problem(e, name, payload);
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
+}
+
+/*
  * hub_outbox_check_event --- the contract check of one event, shared by the
  * trigger and hub.publish's direct insert (which then skips the trigger;
  * extension/outbox_publish.c).  Raises 22023 for a malformed event type, an
@@ -323,12 +451,15 @@ hub_payload_size(PG_FUNCTION_ARGS)
  * false, checking nothing, when the event type is NULL (NOT NULL
  * constraints are checked after BEFORE triggers: NULLs are left to them);
  * otherwise notes the insert for the commit-time wake-up and returns true.
+ * *version is set to the contract version the event was checked against,
+ * which every event carries (hub.outbox.contract_version, the body), or 0
+ * for an unknown type that was accepted.
  */
 bool
 hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_null,
 					   Datum payload_datum, bool payload_null, Datum *id, bool *id_null,
 					   Datum correlation, bool correlation_null,
-					   Datum causation, bool causation_null)
+					   Datum causation, bool causation_null, int32 *version)
 {
 	text	   *etype;
 	char	   *name;
@@ -337,6 +468,7 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 	EventTypeEntry *e;
 	uint64		top_xid;
 
+	*version = 0;
 	if (etype_null)
 		return false;
 	etype = pg_detoast_datum_packed((text *) DatumGetPointer(etype_datum));
@@ -383,17 +515,27 @@ hub_outbox_check_event(Datum etype_datum, bool etype_null, Datum agg, bool agg_n
 					 errmsg("unknown event type: \"%s\"", name),
 					 errhint("Add it to hub.event_types with the payload keys it requires, or SET logistics_hub.unknown_event_types = accept.")));
 	}
-	else if (payload != NULL)
+	else
 	{
-		int			i;
+		*version = e->version;
+		if (payload != NULL)
+		{
+			char	   *problem = contract_problem(e, name, payload);
 
-		for (i = 0; i < e->nkeys; i++)
-			if (getKeyJsonValueFromContainer(&payload->root, e->keys[i], strlen(e->keys[i]), NULL) == NULL)
+			if (problem != NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("%s event lacks the required payload key \"%s\"", name, e->keys[i]),
+						 errmsg_internal("%s", problem),
 						 errdetail("Contract version %d of %s requires the keys: %s.",
-								   e->version, name, keys_list(e))));
+								   e->version, name, keys_list(e)),
+						 errhint("Required keys must be present and not null%s.",
+								 contract_typed(e) ? ", and of the type in parentheses" : "")));
+		}
+		if (e->deprecated)
+			ereport(WARNING,
+					(errcode(ERRCODE_WARNING_DEPRECATED_FEATURE),
+					 errmsg("contract version %d of event type %s is deprecated", e->version, name),
+					 errhint("The event is published; move its publisher to the type's successor, which hub.event_types.description names.")));
 	}
 
 	top_xid = U64FromFullTransactionId(GetTopFullTransactionId());
@@ -447,7 +589,8 @@ restored_event(HeapTuple tuple, TupleDesc desc, int att_id, int att_xid, int att
 
 /*
  * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox: the checks
- * of hub_outbox_check_event, then xid and published_at stamped; an event
+ * of hub_outbox_check_event, then xid, published_at and the contract
+ * version stamped; an event
  * restored from a dump (restored_event) is kept as it is.
  */
 PG_FUNCTION_INFO_V1(hub_outbox_check);
@@ -465,7 +608,9 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				att_caus,
 				att_payload,
 				att_xid,
-				att_published;
+				att_published,
+				att_version;
+	int32		version;
 	Datum		etype,
 				agg,
 				payload,
@@ -480,9 +625,9 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				id_null,
 				id_was_null;
 	int			ncols = 2;
-	int			cols[3];
-	Datum		vals[3];
-	bool		nulls[3] = {false, false, false};
+	int			cols[4];
+	Datum		vals[4];
+	bool		nulls[4] = {false, false, false, false};
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
@@ -499,6 +644,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	att_xid = SPI_fnumber(desc, "xid");
 	att_published = SPI_fnumber(desc, "published_at");
 	att_occurred = SPI_fnumber(desc, "occurred_at");
+	att_version = SPI_fnumber(desc, "contract_version");	/* (not before 0.3.0) */
 	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0 || att_occurred <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 	if (restored_event(tuple, desc, att_id, att_xid, att_published))
@@ -512,7 +658,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	id = heap_getattr(tuple, att_id, desc, &id_null);
 	id_was_null = id_null;
 	if (!hub_outbox_check_event(etype, etype_null, agg, agg_null, payload, payload_null, &id, &id_null,
-								corr, corr_null, caus, caus_null))
+								corr, corr_null, caus, caus_null, &version))
 		return PointerGetDatum(tuple);
 	{
 		bool		occurred_null;
@@ -523,9 +669,16 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	}
 	if (id_was_null)
 	{
-		cols[2] = att_id;
-		vals[2] = id;
-		ncols = 3;
+		cols[ncols] = att_id;
+		vals[ncols] = id;
+		ncols++;
+	}
+	if (att_version > 0)
+	{
+		cols[ncols] = att_version;
+		vals[ncols] = Int32GetDatum(version);
+		nulls[ncols] = (version == 0);
+		ncols++;
 	}
 	cols[0] = att_xid;
 	vals[0] = FullTransactionIdGetDatum(GetTopFullTransactionId());

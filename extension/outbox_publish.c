@@ -14,7 +14,7 @@
  * identity default all apply as they do to a plain INSERT, without a plan.
  *
  * That is only the same as a plain INSERT while hub.outbox has the shape
- * this file knows: the eleven columns of 40_outbox.sql (defaults only where
+ * this file knows: the twelve columns of 40_outbox.sql (defaults only where
  * the values are supplied here or stamped by the contract trigger), no row
  * security, no statement-level INSERT triggers or transition tables, and
  * table-level INSERT privilege for the caller.  Whenever that does not
@@ -28,7 +28,10 @@
  * insert runs the same check (hub_outbox_check_event) on the values instead
  * of calling the trigger, which saves forming the row twice.
  * hub.publish is SECURITY INVOKER either way: the caller needs INSERT on
- * hub.outbox (hub_writer has it).
+ * hub.outbox (hub_writer has it).  Called without a correlation (or
+ * causation) id while hub.process_inbox processes a message, it takes the
+ * message's (context_default), so that what an inbound record causes is
+ * traced back to it.
  *
  * extension/outbox_publish.c
  *
@@ -54,6 +57,7 @@
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -64,7 +68,7 @@
 #include "outbox.h"
 
 #define PUBLISH_NARGS 8			/* columns the publish INSERT names */
-#define OUTBOX_NATTS 11
+#define OUTBOX_NATTS 12
 
 /* hub.outbox as 40_outbox.sql makes it, in column order */
 static const struct
@@ -84,7 +88,8 @@ static const struct
 	{"headers", JSONBOID, true},
 	{"occurred_at", TIMESTAMPTZOID, true},
 	{"published_at", TIMESTAMPTZOID, false},	/* stamped by the trigger */
-	{"xid", XID8OID, false}		/* stamped by the trigger */
+	{"xid", XID8OID, false},	/* stamped by the trigger */
+	{"contract_version", INT4OID, false}	/* stamped by the trigger */
 };
 
 /* what this backend knows of hub.outbox; valid until a relcache invalidation */
@@ -268,18 +273,21 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 	{
 		/* the contract trigger's work, without the trigger call */
 		bool		id_null = false;
+		int32		version;
 
 		if (hub_outbox_check_event(slot->tts_values[2], slot->tts_isnull[2],
 								   slot->tts_values[3], slot->tts_isnull[3],
 								   slot->tts_values[4], slot->tts_isnull[4],
 								   &slot->tts_values[0], &id_null,
 								   slot->tts_values[5], slot->tts_isnull[5],
-								   slot->tts_values[6], slot->tts_isnull[6]))
+								   slot->tts_values[6], slot->tts_isnull[6], &version))
 		{
 			slot->tts_values[9] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 			slot->tts_isnull[9] = false;
 			slot->tts_values[10] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 			slot->tts_isnull[10] = false;
+			slot->tts_values[11] = Int32GetDatum(version);
+			slot->tts_isnull[11] = (version == 0);
 		}
 		rri->ri_TrigDesc = NULL;
 	}
@@ -327,6 +335,24 @@ insert_spi(Datum *values, char *nulls)
 }
 
 /*
+ * context_default --- the value of a transaction-local setting that
+ * hub.process_inbox sets for the message it processes (60_inbox.sql), as
+ * a text datum, when it is set and not empty; otherwise leaves *value NULL.
+ * A publisher that passes its own id is never overridden.
+ */
+static void
+context_default(const char *setting, Datum *value, char *null)
+{
+	const char *v = GetConfigOption(setting, true, false);
+
+	if (v != NULL && v[0] != '\0')
+	{
+		*value = CStringGetTextDatum(v);
+		*null = ' ';
+	}
+}
+
+/*
  * hub_publish --- SQL hub.publish(event_type, aggregate_id, payload,
  * correlation_id, causation_id, headers, occurred_at): returns the new
  * event id.  Errors are those of the INSERT (the contract trigger's 22023,
@@ -355,6 +381,11 @@ hub_publish(PG_FUNCTION_ARGS)
 		nulls[i + 1] = PG_ARGISNULL(i) ? 'n' : ' ';
 		values[i + 1] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 	}
+	/* no correlation or causation id given: those of the inbox message in process */
+	if (PG_ARGISNULL(3))
+		context_default("hub.inbox_correlation_id", &values[4], &nulls[4]);
+	if (PG_ARGISNULL(4))
+		context_default("hub.inbox_causation_id", &values[5], &nulls[5]);
 	if (PG_ARGISNULL(5))		/* headers: none, one '{}' kept for the backend */
 	{
 		if (empty_headers == (Datum) 0)

@@ -122,7 +122,7 @@ check_user_function(Oid fn, const char *what, int nargs, const Oid *argtypes, Oi
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("%s %s has the wrong signature", what, qualified_name(fn)),
-				 errhint("A transform takes (jsonb) and returns jsonb; an inbox handler takes (jsonb, text).")));
+				 errhint("A transform takes (jsonb) and returns jsonb; an inbox handler takes (jsonb), (jsonb, text) or (jsonb, text, jsonb).")));
 	if (!OidIsValid(admin))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -276,6 +276,41 @@ hub_run_handler(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	(void) call_as_owner(fn, owner, "inbox handler", 2, args, &isnull);
+	PG_RETURN_VOID();
+}
+
+/*
+ * hub._run_handler(f regproc, payload jsonb, message_type text, context
+ * jsonb) --- an inbox handler called for one message with the message's
+ * context, as its owner.  The handler's signature says what it gets: a
+ * handler (jsonb, text, jsonb) the payload, the message type and the
+ * context (message id, source, correlation id, aggregate id, ...); one of
+ * (jsonb, text) or (jsonb), as handlers were written before the context,
+ * what it declares.  Its result, of any type, is ignored.
+ */
+PG_FUNCTION_INFO_V1(hub_run_handler_context);
+Datum
+hub_run_handler_context(PG_FUNCTION_ARGS)
+{
+	Oid			fn = PG_GETARG_OID(0);
+	Oid			argtypes[3] = {JSONBOID, TEXTOID, JSONBOID};
+	Datum		args[3] = {PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), PG_GETARG_DATUM(3)};
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	int			nargs = 2;
+	Oid			owner;
+	bool		isnull;
+
+	if (HeapTupleIsValid(tup))
+	{
+		int			n = ((Form_pg_proc) GETSTRUCT(tup))->pronargs;
+
+		if (n == 1 || n == 3)
+			nargs = n;
+		ReleaseSysCache(tup);
+	}
+	/* (a function that vanished or has another shape fails the check) */
+	owner = check_user_function(fn, "inbox handler", nargs, argtypes, InvalidOid);
+	(void) call_as_owner(fn, owner, "inbox handler", nargs, args, &isnull);
 	PG_RETURN_VOID();
 }
 

@@ -19,11 +19,1853 @@
 -- ================================================================ flow
 -- (inbox -> canonical state -> canonical events: issue 19)
 
+-- 40_outbox.sql: typed and deprecated contracts, and the version every
+-- event carries (the columns at the end, as a fresh install has them)
+CREATE OR REPLACE FUNCTION hub._key_types_valid(required_keys text[], key_types jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT key_types IS NOT NULL AND jsonb_typeof(key_types) = 'object'
+		AND NOT EXISTS (SELECT FROM jsonb_each(key_types) t
+						WHERE NOT (t.key = ANY (required_keys))
+						   OR jsonb_typeof(t.value) IS DISTINCT FROM 'string'
+						   OR t.value #>> '{}' NOT IN ('string', 'number', 'boolean', 'object', 'array'))
+$$;
+COMMENT ON FUNCTION hub._key_types_valid(text[], jsonb) IS
+'API: Private. true when key_types is an object naming, for some required keys, one of the JSON types string, number, boolean, object, array.';
+ALTER TABLE hub.event_types
+	ADD COLUMN key_types jsonb NOT NULL DEFAULT '{}' CHECK (hub._key_types_valid(required_keys, key_types)),
+	ADD COLUMN deprecated boolean NOT NULL DEFAULT false;
+COMMENT ON TABLE hub.event_types IS
+'Catalogue of event types (<entity>.<verb>) with their contract: a version, the payload keys each event must carry (non-null, optionally typed) and whether the version is deprecated.';
+COMMENT ON COLUMN hub.event_types.required_keys IS 'Payload keys every event of the type must carry with a non-null value.';
+COMMENT ON COLUMN hub.event_types.key_types IS 'Types of required keys, {"key": "string" | "number" | "boolean" | "object" | "array"}; a key without an entry may hold any non-null value.';
+COMMENT ON COLUMN hub.event_types.deprecated IS 'true: publishing the type still works but warns the publisher (WARNING 01P01) that its contract version is deprecated.';
+ALTER TABLE hub.outbox ADD COLUMN contract_version integer;
+COMMENT ON COLUMN hub.outbox.contract_version IS 'The version of the event type''s contract (hub.event_types) the event was checked against, stamped by the contract check and sent in every body (canonical contract_version, CloudEvents contractversion); NULL for an unknown type that was accepted.';
+
+-- 45_delivery.sql: the claim renders the body with the contract version
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests: one a batch, one an event of a lease group
+			   CASE WHEN d.batch_events IS NULL THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version) END
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and p_max_bytes payload bytes (hub._payload_size; the first delivery always comes whole) and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order. With p_source, each event comes rendered (hub.event_body with that source; body, and payload NULL), a subscription''s deliveries together.';
+
+CREATE OR REPLACE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	err text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source, p_max_bytes);
+		RETURN;
+	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
+		END;
+	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source,
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
+	ORDER BY c.ordinality;
+END
+$$;
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group.';
+
+-- 30_entity_state.sql: parent and child links, the apply body with the
+-- record's context and the canonical events, the views with the parent
+CREATE TABLE hub.entity_links (
+	parent_lifecycle	text NOT NULL,
+	parent_key			text NOT NULL,
+	child_lifecycle		text NOT NULL,
+	child_key			text NOT NULL,
+	system				text NOT NULL,
+	inbox_id			bigint,
+	linked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key)
+);
+CREATE INDEX entity_links_child_idx ON hub.entity_links (child_lifecycle, child_key);
+COMMENT ON TABLE hub.entity_links IS
+'Parent and child business keys (an order and its shipments or packages) as inbound records name them through hub.map_inbox (parent_path, children_path); read by readiness rules, hub.trace and the drift and stale views.';
+COMMENT ON COLUMN hub.entity_links.system IS 'The system whose record named the link.';
+COMMENT ON COLUMN hub.entity_links.inbox_id IS 'The hub.inbox message that named the link first (NULL when linked otherwise).';
+
+CREATE OR REPLACE FUNCTION hub._apply_canonical(lifecycle text, business_key text, system text,
+		code text, occurred_at timestamptz, state text, overlay_kind text, reason text,
+		qualifier text, correction boolean, p_record jsonb, p_partner text,
+		p_parent_lifecycle text, p_parent_key text, p_inbox_id bigint)
+RETURNS hub.apply_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m_state		text := $6;
+	m_overlay	text := $7;
+	m_reason	text := $8;
+	v_role		text;
+	e			hub.entity_state;
+	r			hub.apply_result;
+	v_owner		boolean;
+	v_overlays	boolean;
+	v_suspect	boolean := false;
+	o_hold		boolean;
+	o_hold_reason text;
+	o_exception	text;
+	v_new		boolean;
+BEGIN
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"', lifecycle
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF business_key IS NULL OR business_key = '' OR code IS NULL OR occurred_at IS NULL
+	   OR system IS NULL THEN
+		RAISE EXCEPTION 'business_key, system, code and occurred_at must not be null or empty'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM hub._check_key_length('business key', business_key);
+	IF m_state IS NOT NULL AND NOT hub.lifecycle_state_valid(lifecycle, m_state) THEN
+		RAISE EXCEPTION 'unknown % state: "%"', lifecycle, m_state
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%s code "%s" was mapped to it.', system, code),
+				  HINT = format('The states are the labels of hub.%s_status.', lifecycle);
+	END IF;
+	IF m_overlay IS NOT NULL AND m_overlay NOT IN ('on_hold', 'exception') THEN
+		RAISE EXCEPTION 'unknown overlay: "%"', m_overlay
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The overlays are on_hold and exception.';
+	END IF;
+	-- (hub._system_role, inline: this runs for every report)
+	SELECT sy.role INTO v_role FROM hub.systems sy
+	WHERE sy.system = _apply_canonical.system AND sy.qualifier IN ('', coalesce(_apply_canonical.qualifier, ''))
+	ORDER BY sy.qualifier DESC LIMIT 1;
+	IF v_role IS NULL THEN
+		RAISE EXCEPTION 'unknown system: "%"', system
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every reporting system needs a role (erp, wms, tms, carrier or portal).',
+				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''carrier'').', system);
+	END IF;
+
+	-- one row lock per key serializes every report of it; a new key is
+	-- inserted with its final values below, once, in one statement (ON
+	-- CONFLICT: a concurrent insert of it makes us wait for its
+	-- transaction and start over against its row)
+	SELECT * INTO e FROM hub.entity_state es
+	WHERE es.lifecycle = _apply_canonical.lifecycle
+	  AND es.business_key = _apply_canonical.business_key
+	FOR UPDATE;
+	v_new := NOT FOUND;
+	IF v_new THEN
+		e.on_hold := false;
+	END IF;
+
+	-- owner of the reported state; overlays from roles owning any state
+	SELECT coalesce(bool_or(o.state = m_state), false) OR m_state IS NULL, count(*) > 0
+	INTO v_owner, v_overlays
+	FROM hub.state_owners o
+	WHERE o.lifecycle = _apply_canonical.lifecycle AND o.role = v_role;
+
+	r.previous_state := e.state;
+	o_hold := e.on_hold;
+	o_hold_reason := e.on_hold_reason;
+	o_exception := e.exception_reason;
+	r.reported_state := m_state;
+	r.owner := v_owner;
+	IF m_state IS NOT NULL AND e.state IS NOT NULL THEN
+		r.kind := hub._classify_transition(lifecycle, e.state, m_state, correction);
+	END IF;
+
+	r.outcome := CASE
+		WHEN m_state IS NULL AND m_overlay IS NULL THEN 'informational'
+		WHEN m_state IS NULL THEN 'overlay'
+		WHEN NOT v_owner THEN 'not_owner'
+		WHEN e.state IS NULL THEN 'created'
+		WHEN r.kind IN ('advance', 'advance_with_gap') AND correction
+			 AND hub._classify_transition(lifecycle, e.state, m_state, false) = 'stale' THEN 'corrected'
+		WHEN r.kind IN ('advance', 'advance_with_gap') THEN 'advanced'
+		ELSE r.kind::text
+	END;
+
+	IF r.outcome IN ('created', 'advanced', 'corrected') THEN
+		e.state := m_state;
+		e.state_system := system;
+		e.state_occurred_at := occurred_at;
+		e.last_advanced_at := occurred_at;
+		e.on_hold := false;
+		e.on_hold_reason := NULL;
+		e.on_hold_since := NULL;
+		e.exception_reason := NULL;
+		e.exception_since := NULL;
+	ELSIF r.outcome = 'conflict' THEN
+		e.exception_reason := 'state_conflict';
+		e.exception_since := occurred_at;
+	ELSIF r.outcome = 'duplicate' AND m_overlay IS NULL
+		  AND e.exception_reason IS DISTINCT FROM 'state_conflict'
+		  AND e.exception_since < occurred_at THEN
+		e.exception_reason := NULL;
+		e.exception_since := NULL;
+	ELSIF r.outcome = 'stale' THEN
+		v_suspect := occurred_at > e.state_occurred_at;
+	END IF;
+
+	-- overlays of a current report (not of a stale, conflicting or foreign one)
+	IF m_overlay IS NOT NULL AND v_overlays
+	   AND r.outcome IN ('created', 'advanced', 'corrected', 'duplicate', 'overlay') THEN
+		IF m_overlay = 'on_hold' THEN
+			e.on_hold := true;
+			e.on_hold_reason := m_reason;
+			e.on_hold_since := occurred_at;
+		ELSIF m_overlay = 'exception' AND e.exception_reason IS DISTINCT FROM 'state_conflict' THEN
+			e.exception_reason := coalesce(m_reason, 'unspecified');
+			e.exception_since := occurred_at;
+		END IF;
+	END IF;
+
+	IF v_new THEN
+		INSERT INTO hub.entity_state AS es
+			(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold,
+			 on_hold_reason, on_hold_since, exception_reason, exception_since)
+		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key, e.state, e.state_system,
+				e.state_occurred_at, e.last_advanced_at, e.on_hold, e.on_hold_reason, e.on_hold_since,
+				e.exception_reason, e.exception_since)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- another transaction made the key first (it has committed now):
+			-- nothing is written yet, so classify again against its row
+			RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at, $6, $7, $8,
+										qualifier, correction, p_record, p_partner, p_parent_lifecycle,
+										p_parent_key, p_inbox_id);
+		END IF;
+	ELSE
+		UPDATE hub.entity_state es
+		SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
+			last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
+			on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
+			exception_reason = e.exception_reason, exception_since = e.exception_since,
+			updated_at = now()
+		WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	END IF;
+
+	INSERT INTO hub.entity_system_state AS s
+		(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+		 overlay_kind, reason, occurred_at)
+	VALUES (lifecycle, business_key, system, v_role, qualifier, code, m_state, occurred_at,
+			m_overlay, m_reason, occurred_at)
+	ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+	SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+		state = coalesce(EXCLUDED.state, s.state),
+		state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+						   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+		overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+		occurred_at = EXCLUDED.occurred_at, received_at = now()
+	WHERE s.occurred_at <= EXCLUDED.occurred_at;
+
+	INSERT INTO hub.status_history
+		(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+		 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+		 occurred_at)
+	VALUES (lifecycle, business_key, system, v_role, qualifier, code, correction, m_state,
+			m_overlay, m_reason, r.previous_state, e.state, r.kind, r.outcome, v_suspect,
+			occurred_at)
+	RETURNING history_id INTO r.history_id;
+
+	-- one open conflict per key and disagreement (serialized by the key's
+	-- row lock; status_conflicts_open_idx holds it): the same report again
+	-- counts on the open one
+	IF r.outcome = 'conflict' THEN
+		UPDATE hub.status_conflicts c
+		SET reports = c.reports + 1, last_history_id = r.history_id, last_reported_at = now()
+		WHERE c.lifecycle = _apply_canonical.lifecycle
+		  AND c.business_key = _apply_canonical.business_key
+		  AND c.current_state = r.previous_state AND c.incoming_state = m_state
+		  AND c.resolved_at IS NULL;
+		IF NOT FOUND THEN
+			INSERT INTO hub.status_conflicts
+				(history_id, lifecycle, business_key, system, current_state, incoming_state, occurred_at,
+				 last_history_id)
+			VALUES (r.history_id, lifecycle, business_key, system, r.previous_state, m_state, occurred_at,
+					r.history_id);
+		END IF;
+	END IF;
+
+	-- the canonical events of what moved, in this transaction (65_flow.sql):
+	-- the state, then each overlay raised or cleared; a duplicate, stale,
+	-- not-owner or informational report moves nothing and publishes nothing
+	IF r.outcome IN ('created', 'advanced', 'corrected') THEN
+		PERFORM hub._state_event(lifecycle, business_key, e.state, e.state, r.previous_state, r.outcome,
+								 system, occurred_at, NULL, p_partner, p_parent_lifecycle, p_parent_key,
+								 p_record, p_inbox_id);
+	END IF;
+	IF e.exception_reason IS DISTINCT FROM o_exception THEN
+		PERFORM hub._state_event(lifecycle, business_key,
+								 CASE WHEN e.exception_reason IS NULL THEN 'exception_cleared' ELSE 'exception' END,
+								 e.state, r.previous_state, CASE WHEN e.exception_reason IS NULL THEN 'cleared' ELSE 'raised' END,
+								 system, occurred_at, coalesce(e.exception_reason, o_exception), p_partner,
+								 p_parent_lifecycle, p_parent_key, p_record, p_inbox_id);
+	END IF;
+	IF e.on_hold IS DISTINCT FROM o_hold THEN
+		PERFORM hub._state_event(lifecycle, business_key,
+								 CASE WHEN e.on_hold THEN 'on_hold' ELSE 'hold_released' END,
+								 e.state, r.previous_state, CASE WHEN e.on_hold THEN 'raised' ELSE 'cleared' END,
+								 system, occurred_at, CASE WHEN e.on_hold THEN e.on_hold_reason ELSE o_hold_reason END,
+								 p_partner, p_parent_lifecycle, p_parent_key, p_record, p_inbox_id);
+	END IF;
+	-- readiness rules: evaluated whenever a member's state or overlay moved
+	IF (r.outcome IN ('created', 'advanced', 'corrected') OR e.exception_reason IS DISTINCT FROM o_exception
+		OR e.on_hold IS DISTINCT FROM o_hold)
+	   AND EXISTS (SELECT FROM hub.readiness_rules) THEN
+		PERFORM hub._readiness_evaluate(lifecycle, business_key);
+	END IF;
+
+	r.state := e.state;
+	r.on_hold := e.on_hold;
+	r.exception_reason := e.exception_reason;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION hub._apply_canonical(text, text, text, text, timestamptz, text, text, text, text, boolean, jsonb, text, text, text, bigint) IS
+'API: Private. hub.apply_canonical_status with the context of a mapped inbound record (record, partner, parent key, inbox message): applies the report and publishes the canonical events of what moved (hub.state_events), then evaluates readiness rules.';
+
+CREATE OR REPLACE FUNCTION hub.apply_canonical_status(lifecycle text, business_key text, system text,
+		code text, occurred_at timestamptz, state text, overlay_kind text DEFAULT NULL,
+		reason text DEFAULT NULL, qualifier text DEFAULT NULL, correction boolean DEFAULT false)
+RETURNS hub.apply_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- (plpgsql, not sql: a SQL function is planned again in every
+	-- subtransaction, such as a handler's in hub.process_inbox)
+	RETURN hub._apply_canonical($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL);
+END
+$$;
+COMMENT ON FUNCTION hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean) IS
+'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. When the state moves or an overlay is raised or cleared, the canonical event of hub.state_events is published in the same transaction (a duplicate, stale, not-owner or informational report publishes nothing; an event whose contract the report cannot satisfy is not published and opens a contract_violation exception in hub.exceptions). Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay; 22001 for a business key longer than 256 bytes.';
+
+CREATE OR REPLACE FUNCTION hub.apply_status(lifecycle text, business_key text, system text, code text,
+								 occurred_at timestamptz, qualifier text DEFAULT NULL,
+								 correction boolean DEFAULT false, partner text DEFAULT NULL)
+RETURNS hub.apply_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m			record;
+BEGIN
+	-- raises 22023-class errors naming system, lifecycle and code when unknown
+	SELECT * INTO m FROM hub.map_status(system, lifecycle, code, qualifier, partner);
+	RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at,
+								m.state, m.overlay, m.reason, qualifier, correction,
+								NULL, partner, NULL, NULL, NULL);
+END
+$$;
+COMMENT ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text) IS
+'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay; publish the canonical events of what moved (hub.state_events) in the same transaction. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system; 22001 for a business key longer than 256 bytes.';
+
+CREATE OR REPLACE VIEW hub.drift AS
+SELECT e.lifecycle, e.business_key, e.state AS canonical_state, s.system, s.role,
+	   s.code AS system_code, s.state AS system_state,
+	   greatest(e.state_occurred_at, s.state_since) AS disagreeing_since,
+	   now() - greatest(e.state_occurred_at, s.state_since) AS disagreeing_for,
+	   t.tolerance, pl.parent_lifecycle, pl.parent_key
+FROM hub.entity_state e
+JOIN hub.entity_system_state s USING (lifecycle, business_key)
+JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
+WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+  AND NOT hub._projection_agrees(s.system, e.lifecycle, e.state, s.code);
+COMMENT ON VIEW hub.drift IS
+'Keys where a system''s last reported state differs from the canonical state for longer than its role''s tolerance (hub.drift_tolerances), with since when and for how long (measured from the later of the canonical state''s time and the system''s first report of its own state), and the key''s parent (hub.entity_links: its first) where known.';
+
+CREATE OR REPLACE VIEW hub.stale_entities AS
+SELECT e.lifecycle, e.business_key, e.state, e.last_advanced_at,
+	   now() - e.last_advanced_at AS idle_for, t.threshold,
+	   e.on_hold, e.exception_reason, pl.parent_lifecycle, pl.parent_key
+FROM hub.entity_state e
+JOIN hub.stale_thresholds t ON t.lifecycle = e.lifecycle AND t.state = e.state
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
+WHERE now() - e.last_advanced_at > t.threshold;
+COMMENT ON VIEW hub.stale_entities IS
+'Entities without progress for longer than the threshold of their state (hub.stale_thresholds), e.g. an order packed for more than 24 hours, with the key''s parent (hub.entity_links: its first) where known.';
+
+REVOKE EXECUTE ON FUNCTION
+	hub._apply_canonical(text, text, text, text, timestamptz, text, text, text, text, boolean, jsonb, text, text, text, bigint)
+FROM PUBLIC;
+GRANT SELECT ON hub.entity_links TO hub_reader;
+
+-- 60_inbox.sql: handlers with the message's context, mappings in process_inbox
+COMMENT ON COLUMN hub.inbox_handlers.handler IS
+'A function handler(payload jsonb, message_type text, context jsonb), or (payload jsonb, message_type text), or (payload jsonb); its result is ignored and an error it raises fails the message. Runs after the pattern''s declared mapping (hub.inbox_mappings), if any, in the same subtransaction.';
+
+CREATE OR REPLACE FUNCTION hub.register_handler(message_pattern text, handler regproc,
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second')
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
+	END IF;
+	-- (jsonb, text, jsonb) gets the message's context; (jsonb, text) and
+	-- (jsonb) are handlers written before it
+	PERFORM hub._check_user_function(handler, 'inbox handler',
+		CASE (SELECT p.pronargs FROM pg_catalog.pg_proc p WHERE p.oid = handler)
+			WHEN 1 THEN '3802' WHEN 3 THEN '3802 25 3802' ELSE '3802 25' END::oidvector);
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
+	INSERT INTO hub.inbox_handlers AS h (message_pattern, handler, max_attempts, retry_base)
+	VALUES (register_handler.message_pattern, register_handler.handler,
+			register_handler.max_attempts, register_handler.retry_base)
+	ON CONFLICT ON CONSTRAINT inbox_handlers_pkey DO UPDATE
+		SET handler = excluded.handler, max_attempts = excluded.max_attempts, retry_base = excluded.retry_base;
+	-- messages that found no handler before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(register_handler.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.register_handler(text, regproc, integer, interval) IS
+'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text, context jsonb) (the context: inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or (payload jsonb, message_type text), or (payload jsonb). Unhandled messages the pattern matches become new again.';
+
+CREATE OR REPLACE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	ctx jsonb;
+	err text;
+	v_max integer;
+	v_base interval;
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL THEN
+				IF m.handler IS NOT NULL THEN
+					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+				END IF;
+				PERFORM set_config('hub.inbox_correlation_id', '', true),
+						set_config('hub.inbox_causation_id', '', true);
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL AND ctx IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'done');
+			processed := processed + 1;
+		ELSE
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
+			failed := failed + 1;
+		END IF;
+	END LOOP;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Process up to max ready inbox messages, each in its own subtransaction: a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
+-- 65_flow.sql (new)
+-- ---------------------------------------------------------------- canonical event types
+
+/*
+ * The canonical events of the four lifecycles: the 0.2.0 catalogue has
+ * some (order.created, shipment.delivered, ...); these are the rest.  Each
+ * requires the key the hub always knows (<entity>_id); a state whose
+ * 0.2.0 type requires more (order.released: warehouse) takes it from the
+ * inbound record that moved the state.
+ */
+INSERT INTO hub.event_types (event_type, required_keys, description, builtin)
+SELECT v.t, ARRAY[split_part(v.t, '.', 1) || '_id'] || v.extra, v.d, true
+FROM (VALUES
+	('order.picking', '{}'::text[], 'The warehouse started picking the order'),
+	('order.in_transit', '{}', 'The order is moving with a carrier'),
+	('order.out_for_delivery', '{}', 'The order is out for delivery'),
+	('order.delivered', '{}', 'The order is delivered'),
+	('order.closed', '{}', 'The order is closed (invoiced, complete)'),
+	('order.exception', '{reason}', 'Something is wrong with the order (the exception overlay is raised)'),
+	('order.exception_cleared', '{}', 'The order''s exception overlay is cleared'),
+	('order.on_hold', '{reason}', 'The order is put on hold'),
+	('order.hold_released', '{}', 'The order''s hold is released'),
+	('shipment.planned', '{}', 'A shipment is planned'),
+	('shipment.pickup_arrived', '{}', 'The carrier arrived at the pick-up location'),
+	('shipment.out_for_delivery', '{}', 'The shipment is out for delivery'),
+	('shipment.available_for_pickup', '{}', 'The shipment waits for the consignee at a pick-up point'),
+	('shipment.return_to_sender', '{}', 'The shipment is on its way back to the shipper'),
+	('shipment.returned', '{}', 'The shipment is back with the shipper'),
+	('shipment.cancelled', '{}', 'The shipment is cancelled'),
+	('shipment.exception_cleared', '{}', 'The shipment''s exception overlay is cleared'),
+	('shipment.on_hold', '{reason}', 'The shipment is held'),
+	('shipment.hold_released', '{}', 'The shipment''s hold is released'),
+	('movement.planned', '{}', 'A stock movement is planned'),
+	('movement.waiting_upstream', '{}', 'The movement waits for an earlier step'),
+	('movement.awaiting_stock', '{}', 'The movement waits for stock'),
+	('movement.partially_reserved', '{}', 'Part of the movement''s stock is reserved'),
+	('movement.reserved', '{}', 'The movement''s stock is reserved'),
+	('movement.in_progress', '{}', 'The movement is being carried out'),
+	('movement.done', '{}', 'The movement is done'),
+	('movement.cancelled', '{}', 'The movement is cancelled'),
+	('movement.exception', '{reason}', 'Something is wrong with the movement'),
+	('movement.exception_cleared', '{}', 'The movement''s exception overlay is cleared'),
+	('movement.on_hold', '{reason}', 'The movement is held'),
+	('movement.hold_released', '{}', 'The movement''s hold is released'),
+	('return.requested', '{}', 'A return is requested'),
+	('return.awaiting_item', '{}', 'The return waits for the item'),
+	('return.in_transit_back', '{}', 'The returned item is on its way back'),
+	('return.inspected', '{}', 'The returned item is inspected'),
+	('return.closed', '{}', 'The return is closed'),
+	('return.rejected', '{}', 'The return is rejected'),
+	('return.cancelled', '{}', 'The return is cancelled'),
+	('return.exception', '{reason}', 'Something is wrong with the return'),
+	('return.exception_cleared', '{}', 'The return''s exception overlay is cleared'),
+	('return.on_hold', '{reason}', 'The return is held'),
+	('return.hold_released', '{}', 'The return''s hold is released')) v(t, extra, d);
+
+-- ---------------------------------------------------------------- state events
+
+CREATE TABLE hub.state_events (
+	lifecycle	text NOT NULL CHECK (lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	state		text NOT NULL CHECK (hub.lifecycle_state_valid(lifecycle, state)
+									 OR state IN ('exception', 'exception_cleared', 'on_hold', 'hold_released')),
+	event_type	text NOT NULL REFERENCES hub.event_types ON UPDATE CASCADE,
+	builtin		boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (lifecycle, state)
+);
+COMMENT ON TABLE hub.state_events IS
+'Which canonical event a key publishes when its canonical state moves to a state (created, advanced or corrected), or when an overlay is raised or cleared (state exception, exception_cleared, on_hold, hold_released); published by hub.apply_status in the same transaction, once per move. A state without a row publishes nothing. Rows with builtin = true ship with the extension (not dumped by pg_dump).';
+COMMENT ON COLUMN hub.state_events.state IS 'A state of the lifecycle, or one of the overlay changes exception, exception_cleared, on_hold, hold_released.';
+COMMENT ON COLUMN hub.state_events.event_type IS 'The event type published (its contract in hub.event_types).';
+
+INSERT INTO hub.state_events (lifecycle, state, event_type, builtin)
+SELECT v.l, v.s, v.t, true FROM (VALUES
+	('order', 'created', 'order.created'), ('order', 'released', 'order.released'),
+	('order', 'allocated', 'order.allocated'), ('order', 'picking', 'order.picking'),
+	('order', 'picked', 'order.picked'), ('order', 'packed', 'order.packed'),
+	('order', 'shipped', 'order.shipped'), ('order', 'in_transit', 'order.in_transit'),
+	('order', 'out_for_delivery', 'order.out_for_delivery'), ('order', 'delivered', 'order.delivered'),
+	('order', 'closed', 'order.closed'), ('order', 'cancelled', 'order.cancelled'),
+	('order', 'exception', 'order.exception'), ('order', 'exception_cleared', 'order.exception_cleared'),
+	('order', 'on_hold', 'order.on_hold'), ('order', 'hold_released', 'order.hold_released'),
+	('shipment', 'planned', 'shipment.planned'), ('shipment', 'label_created', 'shipment.label_created'),
+	('shipment', 'pickup_arrived', 'shipment.pickup_arrived'), ('shipment', 'picked_up', 'shipment.dispatched'),
+	('shipment', 'in_transit', 'shipment.in_transit'), ('shipment', 'out_for_delivery', 'shipment.out_for_delivery'),
+	('shipment', 'available_for_pickup', 'shipment.available_for_pickup'),
+	('shipment', 'delivered', 'shipment.delivered'), ('shipment', 'return_to_sender', 'shipment.return_to_sender'),
+	('shipment', 'returned', 'shipment.returned'), ('shipment', 'cancelled', 'shipment.cancelled'),
+	('shipment', 'exception', 'shipment.exception'), ('shipment', 'exception_cleared', 'shipment.exception_cleared'),
+	('shipment', 'on_hold', 'shipment.on_hold'), ('shipment', 'hold_released', 'shipment.hold_released'),
+	('movement', 'planned', 'movement.planned'), ('movement', 'waiting_upstream', 'movement.waiting_upstream'),
+	('movement', 'awaiting_stock', 'movement.awaiting_stock'),
+	('movement', 'partially_reserved', 'movement.partially_reserved'),
+	('movement', 'reserved', 'movement.reserved'), ('movement', 'in_progress', 'movement.in_progress'),
+	('movement', 'done', 'movement.done'), ('movement', 'cancelled', 'movement.cancelled'),
+	('movement', 'exception', 'movement.exception'), ('movement', 'exception_cleared', 'movement.exception_cleared'),
+	('movement', 'on_hold', 'movement.on_hold'), ('movement', 'hold_released', 'movement.hold_released'),
+	('return', 'requested', 'return.requested'), ('return', 'authorized', 'return.authorized'),
+	('return', 'awaiting_item', 'return.awaiting_item'), ('return', 'in_transit_back', 'return.in_transit_back'),
+	('return', 'received', 'return.received'), ('return', 'inspected', 'return.inspected'),
+	('return', 'resolved', 'return.resolved'), ('return', 'closed', 'return.closed'),
+	('return', 'rejected', 'return.rejected'), ('return', 'cancelled', 'return.cancelled'),
+	('return', 'exception', 'return.exception'), ('return', 'exception_cleared', 'return.exception_cleared'),
+	('return', 'on_hold', 'return.on_hold'), ('return', 'hold_released', 'return.hold_released')) v(l, s, t);
+SELECT pg_catalog.pg_extension_config_dump('hub.state_events', 'WHERE NOT builtin');
+
+-- ---------------------------------------------------------------- exceptions
+
+CREATE TABLE hub.exceptions (
+	exception_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	kind			text NOT NULL CHECK (kind IN ('unknown_code', 'conflict', 'not_owner', 'terminal',
+												   'contract_violation')),
+	lifecycle		text NOT NULL CHECK (lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	business_key	text NOT NULL,
+	system			text,
+	code			text NOT NULL DEFAULT '',
+	detail			text,
+	message			bigint,
+	opened_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	reports			integer NOT NULL DEFAULT 1,
+	last_message	bigint,
+	last_reported_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	resolved_at		timestamptz,
+	resolution		text,
+	resolved_by		text,
+	CHECK ((resolved_at IS NULL) = (resolution IS NULL))
+);
+-- one open exception per kind, key and code: the same report again counts on it
+CREATE UNIQUE INDEX exceptions_open_idx ON hub.exceptions (lifecycle, business_key, kind, code)
+	WHERE resolved_at IS NULL;
+COMMENT ON TABLE hub.exceptions IS
+'Business exceptions, which need a person rather than a retry: unknown_code (no mapping of a system''s status code), conflict (a report incomparable with the canonical state), not_owner (a state reported by a system that does not own it), terminal (a report about a key already in a terminal state, e.g. a pick for a cancelled order), contract_violation (a canonical event the record cannot satisfy). The message that raised one is done, not retried. One open row per kind, key and code; close it with hub.resolve_exception.';
+COMMENT ON COLUMN hub.exceptions.code IS 'The status code reported (unknown_code, conflict, not_owner, terminal) or the event type whose contract failed (contract_violation).';
+COMMENT ON COLUMN hub.exceptions.message IS 'The hub.inbox message (inbox_id) that opened the exception; NULL when it came from a direct call.';
+COMMENT ON COLUMN hub.exceptions.reports IS 'How many reports of it came while it was open (1: only the one that opened it).';
+COMMENT ON COLUMN hub.exceptions.last_message IS 'The hub.inbox message of the latest report.';
+-- the truth, dumped with the queue (85_backup.sql), with its links
+SELECT pg_catalog.pg_extension_config_dump('hub.exceptions', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('hub.exceptions', 'exception_id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump('hub.entity_links', '');
+COMMENT ON COLUMN hub.exceptions.resolved_by IS 'The session user that resolved it (hub.resolve_exception, audited in hub.operator_audit).';
+
+/*
+ * _open_exception --- open an exception, or count the report on the open
+ * one of the same kind, key and code (the partial unique index serializes
+ * concurrent reports); returns its id.
+ */
+CREATE FUNCTION hub._open_exception(p_kind text, p_lifecycle text, p_business_key text, p_system text,
+									p_code text, p_detail text, p_message bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_id bigint;
+BEGIN
+	-- (plpgsql: a SQL function would be planned again in every message's subtransaction)
+	INSERT INTO hub.exceptions AS x (kind, lifecycle, business_key, system, code, detail, message, last_message)
+	VALUES (p_kind, p_lifecycle, p_business_key, p_system, coalesce(p_code, ''), p_detail, p_message, p_message)
+	ON CONFLICT (lifecycle, business_key, kind, code) WHERE resolved_at IS NULL
+	DO UPDATE SET reports = x.reports + 1, last_message = EXCLUDED.message,
+				  last_reported_at = now(), detail = EXCLUDED.detail, system = EXCLUDED.system
+	RETURNING x.exception_id INTO v_id;
+	RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION hub._open_exception(text, text, text, text, text, text, bigint) IS
+'API: Private. Open a business exception in hub.exceptions, or count the report on the open one of the same kind, key and code; returns its id.';
+
+-- ---------------------------------------------------------------- contracts
+
+CREATE FUNCTION hub.contract_violation(event_type text, payload jsonb) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_contract_violation' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.contract_violation(text, jsonb) IS
+'Why an event of this type with this payload would be refused by the contract check (a required key missing or null, a key of the wrong type, a payload that is not an object, an unknown type when logistics_hub.unknown_event_types = reject), or NULL when it would be published. Raises nothing.';
+
+/*
+ * event_body with the contract version: what the claim renders (45_delivery
+ * .sql), the eight-argument form (50_dispatch.sql) plus the event's
+ * hub.outbox.contract_version, as the canonical event's contract_version and
+ * the CloudEvents extension attribute contractversion (both left out when
+ * NULL).  The same C function; the eight-argument form's bytes are unchanged.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
+'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+
+-- ---------------------------------------------------------------- canonical events
+
+/*
+ * _json_time --- a time read from an inbound record: an ISO 8601 string
+ * with an offset (2026-05-04T10:00:00+02:00, ...Z), one without (naive:
+ * taken as UTC, whatever the session's TimeZone), a date (midnight UTC),
+ * or a number of seconds since 1970 (Unix time).  22007 for anything else
+ * (a technical failure of the message: retried, then dead).
+ */
+CREATE FUNCTION hub._json_time(value jsonb) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s text;
+BEGIN
+	IF value IS NULL OR jsonb_typeof(value) = 'null' THEN
+		RETURN NULL;
+	ELSIF jsonb_typeof(value) = 'number' THEN
+		RETURN to_timestamp((value #>> '{}')::float8);
+	ELSIF jsonb_typeof(value) = 'string' THEN
+		s := btrim(value #>> '{}');
+		IF s ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$' THEN
+			RETURN s::timestamp AT TIME ZONE 'UTC';
+		ELSIF s ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$' THEN
+			RETURN s::timestamptz;
+		END IF;
+	END IF;
+	RAISE EXCEPTION 'invalid time in an inbound record: %', left(value::text, 100)
+		USING ERRCODE = 'invalid_datetime_format',
+			  HINT = 'Times are ISO 8601 strings with or without an offset (naive times are UTC), or Unix seconds.';
+END
+$$;
+COMMENT ON FUNCTION hub._json_time(jsonb) IS
+'API: Private. A time read from an inbound record: ISO 8601 with an offset, without one (naive, taken as UTC), a date (midnight UTC), or Unix seconds; 22007 otherwise.';
+
+/*
+ * _state_event --- publish the canonical event of one change of a key
+ * (on: the state it moved to, or exception, exception_cleared, on_hold,
+ * hold_released), as hub.state_events configures, in the caller's
+ * transaction.  The payload: <entity>_id and business_key, lifecycle,
+ * state and previous_state, change (created, advanced, corrected, raised,
+ * cleared), the reporting system, occurred_at (UTC), the overlay and its
+ * reason, the partner, a shipment's carrier when the contract needs it
+ * (the partner, else the reporting system if it is a carrier), the parent key (and
+ * <parent entity>_id) where known, and, from the inbound record, every
+ * required key of the contract the hub does not know itself.  When the
+ * contract still cannot be met, nothing is published and a
+ * contract_violation exception names the reason (the state has moved:
+ * the truth is kept, the event waits for a person).  Returns the event id,
+ * or NULL when nothing was published.
+ */
+CREATE FUNCTION hub._state_event(p_lifecycle text, p_business_key text, p_on text, p_state text,
+		p_previous_state text, p_change text, p_system text, p_occurred_at timestamptz, p_reason text,
+		p_partner text, p_parent_lifecycle text, p_parent_key text, p_record jsonb, p_inbox_id bigint)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_type		text;
+	v_keys		text[];
+	v_payload	jsonb;
+	v_problem	text;
+	k			text;
+BEGIN
+	SELECT se.event_type, et.required_keys INTO v_type, v_keys
+	FROM hub.state_events se
+	JOIN hub.event_types et ON et.event_type = se.event_type
+	WHERE se.lifecycle = $1 AND se.state = $3;
+	IF v_type IS NULL THEN
+		RETURN NULL;
+	END IF;
+	v_payload := jsonb_build_object($1 || '_id', $2, 'business_key', $2, 'lifecycle', $1,
+		'state', $4, 'previous_state', $5, 'change', $6, 'system', $7,
+		'occurred_at', to_char($8 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+	IF $3 IN ('exception', 'exception_cleared', 'on_hold', 'hold_released') THEN
+		v_payload := v_payload || jsonb_build_object(
+			'overlay', CASE WHEN $3 IN ('exception', 'exception_cleared') THEN 'exception' ELSE 'on_hold' END,
+			'reason', $9);
+	END IF;
+	IF $10 IS NOT NULL THEN
+		v_payload := v_payload || jsonb_build_object('partner', $10);
+	END IF;
+	-- a shipment's carrier: the partner (a SCAC), else a reporting carrier system
+	IF $1 = 'shipment' AND 'carrier' = ANY (v_keys) THEN
+		v_payload := v_payload || jsonb_build_object('carrier',
+			coalesce($10, (SELECT sy.system FROM hub.systems sy
+						   WHERE sy.system = $7 AND sy.qualifier = '' AND sy.role = 'carrier')));
+	END IF;
+	IF $12 IS NOT NULL THEN
+		v_payload := v_payload || jsonb_build_object('parent_lifecycle', $11, 'parent_key', $12);
+		IF $11 <> $1 THEN
+			v_payload := v_payload || jsonb_build_object($11 || '_id', $12);
+		END IF;
+	END IF;
+	-- the source record's fields the contract needs
+	IF $13 IS NOT NULL AND jsonb_typeof($13) = 'object' THEN
+		FOREACH k IN ARRAY v_keys LOOP
+			IF NOT v_payload ? k AND $13 ? k THEN
+				v_payload := v_payload || jsonb_build_object(k, $13 -> k);
+			END IF;
+		END LOOP;
+	END IF;
+	v_problem := hub.contract_violation(v_type, v_payload);
+	IF v_problem IS NOT NULL THEN
+		PERFORM hub._open_exception('contract_violation', $1, $2, $7, v_type,
+									v_problem || ' (the canonical event of ' || $3 || ' was not published)', $14);
+		RETURN NULL;
+	END IF;
+	-- (correlation and causation: those of the inbox message in process, if any)
+	RETURN hub.publish(v_type, $2, v_payload, occurred_at => $8);
+END
+$$;
+COMMENT ON FUNCTION hub._state_event(text, text, text, text, text, text, text, timestamptz, text, text, text, text, jsonb, bigint) IS
+'API: Private. Publish the canonical event (hub.state_events) of one change of a key, its payload completed from the inbound record where the contract needs it; a contract the change cannot satisfy opens a contract_violation exception instead. Returns the event id or NULL.';
+
+-- ---------------------------------------------------------------- readiness
+
+CREATE TABLE hub.readiness_rules (
+	name			text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]*$' AND length(name) <= 63),
+	event_type		text NOT NULL REFERENCES hub.event_types ON UPDATE CASCADE,
+	lifecycle		text NOT NULL CHECK (lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	state			text NOT NULL,
+	child_lifecycle	text CHECK (child_lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	child_state		text,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CHECK (hub.lifecycle_state_valid(lifecycle, state)),
+	CHECK ((child_lifecycle IS NULL) = (child_state IS NULL)),
+	CHECK (child_state IS NULL OR hub.lifecycle_state_valid(child_lifecycle, child_state))
+);
+COMMENT ON TABLE hub.readiness_rules IS
+'Readiness rules (hub.create_readiness_rule): publish event_type once per key of lifecycle when the key is at or past state and, with a child lifecycle, it has at least one linked child (hub.entity_links) and every one is at or past child_state; never while an open exception (hub.exceptions) or an overlay (on hold, exception) sits on the key or a child. Evaluated whenever a member''s state or overlay moves and when an exception is resolved.';
+COMMENT ON COLUMN hub.readiness_rules.state IS 'The key must be at this state or past it (reachable forward from it, and not cancelled, rejected, return_to_sender or returned).';
+COMMENT ON COLUMN hub.readiness_rules.child_state IS 'Every child of child_lifecycle linked to the key must be at this state or past it; NULL: no children needed.';
+
+CREATE TABLE hub.readiness_fired (
+	rule			text NOT NULL REFERENCES hub.readiness_rules ON DELETE CASCADE ON UPDATE CASCADE,
+	business_key	text NOT NULL,
+	event_id		uuid,
+	fired_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (rule, business_key)
+);
+COMMENT ON TABLE hub.readiness_fired IS
+'Keys a readiness rule has fired for (once per rule and key, whatever happens to the key afterwards), with the event published.';
+SELECT pg_catalog.pg_extension_config_dump('hub.readiness_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('hub.readiness_fired', '');
+
+/*
+ * _at_or_past --- is a key in state cur at or past state target of its
+ * lifecycle?  At it, or reachable forward from it; a cancelled, rejected or
+ * returned key is never "past" anything.
+ */
+CREATE FUNCTION hub._at_or_past(lifecycle text, cur text, target text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT cur IS NOT NULL AND cur NOT IN ('cancelled', 'rejected', 'return_to_sender', 'returned')
+		AND (cur = target
+			 OR hub._classify_transition(lifecycle, target, cur, false) IN ('advance', 'advance_with_gap'))
+$$;
+COMMENT ON FUNCTION hub._at_or_past(text, text, text) IS
+'API: Private. true when state cur is target or reachable forward from it, and not cancelled, rejected, return_to_sender or returned.';
+
+/*
+ * _readiness_blocked --- does an overlay or an open exception sit on the key?
+ */
+CREATE FUNCTION hub._readiness_blocked(p_lifecycle text, p_key text, p_on_hold boolean, p_exception text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(p_on_hold, false) OR p_exception IS NOT NULL
+		OR EXISTS (SELECT FROM hub.exceptions x
+				   WHERE x.lifecycle = p_lifecycle AND x.business_key = p_key AND x.resolved_at IS NULL)
+$$;
+COMMENT ON FUNCTION hub._readiness_blocked(text, text, boolean, text) IS
+'API: Private. true when the key is on hold, has the exception overlay or an open hub.exceptions row: readiness waits.';
+
+/*
+ * _readiness_try --- fire rule p_rule for key p_key if it is ready and has
+ * not fired.  The key's hub.entity_state row is locked first: two children
+ * finishing at once in two transactions are then evaluated one after the
+ * other, the second seeing the first (READ COMMITTED), so the last child
+ * fires the rule and none is missed; hub.readiness_fired's key makes it
+ * once.  Returns the event id, or NULL.
+ */
+CREATE FUNCTION hub._readiness_try(p_rule text, p_key text)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r			hub.readiness_rules;
+	e			hub.entity_state;
+	v_children	jsonb;
+	v_ready		boolean;
+	v_payload	jsonb;
+	v_problem	text;
+	v_id		uuid;
+BEGIN
+	SELECT * INTO r FROM hub.readiness_rules rr WHERE rr.name = p_rule;
+	IF NOT FOUND OR EXISTS (SELECT FROM hub.readiness_fired f WHERE f.rule = p_rule AND f.business_key = p_key) THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO e FROM hub.entity_state es
+	WHERE es.lifecycle = r.lifecycle AND es.business_key = p_key FOR UPDATE;
+	IF NOT FOUND OR NOT hub._at_or_past(r.lifecycle, e.state, r.state)
+	   OR hub._readiness_blocked(r.lifecycle, p_key, e.on_hold, e.exception_reason) THEN
+		RETURN NULL;
+	END IF;
+	IF r.child_lifecycle IS NOT NULL THEN
+		SELECT count(*) > 0
+			   AND coalesce(bool_and(hub._at_or_past(r.child_lifecycle, c.state, r.child_state)
+									 AND NOT hub._readiness_blocked(r.child_lifecycle, l.child_key,
+																	c.on_hold, c.exception_reason)), false),
+			   jsonb_agg(l.child_key ORDER BY l.child_key)
+		INTO v_ready, v_children
+		FROM hub.entity_links l
+		LEFT JOIN hub.entity_state c ON c.lifecycle = l.child_lifecycle AND c.business_key = l.child_key
+		WHERE l.parent_lifecycle = r.lifecycle AND l.parent_key = p_key
+		  AND l.child_lifecycle = r.child_lifecycle;
+		IF NOT v_ready THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	v_payload := jsonb_build_object(r.lifecycle || '_id', p_key, 'business_key', p_key, 'lifecycle', r.lifecycle,
+									'state', e.state, 'rule', r.name)
+				 || CASE WHEN v_children IS NOT NULL
+						 THEN jsonb_build_object('children', v_children, 'child_lifecycle', r.child_lifecycle)
+						 ELSE '{}' END;
+	v_problem := hub.contract_violation(r.event_type, v_payload);
+	IF v_problem IS NOT NULL THEN
+		PERFORM hub._open_exception('contract_violation', r.lifecycle, p_key, NULL, r.event_type,
+									v_problem || ' (readiness rule ' || r.name || ' did not fire)', NULL);
+		RETURN NULL;
+	END IF;
+	INSERT INTO hub.readiness_fired (rule, business_key) VALUES (p_rule, p_key) ON CONFLICT DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	v_id := hub.publish(r.event_type, p_key, v_payload);
+	UPDATE hub.readiness_fired f SET event_id = v_id WHERE f.rule = p_rule AND f.business_key = p_key;
+	RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION hub._readiness_try(text, text) IS
+'API: Private. Fire a readiness rule for a key when it is ready (state, children, no exception or overlay) and has not fired: publish its event and remember the key. Returns the event id or NULL.';
+
+/*
+ * _readiness_evaluate --- after a change of a key: the rules of its
+ * lifecycle for the key itself, and the rules of its parents for which it
+ * is a child.
+ */
+CREATE FUNCTION hub._readiness_evaluate(p_lifecycle text, p_key text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	x		record;
+	fired	integer := 0;
+BEGIN
+	FOR x IN
+		SELECT rr.name, p_key AS key FROM hub.readiness_rules rr WHERE rr.lifecycle = p_lifecycle
+		UNION ALL
+		SELECT rr.name, l.parent_key FROM hub.entity_links l
+		JOIN hub.readiness_rules rr ON rr.lifecycle = l.parent_lifecycle AND rr.child_lifecycle = l.child_lifecycle
+		WHERE l.child_lifecycle = p_lifecycle AND l.child_key = p_key
+		ORDER BY 2, 1
+	LOOP
+		IF hub._readiness_try(x.name, x.key) IS NOT NULL THEN
+			fired := fired + 1;
+		END IF;
+	END LOOP;
+	RETURN fired;
+END
+$$;
+COMMENT ON FUNCTION hub._readiness_evaluate(text, text) IS
+'API: Private. Evaluate the readiness rules a change of a key can complete: those of its lifecycle for the key, those of its parents for them. Returns how many fired.';
+
+CREATE FUNCTION hub.create_readiness_rule(name text, event_type text, lifecycle text, state text,
+		child_lifecycle text DEFAULT NULL, child_state text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF name IS NULL OR name !~ '^[a-z][a-z0-9_]*$' OR length(name) > 63 THEN
+		RAISE EXCEPTION 'invalid readiness rule name: "%"', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name a rule in lower case letters, digits and _ (at most 63), e.g. order_ready_for_dispatch.';
+	END IF;
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR (child_lifecycle IS NOT NULL AND child_lifecycle NOT IN ('order', 'shipment', 'movement', 'return')) THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"', coalesce(CASE WHEN lifecycle IN ('order', 'shipment', 'movement', 'return')
+																THEN child_lifecycle END, lifecycle)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF state IS NULL OR NOT hub.lifecycle_state_valid(lifecycle, state) THEN
+		RAISE EXCEPTION 'unknown % state: "%"', lifecycle, state
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('The states are the labels of hub.%s_status.', lifecycle);
+	END IF;
+	IF (child_lifecycle IS NULL) <> (child_state IS NULL) THEN
+		RAISE EXCEPTION 'child_lifecycle and child_state go together'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF child_state IS NOT NULL AND NOT hub.lifecycle_state_valid(child_lifecycle, child_state) THEN
+		RAISE EXCEPTION 'unknown % state: "%"', child_lifecycle, child_state
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('The states are the labels of hub.%s_status.', child_lifecycle);
+	END IF;
+	IF event_type IS NULL OR NOT EXISTS (SELECT FROM hub.event_types t WHERE t.event_type = create_readiness_rule.event_type) THEN
+		RAISE EXCEPTION 'unknown event type: "%"', event_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Register its contract first: INSERT INTO hub.event_types (event_type, required_keys) VALUES (%L, ''{%s_id}'');',
+								event_type, lifecycle);
+	END IF;
+	INSERT INTO hub.readiness_rules AS r (name, event_type, lifecycle, state, child_lifecycle, child_state)
+	VALUES (create_readiness_rule.name, create_readiness_rule.event_type, create_readiness_rule.lifecycle,
+			create_readiness_rule.state, create_readiness_rule.child_lifecycle, create_readiness_rule.child_state)
+	ON CONFLICT ON CONSTRAINT readiness_rules_pkey DO UPDATE
+	SET event_type = EXCLUDED.event_type, lifecycle = EXCLUDED.lifecycle, state = EXCLUDED.state,
+		child_lifecycle = EXCLUDED.child_lifecycle, child_state = EXCLUDED.child_state;
+END
+$$;
+COMMENT ON FUNCTION hub.create_readiness_rule(text, text, text, text, text, text) IS
+'Create (or replace) a readiness rule: publish event_type once per key of lifecycle when the key is at or past state and, with child_lifecycle and child_state, every child linked to it (at least one) is at or past child_state; never while an open exception or overlay sits on the key or a child. The event type must be in hub.event_types (its payload: <entity>_id, business_key, lifecycle, state, rule, children). Keys already ready fire at their next change. 22023 for a bad name, lifecycle, state or event type.';
+
+CREATE VIEW hub.readiness_pending AS
+SELECT r.name AS rule, r.event_type, e.lifecycle, e.business_key, e.state,
+	   r.child_lifecycle, r.child_state, c.children, c.children_ready,
+	   hub._readiness_blocked(e.lifecycle, e.business_key, e.on_hold, e.exception_reason)
+		 OR coalesce(c.children_blocked, false) AS blocked
+FROM hub.readiness_rules r
+JOIN hub.entity_state e ON e.lifecycle = r.lifecycle AND hub._at_or_past(e.lifecycle, e.state, r.state)
+LEFT JOIN LATERAL (
+	SELECT count(*)::integer AS children,
+		   count(*) FILTER (WHERE hub._at_or_past(l.child_lifecycle, ch.state, r.child_state))::integer AS children_ready,
+		   bool_or(hub._readiness_blocked(l.child_lifecycle, l.child_key, ch.on_hold, ch.exception_reason)) AS children_blocked
+	FROM hub.entity_links l
+	LEFT JOIN hub.entity_state ch ON ch.lifecycle = l.child_lifecycle AND ch.business_key = l.child_key
+	WHERE r.child_lifecycle IS NOT NULL AND l.parent_lifecycle = e.lifecycle
+	  AND l.parent_key = e.business_key AND l.child_lifecycle = r.child_lifecycle) c ON true
+WHERE NOT EXISTS (SELECT FROM hub.readiness_fired f WHERE f.rule = r.name AND f.business_key = e.business_key);
+COMMENT ON VIEW hub.readiness_pending IS
+'Keys at or past a readiness rule''s state for which it has not fired yet: how many children are linked and how many are ready, and whether an open exception or overlay on the key or a child blocks it.';
+
+-- ---------------------------------------------------------------- resolve
+
+CREATE FUNCTION hub.resolve_exception(exception_id bigint, resolution text)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	x	hub.exceptions;
+BEGIN
+	IF resolution IS NULL OR btrim(resolution) = '' THEN
+		RAISE EXCEPTION 'an exception''s resolution must say what was decided'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	UPDATE hub.exceptions e
+	SET resolved_at = now(), resolution = resolve_exception.resolution, resolved_by = session_user
+	WHERE e.exception_id = resolve_exception.exception_id AND e.resolved_at IS NULL
+	RETURNING * INTO x;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM hub._audit('resolve_exception', 'exception:' || x.exception_id, resolution,
+					   jsonb_build_object('kind', x.kind, 'lifecycle', x.lifecycle,
+										  'business_key', x.business_key, 'code', x.code));
+	-- a readiness rule the exception held back may fire now
+	IF EXISTS (SELECT FROM hub.readiness_rules) THEN
+		PERFORM hub._readiness_evaluate(x.lifecycle, x.business_key);
+	END IF;
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION hub.resolve_exception(bigint, text) IS
+'Close an open business exception with what was decided (22023 when empty); audited in hub.operator_audit (action resolve_exception). Readiness rules the exception held back are evaluated again. Returns false when the exception does not exist or is already resolved. The canonical state is not changed: apply a decided state with hub.apply_status.';
+
+-- ---------------------------------------------------------------- mappings
+
+CREATE TABLE hub.inbox_mappings (
+	message_pattern		text PRIMARY KEY CHECK (message_pattern ~ '^[^*]*\*?$' AND message_pattern <> ''),
+	lifecycle			text NOT NULL CHECK (lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	system				text NOT NULL,
+	key_path			jsonpath NOT NULL,
+	code_path			jsonpath NOT NULL,
+	occurred_at_path	jsonpath,
+	qualifier_path		jsonpath,
+	partner_path		jsonpath,
+	parent_path			jsonpath,
+	parent_lifecycle	text NOT NULL DEFAULT 'order' CHECK (parent_lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	children_path		jsonpath,
+	child_lifecycle		text NOT NULL DEFAULT 'shipment' CHECK (child_lifecycle IN ('order', 'shipment', 'movement', 'return')),
+	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 1000),
+	retry_base			interval NOT NULL DEFAULT '1 second'
+						CHECK (retry_base BETWEEN '0'::interval AND '1 day'::interval),
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE hub.inbox_mappings IS
+'Declared mappings of inbound messages (hub.map_inbox): messages whose type matches message_pattern (exact, or a prefix ending in *; the longest wins) are applied by hub.process_inbox to lifecycle as reports of system, the business key, status code, time, qualifier, partner, parent and children read from the payload with jsonpaths. A message whose pattern also has a handler is mapped first, then handled, in one subtransaction.';
+COMMENT ON COLUMN hub.inbox_mappings.key_path IS 'jsonpath of the business key (a string or number); a message where it does not resolve fails (retried, then dead).';
+COMMENT ON COLUMN hub.inbox_mappings.code_path IS 'jsonpath of the system''s status code; a message where it does not resolve fails. An unknown code opens an unknown_code exception and the message is done.';
+COMMENT ON COLUMN hub.inbox_mappings.occurred_at_path IS 'jsonpath of the time of the report (ISO 8601 with or without offset, naive = UTC, or Unix seconds); NULL: the message''s received_at. When set and not resolving, the message fails.';
+COMMENT ON COLUMN hub.inbox_mappings.parent_path IS 'jsonpath of the parent''s key (a tracker names its order), of parent_lifecycle; linked in hub.entity_links. Optional in each record.';
+COMMENT ON COLUMN hub.inbox_mappings.children_path IS 'jsonpath of the children''s keys (a pack record lists its packages: $.packages[*].id), of child_lifecycle; linked in hub.entity_links. Optional in each record.';
+COMMENT ON COLUMN hub.inbox_mappings.max_attempts IS 'Failed runs (malformed messages) before a message without a handler is dead, 1 to 1000; with a handler, the handler''s setting counts.';
+COMMENT ON COLUMN hub.inbox_mappings.retry_base IS 'Backoff after the first failure of a message without a handler, doubled after each further one up to a day; 0 to 1 day.';
+SELECT pg_catalog.pg_extension_config_dump('hub.inbox_mappings', '');
+
+/*
+ * _jsonpath_arg --- a jsonpath argument of hub.map_inbox, checked: 22023
+ * naming the argument for text that is not a jsonpath.
+ */
+CREATE FUNCTION hub._jsonpath_arg(what text, path text) RETURNS jsonpath
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN path::jsonpath;
+EXCEPTION WHEN syntax_error OR invalid_text_representation OR invalid_parameter_value THEN
+	RAISE EXCEPTION 'invalid jsonpath for %: "%"', what, path
+		USING ERRCODE = 'invalid_parameter_value',
+			  DETAIL = SQLERRM,
+			  HINT = 'Write a jsonpath into the message payload, e.g. $.shipment.id or $.packages[*].sscc.';
+END
+$$;
+COMMENT ON FUNCTION hub._jsonpath_arg(text, text) IS
+'API: Private. text as a jsonpath; 22023 naming the argument when it is not one.';
+
+CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text, key_path text, code_path text,
+		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
+		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
+		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second')
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (wms.shipment.*).';
+	END IF;
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR child_lifecycle IS NULL OR child_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"',
+			CASE WHEN lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN lifecycle
+				 WHEN parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN parent_lifecycle
+				 ELSE child_lifecycle END
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF system IS NULL OR NOT EXISTS (SELECT FROM hub.systems s WHERE s.system = map_inbox.system) THEN
+		RAISE EXCEPTION 'unknown system: "%"', system
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every reporting system needs a role (erp, wms, tms, carrier or portal).',
+				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''wms'').', system);
+	END IF;
+	IF key_path IS NULL OR code_path IS NULL THEN
+		RAISE EXCEPTION 'a mapping needs key_path and code_path'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
+	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
+		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
+		child_lifecycle, max_attempts, retry_base)
+	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
+			hub._jsonpath_arg('key_path', map_inbox.key_path),
+			hub._jsonpath_arg('code_path', map_inbox.code_path),
+			hub._jsonpath_arg('occurred_at_path', map_inbox.occurred_at_path),
+			hub._jsonpath_arg('qualifier_path', map_inbox.qualifier_path),
+			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
+			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
+			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
+			map_inbox.max_attempts, map_inbox.retry_base)
+	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
+	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
+		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
+		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
+		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
+		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base;
+	-- messages that found neither handler nor mapping before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key and children keys read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+
+/*
+ * _inbox_mapping --- the mapping of a message type: the longest matching
+ * pattern, an exact one first (as for handlers); all NULL when none.
+ */
+CREATE FUNCTION hub._inbox_mapping(message_type text)
+RETURNS hub.inbox_mappings
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT m.* FROM hub.inbox_mappings m
+	WHERE hub._inbox_pattern_matches(m.message_pattern, $1)
+	ORDER BY m.message_pattern = $1 DESC, length(m.message_pattern) DESC
+	LIMIT 1
+$$;
+COMMENT ON FUNCTION hub._inbox_mapping(text) IS
+'API: Private. The declared mapping (hub.inbox_mappings) of a message type: the longest matching pattern; a row of NULLs when none matches.';
+
+/*
+ * _inbox_not_a_value --- 22023 for a path that finds an object or array
+ * where a value (key, code, qualifier, partner, parent) was expected: a
+ * malformed inbound message (a technical failure: retried, then dead).
+ */
+CREATE FUNCTION hub._inbox_not_a_value(what text, path jsonpath, v jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION '% path % finds a JSON % where a value was expected', what, path, jsonb_typeof(v)
+		USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
+'API: Private. Raise 22023: a mapping''s path found an object or array where a value was expected (a malformed message).';
+
+/*
+ * _inbox_step --- the hub's part of processing one message, inside
+ * hub.process_inbox's subtransaction for it.  Finds the message's mapping
+ * (an exact pattern by its key, else the longest matching prefix); with
+ * neither mapping nor handler returns NULL (unhandled).  Otherwise makes
+ * the message's context the transaction's (hub.inbox_correlation_id and
+ * hub.inbox_causation_id, which hub.publish takes when it is given none)
+ * and, with a mapping, applies the message: reads key, code, time,
+ * qualifier, partner, parent and children (a payload that is not an
+ * object, or a key, code or configured time that does not resolve,
+ * raises: a technical failure); links parent and children; maps the code
+ * (unknown: an unknown_code exception, done) and applies it with its
+ * canonical events (hub._apply_canonical); opens the business exceptions
+ * of the outcome: terminal (a conflicting report, or a stale one made
+ * after the state, about a key in a terminal state), conflict, not_owner.
+ * Returns the context a handler gets ('{}' when there is no handler).
+ * One function, every path read inline: it runs once per message.
+ */
+CREATE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
+
+CREATE FUNCTION hub._run_handler(f regproc, payload jsonb, message_type text, context jsonb) RETURNS void
+	AS 'MODULE_PATHNAME', 'hub_run_handler_context' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION hub._run_handler(regproc, jsonb, text, jsonb) IS
+'API: Private. Call an inbox handler as the function''s owner, within logistics_hub.user_code_timeout, with what its signature takes: (payload jsonb, message_type text, context jsonb), or (payload jsonb, message_type text), or (payload jsonb); settings it changes are undone when it returns.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION
+	hub._open_exception(text, text, text, text, text, text, bigint),
+	hub.contract_violation(text, jsonb),
+	hub._json_time(jsonb),
+	hub._state_event(text, text, text, text, text, text, text, timestamptz, text, text, text, text, jsonb, bigint),
+	hub._at_or_past(text, text, text),
+	hub._readiness_blocked(text, text, boolean, text),
+	hub._readiness_try(text, text),
+	hub._readiness_evaluate(text, text),
+	hub.create_readiness_rule(text, text, text, text, text, text),
+	hub.resolve_exception(bigint, text),
+	hub._jsonpath_arg(text, text),
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval),
+	hub._inbox_mapping(text),
+	hub._inbox_not_a_value(text, jsonpath, jsonb),
+	hub._inbox_step(bigint, boolean),
+	hub._run_handler(regproc, jsonb, text, jsonb),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+TO hub_reader, hub_writer, hub_worker;
+-- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
+REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) TO hub_admin;
+GRANT EXECUTE ON FUNCTION
+	hub.create_readiness_rule(text, text, text, text, text, text),
+	hub.resolve_exception(bigint, text),
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval)
+TO hub_admin;
+GRANT EXECUTE ON FUNCTION hub.contract_violation(text, jsonb) TO hub_reader, hub_writer;
+-- (hub.process_inbox runs with its caller's rights: these are what it calls)
+GRANT EXECUTE ON FUNCTION hub._inbox_mapping(text), hub._inbox_step(bigint, boolean),
+	hub._run_handler(regproc, jsonb, text, jsonb) TO hub_admin;
+GRANT EXECUTE ON FUNCTION hub._at_or_past(text, text, text), hub._readiness_blocked(text, text, boolean, text)
+TO hub_reader;
+GRANT SELECT ON hub.state_events, hub.exceptions, hub.readiness_rules, hub.readiness_fired,
+	hub.readiness_pending, hub.inbox_mappings TO hub_reader;
+GRANT INSERT, UPDATE, DELETE ON hub.state_events, hub.inbox_mappings, hub.readiness_rules TO hub_admin;
+GRANT DELETE ON hub.readiness_fired TO hub_admin;
+
+-- 70_operations.sql: hub.trace shows links and business exceptions
+CREATE OR REPLACE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
+			   endpoint text, source text, message_id text, detail text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF trace.correlation_id IS NULL AND trace.aggregate IS NULL THEN
+		RAISE EXCEPTION 'a trace needs a correlation id or an aggregate id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Call hub.trace(''<correlation id>'') or hub.trace(aggregate => ''<business key>'').';
+	END IF;
+	RETURN QUERY
+	WITH ev AS (
+		SELECT o.event_id FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+		UNION
+		SELECT o.event_id FROM hub.outbox o WHERE o.aggregate_id = trace.aggregate
+	), o AS (
+		SELECT o.* FROM hub.outbox o WHERE o.event_id IN (SELECT ev.event_id FROM ev)
+	), inb AS (
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
+		UNION
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
+	), i AS (
+		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	), dl AS (
+		-- the deliveries of these events: their own, and the batches they
+		-- are in (a scan of the batch deliveries: they have no index by event)
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.event_id = o.event_id
+		UNION ALL
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
+			AND d.event_id <> o.event_id
+	)
+	SELECT t.at, t.what, t.event_id, t.event_type, t.aggregate_id, t.endpoint, t.source, t.message_id, t.detail
+	FROM (
+	SELECT o.published_at AS at, 'published' AS what, o.event_id, o.event_type, o.aggregate_id,
+		   NULL::text AS endpoint, NULL::text AS source, NULL::text AS message_id, o.payload::text AS detail,
+		   o.seq AS ord
+	FROM o
+	UNION ALL
+	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms'), o.seq
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	-- (an attempt of a lease group sent one of its events: that one's)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
+	UNION ALL
+	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, d.last_error, o.seq
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	UNION ALL
+	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
+		   i.inbox_id
+	FROM i
+	UNION ALL
+	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
+		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error),
+		   i.inbox_id
+	FROM i
+	WHERE i.state <> 'new'
+	UNION ALL
+	-- the parent and child keys inbound records named for the aggregate
+	SELECT l.linked_at, CASE WHEN l.child_key = trace.aggregate THEN 'linked to parent' ELSE 'linked to child' END,
+		   NULL::uuid, NULL, CASE WHEN l.child_key = trace.aggregate THEN l.parent_key ELSE l.child_key END,
+		   NULL, l.system, NULL,
+		   l.parent_lifecycle || ' ' || l.parent_key || ' -> ' || l.child_lifecycle || ' ' || l.child_key, 0
+	FROM hub.entity_links l
+	WHERE trace.aggregate IS NOT NULL AND (l.parent_key = trace.aggregate OR l.child_key = trace.aggregate)
+	UNION ALL
+	-- its business exceptions, opened and resolved
+	SELECT x.opened_at, 'exception ' || x.kind, NULL::uuid, NULL, x.business_key, NULL, x.system, NULL,
+		   concat_ws(' ', x.code, x.detail, CASE WHEN x.reports > 1 THEN '(' || x.reports || ' reports)' END), 0
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate
+	UNION ALL
+	SELECT x.resolved_at, 'exception ' || x.kind || ' resolved', NULL::uuid, NULL, x.business_key, NULL, x.system,
+		   NULL, x.resolution, 0
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND x.resolved_at IS NOT NULL
+	) t
+	ORDER BY t.at, t.ord, t.what;
+END
+$$;
+COMMENT ON FUNCTION hub.trace(text, text) IS
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
+
+-- 90_privileges.sql: hub_worker processes the inbox
+GRANT EXECUTE ON FUNCTION
+	hub.process_inbox(integer),
+	hub._inbox_claim(integer),
+	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._inbox_mapping(text),
+	hub._inbox_step(bigint, boolean),
+	hub._run_handler(regproc, jsonb, text, jsonb)
+	TO hub_worker;
 
 
 -- ================================================================ inbox worker
 -- (issue 19)
 
+-- hub._inbox_pattern_matches inlinable (sql/src/60_inbox.sql)
+CREATE OR REPLACE FUNCTION hub._inbox_pattern_matches(message_pattern text, message_type text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- (no SET clause and not STRICT, every name qualified: the planner inlines
+-- it into the claim and the mapping lookup; a SET clause made it a function
+-- call parsed and planned anew for every message, 40 us each.  NULL in
+-- gives NULL out all the same.)
+AS $$
+	SELECT CASE WHEN pg_catalog.right(message_pattern, 1) OPERATOR(pg_catalog.=) '*'
+				THEN pg_catalog.starts_with(message_type, pg_catalog.left(message_pattern, -1))
+				ELSE message_type OPERATOR(pg_catalog.=) message_pattern END
+$$;
 
+-- the claim's order, (next_attempt_at, inbox_id) (sql/src/60_inbox.sql)
+DROP INDEX hub.inbox_ready_idx;
+CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at, inbox_id) WHERE state IN ('new', 'retry_wait');
+
+-- hub._inbox_claim: in order per business key (sql/src/60_inbox.sql)
+CREATE OR REPLACE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
+AS $$
+	WITH claimed AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  -- in order per business key (aggregate_id): not while an earlier
+		  -- message of the key is pending (62_inbox_worker.sql)
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait')))
+		ORDER BY i.next_attempt_at, i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base
+	FROM claimed c
+	LEFT JOIN LATERAL (
+		SELECT h.handler, h.max_attempts, h.retry_base
+		FROM hub.inbox_handlers h
+		WHERE hub._inbox_pattern_matches(h.message_pattern, c.message_type)
+		ORDER BY h.message_pattern = c.message_type DESC, length(h.message_pattern) DESC
+		LIMIT 1
+	) h ON true
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (none while an earlier message with the same aggregate_id is new or retry_wait), and return each with its best-matching handler.';
+
+-- sql/src/62_inbox_worker.sql
+-- the earlier pending messages of a key (the claim's NOT EXISTS and
+-- hub._inbox_next_due): only pending rows, so it stays small
+CREATE INDEX inbox_pending_key_idx ON hub.inbox (aggregate_id, inbox_id)
+	WHERE state IN ('new', 'retry_wait') AND aggregate_id IS NOT NULL;
+
+/*
+ * _inbox_wake --- the statement-level trigger that wakes the inbox workers
+ * when the transaction commits (workers/shmem.c): one flag per statement,
+ * a few latches per commit, nothing on abort.  Inserts (hub.receive, the
+ * pollers, a plain INSERT) and updates of state (a message made new again
+ * by hub.register_handler or by an operator) wake them.
+ */
+CREATE FUNCTION hub._inbox_wake() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'hub_inbox_wake' LANGUAGE C;
+COMMENT ON FUNCTION hub._inbox_wake() IS
+'API: Private. Statement-level trigger of hub.inbox: wake the inbox workers when the transaction commits.';
+CREATE TRIGGER inbox_wake AFTER INSERT OR UPDATE OF state ON hub.inbox
+	FOR EACH STATEMENT EXECUTE FUNCTION hub._inbox_wake();
+
+CREATE FUNCTION hub._inbox_next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT i.next_attempt_at
+	FROM hub.inbox i
+	WHERE i.state OPERATOR(pg_catalog.=) ANY ('{new,retry_wait}'::text[])
+	  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+			SELECT FROM hub.inbox e
+			WHERE e.aggregate_id OPERATOR(pg_catalog.=) i.aggregate_id
+			  AND e.inbox_id OPERATOR(pg_catalog.<) i.inbox_id
+			  AND e.state OPERATOR(pg_catalog.=) ANY ('{new,retry_wait}'::text[])))
+	ORDER BY i.next_attempt_at
+	LIMIT 1
+$$;
+COMMENT ON FUNCTION hub._inbox_next_due() IS
+'API: Private. When the earliest inbox message that hub._inbox_claim may claim is ready (its next_attempt_at; a message waiting behind an earlier one of its key does not count), NULL when none is waiting. Read only: the inbox workers'' look between batches.';
+
+REVOKE EXECUTE ON FUNCTION hub._inbox_wake(), hub._inbox_next_due() FROM PUBLIC;
+
+-- sql/src/90_privileges.sql (hub.process_inbox and what it calls: the flow's section)
+GRANT EXECUTE ON FUNCTION hub._inbox_next_due() TO hub_worker;
 
 -- ================================================================ end

@@ -51,7 +51,7 @@
  * an error: every transport error, bad status, oversized or malformed
  * answer becomes an attempt row.  The dispatcher connects as
  * logistics_hub.worker_role, never a superuser, and pins its search_path
- * and the settings a claim relies on (pin_session); transforms run as
+ * and the settings a claim relies on (hub_pin_session); transforms run as
  * their owners (extension/user_code.c).  A claim or record step that fails
  * because of one event, endpoint or outcome is done again piece by piece,
  * so that only that one stops: an event kept in hub.unroutable_events, an
@@ -2263,39 +2263,6 @@ run_retention(void)
 	return more;
 }
 
-/*
- * pin_session --- the settings every statement of the worker relies on,
- * whatever the database's or role's defaults say (ALTER DATABASE ... SET is
- * the database owner's to change): search_path holds only pg_catalog (and
- * pg_temp, which is never searched for functions or operators), so no
- * function or operator planted in another schema can be chosen even by a
- * statement that forgot to qualify one; and the settings that would stop
- * every claim (read-only transactions, timeouts, serializable isolation)
- * are fixed at the override level, above anything a SET or a function's
- * own SET clause can do.  Raises, and so exits, when connected as a
- * superuser after all.
- */
-static void
-pin_session(void)
-{
-	static const char *const fixed[][2] = {
-		{"default_transaction_read_only", "off"},
-		{"default_transaction_isolation", "read committed"},
-		{"statement_timeout", "0"},
-		{"lock_timeout", "0"},
-		{"idle_in_transaction_session_timeout", "0"},
-	};
-
-	if (superuser())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("logistics_hub dispatcher %d will not run as a superuser", my_slot),
-				 errhint("Set logistics_hub.worker_role to a role without superuser, such as hub_worker.")));
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
-	for (int i = 0; i < (int) lengthof(fixed); i++)
-		SetConfigOption(fixed[i][0], fixed[i][1], PGC_SUSET, PGC_S_OVERRIDE);
-}
-
 void
 hub_dispatcher_main(Datum arg)
 {
@@ -2318,7 +2285,7 @@ hub_dispatcher_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	memcpy(&roleoid, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(Oid));
 	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
-	pin_session();
+	hub_pin_session(worker_name);
 	pgstat_report_appname(psprintf("logistics_hub %s", worker_name));
 	hub_dispatcher_attach(my_slot);
 

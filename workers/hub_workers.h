@@ -19,6 +19,8 @@ struct sockaddr;
 
 /* the most dispatchers logistics_hub.dispatchers may ask for */
 #define HUB_MAX_DISPATCHERS 16
+/* the most inbox workers logistics_hub.inbox_workers may ask for */
+#define HUB_MAX_INBOX_WORKERS 16
 
 /* settings (workers/launcher.c) */
 extern char *hub_database;
@@ -49,6 +51,16 @@ extern bool hub_shmem_ready(void);
 extern void hub_dispatcher_attach(int slot);
 extern pid_t hub_dispatcher_pid(int slot);
 extern void hub_wake_dispatchers(void);
+extern void hub_inbox_worker_attach(int slot);
+extern pid_t hub_inbox_worker_pid(int slot);
+extern void hub_wake_inbox_workers(void);
+
+/* settings of the inbox workers (workers/inbox_worker.c) */
+extern int	hub_inbox_workers;
+extern void hub_inbox_define_gucs(void);
+
+/* a worker's session settings (workers/worker_session.c) */
+extern void hub_pin_session(const char *who);
 
 /*
  * hub_note_outbox_insert --- called once per inserted event (the outbox
@@ -56,6 +68,13 @@ extern void hub_wake_dispatchers(void);
  * transaction commits, never before and never on abort.
  */
 extern void hub_note_outbox_insert(void);
+
+/*
+ * hub_note_inbox_insert --- called by the statement-level trigger of
+ * hub.inbox: the inbox workers are woken when the top-level transaction
+ * commits.
+ */
+extern void hub_note_inbox_insert(void);
 
 /* egress policy (workers/egress.c) */
 extern bool hub_egress_address_allowed(const struct sockaddr *addr);
@@ -71,5 +90,6 @@ extern bool hub_webhook_sign(const char *secret, const char *msg_id, int64 times
 /* entry points of the workers */
 extern PGDLLEXPORT void hub_launcher_main(Datum arg);
 extern PGDLLEXPORT void hub_dispatcher_main(Datum arg);
+extern PGDLLEXPORT void hub_inbox_worker_main(Datum arg);
 
 #endif							/* HUB_WORKERS_H */

@@ -13,7 +13,9 @@
  * why once, and no dispatcher runs until it is fixed.  A
  * dispatcher that finds no extension there exits at once and quietly; the
  * launcher starts it again after a pause, so installing the extension is
- * noticed within that pause and nothing else is needed.
+ * noticed within that pause and nothing else is needed.  The inbox workers
+ * (logistics_hub.inbox_workers, workers/inbox_worker.c) are kept running
+ * the same way, in slots of their own, as the same role.
  *
  * Exit codes, on purpose: the launcher and the dispatchers exit with 1 on
  * SIGTERM or an error (die() / FATAL), never 0, which would unregister the
@@ -141,6 +143,7 @@ void
 hub_workers_define_gucs(void)
 {
 	hub_egress_define_guc();
+	hub_inbox_define_gucs();
 	/* a server-start setting can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("logistics_hub.database",
@@ -149,8 +152,8 @@ hub_workers_define_gucs(void)
 								   &hub_database, "postgres", PGC_POSTMASTER, 0,
 								   NULL, NULL, NULL);
 	DefineCustomStringVariable("logistics_hub.worker_role",
-							   "Role the dispatcher workers connect as.",
-							   "It must exist, may log in and must not be a superuser; the extension creates hub_worker with just the grants the workers need. Changed, it applies to the dispatchers started next.",
+							   "Role the background workers (dispatchers and inbox workers) connect as.",
+							   "It must exist, may log in and must not be a superuser; the extension creates hub_worker with just the grants the workers need. Changed, it applies to the workers started next.",
 							   &hub_worker_role, "hub_worker", PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.dispatchers",
@@ -336,8 +339,27 @@ typedef struct LauncherSlot
 	TimestampTz stopped_at;
 } LauncherSlot;
 
+/* a kind of worker the launcher keeps running, slot by slot */
+typedef struct WorkerKind
+{
+	const char *function;		/* entry point */
+	const char *type;			/* bgw_type, and the name's prefix */
+	int			max;			/* slots */
+	int		   *wanted;			/* the setting: how many to run */
+	pid_t		(*pid) (int slot);	/* the pid in a slot (shmem.c), 0: none */
+} WorkerKind;
+
+static const WorkerKind kinds[] = {
+	{"hub_dispatcher_main", "logistics_hub dispatcher", HUB_MAX_DISPATCHERS, &hub_dispatchers,
+	hub_dispatcher_pid},
+	{"hub_inbox_worker_main", "logistics_hub inbox", HUB_MAX_INBOX_WORKERS, &hub_inbox_workers,
+	hub_inbox_worker_pid},
+};
+
+#define MAX_SLOTS Max(HUB_MAX_DISPATCHERS, HUB_MAX_INBOX_WORKERS)
+
 static bool
-start_dispatcher(int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
+start_worker(const WorkerKind *kind, int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
 {
 	BackgroundWorker worker;
 
@@ -346,9 +368,9 @@ start_dispatcher(int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "logistics_hub");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "hub_dispatcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "logistics_hub dispatcher %d", slot);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "logistics_hub dispatcher");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", kind->function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", kind->type, slot);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", kind->type);
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	memcpy(worker.bgw_extra, &dboid, sizeof(Oid));
 	memcpy(worker.bgw_extra + sizeof(Oid), &roleoid, sizeof(Oid));
@@ -358,7 +380,7 @@ start_dispatcher(int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("logistics_hub could not start dispatcher %d", slot),
+				 errmsg("logistics_hub could not start %s %d", kind->type + strlen("logistics_hub "), slot),
 				 errhint("Raise max_worker_processes.")));
 		ls->handle = NULL;
 		return false;
@@ -367,9 +389,9 @@ start_dispatcher(int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
 	return true;
 }
 
-/* is the dispatcher of this slot running (or starting)? */
+/* is the worker of this slot running (or starting)? */
 static bool
-dispatcher_alive(int slot, LauncherSlot *ls)
+worker_alive(const WorkerKind *kind, int slot, LauncherSlot *ls)
 {
 	pid_t		pid;
 
@@ -383,13 +405,46 @@ dispatcher_alive(int slot, LauncherSlot *ls)
 		return false;
 	}
 	/* started by an earlier launcher: known by its slot only */
-	return hub_dispatcher_pid(slot) != 0;
+	return kind->pid(slot) != 0;
+}
+
+/*
+ * keep_running --- start or stop the workers of a kind so that the wanted
+ * number of them run (none without the database and the role); a worker
+ * that did not last long is started again only after a pause, which
+ * shortens *wait_ms to it.
+ */
+static void
+keep_running(const WorkerKind *kind, LauncherSlot *slots, Oid dboid, Oid roleoid, long *wait_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < kind->max; i++)
+	{
+		LauncherSlot *ls = &slots[i];
+		bool		alive = worker_alive(kind, i, ls);
+		bool		wanted = OidIsValid(dboid) && OidIsValid(roleoid) && i < *kind->wanted;
+
+		if (alive && !wanted && ls->handle != NULL)
+			TerminateBackgroundWorker(ls->handle);
+		else if (!alive && wanted)
+		{
+			long		ran = ls->stopped_at - ls->started_at;
+			long		since = now - ls->stopped_at;
+
+			if (ls->started_at != 0 && ran < DISPATCHER_RESTART_PAUSE_MS * 1000L &&
+				since < DISPATCHER_RESTART_PAUSE_MS * 1000L)
+				*wait_ms = Min(*wait_ms, (DISPATCHER_RESTART_PAUSE_MS * 1000L - since) / 1000 + 1);
+			else
+				start_worker(kind, i, dboid, roleoid, ls);
+		}
+	}
 }
 
 void
 hub_launcher_main(Datum arg)
 {
-	LauncherSlot slots[HUB_MAX_DISPATCHERS];
+	LauncherSlot slots[lengthof(kinds)][MAX_SLOTS];
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -405,7 +460,6 @@ hub_launcher_main(Datum arg)
 		Oid			dboid;
 		Oid			roleoid = InvalidOid;
 		long		wait_ms = 5000;
-		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -418,28 +472,8 @@ hub_launcher_main(Datum arg)
 		if (OidIsValid(dboid))
 			roleoid = find_worker_role(hub_worker_role);
 
-		now = GetCurrentTimestamp();
-		for (int i = 0; i < HUB_MAX_DISPATCHERS; i++)
-		{
-			LauncherSlot *ls = &slots[i];
-			bool		alive = dispatcher_alive(i, ls);
-			bool		wanted = OidIsValid(dboid) && OidIsValid(roleoid) && i < hub_dispatchers;
-
-			if (alive && !wanted && ls->handle != NULL)
-				TerminateBackgroundWorker(ls->handle);
-			else if (!alive && wanted)
-			{
-				/* one that did not last long waits for the pause */
-				long		ran = ls->stopped_at - ls->started_at;
-				long		since = now - ls->stopped_at;
-
-				if (ls->started_at != 0 && ran < DISPATCHER_RESTART_PAUSE_MS * 1000L &&
-					since < DISPATCHER_RESTART_PAUSE_MS * 1000L)
-					wait_ms = Min(wait_ms, (DISPATCHER_RESTART_PAUSE_MS * 1000L - since) / 1000 + 1);
-				else
-					start_dispatcher(i, dboid, roleoid, ls);
-			}
-		}
+		for (int k = 0; k < (int) lengthof(kinds); k++)
+			keep_running(&kinds[k], slots[k], dboid, roleoid, &wait_ms);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);

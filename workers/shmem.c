@@ -4,14 +4,16 @@
  *		Shared state of the workers and the wake-up at commit.
  *
  * Only when the library is preloaded: a small struct in shared memory
- * holding, per dispatcher slot, the pid and the PGPROC number of the
- * dispatcher running in it.  A publishing transaction notes that it wrote
- * an event (hub_note_outbox_insert, from the outbox contract trigger) and,
- * when its top-level transaction commits, sets every dispatcher's latch:
- * the wake-up costs one flag per row and a few SetLatch calls per commit,
- * comes after the events are visible, and never on abort or PREPARE
- * (hub.wake() is there for COMMIT PREPARED).  The dispatchers' poll
- * interval is only the safety net for a lost wake-up.
+ * holding, per dispatcher slot and per inbox worker slot, the pid and the
+ * PGPROC number of the worker running in it.  A publishing transaction
+ * notes that it wrote an event (hub_note_outbox_insert, from the outbox
+ * contract trigger) and, when its top-level transaction commits, sets every
+ * dispatcher's latch: the wake-up costs one flag per row and a few SetLatch
+ * calls per commit, comes after the events are visible, and never on abort
+ * or PREPARE (hub.wake() is there for COMMIT PREPARED).  A transaction that
+ * inserts into hub.inbox (hub_note_inbox_insert, from a statement-level
+ * trigger) wakes the inbox workers the same way.  The workers' naptime is
+ * only the safety net for a lost wake-up.
  *
  * Without preloading there is no shared memory and nothing to wake; the
  * flag is then never acted upon.
@@ -23,6 +25,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -43,10 +46,12 @@ typedef struct HubShared
 {
 	slock_t		mutex;
 	HubDispatcherSlot slots[HUB_MAX_DISPATCHERS];
+	HubDispatcherSlot inbox_slots[HUB_MAX_INBOX_WORKERS];
 } HubShared;
 
 static HubShared *hub_shared = NULL;
 static bool wake_at_commit = false;
+static bool wake_inbox_at_commit = false;
 static bool xact_callback_registered = false;
 
 #if PG_VERSION_NUM >= 150000
@@ -81,6 +86,11 @@ hub_shmem_startup(void)
 		{
 			hub_shared->slots[i].pid = 0;
 			hub_shared->slots[i].procno = -1;
+		}
+		for (int i = 0; i < HUB_MAX_INBOX_WORKERS; i++)
+		{
+			hub_shared->inbox_slots[i].pid = 0;
+			hub_shared->inbox_slots[i].procno = -1;
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -168,6 +178,71 @@ hub_wake_dispatchers(void)
 		SetLatch(&ProcGlobal->allProcs[procnos[i]].procLatch);
 }
 
+/* ------------------------------------------------------------ inbox workers */
+
+static void
+hub_inbox_worker_detach(int code, Datum arg)
+{
+	int			slot = DatumGetInt32(arg);
+
+	SpinLockAcquire(&hub_shared->mutex);
+	if (hub_shared->inbox_slots[slot].pid == MyProcPid)
+	{
+		hub_shared->inbox_slots[slot].pid = 0;
+		hub_shared->inbox_slots[slot].procno = -1;
+	}
+	SpinLockRelease(&hub_shared->mutex);
+}
+
+/*
+ * hub_inbox_worker_attach --- an inbox worker takes its slot (freed again
+ * when it exits, and by the shared memory reset of a crash restart).
+ */
+void
+hub_inbox_worker_attach(int slot)
+{
+	Assert(slot >= 0 && slot < HUB_MAX_INBOX_WORKERS);
+	SpinLockAcquire(&hub_shared->mutex);
+	hub_shared->inbox_slots[slot].pid = MyProcPid;
+	hub_shared->inbox_slots[slot].procno = MyProc->pgprocno;
+	SpinLockRelease(&hub_shared->mutex);
+	on_shmem_exit(hub_inbox_worker_detach, Int32GetDatum(slot));
+}
+
+pid_t
+hub_inbox_worker_pid(int slot)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&hub_shared->mutex);
+	pid = hub_shared->inbox_slots[slot].pid;
+	SpinLockRelease(&hub_shared->mutex);
+	return pid;
+}
+
+/*
+ * hub_wake_inbox_workers --- set the latch of every running inbox worker
+ * (a stale slot is a harmless spurious wake-up, as for the dispatchers).
+ */
+void
+hub_wake_inbox_workers(void)
+{
+	int			procnos[HUB_MAX_INBOX_WORKERS];
+	int			n = 0;
+
+	if (hub_shared == NULL)
+		return;
+	SpinLockAcquire(&hub_shared->mutex);
+	for (int i = 0; i < HUB_MAX_INBOX_WORKERS; i++)
+		if (hub_shared->inbox_slots[i].pid != 0 && hub_shared->inbox_slots[i].procno >= 0)
+			procnos[n++] = hub_shared->inbox_slots[i].procno;
+	SpinLockRelease(&hub_shared->mutex);
+	for (int i = 0; i < n; i++)
+		SetLatch(&ProcGlobal->allProcs[procnos[i]].procLatch);
+}
+
+/* ------------------------------------------------------------ wake at commit */
+
 static void
 hub_xact_callback(XactEvent event, void *arg)
 {
@@ -177,15 +252,29 @@ hub_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit)
 				hub_wake_dispatchers();
+			if (wake_inbox_at_commit)
+				hub_wake_inbox_workers();
 			wake_at_commit = false;
+			wake_inbox_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			wake_at_commit = false;
+			wake_inbox_at_commit = false;
 			break;
 		default:
 			break;
+	}
+}
+
+static void
+register_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(hub_xact_callback, NULL);
+		xact_callback_registered = true;
 	}
 }
 
@@ -194,12 +283,35 @@ hub_note_outbox_insert(void)
 {
 	if (wake_at_commit || hub_shared == NULL)
 		return;
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(hub_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_xact_callback();
 	wake_at_commit = true;
+}
+
+void
+hub_note_inbox_insert(void)
+{
+	if (wake_inbox_at_commit || hub_shared == NULL)
+		return;
+	register_xact_callback();
+	wake_inbox_at_commit = true;
+}
+
+/*
+ * hub_inbox_wake --- SQL hub._inbox_wake(), the statement-level AFTER
+ * INSERT trigger of hub.inbox: the inbox workers are woken when the
+ * top-level transaction commits (hub.receive, the pollers' inserts and a
+ * plain INSERT alike), never before and never on abort.
+ */
+PG_FUNCTION_INFO_V1(hub_inbox_wake);
+Datum
+hub_inbox_wake(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("hub._inbox_wake() may only be called as a trigger")));
+	hub_note_inbox_insert();
+	return PointerGetDatum(NULL);
 }
 
 /*

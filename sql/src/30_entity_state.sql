@@ -35,8 +35,11 @@
  * carrier exception clears that exception (EasyPost failure -> in_transit),
  * but never a 'state_conflict' exception, which waits for an advance.
  *
- * Concurrency: INSERT ... ON CONFLICT DO NOTHING followed by SELECT ... FOR
- * UPDATE serializes all reports of one key; distinct keys never wait.
+ * Concurrency: SELECT ... FOR UPDATE of the key's row serializes all
+ * reports of one key; a new key's row is inserted with its final values
+ * (INSERT ... ON CONFLICT DO NOTHING: when another transaction inserted the
+ * key first, we wait for it and classify again against its row, nothing
+ * written yet); distinct keys never wait.
  */
 
 -- ---------------------------------------------------------------- config
@@ -317,9 +320,20 @@ $$;
 COMMENT ON FUNCTION hub._system_role(text, text) IS
 'API: Private. Role kind of a system for a qualifier (the qualified row first), NULL if unknown.';
 
-CREATE FUNCTION hub.apply_canonical_status(lifecycle text, business_key text, system text,
-		code text, occurred_at timestamptz, state text, overlay_kind text DEFAULT NULL,
-		reason text DEFAULT NULL, qualifier text DEFAULT NULL, correction boolean DEFAULT false)
+/*
+ * _apply_canonical --- the body of hub.apply_canonical_status and
+ * hub.apply_status, with what a mapped inbound record adds (65_flow.sql):
+ * the record itself (its fields fill the keys a canonical event's contract
+ * needs), the partner, the parent key and the inbox message.  When the
+ * state moves or an overlay is raised or cleared, the canonical events
+ * (hub.state_events) are published here, in the caller's transaction, so
+ * a state change and its event commit together or not at all; readiness
+ * rules are evaluated after them.
+ */
+CREATE FUNCTION hub._apply_canonical(lifecycle text, business_key text, system text,
+		code text, occurred_at timestamptz, state text, overlay_kind text, reason text,
+		qualifier text, correction boolean, p_record jsonb, p_partner text,
+		p_parent_lifecycle text, p_parent_key text, p_inbox_id bigint)
 RETURNS hub.apply_result
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -335,6 +349,10 @@ DECLARE
 	v_owner		boolean;
 	v_overlays	boolean;
 	v_suspect	boolean := false;
+	o_hold		boolean;
+	o_hold_reason text;
+	o_exception	text;
+	v_new		boolean;
 BEGIN
 	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
 		RAISE EXCEPTION 'unknown lifecycle: "%"', lifecycle
@@ -358,7 +376,10 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'The overlays are on_hold and exception.';
 	END IF;
-	v_role := hub._system_role(system, qualifier);
+	-- (hub._system_role, inline: this runs for every report)
+	SELECT sy.role INTO v_role FROM hub.systems sy
+	WHERE sy.system = _apply_canonical.system AND sy.qualifier IN ('', coalesce(_apply_canonical.qualifier, ''))
+	ORDER BY sy.qualifier DESC LIMIT 1;
 	IF v_role IS NULL THEN
 		RAISE EXCEPTION 'unknown system: "%"', system
 			USING ERRCODE = 'invalid_parameter_value',
@@ -367,28 +388,28 @@ BEGIN
 	END IF;
 
 	-- one row lock per key serializes every report of it; a new key is
-	-- inserted first (ON CONFLICT: a concurrent insert of it waits for us)
+	-- inserted with its final values below, once, in one statement (ON
+	-- CONFLICT: a concurrent insert of it makes us wait for its
+	-- transaction and start over against its row)
 	SELECT * INTO e FROM hub.entity_state es
-	WHERE es.lifecycle = apply_canonical_status.lifecycle
-	  AND es.business_key = apply_canonical_status.business_key
+	WHERE es.lifecycle = _apply_canonical.lifecycle
+	  AND es.business_key = _apply_canonical.business_key
 	FOR UPDATE;
-	IF NOT FOUND THEN
-		INSERT INTO hub.entity_state AS es (lifecycle, business_key)
-		VALUES (apply_canonical_status.lifecycle, apply_canonical_status.business_key)
-		ON CONFLICT DO NOTHING;
-		SELECT * INTO e FROM hub.entity_state es
-		WHERE es.lifecycle = apply_canonical_status.lifecycle
-		  AND es.business_key = apply_canonical_status.business_key
-		FOR UPDATE;
+	v_new := NOT FOUND;
+	IF v_new THEN
+		e.on_hold := false;
 	END IF;
 
 	-- owner of the reported state; overlays from roles owning any state
 	SELECT coalesce(bool_or(o.state = m_state), false) OR m_state IS NULL, count(*) > 0
 	INTO v_owner, v_overlays
 	FROM hub.state_owners o
-	WHERE o.lifecycle = apply_canonical_status.lifecycle AND o.role = v_role;
+	WHERE o.lifecycle = _apply_canonical.lifecycle AND o.role = v_role;
 
 	r.previous_state := e.state;
+	o_hold := e.on_hold;
+	o_hold_reason := e.on_hold_reason;
+	o_exception := e.exception_reason;
 	r.reported_state := m_state;
 	r.owner := v_owner;
 	IF m_state IS NOT NULL AND e.state IS NOT NULL THEN
@@ -441,13 +462,30 @@ BEGIN
 		END IF;
 	END IF;
 
-	UPDATE hub.entity_state es
-	SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
-		last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
-		on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
-		exception_reason = e.exception_reason, exception_since = e.exception_since,
-		updated_at = now()
-	WHERE es.lifecycle = apply_canonical_status.lifecycle AND es.business_key = apply_canonical_status.business_key;
+	IF v_new THEN
+		INSERT INTO hub.entity_state AS es
+			(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold,
+			 on_hold_reason, on_hold_since, exception_reason, exception_since)
+		VALUES (_apply_canonical.lifecycle, _apply_canonical.business_key, e.state, e.state_system,
+				e.state_occurred_at, e.last_advanced_at, e.on_hold, e.on_hold_reason, e.on_hold_since,
+				e.exception_reason, e.exception_since)
+		ON CONFLICT DO NOTHING;
+		IF NOT FOUND THEN
+			-- another transaction made the key first (it has committed now):
+			-- nothing is written yet, so classify again against its row
+			RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at, $6, $7, $8,
+										qualifier, correction, p_record, p_partner, p_parent_lifecycle,
+										p_parent_key, p_inbox_id);
+		END IF;
+	ELSE
+		UPDATE hub.entity_state es
+		SET state = e.state, state_system = e.state_system, state_occurred_at = e.state_occurred_at,
+			last_advanced_at = e.last_advanced_at, on_hold = e.on_hold,
+			on_hold_reason = e.on_hold_reason, on_hold_since = e.on_hold_since,
+			exception_reason = e.exception_reason, exception_since = e.exception_since,
+			updated_at = now()
+		WHERE es.lifecycle = _apply_canonical.lifecycle AND es.business_key = _apply_canonical.business_key;
+	END IF;
 
 	INSERT INTO hub.entity_system_state AS s
 		(lifecycle, business_key, system, role, qualifier, code, state, state_since,
@@ -478,8 +516,8 @@ BEGIN
 	IF r.outcome = 'conflict' THEN
 		UPDATE hub.status_conflicts c
 		SET reports = c.reports + 1, last_history_id = r.history_id, last_reported_at = now()
-		WHERE c.lifecycle = apply_canonical_status.lifecycle
-		  AND c.business_key = apply_canonical_status.business_key
+		WHERE c.lifecycle = _apply_canonical.lifecycle
+		  AND c.business_key = _apply_canonical.business_key
 		  AND c.current_state = r.previous_state AND c.incoming_state = m_state
 		  AND c.resolved_at IS NULL;
 		IF NOT FOUND THEN
@@ -491,14 +529,60 @@ BEGIN
 		END IF;
 	END IF;
 
+	-- the canonical events of what moved, in this transaction (65_flow.sql):
+	-- the state, then each overlay raised or cleared; a duplicate, stale,
+	-- not-owner or informational report moves nothing and publishes nothing
+	IF r.outcome IN ('created', 'advanced', 'corrected') THEN
+		PERFORM hub._state_event(lifecycle, business_key, e.state, e.state, r.previous_state, r.outcome,
+								 system, occurred_at, NULL, p_partner, p_parent_lifecycle, p_parent_key,
+								 p_record, p_inbox_id);
+	END IF;
+	IF e.exception_reason IS DISTINCT FROM o_exception THEN
+		PERFORM hub._state_event(lifecycle, business_key,
+								 CASE WHEN e.exception_reason IS NULL THEN 'exception_cleared' ELSE 'exception' END,
+								 e.state, r.previous_state, CASE WHEN e.exception_reason IS NULL THEN 'cleared' ELSE 'raised' END,
+								 system, occurred_at, coalesce(e.exception_reason, o_exception), p_partner,
+								 p_parent_lifecycle, p_parent_key, p_record, p_inbox_id);
+	END IF;
+	IF e.on_hold IS DISTINCT FROM o_hold THEN
+		PERFORM hub._state_event(lifecycle, business_key,
+								 CASE WHEN e.on_hold THEN 'on_hold' ELSE 'hold_released' END,
+								 e.state, r.previous_state, CASE WHEN e.on_hold THEN 'raised' ELSE 'cleared' END,
+								 system, occurred_at, CASE WHEN e.on_hold THEN e.on_hold_reason ELSE o_hold_reason END,
+								 p_partner, p_parent_lifecycle, p_parent_key, p_record, p_inbox_id);
+	END IF;
+	-- readiness rules: evaluated whenever a member's state or overlay moved
+	IF (r.outcome IN ('created', 'advanced', 'corrected') OR e.exception_reason IS DISTINCT FROM o_exception
+		OR e.on_hold IS DISTINCT FROM o_hold)
+	   AND EXISTS (SELECT FROM hub.readiness_rules) THEN
+		PERFORM hub._readiness_evaluate(lifecycle, business_key);
+	END IF;
+
 	r.state := e.state;
 	r.on_hold := e.on_hold;
 	r.exception_reason := e.exception_reason;
 	RETURN r;
 END
 $$;
+COMMENT ON FUNCTION hub._apply_canonical(text, text, text, text, timestamptz, text, text, text, text, boolean, jsonb, text, text, text, bigint) IS
+'API: Private. hub.apply_canonical_status with the context of a mapped inbound record (record, partner, parent key, inbox message): applies the report and publishes the canonical events of what moved (hub.state_events), then evaluates readiness rules.';
+
+CREATE FUNCTION hub.apply_canonical_status(lifecycle text, business_key text, system text,
+		code text, occurred_at timestamptz, state text, overlay_kind text DEFAULT NULL,
+		reason text DEFAULT NULL, qualifier text DEFAULT NULL, correction boolean DEFAULT false)
+RETURNS hub.apply_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- (plpgsql, not sql: a SQL function is planned again in every
+	-- subtransaction, such as a handler's in hub.process_inbox)
+	RETURN hub._apply_canonical($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, NULL, NULL);
+END
+$$;
 COMMENT ON FUNCTION hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean) IS
-'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay; 22001 for a business key longer than 256 bytes.';
+'Apply an already mapped report (canonical state and/or overlay) of a system for a business key: classify it against the canonical state, advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. When the state moves or an overlay is raised or cleared, the canonical event of hub.state_events is published in the same transaction (a duplicate, stale, not-owner or informational report publishes nothing; an event whose contract the report cannot satisfy is not published and opens a contract_violation exception in hub.exceptions). Every call appends to hub.status_history. Errors: 22023 for an unknown lifecycle, system, state or overlay; 22001 for a business key longer than 256 bytes.';
 
 CREATE FUNCTION hub.apply_status(lifecycle text, business_key text, system text, code text,
 								 occurred_at timestamptz, qualifier text DEFAULT NULL,
@@ -513,12 +597,13 @@ DECLARE
 BEGIN
 	-- raises 22023-class errors naming system, lifecycle and code when unknown
 	SELECT * INTO m FROM hub.map_status(system, lifecycle, code, qualifier, partner);
-	RETURN hub.apply_canonical_status(lifecycle, business_key, system, code, occurred_at,
-									  m.state, m.overlay, m.reason, qualifier, correction);
+	RETURN hub._apply_canonical(lifecycle, business_key, system, code, occurred_at,
+								m.state, m.overlay, m.reason, qualifier, correction,
+								NULL, partner, NULL, NULL, NULL);
 END
 $$;
 COMMENT ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text) IS
-'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system; 22001 for a business key longer than 256 bytes.';
+'Map a system''s status code for a business key with hub.map_status (qualifier and partner as there) and apply it with hub.apply_canonical_status: advance on advance/advance_with_gap from the state''s owner, keep duplicate/stale/non-owner reports in history only, record a conflict and raise the exception overlay; publish the canonical events of what moved (hub.state_events) in the same transaction. Every call appends to hub.status_history. Errors: those of hub.map_status for an unknown code; 22023 for an unknown lifecycle or system; 22001 for a business key longer than 256 bytes.';
 
 CREATE FUNCTION hub.resolve_conflict(conflict_id bigint, resolution text)
 RETURNS boolean
@@ -552,6 +637,38 @@ $$;
 COMMENT ON FUNCTION hub.resolve_conflict(bigint, text) IS
 'Mark an open conflict resolved with a note; when it was the key''s last open conflict, the state_conflict exception overlay is cleared. Returns false when the conflict does not exist or was already resolved. The canonical state is not changed: apply the decided state with hub.apply_status (correction => true for a backward edge).';
 
+-- ---------------------------------------------------------------- links
+
+/*
+ * entity_links --- parent and child keys named by inbound records (a
+ * tracker names its order, a pack record lists its packages), recorded by
+ * the declared mappings of 65_flow.sql (hub.map_inbox: parent_path,
+ * children_path).  Readiness rules and the views follow them; a link is
+ * kept once (the first record that named it), never moved.
+ */
+/*
+ * No CHECK constraints: only the hub writes the table (nobody is granted
+ * INSERT), from values it has checked (lifecycles of hub.inbox_mappings,
+ * keys non-empty and at most 256 bytes, never a key linked to itself), and
+ * PostgreSQL 15 reads a table's CHECK expressions anew for every INSERT
+ * statement, which a link written per inbound message would pay each time.
+ */
+CREATE TABLE hub.entity_links (
+	parent_lifecycle	text NOT NULL,
+	parent_key			text NOT NULL,
+	child_lifecycle		text NOT NULL,
+	child_key			text NOT NULL,
+	system				text NOT NULL,
+	inbox_id			bigint,
+	linked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (parent_lifecycle, parent_key, child_lifecycle, child_key)
+);
+CREATE INDEX entity_links_child_idx ON hub.entity_links (child_lifecycle, child_key);
+COMMENT ON TABLE hub.entity_links IS
+'Parent and child business keys (an order and its shipments or packages) as inbound records name them through hub.map_inbox (parent_path, children_path); read by readiness rules, hub.trace and the drift and stale views.';
+COMMENT ON COLUMN hub.entity_links.system IS 'The system whose record named the link.';
+COMMENT ON COLUMN hub.entity_links.inbox_id IS 'The hub.inbox message that named the link first (NULL when linked otherwise).';
+
 -- ---------------------------------------------------------------- views
 
 CREATE FUNCTION hub._projection_agrees(p_system text, p_lifecycle text, p_state text, p_code text)
@@ -575,25 +692,33 @@ SELECT e.lifecycle, e.business_key, e.state AS canonical_state, s.system, s.role
 	   s.code AS system_code, s.state AS system_state,
 	   greatest(e.state_occurred_at, s.state_since) AS disagreeing_since,
 	   now() - greatest(e.state_occurred_at, s.state_since) AS disagreeing_for,
-	   t.tolerance
+	   t.tolerance, pl.parent_lifecycle, pl.parent_key
 FROM hub.entity_state e
 JOIN hub.entity_system_state s USING (lifecycle, business_key)
 JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
 WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
   AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
   AND NOT hub._projection_agrees(s.system, e.lifecycle, e.state, s.code);
 COMMENT ON VIEW hub.drift IS
-'Keys where a system''s last reported state differs from the canonical state for longer than its role''s tolerance (hub.drift_tolerances), with since when and for how long (measured from the later of the canonical state''s time and the system''s first report of its own state).';
+'Keys where a system''s last reported state differs from the canonical state for longer than its role''s tolerance (hub.drift_tolerances), with since when and for how long (measured from the later of the canonical state''s time and the system''s first report of its own state), and the key''s parent (hub.entity_links: its first) where known.';
 
 CREATE VIEW hub.stale_entities AS
 SELECT e.lifecycle, e.business_key, e.state, e.last_advanced_at,
 	   now() - e.last_advanced_at AS idle_for, t.threshold,
-	   e.on_hold, e.exception_reason
+	   e.on_hold, e.exception_reason, pl.parent_lifecycle, pl.parent_key
 FROM hub.entity_state e
 JOIN hub.stale_thresholds t ON t.lifecycle = e.lifecycle AND t.state = e.state
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
 WHERE now() - e.last_advanced_at > t.threshold;
 COMMENT ON VIEW hub.stale_entities IS
-'Entities without progress for longer than the threshold of their state (hub.stale_thresholds), e.g. an order packed for more than 24 hours.';
+'Entities without progress for longer than the threshold of their state (hub.stale_thresholds), e.g. an order packed for more than 24 hours, with the key''s parent (hub.entity_links: its first) where known.';
 
 -- ---------------------------------------------------------------- privileges
 
@@ -603,7 +728,8 @@ REVOKE EXECUTE ON FUNCTION
 	hub._system_role(text, text),
 	hub._projection_agrees(text, text, text, text),
 	hub._refuse_history_change(),
-	hub.resolve_conflict(bigint, text)
+	hub.resolve_conflict(bigint, text),
+	hub._apply_canonical(text, text, text, text, timestamptz, text, text, text, text, boolean, jsonb, text, text, text, bigint)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.resolve_conflict(bigint, text) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text),
@@ -612,7 +738,7 @@ GRANT EXECUTE ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, 
 GRANT EXECUTE ON FUNCTION hub._projection_agrees(text, text, text, text) TO hub_reader;
 GRANT SELECT ON hub.drift, hub.stale_entities, hub.entity_state, hub.entity_system_state,
 	hub.status_history, hub.status_conflicts, hub.systems, hub.state_owners,
-	hub.stale_thresholds, hub.drift_tolerances TO hub_reader;
+	hub.stale_thresholds, hub.drift_tolerances, hub.entity_links TO hub_reader;
 GRANT INSERT, UPDATE, DELETE ON hub.systems, hub.state_owners, hub.stale_thresholds,
 	hub.drift_tolerances TO hub_admin;
 GRANT UPDATE (resolved_at, resolution) ON hub.status_conflicts TO hub_admin;

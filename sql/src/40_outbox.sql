@@ -25,15 +25,38 @@
 
 -- ---------------------------------------------------------------- catalogue
 
+/*
+ * _key_types_valid --- the CHECK of hub.event_types.key_types: an object
+ * whose keys are required keys and whose values name a JSON type.
+ */
+CREATE FUNCTION hub._key_types_valid(required_keys text[], key_types jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT key_types IS NOT NULL AND jsonb_typeof(key_types) = 'object'
+		AND NOT EXISTS (SELECT FROM jsonb_each(key_types) t
+						WHERE NOT (t.key = ANY (required_keys))
+						   OR jsonb_typeof(t.value) IS DISTINCT FROM 'string'
+						   OR t.value #>> '{}' NOT IN ('string', 'number', 'boolean', 'object', 'array'))
+$$;
+COMMENT ON FUNCTION hub._key_types_valid(text[], jsonb) IS
+'API: Private. true when key_types is an object naming, for some required keys, one of the JSON types string, number, boolean, object, array.';
+
 CREATE TABLE hub.event_types (
 	event_type		text PRIMARY KEY CHECK (event_type ~ '^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$' AND length(event_type) <= 127),
 	version			integer NOT NULL DEFAULT 1 CHECK (version > 0),
 	required_keys	text[] NOT NULL DEFAULT '{}',
 	description		text,
-	builtin			boolean NOT NULL DEFAULT false
+	builtin			boolean NOT NULL DEFAULT false,
+	-- (0.3.0: after builtin, so that an updated catalogue has a fresh one's column order)
+	key_types		jsonb NOT NULL DEFAULT '{}' CHECK (hub._key_types_valid(required_keys, key_types)),
+	deprecated		boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE hub.event_types IS
-'Catalogue of event types (<entity>.<verb>) with their contract: a version and the payload keys each event must carry.';
+'Catalogue of event types (<entity>.<verb>) with their contract: a version, the payload keys each event must carry (non-null, optionally typed) and whether the version is deprecated.';
+COMMENT ON COLUMN hub.event_types.required_keys IS 'Payload keys every event of the type must carry with a non-null value.';
+COMMENT ON COLUMN hub.event_types.key_types IS 'Types of required keys, {"key": "string" | "number" | "boolean" | "object" | "array"}; a key without an entry may hold any non-null value.';
+COMMENT ON COLUMN hub.event_types.deprecated IS 'true: publishing the type still works but warns the publisher (WARNING 01P01) that its contract version is deprecated.';
 SELECT pg_catalog.pg_extension_config_dump('hub.event_types', 'WHERE NOT builtin');
 
 INSERT INTO hub.event_types (event_type, required_keys, description, builtin) VALUES
@@ -91,7 +114,8 @@ CREATE TABLE hub.outbox (
 	headers			jsonb NOT NULL DEFAULT '{}',
 	occurred_at		timestamptz NOT NULL DEFAULT now(),
 	published_at	timestamptz NOT NULL,	-- set by the contract trigger
-	xid				xid8 NOT NULL			-- set by the contract trigger
+	xid				xid8 NOT NULL,			-- set by the contract trigger
+	contract_version integer				-- set by the contract trigger (0.3.0)
 );
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
@@ -99,6 +123,7 @@ COMMENT ON TABLE hub.outbox IS
 COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key, kept by every replay: a UUID (version 8) leading with the publishing transaction''s xid8, assigned by the hub.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
+COMMENT ON COLUMN hub.outbox.contract_version IS 'The version of the event type''s contract (hub.event_types) the event was checked against, stamped by the contract check and sent in every body (canonical contract_version, CloudEvents contractversion); NULL for an unknown type that was accepted.';
 
 /*
  * _outbox_check --- contract check shared by hub.publish and plain INSERTs,

@@ -8,7 +8,8 @@
  * waits for the other inserter and then sees its row.
  *
  * hub.process_inbox() claims ready messages with FOR UPDATE SKIP LOCKED
- * (two processors never run one message twice) and runs, for each, the
+ * (two processors never run one message twice), one message of a business
+ * key (aggregate_id) at a time in inbox_id order, and runs, for each, the
  * handler of the longest matching message pattern in its own
  * subtransaction: a handler's writes are kept when it succeeds and rolled
  * back when it fails.  A message moves through
@@ -48,7 +49,10 @@ CREATE TABLE hub.inbox (
 	UNIQUE (source, message_id),
 	CHECK ((state IN ('new', 'retry_wait')) = (next_attempt_at IS NOT NULL))
 );
-CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at) WHERE state IN ('new', 'retry_wait');
+-- the claim's order (next_attempt_at, inbox_id): a backlog received in one
+-- statement shares one next_attempt_at, and without inbox_id in the index
+-- every claim would sort all of it to find the first few
+CREATE INDEX inbox_ready_idx ON hub.inbox (next_attempt_at, inbox_id) WHERE state IN ('new', 'retry_wait');
 -- hub.trace() follows a correlation id or a business key into the inbox
 CREATE INDEX inbox_correlation_idx ON hub.inbox (correlation_id) WHERE correlation_id IS NOT NULL;
 CREATE INDEX inbox_aggregate_idx ON hub.inbox (aggregate_id) WHERE aggregate_id IS NOT NULL;
@@ -78,17 +82,20 @@ COMMENT ON COLUMN hub.inbox_handlers.retry_base IS 'Backoff after the first fail
 COMMENT ON TABLE hub.inbox_handlers IS
 'Inbox handlers by message type pattern: an exact type, or a prefix ending in * (easypost.*); the longest matching pattern wins. Register with hub.register_handler().';
 COMMENT ON COLUMN hub.inbox_handlers.handler IS
-'A function handler(payload jsonb, message_type text); its result is ignored and an error it raises fails the message.';
+'A function handler(payload jsonb, message_type text, context jsonb), or (payload jsonb, message_type text), or (payload jsonb); its result is ignored and an error it raises fails the message. Runs after the pattern''s declared mapping (hub.inbox_mappings), if any, in the same subtransaction.';
 SELECT pg_catalog.pg_extension_config_dump('hub.inbox_handlers', '');
 
 CREATE FUNCTION hub._inbox_pattern_matches(message_pattern text, message_type text)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- (no SET clause and not STRICT, every name qualified: the planner inlines
+-- it into the claim and the mapping lookup; a SET clause made it a function
+-- call parsed and planned anew for every message, 40 us each.  NULL in
+-- gives NULL out all the same.)
 AS $$
-	SELECT CASE WHEN right(message_pattern, 1) = '*'
-				THEN starts_with(message_type, left(message_pattern, -1))
-				ELSE message_type = message_pattern END
+	SELECT CASE WHEN pg_catalog.right(message_pattern, 1) OPERATOR(pg_catalog.=) '*'
+				THEN pg_catalog.starts_with(message_type, pg_catalog.left(message_pattern, -1))
+				ELSE message_type OPERATOR(pg_catalog.=) message_pattern END
 $$;
 COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
 'API: Private. Whether an inbox handler pattern (exact, or a prefix ending in *) matches a message type.';
@@ -154,7 +161,11 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (easypost.*).';
 	END IF;
-	PERFORM hub._check_user_function(handler, 'inbox handler', '3802 25');
+	-- (jsonb, text, jsonb) gets the message's context; (jsonb, text) and
+	-- (jsonb) are handlers written before it
+	PERFORM hub._check_user_function(handler, 'inbox handler',
+		CASE (SELECT p.pronargs FROM pg_catalog.pg_proc p WHERE p.oid = handler)
+			WHEN 1 THEN '3802' WHEN 3 THEN '3802 25 3802' ELSE '3802 25' END::oidvector);
 	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
 							   'between 1 and 1000');
 	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
@@ -171,7 +182,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.register_handler(text, regproc, integer, interval) IS
-'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text). Unhandled messages the pattern matches become new again.';
+'Register (or replace) the handler of a message pattern: an exact type or a prefix ending in *. The handler is a function (payload jsonb, message_type text, context jsonb) (the context: inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or (payload jsonb, message_type text), or (payload jsonb). Unhandled messages the pattern matches become new again.';
 
 CREATE FUNCTION hub._inbox_claim(max integer)
 RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
@@ -179,11 +190,21 @@ RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integ
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
 AS $$
 	WITH claimed AS (
 		SELECT i.inbox_id, i.message_type, i.payload, i.attempts
 		FROM hub.inbox i
 		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  -- in order per business key (aggregate_id): not while an earlier
+		  -- message of the key is pending (62_inbox_worker.sql)
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait')))
 		ORDER BY i.next_attempt_at, i.inbox_id
 		LIMIT max
 		FOR UPDATE SKIP LOCKED
@@ -200,7 +221,7 @@ AS $$
 	ORDER BY c.inbox_id
 $$;
 COMMENT ON FUNCTION hub._inbox_claim(integer) IS
-'API: Private. Lock up to max ready inbox messages (skipping locked ones) and return each with its best-matching handler.';
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (none while an earlier message with the same aggregate_id is new or retry_wait), and return each with its best-matching handler.';
 
 CREATE FUNCTION hub._inbox_settle(inbox_id bigint, outcome text, error text DEFAULT NULL,
 		max_attempts integer DEFAULT NULL, retry_base interval DEFAULT NULL)
@@ -246,7 +267,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	m record;
+	ctx jsonb;
 	err text;
+	v_max integer;
+	v_base interval;
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -255,24 +279,40 @@ BEGIN
 	failed := 0;
 	unhandled := 0;
 	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
-		IF m.handler IS NULL THEN
-			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
-			unhandled := unhandled + 1;
-			CONTINUE;
-		END IF;
 		err := NULL;
 		BEGIN
-			-- its own subtransaction: the handler's writes are rolled back if it
-			-- fails; it runs as its owner, within the time limit
-			PERFORM hub._run_handler(m.handler, m.payload, m.message_type);
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL THEN
+				IF m.handler IS NOT NULL THEN
+					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+				END IF;
+				PERFORM set_config('hub.inbox_correlation_id', '', true),
+						set_config('hub.inbox_causation_id', '', true);
+			END IF;
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
 		END;
-		IF err IS NULL THEN
+		IF err IS NULL AND ctx IS NULL THEN
+			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
 			PERFORM hub._inbox_settle(m.inbox_id, 'done');
 			processed := processed + 1;
 		ELSE
-			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, m.max_attempts, m.retry_base);
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
 		END IF;
 	END LOOP;
@@ -280,7 +320,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
-'Run the handlers of up to max ready inbox messages, each in its own subtransaction, as the handler function''s owner and within logistics_hub.user_code_timeout: success -> done; an error -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; no handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+'Process up to max ready inbox messages, each in its own subtransaction: a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ---------------------------------------------------------------- privileges
 

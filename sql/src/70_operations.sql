@@ -76,6 +76,15 @@ BEGIN
 		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
 		UNION
 		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
 	), i AS (
 		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
 	), dl AS (
@@ -120,12 +129,31 @@ BEGIN
 		   i.inbox_id
 	FROM i
 	WHERE i.state <> 'new'
+	UNION ALL
+	-- the parent and child keys inbound records named for the aggregate
+	SELECT l.linked_at, CASE WHEN l.child_key = trace.aggregate THEN 'linked to parent' ELSE 'linked to child' END,
+		   NULL::uuid, NULL, CASE WHEN l.child_key = trace.aggregate THEN l.parent_key ELSE l.child_key END,
+		   NULL, l.system, NULL,
+		   l.parent_lifecycle || ' ' || l.parent_key || ' -> ' || l.child_lifecycle || ' ' || l.child_key, 0
+	FROM hub.entity_links l
+	WHERE trace.aggregate IS NOT NULL AND (l.parent_key = trace.aggregate OR l.child_key = trace.aggregate)
+	UNION ALL
+	-- its business exceptions, opened and resolved
+	SELECT x.opened_at, 'exception ' || x.kind, NULL::uuid, NULL, x.business_key, NULL, x.system, NULL,
+		   concat_ws(' ', x.code, x.detail, CASE WHEN x.reports > 1 THEN '(' || x.reports || ' reports)' END), 0
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate
+	UNION ALL
+	SELECT x.resolved_at, 'exception ' || x.kind || ' resolved', NULL::uuid, NULL, x.business_key, NULL, x.system,
+		   NULL, x.resolution, 0
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND x.resolved_at IS NOT NULL
 	) t
 	ORDER BY t.at, t.ord, t.what;
 END
 $$;
 COMMENT ON FUNCTION hub.trace(text, text) IS
-'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
 
 REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;

@@ -59,3 +59,27 @@ GRANT EXECUTE ON FUNCTION
 	hub._ready_endpoints(integer, integer),
 	hub._pause_by_worker(integer, text, text)
 	TO hub_worker;
+
+/*
+ * hub_worker also processes the inbox (the inbox workers): hub.process_inbox
+ * runs with its caller's rights and calls the claim, the declared mapping
+ * step, the handler runner and the settle, each SECURITY DEFINER or, for
+ * the handler, run as the handler's owner; the worker needs no table grant
+ * for them.
+ */
+GRANT EXECUTE ON FUNCTION
+	hub.process_inbox(integer),
+	hub._inbox_claim(integer),
+	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._inbox_mapping(text),
+	hub._inbox_step(bigint, boolean),
+	hub._run_handler(regproc, jsonb, text, jsonb)
+	TO hub_worker;
+
+/*
+ * hub_worker as the inbox workers (workers/inbox_worker.c) also looks for
+ * the next due message between batches (hub._inbox_next_due, SECURITY
+ * DEFINER, read only).
+ */
+GRANT EXECUTE ON FUNCTION hub._inbox_next_due()
+	TO hub_worker;

@@ -179,10 +179,12 @@ lh_cluster_start()
 		echo "fsync = off"
 		echo "logging_collector = off"
 		echo "lc_messages = 'C'"
-		# test clusters: receivers live on 127.0.0.1; no dispatcher unless a
-		# test or benchmark asks for one (later lines override these)
+		# test clusters: receivers live on 127.0.0.1; no dispatcher and no
+		# inbox worker unless a test or benchmark asks for one (later lines
+		# override these)
 		echo "logistics_hub.egress_allow = '127.0.0.1, public'"
 		echo "logistics_hub.dispatchers = 0"
+		echo "logistics_hub.inbox_workers = 0"
 		local line
 		for line in "$@"; do echo "$line"; done
 	} >>"$dir/data/postgresql.conf"

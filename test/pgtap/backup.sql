@@ -14,9 +14,9 @@ SELECT is((SELECT array_agg(c::regclass::text ORDER BY c::regclass::text) FROM p
 			   AND c::regclass::text IN ('hub.outbox', 'hub.deliveries', 'hub._attempts_default', 'hub.operator_audit',
 										 'hub.unroutable_events', 'hub._router_state', 'hub._retention_marks', 'hub.inbox',
 										 'hub.entity_state', 'hub.entity_system_state', 'hub.status_history',
-										 'hub.status_conflicts', 'hub._restore_marker')),
+										 'hub.status_conflicts', 'hub._restore_marker', 'hub.entity_links', 'hub.exceptions')),
 	ARRAY['hub._attempts_default', 'hub._restore_marker', 'hub._retention_marks', 'hub._router_state', 'hub.deliveries',
-		  'hub.entity_state', 'hub.entity_system_state', 'hub.inbox', 'hub.operator_audit', 'hub.outbox',
+		  'hub.entity_links', 'hub.entity_state', 'hub.entity_system_state', 'hub.exceptions', 'hub.inbox', 'hub.operator_audit', 'hub.outbox',
 		  'hub.status_conflicts', 'hub.status_history', 'hub.unroutable_events'],
 	'the queue, the truth and the audit are registered with pg_extension_config_dump');
 SELECT is((SELECT count(*) FROM pg_class s

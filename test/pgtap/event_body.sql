@@ -16,16 +16,16 @@ SELECT plan(30);
 -- ---------------------------------------------------------------- the function
 
 SELECT is((SELECT l.lanname || ' ' || p.prosrc FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
-		   WHERE p.oid = 'hub.event_body'::regproc),
+		   WHERE p.oid = 'hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure),
 	'c hub_event_body', 'hub.event_body is the C function hub_event_body');
-SELECT is((SELECT provolatile FROM pg_proc WHERE oid = 'hub.event_body'::regproc), 's', 'it is STABLE');
-SELECT is((SELECT proisstrict FROM pg_proc WHERE oid = 'hub.event_body'::regproc), false, 'it is not strict');
-SELECT is((SELECT proparallel FROM pg_proc WHERE oid = 'hub.event_body'::regproc), 's', 'it is PARALLEL SAFE');
-SELECT is(pg_get_function_arguments('hub.event_body'::regproc),
+SELECT is((SELECT provolatile FROM pg_proc WHERE oid = 'hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure), 's', 'it is STABLE');
+SELECT is((SELECT proisstrict FROM pg_proc WHERE oid = 'hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure), false, 'it is not strict');
+SELECT is((SELECT proparallel FROM pg_proc WHERE oid = 'hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure), 's', 'it is PARALLEL SAFE');
+SELECT is(pg_get_function_arguments('hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure),
 	pg_get_function_arguments('event_body_ref.event_body'::regproc),
 	'same arguments and default as the SQL definition');
-SELECT is(pg_get_function_result('hub.event_body'::regproc), 'text', 'it returns text');
-SELECT is(obj_description('hub.event_body'::regproc, 'pg_proc'),
+SELECT is(pg_get_function_result('hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure), 'text', 'it returns text');
+SELECT is(obj_description('hub.event_body(text,uuid,text,text,timestamptz,text,jsonb,text)'::regprocedure, 'pg_proc'),
 	'The JSON a receiver gets for one event: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event; a batch request is a JSON array of them. The time is in UTC whatever the session''s TimeZone.',
 	'the COMMENT is kept');
 

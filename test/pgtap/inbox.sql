@@ -36,7 +36,7 @@ BEGIN
 	RAISE EXCEPTION 'carrier % is down', p->>'carrier' USING ERRCODE = 'connection_failure';
 END
 $$;
-CREATE FUNCTION public.h_wrong(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION public.h_wrong(p text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 
 SELECT lives_ok($$SELECT hub.register_handler('order.created', 'public.h_ok')$$, 'register an exact handler');
 SELECT lives_ok($$SELECT hub.register_handler('easypost.*', 'public.h_wild')$$, 'register a wildcard handler');
@@ -44,7 +44,7 @@ SELECT lives_ok($$SELECT hub.register_handler('easypost.tracker.*', 'public.h_tr
 SELECT lives_ok($$SELECT hub.register_handler('carrier.fail', 'public.h_fail', max_attempts => 2, retry_base => '0'::interval)$$,
 	'register a handler with max_attempts and retry_base');
 SELECT throws_ok($$SELECT hub.register_handler('x.y', 'public.h_wrong')$$, '42883',
-	'inbox handler public.h_wrong has the wrong signature', 'a handler must take (jsonb, text)');
+	'inbox handler public.h_wrong has the wrong signature', 'a handler must take (jsonb), (jsonb, text) or (jsonb, text, jsonb)');
 SELECT throws_ok($$SELECT hub.register_handler('easy*post', 'public.h_ok')$$, '22023',
 	'invalid message pattern: "easy*post"', 'a * is only allowed at the end');
 SELECT lives_ok($$SELECT hub.register_handler('order.created', 'public.h_ok', max_attempts => 3)$$, 'register again replaces');

@@ -128,8 +128,9 @@ SELECT * FROM hub._claim(100, 'w7', '60 s', 0, 1, (SELECT endpoint_id FROM hub.e
 						 NULL, NULL, NULL, NULL, '/t');
 SELECT is((SELECT body::jsonb - 'occurred_at' FROM c7),
 	jsonb_build_object('id', (SELECT event_id FROM c7), 'type', 'shipment.dispatched', 'aggregate_id', 'SH-30',
-					   'correlation_id', NULL, 'data', '{"shipment_id": "SH-30", "carrier": "DHL"}'::jsonb),
-	'rendered by the claim: the canonical event');
+					   'correlation_id', NULL, 'data', '{"shipment_id": "SH-30", "carrier": "DHL"}'::jsonb,
+					   'contract_version', 1),
+	'rendered by the claim: the canonical event, with its contract version');
 SELECT ok((SELECT payload IS NULL FROM c7), 'and no payload alongside it');
 
 SELECT * FROM finish();

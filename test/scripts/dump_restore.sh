@@ -56,6 +56,9 @@ q "SELECT * FROM hub.run_retention()" \
 	"SELECT hub.receive('carrier', 'm-1', 'carrier.ack', '{\"n\": 1}')" \
 	"SELECT hub.receive('carrier', 'm-1', 'carrier.ack', '{\"n\": 1}')" \
 	"SELECT hub.receive('carrier', 'm-2', 'carrier.ack', '{\"n\": 2}')" >/dev/null
+# (the canonical events of SO-S's moves, order.created, packed and closed and
+# the exception its conflict raises, match no subscription: 4 events without
+# a delivery; shipped lacks the shipment_id its contract needs: an exception)
 q "SELECT hub.apply_canonical_status('order', 'SO-S', s, st, now() - h * interval '1 hour', st, NULL, NULL, NULL, false)
    FROM (VALUES ('odoo', 'created', 6), ('epcis', 'packed', 5), ('epcis', 'shipped', 4), ('sap', 'closed', 2), ('sap', 'cancelled', 1)) v(s, st, h)" >/dev/null
 q "INSERT INTO hub.unroutable_events (event_id, error) SELECT event_id, 'XX000: kept by the test' FROM hub.outbox ORDER BY seq LIMIT 1" >/dev/null
@@ -69,7 +72,7 @@ expect "the source has a backlog: delivered, retrying, pending, not routed; day 
 	       || ';' || (SELECT count(*) FROM hub.outbox o WHERE NOT EXISTS (SELECT 1 FROM hub.deliveries d WHERE d.event_id = o.event_id))
 	       || ';' || (SELECT count(*) > 1 FROM pg_inherits WHERE inhparent = 'hub.attempts'::regclass)
 	       || ';' || (SELECT count(*) FROM hub.status_conflicts)")" \
-	"delivered:3,pending:2,retry_wait:1;2;true;1"
+	"delivered:3,pending:2,retry_wait:1;6;true;1"
 
 # ---------------------------------------------------------------- dump and restore
 "$PG_BIN/pg_dump" -Fc -d "$src" >"$dump"

@@ -119,9 +119,9 @@ import json
 e = [e for e in E if 'ep=bearer' in e['path']][0]
 b = json.loads(e['body'])
 print(e['headers']['content-type'], sorted(b), b['id'] == '${EV[bearer]}', b['type'], b['aggregate_id'], b['data'] == {'order_id': 'SO-bearer', 't': 'bearer'})")
-[ "$got" = "application/json ['aggregate_id', 'correlation_id', 'data', 'id', 'occurred_at', 'type'] True order.created SO-bearer True" ] ||
+[ "$got" = "application/json ['aggregate_id', 'contract_version', 'correlation_id', 'data', 'id', 'occurred_at', 'type'] True order.created SO-bearer True" ] ||
 	fail "canonical body: $got"
-ok "canonical event JSON: id, type, aggregate_id, occurred_at, correlation_id, data"
+ok "canonical event JSON: id, type, aggregate_id, occurred_at, correlation_id, data, contract_version"
 got=$(recv "
 import json, datetime
 e = [e for e in E if 'ep=ce' in e['path']][0]

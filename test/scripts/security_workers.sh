@@ -14,8 +14,11 @@
 # never reach the dispatcher's next statement, the looping transform is
 # cancelled after logistics_hub.user_code_timeout each time and retried
 # while the other endpoints are served, everything else is delivered
-# meanwhile and afterwards, and the dispatcher never restarts.  Last, a
-# superuser named in logistics_hub.worker_role is refused.
+# meanwhile and afterwards, and the dispatcher never restarts.  The same
+# for an inbox worker started under those defaults, running eve's handler
+# that sets the same settings: every message processed, nothing planted
+# run, the worker never restarted.  Last, a superuser named in
+# logistics_hub.worker_role is refused.
 source test/receiver/push_lib.sh
 push_setup security-workers 130 "logistics_hub.poll_interval = 200ms" "logistics_hub.user_code_timeout = 500ms"
 
@@ -168,11 +171,39 @@ must_wait "SELECT count(*) = 26 FROM hub.deliveries d JOIN hub.endpoints e USING
 		   WHERE e.name IN ('healthy', 'xf') AND d.state = 'delivered'" 60 "events published afterwards were not delivered"
 ok "afterwards, new events of both endpoints are delivered"
 
+# an inbox worker started under the database owner's defaults, running a
+# handler of eve's that sets the same settings for good (and once fails)
+q "SET ROLE eve" "
+CREATE FUNCTION evil.h(p jsonb, t text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS \$\$
+BEGIN
+	PERFORM pg_catalog.set_config('search_path', 'evil, public, pg_catalog', false);
+	PERFORM pg_catalog.set_config('default_transaction_read_only', 'on', false);
+	PERFORM pg_catalog.set_config('statement_timeout', '1', false);
+	PERFORM pg_catalog.set_config('lock_timeout', '1', false);
+	PERFORM pg_catalog.set_config('default_transaction_isolation', 'serializable', false);
+	IF p ? 'fail' AND pg_catalog.nextval('evil.fails') OPERATOR(pg_catalog.=) 1 THEN
+		RAISE EXCEPTION 'once';
+	END IF;
+END \$\$" "CREATE SEQUENCE evil.fails" "GRANT USAGE ON SCHEMA evil TO PUBLIC" \
+	"SELECT hub.register_handler('evil.*', 'evil.h', retry_base => '100 ms')" >/dev/null
+q "ALTER SYSTEM SET logistics_hub.inbox_workers = 1" "SELECT pg_reload_conf()" >/dev/null
+must_wait "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox' AND usename = 'hub_worker'" 30 \
+	"no inbox worker started as hub_worker"
+inbox_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox'")
+q "SELECT hub.receive('wms', 'E-' || i, 'evil.x', CASE WHEN i = 3 THEN '{\"fail\": true}' ELSE '{}' END::jsonb,
+	aggregate_id => 'K' || i % 2) FROM pg_catalog.generate_series(1, 6) i" >/dev/null
+must_wait "SELECT count(*) = 6 FROM hub.inbox WHERE message_id LIKE 'E-%' AND state = 'done'" 30 \
+	"the inbox worker did not process every message under the hostile defaults and handler"
+is_t "SELECT attempts = 1 FROM hub.inbox WHERE message_id = 'E-3'" "the failing message was not retried once"
+[ "$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub inbox'")" = "$inbox_pid" ] ||
+	fail "the inbox worker restarted"
+ok "an inbox worker started under the database owner's defaults ran eve's handler (which sets them for good) on 6 messages, one retried; it never restarted"
+
 # nothing planted ever ran, nobody became superuser, the dispatcher never restarted
 spied=$(q "SELECT coalesce(string_agg(DISTINCT who || ': ' || what, ', '), '') FROM public.spy")
 [ -z "$spied" ] || fail "planted code ran: $spied"
 is_t "SELECT NOT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('mallory', 'eve', 'hub_worker')" "somebody became superuser"
-ok "none of the 74 planted functions and operators ran, in public or on the transform's path"
+ok "none of the 74 planted functions and operators ran, in public or on the transform's or the handler's path"
 [ "$(dispatcher_pid)" = "$PUSH_DISPATCHER_PID" ] || fail "the dispatcher restarted"
 if tail -n +"$((log_lines + 1))" "$LH_CLUSTER_DIR/server.log" | grep -E "exited with exit code|terminated by signal|read-only transaction|statement timeout|could not serialize"; then
 	fail "the server log shows the dispatcher failing"
@@ -181,8 +212,8 @@ ok "the dispatcher ran throughout under the database owner's defaults and the tr
 
 # a superuser named as the workers' role is refused
 q "ALTER SYSTEM SET logistics_hub.worker_role = 'postgres'" "SELECT pg_reload_conf()" >/dev/null
-must_wait "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'" 30 \
-	"a dispatcher still runs with a superuser as logistics_hub.worker_role"
+must_wait "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type IN ('logistics_hub dispatcher', 'logistics_hub inbox')" 30 \
+	"a dispatcher or an inbox worker still runs with a superuser as logistics_hub.worker_role"
 for _ in $(seq 1 100); do
 	grep -q 'dispatchers will not run as superuser "postgres"' "$LH_CLUSTER_DIR/server.log" && break
 	sleep 0.1

@@ -52,7 +52,8 @@ END
 	$_->{handle}->kill_kill for grep { $_->{handle} } @receivers;
 }
 
-# lh_node NAME, dispatchers => N, conf => '...' --- a started node with the
+# lh_node NAME, dispatchers => N, inbox_workers => N (0), conf => '...' ---
+# a started node with the
 # library preloaded, restart_after_crash on and the extension created in
 # the database the workers serve (postgres).  Leases are long (600 s), so a
 # lease that is not given back by the restarted dispatcher would hold its
@@ -88,6 +89,7 @@ max_worker_processes = 16
 log_statement = 'ddl'
 lc_messages = 'C'
 logistics_hub.dispatchers = 0
+logistics_hub.inbox_workers = 0
 logistics_hub.egress_allow = '127.0.0.1'
 logistics_hub.lease = '600s'
 logistics_hub.max_in_flight = 64
@@ -98,7 +100,8 @@ logistics_hub.retention_interval = 0
 	$node->safe_psql('postgres', 'CREATE EXTENSION logistics_hub');
 	# dispatchers only now: one started before the extension existed would
 	# leave at once and come back only after the launcher's 5 s pause
-	$node->append_conf('postgresql.conf', "logistics_hub.dispatchers = $n\n");
+	$node->append_conf('postgresql.conf',
+		"logistics_hub.dispatchers = $n\nlogistics_hub.inbox_workers = " . ($opt{inbox_workers} // 0) . "\n");
 	$node->reload;
 	return $node;
 }
