@@ -743,33 +743,6 @@ END
 $$;
 COMMENT ON FUNCTION hub._poll_page_max(hub.pollers, jsonb) IS 'API: Private. The largest version time of a page''s records, skipping versions that are no time.';
 
--- a page body as text for an excerpt: UTF-8, or escaped bytes when it is not
-CREATE FUNCTION hub._poll_excerpt(body bytea) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	head bytea := substring(body FROM 1 FOR 4096);
-	t text;
-BEGIN
-	IF body IS NULL THEN
-		RETURN NULL;
-	END IF;
-	BEGIN
-		t := convert_from(head, 'UTF8');
-	EXCEPTION WHEN OTHERS THEN
-		BEGIN
-			-- (cut inside a character at the end: drop up to 3 bytes)
-			t := convert_from(substring(head FROM 1 FOR greatest(length(head) - 3, 0)), 'UTF8');
-		EXCEPTION WHEN OTHERS THEN
-			t := encode(substring(head FROM 1 FOR 1024), 'escape');
-		END;
-	END;
-	RETURN left(hub._poll_redact(t), 1024);
-END
-$$;
-COMMENT ON FUNCTION hub._poll_excerpt(bytea) IS 'API: Private. The start of a response body as text (escaped when not UTF-8), credentials redacted, at most 1024 characters.';
-
 /*
  * _poll_page --- record one fetched page of a leased poller, in one
  * transaction with all it causes, and say what to do next (see the file
@@ -805,6 +778,7 @@ DECLARE
 	run_end text;			-- NULL: go on; else why the run ends
 	due timestamptz;
 	page_no integer;
+	excerpt text;
 BEGIN
 	SELECT x.* INTO p FROM hub.pollers x
 	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
@@ -857,11 +831,25 @@ BEGIN
 						 extract(epoch FROM p.retry_base)::float8 * power(2, least(p.failures, 30)))
 				   * (0.5 + random() / 2);
 		wait := hub._poll_wait(response_headers);
+		-- the excerpt: the body's start as UTF-8 (a character cut at the
+		-- end dropped), else as escaped bytes; credentials redacted
+		IF body IS NOT NULL THEN
+			BEGIN
+				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
+			EXCEPTION WHEN OTHERS THEN
+				BEGIN
+					excerpt := convert_from(substring(body FROM 1 FOR greatest(least(length(body), 4096) - 3, 0)), 'UTF8');
+				EXCEPTION WHEN OTHERS THEN
+					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
+				END;
+			END;
+			excerpt := left(hub._poll_redact(excerpt), 1024);
+		END IF;
 		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
 		INSERT INTO hub.poll_requests
 			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms, error, excerpt)
 		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'failed',
-				bytes, latency_ms, fail, hub._poll_excerpt(body));
+				bytes, latency_ms, fail, excerpt);
 		UPDATE hub.pollers x
 		SET failures = x.failures + 1, last_status = status, last_error = fail,
 			lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due
@@ -1353,7 +1341,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._poll_since_text(timestamptz, text, text), hub._poll_lease(), hub._poll_retry_after_max(),
 	hub._poll_wait(text[]), hub._poll_first_url(hub.pollers, text), hub._poll_check_shard(integer, integer),
 	hub._poll_claim(text, integer, integer, integer), hub._poll_finish(hub.pollers, boolean, text),
-	hub._poll_store(hub.pollers, jsonb, bigint), hub._poll_page_max(hub.pollers, jsonb), hub._poll_excerpt(bytea),
+	hub._poll_store(hub.pollers, jsonb, bigint), hub._poll_page_max(hub.pollers, jsonb),
 	hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint),
 	hub._poll_next_due(integer, integer), hub._poll_release(text), hub._wake_at_commit(),
 	hub._poll_path(text, text), hub._poll_check_param(text, text), hub._poller(text),
