@@ -658,60 +658,63 @@ DECLARE
 	src text := 'poll:' || p.name;
 	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
 	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
-	distinct_n integer;
+	n_upd integer;
 BEGIN
-	WITH r AS (
-		SELECT e.value AS rec, e.ordinality AS ord,
-			   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
-					ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
-			   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
-					WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
-			   END #>> '{}' AS ver
-		FROM jsonb_array_elements(items) WITH ORDINALITY e
-	), k AS (
-		SELECT r.rec, r.ord, r.rid,
-			   CASE WHEN r.rid IS NULL THEN jsonb_build_array(NULL, 'md5:' || md5(r.rec::text))
-					ELSE jsonb_build_array(r.rid, coalesce(r.ver, 'md5:' || md5(r.rec::text))) END::text AS key
-		FROM r
-	), m AS (
-		SELECT DISTINCT ON (mid) k.rec, k.ord, k.rid, mid
-		FROM k, LATERAL (SELECT CASE WHEN octet_length(k.key) <= 256 THEN k.key
-									 ELSE 'sha256:' || encode(sha256(convert_to(k.key, 'UTF8')), 'hex') END AS mid) x
-		ORDER BY mid, k.ord
+	-- one statement: the keys, the INSERT (a key already there, or met
+	-- before in the page, is skipped) and the count of the duplicates that
+	-- were there before (by index: = ANY of an array; a join would read
+	-- every message of the source)
+	WITH k AS MATERIALIZED (
+		SELECT y.rec, y.ord, y.rid,
+			   CASE WHEN octet_length(y.key) <= 256 THEN y.key
+					ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid
+		FROM (SELECT x.rec, x.ord, x.rid,
+					 CASE WHEN x.rid IS NULL THEN jsonb_build_array(NULL, 'md5:' || md5(x.rec::text))
+						  ELSE jsonb_build_array(x.rid, coalesce(x.ver, 'md5:' || md5(x.rec::text))) END::text AS key
+			  FROM (SELECT e.value AS rec, e.ordinality AS ord,
+						   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+								ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
+						   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
+								WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
+						   END #>> '{}' AS ver
+					FROM jsonb_array_elements(items) WITH ORDINALITY e) x) y
 	), ins AS (
 		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
-		SELECT src, m.mid, p.message_type, m.rec, CASE WHEN octet_length(m.rid) <= 256 THEN m.rid END, request_id
-		FROM m ORDER BY m.ord
+		SELECT src, k.mid, p.message_type, k.rec, CASE WHEN octet_length(k.rid) <= 256 THEN k.rid END, request_id
+		FROM k ORDER BY k.ord
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING
 		RETURNING i.message_id
 	), upd AS (
 		UPDATE hub.inbox i SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
-		FROM m
-		WHERE i.source = src AND i.message_id = m.mid AND m.mid NOT IN (SELECT ins.message_id FROM ins)
+		WHERE i.source = src
+			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k WHERE k.mid NOT IN (SELECT ins.message_id FROM ins)))
 		RETURNING 1
 	)
-	SELECT (SELECT count(*) FROM k), (SELECT count(*) FROM m), (SELECT count(*) FROM ins)
-	INTO records, distinct_n, new_records;
+	SELECT (SELECT count(*) FROM k), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)
+	INTO records, new_records, n_upd;
 	duplicates := records - new_records;
-	IF records > distinct_n THEN
-		-- a record repeated within the page: its copies count as duplicates
+	IF duplicates > n_upd THEN
+		-- a key repeated within the page: each copy after the first counts
+		-- (the statement above counted a message there before once, and
+		-- cannot see the one it inserted)
 		WITH k AS (
-			SELECT jsonb_build_array(x.rid, coalesce(x.ver, 'md5:' || md5(x.rec::text)))::text AS key, x.rec
-			FROM (SELECT e.value AS rec,
-						 CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
-							  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
-						 CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
-							  WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
-						 END #>> '{}' AS ver
-				  FROM jsonb_array_elements(items) e) x
-			WHERE x.rid IS NOT NULL
+			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
+						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid
+			FROM (SELECT CASE WHEN x.rid IS NULL THEN jsonb_build_array(NULL, 'md5:' || md5(x.rec::text))
+							  ELSE jsonb_build_array(x.rid, coalesce(x.ver, 'md5:' || md5(x.rec::text))) END::text AS key
+				  FROM (SELECT e.value AS rec,
+							   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
+							   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
+									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
+							   END #>> '{}' AS ver
+						FROM jsonb_array_elements(items) e) x) y
 		), c AS (
-			SELECT CASE WHEN octet_length(k.key) <= 256 THEN k.key
-						ELSE 'sha256:' || encode(sha256(convert_to(k.key, 'UTF8')), 'hex') END AS mid, count(*) - 1 AS extra
-			FROM k GROUP BY 1 HAVING count(*) > 1
+			SELECT k.mid, count(*) - 1 AS extra FROM k GROUP BY k.mid HAVING count(*) > 1
 		)
 		UPDATE hub.inbox i SET duplicate_count = i.duplicate_count + c.extra, last_duplicate_at = now()
-		FROM c WHERE i.source = src AND i.message_id = c.mid;
+		FROM c WHERE i.source = src AND i.message_id = c.mid
+			AND i.message_id = ANY (ARRAY(SELECT c.mid FROM c));
 	END IF;
 END
 $$;
