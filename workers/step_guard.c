@@ -35,7 +35,7 @@
 #include "utils/builtins.h"
 #include "utils/resowner.h"
 
-#include "dispatch.h"
+#include "http.h"
 
 /*
  * hub_guard_run --- fn(arg) in a subtransaction of the current transaction

@@ -925,8 +925,9 @@ COMMENT ON FUNCTION hub._audit(text, text, text, jsonb) IS 'API: Private. Append
  * _audit_change --- trigger on hub.endpoints and hub.subscriptions: every
  * change of an endpoint's state or settings (enabled, paused, URL, limits,
  * auth kind, headers, ...; not the circuit breaker's columns, which the
- * delivery functions change at high rate: the trigger's WHEN leaves those
- * updates alone) and every change or deletion of a subscription goes to
+ * delivery functions change at high rate, nor throttled_until, which the
+ * dispatchers set when the endpoint asks for a pause: the trigger's WHEN
+ * leaves those updates alone) and every change or deletion of a subscription goes to
  * hub.operator_audit, whichever way it is made: an operator function or a
  * plain UPDATE or DELETE.  The row's details hold the changed columns
  * ({"column": {"old": ..., "new": ...}}) or, for a deletion, the row.  An
@@ -944,7 +945,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	circuit constant text[] := ARRAY['circuit_state', 'circuit_opened_at', 'consecutive_failures',
-									 'circuit_failed_keys', 'circuit_probe_until'];
+									 'circuit_failed_keys', 'circuit_probe_until', 'throttled_until'];
 	what text := CASE TG_TABLE_NAME WHEN 'endpoints' THEN 'endpoint' ELSE 'subscription' END;
 	action text := nullif(current_setting('hub.audit_action', true), '');
 	target text;
@@ -969,12 +970,12 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._audit_change() IS
-'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
+'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker nor its throttle) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
 REVOKE EXECUTE ON FUNCTION hub._audit_change() FROM PUBLIC;
 CREATE TRIGGER endpoint_audit AFTER UPDATE ON hub.endpoints FOR EACH ROW
-	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
+	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until,throttled_until}'::text[])
 		  IS DISTINCT FROM
-		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
+		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until,throttled_until}'::text[])
 		  OR COALESCE(pg_catalog.current_setting('hub.audit_action', true), '') <> '')
 	EXECUTE FUNCTION hub._audit_change();
 CREATE TRIGGER endpoint_audit_delete AFTER DELETE ON hub.endpoints FOR EACH ROW

@@ -57,7 +57,8 @@ GRANT EXECUTE ON FUNCTION
 	hub._pause_unsealed(integer, text),
 	hub._route_events_each(),
 	hub._ready_endpoints(integer, integer),
-	hub._pause_by_worker(integer, text, text)
+	hub._pause_by_worker(integer, text, text),
+	hub._throttle_endpoint(integer, timestamptz)
 	TO hub_worker;
 
 -- the pollers' interface (65_pollers.sql): SECURITY DEFINER, so no table

@@ -140,6 +140,7 @@ $q$, $q$ VALUES
 	('hub._serves(integer,integer,integer,integer)', 'hub_worker'),
 	('hub._serves_share(integer,integer,integer,integer)', 'hub_worker'),
 	('hub._split_group(bigint,bigint,uuid[],uuid[])', 'hub_worker'),
+	('hub._throttle_endpoint(integer,timestamp with time zone)', 'hub_worker'),
 	('hub._transform(regproc,jsonb)', 'hub_worker'),
 	('hub.apply_canonical_status(text,text,text,text,timestamp with time zone,text,text,text,text,boolean)', 'hub_writer'),
 	('hub.apply_status(text,text,text,text,timestamp with time zone,text,boolean,text)', 'hub_writer'),
