@@ -163,8 +163,9 @@ CREATE TRIGGER endpoint_audit AFTER UPDATE ON hub.endpoints FOR EACH ROW
  *     position stays and the same page is retried after capped exponential
  *     backoff with jitter, at least Retry-After.
  * Every record is stored as received (payload), keyed by
- * message_id = the JSON array [id, version] as text (the ids kept exactly
- * as text: jsonb numerics are exact), or its sha256 when longer than 256
+ * message_id = id@version (the id as text, exactly: jsonb numerics are
+ * exact; a \ or @ in it escaped by a \; without a version, or without an
+ * id, md5: and the record's hash), or its sha256 when longer than 256
  * bytes; its source is 'poll:' || the poller's name, its aggregate_id the
  * record id (so hub.trace(aggregate => id) finds it), and
  * poll_request_id the request that brought it.
@@ -756,9 +757,15 @@ COMMENT ON FUNCTION hub._poll_finish(hub.pollers, boolean, text) IS 'API: Privat
 
 /*
  * _poll_store --- the records of one page into hub.inbox, set-based: one
- * message per (id, version); a message already there is a duplicate
- * (duplicate_count), and so is a record repeated within the page.  Returns
- * records, new and duplicates.
+ * message per (id, version), message_id = the id (with \ and @ escaped by
+ * a \), an @, and the version, or its sha256 when longer than 256 bytes.
+ * One INSERT ... SELECT FROM jsonb_array_elements ... ON CONFLICT DO
+ * NOTHING stores the new ones (a key already there, or met before in the
+ * page, is skipped); only when some were skipped does a second statement
+ * count the duplicates on their messages: a message there before gets one
+ * per copy in the page, one inserted now one per copy after the first
+ * (told apart by poll_request_id, which is this request's only for those).
+ * Returns records, new and duplicates.
  */
 CREATE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
 								OUT records integer, OUT new_records integer, OUT duplicates integer)
@@ -769,50 +776,31 @@ DECLARE
 	src text := 'poll:' || p.name;
 	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
 	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
-	n_upd integer;
 BEGIN
-	-- one statement: the keys, the INSERT (a key already there, or met
-	-- before in the page, is skipped) and the count of the duplicates that
-	-- were there before (by index: = ANY of an array; a join would read
-	-- every message of the source)
-	WITH k AS MATERIALIZED (
-		SELECT y.rec, y.ord, y.rid,
-			   CASE WHEN octet_length(y.key) <= 256 THEN y.key
-					ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid
-		FROM (SELECT x.rec, x.ord, x.rid,
-					 CASE WHEN x.rid IS NULL THEN jsonb_build_array(NULL, 'md5:' || md5(x.rec::text))
-						  ELSE jsonb_build_array(x.rid, coalesce(x.ver, 'md5:' || md5(x.rec::text))) END::text AS key
-			  FROM (SELECT e.value AS rec, e.ordinality AS ord,
-						   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
-								ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
-						   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
-								WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
-						   END #>> '{}' AS ver
-					FROM jsonb_array_elements(items) WITH ORDINALITY e) x) y
-	), ins AS (
-		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
-		SELECT src, k.mid, p.message_type, k.rec, CASE WHEN octet_length(k.rid) <= 256 THEN k.rid END, request_id
-		FROM k ORDER BY k.ord
-		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING
-		RETURNING i.message_id
-	), upd AS (
-		UPDATE hub.inbox i SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
-		WHERE i.source = src
-			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k WHERE k.mid NOT IN (SELECT ins.message_id FROM ins)))
-		RETURNING 1
-	)
-	SELECT (SELECT count(*) FROM k), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)
-	INTO records, new_records, n_upd;
+	records := jsonb_array_length(items);
+	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
+	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
+					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
+		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id
+	FROM (SELECT x.rec, x.rid,
+				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+		  FROM (SELECT e.value AS rec,
+					   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
+					   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
+							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
+					   END #>> '{}' AS ver
+				FROM jsonb_array_elements(items) e) x) y
+	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+	GET DIAGNOSTICS new_records = ROW_COUNT;
 	duplicates := records - new_records;
-	IF duplicates > n_upd THEN
-		-- a key repeated within the page: each copy after the first counts
-		-- (the statement above counted a message there before once, and
-		-- cannot see the one it inserted)
+	IF duplicates > 0 THEN
 		WITH k AS (
 			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
-						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid
-			FROM (SELECT CASE WHEN x.rid IS NULL THEN jsonb_build_array(NULL, 'md5:' || md5(x.rec::text))
-							  ELSE jsonb_build_array(x.rid, coalesce(x.ver, 'md5:' || md5(x.rec::text))) END::text AS key
+						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid, count(*) AS n
+			FROM (SELECT replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+						 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
 				  FROM (SELECT e.value AS rec,
 							   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
 									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
@@ -820,12 +808,17 @@ BEGIN
 									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
 							   END #>> '{}' AS ver
 						FROM jsonb_array_elements(items) e) x) y
-		), c AS (
-			SELECT k.mid, count(*) - 1 AS extra FROM k GROUP BY k.mid HAVING count(*) > 1
+			GROUP BY 1
 		)
-		UPDATE hub.inbox i SET duplicate_count = i.duplicate_count + c.extra, last_duplicate_at = now()
-		FROM c WHERE i.source = src AND i.message_id = c.mid
-			AND i.message_id = ANY (ARRAY(SELECT c.mid FROM c));
+		-- (by index: = ANY of an array; a join alone would read every
+		-- message of the source)
+		UPDATE hub.inbox i
+		SET duplicate_count = i.duplicate_count + CASE WHEN i.poll_request_id = request_id THEN k.n - 1 ELSE k.n END,
+			last_duplicate_at = now()
+		FROM k
+		WHERE i.source = src AND i.message_id = k.mid
+			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k))
+			AND (i.poll_request_id IS DISTINCT FROM request_id OR k.n > 1);
 	END IF;
 END
 $$;
@@ -929,7 +922,8 @@ BEGIN
 				fail := pg_catalog.format('HTTP %s that is not JSON: %s', status, SQLERRM);
 			END;
 			IF fail IS NULL THEN
-				items := jsonb_path_query_first(doc, p.items_path, '{}', true);
+				items := CASE WHEN p.items_path::text = '$' THEN doc
+							  ELSE jsonb_path_query_first(doc, p.items_path, '{}', true) END;
 				IF items IS NULL THEN
 					fail := pg_catalog.format('no items at %s', p.items_path);
 				ELSIF jsonb_typeof(items) <> 'array' THEN
@@ -1074,6 +1068,8 @@ BEGIN
 		 bytes, latency_ms, error)
 	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
 			coalesce(run_end, 'more'), n_rec, n_new, n_dup, bytes, latency_ms, fail);
+	-- one UPDATE of the poller a page: the counts, the first page's
+	-- validators, and the position when the run goes on (now or later)
 	UPDATE hub.pollers x
 	SET run_pages = page_no, segment_pages = x.segment_pages + 1,
 		run_new = x.run_new + n_new, run_duplicates = x.run_duplicates + n_dup,
@@ -1082,39 +1078,39 @@ BEGIN
 		run_etag = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'etag'))[1] ELSE x.run_etag END,
 		run_last_modified = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'last-modified'))[1]
 								 ELSE x.run_last_modified END,
+		-- (the first page's URL from here on: hub._poll_finish keeps it with
+		-- the validators, or forgets it without them)
 		etag_url = CASE WHEN page_no = 1 THEN page_url ELSE x.etag_url END,
-		failures = 0, last_status = status, lease_until = now() + hub._poll_lease()
+		failures = 0, last_status = status, lease_until = now() + hub._poll_lease(),
+		next_url = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN nxt ELSE x.next_url END,
+		run_offset = p.run_offset,
+		run_seen = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN (x.run_seen || hashtextextended(nxt, 0))[greatest(cardinality(x.run_seen) - 254, 1):]
+						ELSE x.run_seen END
 	WHERE x.poller_id = p.poller_id
 	RETURNING * INTO st;
-	-- (etag_url is the first page's URL from here on: hub._poll_finish
-	-- keeps it with the validators, or forgets it without them)
 
 	IF run_end IN ('end', 'cycle', 'refused', 'bad_next') THEN
 		url := NULL;
 		headers := NULL;
 		next_at := hub._poll_finish(st, run_end = 'end', fail);
+	ELSIF run_end IS NULL THEN
+		url := nxt;
+		headers := ARRAY['Accept: application/json'];
+		next_at := NULL;
 	ELSE
+		-- max_pages or throttled: the run resumes at nxt when due
+		due := CASE WHEN run_end = 'throttled' THEN now() + wait
+					ELSE greatest(coalesce(p.run_started_at, now()) + p.every, now()) END;
 		UPDATE hub.pollers x
-		SET next_url = nxt, run_offset = p.run_offset,
-			run_seen = (x.run_seen || hashtextextended(nxt, 0))[greatest(cardinality(x.run_seen) - 254, 1):]
+		SET lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due,
+			last_error = CASE WHEN run_end = 'throttled'
+							  THEN 'throttled by the API (X-RateLimit-Remaining: 0) until ' || due END
 		WHERE x.poller_id = p.poller_id;
-		IF run_end IS NULL THEN
-			url := nxt;
-			headers := ARRAY['Accept: application/json'];
-			next_at := NULL;
-		ELSE
-			-- max_pages or throttled: the run resumes at nxt when due
-			due := CASE WHEN run_end = 'throttled' THEN now() + wait
-						ELSE greatest(coalesce(p.run_started_at, now()) + p.every, now()) END;
-			UPDATE hub.pollers x
-			SET lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due,
-				last_error = CASE WHEN run_end = 'throttled'
-								  THEN 'throttled by the API (X-RateLimit-Remaining: 0) until ' || due END
-			WHERE x.poller_id = p.poller_id;
-			url := NULL;
-			headers := NULL;
-			next_at := due;
-		END IF;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
 	END IF;
 	RETURN NEXT;
 END

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(160);
+SELECT plan(161);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -133,8 +133,8 @@ SELECT is((SELECT url FROM pg_temp.page('erp2:wms.item',
 		'{"data": {"items": [{"key": {"sku": 9007199254740993}, "rev": 1}, {"key": {"sku": "A-1"}, "rev": 1}, {"key": {"sku": "A-1"}, "rev": 1}]}}')),
 	NULL, 'a none-paginated run ends after its page');
 SELECT is(pg_temp.ids('erp2:wms.item'), '9007199254740993,A-1', 'an id above 2^53 is kept exactly, as text');
-SELECT is((SELECT message_id FROM hub.inbox WHERE aggregate_id = '9007199254740993'), '["9007199254740993", "1"]',
-	'message_id is [id, version]');
+SELECT is((SELECT message_id FROM hub.inbox WHERE aggregate_id = '9007199254740993'), '9007199254740993@1',
+	'message_id is id@version');
 SELECT is((SELECT payload::text FROM hub.inbox WHERE aggregate_id = '9007199254740993'), '{"key": {"sku": 9007199254740993}, "rev": 1}',
 	'the payload is the record as received');
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp2:wms.item')), '(3,2,1)',
@@ -145,7 +145,7 @@ SELECT pg_temp.page('erp2:wms.item', '{"data": {"items": [{"key": {"sku": 900719
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp2:wms.item')), '(2,1,1)',
 	'the same version again is a duplicate, a new version a new message');
 SELECT is((SELECT string_agg(message_id, ' ' ORDER BY inbox_id) FROM hub.inbox WHERE aggregate_id = 'A-1'),
-	'["A-1", "1"] ["A-1", "2"]', 'both versions of A-1 are messages');
+	'A-1@1 A-1@2', 'both versions of A-1 are messages');
 SELECT is((SELECT row(total_new, total_duplicates, last_run_new, last_run_duplicates)::text FROM hub.pollers WHERE name = 'erp2:wms.item'),
 	'(3,2,1,1)', 'the poller counts new and duplicate records, per run and in total');
 
@@ -155,10 +155,15 @@ SELECT pg_temp.claim('erp3:erp.x');
 SELECT pg_temp.page('erp3:erp.x', '[{"id": 1, "a": 1}, {"id": 1, "a": 2}, {"a": 3}, {"id": "' || repeat('z', 300) || '"}, 7]');
 SELECT is((SELECT count(*)::int FROM hub.inbox WHERE source = 'poll:erp3:erp.x'), 5,
 	'without a version field a changed record is a new version (hash); records without an id are kept under their hash');
-SELECT ok((SELECT bool_and(message_id ~ '^\["1", "md5:[0-9a-f]{32}"\]$') FROM hub.inbox WHERE source = 'poll:erp3:erp.x' AND aggregate_id = '1'),
+SELECT ok((SELECT bool_and(message_id ~ '^1@md5:[0-9a-f]{32}$') FROM hub.inbox WHERE source = 'poll:erp3:erp.x' AND aggregate_id = '1'),
 	'the version is md5: and the record''s hash');
 SELECT ok((SELECT message_id ~ '^sha256:[0-9a-f]{64}$' AND aggregate_id IS NULL FROM hub.inbox WHERE source = 'poll:erp3:erp.x' AND payload ? 'id' AND length(payload ->> 'id') = 300),
-	'an [id, version] longer than 256 bytes becomes its sha256');
+	'an id@version longer than 256 bytes becomes its sha256');
+SELECT hub.create_poller('erp3', '/y', 'erp.y', version_field => 'v');
+SELECT pg_temp.claim('erp3:erp.y');
+SELECT pg_temp.page('erp3:erp.y', '[{"id": "a@b", "v": "c"}, {"id": "a", "v": "b@c"}, {"id": "a\\@b", "v": "c"}]');
+SELECT is((SELECT string_agg(message_id, ' ' ORDER BY inbox_id) FROM hub.inbox WHERE source = 'poll:erp3:erp.y'),
+	'a\@b@c a@b@c a\\\@b@c', 'an @ or \ in an id is escaped: ids and versions never run together');
 SELECT pg_temp.claim('erp3:erp.x');
 SELECT pg_temp.page('erp3:erp.x', '[{"id": 1, "a": 1}, {"a": 3}]');
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp3:erp.x')), '(2,0,2)',

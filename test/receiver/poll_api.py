@@ -59,6 +59,8 @@ Control (POST /_control with a JSON object; never logged):
         mutate        a good page, then the records "ids" get a new
                       "updated_at" (records updated between pages)
         slow          a good page after "ms" milliseconds
+        pass          a good page (to let requests through before the next
+                      misbehaviour)
   {"op": "clear"}   drop queued misbehaviours
 GET /_requests: the request log as a JSON array.
 
