@@ -940,7 +940,8 @@ BEGIN
 				   * (0.5 + random() / 2);
 		wait := hub._poll_wait(response_headers);
 		-- the excerpt: the body's start as UTF-8 (a character cut at the
-		-- end dropped), else as escaped bytes; credentials redacted
+		-- end dropped), else as escaped bytes; the endpoint's secrets and
+		-- whatever looks like a credential redacted
 		IF body IS NOT NULL THEN
 			BEGIN
 				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
@@ -951,7 +952,7 @@ BEGIN
 					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
 				END;
 			END;
-			excerpt := left(hub._poll_redact(excerpt), 1024);
+			excerpt := left(hub._poll_redact(hub._poll_redact_secrets(p.endpoint_id, excerpt)), 1024);
 		END IF;
 		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
 		INSERT INTO hub.poll_requests
@@ -1157,6 +1158,11 @@ END
 $$;
 COMMENT ON FUNCTION hub._poll_release(text) IS
 'API: Private. Give back every poller lease held by worker (at its start and retirement); their runs resume at the committed position. Returns how many.';
+
+CREATE FUNCTION hub._poll_redact_secrets(endpoint_id integer, t text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_poll_redact_secrets' LANGUAGE C STABLE;
+COMMENT ON FUNCTION hub._poll_redact_secrets(integer, text) IS
+'API: Private. The text (a failed page''s excerpt) with every occurrence of the endpoint''s own secrets replaced by [redacted] (extension/poll_redact.c).';
 
 CREATE FUNCTION hub._wake_at_commit() RETURNS void
 	AS 'MODULE_PATHNAME', 'hub_wake_at_commit' LANGUAGE C VOLATILE;
@@ -1454,6 +1460,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._poll_store(hub.pollers, jsonb, bigint), hub._poll_page_max(hub.pollers, jsonb),
 	hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint),
 	hub._poll_next_due(integer, integer), hub._poll_release(text), hub._wake_at_commit(),
+	hub._poll_redact_secrets(integer, text),
 	hub._poll_path(text, text), hub._poll_check_param(text, text), hub._poller(text),
 	hub.create_poller(text, text, text, text, interval, interval, interval, integer, text, text, text,
 		text, text, text, text, text, integer, text, text, integer, text, interval, text, text, jsonb, boolean),

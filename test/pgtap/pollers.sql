@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(161);
+SELECT plan(162);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -304,6 +304,12 @@ SELECT ok((SELECT excerpt ~ 'boom' AND excerpt !~ 'sk_live_123' AND excerpt ~ '\
 	'the excerpt of a failed page is kept with its secrets redacted');
 SELECT ok((SELECT excerpt = '<html>Maintenance</html>' FROM hub.poll_requests
 		   WHERE poller_id = (pg_temp.p('erp9:erp.f')).poller_id AND error ~ 'text/html'), 'the lying 200''s excerpt shows what came');
+SELECT hub.create_endpoint('sec', 'http://127.0.0.1:9100/api', auth_kind => 'basic', auth_secret => 'alice:Zq81/LmN0pQ');
+SELECT hub.create_poller('sec', '/s', 'erp.s');
+SELECT pg_temp.claim('sec:erp.s');
+SELECT pg_temp.page('sec:erp.s', '{"seen": "alice:Zq81/LmN0pQ", "pw": "Zq81\/LmN0pQ", "b64": "' || encode(convert_to('alice:Zq81/LmN0pQ', 'UTF8'), 'base64') || '"}', NULL, 502);
+SELECT is((SELECT excerpt FROM pg_temp.last_req('sec:erp.s')), '{"seen": "[redacted]", "pw": "[redacted]", "b64": "[redacted]"}',
+	'the endpoint''s own secret echoed by a failed page is redacted from the excerpt (as sent, JSON-escaped, base64, the password alone)');
 SELECT is((SELECT state FROM hub.poll_status WHERE poller = 'erp9:erp.f'), 'retrying', 'poll_status shows the poller retrying');
 SELECT is((SELECT url FROM pg_temp.page('erp9:erp.f', '[{"id": 2}]') UNION ALL SELECT 'no rows' LIMIT 1), 'no rows',
 	'after a failed page the lease is gone: a late page is refused');
