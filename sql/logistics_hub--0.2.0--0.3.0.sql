@@ -646,8 +646,8 @@ COMMENT ON FUNCTION hub._poll_check_shard(integer, integer) IS 'API: Private. Ra
 /*
  * _poll_claim --- claim up to max due pollers of the endpoints this shard
  * serves (a spread endpoint: any shard; else endpoint_id % nshards =
- * shard): not paused, endpoint enabled and not paused, next_run_at passed,
- * no live lease.  Each gets a new lease (logistics_hub.lease seconds) and
+ * shard): not paused, endpoint enabled, not paused and not throttled
+ * (throttled_until passed), next_run_at passed, no live lease.  Each gets a new lease (logistics_hub.lease seconds) and
  * its request: the first page of a new run (with If-None-Match /
  * If-Modified-Since from the last complete run when the URL is the same),
  * or the committed position of a run in progress (resumed after a crash,
@@ -678,6 +678,7 @@ BEGIN
 		FROM hub.pollers x
 		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
 		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
 			AND (x.lease IS NULL OR x.lease_until < now())
 			AND (e.spread OR e.endpoint_id % nshards = shard)
 		ORDER BY x.next_run_at, x.poller_id
@@ -1122,7 +1123,9 @@ COMMENT ON FUNCTION hub._poll_page(integer, bigint, text, integer, text[], bytea
 /*
  * _poll_next_due --- when the earliest runnable poller of this shard is
  * due: next_run_at, or the end of a live lease (a crashed dispatcher's
- * run is taken over then).  Read-only, for the idle dispatcher's sleep.
+ * run is taken over then), and not before its endpoint's throttling ends
+ * (hub.endpoints.throttled_until).  Read-only, for the idle dispatcher's
+ * sleep.
  */
 CREATE FUNCTION hub._poll_next_due(shard integer, nshards integer) RETURNS timestamptz
 LANGUAGE plpgsql STABLE
@@ -1131,8 +1134,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM hub._poll_check_shard(shard, nshards);
-	RETURN (SELECT min(CASE WHEN x.lease IS NOT NULL AND x.lease_until >= now()
-							THEN greatest(x.next_run_at, x.lease_until) ELSE x.next_run_at END)
+	RETURN (SELECT min(greatest(CASE WHEN x.lease IS NOT NULL AND x.lease_until >= now()
+									 THEN greatest(x.next_run_at, x.lease_until) ELSE x.next_run_at END,
+								e.throttled_until))
 			FROM hub.pollers x
 			JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
 			WHERE NOT x.paused AND e.enabled AND NOT e.paused
@@ -1140,7 +1144,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._poll_next_due(integer, integer) IS
-'API: Private. The earliest time a runnable poller of this shard is due (its next_run_at, or the end of its live lease); NULL when there is none. Read-only.';
+'API: Private. The earliest time a runnable poller of this shard is due (its next_run_at, or the end of its live lease, not before its endpoint''s throttled_until); NULL when there is none. Read-only.';
 
 CREATE FUNCTION hub._poll_release(worker text) RETURNS integer
 LANGUAGE plpgsql

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(162);
+SELECT plan(164);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -461,6 +461,12 @@ SELECT is((SELECT hub._poll_next_due(hub._endpoint_id('erp17'), 100000)), NULL, 
 SELECT is((SELECT state FROM hub.poll_status WHERE poller = 'erp17:erp.o'), 'paused', 'poll_status shows it paused');
 SELECT hub.resume_poller('erp17:erp.o');
 SELECT isnt_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o', false)$$, 'resumed, it is due at once');
+UPDATE hub.pollers SET lease = NULL WHERE name = 'erp17:erp.o';
+SELECT hub._throttle_endpoint(hub._endpoint_id('erp17'), now() + interval '42 seconds');
+SELECT is_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o')$$, 'a poller of a throttled endpoint is not claimed');
+SELECT is((SELECT hub._poll_next_due(hub._endpoint_id('erp17'), 100000)), now() + interval '42 seconds',
+	'it is due when the throttling ends');
+UPDATE hub.endpoints SET throttled_until = NULL WHERE name = 'erp17';
 SELECT hub.pause_endpoint('erp17');
 SELECT hub._poll_release('tap');
 SELECT is_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o')$$, 'a poller of a paused endpoint is not claimed');
