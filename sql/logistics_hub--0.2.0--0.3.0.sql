@@ -276,6 +276,7 @@ CREATE TABLE hub.poll_requests (
 	records			integer NOT NULL DEFAULT 0,
 	new_records		integer NOT NULL DEFAULT 0,
 	duplicates		integer NOT NULL DEFAULT 0,
+	rejected		integer NOT NULL DEFAULT 0,
 	bytes			bigint,
 	latency_ms		integer,
 	error			text,
@@ -286,6 +287,7 @@ CREATE INDEX poll_requests_at_idx ON hub.poll_requests (at);
 COMMENT ON TABLE hub.poll_requests IS
 'Append-only audit of every poll request: URL (credentials redacted), HTTP status, records, new and duplicate, bytes, latency, error and, for a failed page, an excerpt with secrets redacted; outcome more (the run goes on), end, not_modified (304), failed (retried), cycle, refused (next link to another origin), bad_next, max_pages, throttled, stale (the lease was taken over). Removed by hub.run_retention() after logistics_hub.retention_period.';
 COMMENT ON COLUMN hub.poll_requests.page IS 'The page''s number in its run (1: the first).';
+COMMENT ON COLUMN hub.poll_requests.rejected IS 'Records not stored: larger than logistics_hub.max_payload_size (as hub.receive refuses them); error names their ids.';
 CREATE TRIGGER poll_requests_append_only BEFORE UPDATE OR DELETE ON hub.poll_requests
 	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER poll_requests_no_truncate BEFORE TRUNCATE ON hub.poll_requests
@@ -769,7 +771,8 @@ COMMENT ON FUNCTION hub._poll_finish(hub.pollers, boolean, text) IS 'API: Privat
  * Returns records, new and duplicates.
  */
 CREATE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
-								OUT records integer, OUT new_records integer, OUT duplicates integer)
+								OUT records integer, OUT new_records integer, OUT duplicates integer,
+								OUT rejected integer, OUT rejected_ids text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -777,8 +780,22 @@ DECLARE
 	src text := 'poll:' || p.name;
 	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
 	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
+	max_size bigint := pg_size_bytes(nullif(current_setting('logistics_hub.max_payload_size', true), ''));
+	-- (no record of a page smaller than the limit can be larger than it)
+	check_size boolean := max_size IS NOT NULL AND hub._payload_size(items) > max_size;
 BEGIN
 	records := jsonb_array_length(items);
+	rejected := 0;
+	IF check_size THEN
+		-- records larger than logistics_hub.max_payload_size are refused as
+		-- hub.receive refuses them: not stored, counted, their ids named
+		SELECT count(*), string_agg(left(coalesce(CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+														  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}',
+													 '(no id)'), 64), ', ')
+		INTO rejected, rejected_ids
+		FROM jsonb_array_elements(items) e
+		WHERE hub._payload_size(e.value) > max_size;
+	END IF;
 	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
 	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
 					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
@@ -792,10 +809,11 @@ BEGIN
 					   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
 							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
 					   END #>> '{}' AS ver
-				FROM jsonb_array_elements(items) e) x) y
+				FROM jsonb_array_elements(items) e
+				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 	GET DIAGNOSTICS new_records = ROW_COUNT;
-	duplicates := records - new_records;
+	duplicates := records - new_records - rejected;
 	IF duplicates > 0 THEN
 		WITH k AS (
 			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
@@ -808,7 +826,8 @@ BEGIN
 							   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
 									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
 							   END #>> '{}' AS ver
-						FROM jsonb_array_elements(items) e) x) y
+						FROM jsonb_array_elements(items) e
+						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 			GROUP BY 1
 		)
 		-- (by index: = ANY of an array; a join alone would read every
@@ -823,7 +842,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), counting duplicates; returns records, new and duplicates.';
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
 
 -- the largest version time among a page's records (NULL: none)
 CREATE FUNCTION hub._poll_page_max(p hub.pollers, items jsonb) RETURNS timestamptz
@@ -887,6 +906,8 @@ DECLARE
 	due timestamptz;
 	page_no integer;
 	excerpt text;
+	n_rej integer := 0;
+	rej_ids text;
 BEGIN
 	SELECT x.* INTO p FROM hub.pollers x
 	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
@@ -987,7 +1008,9 @@ BEGIN
 	END IF;
 
 	-- ---- the records
-	SELECT s.records, s.new_records, s.duplicates INTO n_rec, n_new, n_dup FROM hub._poll_store(p, items, req) s;
+	SELECT s.records, s.new_records, s.duplicates, s.rejected, s.rejected_ids
+	INTO n_rec, n_new, n_dup, n_rej, rej_ids
+	FROM hub._poll_store(p, items, req) s;
 	IF p.since_param IS NOT NULL AND n_rec > 0 THEN
 		page_max := hub._poll_page_max(p, items);
 	END IF;
@@ -1067,9 +1090,12 @@ BEGIN
 
 	INSERT INTO hub.poll_requests
 		(request_id, poller_id, worker, lease, page, url, http_status, outcome, records, new_records, duplicates,
-		 bytes, latency_ms, error)
+		 rejected, bytes, latency_ms, error)
 	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
-			coalesce(run_end, 'more'), n_rec, n_new, n_dup, bytes, latency_ms, fail);
+			coalesce(run_end, 'more'), n_rec, n_new, n_dup, n_rej, bytes, latency_ms,
+			nullif(concat_ws('; ', fail, CASE WHEN n_rej > 0 THEN
+				pg_catalog.format('%s records larger than logistics_hub.max_payload_size (%s) not stored: %s',
+								  n_rej, current_setting('logistics_hub.max_payload_size', true), left(rej_ids, 500)) END), ''));
 	-- one UPDATE of the poller a page: the counts, the first page's
 	-- validators, and the position when the run goes on (now or later)
 	UPDATE hub.pollers x

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(164);
+SELECT plan(166);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -168,6 +168,17 @@ SELECT pg_temp.claim('erp3:erp.x');
 SELECT pg_temp.page('erp3:erp.x', '[{"id": 1, "a": 1}, {"a": 3}]');
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp3:erp.x')), '(2,0,2)',
 	'the same records again, with or without id, are duplicates');
+
+-- a record larger than logistics_hub.max_payload_size: refused as hub.receive refuses it, the others stored
+SET LOCAL logistics_hub.max_payload_size = '1kB';
+SELECT hub.create_poller('erp3', '/z', 'erp.z');
+SELECT pg_temp.claim('erp3:erp.z');
+SELECT pg_temp.page('erp3:erp.z', '[{"id": 1}, {"id": "big-1", "blob": "' || repeat('x', 2000) || '"}, {"id": 3}]');
+SELECT is((SELECT row(records, new_records, duplicates, rejected)::text || ' ' || error FROM pg_temp.last_req('erp3:erp.z')),
+	'(3,2,0,1) 1 records larger than logistics_hub.max_payload_size (1kB) not stored: big-1',
+	'a record larger than logistics_hub.max_payload_size is not stored, counted and named; the others are');
+SELECT is(pg_temp.ids('erp3:erp.z'), '1,3', 'the page''s other records are stored');
+RESET logistics_hub.max_payload_size;
 
 -- ---------------------------------------------------------------- next_link (OData)
 
