@@ -1334,6 +1334,16 @@ BEGIN
 							   AND NOT EXISTS (SELECT 1 FROM jsonb_each(query) q
 											   WHERE jsonb_typeof(q.value) NOT IN ('string', 'number', 'boolean')),
 							   left(query::text, 100), 'a JSON object of parameter names and string, number or boolean values');
+	-- (path and query are readable by hub_reader: no credential in them)
+	IF EXISTS (SELECT 1 FROM regexp_matches(path, '[?&;]([^=&#]*)=', 'g') m
+			   WHERE m[1] ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session')
+		OR EXISTS (SELECT 1 FROM jsonb_object_keys(query) k
+				   WHERE k ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session') THEN
+		RAISE EXCEPTION 'a poller''s path and query must not carry credentials'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A query parameter named like a key, token, secret, password, signature or session would be readable by hub_reader.',
+				  HINT = 'Give the endpoint auth_kind and auth_secret (bearer, basic, api_key with api_key_header, oauth2).';
+	END IF;
 	IF EXISTS (SELECT 1 FROM hub.pollers x WHERE x.name = pname) THEN
 		RAISE EXCEPTION 'poller "%" already exists', pname
 			USING ERRCODE = 'duplicate_object', HINT = 'Pass another name, or drop it first with hub.drop_poller().';

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(166);
+SELECT plan(168);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -86,6 +86,10 @@ SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.order', paginatio
 SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.order', query => '{"a": {"b": 1}}')$$, '22023', NULL,
 	'a query parameter that is not a scalar is refused');
 SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', '')$$, '22023', NULL, 'an empty message type is refused');
+SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x?api_key=sk_live_1', 'erp.x')$$, '22023',
+	'a poller''s path and query must not carry credentials', 'a credential in the path is refused (hub_reader reads it)');
+SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.x', query => '{"access_token": "t"}')$$, '22023',
+	'a poller''s path and query must not carry credentials', 'and in the query');
 
 SELECT lives_ok($$SELECT hub.create_poller('erp1', '/orders', 'erp.order', pagination => 'link_header', limit_param => 'limit', page_size => 2)$$,
 	'a link_header poller is created');
