@@ -933,6 +933,10 @@ BEGIN
 		END IF;
 	ELSIF status NOT BETWEEN 200 AND 299 THEN
 		fail := 'HTTP ' || status;
+	ELSIF status = 204 THEN
+		-- No Content: the API says there is nothing (a last, empty page)
+		doc := '{}';
+		items := '[]';
 	ELSE
 		ctype := (hub._poll_header(response_headers, 'content-type'))[1];
 		IF ctype ~* '(html|xml)' THEN

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(168);
+SELECT plan(170);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -270,6 +270,10 @@ SELECT is((SELECT url FROM pg_temp.claim('erp8:erp.p')), 'http://127.0.0.1:9008/
 SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '[{"id": 1}, {"id": 2}]')), 'http://127.0.0.1:9008/api/p?status=open&pg=2&per_page=2',
 	'a full page goes on to the next page number');
 SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '[]')), NULL, 'an empty page without has_more is short: the run ends');
+SELECT pg_temp.claim('erp8:erp.p');
+SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '', NULL, 204)), NULL, 'a 204 No Content is an empty last page');
+SELECT ok((SELECT failures = 0 AND last_success_at = now() AND next_url IS NULL FROM hub.pollers WHERE name = 'erp8:erp.p'),
+	'and the run a success');
 
 -- ---------------------------------------------------------------- failed pages
 
