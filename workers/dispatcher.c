@@ -1,12 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * dispatcher.c
- *		The dispatcher background worker: claims deliveries, sends them over
- *		HTTP with libcurl's multi interface and records the outcomes.  This
- *		file holds its set-up and its loop; the steps live in files of their
- *		own (see the README's layout and workers/http.h, workers/push.h).
+ *		The dispatcher background worker: claims deliveries and due
+ *		pollers, sends their requests over HTTP with libcurl's multi
+ *		interface and records the outcomes.  This file holds its set-up and
+ *		its loop; the steps live in files of their own (see the README's
+ *		layout and workers/http.h, workers/push.h, workers/poll.h).
  *
- * One loop, three kinds of step, never a transaction open during HTTP:
+ * One loop, three kinds of step, never a transaction open during HTTP
+ * (the push side's are described here; the poll side has the same three:
+ * a read-only look at when a poller is due, then a claim that leases due
+ * pollers and queues their page requests (poll_fetch.c), and one
+ * transaction per fetched page (poll_record.c)):
  *
  *   claim   one short transaction: route what is not routed yet
  *           (hub._route_events), lease ready deliveries of the endpoints
@@ -45,6 +50,9 @@
  *           (hub.defer_delivery: circuit opened, endpoint paused, or a
  *           request that waited half its lease in a queue).
  *
+ * Push and poll requests share the endpoint queues, limits, auth, circuit
+ * and throttle (send_queue.c, endpoints.c).
+ *
  * The latch is set by publishing transactions at commit (shmem.c), by
  * SIGTERM (die) and SIGHUP; the naptime is only a safety net.  The
  * loop checks for interrupts after every wait, so neither a fast shutdown
@@ -57,13 +65,13 @@
  * their owners (extension/user_code.c).  A claim or record step that fails
  * because of one event, endpoint or outcome is done again piece by piece,
  * so that only that one stops: an event kept in hub.unroutable_events, an
- * endpoint paused with the reason (claim_isolated, record,
- * reload_endpoints; workers/step_guard.c).  An error of the server's
+ * endpoint paused with the reason (push_claim.c, push_record.c,
+ * endpoints.c, poll_record.c; step_guard.c).  An error of the server's
  * rather than the data's (the extension being dropped, a lock) ends the
  * process with exit code 1 and the launcher starts it again; leases it
  * held expire or, for its next incarnation, are given back at start.
  * Its WARNINGs and errors are one log line each, naming the worker and the
- * step (dispatcher_log_hook); their CONTEXT goes to DEBUG1.
+ * step (worker_txn.c); their CONTEXT goes to DEBUG1.
  *
  * workers/dispatcher.c
  *

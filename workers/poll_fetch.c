@@ -36,7 +36,7 @@
 #include "poll.h"
 
 #define POLL_RECHECK (5 * USECS_PER_SEC)	/* the safety net's period */
-#define POLL_CLAIM_MAX 32		/* pollers leased by one claim at most */
+#define POLL_ACTIVE_MAX 32		/* runs of this dispatcher going on at once at most */
 #define POLL_WAKE_MIN (20 * 1000)	/* a wake-up looks at most this often (us) */
 
 static bool poll_prepare(HubRequest *req, char **error);
@@ -46,6 +46,7 @@ static const HubRequestOps poll_ops = {poll_prepare, hub_poll_finished};
 static TimestampTz check_at = 0;	/* when to look for due pollers, 0: now */
 static TimestampTz last_check = 0;
 static List *waiting = NIL;		/* HubPollRequest given back, in hub_worker_cxt */
+static int	active = 0;			/* page requests made and not done: runs going on */
 
 /* poll_prepare --- the page's own headers, from the SQL */
 static bool
@@ -73,6 +74,7 @@ new_request(int poller_id, int endpoint_id, int64 lease, const char *url, char *
 	HubPollRequest *r = (HubPollRequest *) hub_request_new(ep, &poll_ops, sizeof(HubPollRequest));
 	MemoryContext old = MemoryContextSwitchTo(r->req.cxt);
 
+	active++;
 	r->poller_id = poller_id;
 	r->lease = lease;
 	r->lease_from = GetCurrentTimestamp();
@@ -109,6 +111,7 @@ hub_poll_enqueue(int poller_id, int endpoint_id, int64 lease, const char *url, c
 void
 hub_poll_done(HubPollRequest *req)
 {
+	active--;
 	hub_request_free(&req->req);
 }
 
@@ -291,10 +294,15 @@ hub_poll_fetch(TimestampTz now)
 		check_at = Min(check_at, due);
 		return;
 	}
-	room = Min(POLL_CLAIM_MAX, hub_max_in_flight - hub_send_queued());
+	/*
+	 * (not bounded by the push backlog in the queues: a poll request waits
+	 * in its endpoint's queue like any other, and pollers must not starve
+	 * behind a busy push side)
+	 */
+	room = POLL_ACTIVE_MAX - active;
 	if (room <= 0)
 	{
-		/* the queues are full: look again once some have gone */
+		/* as many runs as it may have: look again once one is over */
 		check_at = now + (int64) hub_naptime_ms() * 1000;
 		return;
 	}

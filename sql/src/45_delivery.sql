@@ -341,7 +341,7 @@ COMMENT ON FUNCTION hub._route_events() IS
  * its concurrency, max_concurrency / n plus one for the first
  * max_concurrency mod n of them (the shares add up to max_concurrency), and
  * to the same fraction of its rate limit; the dispatchers
- * (workers/dispatcher.c) compute the same shares, so neither cap is ever
+ * (workers/endpoints.c) get the same shares, so neither cap is ever
  * exceeded in sum.  (Per-key order holds across shards: the claim hands
  * out only heads, and a head leased by one shard blocks its successors for
  * all.)  Inlined into the claim.

@@ -20,7 +20,7 @@ COMMENT ON FUNCTION hub.egress_allowed(text) IS
  * without showing it), header values without CR or LF, and no fixed header
  * that HTTP's framing, the hub or the credentials own, whoever writes the
  * row (hub.create_endpoint or an UPDATE by hub_admin).  The list of
- * reserved names is the one workers/http.c refuses to send
+ * reserved names is the one workers/http_client.c refuses to send
  * (hub_header_name_reserved); the two must agree.
  */
 CREATE FUNCTION hub._endpoint_check() RETURNS trigger
@@ -376,7 +376,7 @@ GRANT EXECUTE ON FUNCTION hub.webhook_signature(text, text, bigint, text),
 
 /*
  * What a dispatcher does when its claim fails as a whole (extension
- * workers/dispatcher.c, claim_isolated): it claims again endpoint by
+ * workers/push_claim.c, claim_isolated): it claims again endpoint by
  * endpoint, so that what fails because of one event, subscription or
  * endpoint stops only that one.  An event that routing cannot take is kept
  * in hub.unroutable_events, with the error, and routing goes on past it;

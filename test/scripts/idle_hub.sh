@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # test/scripts/idle_hub.sh --- an idle hub costs nothing: with two
 # dispatchers running, endpoints and subscriptions configured, events
-# delivered before, and retention running every 5 s, 20 idle seconds take
-# no transaction id and write no WAL (a claim that finds nothing, routing
+# delivered before, a paused poller and one that ran and is not due for a
+# week, and retention running every 5 s, 20 idle seconds take no transaction
+# id and write no WAL (the dispatchers ask when a poller is due in a
+# read-only transaction) (a claim that finds nothing, routing
 # included, only reads; a retention run with nothing new records no mark).
 # Autovacuum is off in this cluster: its own work on the tables the setup
 # wrote is PostgreSQL's, not the hub's, and would blur the measure.
@@ -15,6 +17,13 @@ push_endpoint b "ok?ep=b"
 q "UPDATE hub.endpoints SET spread = true WHERE name = 'b'" >/dev/null
 for i in 1 2 3 4 5; do push_publish a "A-$i" >/dev/null; push_publish b "B-$i" >/dev/null; done
 must_wait "SELECT count(*) = 10 FROM hub.deliveries WHERE state = 'delivered'" 30 "the events were not delivered"
+# pollers: one paused, one that ran once (against the receiver, whose
+# 204 is no JSON: a failed page, retried after half a day or more)
+q "SELECT hub.create_poller('a', '/ok', 'erp.paused', name => 'paused', paused => true)" >/dev/null
+q "SELECT hub.create_poller('a', '/ok', 'erp.weekly', name => 'weekly', every => '7 days', retry_base => '1 day', retry_max => '7 days')" >/dev/null
+must_wait "SELECT count(*) = 1 FROM hub.poll_requests" 30 "the weekly poller did not run once"
+must_wait "SELECT lease IS NULL AND next_run_at > now() + interval '10 hours' FROM hub.pollers WHERE name = 'weekly'" 30 \
+	"the weekly poller is not due in hours: $(q "SELECT row_to_json(p) FROM hub.pollers p WHERE name = 'weekly'")"
 q "CHECKPOINT" >/dev/null
 # (let retention run on what the setup left, and the WAL of the setup and
 # the checkpoint settle: the background writer's snapshot record follows
@@ -29,5 +38,5 @@ runs=$(q "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'logistics_
 [ "$runs" = 2 ] || fail "the dispatchers were not running ($runs)"
 [ "$x1" = "$x2" ] || fail "20 idle seconds took $((x2 - x1)) transaction ids ($x1 -> $x2)"
 [ "$w1" = "$w2" ] || fail "20 idle seconds wrote $(q "SELECT pg_wal_lsn_diff('$w2', '$w1')") bytes of WAL ($w1 -> $w2)"
-ok "20 idle seconds with two dispatchers polling every 100 ms and retention every 5 s: no transaction id ($x1), no WAL ($w1)"
+ok "20 idle seconds with two dispatchers looking for work every 100 ms, a paused and a weekly poller, and retention every 5 s: no transaction id ($x1), no WAL ($w1)"
 push_finish
