@@ -276,6 +276,7 @@ CREATE TABLE hub.poll_requests (
 	records			integer NOT NULL DEFAULT 0,
 	new_records		integer NOT NULL DEFAULT 0,
 	duplicates		integer NOT NULL DEFAULT 0,
+	rejected		integer NOT NULL DEFAULT 0,
 	bytes			bigint,
 	latency_ms		integer,
 	error			text,
@@ -286,6 +287,7 @@ CREATE INDEX poll_requests_at_idx ON hub.poll_requests (at);
 COMMENT ON TABLE hub.poll_requests IS
 'Append-only audit of every poll request: URL (credentials redacted), HTTP status, records, new and duplicate, bytes, latency, error and, for a failed page, an excerpt with secrets redacted; outcome more (the run goes on), end, not_modified (304), failed (retried), cycle, refused (next link to another origin), bad_next, max_pages, throttled, stale (the lease was taken over). Removed by hub.run_retention() after logistics_hub.retention_period.';
 COMMENT ON COLUMN hub.poll_requests.page IS 'The page''s number in its run (1: the first).';
+COMMENT ON COLUMN hub.poll_requests.rejected IS 'Records not stored: larger than logistics_hub.max_payload_size (as hub.receive refuses them); error names their ids.';
 CREATE TRIGGER poll_requests_append_only BEFORE UPDATE OR DELETE ON hub.poll_requests
 	FOR EACH ROW EXECUTE FUNCTION hub._immutable();
 CREATE TRIGGER poll_requests_no_truncate BEFORE TRUNCATE ON hub.poll_requests
@@ -646,8 +648,8 @@ COMMENT ON FUNCTION hub._poll_check_shard(integer, integer) IS 'API: Private. Ra
 /*
  * _poll_claim --- claim up to max due pollers of the endpoints this shard
  * serves (a spread endpoint: any shard; else endpoint_id % nshards =
- * shard): not paused, endpoint enabled and not paused, next_run_at passed,
- * no live lease.  Each gets a new lease (logistics_hub.lease seconds) and
+ * shard): not paused, endpoint enabled, not paused and not throttled
+ * (throttled_until passed), next_run_at passed, no live lease.  Each gets a new lease (logistics_hub.lease seconds) and
  * its request: the first page of a new run (with If-None-Match /
  * If-Modified-Since from the last complete run when the URL is the same),
  * or the committed position of a run in progress (resumed after a crash,
@@ -678,6 +680,7 @@ BEGIN
 		FROM hub.pollers x
 		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
 		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
 			AND (x.lease IS NULL OR x.lease_until < now())
 			AND (e.spread OR e.endpoint_id % nshards = shard)
 		ORDER BY x.next_run_at, x.poller_id
@@ -768,7 +771,8 @@ COMMENT ON FUNCTION hub._poll_finish(hub.pollers, boolean, text) IS 'API: Privat
  * Returns records, new and duplicates.
  */
 CREATE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
-								OUT records integer, OUT new_records integer, OUT duplicates integer)
+								OUT records integer, OUT new_records integer, OUT duplicates integer,
+								OUT rejected integer, OUT rejected_ids text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -776,8 +780,22 @@ DECLARE
 	src text := 'poll:' || p.name;
 	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
 	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
+	max_size bigint := pg_size_bytes(nullif(current_setting('logistics_hub.max_payload_size', true), ''));
+	-- (no record of a page smaller than the limit can be larger than it)
+	check_size boolean := max_size IS NOT NULL AND hub._payload_size(items) > max_size;
 BEGIN
 	records := jsonb_array_length(items);
+	rejected := 0;
+	IF check_size THEN
+		-- records larger than logistics_hub.max_payload_size are refused as
+		-- hub.receive refuses them: not stored, counted, their ids named
+		SELECT count(*), string_agg(left(coalesce(CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+														  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}',
+													 '(no id)'), 64), ', ')
+		INTO rejected, rejected_ids
+		FROM jsonb_array_elements(items) e
+		WHERE hub._payload_size(e.value) > max_size;
+	END IF;
 	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
 	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
 					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
@@ -791,10 +809,11 @@ BEGIN
 					   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
 							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
 					   END #>> '{}' AS ver
-				FROM jsonb_array_elements(items) e) x) y
+				FROM jsonb_array_elements(items) e
+				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 	GET DIAGNOSTICS new_records = ROW_COUNT;
-	duplicates := records - new_records;
+	duplicates := records - new_records - rejected;
 	IF duplicates > 0 THEN
 		WITH k AS (
 			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
@@ -807,7 +826,8 @@ BEGIN
 							   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
 									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
 							   END #>> '{}' AS ver
-						FROM jsonb_array_elements(items) e) x) y
+						FROM jsonb_array_elements(items) e
+						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 			GROUP BY 1
 		)
 		-- (by index: = ANY of an array; a join alone would read every
@@ -822,7 +842,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), counting duplicates; returns records, new and duplicates.';
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
 
 -- the largest version time among a page's records (NULL: none)
 CREATE FUNCTION hub._poll_page_max(p hub.pollers, items jsonb) RETURNS timestamptz
@@ -886,6 +906,8 @@ DECLARE
 	due timestamptz;
 	page_no integer;
 	excerpt text;
+	n_rej integer := 0;
+	rej_ids text;
 BEGIN
 	SELECT x.* INTO p FROM hub.pollers x
 	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
@@ -911,6 +933,10 @@ BEGIN
 		END IF;
 	ELSIF status NOT BETWEEN 200 AND 299 THEN
 		fail := 'HTTP ' || status;
+	ELSIF status = 204 THEN
+		-- No Content: the API says there is nothing (a last, empty page)
+		doc := '{}';
+		items := '[]';
 	ELSE
 		ctype := (hub._poll_header(response_headers, 'content-type'))[1];
 		IF ctype ~* '(html|xml)' THEN
@@ -940,7 +966,8 @@ BEGIN
 				   * (0.5 + random() / 2);
 		wait := hub._poll_wait(response_headers);
 		-- the excerpt: the body's start as UTF-8 (a character cut at the
-		-- end dropped), else as escaped bytes; credentials redacted
+		-- end dropped), else as escaped bytes; the endpoint's secrets and
+		-- whatever looks like a credential redacted
 		IF body IS NOT NULL THEN
 			BEGIN
 				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
@@ -951,7 +978,7 @@ BEGIN
 					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
 				END;
 			END;
-			excerpt := left(hub._poll_redact(excerpt), 1024);
+			excerpt := left(hub._poll_redact(hub._poll_redact_secrets(p.endpoint_id, excerpt)), 1024);
 		END IF;
 		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
 		INSERT INTO hub.poll_requests
@@ -985,7 +1012,9 @@ BEGIN
 	END IF;
 
 	-- ---- the records
-	SELECT s.records, s.new_records, s.duplicates INTO n_rec, n_new, n_dup FROM hub._poll_store(p, items, req) s;
+	SELECT s.records, s.new_records, s.duplicates, s.rejected, s.rejected_ids
+	INTO n_rec, n_new, n_dup, n_rej, rej_ids
+	FROM hub._poll_store(p, items, req) s;
 	IF p.since_param IS NOT NULL AND n_rec > 0 THEN
 		page_max := hub._poll_page_max(p, items);
 	END IF;
@@ -1065,9 +1094,12 @@ BEGIN
 
 	INSERT INTO hub.poll_requests
 		(request_id, poller_id, worker, lease, page, url, http_status, outcome, records, new_records, duplicates,
-		 bytes, latency_ms, error)
+		 rejected, bytes, latency_ms, error)
 	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
-			coalesce(run_end, 'more'), n_rec, n_new, n_dup, bytes, latency_ms, fail);
+			coalesce(run_end, 'more'), n_rec, n_new, n_dup, n_rej, bytes, latency_ms,
+			nullif(concat_ws('; ', fail, CASE WHEN n_rej > 0 THEN
+				pg_catalog.format('%s records larger than logistics_hub.max_payload_size (%s) not stored: %s',
+								  n_rej, current_setting('logistics_hub.max_payload_size', true), left(rej_ids, 500)) END), ''));
 	-- one UPDATE of the poller a page: the counts, the first page's
 	-- validators, and the position when the run goes on (now or later)
 	UPDATE hub.pollers x
@@ -1121,7 +1153,9 @@ COMMENT ON FUNCTION hub._poll_page(integer, bigint, text, integer, text[], bytea
 /*
  * _poll_next_due --- when the earliest runnable poller of this shard is
  * due: next_run_at, or the end of a live lease (a crashed dispatcher's
- * run is taken over then).  Read-only, for the idle dispatcher's sleep.
+ * run is taken over then), and not before its endpoint's throttling ends
+ * (hub.endpoints.throttled_until).  Read-only, for the idle dispatcher's
+ * sleep.
  */
 CREATE FUNCTION hub._poll_next_due(shard integer, nshards integer) RETURNS timestamptz
 LANGUAGE plpgsql STABLE
@@ -1130,8 +1164,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM hub._poll_check_shard(shard, nshards);
-	RETURN (SELECT min(CASE WHEN x.lease IS NOT NULL AND x.lease_until >= now()
-							THEN greatest(x.next_run_at, x.lease_until) ELSE x.next_run_at END)
+	RETURN (SELECT min(greatest(CASE WHEN x.lease IS NOT NULL AND x.lease_until >= now()
+									 THEN greatest(x.next_run_at, x.lease_until) ELSE x.next_run_at END,
+								e.throttled_until))
 			FROM hub.pollers x
 			JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
 			WHERE NOT x.paused AND e.enabled AND NOT e.paused
@@ -1139,7 +1174,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._poll_next_due(integer, integer) IS
-'API: Private. The earliest time a runnable poller of this shard is due (its next_run_at, or the end of its live lease); NULL when there is none. Read-only.';
+'API: Private. The earliest time a runnable poller of this shard is due (its next_run_at, or the end of its live lease, not before its endpoint''s throttled_until); NULL when there is none. Read-only.';
 
 CREATE FUNCTION hub._poll_release(worker text) RETURNS integer
 LANGUAGE plpgsql
@@ -1157,6 +1192,11 @@ END
 $$;
 COMMENT ON FUNCTION hub._poll_release(text) IS
 'API: Private. Give back every poller lease held by worker (at its start and retirement); their runs resume at the committed position. Returns how many.';
+
+CREATE FUNCTION hub._poll_redact_secrets(endpoint_id integer, t text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_poll_redact_secrets' LANGUAGE C STABLE;
+COMMENT ON FUNCTION hub._poll_redact_secrets(integer, text) IS
+'API: Private. The text (a failed page''s excerpt) with every occurrence of the endpoint''s own secrets replaced by [redacted] (extension/poll_redact.c).';
 
 CREATE FUNCTION hub._wake_at_commit() RETURNS void
 	AS 'MODULE_PATHNAME', 'hub_wake_at_commit' LANGUAGE C VOLATILE;
@@ -1298,6 +1338,16 @@ BEGIN
 							   AND NOT EXISTS (SELECT 1 FROM jsonb_each(query) q
 											   WHERE jsonb_typeof(q.value) NOT IN ('string', 'number', 'boolean')),
 							   left(query::text, 100), 'a JSON object of parameter names and string, number or boolean values');
+	-- (path and query are readable by hub_reader: no credential in them)
+	IF EXISTS (SELECT 1 FROM regexp_matches(path, '[?&;]([^=&#]*)=', 'g') m
+			   WHERE m[1] ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session')
+		OR EXISTS (SELECT 1 FROM jsonb_object_keys(query) k
+				   WHERE k ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session') THEN
+		RAISE EXCEPTION 'a poller''s path and query must not carry credentials'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A query parameter named like a key, token, secret, password, signature or session would be readable by hub_reader.',
+				  HINT = 'Give the endpoint auth_kind and auth_secret (bearer, basic, api_key with api_key_header, oauth2).';
+	END IF;
 	IF EXISTS (SELECT 1 FROM hub.pollers x WHERE x.name = pname) THEN
 		RAISE EXCEPTION 'poller "%" already exists', pname
 			USING ERRCODE = 'duplicate_object', HINT = 'Pass another name, or drop it first with hub.drop_poller().';
@@ -1454,6 +1504,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._poll_store(hub.pollers, jsonb, bigint), hub._poll_page_max(hub.pollers, jsonb),
 	hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint),
 	hub._poll_next_due(integer, integer), hub._poll_release(text), hub._wake_at_commit(),
+	hub._poll_redact_secrets(integer, text),
 	hub._poll_path(text, text), hub._poll_check_param(text, text), hub._poller(text),
 	hub.create_poller(text, text, text, text, interval, interval, interval, integer, text, text, text,
 		text, text, text, text, text, integer, text, text, integer, text, interval, text, text, jsonb, boolean),

@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(161);
+SELECT plan(170);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -86,6 +86,10 @@ SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.order', paginatio
 SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.order', query => '{"a": {"b": 1}}')$$, '22023', NULL,
 	'a query parameter that is not a scalar is refused');
 SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', '')$$, '22023', NULL, 'an empty message type is refused');
+SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x?api_key=sk_live_1', 'erp.x')$$, '22023',
+	'a poller''s path and query must not carry credentials', 'a credential in the path is refused (hub_reader reads it)');
+SELECT throws_ok($$SELECT hub.create_poller('erp1', '/x', 'erp.x', query => '{"access_token": "t"}')$$, '22023',
+	'a poller''s path and query must not carry credentials', 'and in the query');
 
 SELECT lives_ok($$SELECT hub.create_poller('erp1', '/orders', 'erp.order', pagination => 'link_header', limit_param => 'limit', page_size => 2)$$,
 	'a link_header poller is created');
@@ -168,6 +172,17 @@ SELECT pg_temp.claim('erp3:erp.x');
 SELECT pg_temp.page('erp3:erp.x', '[{"id": 1, "a": 1}, {"a": 3}]');
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp3:erp.x')), '(2,0,2)',
 	'the same records again, with or without id, are duplicates');
+
+-- a record larger than logistics_hub.max_payload_size: refused as hub.receive refuses it, the others stored
+SET LOCAL logistics_hub.max_payload_size = '1kB';
+SELECT hub.create_poller('erp3', '/z', 'erp.z');
+SELECT pg_temp.claim('erp3:erp.z');
+SELECT pg_temp.page('erp3:erp.z', '[{"id": 1}, {"id": "big-1", "blob": "' || repeat('x', 2000) || '"}, {"id": 3}]');
+SELECT is((SELECT row(records, new_records, duplicates, rejected)::text || ' ' || error FROM pg_temp.last_req('erp3:erp.z')),
+	'(3,2,0,1) 1 records larger than logistics_hub.max_payload_size (1kB) not stored: big-1',
+	'a record larger than logistics_hub.max_payload_size is not stored, counted and named; the others are');
+SELECT is(pg_temp.ids('erp3:erp.z'), '1,3', 'the page''s other records are stored');
+RESET logistics_hub.max_payload_size;
 
 -- ---------------------------------------------------------------- next_link (OData)
 
@@ -255,6 +270,10 @@ SELECT is((SELECT url FROM pg_temp.claim('erp8:erp.p')), 'http://127.0.0.1:9008/
 SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '[{"id": 1}, {"id": 2}]')), 'http://127.0.0.1:9008/api/p?status=open&pg=2&per_page=2',
 	'a full page goes on to the next page number');
 SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '[]')), NULL, 'an empty page without has_more is short: the run ends');
+SELECT pg_temp.claim('erp8:erp.p');
+SELECT is((SELECT url FROM pg_temp.page('erp8:erp.p', '', NULL, 204)), NULL, 'a 204 No Content is an empty last page');
+SELECT ok((SELECT failures = 0 AND last_success_at = now() AND next_url IS NULL FROM hub.pollers WHERE name = 'erp8:erp.p'),
+	'and the run a success');
 
 -- ---------------------------------------------------------------- failed pages
 
@@ -304,6 +323,12 @@ SELECT ok((SELECT excerpt ~ 'boom' AND excerpt !~ 'sk_live_123' AND excerpt ~ '\
 	'the excerpt of a failed page is kept with its secrets redacted');
 SELECT ok((SELECT excerpt = '<html>Maintenance</html>' FROM hub.poll_requests
 		   WHERE poller_id = (pg_temp.p('erp9:erp.f')).poller_id AND error ~ 'text/html'), 'the lying 200''s excerpt shows what came');
+SELECT hub.create_endpoint('sec', 'http://127.0.0.1:9100/api', auth_kind => 'basic', auth_secret => 'alice:Zq81/LmN0pQ');
+SELECT hub.create_poller('sec', '/s', 'erp.s');
+SELECT pg_temp.claim('sec:erp.s');
+SELECT pg_temp.page('sec:erp.s', '{"seen": "alice:Zq81/LmN0pQ", "pw": "Zq81\/LmN0pQ", "b64": "' || encode(convert_to('alice:Zq81/LmN0pQ', 'UTF8'), 'base64') || '"}', NULL, 502);
+SELECT is((SELECT excerpt FROM pg_temp.last_req('sec:erp.s')), '{"seen": "[redacted]", "pw": "[redacted]", "b64": "[redacted]"}',
+	'the endpoint''s own secret echoed by a failed page is redacted from the excerpt (as sent, JSON-escaped, base64, the password alone)');
 SELECT is((SELECT state FROM hub.poll_status WHERE poller = 'erp9:erp.f'), 'retrying', 'poll_status shows the poller retrying');
 SELECT is((SELECT url FROM pg_temp.page('erp9:erp.f', '[{"id": 2}]') UNION ALL SELECT 'no rows' LIMIT 1), 'no rows',
 	'after a failed page the lease is gone: a late page is refused');
@@ -455,6 +480,12 @@ SELECT is((SELECT hub._poll_next_due(hub._endpoint_id('erp17'), 100000)), NULL, 
 SELECT is((SELECT state FROM hub.poll_status WHERE poller = 'erp17:erp.o'), 'paused', 'poll_status shows it paused');
 SELECT hub.resume_poller('erp17:erp.o');
 SELECT isnt_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o', false)$$, 'resumed, it is due at once');
+UPDATE hub.pollers SET lease = NULL WHERE name = 'erp17:erp.o';
+SELECT hub._throttle_endpoint(hub._endpoint_id('erp17'), now() + interval '42 seconds');
+SELECT is_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o')$$, 'a poller of a throttled endpoint is not claimed');
+SELECT is((SELECT hub._poll_next_due(hub._endpoint_id('erp17'), 100000)), now() + interval '42 seconds',
+	'it is due when the throttling ends');
+UPDATE hub.endpoints SET throttled_until = NULL WHERE name = 'erp17';
 SELECT hub.pause_endpoint('erp17');
 SELECT hub._poll_release('tap');
 SELECT is_empty($$SELECT * FROM pg_temp.claim('erp17:erp.o')$$, 'a poller of a paused endpoint is not claimed');

@@ -69,6 +69,12 @@ q "SELECT hub.create_poller('api', '/odata/SalesOrders', 'erp.so', name => 'odat
 drive odata >/dev/null
 expect "OData: relative @odata.nextLink followed to the end" "$(q "SELECT count(*) FROM hub.inbox WHERE source = 'poll:odata'")" 30
 
+q "SELECT hub.create_poller('api', '/next/shipments', 'tms.shipment', name => 'next', items_path => '\$.data.items',
+	pagination => 'next_link', next_path => '\$.links.next', limit_param => 'limit', page_size => 12)" >/dev/null
+drive next >/dev/null
+expect "next_link at links.next (absolute), items nested under data.items" \
+	"$(q "SELECT count(*) || ' ' || (SELECT count(*) FROM hub.poll_requests r JOIN hub.pollers p USING (poller_id) WHERE p.name = 'next') FROM hub.inbox WHERE source = 'poll:next'")" "30 3"
+
 q "SELECT hub.create_poller('api', '/cursor/events', 'tms.event', name => 'cursor', items_path => 'results',
 	pagination => 'cursor', next_path => '\$.meta.next_cursor', limit_param => 'limit', page_size => 10)" >/dev/null
 ctl '{"op": "misbehave", "mode": "empty_more"}'
