@@ -37,6 +37,8 @@ extern int	hub_poll_interval_ms;
 #define hub_naptime_ms() (hub_poll_interval_ms >= 10 ? hub_poll_interval_ms : hub_dispatcher_naptime_ms)
 extern int	hub_connect_timeout_ms;
 extern int	hub_max_response_bytes;
+extern int	hub_poll_max_page_bytes;
+extern int	hub_retry_after_max_s;
 extern int	hub_retention_interval_s;
 extern char *hub_ca_file;
 extern char *hub_event_source;

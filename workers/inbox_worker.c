@@ -72,7 +72,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "dispatch.h"
+#include "http.h"
 #include "hub_workers.h"
 
 /* settings */

@@ -62,6 +62,8 @@ int			hub_dispatcher_naptime_ms = 1000;
 int			hub_poll_interval_ms = -1;	/* deprecated: -1, not set */
 int			hub_connect_timeout_ms = 2000;
 int			hub_max_response_bytes = 65536;
+int			hub_poll_max_page_bytes = 16 * 1024 * 1024;
+int			hub_retry_after_max_s = 3600;
 int			hub_retention_interval_s = 600;
 char	   *hub_ca_file = NULL;
 char	   *hub_event_source = NULL;
@@ -194,6 +196,15 @@ hub_workers_define_gucs(void)
 							"Largest response body read from a receiver; a longer one aborts the request as a failed attempt.",
 							NULL, &hub_max_response_bytes, 65536, 1024, 64 * 1024 * 1024,
 							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.poll_max_page_bytes",
+							"Largest page body a poller reads; a longer one is a failed page, retried with backoff.",
+							NULL, &hub_poll_max_page_bytes, 16 * 1024 * 1024, 1024, 1024 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE, NULL, NULL, NULL);
+	DefineCustomIntVariable("logistics_hub.retry_after_max",
+							"Longest pause an endpoint's Retry-After or X-RateLimit-Reset can ask for; a longer one is cut to this.",
+							"A 429 or 503 with Retry-After, or X-RateLimit-Remaining: 0 with X-RateLimit-Reset, pauses the endpoint for push and poll alike.",
+							&hub_retry_after_max_s, 3600, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("logistics_hub.retention_interval",
 							"How often dispatcher 0 runs hub.run_retention() (0: never; schedule it yourself).",
 							NULL, &hub_retention_interval_s, 600, 0, 86400 * 7,

@@ -315,6 +315,20 @@ hub_inbox_wake(PG_FUNCTION_ARGS)
 }
 
 /*
+ * hub_wake_at_commit --- SQL hub._wake_at_commit(): wake the dispatchers
+ * when the current transaction commits, as a publish does (a poller
+ * created, made due or resumed: the dispatcher's read-only look must see
+ * the committed row).  Nothing on abort; nothing without preloading.
+ */
+PG_FUNCTION_INFO_V1(hub_wake_at_commit);
+Datum
+hub_wake_at_commit(PG_FUNCTION_ARGS)
+{
+	hub_note_outbox_insert();
+	PG_RETURN_VOID();
+}
+
+/*
  * hub_wake --- SQL hub.wake(): wake the dispatchers now (after COMMIT
  * PREPARED of a transaction that published, or to skip the naptime).
  * Returns the number of running dispatchers.

@@ -8,7 +8,7 @@
  *
  * A worker's steps (claim, record) run as one transaction for everything
  * at once, which is what makes them cheap.  When such a step fails, the
- * dispatcher does it again piece by piece (workers/dispatcher.c): each
+ * dispatcher does it again piece by piece (push_claim.c, push_record.c): each
  * piece here in a subtransaction of its own, so that one that fails is
  * rolled back alone and the others go through.  What fails alone is then
  * dealt with where it belongs: an endpoint paused with the reason audited
@@ -35,7 +35,7 @@
 #include "utils/builtins.h"
 #include "utils/resowner.h"
 
-#include "dispatch.h"
+#include "http.h"
 
 /*
  * hub_guard_run --- fn(arg) in a subtransaction of the current transaction

@@ -235,7 +235,8 @@ CREATE TABLE hub.endpoints (
 	consecutive_failures integer NOT NULL DEFAULT 0,
 	circuit_failed_keys bigint[] NOT NULL DEFAULT '{}',
 	circuit_probe_until timestamptz,
-	created_at		timestamptz NOT NULL DEFAULT now()
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	throttled_until	timestamptz
 );
 COMMENT ON COLUMN hub.endpoints.spread IS
 'Shared by every dispatcher (up to max_concurrency of them), each with its share of max_concurrency and rate_limit, so that one high-volume endpoint uses every core; false (the default): one dispatcher, endpoint_id % logistics_hub.dispatchers, with the full limits.';
@@ -244,6 +245,8 @@ COMMENT ON COLUMN hub.endpoints.consecutive_failures IS
 'Distinct business keys (aggregate ids) whose requests failed since the endpoint''s last success; a retry of a key already among them does not count again. The circuit opens when it reaches circuit_failure_threshold.';
 COMMENT ON COLUMN hub.endpoints.circuit_failed_keys IS
 'The keys counted in consecutive_failures, as hashtextextended(aggregate_id, 0); emptied by a success.';
+COMMENT ON COLUMN hub.endpoints.throttled_until IS
+'Set by the dispatchers when the endpoint answered 429 or 503 with Retry-After, or any response with X-RateLimit-Remaining: 0 and X-RateLimit-Reset: nothing is sent to it, pushed or polled, by any dispatcher before this time (capped by logistics_hub.retry_after_max). NULL or past: not throttled. Not audited (runtime state, like the circuit breaker''s columns).';
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
 'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';

@@ -341,7 +341,7 @@ COMMENT ON FUNCTION hub._route_events() IS
  * its concurrency, max_concurrency / n plus one for the first
  * max_concurrency mod n of them (the shares add up to max_concurrency), and
  * to the same fraction of its rate limit; the dispatchers
- * (workers/dispatcher.c) compute the same shares, so neither cap is ever
+ * (workers/endpoints.c) get the same shares, so neither cap is ever
  * exceeded in sum.  (Per-key order holds across shards: the claim hands
  * out only heads, and a head leased by one shard blocks its successors for
  * all.)  Inlined into the claim.
@@ -926,8 +926,9 @@ COMMENT ON FUNCTION hub._audit(text, text, text, jsonb) IS 'API: Private. Append
  * _audit_change --- trigger on hub.endpoints and hub.subscriptions: every
  * change of an endpoint's state or settings (enabled, paused, URL, limits,
  * auth kind, headers, ...; not the circuit breaker's columns, which the
- * delivery functions change at high rate: the trigger's WHEN leaves those
- * updates alone) and every change or deletion of a subscription goes to
+ * delivery functions change at high rate, nor throttled_until, which the
+ * dispatchers set when the endpoint asks for a pause: the trigger's WHEN
+ * leaves those updates alone) and every change or deletion of a subscription goes to
  * hub.operator_audit, whichever way it is made: an operator function or a
  * plain UPDATE or DELETE.  The row's details hold the changed columns
  * ({"column": {"old": ..., "new": ...}}) or, for a deletion, the row.  An
@@ -945,7 +946,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	circuit constant text[] := ARRAY['circuit_state', 'circuit_opened_at', 'consecutive_failures',
-									 'circuit_failed_keys', 'circuit_probe_until'];
+									 'circuit_failed_keys', 'circuit_probe_until', 'throttled_until'];
 	what text := CASE TG_TABLE_NAME WHEN 'endpoints' THEN 'endpoint' ELSE 'subscription' END;
 	action text := nullif(current_setting('hub.audit_action', true), '');
 	target text;
@@ -970,12 +971,12 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._audit_change() IS
-'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
+'API: Private. Trigger on hub.endpoints and hub.subscriptions: audit every change of an endpoint''s state or settings (not its circuit breaker nor its throttle) and every change or deletion of a subscription in hub.operator_audit, with the changed columns.';
 REVOKE EXECUTE ON FUNCTION hub._audit_change() FROM PUBLIC;
 CREATE TRIGGER endpoint_audit AFTER UPDATE ON hub.endpoints FOR EACH ROW
-	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
+	WHEN ((pg_catalog.to_jsonb(OLD) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until,throttled_until}'::text[])
 		  IS DISTINCT FROM
-		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until}'::text[])
+		  (pg_catalog.to_jsonb(NEW) - '{circuit_state,circuit_opened_at,consecutive_failures,circuit_failed_keys,circuit_probe_until,throttled_until}'::text[])
 		  OR COALESCE(pg_catalog.current_setting('hub.audit_action', true), '') <> '')
 	EXECUTE FUNCTION hub._audit_change();
 CREATE TRIGGER endpoint_audit_delete AFTER DELETE ON hub.endpoints FOR EACH ROW

@@ -20,7 +20,7 @@ COMMENT ON FUNCTION hub.egress_allowed(text) IS
  * without showing it), header values without CR or LF, and no fixed header
  * that HTTP's framing, the hub or the credentials own, whoever writes the
  * row (hub.create_endpoint or an UPDATE by hub_admin).  The list of
- * reserved names is the one workers/http.c refuses to send
+ * reserved names is the one workers/http_client.c refuses to send
  * (hub_header_name_reserved); the two must agree.
  */
 CREATE FUNCTION hub._endpoint_check() RETURNS trigger
@@ -124,7 +124,8 @@ CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards in
 RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
 			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
 			   oauth2_token_url text, headers text[], auth_secret bytea, oauth2_client_id bytea,
-			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz)
+			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz,
+			   throttled_until timestamptz)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -140,13 +141,14 @@ AS $$
 		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
 		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
 		   e.enabled AND NOT e.paused AND e.circuit_state <> 'open',
-		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END
+		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END,
+		   e.throttled_until
 	FROM hub.endpoints e
 	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
 	WHERE e.endpoint_id = ANY (ids)
 $$;
 COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
-'API: Private. Settings and sealed secrets (opened by the workers in C) of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share).';
+'API: Private. Settings and sealed secrets (opened by the workers in C) of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share); not usable while paused, disabled or its circuit open (usable again at the circuit''s probe time), nor before throttled_until.';
 
 /*
  * _complete_many --- complete_delivery for a whole set of results in one
@@ -374,7 +376,7 @@ GRANT EXECUTE ON FUNCTION hub.webhook_signature(text, text, bigint, text),
 
 /*
  * What a dispatcher does when its claim fails as a whole (extension
- * workers/dispatcher.c, claim_isolated): it claims again endpoint by
+ * workers/push_claim.c, claim_isolated): it claims again endpoint by
  * endpoint, so that what fails because of one event, subscription or
  * endpoint stops only that one.  An event that routing cannot take is kept
  * in hub.unroutable_events, with the error, and routing goes on past it;
@@ -516,8 +518,37 @@ $$;
 COMMENT ON FUNCTION hub._pause_by_worker(integer, text, text) IS
 'API: Private. Pause an endpoint a dispatcher cannot serve, audited as action with the reason, with a WARNING naming the endpoint.';
 
+/*
+ * _throttle_endpoint --- a dispatcher records that an endpoint asked for a
+ * pause (429 or 503 with Retry-After, or X-RateLimit-Remaining: 0 with
+ * X-RateLimit-Reset), so that every dispatcher, and this one after a
+ * restart, sends nothing to it, pushed or polled, before until
+ * (hub._dispatch_endpoints).  A later time wins over an earlier one; an
+ * earlier one changes nothing.  SECURITY DEFINER: hub_worker changes no
+ * other column of an endpoint.
+ */
+CREATE FUNCTION hub._throttle_endpoint(endpoint_id integer, until timestamptz) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF endpoint_id IS NULL OR until IS NULL OR until > now() + interval '1 day' THEN
+		RAISE EXCEPTION 'invalid throttle: endpoint % until %', endpoint_id, until
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An endpoint id and a time at most a day ahead (logistics_hub.retry_after_max is at most 1d) are needed.';
+	END IF;
+	UPDATE hub.endpoints e SET throttled_until = until
+	WHERE e.endpoint_id = _throttle_endpoint.endpoint_id
+		AND (e.throttled_until IS NULL OR e.throttled_until < until);
+END
+$$;
+COMMENT ON FUNCTION hub._throttle_endpoint(integer, timestamptz) IS
+'API: Private. Record that an endpoint asked for a pause until then (429 or 503 with Retry-After, or a rate limit used up): no dispatcher sends to it, pushed or polled, before then. A later time wins; an earlier one changes nothing.';
+
 REVOKE EXECUTE ON FUNCTION hub._event_matches(text, jsonb, timestamptz, text, jsonb, timestamptz),
-	hub._route_events_each(), hub._ready_endpoints(integer, integer), hub._pause_by_worker(integer, text, text)
+	hub._route_events_each(), hub._ready_endpoints(integer, integer), hub._pause_by_worker(integer, text, text),
+	hub._throttle_endpoint(integer, timestamptz)
 	FROM PUBLIC;
 GRANT SELECT ON hub.unroutable_events TO hub_reader;
 GRANT SELECT, DELETE ON hub.unroutable_events TO hub_admin;

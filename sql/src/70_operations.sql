@@ -49,7 +49,9 @@ COMMENT ON VIEW hub.sync_status IS
  * paid by every publish.  Rows come in time order; rows at the same time
  * (the events of one transaction share their published_at) in publishing
  * order (hub.outbox.seq; inbox messages by inbox_id), then by what
- * happened.
+ * happened.  A polled record (hub.inbox.poll_request_id) shows the poll
+ * request that brought it first ('polled': URL, status, page), then its
+ * reception.
  */
 CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
 RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
@@ -118,6 +120,16 @@ BEGIN
 	JOIN dl d ON d.event_id = o.event_id
 	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
 	UNION ALL
+	-- a polled record: the request that brought it (hub.poll_requests)
+	SELECT r.at, 'polled', NULL::uuid, i.message_type, i.aggregate_id, e.name, i.source, i.message_id,
+		   concat_ws(' ', 'GET', r.url, '->', coalesce(r.http_status::text, r.error),
+					 '(page ' || r.page || ': ' || r.records || ' records, ' || r.new_records || ' new)'),
+		   i.inbox_id
+	FROM i
+	JOIN hub.poll_requests r ON r.request_id = i.poll_request_id
+	LEFT JOIN hub.pollers p ON p.poller_id = r.poller_id
+	LEFT JOIN hub.endpoints e ON e.endpoint_id = p.endpoint_id
+	UNION ALL
 	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
 		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
 		   i.inbox_id
@@ -153,7 +165,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.trace(text, text) IS
-'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, a polled record''s poll request, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). 22023 when neither is given.';
 
 REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;

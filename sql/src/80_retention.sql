@@ -17,6 +17,8 @@
  *     logistics_hub.inbox_retention_period ago; a dead or unhandled one
  *     the same past dead_retention_period (it may still be retried).  A
  *     message sent again after its row went is accepted as new.
+ *   - poll requests (hub.poll_requests, the pollers' audit) older than
+ *     retention_period, at most max_events a run.
  * Never removed: an event with an open delivery, a dead one within the
  * dead period, or one not routed yet; an inbox message not processed yet
  * (new, retry_wait).
@@ -142,7 +144,8 @@ COMMENT ON FUNCTION hub._attempts_drop_partition(regclass, timestamptz) IS
 CREATE FUNCTION hub.run_retention(retention interval DEFAULT NULL, dead_retention interval DEFAULT NULL,
 		max_events integer DEFAULT NULL, inbox_retention interval DEFAULT NULL,
 		OUT events_removed bigint, OUT deliveries_removed bigint, OUT attempts_removed bigint,
-		OUT partitions_dropped integer, OUT partitions_created integer, OUT inbox_removed bigint)
+		OUT partitions_dropped integer, OUT partitions_created integer, OUT inbox_removed bigint,
+		OUT poll_requests_removed bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -183,6 +186,7 @@ BEGIN
 	inbox_cutoff := now() - keep_inbox;
 	events_removed := 0;
 	inbox_removed := 0;
+	poll_requests_removed := 0;
 	deliveries_removed := 0;
 	attempts_removed := 0;
 	partitions_dropped := 0;
@@ -335,6 +339,14 @@ BEGIN
 		inbox_removed := inbox_removed + nd;
 	END LOOP;
 
+	-- poll requests (the pollers' audit, 65_pollers.sql): older than the
+	-- period, oldest first, at most max_events a run
+	DELETE FROM hub.poll_requests r
+	WHERE r.request_id IN (SELECT x.request_id FROM hub.poll_requests x WHERE x.at < cutoff
+						   ORDER BY x.at LIMIT max_events);
+	GET DIAGNOSTICS nd = ROW_COUNT;
+	poll_requests_removed := nd;
+
 	-- marks: keep those a longer period (the settings') may still need
 	DELETE FROM hub._retention_marks m
 	WHERE m.at < now() - greatest(keep, keep_dead, keep_inbox,
@@ -346,7 +358,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.run_retention(interval, interval, integer, interval) IS
-'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions; remove inbox messages processed and last sent again longer than inbox_retention ago (default logistics_hub.inbox_retention_period; dead and unhandled ones after dead_retention), at most max_events of them. Never removes an undelivered event or an inbox message not processed yet. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
+'Remove events older than retention (default logistics_hub.retention_period) whose every delivery is delivered, skipped, or dead for longer than dead_retention (default logistics_hub.dead_retention_period), with their deliveries and attempts, at most max_events (default logistics_hub.retention_max_events) events a run; drop whole days of attempts older than retention (keeping those of open or recently dead deliveries) and create the coming days'' partitions; remove inbox messages processed and last sent again longer than inbox_retention ago (default logistics_hub.inbox_retention_period; dead and unhandled ones after dead_retention), at most max_events of them; remove poll requests (hub.poll_requests) older than retention, at most max_events of them. Never removes an undelivered event or an inbox message not processed yet. Returns what it removed (attempts of dropped day partitions are counted in partitions_dropped, not row by row).';
 
 REVOKE EXECUTE ON FUNCTION hub.run_retention(interval, interval, integer, interval), hub._retention_setting(text),
 	hub._attempts_partition(date), hub._attempts_drop_partition(regclass, timestamptz) FROM PUBLIC;

@@ -57,7 +57,18 @@ GRANT EXECUTE ON FUNCTION
 	hub._pause_unsealed(integer, text),
 	hub._route_events_each(),
 	hub._ready_endpoints(integer, integer),
-	hub._pause_by_worker(integer, text, text)
+	hub._pause_by_worker(integer, text, text),
+	hub._throttle_endpoint(integer, timestamptz)
+	TO hub_worker;
+
+-- the pollers' interface (65_pollers.sql): SECURITY DEFINER, so no table
+-- grant; a dispatcher claims, records pages and gives leases back, and
+-- changes no poller's configuration
+GRANT EXECUTE ON FUNCTION
+	hub._poll_claim(text, integer, integer, integer),
+	hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint),
+	hub._poll_next_due(integer, integer),
+	hub._poll_release(text)
 	TO hub_worker;
 
 /*

@@ -25,6 +25,13 @@ Paths (a query string is allowed after each):
                              other events; set fail_KEY to 0 to heal
   /fail-prefix/P             the same for every aggregate_id starting with P
                              (several keys failing), control value "fail_P"
+  /throttle-first/N[/NAME]   429 for the first N requests to this path (its
+                             query string aside), then 204; ?retry_after=V
+                             adds Retry-After: V, ?reset_in=S adds
+                             X-RateLimit-Remaining: 0 and X-RateLimit-Reset:
+                             the epoch second S seconds from now
+                             (?reset_delta=1: S itself, as delta seconds),
+                             ?status=C answers C instead of 429
   /delay/MS                  wait MS milliseconds, then 200
   /hang                      read the request and never answer
   /drip                      headers (Content-Length 1000, under any size
@@ -164,6 +171,20 @@ class Handler(BaseHTTPRequestHandler):
                     return self.close_mid_body()
                 return self.answer(int(parts[2]), b"failing on purpose")
             return self.answer(200, b"ok")
+        if head == "throttle-first" and len(parts) > 1:
+            with LOCK:
+                COUNTS[url.path] = COUNTS.get(url.path, 0) + 1
+                seen = COUNTS[url.path]
+            if seen > int(parts[1]):
+                return self.answer(204)
+            extra = {}
+            if "retry_after" in q:
+                extra["Retry-After"] = q["retry_after"]
+            if "reset_in" in q:
+                extra["X-RateLimit-Remaining"] = "0"
+                extra["X-RateLimit-Reset"] = q["reset_in"] if q.get("reset_delta") == "1" else \
+                    str(int(time.time() + float(q["reset_in"])))
+            return self.answer(int(q.get("status", "429")), b'{"error": "slow down"}', extra)
         if head in ("fail-aggregate", "fail-prefix") and len(parts) > 1:
             try:
                 agg = json.loads(body).get("aggregate_id")

@@ -36,7 +36,7 @@ our @EXPORT = qw(lh_node lh_receiver lh_endpoint lh_publish lh_bg_publisher
   lh_wait_until lh_wait_delivered lh_pids_gone lh_check_invariants lh_invariants
   LH_RECORD_WINDOW);
 
-# A dispatcher records received answers in batches (workers/dispatcher.c:
+# A dispatcher records received answers in batches (workers/push_record.c:
 # RECORD_BATCH = max(64, max_in_flight) results, or 10 ms): a fault can
 # therefore re-send, besides what was in flight, the answers received but
 # not recorded yet, fewer than two record batches at max_in_flight = 64.

@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * http.c
- *		libcurl settings of every request a dispatcher sends.
+ * http_client.c
+ *		libcurl handles of every request a dispatcher sends, pushed or
+ *		polled: their safety options, transport and auth, the response and
+ *		its outcome.
  *
  * Every handle: no signals; only http and https, also on redirects;
  * redirects off unless the endpoint allows them (then at most 5, POST kept
@@ -15,8 +17,21 @@
  * or a redirect cannot reach an address outside it, and the connection's
  * address checked again before every request (a kept-alive connection may
  * predate a narrower policy).  Header values holding
- * CR or LF are refused before anything is sent.  Requests are POSTs with
- * "Expect:" cleared (no 100-continue round trip).
+ * CR or LF are refused before anything is sent.  A push request is a POST
+ * with "Expect:" cleared (no 100-continue round trip); a poll request a GET
+ * of its own URL, which must have the endpoint's origin (scheme, host and
+ * port), whose whole body (up to logistics_hub.poll_max_page_bytes) and
+ * final response headers are kept.  The request's maker adds its own
+ * headers (HubRequestOps.prepare); the endpoint's fixed headers and auth
+ * are added here, so push and poll send the same credentials the same way.
+ *
+ * The outcome (hub_http_outcome) is the same for everyone: a 2xx is a
+ * success; another status a failure with its Retry-After; an OAuth2 token
+ * refused with 401 is dropped (the retry fetches a new one); a transport
+ * error, an egress refusal or a body too big a failure without a status.
+ * A 429 or 503 with Retry-After, or any response with X-RateLimit-Remaining:
+ * 0 and X-RateLimit-Reset, throttles the whole endpoint until then, capped
+ * by logistics_hub.retry_after_max (endpoints.c).
  *
  * Credentials stay where they belong: a URL with user information is
  * refused (the endpoint's and a redirect's: CURLOPT_DISALLOW_USERNAME_IN_URL);
@@ -30,20 +45,19 @@
  * trigger fails its requests; and every secret a request carried is
  * redacted from the response excerpt that is stored (hub_http_redact).
  *
- * OAuth2 token requests (client credentials grant) get the same options
- * (never a redirect) and run on the dispatcher's multi handle like any
- * request: hub_oauth2_prepare builds one, hub_oauth2_finish parses the
- * answer into the endpoint's token cache; nothing here blocks.
+ * OAuth2 token requests (http_oauth2.c) get the same options (never a
+ * redirect, hub_http_safety_options).
  *
  * Easy handles are kept for reuse: set up for an endpoint, a handle goes
  * back to that endpoint's idle list as it is, and its next request sets
  * only its own options (body, headers, the callbacks' data); one set up
- * under settings loaded since is reset first (reset handles wait in a small
+ * under settings loaded since, or used for a GET of another URL, is reset
+ * first (reset handles wait in a small
  * pool).  Connections live in the dispatcher's multi handle, so keep-alive
  * works across requests.  libcurl allocates with malloc: handles and header lists are
  * freed explicitly, never left to memory contexts.
  *
- * workers/http.c
+ * workers/http_client.c
  *
  *-------------------------------------------------------------------------
  */
@@ -53,14 +67,13 @@
 #include <sys/socket.h>
 
 #include "common/base64.h"
-#include "common/hashfn.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 #include "utils/memutils.h"
 
-#include "dispatch.h"
+#include "http.h"
 #include "hub_workers.h"
+#include <curl/header.h>
 
 #define POOL_MAX 512
 #define USER_AGENT "logistics_hub/0.2.0"
@@ -77,11 +90,11 @@ static int	npool = 0;
 static CURLcode setopt_rc = CURLE_OK;
 static const char *setopt_failed = NULL;
 
-#define SETOPT(easy, option, value) \
-	setopt_note(curl_easy_setopt((easy), (option), (value)), #option)
+#define SETOPT HUB_SETOPT
 
-static void
-setopt_note(CURLcode rc, const char *option)
+/* hub_setopt_note --- keep the first refusal (see HUB_SETOPT) */
+void
+hub_setopt_note(CURLcode rc, const char *option)
 {
 	if (rc != CURLE_OK && setopt_failed == NULL)
 	{
@@ -90,22 +103,24 @@ setopt_note(CURLcode rc, const char *option)
 	}
 }
 
-static void
-setopt_reset(void)
+/* hub_setopt_reset --- forget the last refusal: a new handle's options begin */
+void
+hub_setopt_reset(void)
 {
 	setopt_rc = CURLE_OK;
 	setopt_failed = NULL;
 }
 
 /* the refusal as an error message (palloc'd), or NULL if none */
-static char *
-setopt_error(const char *what)
+char *
+hub_setopt_error(const char *what)
 {
 	if (setopt_failed == NULL)
 		return NULL;
 	return psprintf("%slibcurl refused %s: %s", what, setopt_failed, curl_easy_strerror(setopt_rc));
 }
 
+/* hub_http_init --- libcurl's global set-up, once a process */
 void
 hub_http_init(void)
 {
@@ -129,12 +144,12 @@ open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
 }
 
 /*
- * same_origin --- do the two URLs have the same scheme, host and port (the
+ * hub_same_origin --- do the two URLs have the same scheme, host and port (the
  * default port of the scheme when none is given)?  False when either
  * cannot be parsed.
  */
-static bool
-same_origin(const char *a, const char *b)
+bool
+hub_same_origin(const char *a, const char *b)
 {
 	CURLU	   *u[2] = {curl_url(), curl_url()};
 	const char *url[2] = {a, b};
@@ -196,7 +211,7 @@ check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_po
 
 		/* (the URL of the request about to go out: a redirect's target) */
 		if (curl_easy_getinfo(note->easy, CURLINFO_EFFECTIVE_URL, &url) != CURLE_OK || url == NULL ||
-			(strcmp(url, note->origin) != 0 && !same_origin(url, note->origin)))
+			(strcmp(url, note->origin) != 0 && !hub_same_origin(url, note->origin)))
 		{
 			note->refused = "redirect to another origin refused: the endpoint's requests carry a credential, "
 				"which is never sent to another scheme, host or port";
@@ -206,7 +221,10 @@ check_connection(void *clientp, char *primary_ip, char *local_ip, int primary_po
 	return CURL_PREREQFUNC_OK;
 }
 
-/* write: keep an excerpt, abort past the size cap */
+/*
+ * write: keep an excerpt (or, for a request that wants it, the whole body),
+ * abort past the size cap
+ */
 static size_t
 write_body(char *data, size_t size, size_t nmemb, void *userdata)
 {
@@ -214,10 +232,16 @@ write_body(char *data, size_t size, size_t nmemb, void *userdata)
 	size_t		len = size * nmemb;
 
 	req->received += len;
-	if (req->received > (size_t) hub_max_response_bytes)
+	if (req->received > (req->max_body > 0 ? req->max_body : (size_t) hub_max_response_bytes))
 	{
 		req->too_big = true;
 		return 0;
+	}
+	if (req->max_body > 0)
+	{
+		/* (no allocation may fail here: the body is in the request's context) */
+		appendBinaryStringInfo(&req->response, data, len);
+		return len;
 	}
 	if (req->excerpt.len < EXCERPT_MAX)
 	{
@@ -230,11 +254,11 @@ write_body(char *data, size_t size, size_t nmemb, void *userdata)
 }
 
 /*
- * set_safety_options --- what every handle gets, requests and token
+ * hub_http_safety_options --- what every handle gets, requests and token
  * requests alike; the egress callbacks note a refusal in *note.
  */
-static void
-set_safety_options(CURL *easy, int timeout_ms, bool redirects, HubEgressNote *note)
+void
+hub_http_safety_options(CURL *easy, int timeout_ms, bool redirects, HubEgressNote *note)
 {
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
 	SETOPT(easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -302,8 +326,9 @@ hub_header_name_reserved(const char *header, bool api_key)
 	return false;
 }
 
-static bool
-append_header(HubRequest *req, const char *line)
+/* hub_http_append_header --- one more request header; false when it holds CR or LF */
+bool
+hub_http_append_header(HubRequest *req, const char *line)
 {
 	struct curl_slist *l;
 
@@ -317,102 +342,44 @@ append_header(HubRequest *req, const char *line)
 }
 
 /*
- * hub_http_prepare --- a ready easy handle for the request, or NULL with
- * *error set (the request is then recorded as failed without being sent).
+ * take_handle --- a handle for the request: one set up for this endpoint's
+ * current settings (*set_up true; only a POST to the endpoint's URL is kept
+ * set up), a reset one, or a new one; NULL when libcurl cannot make one.
  */
-CURL *
-hub_http_prepare(HubRequest *req, char **error)
+static CURL *
+take_handle(HubRequest *req, bool *set_up)
 {
 	HubEndpoint *ep = req->ep;
-	CURL	   *easy;
-	MemoryContext old = MemoryContextSwitchTo(req->cxt);
-	StringInfoData sig;
-	int64		now_s = (int64) time(NULL);
-	bool		ok = true;
-	bool		set_up = false;
+	bool		reusable = !req->get && req->url == NULL;
+	CURL	   *easy = NULL;
 
-	*error = NULL;
-	easy = NULL;
-	/* a handle set up for this endpoint's current settings, or a fresh one */
-	if (ep->nidle > 0)
+	*set_up = false;
+	if (reusable && ep->nidle > 0)
 	{
 		easy = ep->idle[--ep->nidle];
 		if (ep->idle_gen[ep->nidle] == ep->config_gen)
-			set_up = true;
+			*set_up = true;
 		else
 			curl_easy_reset(easy);
 	}
 	if (easy == NULL)
 		easy = npool > 0 ? pool[--npool] : curl_easy_init();
-	if (easy == NULL)
-	{
-		*error = pstrdup("could not create a libcurl handle");
-		MemoryContextSwitchTo(old);
-		return NULL;
-	}
 	req->easy = easy;
-	req->easy_gen = ep->config_gen;
+	req->easy_gen = reusable ? ep->config_gen : 0;
+	return easy;
+}
 
-	setopt_reset();
-	if (!set_up && hub_url_has_userinfo(ep->url))
-	{
-		/* (a row from before the endpoints trigger refused it) */
-		*error = pstrdup("refused to send: the endpoint URL holds user information; credentials belong in auth_kind and auth_secret");
-		ok = false;
-	}
-	if (!set_up)
-	{
-		set_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
-		SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
-		SETOPT(easy, CURLOPT_URL, ep->url);
-		SETOPT(easy, CURLOPT_POST, 1L);
-		if (ep->auth_kind == HUB_AUTH_BASIC)
-		{
-			SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
-			SETOPT(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
-		}
-	}
-	/* what is this request's own */
-	SETOPT(easy, CURLOPT_OPENSOCKETDATA, &req->egress);
-	SETOPT(easy, CURLOPT_PREREQDATA, &req->egress);
-	SETOPT(easy, CURLOPT_WRITEDATA, req);
-	SETOPT(easy, CURLOPT_ERRORBUFFER, req->errbuf);
-	SETOPT(easy, CURLOPT_PRIVATE, req);
-	SETOPT(easy, CURLOPT_POSTFIELDS, req->body.data);
-	SETOPT(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body.len);
-	req->errbuf[0] = '\0';
+/*
+ * add_endpoint_headers --- the endpoint's fixed headers and its auth
+ * (bearer, basic's secret to redact, API key, OAuth2 token); false with
+ * *error when one may not be sent.
+ */
+static bool
+add_endpoint_headers(HubRequest *req, char **error)
+{
+	HubEndpoint *ep = req->ep;
+	bool		ok = true;
 
-	ok &= append_header(req, psprintf("Content-Type: %s", req->content_type));
-	/*
-	 * No "Expect: 100-continue" (and its wait for the receiver's go-ahead):
-	 * libcurl adds it, if at all, only to bodies over a threshold (1 KiB in
-	 * the oldest versions), so the empty header that suppresses it goes
-	 * only with bodies over 1 KiB; every header costs a request its share
-	 * of libcurl's header handling
-	 */
-	if (req->body.len > 1024)
-		ok &= append_header(req, "Expect:");
-	ok &= append_header(req, psprintf("webhook-id: %s", req->webhook_id));
-	ok &= append_header(req, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
-	/* a structured-field string, as draft-ietf-httpapi-idempotency-key-header has it */
-	ok &= append_header(req, psprintf("Idempotency-Key: \"%s\"", req->webhook_id));
-	if (ep->nsecrets > 0)
-	{
-		initStringInfo(&sig);
-		appendStringInfoString(&sig, "webhook-signature: ");
-		for (int i = 0; i < ep->nsecrets; i++)
-		{
-			if (i > 0)
-				appendStringInfoChar(&sig, ' ');
-			if (!hub_webhook_sign(ep->signing_secrets[i], req->webhook_id, now_s,
-								  req->body.data, req->body.len, &sig))
-			{
-				*error = pstrdup("a signing secret of the endpoint is not valid whsec_ base64");
-				ok = false;
-			}
-		}
-		ok &= append_header(req, sig.data);
-	}
 	for (int i = 0; i < ep->nheaders; i++)
 	{
 		size_t		namelen = strcspn(ep->headers[i], ":\r\n");
@@ -427,7 +394,7 @@ hub_http_prepare(HubRequest *req, char **error)
 							  (int) Min(namelen, 64), ep->headers[i]);
 			ok = false;
 		}
-		else if (!append_header(req, ep->headers[i]))
+		else if (!hub_http_append_header(req, ep->headers[i]))
 		{
 			*error = psprintf("refused to send: the value of header \"%.*s\" holds CR or LF",
 							  (int) Min(namelen, 64), ep->headers[i]);
@@ -440,10 +407,10 @@ hub_http_prepare(HubRequest *req, char **error)
 			break;
 		case HUB_AUTH_BEARER:
 			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
-			ok &= append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
+			ok &= hub_http_append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
 			break;
 		case HUB_AUTH_BASIC:
-			/* (set up with the handle, above) */
+			/* (set up with the handle) */
 			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
 			break;
 		case HUB_AUTH_API_KEY:
@@ -454,15 +421,92 @@ hub_http_prepare(HubRequest *req, char **error)
 				ok = false;
 			}
 			req->sent_secret = pstrdup(ep->auth_secret ? ep->auth_secret : "");
-			ok &= append_header(req, psprintf("%s: %s", ep->api_key_header ? ep->api_key_header : "X-API-Key",
-											  req->sent_secret));
+			ok &= hub_http_append_header(req, psprintf("%s: %s", ep->api_key_header ? ep->api_key_header : "X-API-Key",
+													   req->sent_secret));
 			break;
 		case HUB_AUTH_OAUTH2:
 			req->token_generation = ep->oauth2_generation;
 			req->sent_secret = pstrdup(ep->oauth2_token ? ep->oauth2_token : "");
-			ok &= append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
+			ok &= hub_http_append_header(req, psprintf("Authorization: Bearer %s", req->sent_secret));
 			break;
 	}
+	return ok;
+}
+
+/*
+ * hub_http_prepare --- a ready easy handle for the request, or NULL with
+ * *error set (the request is then recorded as failed without being sent):
+ * the handle's transport (URL, method, safety options, basic auth), the
+ * maker's own headers and body (req->ops->prepare), the endpoint's fixed
+ * headers and auth.  A request to its own URL (a poll's page) is refused
+ * unless that URL has the endpoint's origin: the endpoint's credentials
+ * never go to another host.
+ */
+CURL *
+hub_http_prepare(HubRequest *req, char **error)
+{
+	HubEndpoint *ep = req->ep;
+	const char *url = req->url ? req->url : ep->url;
+	CURL	   *easy;
+	MemoryContext old = MemoryContextSwitchTo(req->cxt);
+	bool		ok = true;
+	bool		set_up;
+
+	*error = NULL;
+	easy = take_handle(req, &set_up);
+	if (easy == NULL)
+	{
+		*error = pstrdup("could not create a libcurl handle");
+		MemoryContextSwitchTo(old);
+		return NULL;
+	}
+
+	hub_setopt_reset();
+	if (!set_up && hub_url_has_userinfo(url))
+	{
+		/* (a row from before the endpoints trigger refused it) */
+		*error = pstrdup("refused to send: the endpoint URL holds user information; credentials belong in auth_kind and auth_secret");
+		ok = false;
+	}
+	if (ok && req->url != NULL && strcmp(req->url, ep->url) != 0 && !hub_same_origin(req->url, ep->url))
+	{
+		*error = pstrdup("refused to send: the URL is not of the endpoint's origin (scheme, host and port); "
+						 "the endpoint's credentials are never sent to another host");
+		ok = false;
+	}
+	if (!set_up)
+	{
+		hub_http_safety_options(easy, ep->timeout_ms, ep->allow_redirects, &req->egress);
+		SETOPT(easy, CURLOPT_WRITEFUNCTION, write_body);
+		SETOPT(easy, CURLOPT_URL, url);
+		if (req->get)
+			SETOPT(easy, CURLOPT_HTTPGET, 1L);
+		else
+			SETOPT(easy, CURLOPT_POST, 1L);
+		if (req->max_body > 0)
+			SETOPT(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) req->max_body);
+		if (ep->auth_kind == HUB_AUTH_BASIC)
+		{
+			SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+			SETOPT(easy, CURLOPT_USERPWD, ep->auth_secret ? ep->auth_secret : "");
+		}
+	}
+	/* what is this request's own */
+	SETOPT(easy, CURLOPT_OPENSOCKETDATA, &req->egress);
+	SETOPT(easy, CURLOPT_PREREQDATA, &req->egress);
+	SETOPT(easy, CURLOPT_WRITEDATA, req);
+	SETOPT(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+	SETOPT(easy, CURLOPT_PRIVATE, req);
+	req->errbuf[0] = '\0';
+
+	if (ok && req->ops->prepare != NULL && !req->ops->prepare(req, error))
+		ok = false;
+	if (!req->get)
+	{
+		SETOPT(easy, CURLOPT_POSTFIELDS, req->body.data);
+		SETOPT(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body.len);
+	}
+	ok &= add_endpoint_headers(req, error);
 
 	/*
 	 * A credential never leaves the endpoint's origin: with redirects
@@ -476,7 +520,7 @@ hub_http_prepare(HubRequest *req, char **error)
 	MemoryContextSwitchTo(old);
 	if (ok && setopt_failed != NULL)
 	{
-		*error = setopt_error("");
+		*error = hub_setopt_error("");
 		ok = false;
 	}
 	if (!ok)
@@ -488,6 +532,109 @@ hub_http_prepare(HubRequest *req, char **error)
 		return NULL;
 	}
 	return easy;
+}
+
+/*
+ * note_throttle --- a response that asks for a pause throttles the whole
+ * endpoint (endpoints.c): a 429 or 503 with Retry-After (delta seconds or
+ * an HTTP date: libcurl's CURLINFO_RETRY_AFTER reads both), or any
+ * response with X-RateLimit-Remaining: 0 and X-RateLimit-Reset (epoch
+ * seconds when above 10^9, else delta seconds); capped by
+ * logistics_hub.retry_after_max.  Returns the Retry-After of a 429 or 503
+ * in seconds, capped the same way, -1 when none.  Bad header values are
+ * ignored.
+ */
+static int64
+note_throttle(HubRequest *req, long status)
+{
+	curl_off_t	retry_after = -1;
+	int64		secs = -1;
+	int64		ra = -1;
+	struct curl_header *h;
+
+	if (status == 429 || status == 503)
+	{
+		if (curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK && retry_after > 0)
+			secs = ra = (int64) retry_after;
+	}
+	if (secs < 0 &&
+		curl_easy_header(req->easy, "X-RateLimit-Remaining", 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
+		strspn(h->value, " 0") == strlen(h->value) && strchr(h->value, '0') != NULL &&
+		curl_easy_header(req->easy, "X-RateLimit-Reset", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+	{
+		char	   *end;
+		long long	v;
+
+		errno = 0;
+		v = strtoll(h->value, &end, 10);
+		while (*end == ' ')
+			end++;
+		if (errno == 0 && end != h->value && *end == '\0' && v > 0)
+			secs = v > 1000000000LL ? (int64) (v - (long long) time(NULL)) : (int64) v;
+	}
+	if (secs > 0)
+		hub_endpoint_throttle(req->ep, GetCurrentTimestamp() +
+							  Min(secs, (int64) hub_retry_after_max_s) * USECS_PER_SEC);
+	return ra > 0 ? Min(ra, (int64) hub_retry_after_max_s) : ra;
+}
+
+/*
+ * hub_http_outcome --- what a finished transfer (rc its libcurl result)
+ * comes to, for its maker: success (a 2xx), a failure with the status and
+ * Retry-After, a refused OAuth2 token (dropped, the failure transient), or
+ * a failure without a status (transport, egress, a body too big).  Never
+ * raises for what the response holds.  With req->want_headers, the final
+ * response's headers are kept in req->resp_headers.
+ */
+void
+hub_http_outcome(HubRequest *req, CURLcode rc, HubOutcome *out)
+{
+	long		status = 0;
+
+	memset(out, 0, sizeof(*out));
+	out->retry_after_s = -1;
+	out->latency_ms = req->started_at ? (int) ((GetCurrentTimestamp() - req->started_at) / 1000) : 0;
+	curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (rc == CURLE_OK && req->want_headers)
+	{
+		struct curl_header *h = NULL;
+		MemoryContext old = MemoryContextSwitchTo(req->cxt);
+
+		while ((h = curl_easy_nextheader(req->easy, CURLH_HEADER, -1, h)) != NULL)
+			req->resp_headers = lappend(req->resp_headers, psprintf("%s: %s", h->name, h->value));
+		MemoryContextSwitchTo(old);
+	}
+
+	if (rc == CURLE_OK)
+	{
+		int64		retry_after = note_throttle(req, status);
+
+		out->http_status = status;
+		if (status >= 200 && status < 300)
+			out->error = NULL;
+		else if (status == 401 && req->ep->auth_kind == HUB_AUTH_OAUTH2)
+		{
+			/* the token was refused: see hub_oauth2_refused */
+			hub_oauth2_refused(req->ep, req->token_generation);
+			out->http_status = 0;
+			out->error = "HTTP 401: the OAuth2 access token was refused; the retry fetches a new one";
+		}
+		else
+		{
+			out->error = status >= 300 && status < 400 ? "redirect not followed" : "";
+			out->retry_after_s = retry_after;
+		}
+	}
+	else if (req->egress.refused != NULL)
+		out->error = pstrdup(req->egress.refused);
+	else if (req->egress.blocked)
+		out->error = psprintf("blocked by egress policy: address %s", req->egress.address);
+	else if (req->too_big || rc == CURLE_FILESIZE_EXCEEDED)
+		out->error = psprintf("response larger than %zu bytes",
+							  req->max_body > 0 ? req->max_body : (size_t) hub_max_response_bytes);
+	else
+		out->error = psprintf("%s%s%s", curl_easy_strerror(rc),
+							  req->errbuf[0] ? ": " : "", req->errbuf);
 }
 
 /* hub_http_release --- give the handle back to the pool, free the headers */
@@ -616,229 +763,25 @@ hub_http_redact(HubRequest *req, char *text, bool truncated)
 	return out.data;
 }
 
-/* ---------------------------------------------------------------- OAuth2 */
-
-#define TOKEN_RESPONSE_MAX 65536
-
-/* body of a token response, bounded */
-static size_t
-write_token(char *data, size_t size, size_t nmemb, void *userdata)
-{
-	HubTokenFetch *fetch = (HubTokenFetch *) userdata;
-	size_t		len = size * nmemb;
-
-	if (fetch->resp.len + len > TOKEN_RESPONSE_MAX)
-	{
-		fetch->too_big = true;
-		return 0;
-	}
-	appendBinaryStringInfo(&fetch->resp, data, len);
-	return len;
-}
-
-/* a string member of a JSON object, or NULL */
-static char *
-json_member(Jsonb *jb, const char *key)
-{
-	JsonbValue *v = getKeyJsonValueFromContainer(&jb->root, key, strlen(key), NULL);
-
-	if (v == NULL)
-		return NULL;
-	if (v->type == jbvString)
-		return pnstrdup(v->val.string.val, v->val.string.len);
-	if (v->type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	return NULL;
-}
-
-static uint64
-hash_string(const char *s, uint64 seed)
-{
-	/* NULL and "" differ; the terminator separates consecutive strings */
-	if (s == NULL)
-		return hash_bytes_uint32_extended(0x6e756c6c, seed);
-	return hash_bytes_extended((const unsigned char *) s, strlen(s) + 1, seed);
-}
-
 /*
- * hub_oauth2_cred_hash --- a hash of what a token is fetched with (token
- * URL, client id and secret), 0 for an endpoint that is not
- * OAuth2.  Compared, never stored anywhere but in the dispatcher's memory.
+ * hub_http_excerpt --- the response excerpt cut to text valid in the
+ * database encoding, without NULs, and without the secrets the request
+ * carried (hub_http_redact)
  */
-uint64
-hub_oauth2_cred_hash(HubEndpoint *ep)
+char *
+hub_http_excerpt(HubRequest *req)
 {
-	uint64		h;
+	int			len = req->excerpt.len;
+	char	   *s = req->excerpt.data;
 
-	if (ep->auth_kind != HUB_AUTH_OAUTH2)
-		return 0;
-	h = hash_string(ep->oauth2_token_url, 1);
-	h = hash_string(ep->oauth2_client_id, h);
-	h = hash_string(ep->oauth2_client_secret, h);
-	return h == 0 ? 1 : h;
-}
-
-/*
- * hub_oauth2_prepare --- an easy handle, not started, that asks the
- * endpoint's token URL for an access token with the client credentials
- * grant (client id and secret sent as HTTP basic auth, RFC 6749 2.3.1),
- * with every safety option of a request (no redirects) and the endpoint's
- * timeout.  libcurl copies the URL and credentials, so a reload may free
- * the endpoint's strings while it runs.  NULL with *error when it cannot
- * be sent (no token URL, an option refused).  The memory is a child
- * context of parent; hub_oauth2_release frees everything.
- */
-HubTokenFetch *
-hub_oauth2_prepare(HubEndpoint *ep, MemoryContext parent, char **error)
-{
-	MemoryContext cxt;
-	HubTokenFetch *fetch;
-	CURL	   *easy;
-
-	*error = NULL;
-	if (ep->oauth2_token_url == NULL)
-	{
-		*error = pstrdup("oauth2: the endpoint has no oauth2_token_url");
-		return NULL;
-	}
-	if (hub_url_has_userinfo(ep->oauth2_token_url))
-	{
-		*error = pstrdup("oauth2: the token URL holds user information; the client credentials belong in oauth2_client_id and oauth2_client_secret");
-		return NULL;
-	}
-	easy = curl_easy_init();
-	if (easy == NULL)
-	{
-		*error = pstrdup("oauth2: could not create a libcurl handle");
-		return NULL;
-	}
-	cxt = AllocSetContextCreate(parent, "logistics_hub token request", ALLOCSET_SMALL_SIZES);
-	fetch = MemoryContextAllocZero(cxt, sizeof(HubTokenFetch));
-	fetch->cxt = cxt;
-	fetch->ep = ep;
-	fetch->easy = easy;
-	fetch->cred_hash = ep->oauth2_cred_hash;
-	{
-		MemoryContext old = MemoryContextSwitchTo(cxt);
-
-		initStringInfo(&fetch->resp);
-		MemoryContextSwitchTo(old);
-	}
-
-	setopt_reset();
-	set_safety_options(easy, ep->timeout_ms, false, &fetch->egress);
-	SETOPT(easy, CURLOPT_PRIVATE, fetch);
-	SETOPT(easy, CURLOPT_URL, ep->oauth2_token_url);
-	/* a literal: libcurl does not copy POSTFIELDS */
-	SETOPT(easy, CURLOPT_POSTFIELDS, "grant_type=client_credentials");
-	SETOPT(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
-	SETOPT(easy, CURLOPT_USERNAME, ep->oauth2_client_id ? ep->oauth2_client_id : "");
-	SETOPT(easy, CURLOPT_PASSWORD, ep->oauth2_client_secret ? ep->oauth2_client_secret : "");
-	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_token);
-	SETOPT(easy, CURLOPT_WRITEDATA, fetch);
-	SETOPT(easy, CURLOPT_ERRORBUFFER, fetch->errbuf);
-	if (setopt_failed != NULL)
-	{
-		*error = setopt_error("oauth2 token request not sent: ");
-		hub_oauth2_release(fetch);
-		return NULL;
-	}
-	return fetch;
-}
-
-/*
- * hub_oauth2_finish --- the outcome of a finished token request (rc its
- * libcurl result): on success the token is cached in the endpoint until
- * expires_in runs out, less a margin of 30 s or, for a token valid a
- * minute or less, half its life (3600 when the answer does not say), and
- * true is returned; otherwise false
- * with *error (palloc'd) saying why, a malformed answer included: outside
- * data is recorded, never raised.  The error never holds the token or the
- * response.
- */
-bool
-hub_oauth2_finish(HubTokenFetch *fetch, CURLcode rc, char **error)
-{
-	HubEndpoint *ep = fetch->ep;
-	long		status = 0;
-	char	   *volatile token = NULL;
-	char	   *volatile expires = NULL;
-	volatile bool parsed = false;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	*error = NULL;
-	curl_easy_getinfo(fetch->easy, CURLINFO_RESPONSE_CODE, &status);
-	if (fetch->egress.blocked)
-	{
-		*error = psprintf("oauth2 token request blocked by egress policy: address %s", fetch->egress.address);
-		return false;
-	}
-	if (fetch->too_big)
-	{
-		*error = psprintf("oauth2 token response larger than %d bytes", TOKEN_RESPONSE_MAX);
-		return false;
-	}
-	if (rc != CURLE_OK)
-	{
-		*error = psprintf("oauth2 token request failed: %s%s%s", curl_easy_strerror(rc),
-						  fetch->errbuf[0] ? ": " : "", fetch->errbuf);
-		return false;
-	}
-	if (status != 200)
-	{
-		*error = psprintf("oauth2 token request answered HTTP %ld", status);
-		return false;
-	}
-	/* the answer is outside data: a parse error is recorded, not raised */
-	PG_TRY();
-	{
-		Jsonb	   *jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(fetch->resp.data)));
-
-		if (JB_ROOT_IS_OBJECT(jb))
+	for (int i = 0; i < len; i++)
+		if (s[i] == '\0')
 		{
-			token = json_member(jb, "access_token");
-			expires = json_member(jb, "expires_in");
+			len = i;
+			break;
 		}
-		parsed = true;
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-	}
-	PG_END_TRY();
-	if (!parsed || token == NULL || token[0] == '\0' || !hub_header_value_ok(token))
-	{
-		*error = pstrdup("oauth2 token response is not JSON with an access_token");
-		return false;
-	}
-	if (ep->oauth2_token != NULL)
-		free(ep->oauth2_token);
-	ep->oauth2_token = strdup(token);
-	if (ep->oauth2_token == NULL)
-	{
-		*error = pstrdup("out of memory");
-		return false;
-	}
-	{
-		int64		life = expires ? Max(0, atol(expires)) : 3600;
-
-		ep->oauth2_expires = GetCurrentTimestamp() +
-			(life - Min(30, life / 2)) * USECS_PER_SEC;
-	}
-	ep->oauth2_fresh = true;
-	ep->oauth2_token_hash = fetch->cred_hash;
-	ep->oauth2_generation++;
-	return true;
-}
-
-/*
- * hub_oauth2_release --- free a token request (already removed from the
- * multi handle, or never added).
- */
-void
-hub_oauth2_release(HubTokenFetch *fetch)
-{
-	curl_easy_cleanup(fetch->easy);
-	MemoryContextDelete(fetch->cxt);
+	/* the valid prefix (an excerpt may end inside a character) */
+	len = pg_encoding_verifymbstr(GetDatabaseEncoding(), s, len);
+	return hub_http_redact(req, pnstrdup(s, len),
+						   len < req->excerpt.len || req->received > (size_t) req->excerpt.len);
 }
