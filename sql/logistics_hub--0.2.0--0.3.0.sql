@@ -410,14 +410,19 @@ END
 $$;
 COMMENT ON FUNCTION hub._url_resolve(text, text) IS 'API: Private. Resolve a URI reference against a base URL (RFC 3986 5.2), without its fragment.';
 
--- the values of the response headers named so ("Name: value" lines), in order
+-- the values of the response headers named so ("Name: value" lines), in
+-- order (plpgsql, not sql: called a few times in every page's transaction,
+-- where a sql function with a SET clause is parsed and planned anew on each
+-- first call, and plpgsql keeps its plan for the session)
 CREATE FUNCTION hub._poll_header(headers text[], name text) RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(array_agg(btrim(substr(h, strpos(h, ':') + 1)) ORDER BY o), '{}')
-	FROM unnest(headers) WITH ORDINALITY AS t(h, o)
-	WHERE strpos(h, ':') > 1 AND lower(btrim(left(h, strpos(h, ':') - 1))) = lower(name)
+BEGIN
+	RETURN (SELECT coalesce(array_agg(btrim(substr(h, strpos(h, ':') + 1)) ORDER BY o), '{}')
+			FROM unnest(headers) WITH ORDINALITY AS t(h, o)
+			WHERE strpos(h, ':') > 1 AND lower(btrim(left(h, strpos(h, ':') - 1))) = lower(name));
+END
 $$;
 COMMENT ON FUNCTION hub._poll_header(text[], text) IS 'API: Private. The values of the headers of that name (case-insensitive) among "Name: value" lines.';
 
@@ -804,11 +809,11 @@ BEGIN
 				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
 				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
 		  FROM (SELECT e.value AS rec,
-					   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
-							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
-					   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
-							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
-					   END #>> '{}' AS ver
+					   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+					   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+					   END AS ver
 				FROM jsonb_array_elements(items) e
 				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
@@ -821,11 +826,11 @@ BEGIN
 			FROM (SELECT replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
 						 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
 				  FROM (SELECT e.value AS rec,
-							   CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
-									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}' AS rid,
-							   CASE WHEN ver_key IS NOT NULL THEN e.value -> ver_key
-									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true)
-							   END #>> '{}' AS ver
+							   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+							   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+							   END AS ver
 						FROM jsonb_array_elements(items) e
 						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
 			GROUP BY 1

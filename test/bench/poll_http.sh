@@ -24,13 +24,23 @@
 #    the audit row, the position: the SQL part of polling alone, called
 #    directly per page (the HTTP part is 1.);
 # 4. worker: the same run through the dispatcher (logistics_hub.dispatchers
-#    = 1): a poller created on the nginx endpoint (woken at commit), the
-#    time until its run has ended, every page fetched by libcurl and
-#    recorded by hub._poll_page in its own transaction: records/s end to
-#    end, against the ceiling (which had the pages already fetched).
-# 2. and 3. alternate for LH_BENCH_ROUNDS (3) rounds, each into empty tables
-# (a new poller and a truncated ceiling table) after a CHECKPOINT, and the
-# median is reported, with the WAL each wrote.
+#    = 1 for this part only): a poller created on the nginx endpoint (woken
+#    at commit), the time until its run has ended, every page fetched by
+#    libcurl and recorded by hub._poll_page in its own transaction:
+#    records/s end to end, against the ceiling (which had the pages already
+#    fetched).  The end is awaited in the same session, a look every 5 ms
+#    in a transaction of its own: a psql started every 20 ms took a good
+#    share of the CPU being measured (the dispatcher's pages then took 26 to
+#    49 ms where hub._poll_page alone took 18 to 30).
+# Each round runs 2., 3. and 4. one after the other (LH_BENCH_ROUNDS, 3;
+# LH_BENCH_SQL_ROUNDS of them with 2. and 3., all by default), each into
+# empty tables (the ceiling table and hub.inbox truncated, a new poller)
+# after a CHECKPOINT, so that a round's ratios compare runs made under the same
+# load; the medians are reported, with the WAL each wrote, and the median
+# of the rounds' own ratios.  LH_BENCH_INBOX_WORKERS (0): inbox workers
+# running meanwhile (the ceiling has no consumer; 1 measures polling beside
+# processing).  LH_BENCH_PIDFILE: a file to write the dispatcher's pid to
+# (for perf or strace).
 # Cluster: fsync = on, synchronous_commit = on, shared_buffers 512MB.
 source "$(dirname "$0")/../harness/lib.sh"
 cd "$LH_TOP"
@@ -163,10 +173,13 @@ BEGIN
 		COMMIT;
 	END LOOP;
 END \$\$;
--- until the poller's run has ended (each look a snapshot of its own)
+-- until the poller's run has ended (each look in a transaction of its own:
+-- a snapshot held through the run would keep every old version of the
+-- poller's row, which each page updates, from being pruned)
 CREATE PROCEDURE bench_wait(poller text) LANGUAGE plpgsql AS \$\$
 BEGIN
 	WHILE NOT coalesce((SELECT p.last_success_at IS NOT NULL FROM hub.pollers p WHERE p.name = poller), false) LOOP
+		COMMIT;
 		PERFORM pg_sleep(0.005);
 	END LOOP;
 END \$\$;
@@ -218,7 +231,7 @@ for round in $(seq "$ROUNDS"); do
 		[ "$(q -c "SELECT count(*) FROM bench_ceiling")" -eq "$NRECS" ] || { echo "ceiling: records missing" >&2; exit 1; }
 		# a new poller each round, on its own (empty) inbox source; the
 		# rounds before stay paused
-		q -c "UPDATE hub.pollers SET paused = true" \
+		q -c "UPDATE hub.pollers SET paused = true" -c "TRUNCATE hub.inbox" \
 		  -c "SELECT hub.create_poller('nginx', '/pages/1', 'erp.order', name => 'bench$round', pagination => 'link_header',
 				id_field => 'id', version_field => 'updated_at', max_pages => 1000000)" -c "CHECKPOINT" >/dev/null
 		l0=$(lsn); t0=$(date +%s.%N); q -c "CALL bench_poll_load('bench$round')" >/dev/null; t1=$(date +%s.%N); l1=$(lsn)
@@ -231,7 +244,7 @@ for round in $(seq "$ROUNDS"); do
 	fi
 
 	# 4. through the dispatcher
-	q -c "UPDATE hub.pollers SET paused = true" -c "CHECKPOINT" >/dev/null
+	q -c "UPDATE hub.pollers SET paused = true" -c "TRUNCATE hub.inbox" -c "CHECKPOINT" >/dev/null
 	dispatchers 1
 	[ -n "${LH_BENCH_PIDFILE:-}" ] && q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'logistics_hub dispatcher'" >"$LH_BENCH_PIDFILE"
 	# (the wait in one session, a look every 5 ms: a psql started every few
