@@ -8,7 +8,7 @@
 -- (One transaction: now() stands still, so the helpers make a poller due
 -- by setting next_run_at, as time passing would.)
 BEGIN;
-SELECT plan(170);
+SELECT plan(174);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -168,6 +168,20 @@ SELECT pg_temp.claim('erp3:erp.y');
 SELECT pg_temp.page('erp3:erp.y', '[{"id": "a@b", "v": "c"}, {"id": "a", "v": "b@c"}, {"id": "a\\@b", "v": "c"}]');
 SELECT is((SELECT string_agg(message_id, ' ' ORDER BY inbox_id) FROM hub.inbox WHERE source = 'poll:erp3:erp.y'),
 	'a\@b@c a@b@c a\\\@b@c', 'an @ or \ in an id is escaped: ids and versions never run together');
+-- id and version by key name (read as text with ->>): every kind of JSON value
+SELECT hub.create_poller('erp18', '/k', 'erp.k', version_field => 'v');
+SELECT pg_temp.claim('erp18:erp.k');
+SELECT pg_temp.page('erp18:erp.k', '[{"id": 9007199254740995, "v": "2026-01-01T00:00:00Z"}, {"id": "x", "v": 1.50},
+		{"id": {"n": 1}, "v": [1, "a"]}, {"id": "y", "v": true}, {"id": "z", "v": null}, {"id": null, "v": 1}]');
+SELECT is((SELECT string_agg(message_id, ' ' ORDER BY inbox_id) FROM hub.inbox WHERE source = 'poll:erp18:erp.k' AND aggregate_id IS NOT NULL AND aggregate_id <> 'z'),
+	'9007199254740995@2026-01-01T00:00:00Z x@1.50 {"n": 1}@[1, "a"] y@true',
+	'ids and versions by key name: numbers exactly as written, strings unquoted, objects and arrays as JSON text');
+SELECT ok((SELECT message_id ~ '^z@md5:[0-9a-f]{32}$' FROM hub.inbox WHERE source = 'poll:erp18:erp.k' AND aggregate_id = 'z'),
+	'a JSON null version is no version: the record''s hash');
+SELECT ok((SELECT message_id ~ '^@md5:[0-9a-f]{32}$' FROM hub.inbox WHERE source = 'poll:erp18:erp.k' AND aggregate_id IS NULL),
+	'a JSON null id is no id: kept under the record''s hash');
+SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp18:erp.k')), '(6,6,0)',
+	'all six records stored');
 SELECT pg_temp.claim('erp3:erp.x');
 SELECT pg_temp.page('erp3:erp.x', '[{"id": 1, "a": 1}, {"a": 3}]');
 SELECT is((SELECT row(records, new_records, duplicates)::text FROM pg_temp.last_req('erp3:erp.x')), '(2,0,2)',
