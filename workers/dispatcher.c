@@ -108,7 +108,7 @@ dispatcher_setup(Datum arg)
 	Oid			roleoid;
 	WaitEventSet *wes;
 
-	hub_worker_txn_init(DatumGetInt32(arg));
+	hub_worker_txn_init("dispatcher", DatumGetInt32(arg), "_claim_probes");
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);

@@ -225,7 +225,7 @@ extern int	hub_my_slot;
 extern char hub_worker_name[64];
 extern MemoryContext hub_worker_cxt;	/* lives as long as the process */
 extern MemoryContext hub_loop_cxt;	/* reset every loop */
-extern void hub_worker_txn_init(int slot);
+extern void hub_worker_txn_init(const char *kind, int slot, const char *required);
 extern void hub_begin_step(const char *what);
 extern void hub_end_step(void);
 extern void hub_begin_work_step(const char *what);

@@ -80,9 +80,6 @@ int			hub_inbox_workers = 1;
 static int	inbox_naptime_ms = 1000;
 static int	inbox_batch = 500;
 
-static int	my_slot;
-static char worker_name[32];
-static MemoryContext loop_cxt;	/* reset every loop */
 static SPIPlanPtr due_plan = NULL;
 static SPIPlanPtr process_plan = NULL;
 static SPIPlanPtr first_plan = NULL;
@@ -114,82 +111,29 @@ hub_inbox_define_gucs(void)
 
 /* ---------------------------------------------------------------- steps */
 
-static void
-begin_step(const char *what)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, what);
-}
-
-static void
-end_step(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	/* (the commit left TopMemoryContext current) */
-	MemoryContextSwitchTo(loop_cxt);
-}
-
 /*
- * extension_ready --- is the extension installed here at a version with
- * the inbox worker's functions?  Inside a transaction.
- */
-static bool
-extension_ready(void)
-{
-	return OidIsValid(get_extension_oid("logistics_hub", true)) &&
-		OidIsValid(LookupFuncName(list_make2(makeString("hub"), makeString("_inbox_next_due")),
-								  0, NULL, true));
-}
-
-static SPIPlanPtr
-prepare(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-/*
- * begin_work_step --- begin_step for a step that needs the extension: a
- * worker whose extension is missing leaves quietly (exit code 0); the
- * launcher starts it again after a pause.
+ * begin_work_step --- hub_begin_work_step (a worker whose extension is
+ * missing leaves quietly, exit code 0; the launcher starts it again after a
+ * pause), with the worker's plans prepared
  */
 static void
 begin_work_step(const char *what)
 {
 	static Oid	batch_type[1] = {INT4OID};
 
-	begin_step(what);
-	if (!extension_ready())
-	{
-		end_step();
-		ereport(DEBUG1,
-				(errmsg("logistics_hub %s: extension not installed in this database, exiting", worker_name)));
-		proc_exit(0);
-	}
+	hub_begin_work_step(what);
 	if (due_plan == NULL)
-		due_plan = prepare("SELECT hub._inbox_next_due()", 0, NULL);
+		due_plan = hub_prepare_plan("SELECT hub._inbox_next_due()", 0, NULL);
 	if (process_plan == NULL)
-		process_plan = prepare("SELECT processed, failed, unhandled FROM hub.process_inbox($1)", 1, batch_type);
+		process_plan = hub_prepare_plan("SELECT processed, failed, unhandled FROM hub.process_inbox($1)", 1, batch_type);
 	if (first_plan == NULL)
-		first_plan = prepare("SELECT inbox_id, max_attempts, retry_base FROM hub._inbox_claim(1)", 0, NULL);
+		first_plan = hub_prepare_plan("SELECT inbox_id, max_attempts, retry_base FROM hub._inbox_claim(1)", 0, NULL);
 	if (aside_plan == NULL)
 	{
 		Oid			aside_types[4] = {INT8OID, TEXTOID, INT4OID, INTERVALOID};
 
 		/* (a mapped message has no handler's settings: the defaults) */
-		aside_plan = prepare("SELECT hub._inbox_settle($1, 'failed', $2, COALESCE($3, 5), "
+		aside_plan = hub_prepare_plan("SELECT hub._inbox_settle($1, 'failed', $2, COALESCE($3, 5), "
 							 "COALESCE($4, '1 second'::pg_catalog.interval))", 4, aside_types);
 	}
 }
@@ -210,7 +154,7 @@ look(void *arg)
 		elog(ERROR, "hub._inbox_next_due() returned no row");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	*due = isnull ? 0 : DatumGetTimestampTz(d);
-	end_step();
+	hub_end_step();
 }
 
 /*
@@ -235,7 +179,7 @@ process(void *arg)
 		if (!isnull)
 			*n += DatumGetInt32(d);
 	}
-	end_step();
+	hub_end_step();
 }
 
 /* process_one --- hub.process_inbox(1), inside isolate's transaction */
@@ -279,7 +223,7 @@ isolate(void *arg)
 		elog(ERROR, "hub._inbox_claim(1) failed");
 	if (SPI_processed == 0)
 	{
-		end_step();
+		hub_end_step();
 		return;
 	}
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -310,11 +254,11 @@ isolate(void *arg)
 		ereport(WARNING,
 				(errcode(err.sqlerrcode),
 				 errmsg("logistics_hub %s: inbox message %lld failed its batch, set aside as a failed attempt: %s",
-						worker_name, (long long) DatumGetInt64(id), why),
+						hub_worker_name, (long long) DatumGetInt64(id), why),
 				 errdetail("An error that process_inbox does not catch per message (a failed ASSERT) rolls back the whole batch; the worker found this message by processing one at a time.")));
 		*outcome = 2;
 	}
-	end_step();
+	hub_end_step();
 }
 
 /*
@@ -337,14 +281,14 @@ guarded(void (*step) (void *), void *arg, const char *what, int *sqlerrcode)
 	{
 		HubStepError err;
 
-		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextSwitchTo(hub_loop_cxt);
 		hub_step_error_take(&err);
 		AbortCurrentTransaction();
-		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextSwitchTo(hub_loop_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		ereport(WARNING,
 				(errcode(err.sqlerrcode),
-				 errmsg("logistics_hub %s: %s failed: %s", worker_name, what, err.message),
+				 errmsg("logistics_hub %s: %s failed: %s", hub_worker_name, what, err.message),
 				 sqlerrcode == NULL || hub_error_is_general(err.sqlerrcode) ?
 				 errhint("The worker tries again after logistics_hub.inbox_naptime.") :
 				 errhint("The worker processes the next messages one at a time to find the one that fails.")));
@@ -413,8 +357,7 @@ hub_inbox_worker_main(Datum arg)
 	TimestampTz next_look = 0;
 	bool		again = false;
 
-	my_slot = DatumGetInt32(arg);
-	snprintf(worker_name, sizeof(worker_name), "inbox worker %d", my_slot);
+	hub_worker_txn_init("inbox worker", DatumGetInt32(arg), "_inbox_next_due");
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	memcpy(&roleoid, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(Oid));
 
@@ -422,29 +365,27 @@ hub_inbox_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
-	hub_pin_session(worker_name);
-	pgstat_report_appname(psprintf("logistics_hub %s", worker_name));
-	hub_inbox_worker_attach(my_slot);
-
-	loop_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub inbox loop", ALLOCSET_DEFAULT_SIZES);
+	hub_pin_session(hub_worker_name);
+	pgstat_report_appname(psprintf("logistics_hub %s", hub_worker_name));
+	hub_inbox_worker_attach(hub_my_slot);
 
 	for (;;)
 	{
 		TimestampTz now;
 
-		MemoryContextReset(loop_cxt);
-		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(hub_loop_cxt);
+		MemoryContextSwitchTo(hub_loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			/* no longer wanted: leave (exit code 1, as the dispatchers) */
-			if (my_slot >= hub_inbox_workers)
+			if (hub_my_slot >= hub_inbox_workers)
 			{
 				ereport(LOG,
 						(errmsg("logistics_hub %s exiting: logistics_hub.inbox_workers is now %d",
-								worker_name, hub_inbox_workers)));
+								hub_worker_name, hub_inbox_workers)));
 				proc_exit(1);
 			}
 		}

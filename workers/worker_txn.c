@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * worker_txn.c
- *		What every step of a dispatcher shares: the worker's name, slot and
- *		memory contexts, its short transactions, SPI helpers, and its log
- *		lines.
+ *		What every step of a worker (a dispatcher, an inbox worker) shares:
+ *		the worker's name, slot and memory contexts, its short
+ *		transactions, SPI helpers, and its log lines.
  *
  * A dispatcher never holds a transaction open while it waits on the
  * network: each step (claim, record, a poll page) is one short
@@ -44,10 +44,11 @@ MemoryContext hub_worker_cxt;
 MemoryContext hub_loop_cxt;
 
 static const char *current_step = NULL; /* for log lines; NULL between steps */
+static const char *required_function = NULL;	/* hub.<name>() the steps need */
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
 /*
- * dispatcher_log_hook --- emit_log_hook of a dispatcher: a WARNING or an
+ * worker_log_hook --- emit_log_hook of a worker: a WARNING or an
  * error that comes out during one of its steps (an error in its own SQL,
  * a WARNING of a function it calls) is one line naming the worker and the
  * step, "logistics_hub dispatcher 0: claim: <message>"; its CONTEXT (the
@@ -57,7 +58,7 @@ static emit_log_hook_type prev_emit_log_hook = NULL;
  * DEBUG1 report does not throw, and this hook does not run for its own.
  */
 static void
-dispatcher_log_hook(ErrorData *edata)
+worker_log_hook(ErrorData *edata)
 {
 	static bool busy = false;
 
@@ -89,18 +90,21 @@ dispatcher_log_hook(ErrorData *edata)
 }
 
 /*
- * hub_worker_txn_init --- name the worker after its slot, make its memory
- * contexts and install its log hook
+ * hub_worker_txn_init --- name the worker after its kind and slot
+ * ("dispatcher 0", "inbox worker 1"), say which hub function its steps
+ * need (hub_begin_work_step), make its memory contexts and install its
+ * log hook
  */
 void
-hub_worker_txn_init(int slot)
+hub_worker_txn_init(const char *kind, int slot, const char *required)
 {
 	hub_my_slot = slot;
-	snprintf(hub_worker_name, sizeof(hub_worker_name), "dispatcher %d", slot);
+	snprintf(hub_worker_name, sizeof(hub_worker_name), "%s %d", kind, slot);
+	required_function = required;
 	prev_emit_log_hook = emit_log_hook;
-	emit_log_hook = dispatcher_log_hook;
-	hub_worker_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub dispatcher", ALLOCSET_DEFAULT_SIZES);
-	hub_loop_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub dispatcher loop", ALLOCSET_DEFAULT_SIZES);
+	emit_log_hook = worker_log_hook;
+	hub_worker_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub worker", ALLOCSET_DEFAULT_SIZES);
+	hub_loop_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub worker loop", ALLOCSET_DEFAULT_SIZES);
 }
 
 /* hub_clear_step --- no step is running (one failed and was handled) */
@@ -164,19 +168,19 @@ hub_function_exists(const char *name)
 }
 
 /*
- * is the extension (at a version with workers) installed here?  Inside a
- * transaction.
+ * is the extension (at a version with this worker's functions) installed
+ * here?  Inside a transaction.
  */
 bool
 hub_extension_present(void)
 {
 	return OidIsValid(get_extension_oid("logistics_hub", true)) &&
-		hub_function_exists("_claim_probes");
+		hub_function_exists(required_function);
 }
 
 /*
  * hub_begin_work_step --- hub_begin_step for a step that needs the
- * extension: a dispatcher whose extension is gone (DROP EXTENSION) leaves
+ * extension: a worker whose extension is gone (DROP EXTENSION) leaves
  * quietly with exit code 0; the launcher starts it again once the
  * extension is back.
  */
@@ -187,8 +191,8 @@ hub_begin_work_step(const char *what)
 	if (!hub_extension_present())
 	{
 		hub_end_step();
-		ereport(DEBUG1, (errmsg("logistics_hub dispatcher %d: extension not installed in this database, exiting",
-								hub_my_slot)));
+		ereport(DEBUG1, (errmsg("logistics_hub %s: extension not installed in this database, exiting",
+								hub_worker_name)));
 		proc_exit(0);
 	}
 }
