@@ -968,7 +968,8 @@ COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
  * writes what hub._apply_canonical writes (entity_state, the per-system
  * row, the history row) and publishes the canonical event with the
  * message's correlation and causation ids, in inbox_id order.  A key
- * another transaction created meanwhile is left to the per-message path.
+ * another transaction created meanwhile undoes the whole batch's apply
+ * (it was classified as new): the per-message path then sees that row.
  * Everything runs in one subtransaction: any error undoes it all and every
  * message goes the per-message way.  Returns the ids applied (to be
  * settled done by the caller), in order.
@@ -993,6 +994,7 @@ DECLARE
 	a_corr		text[];
 	a_payload	jsonb[];
 	v_done		bigint[];
+	v_written	bigint;
 BEGIN
 	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
 		RETURN '{}';
@@ -1011,14 +1013,15 @@ BEGIN
 						THEN jsonb_path_query_first(i.payload, mp.qualifier_path) END AS qv,
 				   CASE WHEN mp.partner_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.partner_path) END AS pv
-			FROM unnest(p_ids) x(id)
-			JOIN hub.inbox i ON i.inbox_id = x.id
+			FROM hub.inbox i
 			CROSS JOIN LATERAL (
 				SELECT m.* FROM hub.inbox_mappings m
 				WHERE hub._inbox_pattern_matches(m.message_pattern, i.message_type)
 				ORDER BY m.message_pattern = i.message_type DESC, length(m.message_pattern) DESC
 				LIMIT 1) mp
-			WHERE i.state IN ('new', 'retry_wait') AND jsonb_typeof(i.payload) = 'object'
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
 		), f AS (
 			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
@@ -1095,8 +1098,9 @@ BEGIN
 			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
 			JOIN hub.event_types et ON et.event_type = se.event_type
 			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
-		), b AS (
+		), b AS MATERIALIZED (
 			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
 			SELECT c.*,
 				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
 						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
@@ -1111,14 +1115,14 @@ BEGIN
 						   ELSE '{}' END AS base
 			FROM c
 			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
-		), ok AS (
-			SELECT b.*, e.body
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
 			FROM b
-			CROSS JOIN LATERAL (
-				SELECT b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
-										   FROM unnest(b.required_keys) k(k)
-										   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body) e
-			WHERE hub.contract_violation(b.event_type, e.body) IS NULL
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
 		), ins AS (
 			INSERT INTO hub.entity_state AS es
 				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
@@ -1135,9 +1139,9 @@ BEGIN
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key
 		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
 			SELECT ok.* FROM ok
-			JOIN (SELECT * FROM ins UNION ALL SELECT * FROM upd) k
-				ON k.lifecycle = ok.lifecycle AND k.business_key = ok.key
 		), sys AS (
 			INSERT INTO hub.entity_system_state AS s
 				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
@@ -1166,7 +1170,12 @@ BEGIN
 							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
 			FROM w ORDER BY w.inbox_id
 		)
-		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id) INTO v_done FROM ev;
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
 	EXCEPTION WHEN OTHERS THEN
 		-- (undone: every message goes the per-message way, which reports
 		-- the error of the one at fault)
