@@ -12,7 +12,11 @@
  * key (aggregate_id) at a time in inbox_id order, and runs, for each, the
  * handler of the longest matching message pattern in its own
  * subtransaction: a handler's writes are kept when it succeeds and rolled
- * back when it fails.  A message moves through
+ * back when it fails.  (Mapped messages without a handler whose report
+ * simply creates or advances a key are applied first, together and
+ * set-based, by hub._inbox_apply_batch in 65_flow.sql, with the result the
+ * per-message path would give; done and unhandled messages are settled
+ * with one UPDATE a batch.)  A message moves through
  *   new -> done | unhandled (no handler)
  *       -> retry_wait (next_attempt_at, backoff retry_base * 2^(attempts-1))
  *       -> dead (after max_attempts), the last error kept as "SQLSTATE: message"
@@ -389,7 +393,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
-'Process up to max ready inbox messages, each in its own subtransaction: a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ---------------------------------------------------------------- privileges
 
