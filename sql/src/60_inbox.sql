@@ -307,7 +307,7 @@ DECLARE
 	c_max integer[];
 	c_base interval[];
 	v_prefix integer;
-	v_fast bigint[];
+	v_fast bigint[] := '{}';
 	v_done bigint[] := '{}';
 	v_unhandled bigint[] := '{}';
 BEGIN
@@ -342,11 +342,12 @@ BEGIN
 		v_done := v_fast;
 		processed := cardinality(v_fast);
 	END IF;
+	-- (when the set took them all, there is nothing left)
 	FOR m IN
 		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
 		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
 			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
-		WHERE x.inbox_id <> ALL (coalesce(v_fast, '{}'))
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
 		ORDER BY x.n
 	LOOP
 		err := NULL;

@@ -1014,11 +1014,14 @@ BEGIN
 				   CASE WHEN mp.partner_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.partner_path) END AS pv
 			FROM hub.inbox i
-			CROSS JOIN LATERAL (
-				SELECT m.* FROM hub.inbox_mappings m
-				WHERE hub._inbox_pattern_matches(m.message_pattern, i.message_type)
-				ORDER BY m.message_pattern = i.message_type DESC, length(m.message_pattern) DESC
-				LIMIT 1) mp
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
 			-- (by the primary key: a join with the array may scan the backlog)
 			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
 			  AND jsonb_typeof(i.payload) = 'object'
@@ -1048,24 +1051,29 @@ BEGIN
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
 		)
-		SELECT array_agg(t.inbox_id ORDER BY t.inbox_id), array_agg(t.lifecycle ORDER BY t.inbox_id),
-			   array_agg(t.key ORDER BY t.inbox_id), array_agg(t.system ORDER BY t.inbox_id),
-			   array_agg(ro.role ORDER BY t.inbox_id), array_agg(t.qual ORDER BY t.inbox_id),
-			   array_agg(t.partner ORDER BY t.inbox_id), array_agg(t.code ORDER BY t.inbox_id),
-			   array_agg(t.at ORDER BY t.inbox_id), array_agg(ms.state ORDER BY t.inbox_id),
-			   array_agg(t.correlation_id ORDER BY t.inbox_id), array_agg(t.payload ORDER BY t.inbox_id)
+		SELECT array_agg(r.inbox_id ORDER BY r.inbox_id), array_agg(r.lifecycle ORDER BY r.inbox_id),
+			   array_agg(r.key ORDER BY r.inbox_id), array_agg(r.system ORDER BY r.inbox_id),
+			   array_agg(r.role ORDER BY r.inbox_id), array_agg(r.qual ORDER BY r.inbox_id),
+			   array_agg(r.partner ORDER BY r.inbox_id), array_agg(r.code ORDER BY r.inbox_id),
+			   array_agg(r.at ORDER BY r.inbox_id), array_agg(r.m_state ORDER BY r.inbox_id),
+			   array_agg(r.correlation_id ORDER BY r.inbox_id), array_agg(r.payload ORDER BY r.inbox_id)
 		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
-		FROM t
-		CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
-		CROSS JOIN LATERAL (
-			SELECT sy.role FROM hub.systems sy
-			WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
-			ORDER BY sy.qualifier DESC LIMIT 1) ro
-		WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
-		  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
-		  AND EXISTS (SELECT FROM hub.state_owners o
-					  WHERE o.lifecycle = t.lifecycle AND o.role = ro.role AND o.state = ms.state);
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
 		IF a_id IS NULL THEN
 			RETURN '{}';
 		END IF;
