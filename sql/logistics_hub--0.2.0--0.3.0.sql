@@ -2011,12 +2011,11 @@ BEGIN
 			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
 			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
 		)
-		SELECT array_agg(r.inbox_id ORDER BY r.inbox_id), array_agg(r.lifecycle ORDER BY r.inbox_id),
-			   array_agg(r.key ORDER BY r.inbox_id), array_agg(r.system ORDER BY r.inbox_id),
-			   array_agg(r.role ORDER BY r.inbox_id), array_agg(r.qual ORDER BY r.inbox_id),
-			   array_agg(r.partner ORDER BY r.inbox_id), array_agg(r.code ORDER BY r.inbox_id),
-			   array_agg(r.at ORDER BY r.inbox_id), array_agg(r.m_state ORDER BY r.inbox_id),
-			   array_agg(r.correlation_id ORDER BY r.inbox_id), array_agg(r.payload ORDER BY r.inbox_id)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload)
 		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
 		FROM r
 		WHERE EXISTS (SELECT FROM hub.state_owners o
