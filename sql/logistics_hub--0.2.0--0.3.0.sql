@@ -1947,19 +1947,21 @@ BEGIN
 		RETURN '{}';
 	END IF;
 	BEGIN
-		-- the messages, their mapping and fields; per key, how many of the
-		-- batch name it (any message of a mapping whose key reads)
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
 		WITH msg AS (
 			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
 				   mp.occurred_at_path, mp.parent_path, mp.children_path,
-				   jsonb_path_query_first(i.payload, mp.key_path) AS kv,
-				   jsonb_path_query_first(i.payload, mp.code_path) AS cv,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
 				   CASE WHEN mp.occurred_at_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path) END AS tv,
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
 				   CASE WHEN mp.qualifier_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.qualifier_path) END AS qv,
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
 				   CASE WHEN mp.partner_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.partner_path) END AS pv
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
 			FROM hub.inbox i
 			-- (the mapping of each message type once, not once a message)
 			JOIN (SELECT ty.message_type, mm.*
