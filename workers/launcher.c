@@ -423,7 +423,8 @@ worker_alive(const WorkerKind *kind, int slot, LauncherSlot *ls)
  * keep_running --- start or stop the workers of a kind so that the wanted
  * number of them run (none without the database and the role); a worker
  * that did not last long is started again only after a pause, which
- * shortens *wait_ms to it.
+ * shortens *wait_ms to it, unless it stopped while not wanted (a lowered
+ * setting raised again starts its workers at once).
  */
 static void
 keep_running(const WorkerKind *kind, LauncherSlot *slots, Oid dboid, Oid roleoid, long *wait_ms)
@@ -438,6 +439,16 @@ keep_running(const WorkerKind *kind, LauncherSlot *slots, Oid dboid, Oid roleoid
 
 		if (alive && !wanted && ls->handle != NULL)
 			TerminateBackgroundWorker(ls->handle);
+		else if (!alive && !wanted)
+		{
+			/*
+			 * Stopped because it is not wanted (the setting was lowered):
+			 * when it is wanted again it starts at once.  The pause below is
+			 * for a worker that keeps dying on its own, not for one that was
+			 * sent away after a short run.
+			 */
+			ls->started_at = 0;
+		}
 		else if (!alive && wanted)
 		{
 			long		ran = ls->stopped_at - ls->started_at;

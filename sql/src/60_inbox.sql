@@ -12,7 +12,11 @@
  * key (aggregate_id) at a time in inbox_id order, and runs, for each, the
  * handler of the longest matching message pattern in its own
  * subtransaction: a handler's writes are kept when it succeeds and rolled
- * back when it fails.  A message moves through
+ * back when it fails.  (Mapped messages without a handler whose report
+ * simply creates or advances a key are applied first, together and
+ * set-based, by hub._inbox_apply_batch in 65_flow.sql, with the result the
+ * per-message path would give; done and unhandled messages are settled
+ * with one UPDATE a batch.)  A message moves through
  *   new -> done | unhandled (no handler)
  *       -> retry_wait (next_attempt_at, backoff retry_base * 2^(attempts-1))
  *       -> dead (after max_attempts), the last error kept as "SQLSTATE: message"
@@ -260,6 +264,31 @@ $$;
 COMMENT ON FUNCTION hub._inbox_settle(bigint, text, text, integer, interval) IS
 'API: Private. Record the outcome of processing one inbox message (done, unhandled, or failed with backoff or dead).';
 
+CREATE FUNCTION hub._inbox_settle_many(inbox_ids bigint[], outcome text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF outcome IS NULL OR outcome NOT IN ('done', 'unhandled') THEN
+		RAISE EXCEPTION 'invalid inbox outcome: "%"', outcome USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Settle done or unhandled messages here; a failed one with hub._inbox_settle.';
+	END IF;
+	IF inbox_ids IS NULL OR cardinality(inbox_ids) = 0 THEN
+		RETURN 0;
+	END IF;
+	UPDATE hub.inbox i SET state = outcome, next_attempt_at = NULL, processed_at = now()
+	WHERE i.inbox_id = ANY (inbox_ids);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_settle_many(bigint[], text) IS
+'API: Private. Record the outcome done or unhandled of many inbox messages at once (hub.process_inbox settles a batch with one UPDATE); returns how many rows it settled.';
+
 CREATE FUNCTION hub.process_inbox(max integer DEFAULT 100)
 RETURNS TABLE (processed integer, failed integer, unhandled integer)
 LANGUAGE plpgsql
@@ -271,6 +300,16 @@ DECLARE
 	err text;
 	v_max integer;
 	v_base interval;
+	c_id bigint[];
+	c_type text[];
+	c_payload jsonb[];
+	c_handler regproc[];
+	c_max integer[];
+	c_base interval[];
+	v_prefix integer;
+	v_fast bigint[] := '{}';
+	v_done bigint[] := '{}';
+	v_unhandled bigint[] := '{}';
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -278,7 +317,39 @@ BEGIN
 	processed := 0;
 	failed := 0;
 	unhandled := 0;
-	FOR m IN SELECT * FROM hub._inbox_claim(max) LOOP
+	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
+		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
+		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base
+	FROM hub._inbox_claim(max) c;
+	IF c_id IS NULL THEN
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	-- the mapped messages before the first one with a handler, applied
+	-- together where their outcome is the plain one (65_flow.sql); those
+	-- come first, the rest one by one in inbox_id order, so a handler never
+	-- sees a later message applied before its own
+	v_prefix := cardinality(c_id);
+	FOR k IN 1 .. cardinality(c_id) LOOP
+		IF c_handler[k] IS NOT NULL THEN
+			v_prefix := k - 1;
+			EXIT;
+		END IF;
+	END LOOP;
+	IF v_prefix > 0 THEN
+		v_fast := coalesce(hub._inbox_apply_batch(c_id[1:v_prefix]), '{}');
+		v_done := v_fast;
+		processed := cardinality(v_fast);
+	END IF;
+	-- (when the set took them all, there is nothing left)
+	FOR m IN
+		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
+		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
+			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
+		ORDER BY x.n
+	LOOP
 		err := NULL;
 		BEGIN
 			-- its own subtransaction: the declared mapping's (65_flow.sql) and
@@ -287,23 +358,21 @@ BEGIN
 			-- the record), then the handler, as its owner, within the time
 			-- limit, with the message's context; both publish with the
 			-- message's correlation id unless they name one.  NULL: neither
-			-- a mapping nor a handler
+			-- a mapping nor a handler.  (The step sets the message's context
+			-- before anything that can publish; it is cleared once, after
+			-- the loop.)
 			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
-			IF ctx IS NOT NULL THEN
-				IF m.handler IS NOT NULL THEN
-					PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
-				END IF;
-				PERFORM set_config('hub.inbox_correlation_id', '', true),
-						set_config('hub.inbox_causation_id', '', true);
+			IF ctx IS NOT NULL AND m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
 			END IF;
 		EXCEPTION WHEN OTHERS THEN
 			err := SQLSTATE || ': ' || SQLERRM;
 		END;
 		IF err IS NULL AND ctx IS NULL THEN
-			PERFORM hub._inbox_settle(m.inbox_id, 'unhandled');
+			v_unhandled := v_unhandled || m.inbox_id;
 			unhandled := unhandled + 1;
 		ELSIF err IS NULL THEN
-			PERFORM hub._inbox_settle(m.inbox_id, 'done');
+			v_done := v_done || m.inbox_id;
 			processed := processed + 1;
 		ELSE
 			v_max := m.max_attempts;
@@ -316,11 +385,16 @@ BEGIN
 			failed := failed + 1;
 		END IF;
 	END LOOP;
+	PERFORM set_config('hub.inbox_correlation_id', '', true),
+			set_config('hub.inbox_causation_id', '', true);
+	-- done and unhandled messages settled with one UPDATE each
+	PERFORM hub._inbox_settle_many(v_done, 'done');
+	PERFORM hub._inbox_settle_many(v_unhandled, 'unhandled');
 	RETURN NEXT;
 END
 $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
-'Process up to max ready inbox messages, each in its own subtransaction: a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ---------------------------------------------------------------- privileges
 
@@ -330,6 +404,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub.register_handler(text, regproc, integer, interval),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._inbox_settle_many(bigint[], text),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
@@ -337,6 +412,7 @@ GRANT EXECUTE ON FUNCTION
 	hub.register_handler(text, regproc, integer, interval),
 	hub.process_inbox(integer),
 	hub._inbox_claim(integer),
-	hub._inbox_settle(bigint, text, text, integer, interval)
+	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._inbox_settle_many(bigint[], text)
 	TO hub_admin;
 GRANT SELECT ON hub.inbox, hub.inbox_handlers TO hub_reader;

@@ -82,8 +82,10 @@ GRANT EXECUTE ON FUNCTION
 	hub.process_inbox(integer),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
+	hub._inbox_settle_many(bigint[], text),
 	hub._inbox_mapping(text),
 	hub._inbox_step(bigint, boolean),
+	hub._inbox_apply_batch(bigint[]),
 	hub._run_handler(regproc, jsonb, text, jsonb)
 	TO hub_worker;
 
