@@ -4095,4 +4095,249 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+
+-- ---- per-key order for mapped messages received without their key
+-- 60_inbox.sql: hub.receive gives such a message the key its mapping reads;
+-- hub._inbox_claim takes a key's messages together, in inbox order;
+-- hub.process_inbox skips the rest of a key's messages once one fails
+-- 62_inbox_worker.sql: the claim's index
+CREATE INDEX inbox_pending_idx ON hub.inbox (inbox_id) WHERE state IN ('new', 'retry_wait');
+
+CREATE OR REPLACE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	corr text := coalesce(receive.correlation_id,
+						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
+							   THEN receive.payload ->> 'correlation_id' END);
+	agg text := receive.aggregate_id;
+	mapped_key jsonb;
+BEGIN
+	-- the limits on inputs (22001, 54000), before anything is written
+	PERFORM hub._check_key_length('source', receive.source);
+	PERFORM hub._check_key_length('message id', receive.message_id);
+	PERFORM hub._check_key_length('message type', receive.message_type);
+	PERFORM hub._check_key_length('correlation id', corr);
+	PERFORM hub._check_key_length('aggregate id', agg);
+	-- a message of a declared mapping (hub.map_inbox) received without its
+	-- business key gets the key its mapping reads, so that it is processed
+	-- in order among the key's messages; a key that is no value or is too
+	-- long is left for the processing to refuse
+	IF agg IS NULL AND jsonb_typeof(receive.payload) = 'object' THEN
+		SELECT pg_catalog.jsonb_path_query_first(receive.payload, m.key_path) INTO mapped_key
+		FROM hub._inbox_mapping(receive.message_type) m WHERE m.key_path IS NOT NULL;
+		IF jsonb_typeof(mapped_key) IN ('string', 'number') AND octet_length(mapped_key #>> '{}') <= 256 THEN
+			agg := mapped_key #>> '{}';
+		END IF;
+	END IF;
+	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
+													  left(receive.source, 64)),
+									receive.payload);
+	-- the loop only repeats if a concurrent receiver's row vanished between
+	-- our INSERT and UPDATE (it rolled back or was deleted)
+	LOOP
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
+									correlation_id, aggregate_id)
+		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
+				coalesce(receive.received_at, now()), now(), corr, agg)
+		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+		IF FOUND THEN
+			RETURN true;
+		END IF;
+		UPDATE hub.inbox AS i
+		SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
+		WHERE i.source = receive.source AND i.message_id = receive.message_id;
+		IF FOUND THEN
+			RETURN false;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order.';
+
+CREATE OR REPLACE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
+AS $$
+	-- in order per business key (aggregate_id, 62_inbox_worker.sql): a
+	-- message is not taken behind an earlier pending message of its key
+	-- that is not due (a retry waiting), nor behind one this claim does not
+	-- lock (another processor's, or beyond max); the messages of a key it
+	-- does take are processed in inbox_id order, the rest of the key's
+	-- skipped after one of them fails (hub.process_inbox)
+	WITH locked AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts, i.aggregate_id
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait') AND e.next_attempt_at > now()))
+		-- (in inbox order, so an earlier due message of a key is never left
+		-- out of a claim that takes a later one: inbox_pending_idx)
+		ORDER BY i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	), claimed AS (
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts
+		FROM locked l
+		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
+				  AND e.state IN ('new', 'retry_wait')
+				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base
+	FROM claimed c
+	LEFT JOIN LATERAL (
+		SELECT h.handler, h.max_attempts, h.retry_base
+		FROM hub.inbox_handlers h
+		WHERE hub._inbox_pattern_matches(h.message_pattern, c.message_type)
+		ORDER BY h.message_pattern = c.message_type DESC, length(h.message_pattern) DESC
+		LIMIT 1
+	) h ON true
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler.';
+
+CREATE FUNCTION hub._inbox_key(inbox_id bigint) RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT i.aggregate_id FROM hub.inbox i WHERE i.inbox_id OPERATOR(pg_catalog.=) $1
+$$;
+COMMENT ON FUNCTION hub._inbox_key(bigint) IS
+'API: Private. The business key (aggregate_id) of an inbox message, NULL when it has none: hub.process_inbox skips the rest of a key''s messages in a claim once one of them fails.';
+REVOKE EXECUTE ON FUNCTION hub._inbox_key(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._inbox_key(bigint) TO hub_admin, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	ctx jsonb;
+	err text;
+	v_max integer;
+	v_base interval;
+	c_id bigint[];
+	c_type text[];
+	c_payload jsonb[];
+	c_handler regproc[];
+	c_max integer[];
+	c_base interval[];
+	v_prefix integer;
+	v_fast bigint[] := '{}';
+	v_done bigint[] := '{}';
+	v_unhandled bigint[] := '{}';
+	v_failed_keys text[] := '{}';
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
+		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
+		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base
+	FROM hub._inbox_claim(max) c;
+	IF c_id IS NULL THEN
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	-- the mapped messages before the first one with a handler, applied
+	-- together where their outcome is the plain one (65_flow.sql); those
+	-- come first, the rest one by one in inbox_id order, so a handler never
+	-- sees a later message applied before its own
+	v_prefix := cardinality(c_id);
+	FOR k IN 1 .. cardinality(c_id) LOOP
+		IF c_handler[k] IS NOT NULL THEN
+			v_prefix := k - 1;
+			EXIT;
+		END IF;
+	END LOOP;
+	IF v_prefix > 0 THEN
+		v_fast := coalesce(hub._inbox_apply_batch(c_id[1:v_prefix]), '{}');
+		v_done := v_fast;
+		processed := cardinality(v_fast);
+	END IF;
+	-- (when the set took them all, there is nothing left)
+	FOR m IN
+		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
+		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
+			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
+		ORDER BY x.n
+	LOOP
+		-- after a message of a key failed, the key's later messages wait
+		-- (unclaimed at commit, behind it in the next claim)
+		IF cardinality(v_failed_keys) > 0
+		   AND hub._inbox_key(m.inbox_id) = ANY (v_failed_keys) THEN
+			CONTINUE;
+		END IF;
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler.  (The step sets the message's context
+			-- before anything that can publish; it is cleared once, after
+			-- the loop.)
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL AND m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL AND ctx IS NULL THEN
+			v_unhandled := v_unhandled || m.inbox_id;
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
+			v_done := v_done || m.inbox_id;
+			processed := processed + 1;
+		ELSE
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
+			failed := failed + 1;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || hub._inbox_key(m.inbox_id), NULL);
+		END IF;
+	END LOOP;
+	PERFORM set_config('hub.inbox_correlation_id', '', true),
+			set_config('hub.inbox_causation_id', '', true);
+	-- done and unhandled messages settled with one UPDATE each
+	PERFORM hub._inbox_settle_many(v_done, 'done');
+	PERFORM hub._inbox_settle_many(v_unhandled, 'unhandled');
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
 -- ================================================================ end

@@ -117,13 +117,26 @@ DECLARE
 	corr text := coalesce(receive.correlation_id,
 						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
 							   THEN receive.payload ->> 'correlation_id' END);
+	agg text := receive.aggregate_id;
+	mapped_key jsonb;
 BEGIN
 	-- the limits on inputs (22001, 54000), before anything is written
 	PERFORM hub._check_key_length('source', receive.source);
 	PERFORM hub._check_key_length('message id', receive.message_id);
 	PERFORM hub._check_key_length('message type', receive.message_type);
 	PERFORM hub._check_key_length('correlation id', corr);
-	PERFORM hub._check_key_length('aggregate id', receive.aggregate_id);
+	PERFORM hub._check_key_length('aggregate id', agg);
+	-- a message of a declared mapping (hub.map_inbox) received without its
+	-- business key gets the key its mapping reads, so that it is processed
+	-- in order among the key's messages; a key that is no value or is too
+	-- long is left for the processing to refuse
+	IF agg IS NULL AND jsonb_typeof(receive.payload) = 'object' THEN
+		SELECT pg_catalog.jsonb_path_query_first(receive.payload, m.key_path) INTO mapped_key
+		FROM hub._inbox_mapping(receive.message_type) m WHERE m.key_path IS NOT NULL;
+		IF jsonb_typeof(mapped_key) IN ('string', 'number') AND octet_length(mapped_key #>> '{}') <= 256 THEN
+			agg := mapped_key #>> '{}';
+		END IF;
+	END IF;
 	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
 													  left(receive.source, 64)),
 									receive.payload);
@@ -133,7 +146,7 @@ BEGIN
 		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
 									correlation_id, aggregate_id)
 		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
-				coalesce(receive.received_at, now()), now(), corr, receive.aggregate_id)
+				coalesce(receive.received_at, now()), now(), corr, agg)
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 		IF FOUND THEN
 			RETURN true;
@@ -148,7 +161,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) IS
-'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key) make the message part of hub.trace().';
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order.';
 
 -- ---------------------------------------------------------------- handlers API
 
@@ -199,19 +212,33 @@ SET search_path = pg_catalog, pg_temp
 -- compiled at every call)
 SET jit = off
 AS $$
-	WITH claimed AS (
-		SELECT i.inbox_id, i.message_type, i.payload, i.attempts
+	-- in order per business key (aggregate_id, 62_inbox_worker.sql): a
+	-- message is not taken behind an earlier pending message of its key
+	-- that is not due (a retry waiting), nor behind one this claim does not
+	-- lock (another processor's, or beyond max); the messages of a key it
+	-- does take are processed in inbox_id order, the rest of the key's
+	-- skipped after one of them fails (hub.process_inbox)
+	WITH locked AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts, i.aggregate_id
 		FROM hub.inbox i
 		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
-		  -- in order per business key (aggregate_id): not while an earlier
-		  -- message of the key is pending (62_inbox_worker.sql)
 		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
 				SELECT FROM hub.inbox e
 				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
-				  AND e.state IN ('new', 'retry_wait')))
-		ORDER BY i.next_attempt_at, i.inbox_id
+				  AND e.state IN ('new', 'retry_wait') AND e.next_attempt_at > now()))
+		-- (in inbox order, so an earlier due message of a key is never left
+		-- out of a claim that takes a later one: inbox_pending_idx)
+		ORDER BY i.inbox_id
 		LIMIT max
 		FOR UPDATE SKIP LOCKED
+	), claimed AS (
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts
+		FROM locked l
+		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
+				  AND e.state IN ('new', 'retry_wait')
+				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
 	)
 	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base
 	FROM claimed c
@@ -225,7 +252,7 @@ AS $$
 	ORDER BY c.inbox_id
 $$;
 COMMENT ON FUNCTION hub._inbox_claim(integer) IS
-'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (none while an earlier message with the same aggregate_id is new or retry_wait), and return each with its best-matching handler.';
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler.';
 
 CREATE FUNCTION hub._inbox_settle(inbox_id bigint, outcome text, error text DEFAULT NULL,
 		max_attempts integer DEFAULT NULL, retry_base interval DEFAULT NULL)
@@ -289,6 +316,21 @@ $$;
 COMMENT ON FUNCTION hub._inbox_settle_many(bigint[], text) IS
 'API: Private. Record the outcome done or unhandled of many inbox messages at once (hub.process_inbox settles a batch with one UPDATE); returns how many rows it settled.';
 
+/*
+ * _inbox_key --- a message's business key (aggregate_id), for
+ * hub.process_inbox, which runs with its caller's rights (the inbox
+ * workers have no grant on hub.inbox)
+ */
+CREATE FUNCTION hub._inbox_key(inbox_id bigint) RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT i.aggregate_id FROM hub.inbox i WHERE i.inbox_id OPERATOR(pg_catalog.=) $1
+$$;
+COMMENT ON FUNCTION hub._inbox_key(bigint) IS
+'API: Private. The business key (aggregate_id) of an inbox message, NULL when it has none: hub.process_inbox skips the rest of a key''s messages in a claim once one of them fails.';
+
 CREATE FUNCTION hub.process_inbox(max integer DEFAULT 100)
 RETURNS TABLE (processed integer, failed integer, unhandled integer)
 LANGUAGE plpgsql
@@ -310,6 +352,7 @@ DECLARE
 	v_fast bigint[] := '{}';
 	v_done bigint[] := '{}';
 	v_unhandled bigint[] := '{}';
+	v_failed_keys text[] := '{}';
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -350,6 +393,12 @@ BEGIN
 		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
 		ORDER BY x.n
 	LOOP
+		-- after a message of a key failed, the key's later messages wait
+		-- (unclaimed at commit, behind it in the next claim)
+		IF cardinality(v_failed_keys) > 0
+		   AND hub._inbox_key(m.inbox_id) = ANY (v_failed_keys) THEN
+			CONTINUE;
+		END IF;
 		err := NULL;
 		BEGIN
 			-- its own subtransaction: the declared mapping's (65_flow.sql) and
@@ -383,6 +432,7 @@ BEGIN
 			END IF;
 			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || hub._inbox_key(m.inbox_id), NULL);
 		END IF;
 	END LOOP;
 	PERFORM set_config('hub.inbox_correlation_id', '', true),
@@ -405,6 +455,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_settle_many(bigint[], text),
+	hub._inbox_key(bigint),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
@@ -413,6 +464,7 @@ GRANT EXECUTE ON FUNCTION
 	hub.process_inbox(integer),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
-	hub._inbox_settle_many(bigint[], text)
+	hub._inbox_settle_many(bigint[], text),
+	hub._inbox_key(bigint)
 	TO hub_admin;
 GRANT SELECT ON hub.inbox, hub.inbox_handlers TO hub_reader;

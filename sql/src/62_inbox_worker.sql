@@ -4,12 +4,15 @@
  * message, and the index that keeps the order per business key cheap.
  *
  * The order per key: a message's key is hub.inbox.aggregate_id (the
- * business key hub.receive was given, or the poller's); hub._inbox_claim
- * does not claim a message while an earlier one (lower inbox_id) of the
- * same key is still new or retry_wait, so the messages of one key are
- * processed one at a time in inbox_id order, a failing one holding back
- * those behind it until it is done, dead or unhandled.  Messages without
- * a key are not ordered.  inbox_id is taken at insert, so of two messages
+ * business key hub.receive was given, else the one its declared mapping
+ * reads from the payload, or the poller's record id); hub._inbox_claim
+ * claims a message only when every earlier one (lower inbox_id) of the
+ * same key that is still new or retry_wait is due and claimed with it, and
+ * hub.process_inbox runs a claim in inbox_id order and skips the rest of a
+ * key's messages once one of them fails, so the messages of one key are
+ * processed in inbox_id order, a failing one holding back those behind it
+ * until it is done, dead or unhandled.  Messages without a key are not
+ * ordered.  inbox_id is taken at insert, so of two messages
  * received concurrently in separate transactions the order is the one in
  * which they got their ids.
  */
@@ -18,6 +21,8 @@
 -- hub._inbox_next_due): only pending rows, so it stays small
 CREATE INDEX inbox_pending_key_idx ON hub.inbox (aggregate_id, inbox_id)
 	WHERE state IN ('new', 'retry_wait') AND aggregate_id IS NOT NULL;
+-- the claim's scan, in inbox order over the pending rows only
+CREATE INDEX inbox_pending_idx ON hub.inbox (inbox_id) WHERE state IN ('new', 'retry_wait');
 
 /*
  * _inbox_wake --- the statement-level trigger that wakes the inbox workers

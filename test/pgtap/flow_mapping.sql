@@ -4,7 +4,7 @@
 -- hub.trace and the views), malformed messages as technical failures,
 -- a mapping and a handler on one pattern, and the handler's context.
 BEGIN;
-SELECT plan(41);
+SELECT plan(43);
 SET LOCAL TimeZone = 'America/New_York';	-- naive times must still be UTC
 
 INSERT INTO hub.systems (system, role) VALUES ('acme_wms', 'wms');
@@ -43,6 +43,12 @@ SELECT lives_ok($q$SELECT hub.map_inbox('acme.pack', 'order', 'acme_wms', '$.ord
 SELECT hub.receive('acme', 'm1', 'acme.shipment',
 	'{"shipment": {"id": "SH-1", "status": "LABELED", "carrier": "UPSN"}, "order_ref": "SO-1", "at": "2026-05-04T10:00:00+02:00"}',
 	correlation_id => 'C-1');
+SELECT is((SELECT aggregate_id FROM hub.inbox WHERE message_id = 'm1'), 'SH-1',
+	'a mapped message received without its business key gets the key its mapping reads (its order among the key''s messages)');
+SELECT hub.receive('acme', 'm1-object-key', 'acme.shipment', '{"shipment": {"id": {"no": 1}, "status": "PLANNED"}}');
+SELECT is((SELECT aggregate_id FROM hub.inbox WHERE message_id = 'm1-object-key'), NULL,
+	'a key that is no value is left for the processing to refuse');
+DELETE FROM hub.inbox WHERE message_id = 'm1-object-key';
 SELECT is((SELECT processed FROM hub.process_inbox()), 2, 'both mapped messages are processed');
 SELECT is((SELECT state FROM hub.inbox WHERE message_id = 'm1'), 'done', 'the mapped message is done');
 SELECT is((SELECT state || '/' || state_system FROM hub.entity_state WHERE lifecycle = 'shipment' AND business_key = 'SH-1'),
@@ -131,7 +137,7 @@ SELECT hub.receive('acme', 'm7', 'acme.old', '{"x": 1}');
 SELECT is((SELECT processed FROM hub.process_inbox()), 2, 'mapped+handled and one-argument handler messages are processed');
 SELECT is((SELECT state FROM public.flow_seen WHERE ctx ? 'message_id'), 'planned', 'the handler runs after the mapping and sees its state');
 SELECT is((SELECT ctx - 'received_at' - 'inbox_id' FROM public.flow_seen WHERE ctx ? 'message_id'),
-	'{"source": "acme", "message_id": "m6", "message_type": "acme.shipment", "correlation_id": "C-6", "aggregate_id": null, "attempts": 0}'::jsonb,
+	'{"source": "acme", "message_id": "m6", "message_type": "acme.shipment", "correlation_id": "C-6", "aggregate_id": "SH-6", "attempts": 0}'::jsonb,
 	'the handler receives the message''s context');
 SELECT is((SELECT array_agg(event_type || ' ' || correlation_id ORDER BY seq) FROM hub.outbox WHERE aggregate_id = 'SH-6'),
 	ARRAY['shipment.planned C-6', 'shipment.exception C-6'],

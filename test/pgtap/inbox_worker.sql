@@ -4,7 +4,7 @@
 -- counted), the claim's order per business key, the wake-up trigger, and
 -- hub._inbox_pattern_matches (inlined now) with NULLs and patterns.
 BEGIN;
-SELECT plan(17);
+SELECT plan(19);
 
 CREATE FUNCTION public.h_ok(p jsonb, t text) RETURNS void LANGUAGE sql SECURITY DEFINER AS 'SELECT';
 DO $$ BEGIN PERFORM hub.register_handler('w.*', 'public.h_ok'); END $$;
@@ -35,16 +35,24 @@ SELECT is(hub._inbox_next_due(), now() - interval '1 hour', 'once A-1 is dead, A
 SELECT results_eq($$SELECT i.message_id FROM hub._inbox_claim(10) c JOIN hub.inbox i USING (inbox_id)$$,
 	$$VALUES ('A-2'::text)$$, 'and the claim takes A-2');
 
--- a key's later message never comes before its earlier one in a claim
+-- a key's later message never comes before its earlier one: claimed
+-- together, run in inbox order; behind a retry that is not due, not at all
 DO $$ BEGIN PERFORM hub.receive('wms', 'C-' || g, 'w.x', '{}', aggregate_id => 'C') FROM generate_series(1, 3) g; END $$;
 UPDATE hub.inbox SET next_attempt_at = now() - interval '1 day' WHERE message_id = 'C-3';
-SELECT results_eq($$SELECT i.message_id FROM hub._inbox_claim(10) c JOIN hub.inbox i USING (inbox_id) ORDER BY 1$$,
+SELECT results_eq($$SELECT i.message_id FROM hub._inbox_claim(2) c JOIN hub.inbox i USING (inbox_id) ORDER BY 1$$,
 	$$VALUES ('A-2'::text), ('C-1'::text)$$,
-	'C-3, due a day ago, is not claimed before C-1 and C-2; C-2 not in the same claim as C-1');
-SELECT results_eq('SELECT * FROM hub.process_inbox(10)', $$VALUES (2, 0, 0)$$, 'process_inbox processes those two');
+	'C-3, due a day ago, is not claimed before C-1 and C-2 (the claim goes in inbox order)');
+SELECT results_eq($$SELECT i.message_id FROM hub._inbox_claim(10) c JOIN hub.inbox i USING (inbox_id) ORDER BY 1$$,
+	$$VALUES ('A-2'::text), ('C-1'::text), ('C-2'::text), ('C-3'::text)$$,
+	'a claim with room takes a key''s messages together');
+UPDATE hub.inbox SET state = 'retry_wait', attempts = 1, next_attempt_at = now() + interval '1 hour' WHERE message_id = 'C-1';
+SELECT results_eq($$SELECT i.message_id FROM hub._inbox_claim(10) c JOIN hub.inbox i USING (inbox_id) ORDER BY 1$$,
+	$$VALUES ('A-2'::text)$$, 'C-2 and C-3 wait behind C-1''s retry');
+UPDATE hub.inbox SET state = 'new', attempts = 0, next_attempt_at = now() WHERE message_id = 'C-1';
+SELECT results_eq('SELECT * FROM hub.process_inbox(10)', $$VALUES (4, 0, 0)$$, 'process_inbox processes the four');
 SELECT results_eq($$SELECT message_id, state FROM hub.inbox WHERE aggregate_id IN ('A', 'C') ORDER BY inbox_id$$,
-	$$VALUES ('A-1'::text, 'dead'::text), ('A-2', 'done'), ('C-1', 'done'), ('C-2', 'new'), ('C-3', 'new')$$,
-	'one message of each key per run: A-2 and C-1');
+	$$VALUES ('A-1'::text, 'dead'::text), ('A-2', 'done'), ('C-1', 'done'), ('C-2', 'done'), ('C-3', 'done')$$,
+	'every message of both keys is done');
 
 -- the wake-up trigger
 SELECT is((SELECT string_agg(tgname || ':' || (pg_get_triggerdef(oid) ~ 'AFTER INSERT OR UPDATE OF state')::text
