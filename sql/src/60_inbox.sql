@@ -317,19 +317,22 @@ COMMENT ON FUNCTION hub._inbox_settle_many(bigint[], text) IS
 'API: Private. Record the outcome done or unhandled of many inbox messages at once (hub.process_inbox settles a batch with one UPDATE); returns how many rows it settled.';
 
 /*
- * _inbox_key --- a message's business key (aggregate_id), for
+ * _inbox_keys --- the business keys (aggregate_id) of inbox messages, in
+ * the order of the ids given, NULL for a message without one: for
  * hub.process_inbox, which runs with its caller's rights (the inbox
  * workers have no grant on hub.inbox)
  */
-CREATE FUNCTION hub._inbox_key(inbox_id bigint) RETURNS text
+CREATE FUNCTION hub._inbox_keys(inbox_ids bigint[]) RETURNS text[]
 LANGUAGE sql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT i.aggregate_id FROM hub.inbox i WHERE i.inbox_id OPERATOR(pg_catalog.=) $1
+	SELECT pg_catalog.array_agg(i.aggregate_id ORDER BY x.n)
+	FROM pg_catalog.unnest($1) WITH ORDINALITY x(id, n)
+	LEFT JOIN hub.inbox i ON i.inbox_id OPERATOR(pg_catalog.=) x.id
 $$;
-COMMENT ON FUNCTION hub._inbox_key(bigint) IS
-'API: Private. The business key (aggregate_id) of an inbox message, NULL when it has none: hub.process_inbox skips the rest of a key''s messages in a claim once one of them fails.';
+COMMENT ON FUNCTION hub._inbox_keys(bigint[]) IS
+'API: Private. The business keys (aggregate_id) of inbox messages, in the order given (NULL for none): hub.process_inbox applies a claim''s mapped messages in rounds, a key''s first message, then its next, and leaves the rest of a key''s messages once one fails.';
 
 CREATE FUNCTION hub.process_inbox(max integer DEFAULT 100)
 RETURNS TABLE (processed integer, failed integer, unhandled integer)
@@ -353,6 +356,10 @@ DECLARE
 	v_done bigint[] := '{}';
 	v_unhandled bigint[] := '{}';
 	v_failed_keys text[] := '{}';
+	c_key text[];
+	v_left bigint[];
+	v_round bigint[];
+	v_taken bigint[];
 BEGIN
 	IF max IS NULL OR max < 1 THEN
 		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -380,8 +387,29 @@ BEGIN
 			EXIT;
 		END IF;
 	END LOOP;
+	-- (in rounds: a key's first message of the claim, then its next, each
+	-- round set-based; a key whose message a round leaves keeps the rest of
+	-- its messages for the loop below, in order)
 	IF v_prefix > 0 THEN
-		v_fast := coalesce(hub._inbox_apply_batch(c_id[1:v_prefix]), '{}');
+		c_key := hub._inbox_keys(c_id);
+		v_left := c_id[1:v_prefix];
+		LOOP
+			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
+			FROM (SELECT DISTINCT ON (coalesce(c_key[n], '#' || n)) c_id[n] AS id, n
+				  FROM generate_subscripts(c_id, 1) n
+				  WHERE n <= v_prefix AND c_id[n] = ANY (v_left)
+				  ORDER BY coalesce(c_key[n], '#' || n), n) x;
+			EXIT WHEN v_round IS NULL;
+			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
+			v_fast := v_fast || v_taken;
+			EXIT WHEN cardinality(v_taken) = 0 OR cardinality(v_round) = cardinality(v_left);
+			SELECT coalesce(array_agg(c_id[n] ORDER BY n), '{}') INTO v_left
+			FROM generate_subscripts(c_id, 1) n
+			WHERE n <= v_prefix AND c_id[n] = ANY (v_left) AND c_id[n] <> ALL (v_round)
+			  AND (c_key[n] IS NULL OR NOT EXISTS (
+					SELECT FROM generate_subscripts(c_id, 1) r
+					WHERE c_id[r] = ANY (v_round) AND c_id[r] <> ALL (v_taken) AND c_key[r] = c_key[n]));
+		END LOOP;
 		v_done := v_fast;
 		processed := cardinality(v_fast);
 	END IF;
@@ -396,7 +424,7 @@ BEGIN
 		-- after a message of a key failed, the key's later messages wait
 		-- (unclaimed at commit, behind it in the next claim)
 		IF cardinality(v_failed_keys) > 0
-		   AND hub._inbox_key(m.inbox_id) = ANY (v_failed_keys) THEN
+		   AND c_key[array_position(c_id, m.inbox_id)] = ANY (v_failed_keys) THEN
 			CONTINUE;
 		END IF;
 		err := NULL;
@@ -432,7 +460,10 @@ BEGIN
 			END IF;
 			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
-			v_failed_keys := pg_catalog.array_remove(v_failed_keys || hub._inbox_key(m.inbox_id), NULL);
+			IF c_key IS NULL THEN
+				c_key := hub._inbox_keys(c_id);
+			END IF;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
 		END IF;
 	END LOOP;
 	PERFORM set_config('hub.inbox_correlation_id', '', true),
@@ -455,7 +486,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_settle_many(bigint[], text),
-	hub._inbox_key(bigint),
+	hub._inbox_keys(bigint[]),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
@@ -465,6 +496,6 @@ GRANT EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_settle_many(bigint[], text),
-	hub._inbox_key(bigint)
+	hub._inbox_keys(bigint[])
 	TO hub_admin;
 GRANT SELECT ON hub.inbox, hub.inbox_handlers TO hub_reader;

@@ -5,7 +5,7 @@
 -- path takes; what it takes and what it leaves; the order around a handler;
 -- a batch whose set-based apply fails goes message by message.
 BEGIN;
-SELECT plan(16);
+SELECT plan(18);
 
 INSERT INTO hub.systems (system, role) VALUES ('tcarrier', 'carrier');
 INSERT INTO hub.status_map (system, lifecycle, code, state, overlay, reason) VALUES
@@ -163,6 +163,18 @@ SELECT hub.receive('fb', 'z-2', 'fb.zt', '{"id": "z-2", "code": "LBL", "at": "20
 SELECT hub.receive('fb', 'z-3', 'fb.ord', '{"id": "z-3", "code": "LBL"}');
 SELECT is((SELECT processed || '/' || failed FROM hub.process_inbox(100)), '2/1',
 	'the two good messages are done, the bad one fails alone');
+
+-- ---- several messages of one key in one claim: applied in rounds, in order
+SELECT hub.receive('fb', 'k-1', 'fb.ord', '{"id": "round-1", "code": "LBL"}');
+SELECT hub.receive('fb', 'k-2', 'fb.ord', '{"id": "round-2", "code": "LBL"}');
+SELECT hub.receive('fb', 'k-3', 'fb.ord', '{"id": "round-1", "code": "TRN"}');
+SELECT hub.receive('fb', 'k-4', 'fb.ord', '{"id": "round-1", "code": "DLV"}');
+SELECT is((SELECT processed || '/' || failed FROM hub.process_inbox(100)), '4/0',
+	'three messages of one key and one of another, in one claim, are all processed');
+SELECT is((SELECT string_agg(h.new_state, ',' ORDER BY h.history_id) || ' now ' || e.state
+		   FROM hub.status_history h JOIN hub.entity_state e USING (lifecycle, business_key)
+		   WHERE h.business_key = 'round-1' GROUP BY e.state),
+	'label_created,in_transit,delivered now delivered', 'a key''s messages are applied in the order received');
 
 -- ---- no set-based apply while a readiness rule exists (rules are evaluated per message)
 SELECT hub.create_readiness_rule('fb_rule', 'shipment.delivered', 'shipment', 'delivered');
