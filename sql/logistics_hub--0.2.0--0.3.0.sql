@@ -4372,4 +4372,396 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ flow performance
+-- (issue 19's throughput: the same behaviour, less CPU a record; sql/src/60_inbox.sql,
+-- 65_flow.sql)
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH mp AS (
+			-- (the mapping of each message type once, not once a message)
+			SELECT ty.message_type, mm.*
+			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+			CROSS JOIN LATERAL (
+				SELECT m.* FROM hub.inbox_mappings m
+				WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+				ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+				LIMIT 1) mm
+		), msg AS MATERIALIZED (
+			-- (materialized: each path evaluated once a message, not once
+			-- for every expression that reads its value)
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path IS NULL AS no_time_path,
+				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+			FROM hub.inbox i
+			JOIN mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path; the two
+			-- string forms exclude each other, the one with an offset, the
+			-- more common, is tried first)
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.lifecycle, f.system, f.key, f.code, f.qual,
+				   f.partner,
+				   CASE WHEN f.no_time_path THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						THEN f.ts::timestamptz
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
+				   -- (the grouping key of the mapping below: an array, whose
+				   -- equality takes two NULLs as equal, and which hashes)
+				   ARRAY[f.system, f.lifecycle, f.code, f.qual, f.partner] AS mk
+			FROM f
+			WHERE f.named = 1 AND f.flat
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+		), g AS (
+			-- the state each (system, lifecycle, code, qualifier, partner)
+			-- maps to and the system's role, once each, kept where no
+			-- overlay comes with it and the role owns the state
+			SELECT d.mk, ms.state AS m_state, ro.role
+			FROM (SELECT DISTINCT t.mk FROM t) d
+			CROSS JOIN LATERAL hub.try_map_status(d.mk[1], d.mk[2], d.mk[3], d.mk[4], d.mk[5]) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = d.mk[1] AND sy.qualifier IN ('', coalesce(d.mk[4], ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(d.mk[2], ms.state)
+			  AND EXISTS (SELECT FROM hub.state_owners o
+						  WHERE o.lifecycle = d.mk[2] AND o.state = ms.state AND o.role = ro.role)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
+			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
+		FROM t JOIN g ON g.mk = t.mk
+		WHERE t.at IS NOT NULL;
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			-- (a plain INSERT: a key another transaction created meanwhile
+			-- raises unique_violation, which undoes the batch's apply)
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+			FROM ok WHERE ok.is_new
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now()
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key whose row vanished meanwhile is
+			-- missing from upd: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys_new AS (
+			-- (a new key has no per-system row yet: a plain INSERT)
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w WHERE w.is_new
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w WHERE NOT w.is_new
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
+
+CREATE OR REPLACE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	ctx jsonb;
+	err text;
+	v_max integer;
+	v_base interval;
+	c_id bigint[];
+	c_type text[];
+	c_payload jsonb[];
+	c_handler regproc[];
+	c_max integer[];
+	c_base interval[];
+	v_prefix integer;
+	v_fast bigint[] := '{}';
+	v_done bigint[] := '{}';
+	v_unhandled bigint[] := '{}';
+	v_failed_keys text[] := '{}';
+	c_key text[];
+	v_left bigint[];
+	v_round bigint[];
+	v_taken bigint[];
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
+		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
+		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base
+	FROM hub._inbox_claim(max) c;
+	IF c_id IS NULL THEN
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	-- the mapped messages before the first one with a handler, applied
+	-- together where their outcome is the plain one (65_flow.sql); those
+	-- come first, the rest one by one in inbox_id order, so a handler never
+	-- sees a later message applied before its own
+	v_prefix := cardinality(c_id);
+	FOR k IN 1 .. cardinality(c_id) LOOP
+		IF c_handler[k] IS NOT NULL THEN
+			v_prefix := k - 1;
+			EXIT;
+		END IF;
+	END LOOP;
+	-- (in rounds: a key's first message of the claim, then its next, each
+	-- round set-based; a key whose message a round leaves keeps the rest of
+	-- its messages for the loop below, in order)
+	IF v_prefix > 0 THEN
+		c_key := hub._inbox_keys(c_id);
+		v_left := c_id[1:v_prefix];
+		LOOP
+			-- (unnest, not subscripts: c_key[n] walks the array from its
+			-- start; and the first round takes from every message)
+			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n)) u.id, u.n
+				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
+				  WHERE v_round IS NULL OR u.id = ANY (v_left)
+				  ORDER BY coalesce(u.key, '#' || u.n), u.n) x;
+			EXIT WHEN v_round IS NULL;
+			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
+			v_fast := v_fast || v_taken;
+			EXIT WHEN cardinality(v_taken) = 0 OR cardinality(v_round) = cardinality(v_left);
+			SELECT coalesce(array_agg(c_id[n] ORDER BY n), '{}') INTO v_left
+			FROM generate_subscripts(c_id, 1) n
+			WHERE n <= v_prefix AND c_id[n] = ANY (v_left) AND c_id[n] <> ALL (v_round)
+			  AND (c_key[n] IS NULL OR NOT EXISTS (
+					SELECT FROM generate_subscripts(c_id, 1) r
+					WHERE c_id[r] = ANY (v_round) AND c_id[r] <> ALL (v_taken) AND c_key[r] = c_key[n]));
+		END LOOP;
+		v_done := v_fast;
+		processed := cardinality(v_fast);
+	END IF;
+	-- (when the set took them all, there is nothing left)
+	FOR m IN
+		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
+		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
+			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
+		ORDER BY x.n
+	LOOP
+		-- after a message of a key failed, the key's later messages wait
+		-- (unclaimed at commit, behind it in the next claim)
+		IF cardinality(v_failed_keys) > 0
+		   AND c_key[array_position(c_id, m.inbox_id)] = ANY (v_failed_keys) THEN
+			CONTINUE;
+		END IF;
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler.  (The step sets the message's context
+			-- before anything that can publish; it is cleared once, after
+			-- the loop.)
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL AND m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL AND ctx IS NULL THEN
+			v_unhandled := v_unhandled || m.inbox_id;
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
+			v_done := v_done || m.inbox_id;
+			processed := processed + 1;
+		ELSE
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
+			failed := failed + 1;
+			IF c_key IS NULL THEN
+				c_key := hub._inbox_keys(c_id);
+			END IF;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
+		END IF;
+	END LOOP;
+	PERFORM set_config('hub.inbox_correlation_id', '', true),
+			set_config('hub.inbox_causation_id', '', true);
+	-- done and unhandled messages settled with one UPDATE each
+	PERFORM hub._inbox_settle_many(v_done, 'done');
+	PERFORM hub._inbox_settle_many(v_unhandled, 'unhandled');
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
 -- ================================================================ end

@@ -394,11 +394,13 @@ BEGIN
 		c_key := hub._inbox_keys(c_id);
 		v_left := c_id[1:v_prefix];
 		LOOP
+			-- (unnest, not subscripts: c_key[n] walks the array from its
+			-- start; and the first round takes from every message)
 			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
-			FROM (SELECT DISTINCT ON (coalesce(c_key[n], '#' || n)) c_id[n] AS id, n
-				  FROM generate_subscripts(c_id, 1) n
-				  WHERE n <= v_prefix AND c_id[n] = ANY (v_left)
-				  ORDER BY coalesce(c_key[n], '#' || n), n) x;
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n)) u.id, u.n
+				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
+				  WHERE v_round IS NULL OR u.id = ANY (v_left)
+				  ORDER BY coalesce(u.key, '#' || u.n), u.n) x;
 			EXIT WHEN v_round IS NULL;
 			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
 			v_fast := v_fast || v_taken;

@@ -1007,9 +1007,21 @@ BEGIN
 		-- raises for a message leaves it to the per-message path, which
 		-- fails it); per key, how many of the batch name it (any message of
 		-- a mapping whose key reads)
-		WITH msg AS (
+		WITH mp AS (
+			-- (the mapping of each message type once, not once a message)
+			SELECT ty.message_type, mm.*
+			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+			CROSS JOIN LATERAL (
+				SELECT m.* FROM hub.inbox_mappings m
+				WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+				ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+				LIMIT 1) mm
+		), msg AS MATERIALIZED (
+			-- (materialized: each path evaluated once a message, not once
+			-- for every expression that reads its value)
 			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
-				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   mp.occurred_at_path IS NULL AS no_time_path,
+				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
 				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
 				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
 				   CASE WHEN mp.occurred_at_path IS NOT NULL
@@ -1019,14 +1031,7 @@ BEGIN
 				   CASE WHEN mp.partner_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
 			FROM hub.inbox i
-			-- (the mapping of each message type once, not once a message)
-			JOIN (SELECT ty.message_type, mm.*
-				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
-				  CROSS JOIN LATERAL (
-					SELECT m.* FROM hub.inbox_mappings m
-					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
-					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
-					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			JOIN mp ON mp.message_type = i.message_type
 			-- (by the primary key: a join with the array may scan the backlog)
 			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
 			  AND jsonb_typeof(i.payload) = 'object'
@@ -1034,6 +1039,7 @@ BEGIN
 			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
 				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
 			FROM (SELECT msg.*,
 						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
@@ -1042,42 +1048,49 @@ BEGIN
 				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
 		), t AS (
 			-- (hub._json_time's forms, without its error: a time it would
-			-- refuse leaves the message to the per-message path)
-			SELECT f.*,
-				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+			-- refuse leaves the message to the per-message path; the two
+			-- string forms exclude each other, the one with an offset, the
+			-- more common, is tried first)
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.lifecycle, f.system, f.key, f.code, f.qual,
+				   f.partner,
+				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
-						WHEN jsonb_typeof(f.tv) = 'string' THEN
-							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
-								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
-								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
-								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						THEN f.ts::timestamptz
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
+				   -- (the grouping key of the mapping below: an array, whose
+				   -- equality takes two NULLs as equal, and which hashes)
+				   ARRAY[f.system, f.lifecycle, f.code, f.qual, f.partner] AS mk
 			FROM f
-			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			WHERE f.named = 1 AND f.flat
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
-		), r AS MATERIALIZED (
-			-- (materialized: the owner check below is then an index probe a
-			-- row, not a join of the whole table with the mapping's result)
-			SELECT t.*, ms.state AS m_state, ro.role
-			FROM t
-			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+		), g AS (
+			-- the state each (system, lifecycle, code, qualifier, partner)
+			-- maps to and the system's role, once each, kept where no
+			-- overlay comes with it and the role owns the state
+			SELECT d.mk, ms.state AS m_state, ro.role
+			FROM (SELECT DISTINCT t.mk FROM t) d
+			CROSS JOIN LATERAL hub.try_map_status(d.mk[1], d.mk[2], d.mk[3], d.mk[4], d.mk[5]) ms
 			CROSS JOIN LATERAL (
 				SELECT sy.role FROM hub.systems sy
-				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				WHERE sy.system = d.mk[1] AND sy.qualifier IN ('', coalesce(d.mk[4], ''))
 				ORDER BY sy.qualifier DESC LIMIT 1) ro
-			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
-			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+			WHERE ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(d.mk[2], ms.state)
+			  AND EXISTS (SELECT FROM hub.state_owners o
+						  WHERE o.lifecycle = d.mk[2] AND o.state = ms.state AND o.role = ro.role)
 		)
 		-- (the arrays stay aligned, being filled from the same rows in the
 		-- same order; the writes below sort by inbox_id themselves)
-		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
-			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
-			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload)
+		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
+			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload)
 		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
-		FROM r
-		WHERE EXISTS (SELECT FROM hub.state_owners o
-					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		FROM t JOIN g ON g.mk = t.mk
+		WHERE t.at IS NOT NULL;
 		IF a_id IS NULL THEN
 			RETURN '{}';
 		END IF;
@@ -1136,11 +1149,12 @@ BEGIN
 		), ok AS (
 			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
 		), ins AS (
+			-- (a plain INSERT: a key another transaction created meanwhile
+			-- raises unique_violation, which undoes the batch's apply)
 			INSERT INTO hub.entity_state AS es
 				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
 			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
 			FROM ok WHERE ok.is_new
-			ON CONFLICT DO NOTHING
 			RETURNING es.lifecycle, es.business_key
 		), upd AS (
 			UPDATE hub.entity_state es
@@ -1151,15 +1165,22 @@ BEGIN
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key
 		), w AS (
-			-- (every row of ok; a key another transaction created meanwhile
-			-- is missing from ins: counted below, and all is undone)
+			-- (every row of ok; a key whose row vanished meanwhile is
+			-- missing from upd: counted below, and all is undone)
 			SELECT ok.* FROM ok
+		), sys_new AS (
+			-- (a new key has no per-system row yet: a plain INSERT)
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w WHERE w.is_new
 		), sys AS (
 			INSERT INTO hub.entity_system_state AS s
 				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
 				 overlay_kind, reason, occurred_at)
 			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
-			FROM w
+			FROM w WHERE NOT w.is_new
 			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
 			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
 				state = coalesce(EXCLUDED.state, s.state),
