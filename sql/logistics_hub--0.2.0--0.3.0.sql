@@ -4376,6 +4376,72 @@ COMMENT ON FUNCTION hub.process_inbox(integer) IS
 -- (issue 19's throughput: the same behaviour, less CPU a record; sql/src/60_inbox.sql,
 -- 65_flow.sql)
 
+-- the claim returns each message's business key, so hub.process_inbox no
+-- longer reads them again with hub._inbox_keys
+DROP FUNCTION hub._inbox_keys(bigint[]);
+DROP FUNCTION hub._inbox_claim(integer);
+CREATE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval, aggregate_id text)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
+AS $$
+	-- in order per business key (aggregate_id, 62_inbox_worker.sql): a
+	-- message is not taken behind an earlier pending message of its key
+	-- that is not due (a retry waiting), nor behind one this claim does not
+	-- lock (another processor's, or beyond max); the messages of a key it
+	-- does take are processed in inbox_id order, the rest of the key's
+	-- skipped after one of them fails (hub.process_inbox)
+	WITH locked AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts, i.aggregate_id
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait') AND e.next_attempt_at > now()))
+		-- (in inbox order, so an earlier due message of a key is never left
+		-- out of a claim that takes a later one: inbox_pending_idx)
+		ORDER BY i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	), claimed AS (
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts, l.aggregate_id
+		FROM locked l
+		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
+				  AND e.state IN ('new', 'retry_wait')
+				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
+	), handlers AS (
+		-- (the handler of each message type once, not once a message)
+		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
+		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
+		LEFT JOIN LATERAL (
+			SELECT h.handler, h.max_attempts, h.retry_base
+			FROM hub.inbox_handlers h
+			WHERE hub._inbox_pattern_matches(h.message_pattern, ty.message_type)
+			ORDER BY h.message_pattern = ty.message_type DESC, length(h.message_pattern) DESC
+			LIMIT 1
+		) h ON true
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base,
+		   c.aggregate_id
+	FROM claimed c
+	JOIN handlers h ON h.message_type = c.message_type
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler and its business key.';
+
+REVOKE EXECUTE ON FUNCTION hub._inbox_claim(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._inbox_claim(integer) TO hub_admin, hub_worker;
+
 CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql
@@ -4652,10 +4718,13 @@ BEGIN
 	processed := 0;
 	failed := 0;
 	unhandled := 0;
+	-- (the business keys too: the rounds below, and the keys left after
+	-- one of their messages failed)
 	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
 		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
-		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id)
-	INTO c_id, c_type, c_payload, c_handler, c_max, c_base
+		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id),
+		   array_agg(c.aggregate_id ORDER BY c.inbox_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
 	FROM hub._inbox_claim(max) c;
 	IF c_id IS NULL THEN
 		RETURN NEXT;
@@ -4676,7 +4745,6 @@ BEGIN
 	-- round set-based; a key whose message a round leaves keeps the rest of
 	-- its messages for the loop below, in order)
 	IF v_prefix > 0 THEN
-		c_key := hub._inbox_keys(c_id);
 		v_left := c_id[1:v_prefix];
 		LOOP
 			-- (unnest, not subscripts: c_key[n] walks the array from its
@@ -4747,9 +4815,6 @@ BEGIN
 			END IF;
 			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
-			IF c_key IS NULL THEN
-				c_key := hub._inbox_keys(c_id);
-			END IF;
 			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
 		END IF;
 	END LOOP;
