@@ -1007,8 +1007,10 @@ BEGIN
 		-- raises for a message leaves it to the per-message path, which
 		-- fails it); per key, how many of the batch name it (any message of
 		-- a mapping whose key reads)
-		WITH mp AS (
-			-- (the mapping of each message type once, not once a message)
+		WITH mp AS MATERIALIZED (
+			-- (the mapping of each message type once, not once a message:
+			-- materialized, here and in g, or the planner runs it again for
+			-- every row it joins)
 			SELECT ty.message_type, mm.*
 			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
 			CROSS JOIN LATERAL (
@@ -1067,7 +1069,7 @@ BEGIN
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
-		), g AS (
+		), g AS MATERIALIZED (
 			-- the state each (system, lifecycle, code, qualifier, partner)
 			-- maps to and the system's role, once each, kept where no
 			-- overlay comes with it and the role owns the state
@@ -1097,10 +1099,13 @@ BEGIN
 
 		-- the keys' rows, locked in key order (as hub._apply_canonical does,
 		-- one key at a time)
-		PERFORM FROM hub.entity_state es
-		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
-		ORDER BY es.lifecycle, es.business_key
-		FOR UPDATE OF es;
+		-- one probe of the primary key a key, in key order (a join may
+		-- hash the whole table instead, in every batch)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key) ORDER BY k.lc, k.key) k
+		CROSS JOIN LATERAL (
+			SELECT FROM hub.entity_state es
+			WHERE es.lifecycle = k.lc AND es.business_key = k.key
+			FOR UPDATE) es;
 
 		-- (the correlation and causation ids are passed: none of a message
 		-- processed before is current)
