@@ -4418,8 +4418,9 @@ AS $$
 				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
 				  AND e.state IN ('new', 'retry_wait')
 				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
-	), handlers AS (
-		-- (the handler of each message type once, not once a message)
+	), handlers AS MATERIALIZED (
+		-- (the handler of each message type once, not once a message:
+		-- materialized, or the planner runs it again for every row it joins)
 		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
 		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
 		LEFT JOIN LATERAL (
@@ -4595,27 +4596,34 @@ BEGIN
 			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
 		), b AS MATERIALIZED (
 			-- the canonical event's payload, as hub._state_event makes it
-			-- (MATERIALIZED, here and below: each expression once a row)
+			-- (MATERIALIZED, here and below: each expression once a row;
+			-- the partner, the carrier and the record's keys are added only
+			-- when there are any, each || building the object anew)
 			SELECT c.*,
-				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+				   CASE WHEN c.partner IS NULL AND NOT (c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys))
+						THEN x.core
+						ELSE x.core
+							 || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+							 || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+									 THEN jsonb_build_object('carrier',
+										  coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+															   WHERE sy.system = c.system AND sy.qualifier = ''
+																 AND sy.role = 'carrier')))
+									 ELSE '{}' END END AS base
+			FROM c
+			CROSS JOIN LATERAL (
+				SELECT jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
 						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
 						'system', c.system,
-						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
-				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
-						   THEN jsonb_build_object('carrier',
-								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
-													 WHERE sy.system = c.system AND sy.qualifier = ''
-													   AND sy.role = 'carrier')))
-						   ELSE '{}' END AS base
-			FROM c
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
 			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
 		), e AS MATERIALIZED (
-			SELECT b.*,
-				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
-									   FROM unnest(b.required_keys) k(k)
-									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			SELECT b.*, CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body
 			FROM b
+			CROSS JOIN LATERAL (
+				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
+				FROM unnest(b.required_keys) k(k)
+				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
 		), ok AS (
 			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
 		), ins AS (
@@ -4725,12 +4733,12 @@ BEGIN
 	unhandled := 0;
 	-- (the business keys too: the rounds below, and the keys left after
 	-- one of their messages failed)
-	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
-		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
-		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id),
-		   array_agg(c.aggregate_id ORDER BY c.inbox_id)
+	-- (in inbox_id order: the aggregates read the sorted subquery in its
+	-- order, one sort for all seven)
+	SELECT array_agg(c.inbox_id), array_agg(c.message_type), array_agg(c.payload), array_agg(c.handler),
+		   array_agg(c.max_attempts), array_agg(c.retry_base), array_agg(c.aggregate_id)
 	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
-	FROM hub._inbox_claim(max) c;
+	FROM (SELECT * FROM hub._inbox_claim(max) x ORDER BY x.inbox_id) c;
 	IF c_id IS NULL THEN
 		RETURN NEXT;
 		RETURN;

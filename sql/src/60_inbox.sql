@@ -239,8 +239,9 @@ AS $$
 				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
 				  AND e.state IN ('new', 'retry_wait')
 				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
-	), handlers AS (
-		-- (the handler of each message type once, not once a message)
+	), handlers AS MATERIALIZED (
+		-- (the handler of each message type once, not once a message:
+		-- materialized, or the planner runs it again for every row it joins)
 		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
 		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
 		LEFT JOIN LATERAL (
@@ -357,12 +358,12 @@ BEGIN
 	unhandled := 0;
 	-- (the business keys too: the rounds below, and the keys left after
 	-- one of their messages failed)
-	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
-		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
-		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id),
-		   array_agg(c.aggregate_id ORDER BY c.inbox_id)
+	-- (in inbox_id order: the aggregates read the sorted subquery in its
+	-- order, one sort for all seven)
+	SELECT array_agg(c.inbox_id), array_agg(c.message_type), array_agg(c.payload), array_agg(c.handler),
+		   array_agg(c.max_attempts), array_agg(c.retry_base), array_agg(c.aggregate_id)
 	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
-	FROM hub._inbox_claim(max) c;
+	FROM (SELECT * FROM hub._inbox_claim(max) x ORDER BY x.inbox_id) c;
 	IF c_id IS NULL THEN
 		RETURN NEXT;
 		RETURN;

@@ -1130,27 +1130,34 @@ BEGIN
 			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
 		), b AS MATERIALIZED (
 			-- the canonical event's payload, as hub._state_event makes it
-			-- (MATERIALIZED, here and below: each expression once a row)
+			-- (MATERIALIZED, here and below: each expression once a row;
+			-- the partner, the carrier and the record's keys are added only
+			-- when there are any, each || building the object anew)
 			SELECT c.*,
-				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+				   CASE WHEN c.partner IS NULL AND NOT (c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys))
+						THEN x.core
+						ELSE x.core
+							 || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+							 || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+									 THEN jsonb_build_object('carrier',
+										  coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+															   WHERE sy.system = c.system AND sy.qualifier = ''
+																 AND sy.role = 'carrier')))
+									 ELSE '{}' END END AS base
+			FROM c
+			CROSS JOIN LATERAL (
+				SELECT jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
 						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
 						'system', c.system,
-						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
-				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
-						   THEN jsonb_build_object('carrier',
-								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
-													 WHERE sy.system = c.system AND sy.qualifier = ''
-													   AND sy.role = 'carrier')))
-						   ELSE '{}' END AS base
-			FROM c
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
 			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
 		), e AS MATERIALIZED (
-			SELECT b.*,
-				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
-									   FROM unnest(b.required_keys) k(k)
-									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			SELECT b.*, CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body
 			FROM b
+			CROSS JOIN LATERAL (
+				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
+				FROM unnest(b.required_keys) k(k)
+				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
 		), ok AS (
 			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
 		), ins AS (
