@@ -4518,12 +4518,21 @@ BEGIN
 			-- (hub._json_time's forms, without its error: a time it would
 			-- refuse leaves the message to the per-message path; the two
 			-- string forms exclude each other, the one with an offset, the
-			-- more common, is tried first)
+			-- more common, is tried first, and before its pattern (2 to 3 us
+			-- a string) the shapes carriers and JSON encoders write most,
+			-- its ASCII digits made 9s (a tenth of that; each of them
+			-- matches the pattern))
 			SELECT f.inbox_id, f.payload, f.correlation_id, f.lifecycle, f.system, f.key, f.code, f.qual,
 				   f.partner,
 				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
-						WHEN f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						WHEN translate(f.ts, '012345678', '999999999')
+							 IN ('9999-99-99T99:99:99Z', '9999-99-99T99:99:99+99:99', '9999-99-99T99:99:99-99:99',
+								 '9999-99-99T99:99:99.999Z', '9999-99-99T99:99:99.999999Z',
+								 '9999-99-99T99:99:99.999+99:99', '9999-99-99T99:99:99.999999+99:99',
+								 '9999-99-99T99:99:99.999-99:99', '9999-99-99T99:99:99.999999-99:99',
+								 '9999-99-99 99:99:99+99', '9999-99-99 99:99:99.999999+99')
+						  OR f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
 						THEN f.ts::timestamptz
 						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
 						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
@@ -4617,15 +4626,20 @@ BEGIN
 						'system', c.system,
 						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
 			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
-		), e AS MATERIALIZED (
-			SELECT b.*, CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body
+		), ok AS MATERIALIZED (
+			-- (the events whose contract the body meets; every row written
+			-- below: a key whose row vanished meanwhile is missing from upd,
+			-- counted at the end, and all is undone)
+			SELECT b.*, y.body
 			FROM b
 			CROSS JOIN LATERAL (
 				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
 				FROM unnest(b.required_keys) k(k)
 				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
-		), ok AS (
-			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+			-- (OFFSET 0: the body built once, not again for the check)
+			CROSS JOIN LATERAL (
+				SELECT CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body OFFSET 0) y
+			WHERE hub.contract_violation(b.event_type, y.body) IS NULL
 		), ins AS (
 			-- (a plain INSERT: a key another transaction created meanwhile
 			-- raises unique_violation, which undoes the batch's apply)
@@ -4642,23 +4656,19 @@ BEGIN
 			FROM ok
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key
-		), w AS (
-			-- (every row of ok; a key whose row vanished meanwhile is
-			-- missing from upd: counted below, and all is undone)
-			SELECT ok.* FROM ok
 		), sys_new AS (
 			-- (a new key has no per-system row yet: a plain INSERT)
 			INSERT INTO hub.entity_system_state AS s
 				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
 				 overlay_kind, reason, occurred_at)
-			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
-			FROM w WHERE w.is_new
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE ok.is_new
 		), sys AS (
 			INSERT INTO hub.entity_system_state AS s
 				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
 				 overlay_kind, reason, occurred_at)
-			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
-			FROM w WHERE NOT w.is_new
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE NOT ok.is_new
 			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
 			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
 				state = coalesce(EXCLUDED.state, s.state),
@@ -4672,14 +4682,14 @@ BEGIN
 				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
 				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
 				 occurred_at)
-			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
-				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
-			FROM w ORDER BY w.inbox_id
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, false, ok.state,
+				   NULL, NULL, ok.previous_state, ok.state, ok.kind, ok.outcome, false, ok.at
+			FROM ok ORDER BY ok.inbox_id
 		), ev AS (
-			SELECT w.inbox_id,
-				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
-							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
-			FROM w ORDER BY w.inbox_id
+			SELECT ok.inbox_id,
+				   hub.publish(ok.event_type, ok.key, ok.body, correlation_id => nullif(ok.corr, ''),
+							   causation_id => 'inbox:' || ok.inbox_id, occurred_at => ok.at) AS event_id
+			FROM ok ORDER BY ok.inbox_id
 		)
 		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
 		INTO v_done, v_written FROM ev;
