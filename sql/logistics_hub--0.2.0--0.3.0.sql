@@ -4508,7 +4508,9 @@ BEGIN
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
 				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
-				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+				   -- (COLLATE "C": the same partitions, byte-equal keys, and
+				   -- a sort by memcmp rather than strcoll)
+				   count(*) OVER (PARTITION BY m.lifecycle COLLATE "C", (m.kv #>> '{}') COLLATE "C") AS named
 			FROM (SELECT msg.*,
 						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
 						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
@@ -4575,8 +4577,10 @@ BEGIN
 		-- the keys' rows, locked in key order (as hub._apply_canonical does,
 		-- one key at a time)
 		-- one probe of the primary key a key, in key order (a join may
-		-- hash the whole table instead, in every batch)
-		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key) ORDER BY k.lc, k.key) k
+		-- hash the whole table instead, in every batch; the order bytewise,
+		-- COLLATE "C", the same for every batch, which is what matters)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key)
+					  ORDER BY k.lc COLLATE "C", k.key COLLATE "C") k
 		CROSS JOIN LATERAL (
 			SELECT FROM hub.entity_state es
 			WHERE es.lifecycle = k.lc AND es.business_key = k.key
@@ -4773,10 +4777,11 @@ BEGIN
 			-- (unnest, not subscripts: c_key[n] walks the array from its
 			-- start; and the first round takes from every message)
 			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
-			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n)) u.id, u.n
+			-- (COLLATE "C": the same keys apart, sorted by memcmp)
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n) COLLATE "C") u.id, u.n
 				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
 				  WHERE v_round IS NULL OR u.id = ANY (v_left)
-				  ORDER BY coalesce(u.key, '#' || u.n), u.n) x;
+				  ORDER BY coalesce(u.key, '#' || u.n) COLLATE "C", u.n) x;
 			EXIT WHEN v_round IS NULL;
 			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
 			v_fast := v_fast || v_taken;

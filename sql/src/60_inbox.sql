@@ -388,10 +388,11 @@ BEGIN
 			-- (unnest, not subscripts: c_key[n] walks the array from its
 			-- start; and the first round takes from every message)
 			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
-			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n)) u.id, u.n
+			-- (COLLATE "C": the same keys apart, sorted by memcmp)
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n) COLLATE "C") u.id, u.n
 				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
 				  WHERE v_round IS NULL OR u.id = ANY (v_left)
-				  ORDER BY coalesce(u.key, '#' || u.n), u.n) x;
+				  ORDER BY coalesce(u.key, '#' || u.n) COLLATE "C", u.n) x;
 			EXIT WHEN v_round IS NULL;
 			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
 			v_fast := v_fast || v_taken;

@@ -1042,7 +1042,9 @@ BEGIN
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
 				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
-				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+				   -- (COLLATE "C": the same partitions, byte-equal keys, and
+				   -- a sort by memcmp rather than strcoll)
+				   count(*) OVER (PARTITION BY m.lifecycle COLLATE "C", (m.kv #>> '{}') COLLATE "C") AS named
 			FROM (SELECT msg.*,
 						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
 						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
@@ -1109,8 +1111,10 @@ BEGIN
 		-- the keys' rows, locked in key order (as hub._apply_canonical does,
 		-- one key at a time)
 		-- one probe of the primary key a key, in key order (a join may
-		-- hash the whole table instead, in every batch)
-		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key) ORDER BY k.lc, k.key) k
+		-- hash the whole table instead, in every batch; the order bytewise,
+		-- COLLATE "C", the same for every batch, which is what matters)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key)
+					  ORDER BY k.lc COLLATE "C", k.key COLLATE "C") k
 		CROSS JOIN LATERAL (
 			SELECT FROM hub.entity_state es
 			WHERE es.lifecycle = k.lc AND es.business_key = k.key
