@@ -4372,4 +4372,618 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ trace
+-- W3C Trace Context (issue 21): a traceparent on every event and inbox
+-- message, hub.publish(..., traceparent) and hub.receive(..., traceparent),
+-- child spans for what processing a message publishes, the traceparent
+-- column of hub.trace (extension/trace_context.c, sql/src/67_trace.sql).
+-- Existing rows keep a NULL traceparent.
+ALTER TABLE hub.outbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.outbox.traceparent IS 'W3C Trace Context traceparent of the event (version 00 form), sent as the traceparent header of its push requests: the publisher''s, else a child span of the inbox message whose processing published it, else a new trace; NULL for events published before 0.3.0.';
+CREATE FUNCTION hub.traceparent_valid(traceparent text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_traceparent_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.traceparent_valid(text) IS
+'Whether a value is a W3C Trace Context traceparent that hub.publish accepts: version-traceid-parentid-flags in lower-case hex, version not ff, ids not all zeros; version 00 exactly 55 characters, a later version read by its first four fields.';
+CREATE FUNCTION hub._traceparent_or_new(inbound text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_or_new' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_or_new(text) IS
+'API: Private. An inbound traceparent in its version 00 form when valid, else a new trace (random trace and parent ids, flags 01); never an error.';
+CREATE FUNCTION hub._traceparent_child(parent text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_child' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_child(text) IS
+'API: Private. A child span of parent: its trace id and flags with a new random parent id; a new trace when parent is NULL or invalid; never an error.';
+REVOKE EXECUTE ON FUNCTION hub._traceparent_or_new(text), hub._traceparent_child(text) FROM PUBLIC;
+DROP FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz);
+CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
+							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
+							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now(),
+							traceparent text DEFAULT NULL)
+RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) IS
+'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types. traceparent: the W3C Trace Context of the publisher (22023 when invalid); none: a child span of the inbox message being processed, else a new trace.';
+REVOKE EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) TO hub_writer;
+
+ALTER TABLE hub.inbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.inbox.traceparent IS
+'W3C Trace Context traceparent of the message (version 00 form): the sender''s (hub.receive''s argument, else the payload''s traceparent key), the poll request''s for a polled record, else a new trace; invalid inbound values are ignored. The events its processing publishes are child spans of it. NULL for messages received before 0.3.0.';
+
+DROP FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text);
+CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
+		traceparent text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	corr text := coalesce(receive.correlation_id,
+						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
+							   THEN receive.payload ->> 'correlation_id' END);
+	agg text := receive.aggregate_id;
+	-- (outside data: an invalid traceparent starts a new trace, it never
+	-- refuses the message; extension/trace_context.c)
+	tp text := hub._traceparent_or_new(coalesce(receive.traceparent,
+								CASE WHEN jsonb_typeof(receive.payload) = 'object'
+									 THEN receive.payload ->> 'traceparent' END));
+	mapped_key jsonb;
+BEGIN
+	-- the limits on inputs (22001, 54000), before anything is written
+	PERFORM hub._check_key_length('source', receive.source);
+	PERFORM hub._check_key_length('message id', receive.message_id);
+	PERFORM hub._check_key_length('message type', receive.message_type);
+	PERFORM hub._check_key_length('correlation id', corr);
+	PERFORM hub._check_key_length('aggregate id', agg);
+	-- a message of a declared mapping (hub.map_inbox) received without its
+	-- business key gets the key its mapping reads, so that it is processed
+	-- in order among the key's messages; a key that is no value or is too
+	-- long is left for the processing to refuse
+	IF agg IS NULL AND jsonb_typeof(receive.payload) = 'object' THEN
+		SELECT pg_catalog.jsonb_path_query_first(receive.payload, m.key_path) INTO mapped_key
+		FROM hub._inbox_mapping(receive.message_type) m WHERE m.key_path IS NOT NULL;
+		IF jsonb_typeof(mapped_key) IN ('string', 'number') AND octet_length(mapped_key #>> '{}') <= 256 THEN
+			agg := mapped_key #>> '{}';
+		END IF;
+	END IF;
+	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
+													  left(receive.source, 64)),
+									receive.payload);
+	-- the loop only repeats if a concurrent receiver's row vanished between
+	-- our INSERT and UPDATE (it rolled back or was deleted)
+	LOOP
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
+									correlation_id, aggregate_id, traceparent)
+		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
+				coalesce(receive.received_at, now()), now(), corr, agg, tp)
+		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+		IF FOUND THEN
+			RETURN true;
+		END IF;
+		UPDATE hub.inbox AS i
+		SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
+		WHERE i.source = receive.source AND i.message_id = receive.message_id;
+		IF FOUND THEN
+			RETURN false;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order. traceparent (default: the payload''s traceparent key) is the sender''s W3C Trace Context, kept in its version 00 form; absent or invalid (outside data, never refused): a new trace. What processing the message publishes is a child span of it.';
+REVOKE EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO hub_writer;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state, x.traceparent
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now()
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+DROP FUNCTION hub.trace(text, text);
+CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
+			   endpoint text, source text, message_id text, detail text, traceparent text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF trace.correlation_id IS NULL AND trace.aggregate IS NULL THEN
+		RAISE EXCEPTION 'a trace needs a correlation id or an aggregate id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Call hub.trace(''<correlation id>'') or hub.trace(aggregate => ''<business key>'').';
+	END IF;
+	RETURN QUERY
+	WITH ev AS (
+		SELECT o.event_id FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+		UNION
+		SELECT o.event_id FROM hub.outbox o WHERE o.aggregate_id = trace.aggregate
+	), o AS (
+		SELECT o.* FROM hub.outbox o WHERE o.event_id IN (SELECT ev.event_id FROM ev)
+	), inb AS (
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
+		UNION
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
+	), i AS (
+		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	), dl AS (
+		-- the deliveries of these events: their own, and the batches they
+		-- are in (a scan of the batch deliveries: they have no index by event)
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.event_id = o.event_id
+		UNION ALL
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
+			AND d.event_id <> o.event_id
+	)
+	SELECT t.at, t.what, t.event_id, t.event_type, t.aggregate_id, t.endpoint, t.source, t.message_id, t.detail,
+		   t.traceparent
+	FROM (
+	SELECT o.published_at AS at, 'published' AS what, o.event_id, o.event_type, o.aggregate_id,
+		   NULL::text AS endpoint, NULL::text AS source, NULL::text AS message_id, o.payload::text AS detail,
+		   o.seq AS ord, o.traceparent
+	FROM o
+	UNION ALL
+	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms'), o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	-- (an attempt of a lease group sent one of its events: that one's)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
+	UNION ALL
+	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, d.last_error, o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	UNION ALL
+	-- a polled record: the request that brought it (hub.poll_requests)
+	SELECT r.at, 'polled', NULL::uuid, i.message_type, i.aggregate_id, e.name, i.source, i.message_id,
+		   concat_ws(' ', 'GET', r.url, '->', coalesce(r.http_status::text, r.error),
+					 '(page ' || r.page || ': ' || r.records || ' records, ' || r.new_records || ' new)'),
+		   i.inbox_id, i.traceparent
+	FROM i
+	JOIN hub.poll_requests r ON r.request_id = i.poll_request_id
+	LEFT JOIN hub.pollers p ON p.poller_id = r.poller_id
+	LEFT JOIN hub.endpoints e ON e.endpoint_id = p.endpoint_id
+	UNION ALL
+	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
+		   i.inbox_id, i.traceparent
+	FROM i
+	UNION ALL
+	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
+		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error),
+		   i.inbox_id, i.traceparent
+	FROM i
+	WHERE i.state <> 'new'
+	UNION ALL
+	-- the parent and child keys inbound records named for the aggregate
+	SELECT l.linked_at, CASE WHEN l.child_key = trace.aggregate THEN 'linked to parent' ELSE 'linked to child' END,
+		   NULL::uuid, NULL, CASE WHEN l.child_key = trace.aggregate THEN l.parent_key ELSE l.child_key END,
+		   NULL, l.system, NULL,
+		   l.parent_lifecycle || ' ' || l.parent_key || ' -> ' || l.child_lifecycle || ' ' || l.child_key, 0, NULL
+	FROM hub.entity_links l
+	WHERE trace.aggregate IS NOT NULL AND (l.parent_key = trace.aggregate OR l.child_key = trace.aggregate)
+	UNION ALL
+	-- its business exceptions, opened and resolved
+	SELECT x.opened_at, 'exception ' || x.kind, NULL::uuid, NULL, x.business_key, NULL, x.system, NULL,
+		   concat_ws(' ', x.code, x.detail, CASE WHEN x.reports > 1 THEN '(' || x.reports || ' reports)' END), 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate
+	UNION ALL
+	SELECT x.resolved_at, 'exception ' || x.kind || ' resolved', NULL::uuid, NULL, x.business_key, NULL, x.system,
+		   NULL, x.resolution, 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND x.resolved_at IS NOT NULL
+	) t
+	ORDER BY t.at, t.ord, t.what;
+END
+$$;
+COMMENT ON FUNCTION hub.trace(text, text) IS
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, a polled record''s poll request, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). Rows of an event or an inbound message show its W3C traceparent (characters 4 to 35: the trace id, to follow in an OpenTelemetry backend). 22023 when neither is given.';
+REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;
+
 -- ================================================================ end

@@ -1091,7 +1091,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) TO hub_writer;
 GRANT INSERT ON hub.outbox TO hub_writer;
 -- INSERT ... RETURNING event_id (what ORMs send) needs SELECT on the
 -- returned column.  Only that column: a writer can then list event ids,
