@@ -4409,6 +4409,10 @@ ALTER TABLE hub.inbox ADD COLUMN traceparent text;
 COMMENT ON COLUMN hub.inbox.traceparent IS
 'W3C Trace Context traceparent of the message (version 00 form): the sender''s (hub.receive''s argument, else the payload''s traceparent key), the poll request''s for a polled record, else a new trace; invalid inbound values are ignored. The events its processing publishes are child spans of it. NULL for messages received before 0.3.0.';
 
+ALTER TABLE hub.pollers ADD COLUMN run_traceparent text;
+COMMENT ON COLUMN hub.pollers.run_traceparent IS
+'W3C Trace Context traceparent of the run in progress (a new trace for each run): sent as the traceparent header of every page request of the run, and kept on the inbox messages of its records.';
+
 DROP FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text);
 CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
 		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
@@ -4865,6 +4869,485 @@ BEGIN
 		RETURN '{}';
 	END;
 	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._poll_claim(worker text, shard integer, nshards integer, max integer)
+RETURNS TABLE (poller_id integer, endpoint_id integer, lease bigint, url text, headers text[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	p hub.pollers;
+	e_url text;
+	b text;
+	f text;
+	tok bigint;
+	lease_for interval := hub._poll_lease();
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	IF max IS NULL OR max < 1 OR max > 10000 THEN
+		RAISE EXCEPTION 'invalid max: %', coalesce(max::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim between 1 and 10000 pollers.';
+	END IF;
+	FOR r IN
+		SELECT x AS p, e.url AS e_url
+		FROM hub.pollers x
+		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+			AND (x.lease IS NULL OR x.lease_until < now())
+			AND (e.spread OR e.endpoint_id % nshards = shard)
+		ORDER BY x.next_run_at, x.poller_id
+		LIMIT max
+		FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		p := r.p;
+		e_url := r.e_url;
+		tok := nextval('hub._lease_token_seq');
+		IF p.next_url IS NULL THEN
+			SELECT u.base, u.first INTO b, f FROM hub._poll_first_url(p, e_url) u;
+			UPDATE hub.pollers x
+			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
+				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
+				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
+			WHERE x.poller_id = p.poller_id
+			RETURNING * INTO p;
+		END IF;
+		UPDATE hub.pollers x
+		SET lease = tok, lease_worker = _poll_claim.worker, lease_until = now() + lease_for, segment_pages = 0
+		WHERE x.poller_id = p.poller_id;
+		poller_id := p.poller_id;
+		endpoint_id := p.endpoint_id;
+		lease := tok;
+		url := p.next_url;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			IF p.etag IS NOT NULL THEN
+				headers := headers || ('If-None-Match: ' || p.etag);
+			END IF;
+			IF p.last_modified IS NOT NULL THEN
+				headers := headers || ('If-Modified-Since: ' || p.last_modified);
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
+
+CREATE OR REPLACE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
+								OUT records integer, OUT new_records integer, OUT duplicates integer,
+								OUT rejected integer, OUT rejected_ids text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text := 'poll:' || p.name;
+	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
+	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
+	max_size bigint := pg_size_bytes(nullif(current_setting('logistics_hub.max_payload_size', true), ''));
+	-- (no record of a page smaller than the limit can be larger than it)
+	check_size boolean := max_size IS NOT NULL AND hub._payload_size(items) > max_size;
+BEGIN
+	records := jsonb_array_length(items);
+	rejected := 0;
+	IF check_size THEN
+		-- records larger than logistics_hub.max_payload_size are refused as
+		-- hub.receive refuses them: not stored, counted, their ids named
+		SELECT count(*), string_agg(left(coalesce(CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+														  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}',
+													 '(no id)'), 64), ', ')
+		INTO rejected, rejected_ids
+		FROM jsonb_array_elements(items) e
+		WHERE hub._payload_size(e.value) > max_size;
+	END IF;
+	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id, traceparent)
+	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
+					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
+		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id,
+		   p.run_traceparent
+	FROM (SELECT x.rec, x.rid,
+				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+		  FROM (SELECT e.value AS rec,
+					   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+					   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+					   END AS ver
+				FROM jsonb_array_elements(items) e
+				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+	GET DIAGNOSTICS new_records = ROW_COUNT;
+	duplicates := records - new_records - rejected;
+	IF duplicates > 0 THEN
+		WITH k AS (
+			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
+						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid, count(*) AS n
+			FROM (SELECT replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+						 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+				  FROM (SELECT e.value AS rec,
+							   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+							   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+							   END AS ver
+						FROM jsonb_array_elements(items) e
+						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+			GROUP BY 1
+		)
+		-- (by index: = ANY of an array; a join alone would read every
+		-- message of the source)
+		UPDATE hub.inbox i
+		SET duplicate_count = i.duplicate_count + CASE WHEN i.poll_request_id = request_id THEN k.n - 1 ELSE k.n END,
+			last_duplicate_at = now()
+		FROM k
+		WHERE i.source = src AND i.message_id = k.mid
+			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k))
+			AND (i.poll_request_id IS DISTINCT FROM request_id OR k.n > 1);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), with the run''s traceparent, counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
+
+CREATE OR REPLACE FUNCTION hub._poll_page(poller_id integer, lease bigint, page_url text, status integer,
+		response_headers text[], body bytea, error text, latency_ms integer, bytes bigint)
+RETURNS TABLE (url text, headers text[], next_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p hub.pollers;
+	e_url text;
+	req bigint;
+	fail text;
+	outcome text;
+	doc jsonb;
+	items jsonb;
+	ctype text;
+	st hub.pollers;
+	n_rec integer := 0;
+	n_new integer := 0;
+	n_dup integer := 0;
+	page_max timestamptz;
+	nxt text;
+	v jsonb;
+	has_more boolean;
+	wait interval;
+	backoff float8;
+	run_end text;			-- NULL: go on; else why the run ends
+	due timestamptz;
+	page_no integer;
+	excerpt text;
+	n_rej integer := 0;
+	rej_ids text;
+BEGIN
+	SELECT x.* INTO p FROM hub.pollers x
+	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		INSERT INTO hub.poll_requests (poller_id, lease, url, http_status, outcome, bytes, latency_ms, error)
+		VALUES (_poll_page.poller_id, _poll_page.lease, hub._poll_redact(page_url), status, 'stale', bytes, latency_ms,
+				'the lease was taken over: ' || coalesce(hub._poll_redact(error), 'response dropped'));
+		RETURN;
+	END IF;
+	SELECT e.url INTO e_url FROM hub.endpoints e WHERE e.endpoint_id = p.endpoint_id;
+	page_no := p.run_pages + 1;
+	req := nextval(pg_get_serial_sequence('hub.poll_requests', 'request_id'));
+
+	-- ---- is it the page that was asked for?
+	IF error IS NOT NULL OR coalesce(status, 0) = 0 THEN
+		fail := coalesce(hub._poll_redact(error), 'no response');
+	ELSIF status = 304 THEN
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			outcome := 'not_modified';
+		ELSE
+			fail := 'HTTP 304 to a request that was not conditional';
+		END IF;
+	ELSIF status NOT BETWEEN 200 AND 299 THEN
+		fail := 'HTTP ' || status;
+	ELSIF status = 204 THEN
+		-- No Content: the API says there is nothing (a last, empty page)
+		doc := '{}';
+		items := '[]';
+	ELSE
+		ctype := (hub._poll_header(response_headers, 'content-type'))[1];
+		IF ctype ~* '(html|xml)' THEN
+			fail := pg_catalog.format('HTTP %s that is not JSON (Content-Type %s)', status, ctype);
+		ELSE
+			BEGIN
+				doc := convert_from(coalesce(body, ''::bytea), 'UTF8')::jsonb;
+			EXCEPTION WHEN OTHERS THEN
+				fail := pg_catalog.format('HTTP %s that is not JSON: %s', status, SQLERRM);
+			END;
+			IF fail IS NULL THEN
+				items := CASE WHEN p.items_path::text = '$' THEN doc
+							  ELSE jsonb_path_query_first(doc, p.items_path, '{}', true) END;
+				IF items IS NULL THEN
+					fail := pg_catalog.format('no items at %s', p.items_path);
+				ELSIF jsonb_typeof(items) <> 'array' THEN
+					fail := pg_catalog.format('the items at %s are a JSON %s, not an array', p.items_path, jsonb_typeof(items));
+				END IF;
+			END IF;
+		END IF;
+	END IF;
+
+	-- ---- a failed page: record, keep the position, back off
+	IF fail IS NOT NULL THEN
+		backoff := least(extract(epoch FROM p.retry_max)::float8,
+						 extract(epoch FROM p.retry_base)::float8 * power(2, least(p.failures, 30)))
+				   * (0.5 + random() / 2);
+		wait := hub._poll_wait(response_headers);
+		-- the excerpt: the body's start as UTF-8 (a character cut at the
+		-- end dropped), else as escaped bytes; the endpoint's secrets and
+		-- whatever looks like a credential redacted
+		IF body IS NOT NULL THEN
+			BEGIN
+				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
+			EXCEPTION WHEN OTHERS THEN
+				BEGIN
+					excerpt := convert_from(substring(body FROM 1 FOR greatest(least(length(body), 4096) - 3, 0)), 'UTF8');
+				EXCEPTION WHEN OTHERS THEN
+					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
+				END;
+			END;
+			excerpt := left(hub._poll_redact(hub._poll_redact_secrets(p.endpoint_id, excerpt)), 1024);
+		END IF;
+		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms, error, excerpt)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'failed',
+				bytes, latency_ms, fail, excerpt);
+		UPDATE hub.pollers x
+		SET failures = x.failures + 1, last_status = status, last_error = fail,
+			lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- 304 on the run's first page: nothing changed, nothing moves
+	IF outcome = 'not_modified' THEN
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'not_modified',
+				bytes, latency_ms);
+		UPDATE hub.pollers x SET last_status = status, run_max_version = NULL WHERE x.poller_id = p.poller_id;
+		SELECT x.* INTO p FROM hub.pollers x WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(p, true, NULL);
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- the records
+	SELECT s.records, s.new_records, s.duplicates, s.rejected, s.rejected_ids
+	INTO n_rec, n_new, n_dup, n_rej, rej_ids
+	FROM hub._poll_store(p, items, req) s;
+	IF p.since_param IS NOT NULL AND n_rec > 0 THEN
+		page_max := hub._poll_page_max(p, items);
+	END IF;
+
+	-- ---- where the run goes next
+	IF p.pagination IN ('cursor', 'offset', 'page') AND p.has_more_path IS NOT NULL THEN
+		v := jsonb_path_query_first(doc, p.has_more_path, '{}', true);
+		has_more := v = 'true'::jsonb OR v = '"true"'::jsonb;
+	END IF;
+	CASE p.pagination
+	WHEN 'none' THEN
+		run_end := 'end';
+	WHEN 'link_header' THEN
+		nxt := hub._poll_link_next(response_headers);
+		IF nxt IS NULL THEN
+			run_end := 'end';
+		ELSE
+			nxt := hub._url_resolve(page_url, nxt);
+		END IF;
+	WHEN 'next_link' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) <> 'string' THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the next link at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_resolve(page_url, v #>> '{}');
+		END IF;
+	WHEN 'cursor' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb OR has_more IS FALSE THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the cursor at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.cursor_param, v #>> '{}')),
+								 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+		END IF;
+	ELSE	-- offset, page
+		IF coalesce(has_more, n_rec >= p.page_size) THEN
+			IF p.pagination = 'offset' THEN
+				-- by the records received (a server capping the page size
+				-- then costs a re-read, never a gap); by a page when an
+				-- empty page announces more
+				p.run_offset := p.run_offset + CASE WHEN n_rec > 0 THEN n_rec ELSE p.page_size END;
+				nxt := hub._url_with(p.run_base_url, jsonb_build_object(p.offset_param, p.run_offset, p.limit_param, p.page_size));
+			ELSE
+				p.run_offset := p.run_offset + 1;
+				nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.page_param, p.run_offset)),
+									 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+			END IF;
+		ELSE
+			run_end := 'end';
+		END IF;
+	END CASE;
+
+	IF nxt IS NOT NULL THEN
+		IF hub._url_origin(nxt) IS DISTINCT FROM hub._url_origin(e_url) THEN
+			run_end := 'refused';
+			fail := pg_catalog.format('next link to another origin refused: %s', left(hub._poll_redact(nxt), 300));
+		ELSIF hashtextextended(nxt, 0) = ANY (p.run_seen) THEN
+			run_end := 'cycle';
+			fail := pg_catalog.format('next link or token seen before in this run (a cycle), run ended after %s pages: %s',
+									  page_no, left(hub._poll_redact(nxt), 300));
+		ELSIF p.segment_pages + 1 >= p.max_pages THEN
+			run_end := 'max_pages';
+		ELSE
+			wait := CASE WHEN '0' = ANY (hub._poll_header(response_headers, 'x-ratelimit-remaining'))
+						 THEN hub._poll_wait(response_headers) END;
+			IF wait > interval '0' THEN
+				run_end := 'throttled';
+			END IF;
+		END IF;
+	END IF;
+
+	INSERT INTO hub.poll_requests
+		(request_id, poller_id, worker, lease, page, url, http_status, outcome, records, new_records, duplicates,
+		 rejected, bytes, latency_ms, error)
+	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
+			coalesce(run_end, 'more'), n_rec, n_new, n_dup, n_rej, bytes, latency_ms,
+			nullif(concat_ws('; ', fail, CASE WHEN n_rej > 0 THEN
+				pg_catalog.format('%s records larger than logistics_hub.max_payload_size (%s) not stored: %s',
+								  n_rej, current_setting('logistics_hub.max_payload_size', true), left(rej_ids, 500)) END), ''));
+	-- one UPDATE of the poller a page: the counts, the first page's
+	-- validators, and the position when the run goes on (now or later)
+	UPDATE hub.pollers x
+	SET run_pages = page_no, segment_pages = x.segment_pages + 1,
+		run_new = x.run_new + n_new, run_duplicates = x.run_duplicates + n_dup,
+		total_new = x.total_new + n_new, total_duplicates = x.total_duplicates + n_dup,
+		run_max_version = greatest(x.run_max_version, page_max),
+		run_etag = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'etag'))[1] ELSE x.run_etag END,
+		run_last_modified = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'last-modified'))[1]
+								 ELSE x.run_last_modified END,
+		-- (the first page's URL from here on: hub._poll_finish keeps it with
+		-- the validators, or forgets it without them)
+		etag_url = CASE WHEN page_no = 1 THEN page_url ELSE x.etag_url END,
+		failures = 0, last_status = status, lease_until = now() + hub._poll_lease(),
+		next_url = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN nxt ELSE x.next_url END,
+		run_offset = p.run_offset,
+		run_seen = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN (x.run_seen || hashtextextended(nxt, 0))[greatest(cardinality(x.run_seen) - 254, 1):]
+						ELSE x.run_seen END
+	WHERE x.poller_id = p.poller_id
+	RETURNING * INTO st;
+
+	IF run_end IN ('end', 'cycle', 'refused', 'bad_next') THEN
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(st, run_end = 'end', fail);
+	ELSIF run_end IS NULL THEN
+		url := nxt;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		next_at := NULL;
+	ELSE
+		-- max_pages or throttled: the run resumes at nxt when due
+		due := CASE WHEN run_end = 'throttled' THEN now() + wait
+					ELSE greatest(coalesce(p.run_started_at, now()) + p.every, now()) END;
+		UPDATE hub.pollers x
+		SET lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due,
+			last_error = CASE WHEN run_end = 'throttled'
+							  THEN 'throttled by the API (X-RateLimit-Remaining: 0) until ' || due END
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+	END IF;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint) IS
+'API: Private. Record one fetched page of a leased poller in one transaction (audit row, records into hub.inbox once per id and version, position, watermark, validators, failure and backoff) and return the run''s next request, or url NULL with next_at when the run is over or paused; zero rows when the lease was taken over.';
+
+CREATE OR REPLACE FUNCTION hub._endpoint_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	h record;
+	-- framing and hop-by-hop headers, then those the hub sets on every request
+	reserved constant text[] := ARRAY['content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive',
+		'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
+		'content-type', 'content-encoding', 'webhook-id', 'webhook-timestamp', 'webhook-signature',
+		'idempotency-key', 'traceparent', 'tracestate'];
+BEGIN
+	PERFORM hub._egress_check(NEW.url);
+	IF NEW.oauth2_token_url IS NOT NULL THEN
+		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	END IF;
+	IF jsonb_typeof(NEW.headers) <> 'object' THEN
+		RAISE EXCEPTION 'endpoint headers must be a JSON object of names and string values'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR h IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+		IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+			RAISE EXCEPTION 'invalid header name "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header names are HTTP tokens (letters, digits, - and a few symbols).';
+		END IF;
+		IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' THEN
+			RAISE EXCEPTION 'invalid value for header "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header values are strings without CR, LF or other control characters.';
+		END IF;
+		IF lower(h.key) = ANY (reserved) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature, Idempotency-Key, traceparent and tracestate are set by the hub.',
+					  HINT = 'Remove the header from headers.';
+		END IF;
+		IF lower(h.key) IN ('authorization', 'proxy-authorization') OR lower(h.key) = lower(NEW.api_key_header) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Fixed headers are readable by hub_reader; credentials are not.',
+					  HINT = 'Pass credentials as auth_kind and auth_secret (with api_key_header for an API key).';
+		END IF;
+	END LOOP;
+	IF NEW.api_key_header IS NOT NULL AND NEW.api_key_header !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'invalid API key header name "%"', NEW.api_key_header USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF lower(NEW.api_key_header) = ANY (reserved) THEN
+		RAISE EXCEPTION 'header "%" cannot be the API key header', NEW.api_key_header
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Framing headers and the headers the hub sets itself are reserved; use a name such as X-API-Key.';
+	END IF;
+	RETURN NEW;
 END
 $$;
 

@@ -3,10 +3,10 @@
 -- inbound values ignored); what hub.publish, a plain INSERT and
 -- hub.receive keep; child spans for what processing a message publishes,
 -- through a handler, the per-message mapping path and the set-based one;
--- no inherited context after hub.process_inbox; the traceparent in
--- hub.trace.
+-- no inherited context after hub.process_inbox; a poll run's trace on
+-- its requests and records; the traceparent in hub.trace.
 BEGIN;
-SELECT plan(39);
+SELECT plan(45);
 
 -- ---------------------------------------------------------------- validation
 SELECT ok(hub.traceparent_valid('00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'), 'the W3C example is valid');
@@ -121,6 +121,37 @@ SELECT is((SELECT array_agg(substr(o.traceparent, 1, 36) ORDER BY o.aggregate_id
 SELECT ok((SELECT bool_and(hub.traceparent_valid(o.traceparent) AND substr(o.traceparent, 37, 16) NOT IN ('8888888888888888', 'aaaaaaaaaaaaaaaa'))
 		   FROM hub.outbox o WHERE o.aggregate_id IN ('SH-TC1', 'SH-TC2')),
 	'each with a new parent id');
+
+-- ---------------------------------------------------------------- polls
+-- driven without a worker, as test/pgtap/pollers.sql does: each run is a
+-- trace; its page requests send it and its records keep it
+SELECT hub.create_endpoint('tcapi', 'http://127.0.0.1:9/api', 'erp');
+SELECT hub.create_poller('tcapi', '/items', 'tc.item', pagination => 'link_header');
+CREATE TEMP TABLE tc_req ON COMMIT DROP AS
+SELECT 1 AS page, c.headers FROM hub._poll_claim('tap', (SELECT endpoint_id FROM hub.endpoints WHERE name = 'tcapi'), 100000, 10) c;
+SELECT is((SELECT h FROM tc_req, unnest(headers) h WHERE h LIKE 'traceparent: %'),
+	(SELECT 'traceparent: ' || run_traceparent FROM hub.pollers WHERE name = 'tcapi:tc.item'),
+	'a poll run''s first request carries the run''s traceparent');
+SELECT ok((SELECT hub.traceparent_valid(run_traceparent) FROM hub.pollers WHERE name = 'tcapi:tc.item'), 'a valid one');
+INSERT INTO tc_req
+SELECT 2, r.headers FROM hub.pollers p,
+	hub._poll_page(p.poller_id, p.lease, p.next_url, 200, ARRAY['Content-Type: application/json', 'Link: </api/items?p=2>; rel=next'],
+				   convert_to('[{"id": 1}, {"id": 2}]', 'UTF8'), NULL, 7, 20) r
+WHERE p.name = 'tcapi:tc.item';
+SELECT is((SELECT h FROM tc_req, unnest(headers) h WHERE page = 2 AND h LIKE 'traceparent: %'),
+	(SELECT h FROM tc_req, unnest(headers) h WHERE page = 1 AND h LIKE 'traceparent: %'), 'and so does its next page''s');
+SELECT hub._poll_page(p.poller_id, p.lease, p.next_url, 200, ARRAY['Content-Type: application/json'],
+					  convert_to('[{"id": 3}]', 'UTF8'), NULL, 7, 10) IS NOT NULL AS recorded
+FROM hub.pollers p WHERE p.name = 'tcapi:tc.item';
+SELECT is((SELECT array_agg(DISTINCT 'traceparent: ' || traceparent) FROM hub.inbox WHERE source = 'poll:tcapi:tc.item'),
+	(SELECT array_agg(h) FROM tc_req, unnest(headers) h WHERE page = 1 AND h LIKE 'traceparent: %'),
+	'the records of every page of the run keep its traceparent');
+SELECT is((SELECT count(*) FROM hub.inbox WHERE source = 'poll:tcapi:tc.item'), 3::bigint, 'all three records');
+UPDATE hub.pollers SET next_run_at = now() WHERE name = 'tcapi:tc.item';
+SELECT ok((SELECT h FROM hub._poll_claim('tap', (SELECT endpoint_id FROM hub.endpoints WHERE name = 'tcapi'), 100000, 10) c,
+				  unnest(c.headers) h WHERE h LIKE 'traceparent: %')
+		  NOT IN (SELECT h FROM tc_req, unnest(headers) h WHERE h LIKE 'traceparent: %'),
+	'the next run is a new trace');
 
 -- ---------------------------------------------------------------- hub.trace
 SELECT is((SELECT array_agg(DISTINCT what || ' ' || traceparent) FROM hub.trace(aggregate => 'SH-TC1')
