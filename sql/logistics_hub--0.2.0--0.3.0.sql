@@ -5351,6 +5351,216 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
+REVOKE EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
+TO hub_reader, hub_writer, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests: one a batch, one an event of a lease group
+			   CASE WHEN d.batch_events IS NULL THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	err text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source, p_max_bytes);
+		RETURN;
+	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
+		END;
+	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source,
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
+									(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
+	ORDER BY c.ordinality;
+END
+$$;
+
 DROP FUNCTION hub.trace(text, text);
 CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
 RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,

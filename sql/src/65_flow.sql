@@ -223,6 +223,19 @@ RETURNS text
 	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
 'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+/*
+ * event_body with the traceparent too (what the claim renders since 0.3.0,
+ * README "Trace context"): the CloudEvents envelope gets the distributed
+ * tracing extension attribute traceparent (left out when NULL); the
+ * canonical event is the nine-argument form's.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
 
 -- ---------------------------------------------------------------- canonical events
 
@@ -1234,9 +1247,11 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_step(bigint, boolean),
 	hub._inbox_apply_batch(bigint[]),
 	hub._run_handler(regproc, jsonb, text, jsonb),
-	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 TO hub_reader, hub_writer, hub_worker;
 -- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
 REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;

@@ -1,12 +1,12 @@
 -- W3C Trace Context (issue 21): the traceparent of events and inbox
--- messages.  Validation (hub.traceparent_valid, the publisher's 22023,
+-- messages.  Validation; the CloudEvents traceparent attribute (hub.traceparent_valid, the publisher's 22023,
 -- inbound values ignored); what hub.publish, a plain INSERT and
 -- hub.receive keep; child spans for what processing a message publishes,
 -- through a handler, the per-message mapping path and the set-based one;
 -- no inherited context after hub.process_inbox; a poll run's trace on
 -- its requests and records; the traceparent in hub.trace.
 BEGIN;
-SELECT plan(45);
+SELECT plan(49);
 
 -- ---------------------------------------------------------------- validation
 SELECT ok(hub.traceparent_valid('00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'), 'the W3C example is valid');
@@ -54,6 +54,31 @@ SELECT throws_ok($$SELECT hub.publish('order.created', 'SO-X', '{"order_id": "SO
 	'22023', NULL, 'so is one that is no traceparent at all');
 SELECT throws_ok($$INSERT INTO hub.outbox (event_type, aggregate_id, payload, traceparent) VALUES ('order.created', 'SO-X', '{"order_id": "SO-X"}', 'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')$$,
 	'22023', NULL, 'and through a plain INSERT');
+
+-- ---------------------------------------------------------------- bodies
+SELECT is(hub.event_body('cloudevents', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1,
+		'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')::jsonb ->> 'traceparent',
+	'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+	'a CloudEvents body carries the traceparent extension attribute');
+SELECT is(hub.event_body('cloudevents_batch', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1,
+		'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'),
+	hub.event_body('cloudevents_batch', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1,
+		'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')::jsonb::text,
+	'in the bytes jsonb would print');
+SELECT is(hub.event_body('cloudevents', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1, NULL),
+	hub.event_body('cloudevents', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1),
+	'without one, the nine-argument form''s bytes');
+SELECT is(hub.event_body('event', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1,
+		'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'),
+	hub.event_body('event', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
+		'2026-05-04 08:00:00+00', 'C-1', '{"order_id": "SO-1"}', '/hub', 1),
+	'the canonical event does not carry it (the header does)');
 
 -- ---------------------------------------------------------------- receive
 SELECT ok(hub.receive('tc', 'r1', 'tc.handled', '{"n": 1}', traceparent => '00-11111111111111111111111111111111-2222222222222222-01'),

@@ -4,6 +4,8 @@
 #   - a publisher's traceparent arrives as the traceparent header of the
 #     event's request, byte for byte; an event published without one
 #     carries the trace the hub started for it (hub.outbox.traceparent)
+#   - a CloudEvents body carries it as the distributed tracing extension
+#     attribute too
 #   - a batch request carries its first event's traceparent
 #   - an event published by an inbox handler arrives with the trace id of
 #     the message received with a traceparent, under a new parent id
@@ -13,11 +15,13 @@ push_setup push-trace 167 "logistics_hub.poll_interval = 200ms"
 
 push_endpoint single "ok?ep=single"
 PUSH_SUB="ordering => 'none', body_format => 'batch', batch_max => 3" push_endpoint batch "ok?ep=batch"
+PUSH_SUB="body_format => 'cloudevents'" push_endpoint ce "ok?ep=ce"
 
 TP=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
 E1=$(q "SELECT hub.publish('order.created', 'T-1', '{\"order_id\": \"T-1\", \"t\": \"single\"}', traceparent => '$TP')")
 E2=$(q "SELECT hub.publish('order.created', 'T-2', '{\"order_id\": \"T-2\", \"t\": \"single\"}')")
 TP2=$(q "SELECT traceparent FROM hub.outbox WHERE event_id = '$E2'")
+EC=$(q "SELECT hub.publish('order.created', 'C-1', '{\"order_id\": \"C-1\", \"t\": \"ce\"}', traceparent => '$TP')")
 # three events of one transaction: one batch request
 q "SELECT hub.publish('order.created', 'B-' || i, jsonb_build_object('order_id', 'B-' || i, 't', 'batch'))
    FROM generate_series(1, 3) i" >/dev/null
@@ -30,14 +34,21 @@ q "SELECT hub.receive('erp', 'm-1', 'erp.trace', '{}', traceparent => '00-0af765
 [ "$(q "SELECT processed FROM hub.process_inbox()")" = 1 ] || fail "the inbox message was not processed"
 EH=$(q "SELECT event_id FROM hub.outbox WHERE aggregate_id = 'H-1'")
 
-must_wait "SELECT count(*) = 4 AND bool_and(state = 'delivered')
-           FROM hub.deliveries" 30 "the events were not delivered (three single deliveries, one batch)"
+must_wait "SELECT count(*) = 5 AND bool_and(state = 'delivered')
+           FROM hub.deliveries" 30 "the events were not delivered (four single deliveries, one batch)"
 
 got=$(recv "
 h = {e['headers']['webhook-id']: e['headers'].get('traceparent') for e in E if 'ep=single' in e['path']}
 print(h.get('$E1') == '$TP', h.get('$E2') == '$TP2', h.get('$E2', '') != '')")
 [ "$got" = "True True True" ] || fail "a publisher's traceparent and the hub's own arrive as the header: $got"
 ok "a publisher's traceparent arrives as the traceparent header; an event published without one carries the trace the hub started"
+
+got=$(recv "
+import json
+rows = [e for e in E if 'ep=ce' in e['path']]
+print(len(rows), rows[0]['headers'].get('traceparent') == '$TP', json.loads(rows[0]['body']).get('traceparent') == '$TP')")
+[ "$got" = "1 True True" ] || fail "a CloudEvents request carries the traceparent as header and extension attribute: $got"
+ok "a CloudEvents body carries the traceparent extension attribute, as its header does"
 
 FIRST=$(q "SELECT traceparent FROM hub.outbox WHERE aggregate_id = 'B-1'")
 got=$(recv "
