@@ -312,32 +312,41 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 }
 
 /*
- * insert_spi --- the same row through a plain INSERT (plan kept per
+ * insert_spi --- the same row through a plain INSERT (plans kept per
  * backend): the fallback for every case the direct insert does not cover.
+ * Without a traceparent the INSERT does not name the column (the contract
+ * trigger stamps it), so that publishing also works while the library is
+ * newer than the extension's tables (before ALTER EXTENSION UPDATE).
  */
 static void
 insert_spi(Datum *values, char *nulls)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	bool		traced = (nulls[PUBLISH_NARGS - 1] != 'n');
+	int			nargs = traced ? PUBLISH_NARGS : PUBLISH_NARGS - 1;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (plan == NULL)
+	if (plans[traced] == NULL)
 	{
 		Oid			types[PUBLISH_NARGS] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID,
 		TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID};
-		SPIPlanPtr	p = SPI_prepare("INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
+		SPIPlanPtr	p = SPI_prepare(traced ?
+									"INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
 									" correlation_id, causation_id, headers, occurred_at, traceparent)"
-									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-									PUBLISH_NARGS, types);
+									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)" :
+									"INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
+									" correlation_id, causation_id, headers, occurred_at)"
+									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+									nargs, types);
 
 		if (p == NULL)
 			elog(ERROR, "could not prepare the hub.publish insert: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
-		plan = p;
+		plans[traced] = p;
 	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(plans[traced], values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "hub.publish insert failed");
 	SPI_finish();
 }
@@ -412,8 +421,17 @@ hub_publish(PG_FUNCTION_ARGS)
 	/* (the direct insert does not run the trigger, which checks it too) */
 	hub_check_occurred_at(values[7]);
 	/* traceparent: the publisher's, or NULL for the trigger's (trace_context.c) */
-	nulls[8] = PG_ARGISNULL(7) ? 'n' : ' ';
-	values[8] = PG_ARGISNULL(7) ? (Datum) 0 : PG_GETARG_DATUM(7);
+	/* (the seven-argument hub.publish of 0.2.0, before ALTER EXTENSION UPDATE) */
+	if (PG_NARGS() > 7 && !PG_ARGISNULL(7))
+	{
+		nulls[8] = ' ';
+		values[8] = PG_GETARG_DATUM(7);
+	}
+	else
+	{
+		nulls[8] = 'n';
+		values[8] = (Datum) 0;
+	}
 
 	rel = open_outbox();
 	if (direct_allowed(rel))

@@ -6,7 +6,7 @@
 -- no inherited context after hub.process_inbox; a poll run's trace on
 -- its requests and records; the traceparent in hub.trace.
 BEGIN;
-SELECT plan(49);
+SELECT plan(51);
 
 -- ---------------------------------------------------------------- validation
 SELECT ok(hub.traceparent_valid('00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'), 'the W3C example is valid');
@@ -54,6 +54,17 @@ SELECT throws_ok($$SELECT hub.publish('order.created', 'SO-X', '{"order_id": "SO
 	'22023', NULL, 'so is one that is no traceparent at all');
 SELECT throws_ok($$INSERT INTO hub.outbox (event_type, aggregate_id, payload, traceparent) VALUES ('order.created', 'SO-X', '{"order_id": "SO-X"}', 'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')$$,
 	'22023', NULL, 'and through a plain INSERT');
+
+-- the plain INSERT hub.publish falls back to (here: row security on)
+ALTER TABLE hub.outbox ENABLE ROW LEVEL SECURITY;
+SELECT ok(hub.publish('order.created', 'SO-RLS1', '{"order_id": "SO-RLS1"}',
+		traceparent => '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01') IS NOT NULL
+	AND hub.publish('order.created', 'SO-RLS2', '{"order_id": "SO-RLS2"}') IS NOT NULL,
+	'hub.publish through its plain INSERT, with and without a traceparent');
+ALTER TABLE hub.outbox DISABLE ROW LEVEL SECURITY;
+SELECT is((SELECT array_agg(traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' ORDER BY aggregate_id)
+		   FROM hub.outbox WHERE aggregate_id LIKE 'SO-RLS_' AND hub.traceparent_valid(traceparent)),
+	ARRAY[true, false], 'keep the given one and stamp a new one alike');
 
 -- ---------------------------------------------------------------- bodies
 SELECT is(hub.event_body('cloudevents', '0190a5a4-0000-8000-8000-000000000001', 'order.created', 'SO-1',
