@@ -33,6 +33,7 @@ typedef struct HubPushRequest
 	int64	   *lease_tokens;
 	char	   *webhook_id;
 	const char *content_type;
+	char	   *traceparent;	/* of its (first) event; NULL: no header */
 	struct HubGroup *group;		/* NULL: not of a lease group */
 	int			group_slot;		/* its event's place in the group */
 } HubPushRequest;

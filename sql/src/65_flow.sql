@@ -223,6 +223,19 @@ RETURNS text
 	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
 'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+/*
+ * event_body with the traceparent too (what the claim renders since 0.3.0,
+ * README "Trace context"): the CloudEvents envelope gets the distributed
+ * tracing extension attribute traceparent (left out when NULL); the
+ * canonical event is the nine-argument form's.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
 
 -- ---------------------------------------------------------------- canonical events
 
@@ -773,8 +786,9 @@ COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
  * hub.process_inbox's subtransaction for it.  Finds the message's mapping
  * (an exact pattern by its key, else the longest matching prefix); with
  * neither mapping nor handler returns NULL (unhandled).  Otherwise makes
- * the message's context the transaction's (hub.inbox_correlation_id and
- * hub.inbox_causation_id, which hub.publish takes when it is given none)
+ * the message's context the transaction's (hub.inbox_correlation_id,
+ * hub.inbox_causation_id and hub.inbox_traceparent, which hub.publish
+ * takes when it is given none)
  * and, with a mapping, applies the message: reads key, code, time,
  * qualifier, partner, parent and children (a payload that is not an
  * object, or a key, code or configured time that does not resolve,
@@ -811,7 +825,7 @@ BEGIN
 	-- the message as stored, and only one being processed (claimed by the
 	-- caller, FOR UPDATE): the step never applies a payload it is handed
 	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
-		   x.received_at, x.attempts, x.state
+		   x.received_at, x.attempts, x.state, x.traceparent
 	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
 	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
 		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
@@ -828,8 +842,11 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
 	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
-			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
 
 	IF mp.message_pattern IS NOT NULL THEN
 		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
@@ -970,7 +987,8 @@ COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
  * the batch names; and only while no readiness rule exists.  For those it
  * writes what hub._apply_canonical writes (entity_state, the per-system
  * row, the history row) and publishes the canonical event with the
- * message's correlation and causation ids, in inbox_id order.  A key
+ * message's correlation and causation ids and a child span of its
+ * traceparent, in inbox_id order.  A key
  * another transaction created meanwhile undoes the whole batch's apply
  * (it was classified as new): the per-message path then sees that row.
  * Everything runs in one subtransaction: any error undoes it all and every
@@ -996,6 +1014,7 @@ DECLARE
 	a_state		text[];
 	a_corr		text[];
 	a_payload	jsonb[];
+	a_trace		text[];
 	v_done		bigint[];
 	v_written	bigint;
 	v_events	bigint;
@@ -1022,7 +1041,7 @@ BEGIN
 		), msg AS MATERIALIZED (
 			-- (materialized: each path evaluated once a message, not once
 			-- for every expression that reads its value)
-			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
 				   mp.occurred_at_path IS NULL AS no_time_path,
 				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
 				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
@@ -1059,8 +1078,8 @@ BEGIN
 			-- a string) the shapes carriers and JSON encoders write most,
 			-- its ASCII digits made 9s (a tenth of that; each of them
 			-- matches the pattern))
-			SELECT f.inbox_id, f.payload, f.correlation_id, f.lifecycle, f.system, f.key, f.code, f.qual,
-				   f.partner,
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
+				   f.qual, f.partner,
 				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
 						WHEN translate(f.ts, '012345678', '999999999')
@@ -1101,8 +1120,9 @@ BEGIN
 		-- same order; the writes below sort by inbox_id themselves)
 		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
 			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
-			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload)
-		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace
 		FROM t JOIN g ON g.mk = t.mk
 		WHERE t.at IS NOT NULL;
 		IF a_id IS NULL THEN
@@ -1121,14 +1141,16 @@ BEGIN
 			WHERE es.lifecycle = k.lc AND es.business_key = k.key
 			FOR UPDATE) es;
 
-		-- (the correlation and causation ids are passed: none of a message
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
 		-- processed before is current)
 		PERFORM set_config('hub.inbox_correlation_id', '', true),
 				set_config('hub.inbox_causation_id', '', true);
 		WITH a AS (
 			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
-								 a_corr, a_payload)
-				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload)
+								 a_corr, a_payload, a_trace)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace)
 		), c AS (
 			-- classified against the key's row: created (a new key, or one
 			-- without a state) or advanced; no overlay on it
@@ -1229,10 +1251,13 @@ BEGIN
 			-- plain INSERT, whose contract trigger (hub._outbox_check)
 			-- checks and stamps each row as it does for hub.publish, the
 			-- event id and headers their defaults, the correlation id the
-			-- message's (none: NULL, as hub.publish gives it here); one
-			-- insert for the batch rather than one a row
-			INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, occurred_at)
-			SELECT ok.event_type, ok.key, ok.body, nullif(ok.corr, ''), 'inbox:' || ok.inbox_id, ok.at
+			-- message's (none: NULL, as hub.publish gives it here), a child
+			-- span of its traceparent; one insert for the batch rather than
+			-- one a row
+			INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, occurred_at,
+									traceparent)
+			SELECT ok.event_type, ok.key, ok.body, nullif(ok.corr, ''), 'inbox:' || ok.inbox_id, ok.at,
+				   hub._traceparent_child(ok.trace)
 			FROM ok ORDER BY ok.inbox_id
 			RETURNING 1
 		)
@@ -1280,9 +1305,11 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_step(bigint, boolean),
 	hub._inbox_apply_batch(bigint[]),
 	hub._run_handler(regproc, jsonb, text, jsonb),
-	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 TO hub_reader, hub_writer, hub_worker;
 -- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
 REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;
