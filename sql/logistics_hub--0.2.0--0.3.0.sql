@@ -4372,4 +4372,537 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ metrics
+-- (issue 21 a: thresholds, business views, a cheaper hub.sync_status, hub.metrics())
+
+/*
+ * 68_thresholds.sql --- the thresholds and windows of the business views
+ * (75_business_views.sql), of hub.sync_status and of hub.metrics(), as
+ * configuration: hub.thresholds shows each with its default and meaning,
+ * hub.set_threshold changes one (audited in hub.operator_audit).
+ */
+
+/*
+ * The defaults live in the view hub.thresholds; an operator's value is a
+ * row of hub.threshold_settings, the only table a dump carries (so a
+ * restore into a newer version keeps the operator's values and the new
+ * defaults).
+ */
+CREATE TABLE hub.threshold_settings (
+	name		text PRIMARY KEY,
+	value		interval NOT NULL CHECK (value > interval '0' AND value <= interval '366 days'),
+	set_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	set_by		text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE hub.threshold_settings IS
+'Operator values of the thresholds of the business views and of hub.metrics() (hub.thresholds shows them with their defaults); written by hub.set_threshold only, each change audited in hub.operator_audit.';
+SELECT pg_catalog.pg_extension_config_dump('hub.threshold_settings', '');
+
+CREATE VIEW hub.thresholds AS
+SELECT d.name, coalesce(s.value, d.default_value) AS value, d.default_value, d.description,
+	   s.set_at, s.set_by
+FROM (VALUES
+	('order_release', interval '4 hours',
+	 'An order created (or draft) and not released to a warehouse for longer is listed by hub.orders_awaiting_release.'),
+	('carrier_scan', interval '24 hours',
+	 'A shipment with a label and no carrier scan for longer is listed by hub.missing_tracking.'),
+	('erp_posting', interval '1 hour',
+	 'An inventory adjustment or shipment confirmation not delivered to an ERP endpoint for longer is overdue in hub.erp_postings_pending.'),
+	('return_reconciliation', interval '72 hours',
+	 'A return received or inspected and not resolved by the ERP for longer is overdue in hub.returns_awaiting_reconciliation.'),
+	('portal_freshness', interval '15 minutes',
+	 'A portal showing another state than the canonical one for longer is overdue in hub.portal_freshness.'),
+	('cycle_time_window', interval '1 day',
+	 'The window of hub.cycle_times (orders shipped, confirmations delivered within it).'),
+	('sync_status_lookback', interval '1 day',
+	 'How far back hub.sync_status looks for the last success of a subscription (older: NULL).'),
+	('metrics_window', interval '5 minutes',
+	 'The window of hub.metrics()''s recent attempts, poll requests and delivery latency histogram.')
+) d (name, default_value, description)
+LEFT JOIN hub.threshold_settings s ON s.name = d.name;
+COMMENT ON VIEW hub.thresholds IS
+'Thresholds and windows of the business views and of hub.metrics(): their value (the operator''s, else the default), default and meaning. Change one with hub.set_threshold(name, value, reason).';
+
+CREATE FUNCTION hub.set_threshold(name text, value interval, reason text DEFAULT NULL)
+RETURNS interval
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_old interval;
+BEGIN
+	IF NOT EXISTS (SELECT FROM hub.thresholds t WHERE t.name = set_threshold.name) THEN
+		RAISE EXCEPTION 'unknown threshold: "%"', set_threshold.name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'SELECT name FROM hub.thresholds lists them.';
+	END IF;
+	IF value IS NOT NULL THEN
+		PERFORM hub._check_setting(set_threshold.name, value > interval '0' AND value <= interval '366 days',
+								   value::text, 'above 0 and at most 366 days');
+	END IF;
+	SELECT t.value INTO v_old FROM hub.thresholds t WHERE t.name = set_threshold.name;
+	IF value IS NULL THEN
+		DELETE FROM hub.threshold_settings s WHERE s.name = set_threshold.name;
+	ELSE
+		INSERT INTO hub.threshold_settings AS s (name, value) VALUES (set_threshold.name, set_threshold.value)
+		ON CONFLICT ON CONSTRAINT threshold_settings_pkey
+		DO UPDATE SET value = excluded.value, set_at = pg_catalog.now(), set_by = session_user;
+	END IF;
+	PERFORM hub._audit('set_threshold', set_threshold.name, reason,
+					   pg_catalog.jsonb_build_object('old', v_old, 'new', set_threshold.value));
+	RETURN (SELECT t.value FROM hub.thresholds t WHERE t.name = set_threshold.name);
+END
+$$;
+COMMENT ON FUNCTION hub.set_threshold(text, interval, text) IS
+'Set a threshold of hub.thresholds (above 0, at most 366 days; NULL: back to its default), audited in hub.operator_audit with the old and new value; returns the value now in force. 22023 for an unknown name or a value out of range.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) TO hub_admin;
+GRANT SELECT ON hub.thresholds, hub.threshold_settings TO hub_reader;
+
+/*
+ * sync_status reads the open deliveries (deliveries_open_key_idx) and the
+ * attempts of the lookback sync_status_lookback only (hub.thresholds, one
+ * day by default), through attempts_at_idx: the lookback's bound is known
+ * when the executor starts, so the attempts of the other days (their
+ * partitions) are not read at all.  A subscription without a success in the
+ * lookback shows last_success NULL.
+ */
+-- the attempts of a time window (sync_status, cycle times, hub.metrics())
+CREATE INDEX attempts_at_idx ON hub.attempts (at);
+
+CREATE OR REPLACE VIEW hub.sync_status AS
+WITH recent AS (
+	SELECT x.subscription_id,
+		   max(a.at) FILTER (WHERE a.outcome = 'delivered') AS last_success,
+		   round(avg((a.outcome = 'delivered')::int) FILTER (WHERE a.at > now() - interval '1 hour'
+			   AND a.outcome IN ('delivered', 'retry', 'dead')), 3) AS success_rate_1h
+	FROM hub.attempts a
+	JOIN hub.deliveries x USING (delivery_id)
+	WHERE a.at > now() - greatest((SELECT t.value FROM hub.thresholds t WHERE t.name = 'sync_status_lookback'),
+								  interval '1 hour')
+	GROUP BY x.subscription_id
+)
+SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
+	   e.enabled, e.paused, e.circuit_state,
+	   -- (events: a batch or a lease group counts each of its events)
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'pending'), 0) AS pending,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+	   now() - min(o.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
+	   min(r.last_success) AS last_success,
+	   min(r.success_rate_1h) AS success_rate_1h
+FROM hub.subscriptions s
+JOIN hub.endpoints e USING (endpoint_id)
+LEFT JOIN recent r ON r.subscription_id = s.subscription_id
+LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
+	AND d.state NOT IN ('delivered', 'skipped')
+LEFT JOIN hub.outbox o ON o.event_id = d.event_id
+GROUP BY e.endpoint_id, s.subscription_id;
+COMMENT ON VIEW hub.sync_status IS
+'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success within the lookback sync_status_lookback (hub.thresholds; NULL: none in it), the success rate of attempts over the last hour, and the circuit state. Reads the open deliveries and the lookback''s attempts only.';
+
+
+/*
+ * 75_business_views.sql --- the questions an analyst and a dashboard ask of
+ * the hub (LOGISTICS seeds: "order synchronization lag, inventory update
+ * success rates, shipment event throughput, backlog by warehouse, and
+ * portal status freshness"), one view each, with their thresholds as
+ * configuration (hub.thresholds, 68_thresholds.sql).
+ *
+ * Cost: each view reads what answers it and nothing more.  The views over
+ * entity state read hub.entity_state once (no index on its state: an index
+ * on state would make every advance a non-HOT update, paid by the flow);
+ * those over deliveries read only the open ones (deliveries_open_key_idx);
+ * those over attempts read only their window, through attempts_at_idx
+ * (70_operations.sql; the window's bound is known at executor start, so
+ * partition pruning leaves the other days untouched);
+ * order-to-ship reads the shipped reports of its window through a partial
+ * index of hub.status_history that only those reports enter.
+ * test/bench/views.sh measures them at a million entities and attempts.
+ */
+
+-- ---------------------------------------------------------------- site
+
+ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from the records by its mapping''s site_path (hub.map_inbox); the latest record that names one wins; NULL when none has.';
+
+-- ---------------------------------------------------------------- entity views
+
+CREATE VIEW hub.orders_awaiting_release AS
+SELECT e.business_key AS order_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.orders_awaiting_release IS
+'Orders created (or draft) and not released to a warehouse within the threshold order_release (hub.thresholds), with their site and how long they have waited.';
+
+CREATE VIEW hub.release_backlog_by_site AS
+SELECT e.site, count(*) AS orders, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_waiting_for,
+	   count(*) FILTER (WHERE e.last_advanced_at < now() - t.value) AS late
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+GROUP BY e.site;
+COMMENT ON VIEW hub.release_backlog_by_site IS
+'Orders waiting for warehouse release, by site (NULL: no mapping named one): how many, the oldest, and how many are past the threshold order_release.';
+
+CREATE VIEW hub.missing_tracking AS
+SELECT e.business_key AS shipment_key, e.site, e.state_system AS labelled_by,
+	   e.last_advanced_at AS label_at, now() - e.last_advanced_at AS without_scan_for,
+	   t.value AS threshold, e.exception_reason
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'carrier_scan') t
+WHERE e.lifecycle = 'shipment' AND e.state = 'label_created'
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.missing_tracking IS
+'Shipments with a label and no carrier scan since for longer than the threshold carrier_scan (hub.thresholds): missing tracking events.';
+
+CREATE VIEW hub.returns_awaiting_reconciliation AS
+SELECT e.business_key AS return_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold,
+	   e.last_advanced_at < now() - t.value AS overdue
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'return_reconciliation') t
+WHERE e.lifecycle = 'return' AND e.state IN ('received', 'inspected');
+COMMENT ON VIEW hub.returns_awaiting_reconciliation IS
+'Returns received or inspected and not yet resolved (refunded, credited) by the ERP: waiting for financial reconciliation, since when, and overdue past the threshold return_reconciliation.';
+
+CREATE VIEW hub.backlog_by_site AS
+SELECT e.lifecycle, e.site, e.state, count(*) AS keys, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_age,
+	   count(*) FILTER (WHERE e.on_hold) AS on_hold,
+	   count(*) FILTER (WHERE e.exception_reason IS NOT NULL) AS exceptions
+FROM hub.entity_state e
+JOIN (SELECT l, s.state FROM unnest(ARRAY['order', 'shipment', 'movement', 'return']) l,
+	  LATERAL hub.lifecycle_states(l) s WHERE NOT s.terminal) o ON o.l = e.lifecycle AND o.state = e.state
+GROUP BY e.lifecycle, e.site, e.state;
+COMMENT ON VIEW hub.backlog_by_site IS
+'Open keys (in a state that is not terminal) by lifecycle, site and state: how many, the oldest since its last advance, how many are on hold or in exception.';
+
+CREATE VIEW hub.portal_freshness AS
+SELECT e.lifecycle, e.business_key, e.state AS canonical_state, e.state_occurred_at AS canonical_since,
+	   s.system AS portal, s.code AS portal_code, s.state AS portal_state, s.received_at AS portal_told_at,
+	   (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code)) AS in_sync,
+	   CASE WHEN NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
+			THEN greatest(e.state_occurred_at, s.state_since) END AS differs_since,
+	   CASE WHEN NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
+			THEN now() - greatest(e.state_occurred_at, s.state_since) END AS differs_for,
+	   coalesce(NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
+				AND now() - greatest(e.state_occurred_at, s.state_since) > t.value, false) AS overdue
+FROM hub.entity_state e
+JOIN hub.entity_system_state s USING (lifecycle, business_key)
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'portal_freshness') t
+WHERE s.role = 'portal' AND e.state IS NOT NULL;
+COMMENT ON VIEW hub.portal_freshness IS
+'Per key and portal: what the portal last reported showing (hub.entity_system_state of a system of role portal) against the canonical state, whether they agree, since when and for how long they differ, and overdue past the threshold portal_freshness.';
+
+-- ---------------------------------------------------------------- posting to the ERP
+
+/*
+ * What an ERP is waiting for: inventory adjustments (inventory.adjusted,
+ * movement.done) and shipment confirmations (order.shipped,
+ * shipment.dispatched) not yet delivered to an endpoint of kind erp.
+ */
+CREATE FUNCTION hub._erp_posting_kind(event_type text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN event_type IN ('inventory.adjusted', 'movement.done') THEN 'inventory_adjustment'
+				WHEN event_type IN ('order.shipped', 'shipment.dispatched') THEN 'shipment_confirmation' END
+$$;
+COMMENT ON FUNCTION hub._erp_posting_kind(text) IS
+'API: Private. inventory_adjustment for inventory.adjusted and movement.done, shipment_confirmation for order.shipped and shipment.dispatched, else NULL.';
+
+CREATE VIEW hub.erp_postings_pending AS
+SELECT en.name AS endpoint, hub._erp_posting_kind(o.event_type) AS kind, o.event_id, o.event_type,
+	   o.aggregate_id, o.occurred_at, now() - o.occurred_at AS waiting_for, d.state, d.attempts,
+	   d.last_error, now() - o.occurred_at > t.value AS overdue
+FROM hub.deliveries d
+JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) b(event_id)
+JOIN hub.outbox o ON o.event_id = b.event_id
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'erp_posting') t
+WHERE d.state NOT IN ('delivered', 'skipped') AND en.kind = 'erp'
+  AND hub._erp_posting_kind(o.event_type) IS NOT NULL;
+COMMENT ON VIEW hub.erp_postings_pending IS
+'Inventory adjustments (inventory.adjusted, movement.done) and shipment confirmations (order.shipped, shipment.dispatched) not yet delivered to an endpoint of kind erp: how long since the event occurred, the delivery''s state, attempts and last error, overdue past the threshold erp_posting.';
+
+-- ---------------------------------------------------------------- cycle times
+
+-- only an order's shipped reports that moved it enter this index
+CREATE INDEX status_history_shipped_idx ON hub.status_history (occurred_at)
+	WHERE lifecycle = 'order' AND new_state = 'shipped' AND outcome IN ('created', 'advanced', 'corrected');
+
+CREATE VIEW hub.cycle_times AS
+WITH w AS (SELECT x.value FROM hub.thresholds x WHERE x.name = 'cycle_time_window'),
+ship AS (
+	SELECT pg_catalog.date_part('epoch', h.occurred_at - f.occurred_at) AS s
+	FROM hub.status_history h
+	CROSS JOIN LATERAL (SELECT h0.occurred_at FROM hub.status_history h0
+						WHERE h0.lifecycle = 'order' AND h0.business_key = h.business_key
+						ORDER BY h0.history_id LIMIT 1) f
+	WHERE h.lifecycle = 'order' AND h.new_state = 'shipped' AND h.outcome IN ('created', 'advanced', 'corrected')
+	  AND h.occurred_at > now() - (SELECT w.value FROM w)
+), conf AS (
+	SELECT pg_catalog.date_part('epoch', a.at - o.occurred_at) AS s
+	FROM hub.attempts a
+	JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+	JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+	CROSS JOIN LATERAL unnest(CASE WHEN a.group_event_id IS NOT NULL THEN ARRAY[a.group_event_id]
+								   ELSE coalesce(d.batch_events, ARRAY[d.event_id]) END) b(event_id)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	WHERE a.at > now() - (SELECT w.value FROM w) AND a.outcome = 'delivered' AND en.kind = 'erp'
+	  AND hub._erp_posting_kind(o.event_type) = 'shipment_confirmation'
+)
+SELECT m.measure, (SELECT w.value FROM w) AS "window", m.n AS count,
+	   pg_catalog.make_interval(secs => m.p[1]) AS p50, pg_catalog.make_interval(secs => m.p[2]) AS p90,
+	   pg_catalog.make_interval(secs => m.p[3]) AS p95, pg_catalog.make_interval(secs => m.p[4]) AS p99,
+	   pg_catalog.make_interval(secs => m.mx) AS max
+FROM (
+	SELECT 'order_to_ship' AS measure, count(*) AS n, max(s) AS mx,
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s) AS p
+	FROM ship
+	UNION ALL
+	SELECT 'shipment_confirmation_latency', count(*), max(s),
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s)
+	FROM conf
+) m;
+COMMENT ON VIEW hub.cycle_times IS
+'Percentiles (50, 90, 95, 99, max) over the window cycle_time_window (hub.thresholds) of order_to_ship (an order''s first report to its shipped report, for orders shipped in the window, by source times) and shipment_confirmation_latency (a shipment confirmation''s occurrence at the warehouse to its delivery to an ERP endpoint, for deliveries in the window). NULL percentiles when the window has none.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub._erp_posting_kind(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._erp_posting_kind(text) TO hub_reader;
+GRANT SELECT ON hub.orders_awaiting_release, hub.release_backlog_by_site,
+	hub.missing_tracking, hub.returns_awaiting_reconciliation, hub.backlog_by_site, hub.portal_freshness,
+	hub.erp_postings_pending, hub.cycle_times TO hub_reader;
+
+/*
+ * 76_metrics.sql --- hub.metrics(): what an operator scrapes, in the
+ * Prometheus text exposition format 0.0.4 (one # HELP and # TYPE per
+ * family, then its samples; label values escaped: backslash, double quote
+ * and newline), names logistics_hub_*:
+ *   events published (a counter: the outbox's sequence, never reset by
+ *   retention); delivery attempts and poll requests by endpoint or poller
+ *   and outcome, and the delivery latency (publication to the delivered
+ *   attempt) as a histogram, over the window metrics_window (hub.thresholds:
+ *   the attempts are an audit that retention drops by the day, so a total
+ *   over them would fall back at each drop; a window is what attempts_at_idx
+ *   reads cheaply); backlog, dead events and oldest pending age per
+ *   endpoint; backlog, oldest pending age, overdue time and failures per
+ *   poller; circuit states; inbox backlog and failed messages; open
+ *   exceptions by kind; drift and stale keys by lifecycle.
+ * Worker restarts are not here (the workers' view hub.workers exposes them).
+ * Served by SQL (SELECT hub.metrics()) to any collector that can run a
+ * query; sql/postgres_exporter.yml gives prometheus-postgres-exporter the
+ * same figures as queries.
+ */
+
+-- failed inbox messages, for hub.metrics(): only dead and unhandled rows
+-- enter it (rare), and state is in the inbox's partial indexes already, so
+-- no update that was HOT stops being so
+CREATE INDEX inbox_failed_idx ON hub.inbox (inbox_id) WHERE state IN ('dead', 'unhandled');
+
+CREATE FUNCTION hub._prom_label(value text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(value, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
+$$;
+COMMENT ON FUNCTION hub._prom_label(text) IS
+'API: Private. A label value escaped for the Prometheus text format: backslash, double quote and newline.';
+
+CREATE FUNCTION hub._prom_family(name text, type text, help text, samples text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.format(E'# HELP %s %s\n# TYPE %s %s\n', name,
+							 pg_catalog.replace(pg_catalog.replace(help, E'\\', E'\\\\'), E'\n', E'\\n'),
+							 name, type) || coalesce(samples, '')
+$$;
+COMMENT ON FUNCTION hub._prom_family(text, text, text, text) IS
+'API: Private. One metric family of the Prometheus text format: # HELP (escaped), # TYPE, then its sample lines.';
+
+CREATE FUNCTION hub._prom_seconds(i interval) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(pg_catalog.round(pg_catalog.date_part('epoch', i)::numeric, 3)::text, 'NaN')
+$$;
+COMMENT ON FUNCTION hub._prom_seconds(interval) IS
+'API: Private. An interval as seconds for the Prometheus text format (NaN for NULL).';
+
+CREATE FUNCTION hub.metrics() RETURNS text
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	w interval := (SELECT t.value FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	wtxt text := (SELECT t.value::text FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	r text := '';
+BEGIN
+	r := r || hub._prom_family('logistics_hub_events_published_total', 'counter',
+		'Events published to the outbox since the extension was created (the outbox sequence: a publication rolled back counts too).',
+		format(E'logistics_hub_events_published_total %s\n',
+			   coalesce(pg_catalog.pg_sequence_last_value(
+				   pg_catalog.pg_get_serial_sequence('hub.outbox', 'seq')::regclass), 0)));
+
+	-- ---------------------------------------------------------- deliveries
+	r := r || hub._prom_family('logistics_hub_delivery_attempts', 'gauge',
+		'Delivery attempts in the last ' || wtxt || ' (metrics_window), by endpoint and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_delivery_attempts{endpoint="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(en.name, '#' || c.endpoint_id)), c.outcome, c.n),
+						   '' ORDER BY en.name, c.outcome)
+		 FROM (SELECT d.endpoint_id, a.outcome, count(*) AS n
+			   FROM hub.attempts a JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			   WHERE a.at > now() - w
+			   GROUP BY d.endpoint_id, a.outcome) c
+		 LEFT JOIN hub.endpoints en ON en.endpoint_id = c.endpoint_id));
+
+	r := r || hub._prom_family('logistics_hub_delivery_latency_seconds', 'histogram',
+		'Time from publication to the delivered attempt, for deliveries in the last ' || wtxt || ' (metrics_window), by endpoint.',
+		(WITH l AS (
+			SELECT d.endpoint_id, pg_catalog.date_part('epoch', a.at - o.published_at) AS s
+			FROM hub.attempts a
+			JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			JOIN hub.outbox o ON o.event_id = coalesce(a.group_event_id, d.event_id)
+			WHERE a.at > now() - w AND a.outcome = 'delivered'
+		 ), b (ord, le, le_text) AS (VALUES
+			(1, 0.05, '0.05'), (2, 0.1, '0.1'), (3, 0.25, '0.25'), (4, 0.5, '0.5'), (5, 1, '1'),
+			(6, 2.5, '2.5'), (7, 5, '5'), (8, 10, '10'), (9, 30, '30'), (10, 60, '60'),
+			(11, 300, '300'), (12, NULL, '+Inf'))
+		 SELECT string_agg(x.line, '' ORDER BY x.ep, x.ord)
+		 FROM (
+			SELECT en.name AS ep, b.ord,
+				   format(E'logistics_hub_delivery_latency_seconds_bucket{endpoint="%s",le="%s"} %s\n',
+						  hub._prom_label(en.name), b.le_text, count(*) FILTER (WHERE b.le IS NULL OR l.s <= b.le)) AS line
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id CROSS JOIN b
+			GROUP BY en.name, b.ord, b.le_text
+			UNION ALL
+			SELECT en.name, 13, format(E'logistics_hub_delivery_latency_seconds_sum{endpoint="%s"} %s\n'
+									   'logistics_hub_delivery_latency_seconds_count{endpoint="%s"} %s\n',
+									   hub._prom_label(en.name), round(sum(l.s)::numeric, 3),
+									   hub._prom_label(en.name), count(*))
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id
+			GROUP BY en.name) x));
+
+	r := r || (WITH o AS (
+			SELECT d.endpoint_id,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')), 0) AS backlog,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+				   now() - min(ob.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest
+			FROM hub.deliveries d
+			JOIN hub.outbox ob ON ob.event_id = d.event_id
+			WHERE d.state NOT IN ('delivered', 'skipped')
+			GROUP BY d.endpoint_id
+		), e AS (
+			SELECT en.name, en.circuit_state, coalesce(o.backlog, 0) AS backlog, coalesce(o.dead, 0) AS dead,
+				   coalesce(o.oldest, interval '0') AS oldest
+			FROM hub.endpoints en LEFT JOIN o ON o.endpoint_id = en.endpoint_id
+		)
+		SELECT hub._prom_family('logistics_hub_endpoint_backlog_events', 'gauge',
+				'Events waiting for delivery (pending, retrying or in flight), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_backlog_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.backlog), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_dead_events', 'gauge',
+				'Events whose delivery gave up (dead letters), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_dead_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.dead), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest event waiting for delivery, by endpoint (0: none waits).',
+				string_agg(format(E'logistics_hub_endpoint_oldest_pending_age_seconds{endpoint="%s"} %s\n', hub._prom_label(e.name), hub._prom_seconds(e.oldest)), '' ORDER BY e.name))
+		FROM e)
+		|| hub._prom_family('logistics_hub_circuit_state', 'gauge',
+			'Circuit breaker state by endpoint: 1 for the state it is in, 0 for the others.',
+			(SELECT string_agg(format(E'logistics_hub_circuit_state{endpoint="%s",state="%s"} %s\n', hub._prom_label(en.name), s.state,
+									  (en.circuit_state = s.state)::int), '' ORDER BY en.name, s.ord)
+			 FROM hub.endpoints en CROSS JOIN (VALUES (1, 'closed'), (2, 'open'), (3, 'half_open')) s (ord, state)));
+
+	-- ---------------------------------------------------------- pollers
+	r := r || hub._prom_family('logistics_hub_poll_requests', 'gauge',
+		'Poll requests in the last ' || wtxt || ' (metrics_window), by poller and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_poll_requests{poller="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(p.name, '#' || c.poller_id)), c.outcome, c.n),
+						   '' ORDER BY p.name, c.outcome)
+		 FROM (SELECT q.poller_id, q.outcome, count(*) AS n FROM hub.poll_requests q
+			   WHERE q.at > now() - w GROUP BY q.poller_id, q.outcome) c
+		 LEFT JOIN hub.pollers p ON p.poller_id = c.poller_id));
+
+	r := r || (WITH b AS (
+			SELECT q.poller_id, count(*) AS n, now() - min(i.received_at) AS oldest
+			FROM hub.inbox i JOIN hub.poll_requests q ON q.request_id = i.poll_request_id
+			WHERE i.state IN ('new', 'retry_wait')
+			GROUP BY q.poller_id
+		), p AS (
+			SELECT p.name, p.paused, p.failures, p.last_success_at, p.next_run_at,
+				   coalesce(b.n, 0) AS backlog, coalesce(b.oldest, interval '0') AS oldest
+			FROM hub.pollers p LEFT JOIN b ON b.poller_id = p.poller_id
+		)
+		SELECT hub._prom_family('logistics_hub_poller_backlog_messages', 'gauge',
+				'Polled records waiting in the inbox (new or retrying), by poller.',
+				string_agg(format(E'logistics_hub_poller_backlog_messages{poller="%s"} %s\n', hub._prom_label(p.name), p.backlog), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest polled record waiting in the inbox, by poller (0: none waits).',
+				string_agg(format(E'logistics_hub_poller_oldest_pending_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name), hub._prom_seconds(p.oldest)), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_overdue_seconds', 'gauge',
+				'How long a poller that is not paused is past its next run (0: not due yet).',
+				string_agg(format(E'logistics_hub_poller_overdue_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(greatest(now() - p.next_run_at, interval '0'))), '' ORDER BY p.name) FILTER (WHERE NOT p.paused))
+			|| hub._prom_family('logistics_hub_poller_last_success_age_seconds', 'gauge',
+				'Time since a poller''s last successful page (pollers that had one).',
+				string_agg(format(E'logistics_hub_poller_last_success_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(now() - p.last_success_at)), '' ORDER BY p.name) FILTER (WHERE p.last_success_at IS NOT NULL))
+			|| hub._prom_family('logistics_hub_poller_failures', 'gauge',
+				'Failed pages in a row, by poller.',
+				string_agg(format(E'logistics_hub_poller_failures{poller="%s"} %s\n', hub._prom_label(p.name), p.failures), '' ORDER BY p.name))
+		FROM p);
+
+	-- ---------------------------------------------------------- inbox
+	r := r || hub._prom_family('logistics_hub_inbox_messages', 'gauge',
+		'Inbox messages not done, by state: new and retry_wait (the backlog), dead (failed max_attempts times), unhandled (no mapping or handler).',
+		(SELECT string_agg(format(E'logistics_hub_inbox_messages{state="%s"} %s\n', s.state,
+								  (SELECT count(*) FROM hub.inbox i WHERE i.state = s.state)), '' ORDER BY s.ord)
+		 FROM (VALUES (1, 'new'), (2, 'retry_wait'), (3, 'dead'), (4, 'unhandled')) s (ord, state)))
+		|| hub._prom_family('logistics_hub_inbox_oldest_pending_age_seconds', 'gauge',
+		'Age of the oldest inbox message new or retrying (0: none waits).',
+		(SELECT format(E'logistics_hub_inbox_oldest_pending_age_seconds %s\n',
+					   hub._prom_seconds(coalesce(now() - min(i.received_at), interval '0')))
+		 FROM hub.inbox i WHERE i.state IN ('new', 'retry_wait')));
+
+	-- ---------------------------------------------------------- business
+	r := r || hub._prom_family('logistics_hub_open_exceptions', 'gauge',
+		'Open business exceptions (hub.exceptions), by kind.',
+		(SELECT string_agg(format(E'logistics_hub_open_exceptions{kind="%s"} %s\n', k.kind,
+								  (SELECT count(*) FROM hub.exceptions x WHERE x.resolved_at IS NULL AND x.kind = k.kind)), '' ORDER BY k.kind)
+		 FROM unnest(ARRAY['conflict', 'contract_violation', 'not_owner', 'terminal', 'unknown_code']) k (kind)));
+
+	r := r || (WITH d AS (SELECT x.lifecycle, count(*) AS n FROM hub.drift x GROUP BY x.lifecycle),
+			   s AS (SELECT x.lifecycle, count(*) AS n FROM hub.stale_entities x GROUP BY x.lifecycle)
+		SELECT hub._prom_family('logistics_hub_drift_keys', 'gauge',
+				'Keys where a system disagrees with the canonical state past its tolerance (hub.drift), by lifecycle.',
+				string_agg(format(E'logistics_hub_drift_keys{lifecycle="%s"} %s\n', l.l, coalesce(d.n, 0)), '' ORDER BY l.l))
+			|| hub._prom_family('logistics_hub_stale_keys', 'gauge',
+				'Keys without progress past the threshold of their state (hub.stale_entities), by lifecycle.',
+				string_agg(format(E'logistics_hub_stale_keys{lifecycle="%s"} %s\n', l.l, coalesce(s.n, 0)), '' ORDER BY l.l))
+		FROM unnest(ARRAY['movement', 'order', 'return', 'shipment']) l (l)
+		LEFT JOIN d ON d.lifecycle = l.l LEFT JOIN s ON s.lifecycle = l.l);
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION hub.metrics() IS
+'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
+
+REVOKE EXECUTE ON FUNCTION hub.metrics(), hub._prom_label(text), hub._prom_family(text, text, text, text),
+	hub._prom_seconds(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.metrics() TO hub_reader;
+
 -- ================================================================ end
