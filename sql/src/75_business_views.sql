@@ -79,20 +79,28 @@ GROUP BY e.lifecycle, e.site, e.state;
 COMMENT ON VIEW hub.backlog_by_site IS
 'Open keys (in a state that is not terminal) by lifecycle, site and state: how many, the oldest since its last advance, how many are on hold or in exception.';
 
+/*
+ * (A portal's coarser code agrees with the canonical state when it is the
+ * code the state maps to in the portal's vocabulary, as hub.drift counts
+ * it: a join of hub.status_unmap.)
+ */
 CREATE VIEW hub.portal_freshness AS
-SELECT e.lifecycle, e.business_key, e.state AS canonical_state, e.state_occurred_at AS canonical_since,
-	   s.system AS portal, s.code AS portal_code, s.state AS portal_state, s.received_at AS portal_told_at,
-	   (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code)) AS in_sync,
-	   CASE WHEN NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
-			THEN greatest(e.state_occurred_at, s.state_since) END AS differs_since,
-	   CASE WHEN NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
-			THEN now() - greatest(e.state_occurred_at, s.state_since) END AS differs_for,
-	   coalesce(NOT (s.state = e.state OR hub._projection_agrees(s.system, e.lifecycle, e.state, s.code))
-				AND now() - greatest(e.state_occurred_at, s.state_since) > t.value, false) AS overdue
-FROM hub.entity_state e
-JOIN hub.entity_system_state s USING (lifecycle, business_key)
-CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'portal_freshness') t
-WHERE s.role = 'portal' AND e.state IS NOT NULL;
+SELECT v.lifecycle, v.business_key, v.canonical_state, v.canonical_since, v.portal, v.portal_code,
+	   v.portal_state, v.portal_told_at, v.in_sync,
+	   CASE WHEN NOT v.in_sync THEN v.since END AS differs_since,
+	   CASE WHEN NOT v.in_sync THEN now() - v.since END AS differs_for,
+	   NOT v.in_sync AND now() - v.since > t.value AS overdue
+FROM (
+	SELECT e.lifecycle, e.business_key, e.state AS canonical_state, e.state_occurred_at AS canonical_since,
+		   s.system AS portal, s.code AS portal_code, s.state AS portal_state, s.received_at AS portal_told_at,
+		   coalesce(s.state = e.state, false) OR coalesce(u.code = s.code, false) AS in_sync,
+		   greatest(e.state_occurred_at, s.state_since) AS since
+	FROM hub.entity_state e
+	JOIN hub.entity_system_state s USING (lifecycle, business_key)
+	LEFT JOIN hub.status_unmap u ON u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+	WHERE s.role = 'portal' AND e.state IS NOT NULL
+) v
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'portal_freshness') t;
 COMMENT ON VIEW hub.portal_freshness IS
 'Per key and portal: what the portal last reported showing (hub.entity_system_state of a system of role portal) against the canonical state, whether they agree, since when and for how long they differ, and overdue past the threshold portal_freshness.';
 

@@ -5,7 +5,7 @@
 -- time.  Known data with explicit times relative to now() (constant in the
 -- transaction).
 BEGIN;
-SELECT plan(33);
+SELECT plan(37);
 
 INSERT INTO hub.systems (system, role) VALUES ('tms1', 'tms');
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, ago interval)
@@ -108,6 +108,21 @@ SELECT hub.set_threshold('portal_freshness', NULL);
 SELECT pg_temp.ap('order', 'SO-C', 'portal', 'released', '10 minutes');
 SELECT is((SELECT in_sync FROM hub.portal_freshness WHERE business_key = 'SO-C'), true,
 	'once the portal reports the canonical state they agree');
+
+-- a portal's coarser code: "Processing" (reported as released) covers packed
+SELECT pg_temp.ap('order', 'SO-P', 'sap', 'created', '9 hours');
+SELECT pg_temp.ap('order', 'SO-P', 'portal', 'released', '8 hours');
+UPDATE hub.entity_system_state SET code = 'Processing' WHERE business_key = 'SO-P' AND system = 'portal';
+SELECT pg_temp.ap('order', 'SO-P', 'epcis', 'packed', '7 hours');
+SELECT is((SELECT in_sync FROM hub.portal_freshness WHERE business_key = 'SO-P'), true,
+	'a portal code that covers the canonical state (Processing for packed) agrees');
+SELECT is((SELECT count(*) FROM hub.drift WHERE business_key = 'SO-P' AND system = 'portal')::int, 0,
+	'and is no drift');
+UPDATE hub.entity_system_state SET code = 'Order received' WHERE business_key = 'SO-P' AND system = 'portal';
+SELECT is((SELECT in_sync FROM hub.portal_freshness WHERE business_key = 'SO-P'), false,
+	'a code the canonical state does not map to differs');
+SELECT is((SELECT count(*) FROM hub.drift WHERE business_key = 'SO-P' AND system = 'portal')::int, 1,
+	'and is drift past the portal''s tolerance');
 
 -- ---- order-to-ship cycle time
 SELECT pg_temp.ap('order', 'SO-S', 'sap', 'created', '10 hours');

@@ -168,7 +168,6 @@ $q$, $q$ VALUES
 	('hub._poll_release(text)', 'hub_worker'),
 	('hub._pause_unsealed(integer,text)', 'hub_worker'),
 	('hub._payload_size(jsonb)', 'hub_worker'),
-	('hub._projection_agrees(text,text,text,text)', 'hub_reader'),
 	('hub._readiness_blocked(text,text,boolean,text)', 'hub_reader'),
 	('hub._ready_endpoints(integer,integer)', 'hub_worker'),
 	('hub._release_leases(text)', 'hub_worker'),
