@@ -4373,8 +4373,495 @@ COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
 -- ================================================================ metrics
--- (issue 21 a: thresholds, business views, a cheaper hub.sync_status and
--- hub.drift, hub.metrics())
+-- (issue 21 a: the site dimension, thresholds, business views, a cheaper
+-- hub.sync_status and hub.drift, hub.metrics())
+
+-- the site dimension: hub.entity_state.site, read by a mapping's site_path
+ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from its records by their mapping''s site_path (hub.map_inbox): the latest record processed that names one wins; NULL while none has. The site dimension of hub.backlog_by_site and the release views.';
+ALTER TABLE hub.inbox_mappings ADD COLUMN site_path jsonpath;
+COMMENT ON COLUMN hub.inbox_mappings.site_path IS 'jsonpath of the warehouse or site the record names (a string or number, at most 256 bytes), kept in hub.entity_state.site for the key (the latest record naming one wins). Optional in each record.';
+DROP FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval);
+CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text, key_path text, code_path text,
+		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
+		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
+		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second', site_path text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (wms.shipment.*).';
+	END IF;
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR child_lifecycle IS NULL OR child_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"',
+			CASE WHEN lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN lifecycle
+				 WHEN parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN parent_lifecycle
+				 ELSE child_lifecycle END
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF system IS NULL OR NOT EXISTS (SELECT FROM hub.systems s WHERE s.system = map_inbox.system) THEN
+		RAISE EXCEPTION 'unknown system: "%"', system
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every reporting system needs a role (erp, wms, tms, carrier or portal).',
+				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''wms'').', system);
+	END IF;
+	IF key_path IS NULL OR code_path IS NULL THEN
+		RAISE EXCEPTION 'a mapping needs key_path and code_path'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
+	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
+		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
+		child_lifecycle, max_attempts, retry_base, site_path)
+	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
+			hub._jsonpath_arg('key_path', map_inbox.key_path),
+			hub._jsonpath_arg('code_path', map_inbox.code_path),
+			hub._jsonpath_arg('occurred_at_path', map_inbox.occurred_at_path),
+			hub._jsonpath_arg('qualifier_path', map_inbox.qualifier_path),
+			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
+			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
+			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
+			map_inbox.max_attempts, map_inbox.retry_base, hub._jsonpath_arg('site_path', map_inbox.site_path))
+	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
+	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
+		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
+		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
+		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
+		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base, site_path = EXCLUDED.site_path;
+	-- messages that found neither handler nor mapping before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key, children keys and site (warehouse) read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+REVOKE EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) TO hub_admin;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_site		text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload, a_site
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
 
 /*
  * 68_thresholds.sql --- the thresholds and windows of the business views
@@ -4551,12 +5038,6 @@ DROP FUNCTION hub._projection_agrees(text, text, text, text);
  * index of hub.status_history that only those reports enter.
  * test/bench/views.sh measures them at a million entities and attempts.
  */
-
--- ---------------------------------------------------------------- site
-
-ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
-COMMENT ON COLUMN hub.entity_state.site IS
-'The warehouse or site of the key, read from the records by its mapping''s site_path (hub.map_inbox); the latest record that names one wins; NULL when none has.';
 
 -- ---------------------------------------------------------------- entity views
 

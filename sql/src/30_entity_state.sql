@@ -183,6 +183,8 @@ CREATE TABLE hub.entity_state (
 	exception_since		timestamptz,
 	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	-- (0.3.0: read by a mapping's site_path, hub.map_inbox)
+	site				text CHECK (octet_length(site) <= 256),
 	PRIMARY KEY (lifecycle, business_key)
 );
 COMMENT ON TABLE hub.entity_state IS
@@ -194,6 +196,8 @@ COMMENT ON COLUMN hub.entity_state.last_advanced_at IS 'Source time (occurred_at
 COMMENT ON COLUMN hub.entity_state.on_hold IS 'Overlay on_hold (not a state): set by a mapping with overlay on_hold, cleared by an advance.';
 COMMENT ON COLUMN hub.entity_state.exception_reason IS 'Overlay exception (not a state): its reason (delayed, attempt_failed, ..., state_conflict), NULL when clear.';
 COMMENT ON COLUMN hub.entity_state.exception_since IS 'occurred_at of the report that raised the exception.';
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from its records by their mapping''s site_path (hub.map_inbox): the latest record processed that names one wins; NULL while none has. The site dimension of hub.backlog_by_site and the release views.';
 
 CREATE TABLE hub.entity_system_state (
 	lifecycle		text NOT NULL,

@@ -17,12 +17,6 @@
  * test/bench/views.sh measures them at a million entities and attempts.
  */
 
--- ---------------------------------------------------------------- site
-
-ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
-COMMENT ON COLUMN hub.entity_state.site IS
-'The warehouse or site of the key, read from the records by its mapping''s site_path (hub.map_inbox); the latest record that names one wins; NULL when none has.';
-
 -- ---------------------------------------------------------------- entity views
 
 CREATE VIEW hub.orders_awaiting_release AS

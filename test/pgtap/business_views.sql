@@ -5,7 +5,7 @@
 -- time.  Known data with explicit times relative to now() (constant in the
 -- transaction).
 BEGIN;
-SELECT plan(37);
+SELECT plan(44);
 
 INSERT INTO hub.systems (system, role) VALUES ('tms1', 'tms');
 CREATE FUNCTION pg_temp.ap(lc text, k text, sys text, st text, ago interval)
@@ -144,6 +144,40 @@ SELECT is((SELECT count FROM hub.cycle_times WHERE measure = 'shipment_confirmat
 	'no confirmation delivered: count 0');
 SELECT is((SELECT p50 FROM hub.cycle_times WHERE measure = 'shipment_confirmation_latency'), NULL,
 	'and no percentiles');
+
+-- ---- the site dimension: a mapping's site_path, through both paths of hub.process_inbox
+INSERT INTO hub.systems (system, role) VALUES ('site_wms', 'wms');
+INSERT INTO hub.status_map (system, lifecycle, code, state) VALUES
+	('site_wms', 'order', 'PICKED', 'picked'), ('site_wms', 'order', 'PACKED', 'packed');
+SELECT throws_ok($q$SELECT hub.map_inbox('wms.order', 'order', 'site_wms', '$.id', '$.s', site_path => '$.[')$q$,
+	'22023', 'invalid jsonpath for site_path: "$.["', 'a site_path that is not a jsonpath is refused');
+SELECT hub.map_inbox('wms.order', 'order', 'site_wms', '$.id', '$.s', site_path => '$.warehouse');
+SELECT pg_temp.ap('order', k, 'sap', 'released', '10 hours') FROM unnest(ARRAY['SO-W1', 'SO-W2', 'SO-W3', 'SO-W4']) k;
+-- W1 and W2 once each (the set-based path); W3 twice in one claim (the
+-- per-message path), the second record naming another site; W4 names none
+SELECT hub.receive('wms', 'w1', 'wms.order', '{"id": "SO-W1", "s": "PICKED", "warehouse": "DC-NORTH"}');
+SELECT hub.receive('wms', 'w2', 'wms.order', '{"id": "SO-W2", "s": "PICKED", "warehouse": 7}');
+SELECT hub.receive('wms', 'w3', 'wms.order', '{"id": "SO-W3", "s": "PICKED", "warehouse": "DC-NORTH"}');
+SELECT hub.receive('wms', 'w3b', 'wms.order', '{"id": "SO-W3", "s": "PACKED", "warehouse": "DC-SOUTH"}');
+SELECT hub.receive('wms', 'w4', 'wms.order', '{"id": "SO-W4", "s": "PICKED"}');
+SELECT is((SELECT processed FROM hub.process_inbox(10)), 5, 'the five records are applied');
+SELECT results_eq($$SELECT business_key, state, site FROM hub.entity_state WHERE business_key LIKE 'SO-W%' ORDER BY 1$$,
+	$$VALUES ('SO-W1', 'picked', 'DC-NORTH'), ('SO-W2', 'picked', '7'), ('SO-W3', 'packed', 'DC-SOUTH'),
+			 ('SO-W4', 'picked', NULL)$$,
+	'the site a record names is the key''s site, whichever path applied it; the latest wins; none named: NULL');
+SELECT hub.receive('wms', 'w5', 'wms.order', '{"id": "SO-W1", "s": "PACKED"}');
+SELECT hub.receive('wms', 'w6', 'wms.order', '{"id": "SO-W2", "s": "PACKED", "warehouse": {"id": 1}}');
+SELECT hub.process_inbox(10);
+SELECT is((SELECT site FROM hub.entity_state WHERE business_key = 'SO-W1'), 'DC-NORTH',
+	'a later record naming no site keeps the site');
+SELECT is((SELECT state || ' ' || last_error FROM hub.inbox WHERE message_id = 'w6'),
+	'retry_wait 22023: site path $."warehouse" finds a JSON object where a value was expected',
+	'a site that is no value fails the record (retried), like any field');
+SELECT is((SELECT state || ' ' || site FROM hub.entity_state WHERE business_key = 'SO-W2'), 'picked 7',
+	'and moves nothing');
+SELECT results_eq($$SELECT site, keys FROM hub.backlog_by_site WHERE lifecycle = 'order' AND state = 'packed' ORDER BY site$$,
+	$$VALUES ('DC-NORTH', 1::bigint), ('DC-SOUTH', 1), (NULL, 1)$$,
+	'the backlog by site counts them (SO-P, packed earlier by a direct report, has no site)');
 
 -- ---- who may read and set
 CREATE ROLE bv_reader;

@@ -215,7 +215,7 @@ $q$, $q$ VALUES
 	('hub.lifecycle_transitions(text)', 'hub_reader'),
 	('hub.lifecycle_transitions(text)', 'hub_writer'),
 	('hub.make_sscc(integer,text,bigint)', 'PUBLIC'),
-	('hub.map_inbox(text,text,text,text,text,text,text,text,text,text,text,text,integer,interval)', 'hub_admin'),
+	('hub.map_inbox(text,text,text,text,text,text,text,text,text,text,text,text,integer,interval,text)', 'hub_admin'),
 	('hub.map_status(text,text,text,text,text)', 'hub_reader'),
 	('hub.map_status(text,text,text,text,text)', 'hub_writer'),
 	('hub.pause_endpoint(text,text)', 'hub_admin'),
