@@ -47,7 +47,10 @@ SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
-	   now() - min(o.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
+	   -- (the publication time of the open deliveries only, a lookup each: a
+	   -- join with the outbox was planned as a scan of all of it)
+	   now() - min((SELECT o.published_at FROM hub.outbox o WHERE o.event_id = d.event_id))
+		   FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
 	   min(r.last_success) AS last_success,
 	   min(r.success_rate_1h) AS success_rate_1h
 FROM hub.subscriptions s
@@ -55,7 +58,6 @@ JOIN hub.endpoints e USING (endpoint_id)
 LEFT JOIN recent r ON r.subscription_id = s.subscription_id
 LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
 	AND d.state NOT IN ('delivered', 'skipped')
-LEFT JOIN hub.outbox o ON o.event_id = d.event_id
 GROUP BY e.endpoint_id, s.subscription_id;
 COMMENT ON VIEW hub.sync_status IS
 'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success within the lookback sync_status_lookback (hub.thresholds; NULL: none in it), the success rate of attempts over the last hour, and the circuit state. Reads the open deliveries and the lookback''s attempts only.';

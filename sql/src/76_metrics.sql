@@ -196,8 +196,27 @@ BEGIN
 								  (SELECT count(*) FROM hub.exceptions x WHERE x.resolved_at IS NULL AND x.kind = k.kind)), '' ORDER BY k.kind)
 		 FROM unnest(ARRAY['conflict', 'contract_violation', 'not_owner', 'terminal', 'unknown_code']) k (kind)));
 
-	r := r || (WITH d AS (SELECT x.lifecycle, count(*) AS n FROM hub.drift x GROUP BY x.lifecycle),
-			   s AS (SELECT x.lifecycle, count(*) AS n FROM hub.stale_entities x GROUP BY x.lifecycle)
+	-- (the conditions of hub.drift and hub.stale_entities, counted without
+	-- the views' lookup of each key's parent: a probe of hub.entity_links a
+	-- key, which made the counts 3 to 5 times slower at a million keys;
+	-- metrics.sql checks that both agree with the views)
+	r := r || (WITH d AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.entity_system_state s USING (lifecycle, business_key)
+				JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+				WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+				  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+				  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+								  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle
+									AND u.state = e.state AND u.code = s.code)
+				GROUP BY e.lifecycle),
+			   s AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.stale_thresholds t ON t.lifecycle = e.lifecycle AND t.state = e.state
+				WHERE now() - e.last_advanced_at > t.threshold
+				GROUP BY e.lifecycle)
 		SELECT hub._prom_family('logistics_hub_drift_keys', 'gauge',
 				'Keys where a system disagrees with the canonical state past its tolerance (hub.drift), by lifecycle.',
 				string_agg(format(E'logistics_hub_drift_keys{lifecycle="%s"} %s\n', l.l, coalesce(d.n, 0)), '' ORDER BY l.l))

@@ -3,7 +3,7 @@
 -- of hub.cycle_times) and hub.sync_status after its rewrite.  Autocommit
 -- (own database): routing only sees committed events.  The exporter's
 -- scrape and promtool's check of this output: test/scripts/metrics_exporter.sh.
-SELECT plan(31);
+SELECT plan(32);
 
 CREATE FUNCTION pg_temp.sample(line_start text) RETURNS text LANGUAGE sql AS $$
 	SELECT split_part(l, ' ', -1) FROM regexp_split_to_table(hub.metrics(), E'\n') l
@@ -98,6 +98,13 @@ SELECT is(pg_temp.sample('logistics_hub_inbox_messages{state="unhandled"}'), '1'
 SELECT is(pg_temp.sample('logistics_hub_open_exceptions{kind="unknown_code"}'), '1', 'open exceptions by kind (a resolved one is not counted)');
 SELECT is(pg_temp.sample('logistics_hub_stale_keys{lifecycle="order"}'), '1', 'stale keys by lifecycle');
 SELECT is(pg_temp.sample('logistics_hub_drift_keys{lifecycle="order"}'), '1', 'drift keys by lifecycle');
+SELECT is((SELECT array_agg(pg_temp.sample(format('logistics_hub_%s_keys{lifecycle="%s"}', v, l)) ORDER BY v, l)
+		   FROM unnest(ARRAY['drift', 'stale']) v, unnest(ARRAY['movement', 'order', 'return', 'shipment']) l),
+	(SELECT array_agg((SELECT count(*) FROM hub.drift x WHERE x.lifecycle = l)::text ORDER BY l)
+	 FROM unnest(ARRAY['movement', 'order', 'return', 'shipment']) l)
+	|| (SELECT array_agg((SELECT count(*) FROM hub.stale_entities x WHERE x.lifecycle = l)::text ORDER BY l)
+		FROM unnest(ARRAY['movement', 'order', 'return', 'shipment']) l),
+	'the drift and stale counts are those of the views, every lifecycle');
 SELECT is(pg_temp.sample('logistics_hub_poll_requests{poller="erp orders",outcome="end"}'), '2', 'poll requests by poller and outcome');
 SELECT is(pg_temp.sample('logistics_hub_poller_backlog_messages{poller="erp orders"}'), '1', 'polled records waiting in the inbox, by poller');
 SELECT is(pg_temp.sample('logistics_hub_poller_failures{poller="erp orders"}'), '2', 'poller failures');
