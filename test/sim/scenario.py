@@ -393,6 +393,8 @@ def checks():
         for p in accepted:
             got.setdefault(p["aggregate"], []).append(p["webhook_id"])
         check(want == got, "%s: in publishing order per key (%d keys)" % (name, len(want)))
+        check(not [p for p in st["pushes"] if p["duplicate"]],
+              "%s: no event sent again once it was accepted" % name)
     failed = [w for ok, w in CHECKS if not ok]
     say("\n%d checks of the final state of every system: %d passed, %d failed"
         % (len(CHECKS), len(CHECKS) - len(failed), len(failed)))
