@@ -54,14 +54,18 @@ sim_url() { python3 -c 'import json, sys; print("http://127.0.0.1:%d" % json.loa
 
 sim_configure()
 {
+	# the URLs and credentials as psql variables, from a file only its
+	# owner reads rather than on psql's command line
+	(umask 077 && {
+		for v in erp wms tms carrier portal; do printf '\\set %s '\''%s'\''\n' "$v" "$(sim_url "$v")"; done
+		printf '\\set %s '\''%s'\''\n' erp_client_id "$SIM_ERP_CLIENT" erp_client_secret "$SIM_ERP_SECRET" \
+			wms_key "$SIM_WMS_KEY" tms_key "$SIM_TMS_KEY" carrier_key "$SIM_CARRIER_KEY" \
+			portal_secret "$SIM_PORTAL_SECRET"
+	} >"$SIM_RUN_DIR/vars.psql")
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "SET client_min_messages = warning" \
 		-c "CREATE EXTENSION logistics_hub" &&
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -o /dev/null \
-		-v erp="$(sim_url erp)" -v wms="$(sim_url wms)" -v tms="$(sim_url tms)" \
-		-v carrier="$(sim_url carrier)" -v portal="$(sim_url portal)" \
-		-v erp_client_id="$SIM_ERP_CLIENT" -v erp_client_secret="$SIM_ERP_SECRET" \
-		-v wms_key="$SIM_WMS_KEY" -v tms_key="$SIM_TMS_KEY" -v carrier_key="$SIM_CARRIER_KEY" \
-		-v portal_secret="$SIM_PORTAL_SECRET" -f "$SIM_DIR/hub_config.sql"
+		-f "$SIM_RUN_DIR/vars.psql" -f "$SIM_DIR/hub_config.sql"
 }
 
 sim_run() { python3 "$SIM_DIR/scenario.py" --ports "$SIM_RUN_DIR/ports" --mode "$1"; }
