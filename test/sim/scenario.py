@@ -279,10 +279,10 @@ def scenario():
     wait("the return is resolved and the portal shows it",
          lambda: states("return", [RETURN]) == ["resolved"]
          and call("portal")["returns"][RETURN].get("shown") == "Refunded")
-    show("the return, system by system",
-         "SELECT s.system, s.role, s.code, s.state, s.received_at\n"
-         "FROM hub.entity_system_state s WHERE s.lifecycle = 'return' AND s.business_key = '%s'\n"
-         "ORDER BY s.received_at;" % RETURN)
+    show("the return, report by report, from each system in its own vocabulary",
+         "SELECT h.system, h.role, h.code, h.outcome, h.new_state\n"
+         "FROM hub.status_history h WHERE h.lifecycle = 'return' AND h.business_key = '%s'\n"
+         "ORDER BY h.history_id;" % RETURN)
 
 
 def operator_view():
