@@ -35,18 +35,18 @@ quirks, and each exposing its own state:
                 with whole seconds ("2026-05-04 10:00:00"), one value for
                 every picking a warehouse action writes (many records
                 share one write_date); write_date= keeps those >= it
-           POST /api/hub  order.released creates the order's pick picking
-                (state assigned); return.authorized an incoming return
-                picking
+           POST /api  the hub's webhook: order.released creates the
+                order's pick picking (state assigned); return.authorized
+                an incoming return picking
            Warehouse staff (ops): pick (short: the pick is recorded with
            the WMS's own state "short"), pack (with packages: SSCCs; the
            pack picking lists them), ship, receive_return.  Done steps
            create the next step's picking (assigned).
   tms      Route planning.  API key (X-API-Key).
-           POST /api/dispatch  a dispatch request (order.ready_for_dispatch)
-                is accepted (202) only when the order is packed and every
-                package it lists is labelled, else 422; an accepted order
-                gets a route with its stop sequence
+           POST /api  a dispatch request (order.ready_for_dispatch) is
+                accepted (202) only for a packed order with the packages
+                to carry, else 422; an accepted order gets a route with
+                its stop sequence
            GET  /api/routes?page=&per_page=  {"routes": [...]}, page
                 paging, a short page is the last
   carrier  EasyPost-like.  Basic auth with the API key as user name.
@@ -59,10 +59,10 @@ quirks, and each exposing its own state:
            time; a late scan has a time before the tracker's last one and
            arrives after it)
   portal   Customer portal.  Receives signed CloudEvents (Standard Webhooks:
-           the signature is checked, a bad one gets 401) at POST /hooks and
+           the signature is checked, a bad one gets 401) at POST /api and
            shows per order the label it was told (data.portal_status), a
            proactive case per order.exception, the route; per return its
-           label.
+           label (which its return list does not change).
            GET  /api/returns?cursor=  {"data": [...], "next_cursor"}: the
                 return requests customers made (op request_return)
 
