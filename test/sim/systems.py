@@ -227,7 +227,6 @@ class Erp(System):
         self.refused = 0
         self.orders = {}        # id -> sales order
         self.rmas = {}          # id -> return authorization
-        self.tick = 0
 
     def stamp(self):
         # NetSuite's lastModifiedDate: whole seconds, UTC
