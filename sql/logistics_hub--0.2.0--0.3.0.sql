@@ -5679,6 +5679,1493 @@ COMMENT ON FUNCTION hub.trace(text, text) IS
 REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;
 
+-- ================================================================ metrics
+-- (issue 21 a: the site dimension, thresholds, business views, a cheaper
+-- hub.sync_status and hub.drift, hub.metrics())
+
+-- the site dimension: hub.entity_state.site, read by a mapping's site_path
+ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from its records by their mapping''s site_path (hub.map_inbox): the latest record processed that names one wins; NULL while none has. The site dimension of hub.backlog_by_site and the release views.';
+ALTER TABLE hub.inbox_mappings ADD COLUMN site_path jsonpath;
+COMMENT ON COLUMN hub.inbox_mappings.site_path IS 'jsonpath of the warehouse or site the record names (a string or number, at most 256 bytes), kept in hub.entity_state.site for the key (the latest record naming one wins). Optional in each record.';
+DROP FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval);
+CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text, key_path text, code_path text,
+		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
+		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
+		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second', site_path text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (wms.shipment.*).';
+	END IF;
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR child_lifecycle IS NULL OR child_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"',
+			CASE WHEN lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN lifecycle
+				 WHEN parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN parent_lifecycle
+				 ELSE child_lifecycle END
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF system IS NULL OR NOT EXISTS (SELECT FROM hub.systems s WHERE s.system = map_inbox.system) THEN
+		RAISE EXCEPTION 'unknown system: "%"', system
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every reporting system needs a role (erp, wms, tms, carrier or portal).',
+				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''wms'').', system);
+	END IF;
+	IF key_path IS NULL OR code_path IS NULL THEN
+		RAISE EXCEPTION 'a mapping needs key_path and code_path'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
+	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
+		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
+		child_lifecycle, max_attempts, retry_base, site_path)
+	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
+			hub._jsonpath_arg('key_path', map_inbox.key_path),
+			hub._jsonpath_arg('code_path', map_inbox.code_path),
+			hub._jsonpath_arg('occurred_at_path', map_inbox.occurred_at_path),
+			hub._jsonpath_arg('qualifier_path', map_inbox.qualifier_path),
+			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
+			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
+			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
+			map_inbox.max_attempts, map_inbox.retry_base, hub._jsonpath_arg('site_path', map_inbox.site_path))
+	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
+	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
+		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
+		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
+		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
+		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base, site_path = EXCLUDED.site_path;
+	-- messages that found neither handler nor mapping before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key, children keys and site (warehouse) read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+REVOKE EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) TO hub_admin;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_site		text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload, a_site
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
+
+/*
+ * 68_thresholds.sql --- the thresholds and windows of the business views
+ * (75_business_views.sql), of hub.sync_status and of hub.metrics(), as
+ * configuration: hub.thresholds shows each with its default and meaning,
+ * hub.set_threshold changes one (audited in hub.operator_audit).
+ */
+
+/*
+ * The defaults live in the view hub.thresholds; an operator's value is a
+ * row of hub.threshold_settings, the only table a dump carries (so a
+ * restore into a newer version keeps the operator's values and the new
+ * defaults).
+ */
+CREATE TABLE hub.threshold_settings (
+	name		text PRIMARY KEY,
+	value		interval NOT NULL CHECK (value > interval '0' AND value <= interval '366 days'),
+	set_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	set_by		text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE hub.threshold_settings IS
+'Operator values of the thresholds of the business views and of hub.metrics() (hub.thresholds shows them with their defaults); written by hub.set_threshold only, each change audited in hub.operator_audit.';
+SELECT pg_catalog.pg_extension_config_dump('hub.threshold_settings', '');
+
+CREATE VIEW hub.thresholds AS
+SELECT d.name, coalesce(s.value, d.default_value) AS value, d.default_value, d.description,
+	   s.set_at, s.set_by
+FROM (VALUES
+	('order_release', interval '4 hours',
+	 'An order created (or draft) and not released to a warehouse for longer is listed by hub.orders_awaiting_release.'),
+	('carrier_scan', interval '24 hours',
+	 'A shipment with a label and no carrier scan for longer is listed by hub.missing_tracking.'),
+	('erp_posting', interval '1 hour',
+	 'An inventory adjustment or shipment confirmation not delivered to an ERP endpoint for longer is overdue in hub.erp_postings_pending.'),
+	('return_reconciliation', interval '72 hours',
+	 'A return received or inspected and not resolved by the ERP for longer is overdue in hub.returns_awaiting_reconciliation.'),
+	('portal_freshness', interval '15 minutes',
+	 'A portal showing another state than the canonical one for longer is overdue in hub.portal_freshness.'),
+	('cycle_time_window', interval '1 day',
+	 'The window of hub.cycle_times (orders shipped, confirmations delivered within it).'),
+	('sync_status_lookback', interval '1 day',
+	 'How far back hub.sync_status looks for the last success of a subscription (older: NULL).'),
+	('metrics_window', interval '5 minutes',
+	 'The window of hub.metrics()''s recent attempts, poll requests and delivery latency histogram.')
+) d (name, default_value, description)
+LEFT JOIN hub.threshold_settings s ON s.name = d.name;
+COMMENT ON VIEW hub.thresholds IS
+'Thresholds and windows of the business views and of hub.metrics(): their value (the operator''s, else the default), default and meaning. Change one with hub.set_threshold(name, value, reason).';
+
+CREATE FUNCTION hub.set_threshold(name text, value interval, reason text DEFAULT NULL)
+RETURNS interval
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_old interval;
+BEGIN
+	IF NOT EXISTS (SELECT FROM hub.thresholds t WHERE t.name = set_threshold.name) THEN
+		RAISE EXCEPTION 'unknown threshold: "%"', set_threshold.name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'SELECT name FROM hub.thresholds lists them.';
+	END IF;
+	IF value IS NOT NULL THEN
+		PERFORM hub._check_setting(set_threshold.name, value > interval '0' AND value <= interval '366 days',
+								   value::text, 'above 0 and at most 366 days');
+	END IF;
+	SELECT t.value INTO v_old FROM hub.thresholds t WHERE t.name = set_threshold.name;
+	IF value IS NULL THEN
+		DELETE FROM hub.threshold_settings s WHERE s.name = set_threshold.name;
+	ELSE
+		INSERT INTO hub.threshold_settings AS s (name, value) VALUES (set_threshold.name, set_threshold.value)
+		ON CONFLICT ON CONSTRAINT threshold_settings_pkey
+		DO UPDATE SET value = excluded.value, set_at = pg_catalog.now(), set_by = session_user;
+	END IF;
+	PERFORM hub._audit('set_threshold', set_threshold.name, reason,
+					   pg_catalog.jsonb_build_object('old', v_old, 'new', set_threshold.value));
+	RETURN (SELECT t.value FROM hub.thresholds t WHERE t.name = set_threshold.name);
+END
+$$;
+COMMENT ON FUNCTION hub.set_threshold(text, interval, text) IS
+'Set a threshold of hub.thresholds (above 0, at most 366 days; NULL: back to its default), audited in hub.operator_audit with the old and new value; returns the value now in force. 22023 for an unknown name or a value out of range.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) TO hub_admin;
+GRANT SELECT ON hub.thresholds, hub.threshold_settings TO hub_reader;
+
+/*
+ * sync_status reads the open deliveries (deliveries_open_key_idx) and the
+ * attempts of the lookback sync_status_lookback only (hub.thresholds, one
+ * day by default), through attempts_at_idx: the lookback's bound is known
+ * when the executor starts, so the attempts of the other days (their
+ * partitions) are not read at all.  A subscription without a success in the
+ * lookback shows last_success NULL.
+ */
+-- the attempts of a time window (sync_status, cycle times, hub.metrics())
+CREATE INDEX attempts_at_idx ON hub.attempts (at);
+
+CREATE OR REPLACE VIEW hub.sync_status AS
+WITH recent AS (
+	SELECT x.subscription_id,
+		   max(a.at) FILTER (WHERE a.outcome = 'delivered') AS last_success,
+		   round(avg((a.outcome = 'delivered')::int) FILTER (WHERE a.at > now() - interval '1 hour'
+			   AND a.outcome IN ('delivered', 'retry', 'dead')), 3) AS success_rate_1h
+	FROM hub.attempts a
+	JOIN hub.deliveries x USING (delivery_id)
+	WHERE a.at > now() - greatest((SELECT t.value FROM hub.thresholds t WHERE t.name = 'sync_status_lookback'),
+								  interval '1 hour')
+	GROUP BY x.subscription_id
+)
+SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
+	   e.enabled, e.paused, e.circuit_state,
+	   -- (events: a batch or a lease group counts each of its events)
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'pending'), 0) AS pending,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+	   -- (the publication time of the open deliveries only, a lookup each: a
+	   -- join with the outbox was planned as a scan of all of it)
+	   now() - min((SELECT o.published_at FROM hub.outbox o WHERE o.event_id = d.event_id))
+		   FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
+	   min(r.last_success) AS last_success,
+	   min(r.success_rate_1h) AS success_rate_1h
+FROM hub.subscriptions s
+JOIN hub.endpoints e USING (endpoint_id)
+LEFT JOIN recent r ON r.subscription_id = s.subscription_id
+LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
+	AND d.state NOT IN ('delivered', 'skipped')
+GROUP BY e.endpoint_id, s.subscription_id;
+COMMENT ON VIEW hub.sync_status IS
+'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success within the lookback sync_status_lookback (hub.thresholds; NULL: none in it), the success rate of attempts over the last hour, and the circuit state. Reads the open deliveries and the lookback''s attempts only.';
+
+
+CREATE OR REPLACE VIEW hub.drift AS
+SELECT e.lifecycle, e.business_key, e.state AS canonical_state, s.system, s.role,
+	   s.code AS system_code, s.state AS system_state,
+	   greatest(e.state_occurred_at, s.state_since) AS disagreeing_since,
+	   now() - greatest(e.state_occurred_at, s.state_since) AS disagreeing_for,
+	   t.tolerance, pl.parent_lifecycle, pl.parent_key
+FROM hub.entity_state e
+JOIN hub.entity_system_state s USING (lifecycle, business_key)
+JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
+WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+  -- a coarser vocabulary agrees when its code is the one the canonical
+  -- state maps to in it (portal "Processing" covers released..packed);
+  -- a join, not a function call a row (issue 21: a plpgsql call with an
+  -- exception block, a subtransaction a row, made the view 35 times a
+  -- count of its tables)
+  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+				  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+					AND u.code = s.code);
+DROP FUNCTION hub._projection_agrees(text, text, text, text);
+
+/*
+ * 75_business_views.sql --- the questions an analyst and a dashboard ask of
+ * the hub (LOGISTICS seeds: "order synchronization lag, inventory update
+ * success rates, shipment event throughput, backlog by warehouse, and
+ * portal status freshness"), one view each, with their thresholds as
+ * configuration (hub.thresholds, 68_thresholds.sql).
+ *
+ * Cost: each view reads what answers it and nothing more.  The views over
+ * entity state read hub.entity_state once (no index on its state: an index
+ * on state would make every advance a non-HOT update, paid by the flow);
+ * those over deliveries read only the open ones (deliveries_open_key_idx);
+ * those over attempts read only their window, through attempts_at_idx
+ * (70_operations.sql; the window's bound is known at executor start, so
+ * partition pruning leaves the other days untouched);
+ * order-to-ship reads the shipped reports of its window through a partial
+ * index of hub.status_history that only those reports enter.
+ * test/bench/views.sh measures them at a million entities and attempts.
+ */
+
+-- ---------------------------------------------------------------- entity views
+
+CREATE VIEW hub.orders_awaiting_release AS
+SELECT e.business_key AS order_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.orders_awaiting_release IS
+'Orders created (or draft) and not released to a warehouse within the threshold order_release (hub.thresholds), with their site and how long they have waited.';
+
+CREATE VIEW hub.release_backlog_by_site AS
+SELECT e.site, count(*) AS orders, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_waiting_for,
+	   count(*) FILTER (WHERE e.last_advanced_at < now() - t.value) AS late
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+GROUP BY e.site;
+COMMENT ON VIEW hub.release_backlog_by_site IS
+'Orders waiting for warehouse release, by site (NULL: no mapping named one): how many, the oldest, and how many are past the threshold order_release.';
+
+CREATE VIEW hub.missing_tracking AS
+SELECT e.business_key AS shipment_key, e.site, e.state_system AS labelled_by,
+	   e.last_advanced_at AS label_at, now() - e.last_advanced_at AS without_scan_for,
+	   t.value AS threshold, e.exception_reason
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'carrier_scan') t
+WHERE e.lifecycle = 'shipment' AND e.state = 'label_created'
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.missing_tracking IS
+'Shipments with a label and no carrier scan since for longer than the threshold carrier_scan (hub.thresholds): missing tracking events.';
+
+CREATE VIEW hub.returns_awaiting_reconciliation AS
+SELECT e.business_key AS return_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold,
+	   e.last_advanced_at < now() - t.value AS overdue
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'return_reconciliation') t
+WHERE e.lifecycle = 'return' AND e.state IN ('received', 'inspected');
+COMMENT ON VIEW hub.returns_awaiting_reconciliation IS
+'Returns received or inspected and not yet resolved (refunded, credited) by the ERP: waiting for financial reconciliation, since when, and overdue past the threshold return_reconciliation.';
+
+CREATE VIEW hub.backlog_by_site AS
+SELECT e.lifecycle, e.site, e.state, count(*) AS keys, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_age,
+	   count(*) FILTER (WHERE e.on_hold) AS on_hold,
+	   count(*) FILTER (WHERE e.exception_reason IS NOT NULL) AS exceptions
+FROM hub.entity_state e
+JOIN (SELECT l, s.state FROM unnest(ARRAY['order', 'shipment', 'movement', 'return']) l,
+	  LATERAL hub.lifecycle_states(l) s WHERE NOT s.terminal) o ON o.l = e.lifecycle AND o.state = e.state
+GROUP BY e.lifecycle, e.site, e.state;
+COMMENT ON VIEW hub.backlog_by_site IS
+'Open keys (in a state that is not terminal) by lifecycle, site and state: how many, the oldest since its last advance, how many are on hold or in exception.';
+
+/*
+ * (A portal's coarser code agrees with the canonical state when it is the
+ * code the state maps to in the portal's vocabulary, as hub.drift counts
+ * it: a join of hub.status_unmap.)
+ */
+CREATE VIEW hub.portal_freshness AS
+SELECT v.lifecycle, v.business_key, v.canonical_state, v.canonical_since, v.portal, v.portal_code,
+	   v.portal_state, v.portal_told_at, v.in_sync,
+	   CASE WHEN NOT v.in_sync THEN v.since END AS differs_since,
+	   CASE WHEN NOT v.in_sync THEN now() - v.since END AS differs_for,
+	   NOT v.in_sync AND now() - v.since > t.value AS overdue
+FROM (
+	SELECT e.lifecycle, e.business_key, e.state AS canonical_state, e.state_occurred_at AS canonical_since,
+		   s.system AS portal, s.code AS portal_code, s.state AS portal_state, s.received_at AS portal_told_at,
+		   coalesce(s.state = e.state, false) OR coalesce(u.code = s.code, false) AS in_sync,
+		   greatest(e.state_occurred_at, s.state_since) AS since
+	FROM hub.entity_state e
+	JOIN hub.entity_system_state s USING (lifecycle, business_key)
+	LEFT JOIN hub.status_unmap u ON u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+	WHERE s.role = 'portal' AND e.state IS NOT NULL
+) v
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'portal_freshness') t;
+COMMENT ON VIEW hub.portal_freshness IS
+'Per key and portal: what the portal last reported showing (hub.entity_system_state of a system of role portal) against the canonical state, whether they agree, since when and for how long they differ, and overdue past the threshold portal_freshness.';
+
+-- ---------------------------------------------------------------- posting to the ERP
+
+/*
+ * What an ERP is waiting for: inventory adjustments (inventory.adjusted,
+ * movement.done) and shipment confirmations (order.shipped,
+ * shipment.dispatched) not yet delivered to an endpoint of kind erp.
+ */
+CREATE FUNCTION hub._erp_posting_kind(event_type text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN event_type IN ('inventory.adjusted', 'movement.done') THEN 'inventory_adjustment'
+				WHEN event_type IN ('order.shipped', 'shipment.dispatched') THEN 'shipment_confirmation' END
+$$;
+COMMENT ON FUNCTION hub._erp_posting_kind(text) IS
+'API: Private. inventory_adjustment for inventory.adjusted and movement.done, shipment_confirmation for order.shipped and shipment.dispatched, else NULL.';
+
+CREATE VIEW hub.erp_postings_pending AS
+SELECT en.name AS endpoint, hub._erp_posting_kind(o.event_type) AS kind, o.event_id, o.event_type,
+	   o.aggregate_id, o.occurred_at, now() - o.occurred_at AS waiting_for, d.state, d.attempts,
+	   d.last_error, now() - o.occurred_at > t.value AS overdue
+FROM hub.deliveries d
+JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) b(event_id)
+JOIN hub.outbox o ON o.event_id = b.event_id
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'erp_posting') t
+WHERE d.state NOT IN ('delivered', 'skipped') AND en.kind = 'erp'
+  AND hub._erp_posting_kind(o.event_type) IS NOT NULL;
+COMMENT ON VIEW hub.erp_postings_pending IS
+'Inventory adjustments (inventory.adjusted, movement.done) and shipment confirmations (order.shipped, shipment.dispatched) not yet delivered to an endpoint of kind erp: how long since the event occurred, the delivery''s state, attempts and last error, overdue past the threshold erp_posting.';
+
+-- ---------------------------------------------------------------- cycle times
+
+-- only an order's shipped reports that moved it enter this index
+CREATE INDEX status_history_shipped_idx ON hub.status_history (occurred_at)
+	WHERE lifecycle = 'order' AND new_state = 'shipped' AND outcome IN ('created', 'advanced', 'corrected');
+
+CREATE VIEW hub.cycle_times AS
+WITH w AS (SELECT x.value FROM hub.thresholds x WHERE x.name = 'cycle_time_window'),
+ship AS (
+	SELECT pg_catalog.date_part('epoch', h.occurred_at - f.occurred_at) AS s
+	FROM hub.status_history h
+	CROSS JOIN LATERAL (SELECT h0.occurred_at FROM hub.status_history h0
+						WHERE h0.lifecycle = 'order' AND h0.business_key = h.business_key
+						ORDER BY h0.history_id LIMIT 1) f
+	WHERE h.lifecycle = 'order' AND h.new_state = 'shipped' AND h.outcome IN ('created', 'advanced', 'corrected')
+	  AND h.occurred_at > now() - (SELECT w.value FROM w)
+), conf AS (
+	SELECT pg_catalog.date_part('epoch', a.at - o.occurred_at) AS s
+	FROM hub.attempts a
+	JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+	JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+	CROSS JOIN LATERAL unnest(CASE WHEN a.group_event_id IS NOT NULL THEN ARRAY[a.group_event_id]
+								   ELSE coalesce(d.batch_events, ARRAY[d.event_id]) END) b(event_id)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	WHERE a.at > now() - (SELECT w.value FROM w) AND a.outcome = 'delivered' AND en.kind = 'erp'
+	  AND hub._erp_posting_kind(o.event_type) = 'shipment_confirmation'
+)
+SELECT m.measure, (SELECT w.value FROM w) AS "window", m.n AS count,
+	   pg_catalog.make_interval(secs => m.p[1]) AS p50, pg_catalog.make_interval(secs => m.p[2]) AS p90,
+	   pg_catalog.make_interval(secs => m.p[3]) AS p95, pg_catalog.make_interval(secs => m.p[4]) AS p99,
+	   pg_catalog.make_interval(secs => m.mx) AS max
+FROM (
+	SELECT 'order_to_ship' AS measure, count(*) AS n, max(s) AS mx,
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s) AS p
+	FROM ship
+	UNION ALL
+	SELECT 'shipment_confirmation_latency', count(*), max(s),
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s)
+	FROM conf
+) m;
+COMMENT ON VIEW hub.cycle_times IS
+'Percentiles (50, 90, 95, 99, max) over the window cycle_time_window (hub.thresholds) of order_to_ship (an order''s first report to its shipped report, for orders shipped in the window, by source times) and shipment_confirmation_latency (a shipment confirmation''s occurrence at the warehouse to its delivery to an ERP endpoint, for deliveries in the window). NULL percentiles when the window has none.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub._erp_posting_kind(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._erp_posting_kind(text) TO hub_reader;
+GRANT SELECT ON hub.orders_awaiting_release, hub.release_backlog_by_site,
+	hub.missing_tracking, hub.returns_awaiting_reconciliation, hub.backlog_by_site, hub.portal_freshness,
+	hub.erp_postings_pending, hub.cycle_times TO hub_reader;
+
+/*
+ * 76_metrics.sql --- hub.metrics(): what an operator scrapes, in the
+ * Prometheus text exposition format 0.0.4 (one # HELP and # TYPE per
+ * family, then its samples; label values escaped: backslash, double quote
+ * and newline), names logistics_hub_*:
+ *   events published (a counter: the outbox's sequence, never reset by
+ *   retention); delivery attempts and poll requests by endpoint or poller
+ *   and outcome, and the delivery latency (publication to the delivered
+ *   attempt) as a histogram, over the window metrics_window (hub.thresholds:
+ *   the attempts are an audit that retention drops by the day, so a total
+ *   over them would fall back at each drop; a window is what attempts_at_idx
+ *   reads cheaply); backlog, dead events and oldest pending age per
+ *   endpoint; backlog, oldest pending age, overdue time and failures per
+ *   poller; circuit states; inbox backlog and failed messages; open
+ *   exceptions by kind; drift and stale keys by lifecycle.
+ * Worker restarts are not here (the workers' view hub.workers exposes them).
+ * Served by SQL (SELECT hub.metrics()) to any collector that can run a
+ * query; sql/postgres_exporter.yml gives prometheus-postgres-exporter the
+ * same figures as queries.
+ */
+
+-- failed inbox messages, for hub.metrics(): only dead and unhandled rows
+-- enter it (rare), and state is in the inbox's partial indexes already, so
+-- no update that was HOT stops being so
+CREATE INDEX inbox_failed_idx ON hub.inbox (inbox_id) WHERE state IN ('dead', 'unhandled');
+
+CREATE FUNCTION hub._prom_label(value text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(value, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
+$$;
+COMMENT ON FUNCTION hub._prom_label(text) IS
+'API: Private. A label value escaped for the Prometheus text format: backslash, double quote and newline.';
+
+CREATE FUNCTION hub._prom_family(name text, type text, help text, samples text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.format(E'# HELP %s %s\n# TYPE %s %s\n', name,
+							 pg_catalog.replace(pg_catalog.replace(help, E'\\', E'\\\\'), E'\n', E'\\n'),
+							 name, type) || coalesce(samples, '')
+$$;
+COMMENT ON FUNCTION hub._prom_family(text, text, text, text) IS
+'API: Private. One metric family of the Prometheus text format: # HELP (escaped), # TYPE, then its sample lines.';
+
+CREATE FUNCTION hub._prom_seconds(i interval) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(pg_catalog.round(pg_catalog.date_part('epoch', i)::numeric, 3)::text, 'NaN')
+$$;
+COMMENT ON FUNCTION hub._prom_seconds(interval) IS
+'API: Private. An interval as seconds for the Prometheus text format (NaN for NULL).';
+
+CREATE FUNCTION hub.metrics() RETURNS text
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	w interval := (SELECT t.value FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	wtxt text := (SELECT t.value::text FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	r text := '';
+BEGIN
+	r := r || hub._prom_family('logistics_hub_events_published_total', 'counter',
+		'Events published to the outbox since the extension was created (the outbox sequence: a publication rolled back counts too).',
+		format(E'logistics_hub_events_published_total %s\n',
+			   coalesce(pg_catalog.pg_sequence_last_value(
+				   pg_catalog.pg_get_serial_sequence('hub.outbox', 'seq')::regclass), 0)));
+
+	-- ---------------------------------------------------------- deliveries
+	r := r || hub._prom_family('logistics_hub_delivery_attempts', 'gauge',
+		'Delivery attempts in the last ' || wtxt || ' (metrics_window), by endpoint and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_delivery_attempts{endpoint="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(en.name, '#' || c.endpoint_id)), c.outcome, c.n),
+						   '' ORDER BY en.name, c.outcome)
+		 FROM (SELECT d.endpoint_id, a.outcome, count(*) AS n
+			   FROM hub.attempts a JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			   WHERE a.at > now() - w
+			   GROUP BY d.endpoint_id, a.outcome) c
+		 LEFT JOIN hub.endpoints en ON en.endpoint_id = c.endpoint_id));
+
+	r := r || hub._prom_family('logistics_hub_delivery_latency_seconds', 'histogram',
+		'Time from publication to the delivered attempt, for deliveries in the last ' || wtxt || ' (metrics_window), by endpoint.',
+		(WITH l AS (
+			SELECT d.endpoint_id, pg_catalog.date_part('epoch', a.at - o.published_at) AS s
+			FROM hub.attempts a
+			JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			JOIN hub.outbox o ON o.event_id = coalesce(a.group_event_id, d.event_id)
+			WHERE a.at > now() - w AND a.outcome = 'delivered'
+		 ), b (ord, le, le_text) AS (VALUES
+			(1, 0.05, '0.05'), (2, 0.1, '0.1'), (3, 0.25, '0.25'), (4, 0.5, '0.5'), (5, 1, '1'),
+			(6, 2.5, '2.5'), (7, 5, '5'), (8, 10, '10'), (9, 30, '30'), (10, 60, '60'),
+			(11, 300, '300'), (12, NULL, '+Inf'))
+		 SELECT string_agg(x.line, '' ORDER BY x.ep, x.ord)
+		 FROM (
+			SELECT en.name AS ep, b.ord,
+				   format(E'logistics_hub_delivery_latency_seconds_bucket{endpoint="%s",le="%s"} %s\n',
+						  hub._prom_label(en.name), b.le_text, count(*) FILTER (WHERE b.le IS NULL OR l.s <= b.le)) AS line
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id CROSS JOIN b
+			GROUP BY en.name, b.ord, b.le_text
+			UNION ALL
+			SELECT en.name, 13, format(E'logistics_hub_delivery_latency_seconds_sum{endpoint="%s"} %s\n'
+									   'logistics_hub_delivery_latency_seconds_count{endpoint="%s"} %s\n',
+									   hub._prom_label(en.name), round(sum(l.s)::numeric, 3),
+									   hub._prom_label(en.name), count(*))
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id
+			GROUP BY en.name) x));
+
+	r := r || (WITH o AS (
+			SELECT d.endpoint_id,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')), 0) AS backlog,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+				   now() - min(ob.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest
+			FROM hub.deliveries d
+			JOIN hub.outbox ob ON ob.event_id = d.event_id
+			WHERE d.state NOT IN ('delivered', 'skipped')
+			GROUP BY d.endpoint_id
+		), e AS (
+			SELECT en.name, en.circuit_state, coalesce(o.backlog, 0) AS backlog, coalesce(o.dead, 0) AS dead,
+				   coalesce(o.oldest, interval '0') AS oldest
+			FROM hub.endpoints en LEFT JOIN o ON o.endpoint_id = en.endpoint_id
+		)
+		SELECT hub._prom_family('logistics_hub_endpoint_backlog_events', 'gauge',
+				'Events waiting for delivery (pending, retrying or in flight), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_backlog_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.backlog), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_dead_events', 'gauge',
+				'Events whose delivery gave up (dead letters), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_dead_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.dead), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest event waiting for delivery, by endpoint (0: none waits).',
+				string_agg(format(E'logistics_hub_endpoint_oldest_pending_age_seconds{endpoint="%s"} %s\n', hub._prom_label(e.name), hub._prom_seconds(e.oldest)), '' ORDER BY e.name))
+		FROM e)
+		|| hub._prom_family('logistics_hub_circuit_state', 'gauge',
+			'Circuit breaker state by endpoint: 1 for the state it is in, 0 for the others.',
+			(SELECT string_agg(format(E'logistics_hub_circuit_state{endpoint="%s",state="%s"} %s\n', hub._prom_label(en.name), s.state,
+									  (en.circuit_state = s.state)::int), '' ORDER BY en.name, s.ord)
+			 FROM hub.endpoints en CROSS JOIN (VALUES (1, 'closed'), (2, 'open'), (3, 'half_open')) s (ord, state)));
+
+	-- ---------------------------------------------------------- pollers
+	r := r || hub._prom_family('logistics_hub_poll_requests', 'gauge',
+		'Poll requests in the last ' || wtxt || ' (metrics_window), by poller and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_poll_requests{poller="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(p.name, '#' || c.poller_id)), c.outcome, c.n),
+						   '' ORDER BY p.name, c.outcome)
+		 FROM (SELECT q.poller_id, q.outcome, count(*) AS n FROM hub.poll_requests q
+			   WHERE q.at > now() - w GROUP BY q.poller_id, q.outcome) c
+		 LEFT JOIN hub.pollers p ON p.poller_id = c.poller_id));
+
+	r := r || (WITH b AS (
+			SELECT q.poller_id, count(*) AS n, now() - min(i.received_at) AS oldest
+			FROM hub.inbox i JOIN hub.poll_requests q ON q.request_id = i.poll_request_id
+			WHERE i.state IN ('new', 'retry_wait')
+			GROUP BY q.poller_id
+		), p AS (
+			SELECT p.name, p.paused, p.failures, p.last_success_at, p.next_run_at,
+				   coalesce(b.n, 0) AS backlog, coalesce(b.oldest, interval '0') AS oldest
+			FROM hub.pollers p LEFT JOIN b ON b.poller_id = p.poller_id
+		)
+		SELECT hub._prom_family('logistics_hub_poller_backlog_messages', 'gauge',
+				'Polled records waiting in the inbox (new or retrying), by poller.',
+				string_agg(format(E'logistics_hub_poller_backlog_messages{poller="%s"} %s\n', hub._prom_label(p.name), p.backlog), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest polled record waiting in the inbox, by poller (0: none waits).',
+				string_agg(format(E'logistics_hub_poller_oldest_pending_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name), hub._prom_seconds(p.oldest)), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_overdue_seconds', 'gauge',
+				'How long a poller that is not paused is past its next run (0: not due yet).',
+				string_agg(format(E'logistics_hub_poller_overdue_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(greatest(now() - p.next_run_at, interval '0'))), '' ORDER BY p.name) FILTER (WHERE NOT p.paused))
+			|| hub._prom_family('logistics_hub_poller_last_success_age_seconds', 'gauge',
+				'Time since a poller''s last successful page (pollers that had one).',
+				string_agg(format(E'logistics_hub_poller_last_success_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(now() - p.last_success_at)), '' ORDER BY p.name) FILTER (WHERE p.last_success_at IS NOT NULL))
+			|| hub._prom_family('logistics_hub_poller_failures', 'gauge',
+				'Failed pages in a row, by poller.',
+				string_agg(format(E'logistics_hub_poller_failures{poller="%s"} %s\n', hub._prom_label(p.name), p.failures), '' ORDER BY p.name))
+		FROM p);
+
+	-- ---------------------------------------------------------- inbox
+	r := r || hub._prom_family('logistics_hub_inbox_messages', 'gauge',
+		'Inbox messages not done, by state: new and retry_wait (the backlog), dead (failed max_attempts times), unhandled (no mapping or handler).',
+		(SELECT string_agg(format(E'logistics_hub_inbox_messages{state="%s"} %s\n', s.state,
+								  (SELECT count(*) FROM hub.inbox i WHERE i.state = s.state)), '' ORDER BY s.ord)
+		 FROM (VALUES (1, 'new'), (2, 'retry_wait'), (3, 'dead'), (4, 'unhandled')) s (ord, state)))
+		|| hub._prom_family('logistics_hub_inbox_oldest_pending_age_seconds', 'gauge',
+		'Age of the oldest inbox message new or retrying (0: none waits).',
+		(SELECT format(E'logistics_hub_inbox_oldest_pending_age_seconds %s\n',
+					   hub._prom_seconds(coalesce(now() - min(i.received_at), interval '0')))
+		 FROM hub.inbox i WHERE i.state IN ('new', 'retry_wait')));
+
+	-- ---------------------------------------------------------- business
+	r := r || hub._prom_family('logistics_hub_open_exceptions', 'gauge',
+		'Open business exceptions (hub.exceptions), by kind.',
+		(SELECT string_agg(format(E'logistics_hub_open_exceptions{kind="%s"} %s\n', k.kind,
+								  (SELECT count(*) FROM hub.exceptions x WHERE x.resolved_at IS NULL AND x.kind = k.kind)), '' ORDER BY k.kind)
+		 FROM unnest(ARRAY['conflict', 'contract_violation', 'not_owner', 'terminal', 'unknown_code']) k (kind)));
+
+	-- (the conditions of hub.drift and hub.stale_entities, counted without
+	-- the views' lookup of each key's parent: a probe of hub.entity_links a
+	-- key, which made the counts 3 to 5 times slower at a million keys;
+	-- metrics.sql checks that both agree with the views)
+	r := r || (WITH d AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.entity_system_state s USING (lifecycle, business_key)
+				JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+				WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+				  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+				  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+								  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle
+									AND u.state = e.state AND u.code = s.code)
+				GROUP BY e.lifecycle),
+			   s AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.stale_thresholds t ON t.lifecycle = e.lifecycle AND t.state = e.state
+				WHERE now() - e.last_advanced_at > t.threshold
+				GROUP BY e.lifecycle)
+		SELECT hub._prom_family('logistics_hub_drift_keys', 'gauge',
+				'Keys where a system disagrees with the canonical state past its tolerance (hub.drift), by lifecycle.',
+				string_agg(format(E'logistics_hub_drift_keys{lifecycle="%s"} %s\n', l.l, coalesce(d.n, 0)), '' ORDER BY l.l))
+			|| hub._prom_family('logistics_hub_stale_keys', 'gauge',
+				'Keys without progress past the threshold of their state (hub.stale_entities), by lifecycle.',
+				string_agg(format(E'logistics_hub_stale_keys{lifecycle="%s"} %s\n', l.l, coalesce(s.n, 0)), '' ORDER BY l.l))
+		FROM unnest(ARRAY['movement', 'order', 'return', 'shipment']) l (l)
+		LEFT JOIN d ON d.lifecycle = l.l LEFT JOIN s ON s.lifecycle = l.l);
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION hub.metrics() IS
+'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
+
+REVOKE EXECUTE ON FUNCTION hub.metrics(), hub._prom_label(text), hub._prom_family(text, text, text, text),
+	hub._prom_seconds(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.metrics() TO hub_reader;
+
+-- ================================================================ merged
+-- (the definitions of sql/src for objects that two branches both redefined above)
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent),
+			   array_agg(r.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace, a_site
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_site		text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state, x.traceparent
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+
 -- ================================================================ flow performance
 -- (issue 19's throughput: the same behaviour, less CPU a record; sql/src/60_inbox.sql,
 -- 65_flow.sql)
@@ -5770,6 +7257,7 @@ DECLARE
 	a_corr		text[];
 	a_payload	jsonb[];
 	a_trace		text[];
+	a_site		text[];
 	v_done		bigint[];
 	v_written	bigint;
 	v_events	bigint;
@@ -5806,7 +7294,9 @@ BEGIN
 				   CASE WHEN mp.qualifier_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
 				   CASE WHEN mp.partner_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
 			FROM hub.inbox i
 			JOIN mp ON mp.message_type = i.message_type
 			-- (by the primary key: a join with the array may scan the backlog)
@@ -5816,6 +7306,7 @@ BEGIN
 			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
 				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
 				   -- (COLLATE "C": the same partitions, byte-equal keys, and
 				   -- a sort by memcmp rather than strcoll)
@@ -5834,7 +7325,7 @@ BEGIN
 			-- its ASCII digits made 9s (a tenth of that; each of them
 			-- matches the pattern))
 			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
-				   f.qual, f.partner,
+				   f.qual, f.partner, f.site,
 				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
 						WHEN translate(f.ts, '012345678', '999999999')
@@ -5855,6 +7346,9 @@ BEGIN
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
 		), g AS MATERIALIZED (
 			-- the state each (system, lifecycle, code, qualifier, partner)
 			-- maps to and the system's role, once each, kept where no
@@ -5875,9 +7369,10 @@ BEGIN
 		-- same order; the writes below sort by inbox_id themselves)
 		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
 			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
-			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent)
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent),
+			   array_agg(t.site)
 		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
-			 a_trace
+			 a_trace, a_site
 		FROM t JOIN g ON g.mk = t.mk
 		WHERE t.at IS NOT NULL;
 		IF a_id IS NULL THEN
@@ -5903,9 +7398,9 @@ BEGIN
 				set_config('hub.inbox_causation_id', '', true);
 		WITH a AS (
 			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
-								 a_corr, a_payload, a_trace)
+								 a_corr, a_payload, a_trace, a_site)
 				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
-					 trace)
+					 trace, site)
 		), c AS (
 			-- classified against the key's row: created (a new key, or one
 			-- without a state) or advanced; no overlay on it
@@ -5960,15 +7455,15 @@ BEGIN
 			-- (a plain INSERT: a key another transaction created meanwhile
 			-- raises unique_violation, which undoes the batch's apply)
 			INSERT INTO hub.entity_state AS es
-				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
-			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
 			FROM ok WHERE ok.is_new
 			RETURNING es.lifecycle, es.business_key
 		), upd AS (
 			UPDATE hub.entity_state es
 			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
 				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
-				exception_since = NULL, updated_at = now()
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
 			FROM ok
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key

@@ -645,7 +645,8 @@ CREATE TABLE hub.inbox_mappings (
 	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 1000),
 	retry_base			interval NOT NULL DEFAULT '1 second'
 						CHECK (retry_base BETWEEN '0'::interval AND '1 day'::interval),
-	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	site_path			jsonpath
 );
 COMMENT ON TABLE hub.inbox_mappings IS
 'Declared mappings of inbound messages (hub.map_inbox): messages whose type matches message_pattern (exact, or a prefix ending in *; the longest wins) are applied by hub.process_inbox to lifecycle as reports of system, the business key, status code, time, qualifier, partner, parent and children read from the payload with jsonpaths. A message whose pattern also has a handler is mapped first, then handled, in one subtransaction.';
@@ -654,6 +655,7 @@ COMMENT ON COLUMN hub.inbox_mappings.code_path IS 'jsonpath of the system''s sta
 COMMENT ON COLUMN hub.inbox_mappings.occurred_at_path IS 'jsonpath of the time of the report (ISO 8601 with or without offset, naive = UTC, or Unix seconds); NULL: the message''s received_at. When set and not resolving, the message fails.';
 COMMENT ON COLUMN hub.inbox_mappings.parent_path IS 'jsonpath of the parent''s key (a tracker names its order), of parent_lifecycle; linked in hub.entity_links. Optional in each record.';
 COMMENT ON COLUMN hub.inbox_mappings.children_path IS 'jsonpath of the children''s keys (a pack record lists its packages: $.packages[*].id), of child_lifecycle; linked in hub.entity_links. Optional in each record.';
+COMMENT ON COLUMN hub.inbox_mappings.site_path IS 'jsonpath of the warehouse or site the record names (a string or number, at most 256 bytes), kept in hub.entity_state.site for the key (the latest record naming one wins). Optional in each record.';
 COMMENT ON COLUMN hub.inbox_mappings.max_attempts IS 'Failed runs (malformed messages) before a message without a handler is dead, 1 to 1000; with a handler, the handler''s setting counts.';
 COMMENT ON COLUMN hub.inbox_mappings.retry_base IS 'Backoff after the first failure of a message without a handler, doubled after each further one up to a day; 0 to 1 day.';
 SELECT pg_catalog.pg_extension_config_dump('hub.inbox_mappings', '');
@@ -682,7 +684,7 @@ CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text,
 		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
 		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
 		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
-		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second')
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second', site_path text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -720,7 +722,7 @@ BEGIN
 							   retry_base::text, 'between 0 and 1 day');
 	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
 		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
-		child_lifecycle, max_attempts, retry_base)
+		child_lifecycle, max_attempts, retry_base, site_path)
 	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
 			hub._jsonpath_arg('key_path', map_inbox.key_path),
 			hub._jsonpath_arg('code_path', map_inbox.code_path),
@@ -729,22 +731,22 @@ BEGIN
 			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
 			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
 			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
-			map_inbox.max_attempts, map_inbox.retry_base)
+			map_inbox.max_attempts, map_inbox.retry_base, hub._jsonpath_arg('site_path', map_inbox.site_path))
 	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
 	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
 		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
 		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
 		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
 		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
-		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base;
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base, site_path = EXCLUDED.site_path;
 	-- messages that found neither handler nor mapping before are processed again
 	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
 	WHERE i.state = 'unhandled'
 	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
 END
 $$;
-COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval) IS
-'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key and children keys read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key, children keys and site (warehouse) read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
 
 /*
  * _inbox_mapping --- the mapping of a message type: the longest matching
@@ -815,6 +817,7 @@ DECLARE
 	v_qual		text;
 	v_partner	text;
 	v_parent	text;
+	v_site		text;
 	v_mapped	hub.mapped_status;
 	r			hub.apply_result;
 	v_terminal	boolean;
@@ -904,6 +907,14 @@ BEGIN
 			END IF;
 			v_parent := nullif(v #>> '{}', '');
 		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
 
 		-- the links the record names (kept once; a key never links to itself)
 		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
@@ -955,6 +966,11 @@ BEGIN
 					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
 					p_inbox_id);
 			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
 		END IF;
 	END IF;
 
@@ -1015,6 +1031,7 @@ DECLARE
 	a_corr		text[];
 	a_payload	jsonb[];
 	a_trace		text[];
+	a_site		text[];
 	v_done		bigint[];
 	v_written	bigint;
 	v_events	bigint;
@@ -1051,7 +1068,9 @@ BEGIN
 				   CASE WHEN mp.qualifier_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
 				   CASE WHEN mp.partner_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
 			FROM hub.inbox i
 			JOIN mp ON mp.message_type = i.message_type
 			-- (by the primary key: a join with the array may scan the backlog)
@@ -1061,6 +1080,7 @@ BEGIN
 			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
 				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
 				   -- (COLLATE "C": the same partitions, byte-equal keys, and
 				   -- a sort by memcmp rather than strcoll)
@@ -1079,7 +1099,7 @@ BEGIN
 			-- its ASCII digits made 9s (a tenth of that; each of them
 			-- matches the pattern))
 			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
-				   f.qual, f.partner,
+				   f.qual, f.partner, f.site,
 				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
 						WHEN translate(f.ts, '012345678', '999999999')
@@ -1100,6 +1120,9 @@ BEGIN
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
 		), g AS MATERIALIZED (
 			-- the state each (system, lifecycle, code, qualifier, partner)
 			-- maps to and the system's role, once each, kept where no
@@ -1120,9 +1143,10 @@ BEGIN
 		-- same order; the writes below sort by inbox_id themselves)
 		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
 			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
-			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent)
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent),
+			   array_agg(t.site)
 		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
-			 a_trace
+			 a_trace, a_site
 		FROM t JOIN g ON g.mk = t.mk
 		WHERE t.at IS NOT NULL;
 		IF a_id IS NULL THEN
@@ -1148,9 +1172,9 @@ BEGIN
 				set_config('hub.inbox_causation_id', '', true);
 		WITH a AS (
 			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
-								 a_corr, a_payload, a_trace)
+								 a_corr, a_payload, a_trace, a_site)
 				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
-					 trace)
+					 trace, site)
 		), c AS (
 			-- classified against the key's row: created (a new key, or one
 			-- without a state) or advanced; no overlay on it
@@ -1205,15 +1229,15 @@ BEGIN
 			-- (a plain INSERT: a key another transaction created meanwhile
 			-- raises unique_violation, which undoes the batch's apply)
 			INSERT INTO hub.entity_state AS es
-				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
-			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
 			FROM ok WHERE ok.is_new
 			RETURNING es.lifecycle, es.business_key
 		), upd AS (
 			UPDATE hub.entity_state es
 			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
 				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
-				exception_since = NULL, updated_at = now()
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
 			FROM ok
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key
@@ -1299,7 +1323,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub.create_readiness_rule(text, text, text, text, text, text),
 	hub.resolve_exception(bigint, text),
 	hub._jsonpath_arg(text, text),
-	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval),
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text),
 	hub._inbox_mapping(text),
 	hub._inbox_not_a_value(text, jsonpath, jsonb),
 	hub._inbox_step(bigint, boolean),
@@ -1317,7 +1341,7 @@ GRANT EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) TO hub_admin;
 GRANT EXECUTE ON FUNCTION
 	hub.create_readiness_rule(text, text, text, text, text, text),
 	hub.resolve_exception(bigint, text),
-	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval)
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text)
 TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.contract_violation(text, jsonb) TO hub_reader, hub_writer;
 -- (hub.process_inbox runs with its caller's rights: these are what it calls)

@@ -17,7 +17,29 @@ WHERE d.state = 'dead';
 COMMENT ON VIEW hub.dead_letters IS
 'Deliveries that gave up (permanent 4xx or attempts exhausted), with the last error; replay with hub.replay_delivery or unblock the key with hub.skip_delivery. A batch delivery shows its smallest event and how many events it carries.';
 
+/*
+ * sync_status reads the open deliveries (deliveries_open_key_idx) and the
+ * attempts of the lookback sync_status_lookback only (hub.thresholds, one
+ * day by default), through attempts_at_idx: the lookback's bound is known
+ * when the executor starts, so the attempts of the other days (their
+ * partitions) are not read at all.  A subscription without a success in the
+ * lookback shows last_success NULL.
+ */
+-- the attempts of a time window (sync_status, cycle times, hub.metrics())
+CREATE INDEX attempts_at_idx ON hub.attempts (at);
+
 CREATE VIEW hub.sync_status AS
+WITH recent AS (
+	SELECT x.subscription_id,
+		   max(a.at) FILTER (WHERE a.outcome = 'delivered') AS last_success,
+		   round(avg((a.outcome = 'delivered')::int) FILTER (WHERE a.at > now() - interval '1 hour'
+			   AND a.outcome IN ('delivered', 'retry', 'dead')), 3) AS success_rate_1h
+	FROM hub.attempts a
+	JOIN hub.deliveries x USING (delivery_id)
+	WHERE a.at > now() - greatest((SELECT t.value FROM hub.thresholds t WHERE t.name = 'sync_status_lookback'),
+								  interval '1 hour')
+	GROUP BY x.subscription_id
+)
 SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
 	   e.enabled, e.paused, e.circuit_state,
 	   -- (events: a batch or a lease group counts each of its events)
@@ -25,20 +47,20 @@ SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
 	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
-	   now() - min(o.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
-	   (SELECT max(a.at) FROM hub.attempts a JOIN hub.deliveries x USING (delivery_id)
-		WHERE x.subscription_id = s.subscription_id AND a.outcome = 'delivered') AS last_success,
-	   (SELECT round(avg((a.outcome = 'delivered')::int), 3) FROM hub.attempts a JOIN hub.deliveries x USING (delivery_id)
-		WHERE x.subscription_id = s.subscription_id AND a.at > now() - interval '1 hour'
-			AND a.outcome IN ('delivered', 'retry', 'dead')) AS success_rate_1h
+	   -- (the publication time of the open deliveries only, a lookup each: a
+	   -- join with the outbox was planned as a scan of all of it)
+	   now() - min((SELECT o.published_at FROM hub.outbox o WHERE o.event_id = d.event_id))
+		   FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
+	   min(r.last_success) AS last_success,
+	   min(r.success_rate_1h) AS success_rate_1h
 FROM hub.subscriptions s
 JOIN hub.endpoints e USING (endpoint_id)
+LEFT JOIN recent r ON r.subscription_id = s.subscription_id
 LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
 	AND d.state NOT IN ('delivered', 'skipped')
-LEFT JOIN hub.outbox o ON o.event_id = d.event_id
 GROUP BY e.endpoint_id, s.subscription_id;
 COMMENT ON VIEW hub.sync_status IS
-'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success, the success rate of attempts over the last hour, and the circuit state.';
+'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success within the lookback sync_status_lookback (hub.thresholds; NULL: none in it), the success rate of attempts over the last hour, and the circuit state. Reads the open deliveries and the lookback''s attempts only.';
 
 /*
  * trace --- the timeline of one correlation id, or of one business key
