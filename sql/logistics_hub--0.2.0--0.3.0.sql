@@ -7166,4 +7166,513 @@ BEGIN
 END
 $$;
 
+-- ================================================================ flow performance
+-- (issue 19's throughput: the same behaviour, less CPU a record; sql/src/60_inbox.sql,
+-- 65_flow.sql)
+
+-- the claim returns each message's business key, so hub.process_inbox no
+-- longer reads them again with hub._inbox_keys
+DROP FUNCTION hub._inbox_keys(bigint[]);
+DROP FUNCTION hub._inbox_claim(integer);
+CREATE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval, aggregate_id text)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
+AS $$
+	-- in order per business key (aggregate_id, 62_inbox_worker.sql): a
+	-- message is not taken behind an earlier pending message of its key
+	-- that is not due (a retry waiting), nor behind one this claim does not
+	-- lock (another processor's, or beyond max); the messages of a key it
+	-- does take are processed in inbox_id order, the rest of the key's
+	-- skipped after one of them fails (hub.process_inbox)
+	WITH locked AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts, i.aggregate_id
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait') AND e.next_attempt_at > now()))
+		-- (in inbox order, so an earlier due message of a key is never left
+		-- out of a claim that takes a later one: inbox_pending_idx)
+		ORDER BY i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	), claimed AS (
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts, l.aggregate_id
+		FROM locked l
+		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
+				  AND e.state IN ('new', 'retry_wait')
+				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
+	), handlers AS MATERIALIZED (
+		-- (the handler of each message type once, not once a message:
+		-- materialized, or the planner runs it again for every row it joins)
+		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
+		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
+		LEFT JOIN LATERAL (
+			SELECT h.handler, h.max_attempts, h.retry_base
+			FROM hub.inbox_handlers h
+			WHERE hub._inbox_pattern_matches(h.message_pattern, ty.message_type)
+			ORDER BY h.message_pattern = ty.message_type DESC, length(h.message_pattern) DESC
+			LIMIT 1
+		) h ON true
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base,
+		   c.aggregate_id
+	FROM claimed c
+	JOIN handlers h ON h.message_type = c.message_type
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler and its business key.';
+
+REVOKE EXECUTE ON FUNCTION hub._inbox_claim(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._inbox_claim(integer) TO hub_admin, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+	v_events	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH mp AS MATERIALIZED (
+			-- (the mapping of each message type once, not once a message:
+			-- materialized, here and in g, or the planner runs it again for
+			-- every row it joins)
+			SELECT ty.message_type, mm.*
+			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+			CROSS JOIN LATERAL (
+				SELECT m.* FROM hub.inbox_mappings m
+				WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+				ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+				LIMIT 1) mm
+		), msg AS MATERIALIZED (
+			-- (materialized: each path evaluated once a message, not once
+			-- for every expression that reads its value)
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path IS NULL AS no_time_path,
+				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			JOIN mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
+				   -- (COLLATE "C": the same partitions, byte-equal keys, and
+				   -- a sort by memcmp rather than strcoll)
+				   count(*) OVER (PARTITION BY m.lifecycle COLLATE "C", (m.kv #>> '{}') COLLATE "C") AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path; the two
+			-- string forms exclude each other, the one with an offset, the
+			-- more common, is tried first, and before its pattern (2 to 3 us
+			-- a string) the shapes carriers and JSON encoders write most,
+			-- its ASCII digits made 9s (a tenth of that; each of them
+			-- matches the pattern))
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
+				   f.qual, f.partner, f.site,
+				   CASE WHEN f.no_time_path THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN translate(f.ts, '012345678', '999999999')
+							 IN ('9999-99-99T99:99:99Z', '9999-99-99T99:99:99+99:99', '9999-99-99T99:99:99-99:99',
+								 '9999-99-99T99:99:99.999Z', '9999-99-99T99:99:99.999999Z',
+								 '9999-99-99T99:99:99.999+99:99', '9999-99-99T99:99:99.999999+99:99',
+								 '9999-99-99T99:99:99.999-99:99', '9999-99-99T99:99:99.999999-99:99',
+								 '9999-99-99 99:99:99+99', '9999-99-99 99:99:99.999999+99')
+						  OR f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						THEN f.ts::timestamptz
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
+				   -- (the grouping key of the mapping below: an array, whose
+				   -- equality takes two NULLs as equal, and which hashes)
+				   ARRAY[f.system, f.lifecycle, f.code, f.qual, f.partner] AS mk
+			FROM f
+			WHERE f.named = 1 AND f.flat
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), g AS MATERIALIZED (
+			-- the state each (system, lifecycle, code, qualifier, partner)
+			-- maps to and the system's role, once each, kept where no
+			-- overlay comes with it and the role owns the state
+			SELECT d.mk, ms.state AS m_state, ro.role
+			FROM (SELECT DISTINCT t.mk FROM t) d
+			CROSS JOIN LATERAL hub.try_map_status(d.mk[1], d.mk[2], d.mk[3], d.mk[4], d.mk[5]) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = d.mk[1] AND sy.qualifier IN ('', coalesce(d.mk[4], ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(d.mk[2], ms.state)
+			  AND EXISTS (SELECT FROM hub.state_owners o
+						  WHERE o.lifecycle = d.mk[2] AND o.state = ms.state AND o.role = ro.role)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
+			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent),
+			   array_agg(t.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace, a_site
+		FROM t JOIN g ON g.mk = t.mk
+		WHERE t.at IS NOT NULL;
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		-- one probe of the primary key a key, in key order (a join may
+		-- hash the whole table instead, in every batch; the order bytewise,
+		-- COLLATE "C", the same for every batch, which is what matters)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key)
+					  ORDER BY k.lc COLLATE "C", k.key COLLATE "C") k
+		CROSS JOIN LATERAL (
+			SELECT FROM hub.entity_state es
+			WHERE es.lifecycle = k.lc AND es.business_key = k.key
+			FOR UPDATE) es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row;
+			-- the partner, the carrier and the record's keys are added only
+			-- when there are any, each || building the object anew)
+			SELECT c.*,
+				   CASE WHEN c.partner IS NULL AND NOT (c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys))
+						THEN x.core
+						ELSE x.core
+							 || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+							 || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+									 THEN jsonb_build_object('carrier',
+										  coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+															   WHERE sy.system = c.system AND sy.qualifier = ''
+																 AND sy.role = 'carrier')))
+									 ELSE '{}' END END AS base
+			FROM c
+			CROSS JOIN LATERAL (
+				SELECT jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), ok AS MATERIALIZED (
+			-- (the events whose contract the body meets; every row written
+			-- below: a key whose row vanished meanwhile is missing from upd,
+			-- counted at the end, and all is undone)
+			SELECT b.*, y.body
+			FROM b
+			CROSS JOIN LATERAL (
+				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
+				FROM unnest(b.required_keys) k(k)
+				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
+			-- (OFFSET 0: the body built once, not again for the check)
+			CROSS JOIN LATERAL (
+				SELECT CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body OFFSET 0) y
+			WHERE hub.contract_violation(b.event_type, y.body) IS NULL
+		), ins AS (
+			-- (a plain INSERT: a key another transaction created meanwhile
+			-- raises unique_violation, which undoes the batch's apply)
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), sys_new AS (
+			-- (a new key has no per-system row yet: a plain INSERT)
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE ok.is_new
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE NOT ok.is_new
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, false, ok.state,
+				   NULL, NULL, ok.previous_state, ok.state, ok.kind, ok.outcome, false, ok.at
+			FROM ok ORDER BY ok.inbox_id
+		), ev AS (
+			-- the events, in inbox_id order, as hub.publish writes them: a
+			-- plain INSERT, whose contract trigger (hub._outbox_check)
+			-- checks and stamps each row as it does for hub.publish, the
+			-- event id and headers their defaults, the correlation id the
+			-- message's (none: NULL, as hub.publish gives it here), a child
+			-- span of its traceparent; one insert for the batch rather than
+			-- one a row
+			INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, occurred_at,
+									traceparent)
+			SELECT ok.event_type, ok.key, ok.body, nullif(ok.corr, ''), 'inbox:' || ok.inbox_id, ok.at,
+				   hub._traceparent_child(ok.trace)
+			FROM ok ORDER BY ok.inbox_id
+			RETURNING 1
+		)
+		SELECT array_agg(ok.inbox_id ORDER BY ok.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd),
+			   (SELECT count(*) FROM ev)
+		INTO v_done, v_written, v_events FROM ok;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint
+		   OR v_events IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'the batch wrote other rows than it applied (a key created or removed meanwhile)'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
+
+CREATE OR REPLACE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	ctx jsonb;
+	err text;
+	v_max integer;
+	v_base interval;
+	c_id bigint[];
+	c_type text[];
+	c_payload jsonb[];
+	c_handler regproc[];
+	c_max integer[];
+	c_base interval[];
+	v_prefix integer;
+	v_fast bigint[] := '{}';
+	v_done bigint[] := '{}';
+	v_unhandled bigint[] := '{}';
+	v_failed_keys text[] := '{}';
+	c_key text[];
+	v_left bigint[];
+	v_round bigint[];
+	v_taken bigint[];
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	-- (the business keys too: the rounds below, and the keys left after
+	-- one of their messages failed)
+	-- (in inbox_id order: the aggregates read the sorted subquery in its
+	-- order, one sort for all seven)
+	SELECT array_agg(c.inbox_id), array_agg(c.message_type), array_agg(c.payload), array_agg(c.handler),
+		   array_agg(c.max_attempts), array_agg(c.retry_base), array_agg(c.aggregate_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
+	FROM (SELECT * FROM hub._inbox_claim(max) x ORDER BY x.inbox_id) c;
+	IF c_id IS NULL THEN
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	-- the mapped messages before the first one with a handler, applied
+	-- together where their outcome is the plain one (65_flow.sql); those
+	-- come first, the rest one by one in inbox_id order, so a handler never
+	-- sees a later message applied before its own
+	v_prefix := cardinality(c_id);
+	FOR k IN 1 .. cardinality(c_id) LOOP
+		IF c_handler[k] IS NOT NULL THEN
+			v_prefix := k - 1;
+			EXIT;
+		END IF;
+	END LOOP;
+	-- (in rounds: a key's first message of the claim, then its next, each
+	-- round set-based; a key whose message a round leaves keeps the rest of
+	-- its messages for the loop below, in order)
+	IF v_prefix > 0 THEN
+		v_left := c_id[1:v_prefix];
+		LOOP
+			-- (unnest, not subscripts: c_key[n] walks the array from its
+			-- start; and the first round takes from every message)
+			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
+			-- (COLLATE "C": the same keys apart, sorted by memcmp)
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n) COLLATE "C") u.id, u.n
+				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
+				  WHERE v_round IS NULL OR u.id = ANY (v_left)
+				  ORDER BY coalesce(u.key, '#' || u.n) COLLATE "C", u.n) x;
+			EXIT WHEN v_round IS NULL;
+			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
+			v_fast := v_fast || v_taken;
+			EXIT WHEN cardinality(v_taken) = 0 OR cardinality(v_round) = cardinality(v_left);
+			SELECT coalesce(array_agg(c_id[n] ORDER BY n), '{}') INTO v_left
+			FROM generate_subscripts(c_id, 1) n
+			WHERE n <= v_prefix AND c_id[n] = ANY (v_left) AND c_id[n] <> ALL (v_round)
+			  AND (c_key[n] IS NULL OR NOT EXISTS (
+					SELECT FROM generate_subscripts(c_id, 1) r
+					WHERE c_id[r] = ANY (v_round) AND c_id[r] <> ALL (v_taken) AND c_key[r] = c_key[n]));
+		END LOOP;
+		v_done := v_fast;
+		processed := cardinality(v_fast);
+	END IF;
+	-- (when the set took them all, there is nothing left)
+	FOR m IN
+		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
+		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
+			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
+		ORDER BY x.n
+	LOOP
+		-- after a message of a key failed, the key's later messages wait
+		-- (unclaimed at commit, behind it in the next claim)
+		IF cardinality(v_failed_keys) > 0
+		   AND c_key[array_position(c_id, m.inbox_id)] = ANY (v_failed_keys) THEN
+			CONTINUE;
+		END IF;
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler.  (The step sets the message's context
+			-- before anything that can publish; it is cleared once, after
+			-- the loop.)
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL AND m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL AND ctx IS NULL THEN
+			v_unhandled := v_unhandled || m.inbox_id;
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
+			v_done := v_done || m.inbox_id;
+			processed := processed + 1;
+		ELSE
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
+			failed := failed + 1;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
+		END IF;
+	END LOOP;
+	PERFORM set_config('hub.inbox_correlation_id', '', true),
+			set_config('hub.inbox_causation_id', '', true);
+	-- done and unhandled messages settled with one UPDATE each
+	PERFORM hub._inbox_settle_many(v_done, 'done');
+	PERFORM hub._inbox_settle_many(v_unhandled, 'unhandled');
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
 -- ================================================================ end

@@ -154,8 +154,6 @@ $q$, $q$ VALUES
 	('hub._inbox_next_due()', 'hub_worker'),
 	('hub._inbox_settle(bigint,text,text,integer,interval)', 'hub_admin'),
 	('hub._inbox_settle(bigint,text,text,integer,interval)', 'hub_worker'),
-	('hub._inbox_keys(bigint[])', 'hub_admin'),
-	('hub._inbox_keys(bigint[])', 'hub_worker'),
 	('hub._inbox_settle_many(bigint[],text)', 'hub_admin'),
 	('hub._inbox_settle_many(bigint[],text)', 'hub_worker'),
 	('hub._inbox_step(bigint,boolean)', 'hub_admin'),
