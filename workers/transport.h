@@ -90,5 +90,7 @@ extern void hub_loop_unwatch(int fd);
 
 /* the transports */
 /* (each transport declares its ops here; transport.c lists them) */
+extern const HubTransportOps hub_pg_transport_ops;	/* pg_transport.c */
+extern void hub_pg_transport_define_gucs(void);
 
 #endif							/* HUB_TRANSPORT_H */
