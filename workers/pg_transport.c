@@ -11,10 +11,13 @@
  * mode: each request is one
  *   SELECT hub.receive(source, event id, event type, the body's "data",
  *                      correlation_id => ..., aggregate_id => ...)
- * followed by a sync, so that it is a transaction of its own on the central
- * server, committed before its answer comes back; several requests (up to
- * the endpoint's max_concurrency) are in flight in one round trip, and
- * their answers come back in the order sent.  No transaction is ever held
+ * and the requests one pump of the send queue started (up to the
+ * endpoint's max_concurrency) go together, followed by one sync: one
+ * transaction on the central server, one commit for all of them, committed
+ * before the answers come back, which come in the order sent.  An error of
+ * one call (a payload the central hub refuses) rolls back the others: that
+ * one fails, the others are given back without an attempt and go again at
+ * once, in a transaction without it.  No transaction is ever held
  * open across the WAN.  The event id is the message id: the central
  * inbox's deduplication makes a retry (after a lost answer, a crash of
  * either side) a duplicate, which hub.receive answers false and which is
@@ -93,6 +96,8 @@ typedef struct PgConn
 	bool		stale;			/* settings changed: close once idle */
 	dlist_head	pending;		/* PgPending, in the order sent */
 	int			npending;
+	int			nunsent;		/* of them not sent yet */
+	uint64		batches;		/* counts the transactions sent */
 } PgConn;
 
 /* a request on a connection: waiting to be sent, or sent and not answered */
@@ -101,6 +106,7 @@ typedef struct PgPending
 	dlist_node	node;
 	HubRequest *req;
 	bool		sent;
+	uint64		batch;			/* the transaction (the calls up to a sync) it is in */
 	bool		answered;		/* its result came (the sync still to come) */
 	char	   *error;			/* NULL: fine so far */
 	TimestampTz deadline;
@@ -195,9 +201,13 @@ conn_close(PgConn *pc)
 	pc->stale = false;
 }
 
-/* complete a request with its outcome */
+/*
+ * complete a request with its outcome: its error (NULL: success), or given
+ * back without an attempt (its transaction was rolled back because of
+ * another call in it)
+ */
 static void
-pending_complete(PgConn *pc, PgPending *p)
+pending_complete(PgConn *pc, PgPending *p, bool given_back)
 {
 	HubOutcome	o;
 	HubRequest *req = p->req;
@@ -207,7 +217,9 @@ pending_complete(PgConn *pc, PgPending *p)
 	memset(&o, 0, sizeof(o));
 	o.retry_after_s = -1;
 	o.latency_ms = req->started_at ? (int) ((GetCurrentTimestamp() - req->started_at) / 1000) : 0;
-	o.error = p->error;
+	o.error = given_back ? NULL : p->error;
+	o.given_back = given_back;
+	o.back_at = given_back ? GetCurrentTimestamp() : 0;
 	hub_send_complete(req, &o);
 }
 
@@ -225,6 +237,7 @@ conn_fail_all(PgConn *pc, const char *error)
 	while (msg[0] && msg[strlen(msg) - 1] == '\n')
 		msg[strlen(msg) - 1] = '\0';
 	conn_close(pc);
+	pc->nunsent = 0;
 	while (!dlist_is_empty(&pc->pending))
 	{
 		PgPending  *p = dlist_head_element(PgPending, node, &pc->pending);
@@ -417,12 +430,20 @@ conn_start(PgConn *pc, char **error)
 	return true;
 }
 
-/* send the requests not sent yet (connection ready) */
+/*
+ * send the requests not sent yet (connection ready), all in one
+ * transaction: the calls, then one sync.  A pump's requests thus cost the
+ * central server one commit (one WAL flush) together; an error in one
+ * rolls back the others, which are then given back without an attempt
+ * (conn_read) and go again in the next transaction without it.
+ */
 static void
 conn_send(PgConn *pc)
 {
 	dlist_iter	it;
 	int			flush;
+	bool		any = false;
+	uint64		batch = ++pc->batches;
 
 	dlist_foreach(it, &pc->pending)
 	{
@@ -440,13 +461,20 @@ conn_send(PgConn *pc)
 		values[4] = ev.correlation_id;
 		values[5] = ev.aggregate_id;
 		/* TODO(trace): ev.traceparent, once hub.receive takes one */
-		if (!PQsendQueryParams(pc->conn, RECEIVE_SQL, 6, NULL, values, NULL, NULL, 0) ||
-			!PQpipelineSync(pc->conn))
+		if (!PQsendQueryParams(pc->conn, RECEIVE_SQL, 6, NULL, values, NULL, NULL, 0))
 		{
 			conn_fail_all(pc, PQerrorMessage(pc->conn));
 			return;
 		}
 		p->sent = true;
+		p->batch = batch;
+		any = true;
+	}
+	pc->nunsent = 0;
+	if (any && !PQpipelineSync(pc->conn))
+	{
+		conn_fail_all(pc, PQerrorMessage(pc->conn));
+		return;
 	}
 	flush = PQflush(pc->conn);
 	if (flush < 0)
@@ -455,6 +483,59 @@ conn_send(PgConn *pc)
 		return;
 	}
 	conn_watch(pc, EPOLLIN | (flush > 0 ? EPOLLOUT : 0));
+}
+
+/* the first request sent whose result has not come */
+static PgPending *
+first_unanswered(PgConn *pc)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &pc->pending)
+	{
+		PgPending  *p = dlist_container(PgPending, node, it.cur);
+
+		if (p->sent && !p->answered)
+			return p;
+	}
+	return NULL;
+}
+
+/*
+ * batch_done --- the sync of the oldest transaction came: it committed
+ * unless a call in it failed.  Committed, every call of it succeeded; else
+ * the call that failed fails, and the others, rolled back with it, are
+ * given back without an attempt.
+ */
+static void
+batch_done(PgConn *pc)
+{
+	uint64		batch;
+	bool		failed = false;
+	dlist_iter	it;
+
+	if (dlist_is_empty(&pc->pending))
+		return;
+	batch = dlist_head_element(PgPending, node, &pc->pending)->batch;
+	dlist_foreach(it, &pc->pending)
+	{
+		PgPending  *p = dlist_container(PgPending, node, it.cur);
+
+		if (p->batch != batch)
+			break;
+		if (p->error != NULL || !p->answered)
+			failed = true;
+	}
+	while (!dlist_is_empty(&pc->pending))
+	{
+		PgPending  *p = dlist_head_element(PgPending, node, &pc->pending);
+
+		if (p->batch != batch || !p->sent)
+			break;
+		if (!p->answered && p->error == NULL && !failed)
+			p->error = "central hub: no answer to hub.receive";
+		pending_complete(pc, p, failed && p->error == NULL);
+	}
 }
 
 /* read every answer that came */
@@ -486,7 +567,18 @@ conn_read(PgConn *pc)
 			PQclear(r);
 			continue;
 		}
-		head = dlist_head_element(PgPending, node, &pc->pending);
+		if (PQresultStatus(r) == PGRES_PIPELINE_SYNC)
+		{
+			PQclear(r);
+			batch_done(pc);
+			continue;
+		}
+		head = first_unanswered(pc);
+		if (head == NULL)
+		{
+			PQclear(r);
+			continue;
+		}
 		switch (PQresultStatus(r))
 		{
 			case PGRES_TUPLES_OK:
@@ -495,15 +587,9 @@ conn_read(PgConn *pc)
 					appendStringInfo(&head->req->excerpt, "central hub: %s",
 									 strcmp(PQgetvalue(r, 0, 0), "t") == 0 ? "received" : "duplicate (already received)");
 				break;
-			case PGRES_PIPELINE_SYNC:
-				if (!head->answered && head->error == NULL)
-					head->error = "central hub: no answer to hub.receive";
-				PQclear(r);
-				pending_complete(pc, head);
-				continue;
 			case PGRES_PIPELINE_ABORTED:
+				/* (after another call's error: given back by batch_done) */
 				head->answered = true;
-				head->error = "central hub: the statement was not run (pipeline aborted)";
 				break;
 			default:
 				{
@@ -607,8 +693,8 @@ pg_start(HubRequest *req, char **error)
 	p->deadline = GetCurrentTimestamp() + (int64) (req->ep->timeout_ms + hub_connect_timeout_ms) * 1000;
 	dlist_push_tail(&pc->pending, &p->node);
 	pc->npending++;
-	if (pc->state == PG_READY)
-		conn_send(pc);
+	pc->nunsent++;
+	/* (sent by pg_run_timers, which the loop calls right after the pump) */
 	return true;
 }
 
@@ -654,6 +740,11 @@ pg_abort_all(void)
 	}
 }
 
+/*
+ * the earliest timeout; "now" (a time long past) while a connection has
+ * requests to send: the loop calls pg_run_timers right after the pump, so
+ * that what one pump started goes in one transaction
+ */
 static TimestampTz
 pg_deadline(void)
 {
@@ -665,6 +756,8 @@ pg_deadline(void)
 		PgConn	   *pc = dlist_container(PgConn, node, it.cur);
 		TimestampTz t = 0;
 
+		if (pc->state == PG_READY && pc->nunsent > 0)
+			return 1;
 		if (pc->state == PG_CONNECTING)
 			t = pc->connect_deadline;
 		else if (!dlist_is_empty(&pc->pending))
@@ -684,6 +777,8 @@ pg_run_timers(TimestampTz now)
 	{
 		PgConn	   *pc = dlist_container(PgConn, node, it.cur);
 
+		if (pc->state == PG_READY && pc->nunsent > 0)
+			conn_send(pc);
 		if (pc->state == PG_CONNECTING && pc->connect_deadline <= now)
 			conn_fail_all(pc, psprintf("could not connect within logistics_hub.connect_timeout (%d ms)",
 									   hub_connect_timeout_ms));

@@ -15,6 +15,8 @@
 #     and with an immediate stop (kill -9 semantics) of the central server
 #     during the catch-up
 #   - a central mapping (hub.map_inbox) makes relayed WMS events central truth
+#   - an event the central hub refuses fails alone; the others of its
+#     transaction are given back and delivered
 # The password of the central role is sealed at the site (hub._endpoint_secrets)
 # and appears in no table, log or attempt.
 source test/receiver/push_lib.sh
@@ -183,6 +185,22 @@ q "SELECT hub.publish('order.packing', 'SO-77', '{\"order_id\": \"SO-77\", \"t\"
 wait_c "SELECT state = 'packed' FROM hub.entity_state WHERE lifecycle = 'order' AND business_key = 'SO-77'" 60 ||
 	fail "the relayed WMS events did not become central truth: $(qc "SELECT string_agg(message_type || ' ' || state || ' ' || coalesce(last_error, ''), '; ') FROM hub.inbox WHERE aggregate_id = 'SO-77'")"
 ok "a central mapping (hub.map_inbox) applied the relayed WMS events: order SO-77 is packed at the central hub"
+
+# ---- one event the central hub refuses: it alone fails, the events sent in
+# the same transaction are given back and delivered without it
+qc "ALTER SYSTEM SET logistics_hub.max_payload_size = '1kB'" "SELECT pg_reload_conf()" >/dev/null
+BIG=$(q "SELECT hub.publish('order.created', 'BIG', jsonb_build_object('order_id', 'BIG', 't', 'central', 'pad', repeat('x', 2000)))")
+q "SELECT hub.publish('order.created', 'B-' || i, jsonb_build_object('order_id', 'B-' || i, 't', 'central', 'n', i))
+   FROM generate_series(1, 40) i" >/dev/null
+wait_c "SELECT count(*) = 40 FROM hub.inbox WHERE aggregate_id LIKE 'B-%'" 60 ||
+	fail "the events beside a refused one were not delivered: $(qc "SELECT count(*) FROM hub.inbox WHERE aggregate_id LIKE 'B-%'")"
+must_wait "SELECT attempts >= 2 AND last_error LIKE '%54000%' FROM hub.deliveries WHERE event_id = '$BIG'" 30 \
+	"the refused event did not fail with the central error: $(q "SELECT attempts || ' ' || coalesce(last_error, '') FROM hub.deliveries WHERE event_id = '$BIG'")"
+got=$(qc "SELECT count(*) FROM hub.inbox WHERE aggregate_id = 'BIG'")
+[ "$got" = 0 ] || fail "the refused event is in the central inbox"
+got=$(q "SELECT count(*) FROM hub.deliveries d JOIN hub.outbox o USING (event_id) WHERE o.aggregate_id LIKE 'B-%' AND d.state <> 'delivered'")
+[ "$got" = 0 ] || fail "$got events beside the refused one not delivered"
+ok "a payload the central hub refuses (54000) fails alone and is retried; the 40 events beside it were delivered"
 
 # ---- the password appears nowhere in plain text
 for f in "$LH_CLUSTER_DIR/server.log" "$CDIR/server.log"; do
