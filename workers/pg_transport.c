@@ -28,9 +28,11 @@
  * Safety.  The URI was checked when the endpoint was registered (egress.c:
  * one host the policy admits, a user but no password, only harmless
  * parameters); here it is parsed again (PQconninfoParse) and refused if it
- * names anything else, or a Unix-domain socket.  The host is resolved here
- * and every address checked against logistics_hub.egress_allow; libpq is
- * given the checked address (hostaddr), so it connects nowhere else.  The
+ * names anything else, or a Unix-domain socket.  A host name is resolved
+ * here without blocking (getaddrinfo_a, polled from the loop's timer, within
+ * logistics_hub.connect_timeout) and every address checked against
+ * logistics_hub.egress_allow; libpq is given the first address admitted
+ * (hostaddr), so it connects nowhere else.  The
  * password comes from the sealed auth_secret (never in a table, URI or
  * log); a central server that does not ask for it (trust, peer) is refused,
  * as dblink refuses it for non-superusers, so that an endpoint cannot
@@ -52,8 +54,10 @@
  */
 #include "postgres.h"
 
-#include <sys/epoll.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include "libpq-fe.h"
@@ -78,6 +82,7 @@ static char *hub_site_name = NULL;
 typedef enum PgConnState
 {
 	PG_IDLE,					/* no connection */
+	PG_RESOLVING,				/* the host name being resolved (getaddrinfo_a) */
 	PG_CONNECTING,
 	PG_READY
 } PgConnState;
@@ -91,7 +96,12 @@ typedef struct PgConn
 	int			fd;				/* watched, -1: none */
 	PgConnState state;
 	uint32		watched;		/* the epoll events watched */
-	TimestampTz connect_deadline;
+	TimestampTz connect_deadline;	/* of the resolution and the connection */
+	char		host[256];		/* the URI's host and port */
+	char		port[32];
+	struct gaicb gai;			/* the resolution under way (gai_pending) */
+	struct addrinfo gai_hints;
+	bool		gai_pending;	/* gai is in use by the resolver's thread */
 	uint64		config_hash;	/* of the URL and password it was opened with */
 	bool		stale;			/* settings changed: close once idle */
 	dlist_head	pending;		/* PgPending, in the order sent */
@@ -257,27 +267,15 @@ conn_fail_all(PgConn *pc, const char *error)
 }
 
 /*
- * resolve_checked --- the first address of host that the egress policy
- * admits, as text; NULL with *why when none (or it does not resolve).
- * (getaddrinfo blocks: a name is resolved once a connection.)
+ * pick_allowed --- the first address of res (host's) that the egress policy
+ * admits, as text; NULL with *why when none.  Frees res.
  */
 static char *
-resolve_checked(const char *host, const char *port, char **why)
+pick_allowed(struct addrinfo *res, const char *host, char **why)
 {
-	struct addrinfo hints;
-	struct addrinfo *res = NULL;
 	char	   *found = NULL;
-	int			rc;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc != 0)
-	{
-		*why = psprintf("could not resolve host \"%s\": %s", host, gai_strerror(rc));
-		return NULL;
-	}
+	*why = NULL;
 	for (struct addrinfo *a = res; a != NULL && found == NULL; a = a->ai_next)
 	{
 		char		buf[64];
@@ -314,36 +312,27 @@ uri_option_allowed(const char *k)
 }
 
 /*
- * conn_start --- open the endpoint's connection (non-blocking); false with
- * *error when it cannot even start
+ * conn_params --- the URI's parameters (checked) into keys and vals (room
+ * for 40), host and port apart; returns how many, -1 with *error
  */
-static bool
-conn_start(PgConn *pc, char **error)
+static int
+conn_params(PgConn *pc, const char **keys, const char **vals, const char **host, const char **port,
+			char **error)
 {
 	HubEndpoint *ep = pc->ep;
 	PQconninfoOption *opts;
 	char	   *perr = NULL;
-	const char *keys[40];
-	const char *vals[40];
 	int			n = 0;
-	const char *host = NULL;
-	const char *port = "5432";
-	char	   *addr;
-	char	   *why = NULL;
 
-	if (ep->auth_secret == NULL || ep->auth_secret[0] == '\0')
-	{
-		*error = pstrdup("a postgresql:// endpoint needs the central role's password as its auth_secret "
-						 "(hub.set_endpoint_credentials)");
-		return false;
-	}
+	*host = NULL;
+	*port = "5432";
 	opts = PQconninfoParse(ep->url, &perr);
 	if (opts == NULL)
 	{
 		*error = psprintf("the endpoint URI is not valid: %s", perr ? perr : "out of memory");
 		if (perr)
 			PQfreemem(perr);
-		return false;
+		return -1;
 	}
 	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
 	{
@@ -353,12 +342,12 @@ conn_start(PgConn *pc, char **error)
 		{
 			*error = psprintf("connection parameter \"%s\" is not allowed in a postgresql:// endpoint URI", o->keyword);
 			PQconninfoFree(opts);
-			return false;
+			return -1;
 		}
 		if (strcmp(o->keyword, "host") == 0)
-			host = pstrdup(o->val);
+			*host = pstrdup(o->val);
 		else if (strcmp(o->keyword, "port") == 0)
-			port = pstrdup(o->val);
+			*port = pstrdup(o->val);
 		else if (n < 20)
 		{
 			keys[n] = pstrdup(o->keyword);
@@ -366,18 +355,31 @@ conn_start(PgConn *pc, char **error)
 		}
 	}
 	PQconninfoFree(opts);
-	if (host == NULL || host[0] == '\0' || host[0] == '/' || host[0] == '@' || strchr(host, ',') != NULL ||
-		strchr(port, ',') != NULL)
+	if (*host == NULL || (*host)[0] == '\0' || (*host)[0] == '/' || (*host)[0] == '@' || strchr(*host, ',') != NULL ||
+		strchr(*port, ',') != NULL || strlen(*host) >= sizeof(pc->host) || strlen(*port) >= sizeof(pc->port))
 	{
 		*error = pstrdup("a postgresql:// endpoint URI names one network host (Unix-domain sockets and host lists are refused)");
-		return false;
+		return -1;
 	}
-	addr = resolve_checked(host, port, &why);
-	if (addr == NULL)
-	{
-		*error = why;
+	return n;
+}
+
+/*
+ * conn_open --- open the connection to addr (the host's address the egress
+ * policy admitted), non-blocking; false with *error when it cannot start
+ */
+static bool
+conn_open(PgConn *pc, const char *addr, char **error)
+{
+	HubEndpoint *ep = pc->ep;
+	const char *keys[40];
+	const char *vals[40];
+	const char *host;
+	const char *port;
+	int			n = conn_params(pc, keys, vals, &host, &port, error);
+
+	if (n < 0)
 		return false;
-	}
 	keys[n] = "host";
 	vals[n++] = host;
 	keys[n] = "hostaddr";
@@ -428,6 +430,130 @@ conn_start(PgConn *pc, char **error)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * conn_start --- open the endpoint's connection: at once to an address
+ * literal, else after resolving the host name without blocking
+ * (getaddrinfo_a, whose thread starts with every signal blocked; polled by
+ * pg_run_timers), so that a WAN whose DNS is down holds up nothing else of
+ * the dispatcher.  False with *error when it cannot even start.
+ */
+static bool
+conn_start(PgConn *pc, char **error)
+{
+	HubEndpoint *ep = pc->ep;
+	const char *keys[40];
+	const char *vals[40];
+	const char *host;
+	const char *port;
+	unsigned char buf[16];
+	struct gaicb *list[1];
+	sigset_t	all,
+				old;
+	int			rc;
+
+	if (ep->auth_secret == NULL || ep->auth_secret[0] == '\0')
+	{
+		*error = pstrdup("a postgresql:// endpoint needs the central role's password as its auth_secret "
+						 "(hub.set_endpoint_credentials)");
+		return false;
+	}
+	if (conn_params(pc, keys, vals, &host, &port, error) < 0)
+		return false;
+	strlcpy(pc->host, host, sizeof(pc->host));
+	strlcpy(pc->port, port, sizeof(pc->port));
+	memset(&pc->gai_hints, 0, sizeof(pc->gai_hints));
+	pc->gai_hints.ai_family = AF_UNSPEC;
+	pc->gai_hints.ai_socktype = SOCK_STREAM;
+	pc->connect_deadline = GetCurrentTimestamp() + (int64) hub_connect_timeout_ms * 1000;
+	if (inet_pton(AF_INET, pc->host, buf) == 1 || inet_pton(AF_INET6, pc->host, buf) == 1)
+	{
+		struct addrinfo *res = NULL;
+		char	   *addr;
+
+		pc->gai_hints.ai_flags = AI_NUMERICHOST;
+		rc = getaddrinfo(pc->host, pc->port, &pc->gai_hints, &res);
+		if (rc != 0)
+		{
+			*error = psprintf("not a valid address \"%s\": %s", pc->host, gai_strerror(rc));
+			return false;
+		}
+		addr = pick_allowed(res, pc->host, error);
+		return addr != NULL && conn_open(pc, addr, error);
+	}
+	if (pc->gai_pending)
+	{
+		*error = psprintf("the previous resolution of host \"%s\" has not ended yet", pc->host);
+		return false;
+	}
+	memset(&pc->gai, 0, sizeof(pc->gai));
+	pc->gai.ar_name = pc->host;
+	pc->gai.ar_service = pc->port;
+	pc->gai.ar_request = &pc->gai_hints;
+	list[0] = &pc->gai;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0)
+	{
+		*error = psprintf("could not start resolving host \"%s\": %s", pc->host, gai_strerror(rc));
+		return false;
+	}
+	pc->gai_pending = true;
+	pc->state = PG_RESOLVING;
+	pc->config_hash = config_hash(ep);
+	return true;
+}
+
+/*
+ * resolve_poll --- has the resolution ended?  Then the connection opens to
+ * the first address the egress policy admits, or its requests fail; past
+ * the connect timeout they fail (the resolution cancelled, or left to end
+ * unseen).
+ */
+static void
+resolve_poll(PgConn *pc, TimestampTz now)
+{
+	int			rc;
+	char	   *error = NULL;
+
+	if (!pc->gai_pending)
+		return;
+	rc = gai_error(&pc->gai);
+	if (rc == EAI_INPROGRESS)
+	{
+		if (pc->state == PG_RESOLVING && pc->connect_deadline <= now)
+		{
+			if (gai_cancel(&pc->gai) == EAI_CANCELED)
+				pc->gai_pending = false;
+			conn_fail_all(pc, psprintf("could not resolve host \"%s\" within logistics_hub.connect_timeout (%d ms)",
+									   pc->host, hub_connect_timeout_ms));
+		}
+		return;
+	}
+	pc->gai_pending = false;
+	if (pc->state != PG_RESOLVING)
+	{
+		/* (abandoned after a timeout) */
+		if (rc == 0 && pc->gai.ar_result)
+			freeaddrinfo(pc->gai.ar_result);
+		return;
+	}
+	if (rc != 0)
+	{
+		conn_fail_all(pc, psprintf("could not resolve host \"%s\": %s", pc->host, gai_strerror(rc)));
+		return;
+	}
+	{
+		char	   *addr = pick_allowed(pc->gai.ar_result, pc->host, &error);
+
+		pc->gai.ar_result = NULL;
+		pc->state = PG_IDLE;
+		if (addr == NULL || !conn_open(pc, addr, &error))
+			conn_fail_all(pc, error);
+	}
 }
 
 /*
@@ -758,7 +884,9 @@ pg_deadline(void)
 
 		if (pc->state == PG_READY && pc->nunsent > 0)
 			return 1;
-		if (pc->state == PG_CONNECTING)
+		if (pc->gai_pending)
+			t = GetCurrentTimestamp() + 10 * 1000;	/* (polled every 10 ms) */
+		else if (pc->state == PG_CONNECTING)
 			t = pc->connect_deadline;
 		else if (!dlist_is_empty(&pc->pending))
 			t = dlist_head_element(PgPending, node, &pc->pending)->deadline;
@@ -779,6 +907,8 @@ pg_run_timers(TimestampTz now)
 
 		if (pc->state == PG_READY && pc->nunsent > 0)
 			conn_send(pc);
+		if (pc->gai_pending)
+			resolve_poll(pc, now);
 		if (pc->state == PG_CONNECTING && pc->connect_deadline <= now)
 			conn_fail_all(pc, psprintf("could not connect within logistics_hub.connect_timeout (%d ms)",
 									   hub_connect_timeout_ms));

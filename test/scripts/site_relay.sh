@@ -17,6 +17,8 @@
 #   - a central mapping (hub.map_inbox) makes relayed WMS events central truth
 #   - an event the central hub refuses fails alone; the others of its
 #     transaction are given back and delivered
+#   - a host name is resolved without blocking and each address checked
+#     against the egress policy at connect time
 # The password of the central role is sealed at the site (hub._endpoint_secrets)
 # and appears in no table, log or attempt.
 source test/receiver/push_lib.sh
@@ -64,7 +66,9 @@ qc "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN 
 # ---- the site hub (cleanup of both clusters on exit)
 push_setup site-relay 160 "logistics_hub.site_name = 'dc-north'" "logistics_hub.unknown_event_types = accept"
 trap central_cleanup EXIT
-URI="postgresql://site_relay@127.0.0.1:$CPORT/postgres?application_name=dc-north&connect_timeout=5"
+# (a host name: resolved by the dispatcher without blocking, each address
+# checked against the egress policy)
+URI="postgresql://site_relay@localhost:$CPORT/postgres?application_name=dc-north&connect_timeout=5"
 
 # ---- registration checks
 got=$(q "SELECT public.sqlstate_of(\$\$SELECT hub.create_endpoint('x', 'postgresql://site_relay:$PW@127.0.0.1:$CPORT/postgres')\$\$)")
@@ -201,6 +205,20 @@ got=$(qc "SELECT count(*) FROM hub.inbox WHERE aggregate_id = 'BIG'")
 got=$(q "SELECT count(*) FROM hub.deliveries d JOIN hub.outbox o USING (event_id) WHERE o.aggregate_id LIKE 'B-%' AND d.state <> 'delivered'")
 [ "$got" = 0 ] || fail "$got events beside the refused one not delivered"
 ok "a payload the central hub refuses (54000) fails alone and is retried; the 40 events beside it were delivered"
+
+# ---- the egress policy at connect time: a name whose addresses the policy
+# no longer admits is not connected to
+q "ALTER SYSTEM SET logistics_hub.egress_allow = 'public'" "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+q "SELECT hub.create_endpoint('named', 'postgresql://site_relay@localhost:$CPORT/postgres', auth_secret => '$PW', max_concurrency => 1)" \
+  "SELECT hub.subscribe('named', 'order.*', filter => '{\"t\": \"named\"}', max_attempts => 1)" >/dev/null
+E=$(push_publish named NM-1)
+must_wait "SELECT state = 'dead' FROM hub.deliveries WHERE event_id = '$E'" 30 "the delivery to a name outside the policy did not fail"
+got=$(q "SELECT last_error FROM hub.deliveries WHERE event_id = '$E'")
+case $got in *"address 127.0.0.1 of host \"localhost\" is not allowed"*) ;; *) fail "egress at connect time: '$got'" ;; esac
+got=$(qc "SELECT count(*) FROM hub.inbox WHERE aggregate_id = 'NM-1'")
+[ "$got" = 0 ] || fail "the event reached the central hub through an address outside the policy"
+ok "a host name resolving to an address outside the egress policy is not connected to"
 
 # ---- the password appears nowhere in plain text
 for f in "$LH_CLUSTER_DIR/server.log" "$CDIR/server.log"; do
