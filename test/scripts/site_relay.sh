@@ -15,6 +15,8 @@
 #     and with an immediate stop (kill -9 semantics) of the central server
 #     during the catch-up
 #   - a central mapping (hub.map_inbox) makes relayed WMS events central truth
+#   - a WAN link that goes silent (a proxy that stops forwarding, no reset):
+#     calls time out, the circuit opens, everything arrives once afterwards
 #   - an event the central hub refuses fails alone; the others of its
 #     transaction are given back and delivered
 #   - a host name is resolved without blocking and each address checked
@@ -28,7 +30,10 @@ CNAME=site-central-$CPORT
 PW='relay-Pw-7f3c91'
 C_STARTED=
 
+PPORT=$((PGPORT + 162))
+PROXY_PID=
 central_cleanup() {
+	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null
 	push_cleanup
 	[ -n "$C_STARTED" ] && lh_cluster_stop "$CNAME"
 	return 0
@@ -189,6 +194,46 @@ q "SELECT hub.publish('order.packing', 'SO-77', '{\"order_id\": \"SO-77\", \"t\"
 wait_c "SELECT state = 'packed' FROM hub.entity_state WHERE lifecycle = 'order' AND business_key = 'SO-77'" 60 ||
 	fail "the relayed WMS events did not become central truth: $(qc "SELECT string_agg(message_type || ' ' || state || ' ' || coalesce(last_error, ''), '; ') FROM hub.inbox WHERE aggregate_id = 'SO-77'")"
 ok "a central mapping (hub.map_inbox) applied the relayed WMS events: order SO-77 is packed at the central hub"
+
+# ---- a WAN link that goes silent (packets dropped, no reset): a TCP proxy
+# of the test's own stops forwarding; the calls in flight fail after the
+# endpoint's timeout_ms plus logistics_hub.connect_timeout, new connections
+# after the connect timeout, the circuit opens; once the link carries again,
+# every event arrives once, in order per key
+python3 test/receiver/wan_proxy.py "$PPORT" "$CPORT" "$CDIR/proxy.pid" &
+PROXY_PID=$!
+for _ in $(seq 50); do [ -s "$CDIR/proxy.pid" ] && break; sleep 0.1; done
+q "SELECT hub.create_endpoint('wan', 'postgresql://site_relay@127.0.0.1:$PPORT/postgres', auth_secret => '$PW', timeout_ms => 1000)" \
+  "UPDATE hub.endpoints SET circuit_cooloff = '500 ms' WHERE name = 'wan'" \
+  "SELECT hub.subscribe('wan', 'order.*', filter => '{\"t\": \"wan\"}', retry_base => '100 ms', retry_max => '1 s', max_attempts => 1000)" >/dev/null
+WN=0
+publish_wan() {
+	q "SELECT hub.publish('order.created', 'W-' || (i % 5), jsonb_build_object('order_id', 'W-' || (i % 5), 't', 'wan', 'n', i))
+	   FROM generate_series($((WN + 1)), $((WN + $1))) i" >/dev/null
+	WN=$((WN + $1))
+}
+wan_in() { wait_c "SELECT count(*) = $WN FROM hub.inbox WHERE payload ->> 't' = 'wan'" "$1"; }
+check_wan() {
+	local got
+	got=$(qc "SELECT count(*) || ' ' || count(DISTINCT message_id) FROM hub.inbox WHERE payload ->> 't' = 'wan'")
+	[ "$got" = "$WN $WN" ] || fail "$1: central inbox has '$got' WAN events (rows, distinct ids), want $WN $WN"
+	got=$(qc "SELECT count(*) FROM (SELECT (payload ->> 'n')::int AS n, lag((payload ->> 'n')::int) OVER (PARTITION BY aggregate_id ORDER BY inbox_id) AS prev
+				 FROM hub.inbox WHERE payload ->> 't' = 'wan') s WHERE prev > n")
+	[ "$got" = 0 ] || fail "$1: $got WAN events arrived before an earlier event of their key"
+}
+publish_wan 20
+wan_in 30 || fail "the events through the WAN proxy did not arrive"
+kill -USR1 "$PROXY_PID"		# silent
+publish_wan 30
+must_wait "SELECT count(*) > 0 FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id)
+		   WHERE e.name = 'wan' AND (a.error LIKE '%no answer within%' OR a.error LIKE '%could not connect within%')" 30 \
+	"no call failed on its timeout while the WAN was silent: $(q "SELECT string_agg(DISTINCT left(a.error, 80), '; ') FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'wan'")"
+must_wait "SELECT circuit_state <> 'closed' FROM hub.endpoints WHERE name = 'wan'" 30 "the circuit did not open while the WAN was silent"
+got=$(qc "SELECT count(*) FROM hub.inbox WHERE payload ->> 't' = 'wan'")
+kill -USR1 "$PROXY_PID"		# carrying again
+wan_in 60 || fail "after the WAN came back: $(qc "SELECT count(*) FROM hub.inbox WHERE payload ->> 't' = 'wan'") of $WN"
+check_wan "WAN back"
+ok "a silent WAN: calls failed on their timeout, the circuit opened with $got of $WN through; once it carried again all $WN arrived once, in order per key"
 
 # ---- one event the central hub refuses: it alone fails, the events sent in
 # the same transaction are given back and delivered without it
