@@ -4372,6 +4372,1313 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ trace
+-- W3C Trace Context (issue 21): a traceparent on every event and inbox
+-- message, hub.publish(..., traceparent) and hub.receive(..., traceparent),
+-- child spans for what processing a message publishes, the traceparent
+-- column of hub.trace (extension/trace_context.c, sql/src/67_trace.sql).
+-- Existing rows keep a NULL traceparent.
+ALTER TABLE hub.outbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.outbox.traceparent IS 'W3C Trace Context traceparent of the event (version 00 form), sent as the traceparent header of its push requests: the publisher''s, else a child span of the inbox message whose processing published it, else a new trace; NULL for events published before 0.3.0.';
+CREATE FUNCTION hub.traceparent_valid(traceparent text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_traceparent_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.traceparent_valid(text) IS
+'Whether a value is a W3C Trace Context traceparent that hub.publish accepts: version-traceid-parentid-flags in lower-case hex, version not ff, ids not all zeros; version 00 exactly 55 characters, a later version read by its first four fields.';
+CREATE FUNCTION hub._traceparent_or_new(inbound text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_or_new' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_or_new(text) IS
+'API: Private. An inbound traceparent in its version 00 form when valid, else a new trace (random trace and parent ids, flags 01); never an error.';
+CREATE FUNCTION hub._traceparent_child(parent text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_child' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_child(text) IS
+'API: Private. A child span of parent: its trace id and flags with a new random parent id; a new trace when parent is NULL or invalid; never an error.';
+REVOKE EXECUTE ON FUNCTION hub._traceparent_or_new(text), hub._traceparent_child(text) FROM PUBLIC;
+DROP FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz);
+CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
+							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
+							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now(),
+							traceparent text DEFAULT NULL)
+RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) IS
+'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types. traceparent: the W3C Trace Context of the publisher (22023 when invalid); none: a child span of the inbox message being processed, else a new trace.';
+REVOKE EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) TO hub_writer;
+
+ALTER TABLE hub.inbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.inbox.traceparent IS
+'W3C Trace Context traceparent of the message (version 00 form): the sender''s (hub.receive''s argument, else the payload''s traceparent key), the poll request''s for a polled record, else a new trace; invalid inbound values are ignored. The events its processing publishes are child spans of it. NULL for messages received before 0.3.0.';
+
+ALTER TABLE hub.pollers ADD COLUMN run_traceparent text;
+COMMENT ON COLUMN hub.pollers.run_traceparent IS
+'W3C Trace Context traceparent of the run in progress (a new trace for each run): sent as the traceparent header of every page request of the run, and kept on the inbox messages of its records.';
+
+DROP FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text);
+CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
+		traceparent text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	corr text := coalesce(receive.correlation_id,
+						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
+							   THEN receive.payload ->> 'correlation_id' END);
+	agg text := receive.aggregate_id;
+	-- (outside data: an invalid traceparent starts a new trace, it never
+	-- refuses the message; extension/trace_context.c)
+	tp text := hub._traceparent_or_new(coalesce(receive.traceparent,
+								CASE WHEN jsonb_typeof(receive.payload) = 'object'
+									 THEN receive.payload ->> 'traceparent' END));
+	mapped_key jsonb;
+BEGIN
+	-- the limits on inputs (22001, 54000), before anything is written
+	PERFORM hub._check_key_length('source', receive.source);
+	PERFORM hub._check_key_length('message id', receive.message_id);
+	PERFORM hub._check_key_length('message type', receive.message_type);
+	PERFORM hub._check_key_length('correlation id', corr);
+	PERFORM hub._check_key_length('aggregate id', agg);
+	-- a message of a declared mapping (hub.map_inbox) received without its
+	-- business key gets the key its mapping reads, so that it is processed
+	-- in order among the key's messages; a key that is no value or is too
+	-- long is left for the processing to refuse
+	IF agg IS NULL AND jsonb_typeof(receive.payload) = 'object' THEN
+		SELECT pg_catalog.jsonb_path_query_first(receive.payload, m.key_path) INTO mapped_key
+		FROM hub._inbox_mapping(receive.message_type) m WHERE m.key_path IS NOT NULL;
+		IF jsonb_typeof(mapped_key) IN ('string', 'number') AND octet_length(mapped_key #>> '{}') <= 256 THEN
+			agg := mapped_key #>> '{}';
+		END IF;
+	END IF;
+	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
+													  left(receive.source, 64)),
+									receive.payload);
+	-- the loop only repeats if a concurrent receiver's row vanished between
+	-- our INSERT and UPDATE (it rolled back or was deleted)
+	LOOP
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
+									correlation_id, aggregate_id, traceparent)
+		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
+				coalesce(receive.received_at, now()), now(), corr, agg, tp)
+		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+		IF FOUND THEN
+			RETURN true;
+		END IF;
+		UPDATE hub.inbox AS i
+		SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
+		WHERE i.source = receive.source AND i.message_id = receive.message_id;
+		IF FOUND THEN
+			RETURN false;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order. traceparent (default: the payload''s traceparent key) is the sender''s W3C Trace Context, kept in its version 00 form; absent or invalid (outside data, never refused): a new trace. What processing the message publishes is a child span of it.';
+REVOKE EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO hub_writer;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state, x.traceparent
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now()
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._poll_claim(worker text, shard integer, nshards integer, max integer)
+RETURNS TABLE (poller_id integer, endpoint_id integer, lease bigint, url text, headers text[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	p hub.pollers;
+	e_url text;
+	b text;
+	f text;
+	tok bigint;
+	lease_for interval := hub._poll_lease();
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	IF max IS NULL OR max < 1 OR max > 10000 THEN
+		RAISE EXCEPTION 'invalid max: %', coalesce(max::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim between 1 and 10000 pollers.';
+	END IF;
+	FOR r IN
+		SELECT x AS p, e.url AS e_url
+		FROM hub.pollers x
+		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+			AND (x.lease IS NULL OR x.lease_until < now())
+			AND (e.spread OR e.endpoint_id % nshards = shard)
+		ORDER BY x.next_run_at, x.poller_id
+		LIMIT max
+		FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		p := r.p;
+		e_url := r.e_url;
+		tok := nextval('hub._lease_token_seq');
+		IF p.next_url IS NULL THEN
+			SELECT u.base, u.first INTO b, f FROM hub._poll_first_url(p, e_url) u;
+			UPDATE hub.pollers x
+			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
+				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
+				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
+			WHERE x.poller_id = p.poller_id
+			RETURNING * INTO p;
+		END IF;
+		UPDATE hub.pollers x
+		SET lease = tok, lease_worker = _poll_claim.worker, lease_until = now() + lease_for, segment_pages = 0
+		WHERE x.poller_id = p.poller_id;
+		poller_id := p.poller_id;
+		endpoint_id := p.endpoint_id;
+		lease := tok;
+		url := p.next_url;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			IF p.etag IS NOT NULL THEN
+				headers := headers || ('If-None-Match: ' || p.etag);
+			END IF;
+			IF p.last_modified IS NOT NULL THEN
+				headers := headers || ('If-Modified-Since: ' || p.last_modified);
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
+
+CREATE OR REPLACE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
+								OUT records integer, OUT new_records integer, OUT duplicates integer,
+								OUT rejected integer, OUT rejected_ids text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text := 'poll:' || p.name;
+	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
+	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
+	max_size bigint := pg_size_bytes(nullif(current_setting('logistics_hub.max_payload_size', true), ''));
+	-- (no record of a page smaller than the limit can be larger than it)
+	check_size boolean := max_size IS NOT NULL AND hub._payload_size(items) > max_size;
+BEGIN
+	records := jsonb_array_length(items);
+	rejected := 0;
+	IF check_size THEN
+		-- records larger than logistics_hub.max_payload_size are refused as
+		-- hub.receive refuses them: not stored, counted, their ids named
+		SELECT count(*), string_agg(left(coalesce(CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+														  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}',
+													 '(no id)'), 64), ', ')
+		INTO rejected, rejected_ids
+		FROM jsonb_array_elements(items) e
+		WHERE hub._payload_size(e.value) > max_size;
+	END IF;
+	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id, traceparent)
+	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
+					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
+		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id,
+		   p.run_traceparent
+	FROM (SELECT x.rec, x.rid,
+				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+		  FROM (SELECT e.value AS rec,
+					   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+					   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+					   END AS ver
+				FROM jsonb_array_elements(items) e
+				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+	GET DIAGNOSTICS new_records = ROW_COUNT;
+	duplicates := records - new_records - rejected;
+	IF duplicates > 0 THEN
+		WITH k AS (
+			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
+						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid, count(*) AS n
+			FROM (SELECT replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+						 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+				  FROM (SELECT e.value AS rec,
+							   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+							   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+							   END AS ver
+						FROM jsonb_array_elements(items) e
+						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+			GROUP BY 1
+		)
+		-- (by index: = ANY of an array; a join alone would read every
+		-- message of the source)
+		UPDATE hub.inbox i
+		SET duplicate_count = i.duplicate_count + CASE WHEN i.poll_request_id = request_id THEN k.n - 1 ELSE k.n END,
+			last_duplicate_at = now()
+		FROM k
+		WHERE i.source = src AND i.message_id = k.mid
+			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k))
+			AND (i.poll_request_id IS DISTINCT FROM request_id OR k.n > 1);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), with the run''s traceparent, counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
+
+CREATE OR REPLACE FUNCTION hub._poll_page(poller_id integer, lease bigint, page_url text, status integer,
+		response_headers text[], body bytea, error text, latency_ms integer, bytes bigint)
+RETURNS TABLE (url text, headers text[], next_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p hub.pollers;
+	e_url text;
+	req bigint;
+	fail text;
+	outcome text;
+	doc jsonb;
+	items jsonb;
+	ctype text;
+	st hub.pollers;
+	n_rec integer := 0;
+	n_new integer := 0;
+	n_dup integer := 0;
+	page_max timestamptz;
+	nxt text;
+	v jsonb;
+	has_more boolean;
+	wait interval;
+	backoff float8;
+	run_end text;			-- NULL: go on; else why the run ends
+	due timestamptz;
+	page_no integer;
+	excerpt text;
+	n_rej integer := 0;
+	rej_ids text;
+BEGIN
+	SELECT x.* INTO p FROM hub.pollers x
+	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		INSERT INTO hub.poll_requests (poller_id, lease, url, http_status, outcome, bytes, latency_ms, error)
+		VALUES (_poll_page.poller_id, _poll_page.lease, hub._poll_redact(page_url), status, 'stale', bytes, latency_ms,
+				'the lease was taken over: ' || coalesce(hub._poll_redact(error), 'response dropped'));
+		RETURN;
+	END IF;
+	SELECT e.url INTO e_url FROM hub.endpoints e WHERE e.endpoint_id = p.endpoint_id;
+	page_no := p.run_pages + 1;
+	req := nextval(pg_get_serial_sequence('hub.poll_requests', 'request_id'));
+
+	-- ---- is it the page that was asked for?
+	IF error IS NOT NULL OR coalesce(status, 0) = 0 THEN
+		fail := coalesce(hub._poll_redact(error), 'no response');
+	ELSIF status = 304 THEN
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			outcome := 'not_modified';
+		ELSE
+			fail := 'HTTP 304 to a request that was not conditional';
+		END IF;
+	ELSIF status NOT BETWEEN 200 AND 299 THEN
+		fail := 'HTTP ' || status;
+	ELSIF status = 204 THEN
+		-- No Content: the API says there is nothing (a last, empty page)
+		doc := '{}';
+		items := '[]';
+	ELSE
+		ctype := (hub._poll_header(response_headers, 'content-type'))[1];
+		IF ctype ~* '(html|xml)' THEN
+			fail := pg_catalog.format('HTTP %s that is not JSON (Content-Type %s)', status, ctype);
+		ELSE
+			BEGIN
+				doc := convert_from(coalesce(body, ''::bytea), 'UTF8')::jsonb;
+			EXCEPTION WHEN OTHERS THEN
+				fail := pg_catalog.format('HTTP %s that is not JSON: %s', status, SQLERRM);
+			END;
+			IF fail IS NULL THEN
+				items := CASE WHEN p.items_path::text = '$' THEN doc
+							  ELSE jsonb_path_query_first(doc, p.items_path, '{}', true) END;
+				IF items IS NULL THEN
+					fail := pg_catalog.format('no items at %s', p.items_path);
+				ELSIF jsonb_typeof(items) <> 'array' THEN
+					fail := pg_catalog.format('the items at %s are a JSON %s, not an array', p.items_path, jsonb_typeof(items));
+				END IF;
+			END IF;
+		END IF;
+	END IF;
+
+	-- ---- a failed page: record, keep the position, back off
+	IF fail IS NOT NULL THEN
+		backoff := least(extract(epoch FROM p.retry_max)::float8,
+						 extract(epoch FROM p.retry_base)::float8 * power(2, least(p.failures, 30)))
+				   * (0.5 + random() / 2);
+		wait := hub._poll_wait(response_headers);
+		-- the excerpt: the body's start as UTF-8 (a character cut at the
+		-- end dropped), else as escaped bytes; the endpoint's secrets and
+		-- whatever looks like a credential redacted
+		IF body IS NOT NULL THEN
+			BEGIN
+				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
+			EXCEPTION WHEN OTHERS THEN
+				BEGIN
+					excerpt := convert_from(substring(body FROM 1 FOR greatest(least(length(body), 4096) - 3, 0)), 'UTF8');
+				EXCEPTION WHEN OTHERS THEN
+					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
+				END;
+			END;
+			excerpt := left(hub._poll_redact(hub._poll_redact_secrets(p.endpoint_id, excerpt)), 1024);
+		END IF;
+		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms, error, excerpt)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'failed',
+				bytes, latency_ms, fail, excerpt);
+		UPDATE hub.pollers x
+		SET failures = x.failures + 1, last_status = status, last_error = fail,
+			lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- 304 on the run's first page: nothing changed, nothing moves
+	IF outcome = 'not_modified' THEN
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'not_modified',
+				bytes, latency_ms);
+		UPDATE hub.pollers x SET last_status = status, run_max_version = NULL WHERE x.poller_id = p.poller_id;
+		SELECT x.* INTO p FROM hub.pollers x WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(p, true, NULL);
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- the records
+	SELECT s.records, s.new_records, s.duplicates, s.rejected, s.rejected_ids
+	INTO n_rec, n_new, n_dup, n_rej, rej_ids
+	FROM hub._poll_store(p, items, req) s;
+	IF p.since_param IS NOT NULL AND n_rec > 0 THEN
+		page_max := hub._poll_page_max(p, items);
+	END IF;
+
+	-- ---- where the run goes next
+	IF p.pagination IN ('cursor', 'offset', 'page') AND p.has_more_path IS NOT NULL THEN
+		v := jsonb_path_query_first(doc, p.has_more_path, '{}', true);
+		has_more := v = 'true'::jsonb OR v = '"true"'::jsonb;
+	END IF;
+	CASE p.pagination
+	WHEN 'none' THEN
+		run_end := 'end';
+	WHEN 'link_header' THEN
+		nxt := hub._poll_link_next(response_headers);
+		IF nxt IS NULL THEN
+			run_end := 'end';
+		ELSE
+			nxt := hub._url_resolve(page_url, nxt);
+		END IF;
+	WHEN 'next_link' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) <> 'string' THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the next link at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_resolve(page_url, v #>> '{}');
+		END IF;
+	WHEN 'cursor' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb OR has_more IS FALSE THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the cursor at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.cursor_param, v #>> '{}')),
+								 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+		END IF;
+	ELSE	-- offset, page
+		IF coalesce(has_more, n_rec >= p.page_size) THEN
+			IF p.pagination = 'offset' THEN
+				-- by the records received (a server capping the page size
+				-- then costs a re-read, never a gap); by a page when an
+				-- empty page announces more
+				p.run_offset := p.run_offset + CASE WHEN n_rec > 0 THEN n_rec ELSE p.page_size END;
+				nxt := hub._url_with(p.run_base_url, jsonb_build_object(p.offset_param, p.run_offset, p.limit_param, p.page_size));
+			ELSE
+				p.run_offset := p.run_offset + 1;
+				nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.page_param, p.run_offset)),
+									 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+			END IF;
+		ELSE
+			run_end := 'end';
+		END IF;
+	END CASE;
+
+	IF nxt IS NOT NULL THEN
+		IF hub._url_origin(nxt) IS DISTINCT FROM hub._url_origin(e_url) THEN
+			run_end := 'refused';
+			fail := pg_catalog.format('next link to another origin refused: %s', left(hub._poll_redact(nxt), 300));
+		ELSIF hashtextextended(nxt, 0) = ANY (p.run_seen) THEN
+			run_end := 'cycle';
+			fail := pg_catalog.format('next link or token seen before in this run (a cycle), run ended after %s pages: %s',
+									  page_no, left(hub._poll_redact(nxt), 300));
+		ELSIF p.segment_pages + 1 >= p.max_pages THEN
+			run_end := 'max_pages';
+		ELSE
+			wait := CASE WHEN '0' = ANY (hub._poll_header(response_headers, 'x-ratelimit-remaining'))
+						 THEN hub._poll_wait(response_headers) END;
+			IF wait > interval '0' THEN
+				run_end := 'throttled';
+			END IF;
+		END IF;
+	END IF;
+
+	INSERT INTO hub.poll_requests
+		(request_id, poller_id, worker, lease, page, url, http_status, outcome, records, new_records, duplicates,
+		 rejected, bytes, latency_ms, error)
+	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
+			coalesce(run_end, 'more'), n_rec, n_new, n_dup, n_rej, bytes, latency_ms,
+			nullif(concat_ws('; ', fail, CASE WHEN n_rej > 0 THEN
+				pg_catalog.format('%s records larger than logistics_hub.max_payload_size (%s) not stored: %s',
+								  n_rej, current_setting('logistics_hub.max_payload_size', true), left(rej_ids, 500)) END), ''));
+	-- one UPDATE of the poller a page: the counts, the first page's
+	-- validators, and the position when the run goes on (now or later)
+	UPDATE hub.pollers x
+	SET run_pages = page_no, segment_pages = x.segment_pages + 1,
+		run_new = x.run_new + n_new, run_duplicates = x.run_duplicates + n_dup,
+		total_new = x.total_new + n_new, total_duplicates = x.total_duplicates + n_dup,
+		run_max_version = greatest(x.run_max_version, page_max),
+		run_etag = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'etag'))[1] ELSE x.run_etag END,
+		run_last_modified = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'last-modified'))[1]
+								 ELSE x.run_last_modified END,
+		-- (the first page's URL from here on: hub._poll_finish keeps it with
+		-- the validators, or forgets it without them)
+		etag_url = CASE WHEN page_no = 1 THEN page_url ELSE x.etag_url END,
+		failures = 0, last_status = status, lease_until = now() + hub._poll_lease(),
+		next_url = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN nxt ELSE x.next_url END,
+		run_offset = p.run_offset,
+		run_seen = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN (x.run_seen || hashtextextended(nxt, 0))[greatest(cardinality(x.run_seen) - 254, 1):]
+						ELSE x.run_seen END
+	WHERE x.poller_id = p.poller_id
+	RETURNING * INTO st;
+
+	IF run_end IN ('end', 'cycle', 'refused', 'bad_next') THEN
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(st, run_end = 'end', fail);
+	ELSIF run_end IS NULL THEN
+		url := nxt;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		next_at := NULL;
+	ELSE
+		-- max_pages or throttled: the run resumes at nxt when due
+		due := CASE WHEN run_end = 'throttled' THEN now() + wait
+					ELSE greatest(coalesce(p.run_started_at, now()) + p.every, now()) END;
+		UPDATE hub.pollers x
+		SET lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due,
+			last_error = CASE WHEN run_end = 'throttled'
+							  THEN 'throttled by the API (X-RateLimit-Remaining: 0) until ' || due END
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+	END IF;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint) IS
+'API: Private. Record one fetched page of a leased poller in one transaction (audit row, records into hub.inbox once per id and version, position, watermark, validators, failure and backoff) and return the run''s next request, or url NULL with next_at when the run is over or paused; zero rows when the lease was taken over.';
+
+CREATE OR REPLACE FUNCTION hub._endpoint_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	h record;
+	-- framing and hop-by-hop headers, then those the hub sets on every request
+	reserved constant text[] := ARRAY['content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive',
+		'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
+		'content-type', 'content-encoding', 'webhook-id', 'webhook-timestamp', 'webhook-signature',
+		'idempotency-key', 'traceparent', 'tracestate'];
+BEGIN
+	PERFORM hub._egress_check(NEW.url);
+	IF NEW.oauth2_token_url IS NOT NULL THEN
+		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	END IF;
+	IF jsonb_typeof(NEW.headers) <> 'object' THEN
+		RAISE EXCEPTION 'endpoint headers must be a JSON object of names and string values'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR h IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+		IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+			RAISE EXCEPTION 'invalid header name "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header names are HTTP tokens (letters, digits, - and a few symbols).';
+		END IF;
+		IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' THEN
+			RAISE EXCEPTION 'invalid value for header "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header values are strings without CR, LF or other control characters.';
+		END IF;
+		IF lower(h.key) = ANY (reserved) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature, Idempotency-Key, traceparent and tracestate are set by the hub.',
+					  HINT = 'Remove the header from headers.';
+		END IF;
+		IF lower(h.key) IN ('authorization', 'proxy-authorization') OR lower(h.key) = lower(NEW.api_key_header) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Fixed headers are readable by hub_reader; credentials are not.',
+					  HINT = 'Pass credentials as auth_kind and auth_secret (with api_key_header for an API key).';
+		END IF;
+	END LOOP;
+	IF NEW.api_key_header IS NOT NULL AND NEW.api_key_header !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'invalid API key header name "%"', NEW.api_key_header USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF lower(NEW.api_key_header) = ANY (reserved) THEN
+		RAISE EXCEPTION 'header "%" cannot be the API key header', NEW.api_key_header
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Framing headers and the headers the hub sets itself are reserved; use a name such as X-API-Key.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
+REVOKE EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
+TO hub_reader, hub_writer, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests: one a batch, one an event of a lease group
+			   CASE WHEN d.batch_events IS NULL THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	err text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source, p_max_bytes);
+		RETURN;
+	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
+		END;
+	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source,
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
+									(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
+	ORDER BY c.ordinality;
+END
+$$;
+
+DROP FUNCTION hub.trace(text, text);
+CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
+			   endpoint text, source text, message_id text, detail text, traceparent text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF trace.correlation_id IS NULL AND trace.aggregate IS NULL THEN
+		RAISE EXCEPTION 'a trace needs a correlation id or an aggregate id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Call hub.trace(''<correlation id>'') or hub.trace(aggregate => ''<business key>'').';
+	END IF;
+	RETURN QUERY
+	WITH ev AS (
+		SELECT o.event_id FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+		UNION
+		SELECT o.event_id FROM hub.outbox o WHERE o.aggregate_id = trace.aggregate
+	), o AS (
+		SELECT o.* FROM hub.outbox o WHERE o.event_id IN (SELECT ev.event_id FROM ev)
+	), inb AS (
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
+		UNION
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
+	), i AS (
+		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	), dl AS (
+		-- the deliveries of these events: their own, and the batches they
+		-- are in (a scan of the batch deliveries: they have no index by event)
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.event_id = o.event_id
+		UNION ALL
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
+			AND d.event_id <> o.event_id
+	)
+	SELECT t.at, t.what, t.event_id, t.event_type, t.aggregate_id, t.endpoint, t.source, t.message_id, t.detail,
+		   t.traceparent
+	FROM (
+	SELECT o.published_at AS at, 'published' AS what, o.event_id, o.event_type, o.aggregate_id,
+		   NULL::text AS endpoint, NULL::text AS source, NULL::text AS message_id, o.payload::text AS detail,
+		   o.seq AS ord, o.traceparent
+	FROM o
+	UNION ALL
+	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms'), o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	-- (an attempt of a lease group sent one of its events: that one's)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
+	UNION ALL
+	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, d.last_error, o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	UNION ALL
+	-- a polled record: the request that brought it (hub.poll_requests)
+	SELECT r.at, 'polled', NULL::uuid, i.message_type, i.aggregate_id, e.name, i.source, i.message_id,
+		   concat_ws(' ', 'GET', r.url, '->', coalesce(r.http_status::text, r.error),
+					 '(page ' || r.page || ': ' || r.records || ' records, ' || r.new_records || ' new)'),
+		   i.inbox_id, i.traceparent
+	FROM i
+	JOIN hub.poll_requests r ON r.request_id = i.poll_request_id
+	LEFT JOIN hub.pollers p ON p.poller_id = r.poller_id
+	LEFT JOIN hub.endpoints e ON e.endpoint_id = p.endpoint_id
+	UNION ALL
+	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
+		   i.inbox_id, i.traceparent
+	FROM i
+	UNION ALL
+	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
+		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error),
+		   i.inbox_id, i.traceparent
+	FROM i
+	WHERE i.state <> 'new'
+	UNION ALL
+	-- the parent and child keys inbound records named for the aggregate
+	SELECT l.linked_at, CASE WHEN l.child_key = trace.aggregate THEN 'linked to parent' ELSE 'linked to child' END,
+		   NULL::uuid, NULL, CASE WHEN l.child_key = trace.aggregate THEN l.parent_key ELSE l.child_key END,
+		   NULL, l.system, NULL,
+		   l.parent_lifecycle || ' ' || l.parent_key || ' -> ' || l.child_lifecycle || ' ' || l.child_key, 0, NULL
+	FROM hub.entity_links l
+	WHERE trace.aggregate IS NOT NULL AND (l.parent_key = trace.aggregate OR l.child_key = trace.aggregate)
+	UNION ALL
+	-- its business exceptions, opened and resolved
+	SELECT x.opened_at, 'exception ' || x.kind, NULL::uuid, NULL, x.business_key, NULL, x.system, NULL,
+		   concat_ws(' ', x.code, x.detail, CASE WHEN x.reports > 1 THEN '(' || x.reports || ' reports)' END), 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate
+	UNION ALL
+	SELECT x.resolved_at, 'exception ' || x.kind || ' resolved', NULL::uuid, NULL, x.business_key, NULL, x.system,
+		   NULL, x.resolution, 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND x.resolved_at IS NOT NULL
+	) t
+	ORDER BY t.at, t.ord, t.what;
+END
+$$;
+COMMENT ON FUNCTION hub.trace(text, text) IS
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, a polled record''s poll request, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). Rows of an event or an inbound message show its W3C traceparent (characters 4 to 35: the trace id, to follow in an OpenTelemetry backend). 22023 when neither is given.';
+REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;
+
 -- ================================================================ sites (transports)
 -- the transport follows the endpoint URL's scheme: postgresql:// (a central
 -- hub over libpq) and nats:// (NATS JetStream) beside http(s)://

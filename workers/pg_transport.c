@@ -10,7 +10,8 @@
  * socket in the loop's epoll set, hub_loop_watch), then put in pipeline
  * mode: each request is one
  *   SELECT hub.receive(source, event id, event type, the body's "data",
- *                      correlation_id => ..., aggregate_id => ...)
+ *                      correlation_id => ..., aggregate_id => ...,
+ *                      traceparent => ...)
  * and the requests one pump of the send queue started (up to the
  * endpoint's max_concurrency) go together, followed by one sync: one
  * transaction on the central server, one commit for all of them, committed
@@ -45,7 +46,7 @@
  * has no answer after timeout_ms plus logistics_hub.connect_timeout (a WAN
  * that drops packets silently), and a connection not made within
  * logistics_hub.connect_timeout.  A failure of the connection fails every
- * request on it (each an attempt, the circuit counts one) and the next
+ * request on it (each an attempt that counts for the circuit) and the next
  * request connects again.
  *
  * workers/pg_transport.c
@@ -77,7 +78,7 @@ static char *hub_site_name = NULL;
 
 #define RECEIVE_SQL \
 	"SELECT hub.receive($1, $2, $3, pg_catalog.jsonb_extract_path($4::pg_catalog.jsonb, 'data'), " \
-	"correlation_id => $5, aggregate_id => $6)"
+	"correlation_id => $5, aggregate_id => $6, traceparent => $7)"
 
 typedef enum PgConnState
 {
@@ -235,12 +236,13 @@ pending_complete(PgConn *pc, PgPending *p, bool given_back)
 
 /*
  * conn_fail_all --- the connection failed: every request on it fails with
- * error (one failure for the circuit), and it is closed
+ * error, each counting for the circuit as an HTTP request to a server that
+ * is down does (the circuit judges the endpoint: a connection lost under
+ * the requests of five keys opens it), and it is closed
  */
 static void
 conn_fail_all(PgConn *pc, const char *error)
 {
-	bool		first = true;
 	char	   *msg = pstrdup(error);
 
 	/* (libpq's messages end with a newline) */
@@ -260,8 +262,6 @@ conn_fail_all(PgConn *pc, const char *error)
 		o.retry_after_s = -1;
 		o.latency_ms = req->started_at ? (int) ((GetCurrentTimestamp() - req->started_at) / 1000) : 0;
 		o.error = MemoryContextStrdup(req->cxt, psprintf("central hub: %s", msg));
-		o.counted = !first;
-		first = false;
 		hub_send_complete(req, &o);
 	}
 }
@@ -575,7 +575,7 @@ conn_send(PgConn *pc)
 	{
 		PgPending  *p = dlist_container(PgPending, node, it.cur);
 		HubPushEvent ev;
-		const char *values[6];
+		const char *values[7];
 
 		if (p->sent)
 			continue;
@@ -586,8 +586,8 @@ conn_send(PgConn *pc)
 		values[3] = p->req->body.data;
 		values[4] = ev.correlation_id;
 		values[5] = ev.aggregate_id;
-		/* TODO(trace): ev.traceparent, once hub.receive takes one */
-		if (!PQsendQueryParams(pc->conn, RECEIVE_SQL, 6, NULL, values, NULL, NULL, 0))
+		values[6] = ev.traceparent;
+		if (!PQsendQueryParams(pc->conn, RECEIVE_SQL, 7, NULL, values, NULL, NULL, 0))
 		{
 			conn_fail_all(pc, PQerrorMessage(pc->conn));
 			return;

@@ -107,7 +107,8 @@ COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
 -- ---------------------------------------------------------------- receive
 
 CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
-		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL)
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
+		traceparent text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -118,6 +119,11 @@ DECLARE
 						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
 							   THEN receive.payload ->> 'correlation_id' END);
 	agg text := receive.aggregate_id;
+	-- (outside data: an invalid traceparent starts a new trace, it never
+	-- refuses the message; extension/trace_context.c)
+	tp text := hub._traceparent_or_new(coalesce(receive.traceparent,
+								CASE WHEN jsonb_typeof(receive.payload) = 'object'
+									 THEN receive.payload ->> 'traceparent' END));
 	mapped_key jsonb;
 BEGIN
 	-- the limits on inputs (22001, 54000), before anything is written
@@ -144,9 +150,9 @@ BEGIN
 	-- our INSERT and UPDATE (it rolled back or was deleted)
 	LOOP
 		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
-									correlation_id, aggregate_id)
+									correlation_id, aggregate_id, traceparent)
 		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
-				coalesce(receive.received_at, now()), now(), corr, agg)
+				coalesce(receive.received_at, now()), now(), corr, agg, tp)
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 		IF FOUND THEN
 			RETURN true;
@@ -160,8 +166,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) IS
-'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order.';
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order. traceparent (default: the payload''s traceparent key) is the sender''s W3C Trace Context, kept in its version 00 form; absent or invalid (outside data, never refused): a new trace. What processing the message publishes is a child span of it.';
 
 -- ---------------------------------------------------------------- handlers API
 
@@ -481,7 +487,7 @@ COMMENT ON FUNCTION hub.process_inbox(integer) IS
 
 REVOKE EXECUTE ON FUNCTION
 	hub._inbox_pattern_matches(text, text),
-	hub.receive(text, text, text, jsonb, timestamptz, text, text),
+	hub.receive(text, text, text, jsonb, timestamptz, text, text, text),
 	hub.register_handler(text, regproc, integer, interval),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
@@ -489,7 +495,7 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_keys(bigint[]),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO hub_writer;
 GRANT EXECUTE ON FUNCTION
 	hub.register_handler(text, regproc, integer, interval),
 	hub.process_inbox(integer),

@@ -223,6 +223,19 @@ RETURNS text
 	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
 'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+/*
+ * event_body with the traceparent too (what the claim renders since 0.3.0,
+ * README "Trace context"): the CloudEvents envelope gets the distributed
+ * tracing extension attribute traceparent (left out when NULL); the
+ * canonical event is the nine-argument form's.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
 
 -- ---------------------------------------------------------------- canonical events
 
@@ -773,8 +786,9 @@ COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
  * hub.process_inbox's subtransaction for it.  Finds the message's mapping
  * (an exact pattern by its key, else the longest matching prefix); with
  * neither mapping nor handler returns NULL (unhandled).  Otherwise makes
- * the message's context the transaction's (hub.inbox_correlation_id and
- * hub.inbox_causation_id, which hub.publish takes when it is given none)
+ * the message's context the transaction's (hub.inbox_correlation_id,
+ * hub.inbox_causation_id and hub.inbox_traceparent, which hub.publish
+ * takes when it is given none)
  * and, with a mapping, applies the message: reads key, code, time,
  * qualifier, partner, parent and children (a payload that is not an
  * object, or a key, code or configured time that does not resolve,
@@ -811,7 +825,7 @@ BEGIN
 	-- the message as stored, and only one being processed (claimed by the
 	-- caller, FOR UPDATE): the step never applies a payload it is handed
 	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
-		   x.received_at, x.attempts, x.state
+		   x.received_at, x.attempts, x.state, x.traceparent
 	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
 	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
 		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
@@ -828,8 +842,11 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
 	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
-			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
 
 	IF mp.message_pattern IS NOT NULL THEN
 		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
@@ -970,7 +987,8 @@ COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
  * the batch names; and only while no readiness rule exists.  For those it
  * writes what hub._apply_canonical writes (entity_state, the per-system
  * row, the history row) and publishes the canonical event with the
- * message's correlation and causation ids, in inbox_id order.  A key
+ * message's correlation and causation ids and a child span of its
+ * traceparent, in inbox_id order.  A key
  * another transaction created meanwhile undoes the whole batch's apply
  * (it was classified as new): the per-message path then sees that row.
  * Everything runs in one subtransaction: any error undoes it all and every
@@ -996,6 +1014,7 @@ DECLARE
 	a_state		text[];
 	a_corr		text[];
 	a_payload	jsonb[];
+	a_trace		text[];
 	v_done		bigint[];
 	v_written	bigint;
 BEGIN
@@ -1008,7 +1027,7 @@ BEGIN
 		-- fails it); per key, how many of the batch name it (any message of
 		-- a mapping whose key reads)
 		WITH msg AS (
-			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
 				   mp.occurred_at_path, mp.parent_path, mp.children_path,
 				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
 				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
@@ -1073,8 +1092,9 @@ BEGIN
 		-- same order; the writes below sort by inbox_id themselves)
 		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
 			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
-			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload)
-		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace
 		FROM r
 		WHERE EXISTS (SELECT FROM hub.state_owners o
 					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
@@ -1089,14 +1109,16 @@ BEGIN
 		ORDER BY es.lifecycle, es.business_key
 		FOR UPDATE OF es;
 
-		-- (the correlation and causation ids are passed: none of a message
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
 		-- processed before is current)
 		PERFORM set_config('hub.inbox_correlation_id', '', true),
 				set_config('hub.inbox_causation_id', '', true);
 		WITH a AS (
 			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
-								 a_corr, a_payload)
-				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload)
+								 a_corr, a_payload, a_trace)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace)
 		), c AS (
 			-- classified against the key's row: created (a new key, or one
 			-- without a state) or advanced; no overlay on it
@@ -1179,7 +1201,8 @@ BEGIN
 		), ev AS (
 			SELECT w.inbox_id,
 				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
-							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
 			FROM w ORDER BY w.inbox_id
 		)
 		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
@@ -1224,9 +1247,11 @@ REVOKE EXECUTE ON FUNCTION
 	hub._inbox_step(bigint, boolean),
 	hub._inbox_apply_batch(bigint[]),
 	hub._run_handler(regproc, jsonb, text, jsonb),
-	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 TO hub_reader, hub_writer, hub_worker;
 -- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
 REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;

@@ -6,7 +6,8 @@
 #     parameter, and a central server that does not ask for the password
 #     (trust) is refused at connection time
 #   - events relayed with hub.receive: the event id as message id, the event
-#     type, aggregate and correlation ids carried, the body's data as payload,
+#     type, aggregate and correlation ids and the traceparent carried, the
+#     body's data as payload,
 #     source "site:<logistics_hub.site_name>"
 #   - the central server stopped while the site keeps publishing: the circuit
 #     opens, events wait in the site's outbox, and once it is back every
@@ -128,6 +129,10 @@ check_central() {
 	got=$(q "SELECT count(*) FROM hub.deliveries d JOIN hub.outbox o USING (event_id)
 			 WHERE o.payload ->> 't' = 'central' AND d.state <> 'delivered'")
 	[ "$got" = 0 ] || fail "$what: $got site deliveries not delivered"
+	# the trace context carried: the central row's traceparent is the event's
+	got=$(qc "SELECT string_agg(message_id || ' ' || coalesce(traceparent, '-'), ',' ORDER BY message_id) FROM hub.inbox WHERE source = 'site:dc-north'" | md5sum)
+	[ "$got" = "$(q "SELECT string_agg(o.event_id::text || ' ' || coalesce(o.traceparent, '-'), ',' ORDER BY o.event_id::text) FROM hub.outbox o WHERE o.payload ->> 't' = 'central'" | md5sum)" ] ||
+		fail "$what: the central rows do not carry the events' traceparent"
 	# message id = event id
 	got=$(qc "SELECT string_agg(message_id, ',' ORDER BY message_id) FROM hub.inbox WHERE source = 'site:dc-north'" | md5sum)
 	[ "$got" = "$(q "SELECT string_agg(o.event_id::text, ',' ORDER BY o.event_id::text) FROM hub.outbox o WHERE o.payload ->> 't' = 'central'" | md5sum)" ] ||
@@ -141,7 +146,7 @@ check_central "link up"
 got=$(q "SELECT count(*) FROM hub.attempts a JOIN hub.deliveries d USING (delivery_id) JOIN hub.endpoints e USING (endpoint_id)
 		 WHERE e.name = 'central' AND a.outcome = 'delivered' AND a.response_excerpt = 'central hub: received'")
 [ "$got" -ge 50 ] || fail "the attempts do not record the central acknowledgement ($got)"
-ok "50 events relayed: once each, in order per key, event id as message id, type, aggregate and correlation ids carried"
+ok "50 events relayed: once each, in order per key, event id as message id, type, aggregate and correlation ids and traceparent carried"
 
 # ---- the central hub down while the site keeps publishing
 central_ctl -m fast stop
