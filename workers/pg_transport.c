@@ -404,8 +404,12 @@ conn_open(PgConn *pc, const char *addr, char **error)
 		keys[n] = "sslrootcert";
 		vals[n++] = hub_ca_file;
 	}
+	/*
+	 * a call is acknowledged only once durable at the central hub: the site
+	 * then marks the event delivered, and a central crash must not lose it
+	 */
 	keys[n] = "options";
-	vals[n++] = psprintf("-c statement_timeout=%d", ep->timeout_ms);
+	vals[n++] = psprintf("-c statement_timeout=%d -c synchronous_commit=on", ep->timeout_ms);
 	keys[n] = "fallback_application_name";
 	vals[n++] = psprintf("logistics_hub relay %s", hub_worker_name);
 	keys[n] = NULL;
