@@ -41,7 +41,8 @@ central_cleanup() {
 }
 
 # ---- the central hub: listens on 127.0.0.1, the relay role authenticates
-# with a password (scram), one inbox worker
+# with a password (scram) and may only call hub.receive (least privilege),
+# one inbox worker
 lh_cluster_start "$CNAME" "$CPORT" "listen_addresses = '127.0.0.1'" "logistics_hub.inbox_workers = 1" \
 	"logistics_hub.inbox_naptime = 100" "password_encryption = 'scram-sha-256'"
 C_STARTED=1
@@ -56,7 +57,8 @@ wait_c() { PGHOST=$CHOST PGPORT=$CPORT wait_sql "$@"; }
 central_ctl() { lh_as_cluster_user "$PG_BIN/pg_ctl" -D "$CDIR/data" -l "$CDIR/server.log" -w -t 60 "$@" >/dev/null; }
 
 qc "SET client_min_messages = warning" "CREATE EXTENSION logistics_hub" \
-   "CREATE ROLE site_relay LOGIN PASSWORD '$PW'" "GRANT hub_writer TO site_relay" >/dev/null
+   "CREATE ROLE site_relay LOGIN PASSWORD '$PW'" "GRANT USAGE ON SCHEMA hub TO site_relay" \
+   "GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO site_relay" >/dev/null
 {
 	echo "host all site_relay 127.0.0.1/32 scram-sha-256"
 	cat "$CDIR/data/pg_hba.conf"
