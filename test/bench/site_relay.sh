@@ -33,7 +33,8 @@ CHOST=$PGHOST
 CDIR=$LH_CLUSTER_DIR
 qc() { PGHOST=$CHOST PGPORT=$CPORT psql -X -q -A -t -v ON_ERROR_STOP=1 -d postgres "$@"; }
 qc -c "SET client_min_messages = warning" -c "CREATE EXTENSION logistics_hub" \
-   -c "CREATE ROLE site_relay LOGIN PASSWORD '$PW'" -c "GRANT hub_writer TO site_relay" >/dev/null
+   -c "CREATE ROLE site_relay LOGIN PASSWORD '$PW'" -c "GRANT USAGE ON SCHEMA hub TO site_relay" \
+   -c "GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO site_relay" >/dev/null
 { echo "host all site_relay 127.0.0.1/32 scram-sha-256"; cat "$CDIR/data/pg_hba.conf"; } >"$CDIR/pg_hba.new"
 cp "$CDIR/pg_hba.new" "$CDIR/data/pg_hba.conf"
 qc -c "SELECT pg_reload_conf()" >/dev/null
