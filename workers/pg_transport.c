@@ -125,6 +125,16 @@ typedef struct PgPending
 
 static dlist_head conns = DLIST_STATIC_INIT(conns);
 
+/*
+ * notices of the central server (none expected of hub.receive) go to the
+ * site's log at DEBUG1 rather than to its stderr
+ */
+static void
+central_notice(void *arg, const char *message)
+{
+	elog(DEBUG1, "logistics_hub %s: central hub: %s", hub_worker_name, message);
+}
+
 static void conn_ready(int fd, uint32 events, void *arg);
 static void conn_fail_all(PgConn *pc, const char *error);
 
@@ -773,6 +783,7 @@ conn_ready(int fd, uint32 events, void *arg)
 						  "(a postgresql:// endpoint authenticates with its password, never by trust or peer)");
 			return;
 		}
+		PQsetNoticeProcessor(pc->conn, central_notice, NULL);
 		if (PQsetnonblocking(pc->conn, 1) != 0 || !PQenterPipelineMode(pc->conn))
 		{
 			conn_fail_all(pc, PQerrorMessage(pc->conn));
@@ -833,7 +844,15 @@ pg_endpoint_loaded(HubEndpoint *ep)
 {
 	PgConn	   *pc = ep->transport_state;
 
-	if (pc == NULL || pc->conn == NULL || pc->config_hash == config_hash(ep))
+	if (pc == NULL || pc->config_hash == config_hash(ep))
+		return;
+	if (pc->state == PG_RESOLVING)
+	{
+		/* (the resolution, of the former host, is left to end unseen) */
+		conn_fail_all(pc, "the endpoint's settings changed while its host was being resolved");
+		return;
+	}
+	if (pc->conn == NULL)
 		return;
 	/* a new URI or password: a new connection once this one's requests are done */
 	if (dlist_is_empty(&pc->pending))
@@ -851,8 +870,10 @@ pg_endpoint_dropped(HubEndpoint *ep)
 		return;
 	conn_fail_all(pc, "the endpoint is no longer a postgresql:// endpoint");
 	dlist_delete(&pc->node);
-	pfree(pc);
 	ep->transport_state = NULL;
+	/* (a resolution that cannot be cancelled still writes into pc: kept) */
+	if (!pc->gai_pending || gai_cancel(&pc->gai) == EAI_CANCELED)
+		pfree(pc);
 }
 
 static void
