@@ -78,11 +78,13 @@ prepare_plans(void)
 						 "FROM hub._route_events()", 0, NULL);
 	/*
 	 * (the event's traceparent, for the request's header, by its primary
-	 * key: hub._claimed, which other callers read too, does not carry it)
+	 * key: hub._claimed, which other callers read too, does not carry it;
+	 * then its type, aggregate and correlation ids, for other transports)
 	 */
 #define CLAIMED_COLUMNS "c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, " \
 		"c.batch_max, c.event_id::pg_catalog.text, c.body, c.batch_size, " \
-		"(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id OPERATOR(pg_catalog.=) c.event_id)"
+		"(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id OPERATOR(pg_catalog.=) c.event_id), " \
+		"c.event_type, c.aggregate_id, c.correlation_id"
 	claim_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
 						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11) c", 11, claim_types);
 	claim_transformed_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
@@ -130,6 +132,43 @@ push_request_new(HubEndpoint *ep, int subscription_id, int batch_max, bool batch
 }
 
 /*
+ * request_event --- keep the claim row's event (v: its columns) on the
+ * request, for transports that need more than the body
+ */
+static void
+request_event(HubPushRequest *req, Datum *v, bool *isnull)
+{
+	MemoryContext cxt = req->req.cxt;
+
+	req->event_id = MemoryContextStrdup(cxt, TextDatumGetCString(v[6]));
+	req->event_type = MemoryContextStrdup(cxt, TextDatumGetCString(v[10]));
+	req->aggregate_id = isnull[11] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[11]));
+	req->correlation_id = isnull[12] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[12]));
+}
+
+/*
+ * hub_push_request_event --- the event of a push request (the first one of
+ * a batch), for a transport other than HTTP; false when req is not a push
+ * request
+ */
+bool
+hub_push_request_event(HubRequest *base, HubPushEvent *ev)
+{
+	HubPushRequest *req = (HubPushRequest *) base;
+
+	if (base->ops != &push_ops)
+		return false;
+	ev->event_id = req->event_id;
+	ev->event_type = req->event_type;
+	ev->aggregate_id = req->aggregate_id;
+	ev->correlation_id = req->correlation_id;
+	ev->traceparent = req->traceparent;
+	ev->batch = req->batch;
+	ev->events = req->events;
+	return true;
+}
+
+/*
  * push_request_trace --- the traceparent header value of a request: its
  * (first) event's traceparent, when it is a valid one (the contract
  * trigger stamps every event since 0.3.0; older events have none, and a
@@ -154,14 +193,14 @@ push_request_trace(HubPushRequest *req, Datum traceparent, bool isnull)
  * signature), recorded through its group.
  */
 static void
-group_request(HubGroup *g, int k, int subscription_id, text *format, Datum event_id, text *body,
-			  Datum traceparent, bool traceparent_null)
+group_request(HubGroup *g, int k, int subscription_id, text *format, Datum *v, bool *isnull, text *body)
 {
 	HubPushRequest *req = push_request_new(g->ep, subscription_id, 1, false);
 
 	req->content_type = body_content_type(format);
-	push_request_trace(req, traceparent, traceparent_null);
-	req->webhook_id = MemoryContextStrdup(req->req.cxt, TextDatumGetCString(event_id));
+	request_event(req, v, isnull);
+	push_request_trace(req, v[9], isnull[9]);
+	req->webhook_id = req->event_id;
 	appendBinaryStringInfo(&req->req.body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
 	req->delivery_ids[0] = g->delivery_id;
 	req->lease_tokens[0] = g->lease_token;
@@ -519,8 +558,8 @@ hub_push_claim(int max)
 	row = 0;
 	for (int i = 0; i < n; i++)
 	{
-		Datum		v[10];
-		bool		isnull[10];
+		Datum		v[13];
+		bool		isnull[13];
 		int64		delivery_id;
 		int64		token;
 		int			subscription_id;
@@ -566,7 +605,7 @@ hub_push_claim(int max)
 		if (delivery_id == last_delivery && group != NULL)
 		{
 			/* the next event of a lease group */
-			group_request(group, group_filled++, subscription_id, format, v[6], body, v[9], isnull[9]);
+			group_request(group, group_filled++, subscription_id, format, v, isnull, body);
 			continue;
 		}
 		group_finish(group, group_filled);
@@ -586,7 +625,7 @@ hub_push_claim(int max)
 			group->slots = MemoryContextAllocZero(hub_worker_cxt, sizeof(HubGroupSlot) * batch_size);
 			group_filled = 0;
 			open_batch = NULL;
-			group_request(group, group_filled++, subscription_id, format, v[6], body, v[9], isnull[9]);
+			group_request(group, group_filled++, subscription_id, format, v, isnull, body);
 			continue;
 		}
 		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
@@ -598,6 +637,7 @@ hub_push_claim(int max)
 
 			req = push_request_new(ep, subscription_id, batch_max, batch);
 			req->content_type = body_content_type(format);
+			request_event(req, v, isnull);
 			req->webhook_id = MemoryContextStrdup(req->req.cxt, batch ? psprintf("batch_%s", event_id) : event_id);
 			/* (a batch: its first event's, README "Trace context") */
 			push_request_trace(req, v[9], isnull[9]);

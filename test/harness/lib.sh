@@ -43,6 +43,8 @@ LH_PACKAGES=(
 	libipc-run-perl
 	libcurl4-openssl-dev
 	libsodium-dev
+	# libpq: the postgresql:// transport relays events to a central hub (workers/pg_transport.c)
+	libpq-dev
 	python3
 	clang-14
 	libclang-rt-14-dev
