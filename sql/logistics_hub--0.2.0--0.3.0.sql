@@ -4418,4 +4418,7 @@ REVOKE EXECUTE ON FUNCTION hub._workers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub._workers() TO hub_reader;
 GRANT SELECT ON hub.workers TO hub_reader;
 
+COMMENT ON FUNCTION hub.wake() IS
+'Wake the dispatchers of the current database now and return how many of them are running (the workers of other databases served by the cluster are left alone). Publishing wakes them at commit by itself; call this after COMMIT PREPARED.';
+
 -- ================================================================ end

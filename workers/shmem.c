@@ -463,7 +463,8 @@ wake(HubWorkerKind kind)
 	{
 		HubDatabaseSlot *db = &hub_shared->dbs[d];
 
-		if (db->name[0] == '\0')
+		/* (the launcher names the database's OID in its slot) */
+		if (db->name[0] == '\0' || db->dboid != MyDatabaseId)
 			continue;
 		for (int i = 0; i < HUB_KIND_MAX_SLOTS && n < HUB_KIND_MAX_SLOTS; i++)
 		{
