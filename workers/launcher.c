@@ -179,7 +179,7 @@ check_databases(char **newval, void **extra, GucSource source)
 	raw = pstrdup(*newval);
 	if (!SplitGUCList(raw, ',', &names))
 	{
-		GUC_check_errdetail("The list of databases is not a valid list of names (a double quote left open?).");
+		GUC_check_errdetail("The list of databases is not a comma-separated list of names (an empty name, or a double quote left open?).");
 		return false;
 	}
 	foreach(lc, names)
