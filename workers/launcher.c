@@ -739,6 +739,7 @@ hub_launcher_main(Datum arg)
 						(errmsg("logistics_hub no longer serves database \"%s\"", dbname)));
 				hub_dbslot_free(d);
 				memset(&ldbs[d], 0, sizeof(LauncherDb));
+				wait_ms = 0;	/* (a database waiting for a slot takes it now) */
 			}
 			else if (!listed)
 				wait_ms = Min(wait_ms, 100);	/* until they are gone */

@@ -15,7 +15,9 @@
 #     and adds one (its workers start and deliver);
 #   - a database whose extension is dropped (logged once, looked for again)
 #     and one whose workers cannot connect do not stop the other;
-#   - a bad list is refused where it is set.
+#   - a bad list is refused where it is set;
+#   - max_databases = 2 with three listed: the last is not served (one
+#     WARNING) until a reload frees a slot, which it then takes.
 source test/receiver/push_lib.sh
 
 port=$((PGPORT + 160))
@@ -202,6 +204,34 @@ for bad in "'hub_a, hub_a'" "'hub_a, '" "'\"hub_a'"; do
 done
 [ "$(q "SHOW logistics_hub.max_databases")" = 8 ] || fail "logistics_hub.max_databases is not 8 by default"
 ok "a list naming a database twice, an empty name or an open quote is refused; max_databases defaults to 8"
+
+# ---------------------------------------------------------------- max_databases
+# two slots for three databases (a restart): the one listed last is not
+# served, with one WARNING; taking the first off the list (a reload) frees
+# its slot, which the third takes
+qd hub_b "SET client_min_messages = warning" "CREATE EXTENSION logistics_hub" \
+	"SELECT hub.create_endpoint('a', '$RECV_URL/ok?db=hub_b', 'other')" "SELECT hub.subscribe('a', 'order.*')" >/dev/null
+q "ALTER SYSTEM SET logistics_hub.max_databases = 2" "ALTER SYSTEM SET logistics_hub.databases = 'hub_a, hub_c, hub_b'" >/dev/null
+mark=$(wc -l <"$LH_CLUSTER_DIR/server.log")
+lh_as_cluster_user "$PG_BIN/pg_ctl" -D "$LH_CLUSTER_DIR/data" -l "$LH_CLUSTER_DIR/server.log" -w -t 60 restart >/dev/null ||
+	fail "the cluster did not restart"
+must_db hub_a "SELECT count(*) = 6 AND count(*) FILTER (WHERE database = 'hub_b') = 0 FROM hub.workers w JOIN pg_stat_activity a USING (pid)
+			   WHERE w.database::text = a.datname" 40 "hub_a and hub_c are not served alone with max_databases = 2"
+wait_log 'logistics_hub serves at most 2 databases; "hub_b" and the ones after it are not served' 20 ||
+	fail "no WARNING for the database beyond max_databases"
+sleep 6	# (a pass of the launcher more: the WARNING is not repeated)
+n=$(tail -n +$((mark + 1)) "$LH_CLUSTER_DIR/server.log" | grep -c 'serves at most 2 databases')
+[ "$n" = 1 ] || fail "the WARNING for max_databases came $n times"
+[ "$(qd hub_b "SELECT count(*) FROM hub.workers WHERE database = 'hub_b'")" = 0 ] || fail "hub_b, beyond max_databases, has rows"
+q "ALTER SYSTEM SET logistics_hub.databases = 'hub_c, hub_b'" "SELECT pg_reload_conf()" >/dev/null
+must_db hub_b "SELECT count(*) = 3 FROM hub.workers w JOIN pg_stat_activity a USING (pid)
+			   WHERE w.database = 'hub_b' AND a.datname = 'hub_b'" 30 "hub_b did not take the slot hub_a left"
+must_db hub_b "SELECT string_agg(DISTINCT database::text, ',') = 'hub_b,hub_c' FROM hub.workers" 30 "hub_a is still served"
+publish hub_b hub_b-9
+must_db hub_b "SELECT count(*) = 1 FROM hub.outbox o JOIN hub.deliveries d USING (event_id) WHERE d.state = 'delivered'" 30 \
+	"hub_b, in its new slot, did not deliver"
+[ "$(received hub_b hub_b-9)" = 1 ] || fail "event hub_b-9 did not reach hub_b's endpoint"
+ok "max_databases = 2: the third database listed not served (one WARNING); once the first was taken off, the third took its slot and delivered"
 
 if grep -E "terminated by signal|PANIC|TRAP:" "$LH_CLUSTER_DIR/server.log"; then
 	fail "the server log shows a crash"
