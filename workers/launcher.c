@@ -397,16 +397,21 @@ shared_catalog_find(Oid relid, size_t name_offset, const char *name)
 	return found;
 }
 
-/* find_database --- the OID of the database, or InvalidOid */
+/*
+ * find_database --- the OID of the database, or InvalidOid; *allowconn says
+ * whether it accepts connections (datallowconn)
+ */
 static Oid
-find_database(const char *name)
+find_database(const char *name, bool *allowconn)
 {
 	HeapTuple	tup = shared_catalog_find(DatabaseRelationId, offsetof(FormData_pg_database, datname), name);
 	Oid			oid = InvalidOid;
 
+	*allowconn = false;
 	if (tup != NULL)
 	{
 		oid = ((Form_pg_database) GETSTRUCT(tup))->oid;
+		*allowconn = ((Form_pg_database) GETSTRUCT(tup))->datallowconn;
 		heap_freetuple(tup);
 	}
 	return oid;
@@ -478,6 +483,7 @@ typedef struct LauncherDb
 	LauncherSlot slots[HUB_KINDS][HUB_KIND_MAX_SLOTS];
 	bool		said_missing;	/* "no extension there" logged */
 	bool		said_no_database;	/* "no such database" logged */
+	bool		said_no_connections;	/* "datallowconn is off" logged */
 } LauncherDb;
 
 /* a kind of worker the launcher keeps running, slot by slot */
@@ -623,7 +629,8 @@ static int
 serve_database(int dbslot, const char *dbname, bool listed, Oid *roleoid, bool *role_looked,
 			   LauncherDb *ldb, long *wait_ms)
 {
-	Oid			dboid = listed ? find_database(dbname) : InvalidOid;
+	bool		allowconn = false;
+	Oid			dboid = listed ? find_database(dbname, &allowconn) : InvalidOid;
 	int			running = 0;
 
 	hub_dbslot_set_oid(dbslot, dboid);
@@ -631,6 +638,20 @@ serve_database(int dbslot, const char *dbname, bool listed, Oid *roleoid, bool *
 		ereport(LOG,
 				(errmsg("logistics_hub waits for database \"%s\" (logistics_hub.databases)", dbname)));
 	ldb->said_no_database = listed && !OidIsValid(dboid);
+
+	/* one that accepts no connection (ALTER DATABASE ... ALLOW_CONNECTIONS false): no worker */
+	if (OidIsValid(dboid) && !allowconn)
+	{
+		if (!ldb->said_no_connections)
+			ereport(LOG,
+					(errmsg("logistics_hub waits for database \"%s\" to accept connections", dbname),
+					 errhint("ALTER DATABASE %s ALLOW_CONNECTIONS true, or take it off logistics_hub.databases.",
+							 quote_identifier(dbname))));
+		ldb->said_no_connections = true;
+		dboid = InvalidOid;
+	}
+	else
+		ldb->said_no_connections = false;
 
 	if (OidIsValid(dboid) && !*role_looked)
 	{

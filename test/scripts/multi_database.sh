@@ -13,8 +13,9 @@
 #     dispatcher serves, last claim and record, a restart counted;
 #   - a reload that removes a database (its workers stop, its events wait)
 #     and adds one (its workers start and deliver);
-#   - a database whose extension is dropped (logged once, looked for again)
-#     and one whose workers cannot connect do not stop the other;
+#   - a database whose extension is dropped (logged once, looked for again),
+#     one that accepts no connection (logged once, no worker started) and
+#     one whose workers may not connect do not stop the other;
 #   - a bad list is refused where it is set;
 #   - max_databases = 2 with three listed: the last is not served (one
 #     WARNING) until a reload frees a slot, which it then takes.
@@ -185,17 +186,25 @@ publish hub_c hub_c-2
 must_db hub_c "SELECT count(*) = 2 FROM hub.deliveries WHERE state = 'delivered'" 30 "hub_c stopped delivering while hub_b has no extension"
 ok "hub_b without its extension: logged once, looked for again, hub_c delivers on"
 
-# hub_a back on the list, but its workers may not connect: they fail at
-# every start; hub_c goes on; once they may, hub_a's waiting event goes
-q "REVOKE CONNECT ON DATABASE hub_a FROM PUBLIC" \
+# hub_a back on the list while it accepts no connection: the launcher says
+# so once and starts none of its workers
+q "ALTER DATABASE hub_a WITH ALLOW_CONNECTIONS false" \
 	"ALTER SYSTEM SET logistics_hub.databases = 'hub_a, hub_b, hub_c'" "SELECT pg_reload_conf()" >/dev/null
+wait_log 'logistics_hub waits for database "hub_a" to accept connections' 30 ||
+	fail "no log line for hub_a not accepting connections"
+! grep -q 'database "hub_a" is not currently accepting connections' "$LH_CLUSTER_DIR/server.log" ||
+	fail "a worker of hub_a tried to connect while it accepts no connection"
+[ "$(qd hub_c "SELECT count(*) FROM hub.workers WHERE database = 'hub_a'")" = 0 ] || fail "hub_a has workers while it accepts no connection"
+# then its workers may not connect (no CONNECT): they fail at every start;
+# hub_c goes on; once they may, hub_a's waiting event goes
+q "REVOKE CONNECT ON DATABASE hub_a FROM PUBLIC" "ALTER DATABASE hub_a WITH ALLOW_CONNECTIONS true" >/dev/null
 wait_log 'permission denied for database "hub_a"' 30 || fail "hub_a's workers did not fail to connect"
 publish hub_c hub_c-3
 must_db hub_c "SELECT count(*) = 3 FROM hub.deliveries WHERE state = 'delivered'" 30 "hub_c stopped delivering while hub_a's workers fail"
 q "GRANT CONNECT ON DATABASE hub_a TO PUBLIC" >/dev/null
 must_db hub_a "SELECT count(*) = 4 FROM hub.deliveries WHERE state = 'delivered'" 40 "hub_a did not deliver its waiting event once its workers could connect"
 [ "$(received hub_a hub_a-4)" = 1 ] || fail "event hub_a-4 did not reach hub_a's endpoint"
-ok "hub_a's workers failing to connect did not stop hub_c; once they could, hub_a delivered the event that waited"
+ok "hub_a not accepting connections: logged once, no worker tried; its workers failing to connect (no CONNECT) did not stop hub_c; once they could, hub_a delivered the event that waited"
 
 # ---------------------------------------------------------------- settings
 for bad in "'hub_a, hub_a'" "'hub_a, '" "'\"hub_a'"; do
