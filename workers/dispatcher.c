@@ -106,6 +106,7 @@ dispatcher_setup(Datum arg)
 {
 	Oid			dboid;
 	Oid			roleoid;
+	int			dbslot;
 	WaitEventSet *wes;
 
 	hub_worker_txn_init("dispatcher", DatumGetInt32(arg), "_claim_probes");
@@ -114,10 +115,11 @@ dispatcher_setup(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	memcpy(&roleoid, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(Oid));
+	memcpy(&dbslot, MyBgworkerEntry->bgw_extra + 2 * sizeof(Oid), sizeof(int));
 	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
 	hub_pin_session(hub_worker_name);
 	pgstat_report_appname(psprintf("logistics_hub %s", hub_worker_name));
-	hub_dispatcher_attach(hub_my_slot);
+	hub_worker_attach(HUB_KIND_DISPATCHER, dbslot, hub_my_slot);
 	hub_endpoints_init();
 
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
@@ -157,15 +159,20 @@ handle_signals(void)
 		 * handle to stop them.  Exit code 1, never 0; dispatcher 0 gives
 		 * back what is still leased.
 		 */
-		if (hub_my_slot >= hub_dispatchers)
+		if (hub_my_slot >= hub_dispatchers || !hub_database_listed(hub_my_database()))
 		{
 			HOLD_INTERRUPTS();
 			hub_push_record();
 			hub_poll_record();
 			RESUME_INTERRUPTS();
-			ereport(LOG,
-					(errmsg("logistics_hub dispatcher %d exiting: logistics_hub.dispatchers is now %d",
-							hub_my_slot, hub_dispatchers)));
+			if (hub_my_slot >= hub_dispatchers)
+				ereport(LOG,
+						(errmsg("logistics_hub dispatcher %d exiting: logistics_hub.dispatchers is now %d",
+								hub_my_slot, hub_dispatchers)));
+			else
+				ereport(LOG,
+						(errmsg("logistics_hub dispatcher %d exiting: database \"%s\" is no longer in logistics_hub.databases",
+								hub_my_slot, hub_my_database())));
 			proc_exit(1);
 		}
 	}
@@ -208,9 +215,15 @@ hub_dispatcher_main(Datum arg)
 
 		now = GetCurrentTimestamp();
 		if (hub_push_record_due(now))
+		{
 			hub_push_record();
+			hub_status_recorded();
+		}
 		if (hub_poll_pages_pending())
+		{
 			hub_poll_record();
+			hub_status_recorded();
+		}
 		if (hub_endpoints_throttles_pending())
 			record_throttles();
 
@@ -227,6 +240,8 @@ hub_dispatcher_main(Datum arg)
 			int			got = hub_push_claim(want);
 
 			claim_full = got >= want;
+			if (got > 0)
+				hub_status_claimed();
 			next_claim = GetCurrentTimestamp() + (int64) hub_naptime_ms() * 1000;
 			next_refresh = GetCurrentTimestamp() + USECS_PER_SEC;
 		}
@@ -285,6 +300,7 @@ hub_dispatcher_main(Datum arg)
 				until = rate_next;
 			timeout = until <= now ? 0 : (long) ((until - now + 999) / 1000);
 		}
+		hub_status_in_flight(hub_loop_in_flight());
 		nev = WaitEventSetWait(wes, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
 		for (int i = 0; i < nev; i++)
 		{

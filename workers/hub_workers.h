@@ -14,6 +14,7 @@
 
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 
 struct sockaddr;
 
@@ -22,8 +23,20 @@ struct sockaddr;
 /* the most inbox workers logistics_hub.inbox_workers may ask for */
 #define HUB_MAX_INBOX_WORKERS 16
 
+/* the kinds of worker the launcher keeps running, per database */
+typedef enum HubWorkerKind
+{
+	HUB_KIND_DISPATCHER = 0,
+	HUB_KIND_INBOX = 1
+} HubWorkerKind;
+
+#define HUB_KINDS 2
+#define HUB_KIND_MAX_SLOTS Max(HUB_MAX_DISPATCHERS, HUB_MAX_INBOX_WORKERS)
+
 /* settings (workers/launcher.c) */
 extern char *hub_database;
+extern char *hub_databases;
+extern int	hub_max_databases;
 extern char *hub_worker_role;
 extern int	hub_dispatchers;
 extern int	hub_max_in_flight;
@@ -48,14 +61,36 @@ extern void hub_workers_define_gucs(void);
 extern void hub_workers_register(void);
 extern void hub_shmem_init_hooks(void);
 
+/* the databases served: logistics_hub.databases, or logistics_hub.database */
+extern List *hub_database_names(void);
+extern bool hub_database_listed(const char *name);
+
 /* shared state (workers/shmem.c) */
 extern bool hub_shmem_ready(void);
-extern void hub_dispatcher_attach(int slot);
-extern pid_t hub_dispatcher_pid(int slot);
 extern void hub_wake_dispatchers(void);
-extern void hub_inbox_worker_attach(int slot);
-extern pid_t hub_inbox_worker_pid(int slot);
 extern void hub_wake_inbox_workers(void);
+
+/* ... a worker's own slot (the worker process) */
+extern void hub_worker_attach(HubWorkerKind kind, int dbslot, int slot);
+extern pid_t hub_dispatcher_pid(int slot);	/* of the worker's database */
+extern const char *hub_my_database(void);
+extern void hub_status_step(const char *step);
+extern void hub_status_in_flight(int n);
+extern void hub_status_claimed(void);
+extern void hub_status_recorded(void);
+extern void hub_status_extension_missing(bool missing);
+
+/* ... the database slots (the launcher) */
+extern int	hub_dbslot_find(const char *name);
+extern int	hub_dbslot_take(const char *name);
+extern void hub_dbslot_set_oid(int dbslot, Oid dboid);
+extern void hub_dbslot_free(int dbslot);
+extern const char *hub_dbslot_name(int dbslot, char *buf);
+extern bool hub_dbslot_extension_missing(int dbslot);
+extern pid_t hub_slot_pid(int dbslot, HubWorkerKind kind, int slot);
+extern void hub_slot_count_start(int dbslot, HubWorkerKind kind, int slot, bool restart);
+extern void hub_launcher_attach(void);
+extern void hub_launcher_step(const char *step);
 
 /* settings of the inbox workers (workers/inbox_worker.c) */
 extern int	hub_inbox_workers;

@@ -180,6 +180,12 @@ process(void *arg)
 			*n += DatumGetInt32(d);
 	}
 	hub_end_step();
+	if (*n > 0)
+	{
+		/* (one transaction claims and settles: both at once) */
+		hub_status_claimed();
+		hub_status_recorded();
+	}
 }
 
 /* process_one --- hub.process_inbox(1), inside isolate's transaction */
@@ -354,12 +360,14 @@ hub_inbox_worker_main(Datum arg)
 {
 	Oid			dboid;
 	Oid			roleoid;
+	int			dbslot;
 	TimestampTz next_look = 0;
 	bool		again = false;
 
 	hub_worker_txn_init("inbox worker", DatumGetInt32(arg), "_inbox_next_due");
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	memcpy(&roleoid, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(Oid));
+	memcpy(&dbslot, MyBgworkerEntry->bgw_extra + 2 * sizeof(Oid), sizeof(int));
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -367,7 +375,7 @@ hub_inbox_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
 	hub_pin_session(hub_worker_name);
 	pgstat_report_appname(psprintf("logistics_hub %s", hub_worker_name));
-	hub_inbox_worker_attach(hub_my_slot);
+	hub_worker_attach(HUB_KIND_INBOX, dbslot, hub_my_slot);
 
 	for (;;)
 	{
@@ -386,6 +394,13 @@ hub_inbox_worker_main(Datum arg)
 				ereport(LOG,
 						(errmsg("logistics_hub %s exiting: logistics_hub.inbox_workers is now %d",
 								hub_worker_name, hub_inbox_workers)));
+				proc_exit(1);
+			}
+			if (!hub_database_listed(hub_my_database()))
+			{
+				ereport(LOG,
+						(errmsg("logistics_hub %s exiting: database \"%s\" is no longer in logistics_hub.databases",
+								hub_worker_name, hub_my_database())));
 				proc_exit(1);
 			}
 		}

@@ -3,19 +3,34 @@
  * launcher.c
  *		The settings of the push side and the launcher background worker.
  *
- * When the library is preloaded, the postmaster starts one launcher.  It
- * connects to no database (it reads only the shared catalogue pg_database,
- * so it never stands in the way of DROP DATABASE), and keeps
- * logistics_hub.dispatchers dispatcher workers running for the database
- * named by logistics_hub.database while that database exists, connected
- * as the role named by logistics_hub.worker_role (hub_worker), which must
- * exist, may log in and must not be a superuser: otherwise a WARNING says
- * why once, and no dispatcher runs until it is fixed.  A
- * dispatcher that finds no extension there exits at once and quietly; the
- * launcher starts it again after a pause, so installing the extension is
- * noticed within that pause and nothing else is needed.  The inbox workers
- * (logistics_hub.inbox_workers, workers/inbox_worker.c) are kept running
- * the same way, in slots of their own, as the same role.
+ * When the library is preloaded, the postmaster starts one launcher per
+ * cluster.  It connects to no database (it reads only the shared
+ * catalogues pg_database and pg_authid, so it never stands in the way of
+ * DROP DATABASE), and keeps, for every database named in
+ * logistics_hub.databases (a list, changed with a reload; empty, the
+ * default: the one database of logistics_hub.database), its own
+ * logistics_hub.dispatchers dispatcher workers and
+ * logistics_hub.inbox_workers inbox workers (workers/inbox_worker.c)
+ * running while that database exists, connected as the role named by
+ * logistics_hub.worker_role (hub_worker), which must exist, may log in and
+ * must not be a superuser: otherwise a WARNING says why once, and no worker
+ * runs until it is fixed.
+ *
+ * Each database served has a slot in shared memory (workers/shmem.c; at
+ * most logistics_hub.max_databases, fixed at server start) with slots of
+ * its own for its workers: a dispatcher's number, and so its shard of the
+ * endpoints (hub_nshards), counts within its database, wake-ups at commit
+ * reach only the workers of the database that committed, and the pause
+ * before a worker that keeps dying is started again is kept per slot, so
+ * that one database's load or failure never holds up another's.  A worker
+ * that finds no extension in its database exits at once and quietly; the
+ * launcher logs that once for that database and starts it again after a
+ * pause, so installing the extension is noticed within that pause.  A
+ * database removed from the list on reload has its workers stopped (they
+ * also leave by themselves on the same reload, which covers the ones a
+ * restarted launcher adopted without a handle) and its slot freed once
+ * they are gone; one added is started at once; one that does not exist
+ * (yet) is looked for again at every pass.
  *
  * Exit codes, on purpose: the launcher and the dispatchers exit with 1 on
  * SIGTERM or an error (die() / FATAL), never 0, which would unregister the
@@ -47,12 +62,16 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 #include "hub_workers.h"
 #include "transport.h"
 
 char	   *hub_database = NULL;
+char	   *hub_databases = NULL;
+int			hub_max_databases = 8;
 char	   *hub_worker_role = NULL;
 int			hub_dispatchers = 1;
 int			hub_max_in_flight = 256;
@@ -142,6 +161,96 @@ check_event_source(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * check_databases --- check hook of logistics_hub.databases: a comma
+ * separated list of database names (double-quoted for a name with a comma,
+ * a space or a quote; never folded to lower case), each shorter than
+ * NAMEDATALEN, none twice.  How many may be served at once is
+ * logistics_hub.max_databases; the launcher warns about the rest.
+ */
+static bool
+check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw;
+	List	   *names;
+	ListCell   *lc;
+
+	if (*newval == NULL || **newval == '\0')
+		return true;
+	raw = pstrdup(*newval);
+	if (!SplitGUCList(raw, ',', &names))
+	{
+		GUC_check_errdetail("The list of databases is not a comma-separated list of names (an empty name, or a double quote left open?).");
+		return false;
+	}
+	foreach(lc, names)
+	{
+		const char *name = lfirst(lc);
+
+		if (*name == '\0')
+		{
+			GUC_check_errdetail("A database name in the list is empty.");
+			return false;
+		}
+		if (strlen(name) >= NAMEDATALEN)
+		{
+			GUC_check_errdetail("Database name \"%s\" is longer than %d bytes.", name, NAMEDATALEN - 1);
+			return false;
+		}
+		for (ListCell *lc2 = list_head(names); lc2 != lc; lc2 = lnext(names, lc2))
+			if (strcmp(lfirst(lc2), name) == 0)
+			{
+				GUC_check_errdetail("Database \"%s\" is listed twice.", name);
+				return false;
+			}
+	}
+	list_free(names);
+	pfree(raw);
+	return true;
+}
+
+/*
+ * hub_database_names --- the databases to serve, in order (palloc'd in the
+ * current context): logistics_hub.databases, or logistics_hub.database
+ * when that list is empty
+ */
+List *
+hub_database_names(void)
+{
+	List	   *names = NIL;
+
+	if (hub_databases != NULL && hub_databases[0] != '\0')
+	{
+		char	   *raw = pstrdup(hub_databases);
+
+		/* (checked when set) */
+		if (!SplitGUCList(raw, ',', &names))
+			names = NIL;
+	}
+	else if (hub_database != NULL && hub_database[0] != '\0')
+		names = list_make1(pstrdup(hub_database));
+	return names;
+}
+
+/* hub_database_listed --- is this database among the first max_databases to serve? */
+bool
+hub_database_listed(const char *name)
+{
+	List	   *names = hub_database_names();
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, names)
+	{
+		if (foreach_current_index(lc) >= hub_max_databases)
+			break;
+		if (strcmp(lfirst(lc), name) == 0)
+			found = true;
+	}
+	list_free(names);
+	return found;
+}
+
 void
 hub_workers_define_gucs(void)
 {
@@ -150,11 +259,23 @@ hub_workers_define_gucs(void)
 	hub_pg_transport_define_gucs();
 	/* a server-start setting can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)
+	{
 		DefineCustomStringVariable("logistics_hub.database",
-								   "Database whose outbox the delivery workers serve.",
+								   "Database whose outbox the delivery workers serve, when logistics_hub.databases is empty.",
 								   "The extension must be installed there; workers wait quietly until it is.",
 								   &hub_database, "postgres", PGC_POSTMASTER, 0,
 								   NULL, NULL, NULL);
+		DefineCustomIntVariable("logistics_hub.max_databases",
+								"Most databases the workers serve at once (shared memory slots, sized at server start).",
+								"Each database served runs its own dispatchers and inbox workers: count them in max_worker_processes.",
+								&hub_max_databases, 8, 1, 64, PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+	}
+	DefineCustomStringVariable("logistics_hub.databases",
+							   "Databases the workers serve, each with its own dispatchers and inbox workers (a comma-separated list; empty: logistics_hub.database).",
+							   "Changed with a reload: workers of a database taken off the list stop, those of one added start.",
+							   &hub_databases, "", PGC_SIGHUP, GUC_LIST_INPUT,
+							   check_databases, NULL, NULL);
 	DefineCustomStringVariable("logistics_hub.worker_role",
 							   "Role the background workers (dispatchers and inbox workers) connect as.",
 							   "It must exist, may log in and must not be a superuser; the extension creates hub_worker with just the grants the workers need. Changed, it applies to the workers started next.",
@@ -278,16 +399,21 @@ shared_catalog_find(Oid relid, size_t name_offset, const char *name)
 	return found;
 }
 
-/* find_database --- the OID of the database, or InvalidOid */
+/*
+ * find_database --- the OID of the database, or InvalidOid; *allowconn says
+ * whether it accepts connections (datallowconn)
+ */
 static Oid
-find_database(const char *name)
+find_database(const char *name, bool *allowconn)
 {
 	HeapTuple	tup = shared_catalog_find(DatabaseRelationId, offsetof(FormData_pg_database, datname), name);
 	Oid			oid = InvalidOid;
 
+	*allowconn = false;
 	if (tup != NULL)
 	{
 		oid = ((Form_pg_database) GETSTRUCT(tup))->oid;
+		*allowconn = ((Form_pg_database) GETSTRUCT(tup))->datallowconn;
 		heap_freetuple(tup);
 	}
 	return oid;
@@ -350,7 +476,17 @@ typedef struct LauncherSlot
 	BackgroundWorkerHandle *handle;
 	TimestampTz started_at;
 	TimestampTz stopped_at;
+	bool		ran;			/* a worker ran here (the next start is a restart) */
 } LauncherSlot;
+
+/* what the launcher keeps about a database slot (workers/shmem.c) */
+typedef struct LauncherDb
+{
+	LauncherSlot slots[HUB_KINDS][HUB_KIND_MAX_SLOTS];
+	bool		said_missing;	/* "no extension there" logged */
+	bool		said_no_database;	/* "no such database" logged */
+	bool		said_no_connections;	/* "datallowconn is off" logged */
+} LauncherDb;
 
 /* a kind of worker the launcher keeps running, slot by slot */
 typedef struct WorkerKind
@@ -359,22 +495,21 @@ typedef struct WorkerKind
 	const char *type;			/* bgw_type, and the name's prefix */
 	int			max;			/* slots */
 	int		   *wanted;			/* the setting: how many to run */
-	pid_t		(*pid) (int slot);	/* the pid in a slot (shmem.c), 0: none */
 } WorkerKind;
 
-static const WorkerKind kinds[] = {
-	{"hub_dispatcher_main", "logistics_hub dispatcher", HUB_MAX_DISPATCHERS, &hub_dispatchers,
-	hub_dispatcher_pid},
-	{"hub_inbox_worker_main", "logistics_hub inbox", HUB_MAX_INBOX_WORKERS, &hub_inbox_workers,
-	hub_inbox_worker_pid},
+static const WorkerKind kinds[HUB_KINDS] = {
+	[HUB_KIND_DISPATCHER] = {"hub_dispatcher_main", "logistics_hub dispatcher", HUB_MAX_DISPATCHERS, &hub_dispatchers},
+	[HUB_KIND_INBOX] = {"hub_inbox_worker_main", "logistics_hub inbox", HUB_MAX_INBOX_WORKERS, &hub_inbox_workers},
 };
 
-#define MAX_SLOTS Max(HUB_MAX_DISPATCHERS, HUB_MAX_INBOX_WORKERS)
-
 static bool
-start_worker(const WorkerKind *kind, int slot, Oid dboid, Oid roleoid, LauncherSlot *ls)
+start_worker(HubWorkerKind k, int dbslot, const char *dbname, int slot, Oid dboid, Oid roleoid,
+			 LauncherSlot *ls)
 {
+	const WorkerKind *kind = &kinds[k];
 	BackgroundWorker worker;
+	MemoryContext old;
+	bool		registered;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -387,24 +522,32 @@ start_worker(const WorkerKind *kind, int slot, Oid dboid, Oid roleoid, LauncherS
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	memcpy(worker.bgw_extra, &dboid, sizeof(Oid));
 	memcpy(worker.bgw_extra + sizeof(Oid), &roleoid, sizeof(Oid));
+	memcpy(worker.bgw_extra + 2 * sizeof(Oid), &dbslot, sizeof(int));
 	worker.bgw_notify_pid = MyProcPid;
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &ls->handle))
+	/* (the handle outlives the pass's memory) */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&worker, &ls->handle);
+	MemoryContextSwitchTo(old);
+	if (!registered)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("logistics_hub could not start %s %d", kind->type + strlen("logistics_hub "), slot),
-				 errhint("Raise max_worker_processes.")));
+				 errmsg("logistics_hub could not start %s %d of database \"%s\"",
+						kind->type + strlen("logistics_hub "), slot, dbname),
+				 errhint("Raise max_worker_processes: every database served runs its own dispatchers and inbox workers.")));
 		ls->handle = NULL;
 		return false;
 	}
+	hub_slot_count_start(dbslot, k, slot, ls->ran);
+	ls->ran = true;
 	ls->started_at = GetCurrentTimestamp();
 	return true;
 }
 
 /* is the worker of this slot running (or starting)? */
 static bool
-worker_alive(const WorkerKind *kind, int slot, LauncherSlot *ls)
+worker_alive(HubWorkerKind k, int dbslot, int slot, LauncherSlot *ls)
 {
 	pid_t		pid;
 
@@ -418,27 +561,38 @@ worker_alive(const WorkerKind *kind, int slot, LauncherSlot *ls)
 		return false;
 	}
 	/* started by an earlier launcher: known by its slot only */
-	return kind->pid(slot) != 0;
+	if (hub_slot_pid(dbslot, k, slot) != 0)
+	{
+		ls->ran = true;
+		return true;
+	}
+	return false;
 }
 
 /*
- * keep_running --- start or stop the workers of a kind so that the wanted
- * number of them run (none without the database and the role); a worker
- * that did not last long is started again only after a pause, which
- * shortens *wait_ms to it, unless it stopped while not wanted (a lowered
- * setting raised again starts its workers at once).
+ * keep_running --- start or stop the workers of a kind in a database slot
+ * so that the wanted number of them run (none without the database and the
+ * role); a worker that did not last long is started again only after a
+ * pause, which shortens *wait_ms to it, unless it stopped while not wanted
+ * (a lowered setting raised again starts its workers at once).  Returns
+ * how many still run.
  */
-static void
-keep_running(const WorkerKind *kind, LauncherSlot *slots, Oid dboid, Oid roleoid, long *wait_ms)
+static int
+keep_running(HubWorkerKind k, int dbslot, const char *dbname, LauncherSlot *slots,
+			 Oid dboid, Oid roleoid, long *wait_ms)
 {
+	const WorkerKind *kind = &kinds[k];
 	TimestampTz now = GetCurrentTimestamp();
+	int			running = 0;
 
 	for (int i = 0; i < kind->max; i++)
 	{
 		LauncherSlot *ls = &slots[i];
-		bool		alive = worker_alive(kind, i, ls);
+		bool		alive = worker_alive(k, dbslot, i, ls);
 		bool		wanted = OidIsValid(dboid) && OidIsValid(roleoid) && i < *kind->wanted;
 
+		if (alive)
+			running++;
 		if (alive && !wanted && ls->handle != NULL)
 			TerminateBackgroundWorker(ls->handle);
 		else if (!alive && !wanted)
@@ -459,16 +613,77 @@ keep_running(const WorkerKind *kind, LauncherSlot *slots, Oid dboid, Oid roleoid
 			if (ls->started_at != 0 && ran < DISPATCHER_RESTART_PAUSE_MS * 1000L &&
 				since < DISPATCHER_RESTART_PAUSE_MS * 1000L)
 				*wait_ms = Min(*wait_ms, (DISPATCHER_RESTART_PAUSE_MS * 1000L - since) / 1000 + 1);
-			else
-				start_worker(kind, i, dboid, roleoid, ls);
+			else if (start_worker(k, dbslot, dbname, i, dboid, roleoid, ls))
+				running++;
 		}
 	}
+	return running;
+}
+
+/*
+ * serve_database --- one pass over a database slot: its workers kept
+ * running when the database is listed and exists, stopped otherwise.
+ * Returns how many of its workers still run.  What is wrong with the
+ * database (it does not exist, its extension is missing) is logged once
+ * until it changes.
+ */
+static int
+serve_database(int dbslot, const char *dbname, bool listed, Oid *roleoid, bool *role_looked,
+			   LauncherDb *ldb, long *wait_ms)
+{
+	bool		allowconn = false;
+	Oid			dboid = listed ? find_database(dbname, &allowconn) : InvalidOid;
+	int			running = 0;
+
+	hub_dbslot_set_oid(dbslot, dboid);
+	if (listed && !OidIsValid(dboid) && !ldb->said_no_database)
+		ereport(LOG,
+				(errmsg("logistics_hub waits for database \"%s\" (logistics_hub.databases)", dbname)));
+	ldb->said_no_database = listed && !OidIsValid(dboid);
+
+	/* one that accepts no connection (ALTER DATABASE ... ALLOW_CONNECTIONS false): no worker */
+	if (OidIsValid(dboid) && !allowconn)
+	{
+		if (!ldb->said_no_connections)
+			ereport(LOG,
+					(errmsg("logistics_hub waits for database \"%s\" to accept connections", dbname),
+					 errhint("ALTER DATABASE %s ALLOW_CONNECTIONS true, or take it off logistics_hub.databases.",
+							 quote_identifier(dbname))));
+		ldb->said_no_connections = true;
+		dboid = InvalidOid;
+	}
+	else
+		ldb->said_no_connections = false;
+
+	if (OidIsValid(dboid) && !*role_looked)
+	{
+		*roleoid = find_worker_role(hub_worker_role);
+		*role_looked = true;
+	}
+	for (int k = 0; k < HUB_KINDS; k++)
+		running += keep_running(k, dbslot, dbname, ldb->slots[k], dboid,
+								OidIsValid(dboid) ? *roleoid : InvalidOid, wait_ms);
+
+	if (hub_dbslot_extension_missing(dbslot))
+	{
+		if (!ldb->said_missing && listed)
+			ereport(LOG,
+					(errmsg("logistics_hub extension is not installed in database \"%s\"; its workers look again every %d seconds",
+							dbname, DISPATCHER_RESTART_PAUSE_MS / 1000),
+					 errhint("CREATE EXTENSION logistics_hub there, or take the database off logistics_hub.databases.")));
+		ldb->said_missing = true;
+	}
+	else
+		ldb->said_missing = false;
+	return running;
 }
 
 void
 hub_launcher_main(Datum arg)
 {
-	LauncherSlot slots[lengthof(kinds)][MAX_SLOTS];
+	LauncherDb *ldbs;
+	bool		said_too_many = false;
+	MemoryContext pass_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -477,13 +692,18 @@ hub_launcher_main(Datum arg)
 	/* no database: pg_database is a shared catalogue */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("logistics_hub launcher");
+	hub_launcher_attach();
 
-	memset(slots, 0, sizeof(slots));
+	ldbs = MemoryContextAllocZero(TopMemoryContext, sizeof(LauncherDb) * hub_max_databases);
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "logistics_hub launcher pass", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		Oid			dboid;
 		Oid			roleoid = InvalidOid;
+		bool		role_looked = false;
 		long		wait_ms = 5000;
+		List	   *names;
+		ListCell   *lc;
+		char		dbname[NAMEDATALEN];
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -491,14 +711,64 @@ hub_launcher_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		MemoryContextReset(pass_cxt);
+		MemoryContextSwitchTo(pass_cxt);
+		hub_launcher_step("start workers");
 
-		dboid = find_database(hub_database);
-		if (OidIsValid(dboid))
-			roleoid = find_worker_role(hub_worker_role);
+		/* the databases listed: each keeps its slot, or takes a free one */
+		names = hub_database_names();
+		foreach(lc, names)
+		{
+			const char *name = lfirst(lc);
+			int			d = hub_dbslot_find(name);
 
-		for (int k = 0; k < (int) lengthof(kinds); k++)
-			keep_running(&kinds[k], slots[k], dboid, roleoid, &wait_ms);
+			if (d < 0 && foreach_current_index(lc) < hub_max_databases)
+			{
+				d = hub_dbslot_take(name);
+				if (d >= 0)
+					memset(&ldbs[d], 0, sizeof(LauncherDb));
+			}
+			if (d < 0 && !said_too_many)
+			{
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("logistics_hub serves at most %d databases; \"%s\" and the ones after it are not served",
+								hub_max_databases, name),
+						 errhint("Raise logistics_hub.max_databases (a server restart), or take databases off logistics_hub.databases.")));
+				said_too_many = true;
+			}
+		}
+		if (list_length(names) <= hub_max_databases)
+			said_too_many = false;
 
+		/*
+		 * Every slot in use: the listed ones served, the others' workers
+		 * stopped and the slot freed once none runs.  (A database taken off
+		 * the list waits for its workers to go before its slot is free, so
+		 * that its name never has workers in two slots.)
+		 */
+		for (int d = 0; d < hub_max_databases; d++)
+		{
+			bool		listed;
+			int			running;
+
+			if (hub_dbslot_name(d, dbname)[0] == '\0')
+				continue;
+			listed = hub_database_listed(dbname);
+			running = serve_database(d, dbname, listed, &roleoid, &role_looked, &ldbs[d], &wait_ms);
+			if (!listed && running == 0)
+			{
+				ereport(LOG,
+						(errmsg("logistics_hub no longer serves database \"%s\"", dbname)));
+				hub_dbslot_free(d);
+				memset(&ldbs[d], 0, sizeof(LauncherDb));
+				wait_ms = 0;	/* (a database waiting for a slot takes it now) */
+			}
+			else if (!listed)
+				wait_ms = Min(wait_ms, 100);	/* until they are gone */
+		}
+
+		hub_launcher_step("wait");
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -266,6 +266,8 @@ claim(int max)
 	}
 	hub_endpoints_reload(ids, nids, now);
 	hub_end_step();
+	if (n > 0)
+		hub_status_claimed();
 	return n;
 }
 

@@ -111,6 +111,8 @@ hub_worker_txn_init(const char *kind, int slot, const char *required)
 void
 hub_clear_step(void)
 {
+	if (current_step != NULL)
+		hub_status_step("idle");
 	current_step = NULL;
 }
 
@@ -138,6 +140,7 @@ hub_begin_step(const char *what)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, what);
+	hub_status_step(current_step);
 }
 
 /* hub_end_step --- commit the step's transaction */
@@ -150,6 +153,7 @@ hub_end_step(void)
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	current_step = NULL;
+	hub_status_step("idle");
 
 	/*
 	 * The commit left TopMemoryContext current: what the loop allocates
@@ -191,10 +195,12 @@ hub_begin_work_step(const char *what)
 	if (!hub_extension_present())
 	{
 		hub_end_step();
+		hub_status_extension_missing(true);
 		ereport(DEBUG1, (errmsg("logistics_hub %s: extension not installed in this database, exiting",
 								hub_worker_name)));
 		proc_exit(0);
 	}
+	hub_status_extension_missing(false);
 }
 
 /*

@@ -90,7 +90,7 @@ CREATE TRIGGER endpoint_check BEFORE INSERT OR UPDATE OF url, headers, api_key_h
 CREATE FUNCTION hub.wake() RETURNS integer
 	AS 'MODULE_PATHNAME', 'hub_wake' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION hub.wake() IS
-'Wake the dispatchers now and return how many are running. Publishing wakes them at commit by itself; call this after COMMIT PREPARED.';
+'Wake the dispatchers of the current database now and return how many of them are running (the workers of other databases served by the cluster are left alone). Publishing wakes them at commit by itself; call this after COMMIT PREPARED.';
 
 -- ---------------------------------------------------------------- bodies
 

@@ -121,7 +121,8 @@ $q$, $q$ VALUES
 	('systems', 'hub_admin', 'DELETE,INSERT,UPDATE'),
 	('systems', 'hub_reader', 'SELECT'),
 	('unroutable_events', 'hub_admin', 'DELETE,SELECT'),
-	('unroutable_events', 'hub_reader', 'SELECT')
+	('unroutable_events', 'hub_reader', 'SELECT'),
+	('workers', 'hub_reader', 'SELECT')
 $q$, 'who holds which privilege on each relation and column of schema hub');
 
 SELECT set_eq($q$
@@ -179,6 +180,7 @@ $q$, $q$ VALUES
 	('hub._split_group(bigint,bigint,uuid[],uuid[])', 'hub_worker'),
 	('hub._throttle_endpoint(integer,timestamp with time zone)', 'hub_worker'),
 	('hub._transform(regproc,jsonb)', 'hub_worker'),
+	('hub._workers()', 'hub_reader'),
 	('hub.apply_canonical_status(text,text,text,text,timestamp with time zone,text,text,text,text,boolean)', 'hub_writer'),
 	('hub.apply_status(text,text,text,text,timestamp with time zone,text,boolean,text)', 'hub_writer'),
 	('hub.classify_transition(hub.movement_status,hub.movement_status,boolean)', 'hub_reader'),
