@@ -189,6 +189,20 @@ BEGIN
 					   hub._prom_seconds(coalesce(now() - min(i.received_at), interval '0')))
 		 FROM hub.inbox i WHERE i.state IN ('new', 'retry_wait')));
 
+	-- ---------------------------------------------------------- workers
+	-- (shared memory, hub.workers: no row without shared_preload_libraries)
+	r := r || (SELECT hub._prom_family('logistics_hub_worker_up', 'gauge',
+				'1 while the worker of a slot runs, 0 while it is stopped or about to be started again (hub.workers), by database (empty: the launcher), kind and number.',
+				string_agg(format(E'logistics_hub_worker_up{database="%s",kind="%s",number="%s"} %s\n',
+								  hub._prom_label(coalesce(w.database::text, '')), w.kind, w.number,
+								  (w.pid IS NOT NULL)::integer), '' ORDER BY w.database NULLS FIRST, w.kind, w.number))
+			|| hub._prom_family('logistics_hub_worker_restarts_total', 'counter',
+				'Times the launcher started the worker of a slot again since its database was first served, reset by a server restart (hub.workers), by database (empty: the launcher''s own restarts), kind and number.',
+				string_agg(format(E'logistics_hub_worker_restarts_total{database="%s",kind="%s",number="%s"} %s\n',
+								  hub._prom_label(coalesce(w.database::text, '')), w.kind, w.number, w.restarts),
+						   '' ORDER BY w.database NULLS FIRST, w.kind, w.number))
+			   FROM hub._workers() w);
+
 	-- ---------------------------------------------------------- business
 	r := r || hub._prom_family('logistics_hub_open_exceptions', 'gauge',
 		'Open business exceptions (hub.exceptions), by kind.',
@@ -229,7 +243,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.metrics() IS
-'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
+'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; worker up and restarts by database, kind and number (hub.workers); open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
 
 REVOKE EXECUTE ON FUNCTION hub.metrics(), hub._prom_label(text), hub._prom_family(text, text, text, text),
 	hub._prom_seconds(interval) FROM PUBLIC;

@@ -3,7 +3,7 @@
 -- of hub.cycle_times) and hub.sync_status after its rewrite.  Autocommit
 -- (own database): routing only sees committed events.  The exporter's
 -- scrape and promtool's check of this output: test/scripts/metrics_exporter.sh.
-SELECT plan(32);
+SELECT plan(34);
 
 CREATE FUNCTION pg_temp.sample(line_start text) RETURNS text LANGUAGE sql AS $$
 	SELECT split_part(l, ' ', -1) FROM regexp_split_to_table(hub.metrics(), E'\n') l
@@ -109,6 +109,12 @@ SELECT is(pg_temp.sample('logistics_hub_poll_requests{poller="erp orders",outcom
 SELECT is(pg_temp.sample('logistics_hub_poller_backlog_messages{poller="erp orders"}'), '1', 'polled records waiting in the inbox, by poller');
 SELECT is(pg_temp.sample('logistics_hub_poller_failures{poller="erp orders"}'), '2', 'poller failures');
 SELECT ok(pg_temp.sample('logistics_hub_poller_overdue_seconds{poller="erp orders"}')::numeric >= 90, 'poller overdue time');
+-- the workers (hub.workers, shared memory): the running launcher, no restart
+SELECT is(pg_temp.sample('logistics_hub_worker_up{database="",kind="launcher",number="0"}'), '1',
+	'the running launcher is up');
+SELECT is(pg_temp.sample('logistics_hub_worker_restarts_total{database="",kind="launcher",number="0"}'),
+	(SELECT restarts::text FROM hub.workers WHERE kind = 'launcher'),
+	'worker restarts are those of hub.workers');
 SELECT is((SELECT count(*) FROM regexp_split_to_table(hub.metrics(), E'\n') l
 		   WHERE l <> '' AND l !~ '^# (HELP|TYPE) logistics_hub_[a-z_]+ '
 			 AND l !~ '^logistics_hub_[a-z_]+(\{([a-z_]+="([^"\\\n]|\\[\\"n])*",?)*\})? ([0-9]+(\.[0-9]+)?|NaN|\+Inf)$')::int, 0,
