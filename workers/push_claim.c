@@ -74,8 +74,8 @@ prepare_plans(void)
 	 * (hub.claim_deliveries) every level of RETURN QUERY that the rows
 	 * pass through copies each event's row, body and all, once more.
 	 */
-	route_plan = hub_prepare_plan("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL) "
-						 "FROM hub._route_events()", 0, NULL);
+	route_plan = hub_prepare_plan("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL), r "
+						 "FROM hub._route_events() r", 0, NULL);
 	/*
 	 * (the event's traceparent, for the request's header, by its primary
 	 * key: hub._claimed, which other callers read too, does not carry it;
@@ -352,6 +352,16 @@ claim_route(void *arg)
 	if (SPI_execute_plan(route_plan, NULL, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "routing events failed");
 	c->transforms = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	/*
+	 * Deliveries routed here may be another dispatcher's to lease, and it
+	 * may have claimed already: wake the database's dispatchers when this
+	 * step commits, as a publish does, rather than leave them to their
+	 * naptime.
+	 */
+	if (hub_dispatchers > 1 &&
+		DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) > 0)
+		hub_note_outbox_insert();
 }
 
 /* claim_route_each --- routing's slow path, event by event */
