@@ -31,7 +31,10 @@ CLUSTER_USER=lhub
 # the benchmark), pgTAP and pg_prove, IPC::Run for TAP crash tests, nginx and
 # wrk for HTTP benchmarks, python3 for the loopback test receiver, clang-14
 # and its sanitizer/libFuzzer runtime for the parser fuzz test, openssl for
-# the HTTPS receiver's test certificate, libsodium for sealed secrets.
+# the HTTPS receiver's test certificate, libsodium for sealed secrets,
+# nats-server (the NATS JetStream broker the nats transport's tests start as
+# three-node clusters on loopback) and libnats-dev (its C client, linked by
+# the extension's nats transport, the test tool and the benchmark).
 LH_PACKAGES=(
 	build-essential
 	postgresql-$PG_MAJOR
@@ -50,6 +53,8 @@ LH_PACKAGES=(
 	wrk
 	util-linux
 	openssl
+	nats-server
+	libnats-dev
 )
 
 lh_log() { printf '== %s\n' "$*" >&2; }
@@ -76,6 +81,12 @@ lh_install_packages()
 	[ -f /etc/postgresql-common/createcluster.d/50-logistics-hub.conf ] ||
 		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/50-logistics-hub.conf
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# nats-server's package enables a service (127.0.0.1:4222 in its
+	# /etc/nats-server.conf); the tests start their own servers, so none
+	# runs on a machine where systemd would start it.
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now nats-server >/dev/null 2>&1 || true
+	fi
 }
 
 # lh_build_install --- build with -Werror and install into the PostgreSQL 15
