@@ -4372,4 +4372,72 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ sites (transports)
+-- the transport follows the endpoint URL's scheme: postgresql:// (a central
+-- hub over libpq) and nats:// (NATS JetStream) beside http(s)://
+ALTER TABLE hub.endpoints DROP CONSTRAINT endpoints_url_check;
+ALTER TABLE hub.endpoints ADD CONSTRAINT endpoints_url_check
+	CHECK (url ~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+');
+COMMENT ON TABLE hub.endpoints IS
+'Receivers (ERP, WMS, TMS, carrier, portal over HTTP; a central hub over postgresql://; NATS JetStream over nats://) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
+COMMENT ON COLUMN hub.endpoints.url IS
+'Where requests go; its scheme picks the transport: http:// or https:// (libcurl), postgresql:// or postgres:// (a central hub, libpq: README "Deployment beyond one server"), nats:// (NATS JetStream). Never a password.';
+
+CREATE OR REPLACE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
+		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
+		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
+		auth_kind text DEFAULT 'none', auth_secret text DEFAULT NULL,
+		api_key_header text DEFAULT NULL, oauth2_token_url text DEFAULT NULL,
+		oauth2_client_id text DEFAULT NULL, oauth2_client_secret text DEFAULT NULL,
+		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id integer;
+BEGIN
+	-- (before anything that would show the URL, password and all; a
+	-- postgresql:// URI may name its user, never a password)
+	IF (url ~* '^postgres(ql)?://' AND (url ~ '^[^/?#]*//[^/?#@]*:[^/?#]*@' OR url ~* '[?&]password='))
+		OR (url !~* '^postgres(ql)?://' AND url ~ '^[^/?#]*(//)?[^/?#]*@')
+		OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
+		RAISE EXCEPTION 'endpoint URL must not contain user information'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A user name or password in the URL would be readable by hub_reader.',
+				  HINT = 'Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret).';
+	END IF;
+	IF url !~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+' THEN
+		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only http://, https://, postgresql:// (a central hub) and nats:// URLs can be delivered to.';
+	END IF;
+	IF signing_secret IS NOT NULL AND signing_secret !~ '^whsec_[A-Za-z0-9+/=]+$' THEN
+		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
+	END IF;
+	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
+	PERFORM hub._check_setting('timeout_ms', timeout_ms BETWEEN 100 AND 600000, timeout_ms::text,
+							   'between 100 and 600000 (milliseconds)');
+	PERFORM hub._check_setting('max_concurrency', max_concurrency BETWEEN 1 AND 1000, max_concurrency::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('rate_limit', rate_limit IS NULL OR rate_limit BETWEEN 0.001 AND 100000,
+							   rate_limit::text, 'NULL (no limit) or between 0.001 and 100000 requests a second');
+	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+							   auth_kind, api_key_header, oauth2_token_url, headers)
+	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'))
+	RETURNING endpoint_id INTO id;
+	-- sealed (hub._seal, 55_secrets.sql): only ciphertext reaches the table
+	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
+	VALUES (id, hub._seal(id, 'auth_secret', auth_secret), hub._seal(id, 'oauth2_client_id', oauth2_client_id),
+			hub._seal(id, 'oauth2_client_secret', oauth2_client_secret),
+			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[hub._seal(id, 'signing_secrets', signing_secret)] END);
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
+'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
+
 -- ================================================================ end

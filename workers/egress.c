@@ -29,7 +29,12 @@
  *
  * A URL with user information (http://user:password@host/) is refused
  * before anything else, and without being shown in the error: credentials
- * belong in the endpoint's secrets, not in a column hub_reader reads.
+ * belong in the endpoint's secrets, not in a column hub_reader reads.  A
+ * postgresql:// URI (a central hub, pg_transport.c) may name its user but
+ * no password, names one host, and carries only the connection parameters
+ * of pg_uri_params (nothing that reads a file of the server's OS user or
+ * names another host).  A nats:// URL may list several servers; each must
+ * be allowed.
  *
  * workers/egress.c
  *
@@ -395,11 +400,87 @@ name_listed(const EgressPolicy *p, const char *host)
 }
 
 /*
+ * The connection parameters a postgresql:// endpoint URI may carry in its
+ * query: none that names a host (host, hostaddr: the egress policy checks
+ * the URI's one host), a file of the server's OS user (passfile, service,
+ * sslkey, sslcert, sslrootcert, sslcrl...), a password or a user-chosen
+ * protocol setting.  README "Site hubs over libpq".
+ */
+static const char *const pg_uri_params[] = {
+	"sslmode", "application_name", "connect_timeout", "keepalives", "keepalives_idle",
+	"keepalives_interval", "keepalives_count", "tcp_user_timeout", "channel_binding",
+	"sslsni", "target_session_attrs", NULL
+};
+
+/*
+ * pg_uri_query_ok --- is every parameter of a postgresql:// URI's query
+ * among pg_uri_params?  On false, *why names the first that is not.
+ */
+static bool
+pg_uri_query_ok(CURLU *u, char **why)
+{
+	char	   *query = NULL;
+	char	   *q;
+	char	   *tok;
+	char	   *save = NULL;
+	bool		ok = true;
+
+	if (curl_url_get(u, CURLUPART_QUERY, &query, 0) != CURLUE_OK || query == NULL)
+		return true;
+	q = pstrdup(query);
+	curl_free(query);
+	for (tok = strtok_r(q, "&", &save); tok != NULL && ok; tok = strtok_r(NULL, "&", &save))
+	{
+		char	   *eq = strchr(tok, '=');
+		bool		known = false;
+
+		if (eq != NULL)
+			*eq = '\0';
+		for (int i = 0; pg_uri_params[i] != NULL; i++)
+			if (strcmp(tok, pg_uri_params[i]) == 0)
+				known = true;
+		if (!known)
+		{
+			*why = psprintf("connection parameter \"%s\" is not allowed in a postgresql:// endpoint URI "
+							"(allowed: sslmode, application_name, connect_timeout, keepalives*, tcp_user_timeout, "
+							"channel_binding, sslsni, target_session_attrs)", tok);
+			ok = false;
+		}
+	}
+	pfree(q);
+	return ok;
+}
+
+static bool url_allowed(const char *url, char **why);
+
+/*
  * hub_egress_url_allowed --- may an endpoint have this URL?  On false, *why
- * says why (palloc'd).
+ * says why (palloc'd).  A nats:// URL may list several servers separated by
+ * commas (each nats://host:port, the scheme optional after the first):
+ * every one must be allowed.
  */
 bool
 hub_egress_url_allowed(const char *url, char **why)
+{
+	char	   *list;
+	char	   *tok;
+	char	   *save = NULL;
+
+	if (pg_strncasecmp(url, "nats://", 7) != 0 || strchr(url, ',') == NULL)
+		return url_allowed(url, why);
+	list = pstrdup(url);
+	for (tok = strtok_r(list, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save))
+	{
+		const char *server = pg_strncasecmp(tok, "nats://", 7) == 0 ? tok : psprintf("nats://%s", tok);
+
+		if (!url_allowed(server, why))
+			return false;
+	}
+	return true;
+}
+
+static bool
+url_allowed(const char *url, char **why)
 {
 	CURLU	   *u = curl_url();
 	char	   *scheme = NULL;
@@ -414,8 +495,14 @@ hub_egress_url_allowed(const char *url, char **why)
 		curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
 		*why = pstrdup("it is not a valid URL");
-	else if (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0)
-		*why = psprintf("scheme \"%s\" is not allowed; only http and https are", scheme);
+	else if (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0 &&
+			 pg_strcasecmp(scheme, "postgresql") != 0 && pg_strcasecmp(scheme, "postgres") != 0 &&
+			 pg_strcasecmp(scheme, "nats") != 0)
+		*why = psprintf("scheme \"%s\" is not allowed; only http, https, postgresql and nats are", scheme);
+	else if (pg_strncasecmp(scheme, "postgres", 8) == 0 && strchr(host, ',') != NULL)
+		*why = pstrdup("a postgresql:// endpoint URI names one host");
+	else if (pg_strncasecmp(scheme, "postgres", 8) == 0 && !pg_uri_query_ok(u, why))
+		;
 	else if (egress_policy == NULL)
 		*why = pstrdup("no egress policy is in effect");
 	else if (parse_address(host, &lit))
@@ -474,6 +561,38 @@ hub_url_has_userinfo(const char *url)
 }
 
 /*
+ * hub_url_has_password --- does the URL carry a password in its user
+ * information (a postgresql:// URI may name its user)?  Never fails.
+ */
+bool
+hub_url_has_password(const char *url)
+{
+	CURLU	   *u = curl_url();
+	const char *auth = strstr(url, "://");
+	const char *at = NULL;
+	bool		found = false;
+
+	auth = auth ? auth + 3 : url;
+	for (const char *c = auth; *c && *c != '/' && *c != '?' && *c != '#'; c++)
+		if (*c == '@')
+			at = c;
+	for (const char *c = auth; at != NULL && c < at; c++)
+		if (*c == ':')
+			found = true;
+	if (!found && u != NULL && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK)
+	{
+		char	   *part = NULL;
+
+		if (curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK)
+			found = true;
+		curl_free(part);
+	}
+	if (u != NULL)
+		curl_url_cleanup(u);
+	return found;
+}
+
+/*
  * hub_egress_check --- SQL hub._egress_check(url text): raise 22023 unless
  * an endpoint may have this URL; a URL with user information first, without
  * showing it.
@@ -485,7 +604,7 @@ hub_egress_check(PG_FUNCTION_ARGS)
 	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *why;
 
-	if (hub_url_has_userinfo(url))
+	if (pg_strncasecmp(url, "postgres", 8) == 0 ? hub_url_has_password(url) : hub_url_has_userinfo(url))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("endpoint URL must not contain user information"),
@@ -495,7 +614,7 @@ hub_egress_check(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("endpoint URL \"%s\" is refused: %s", url, why),
-				 errhint("Only http:// and https:// URLs whose host logistics_hub.egress_allow admits (currently \"%s\") can be registered.",
+				 errhint("Only http://, https://, postgresql:// and nats:// URLs whose host logistics_hub.egress_allow admits (currently \"%s\") can be registered.",
 						 egress_allow_string ? egress_allow_string : "")));
 	PG_RETURN_VOID();
 }

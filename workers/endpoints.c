@@ -41,6 +41,7 @@
 #include "http.h"
 #include "hub_workers.h"
 #include "sealed.h"
+#include "transport.h"
 
 static HTAB *endpoints;
 static SPIPlanPtr endpoints_plan = NULL;
@@ -256,6 +257,15 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 		ep->config_gen = 1;
 	url = hub_spi_text(tup, desc, 2);
 	ep->url = url;
+	{
+		/* the URL's scheme picks the transport; a former one lets go */
+		HubTransport t = hub_transport_of_url(url);
+		const HubTransportOps *was = hub_transport_ops(ep->transport);
+
+		if (t != ep->transport && was != NULL && ep->transport_state != NULL)
+			was->endpoint_dropped(ep);
+		ep->transport = t;
+	}
 	ep->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 	ep->max_concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 	rate = SPI_getbinval(tup, desc, 5, &isnull);
@@ -299,6 +309,8 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 	ep->loaded_at = GetCurrentTimestamp();
 
 	hub_oauth2_after_load(ep);
+	if (hub_transport_ops(ep->transport) != NULL)
+		hub_transport_ops(ep->transport)->endpoint_loaded(ep);
 }
 
 

@@ -76,6 +76,18 @@ struct HubTokenFetch;
 
 #define HUB_IDLE_HANDLES 64
 
+/*
+ * How requests reach an endpoint: the URL's scheme decides (endpoints.c,
+ * hub_transport_of_url in transport.c).  HTTP goes through libcurl here;
+ * the others through their HubTransportOps (transport.h).
+ */
+typedef enum HubTransport
+{
+	HUB_TRANSPORT_HTTP,			/* http://, https:// */
+	HUB_TRANSPORT_PG,			/* postgresql://, postgres:// (pg_transport.c) */
+	HUB_TRANSPORT_NATS			/* nats:// (NATS JetStream) */
+} HubTransport;
+
 typedef struct HubEndpoint
 {
 	int			endpoint_id;	/* hash key */
@@ -86,6 +98,9 @@ typedef struct HubEndpoint
 	TimestampTz usable_again;	/* when not usable: when to give work back for */
 	TimestampTz throttled_until;	/* nothing sent before (a 429/503...), 0: none */
 	char	   *url;
+	HubTransport transport;		/* from the URL's scheme, set at each load */
+	void	   *transport_state;	/* a non-HTTP transport's own (its connection...),
+									 * kept across loads; NULL: none */
 	int			timeout_ms;
 	int			max_concurrency;	/* this dispatcher's share (0: none) */
 	double		rate_limit;		/* requests per second of that share, 0: none */
@@ -141,7 +156,11 @@ typedef struct HubEndpoint
 } HubEndpoint;
 
 /*
- * the outcome of one request, as its maker's finished operation gets it
+ * the outcome of one request, as its maker's finished operation gets it.
+ * A non-HTTP transport reports http_status 0, error NULL on success (its
+ * acknowledgement, e.g. the central inbox row or the stream sequence, in
+ * the request's excerpt), the error text on failure, given_back and
+ * back_at to give the request back without an attempt.
  */
 typedef struct HubOutcome
 {
@@ -271,6 +290,7 @@ extern void hub_send_fail_endpoint(HubEndpoint *ep, char *error);
 extern int	hub_send_queued(void);
 extern int	hub_send_stale_endpoints(Datum *ids, int nids, TimestampTz now);
 extern void hub_send_finished(HubRequest *req, CURLcode rc);
+extern void hub_send_complete(HubRequest *req, const HubOutcome *o);
 
 /* http_client.c: handles, options, outcome */
 extern void hub_http_init(void);
@@ -300,6 +320,7 @@ extern void hub_loop_run_timer(void);
 extern TimestampTz hub_loop_deadline(void);
 extern void hub_loop_collect(void);
 extern int	hub_loop_in_flight(void);
+extern void hub_loop_count_in_flight(int delta);
 
 /* step_guard.c: one piece of a step's SQL in a subtransaction */
 typedef struct HubStepError

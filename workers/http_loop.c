@@ -14,7 +14,11 @@
  * driven with every signal blocked, so that a resolver thread it starts
  * inherits a fully blocked mask and PostgreSQL's handlers only ever run on
  * this thread.  The transfers started count toward
- * logistics_hub.max_in_flight (hub_loop_in_flight).
+ * logistics_hub.max_in_flight (hub_loop_in_flight), and so do the requests
+ * of the other transports (hub_loop_count_in_flight, transport.h), whose
+ * own descriptors share the epoll set (hub_loop_watch: a ready one is
+ * handed to its transport instead of libcurl) and whose timeouts share
+ * the loop's deadline.
  *
  * workers/http_loop.c
  *
@@ -27,9 +31,11 @@
 
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "utils/memutils.h"
 
 #include "http.h"
 #include "hub_workers.h"
+#include "transport.h"
 
 #define MAX_EPOLL_EVENTS 64
 
@@ -37,6 +43,27 @@ static CURLM *multi = NULL;
 static int	epoll_fd = -1;
 static TimestampTz curl_deadline = 0;	/* 0: no timer */
 static int	in_flight = 0;
+
+/* descriptors of the other transports in the epoll set (few: one an endpoint) */
+typedef struct HubWatch
+{
+	int			fd;
+	HubWatchFn	ready;
+	void	   *arg;
+} HubWatch;
+
+static HubWatch *watches = NULL;
+static int	nwatches = 0;
+static int	watches_cap = 0;
+
+static HubWatch *
+watch_find(int fd)
+{
+	for (int i = 0; i < nwatches; i++)
+		if (watches[i].fd == fd)
+			return &watches[i];
+	return NULL;
+}
 
 static int
 on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
@@ -91,6 +118,7 @@ loop_cleanup(int code, Datum arg)
 {
 	if (multi == NULL)
 		return;
+	hub_transports_abort_all();
 	hub_oauth2_abort_all();
 	curl_multi_cleanup(multi);
 	multi = NULL;
@@ -146,22 +174,86 @@ hub_loop_in_flight(void)
 	return in_flight;
 }
 
-/* hub_loop_deadline --- when libcurl's timer falls due, 0: none */
+/* hub_loop_count_in_flight --- a request of another transport started (1) or ended (-1) */
+void
+hub_loop_count_in_flight(int delta)
+{
+	in_flight += delta;
+}
+
+/*
+ * hub_loop_watch --- put fd of another transport in the epoll set (or
+ * change the events watched): ready(fd, events, arg) is called from
+ * hub_loop_socket_ready when it is.  False (with errno) when epoll refuses.
+ */
+bool
+hub_loop_watch(int fd, uint32 epoll_events, HubWatchFn ready, void *arg)
+{
+	struct epoll_event ev;
+	HubWatch   *w = watch_find(fd);
+
+	memset(&ev, 0, sizeof(ev));
+	ev.events = epoll_events;
+	ev.data.fd = fd;
+	if (w != NULL)
+	{
+		if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev) != 0)
+			return false;
+		w->ready = ready;
+		w->arg = arg;
+		return true;
+	}
+	if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0)
+		return false;
+	if (nwatches == watches_cap)
+	{
+		watches_cap = Max(8, watches_cap * 2);
+		watches = watches == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(HubWatch) * watches_cap) :
+			repalloc(watches, sizeof(HubWatch) * watches_cap);
+	}
+	watches[nwatches].fd = fd;
+	watches[nwatches].ready = ready;
+	watches[nwatches].arg = arg;
+	nwatches++;
+	return true;
+}
+
+/* hub_loop_unwatch --- take fd out of the epoll set (before it is closed) */
+void
+hub_loop_unwatch(int fd)
+{
+	HubWatch   *w = watch_find(fd);
+
+	if (w == NULL)
+		return;
+	(void) epoll_ctl(epoll_fd, EPOLL_CTL_DEL, fd, NULL);
+	*w = watches[--nwatches];
+}
+
+/* hub_loop_deadline --- when libcurl's timer or a transport's timeout falls due, 0: none */
 TimestampTz
 hub_loop_deadline(void)
 {
-	return curl_deadline;
+	TimestampTz t = hub_transports_deadline();
+
+	if (curl_deadline != 0 && (t == 0 || curl_deadline < t))
+		t = curl_deadline;
+	return t;
 }
 
-/* hub_loop_run_timer --- drive libcurl's timeouts if they are due */
+/* hub_loop_run_timer --- drive libcurl's timeouts and the transports' if they are due */
 void
 hub_loop_run_timer(void)
 {
-	if (curl_deadline != 0 && curl_deadline <= GetCurrentTimestamp())
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (curl_deadline != 0 && curl_deadline <= now)
 	{
 		curl_deadline = 0;
 		drive(CURL_SOCKET_TIMEOUT, 0);
 	}
+	hub_transports_run_timers(now);
 }
 
 /* hub_loop_socket_ready --- the epoll set is readable: drive every ready socket */
@@ -176,6 +268,13 @@ hub_loop_socket_ready(void)
 		for (int k = 0; k < n; k++)
 		{
 			int			flags = 0;
+			HubWatch   *w = watch_find(ev[k].data.fd);
+
+			if (w != NULL)
+			{
+				w->ready(w->fd, ev[k].events, w->arg);
+				continue;
+			}
 
 			if (ev[k].events & (EPOLLIN | EPOLLHUP))
 				flags |= CURL_CSELECT_IN;

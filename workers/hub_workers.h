@@ -82,6 +82,7 @@ extern void hub_note_inbox_insert(void);
 extern bool hub_egress_address_allowed(const struct sockaddr *addr);
 extern bool hub_egress_url_allowed(const char *url, char **why);
 extern bool hub_url_has_userinfo(const char *url);
+extern bool hub_url_has_password(const char *url);
 extern bool hub_address_is_public(const struct sockaddr *addr);
 extern void hub_format_address(const struct sockaddr *addr, char *buf, size_t len);
 

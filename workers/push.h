@@ -35,7 +35,29 @@ typedef struct HubPushRequest
 	const char *content_type;
 	struct HubGroup *group;		/* NULL: not of a lease group */
 	int			group_slot;		/* its event's place in the group */
+	/* the (first) event's, for other transports (hub_push_request_event) */
+	char	   *event_id;
+	char	   *event_type;
+	char	   *aggregate_id;	/* NULL: none */
+	char	   *correlation_id; /* NULL: none */
 } HubPushRequest;
+
+/*
+ * what a transport other than HTTP needs of a push request's event
+ * (transport.h), besides the body rendered per the subscription's
+ * body_format
+ */
+typedef struct HubPushEvent
+{
+	const char *event_id;		/* the message id: exactly once downstream */
+	const char *event_type;
+	const char *aggregate_id;	/* NULL: none */
+	const char *correlation_id; /* NULL: none */
+	const char *traceparent;	/* W3C trace context; NULL: none (not carried
+								 * by the claim yet: the trace work adds it) */
+	bool		batch;			/* the body is a batch (JSON array) of events */
+	int			events;			/* events in the body */
+} HubPushEvent;
 
 /* a finished request's outcome, kept until the record step */
 typedef struct HubResult
@@ -80,6 +102,7 @@ typedef struct HubGroup
 
 /* push_claim.c */
 extern int	hub_push_claim(int max_events);
+extern bool hub_push_request_event(HubRequest *req, HubPushEvent *ev);
 extern void hub_push_refresh(void);
 
 /* push_record.c */

@@ -76,7 +76,7 @@ prepare_plans(void)
 	route_plan = hub_prepare_plan("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL) "
 						 "FROM hub._route_events()", 0, NULL);
 #define CLAIMED_COLUMNS "delivery_id, lease_token, endpoint_id, subscription_id, body_format, batch_max, " \
-		"event_id::pg_catalog.text, body, batch_size"
+		"event_id::pg_catalog.text, body, batch_size, event_type, aggregate_id, correlation_id"
 	claim_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
 						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11)", 11, claim_types);
 	claim_transformed_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
@@ -124,17 +124,55 @@ push_request_new(HubEndpoint *ep, int subscription_id, int batch_max, bool batch
 }
 
 /*
+ * request_event --- keep the claim row's event (v: its columns) on the
+ * request, for transports that need more than the body
+ */
+static void
+request_event(HubPushRequest *req, Datum *v, bool *isnull)
+{
+	MemoryContext cxt = req->req.cxt;
+
+	req->event_id = MemoryContextStrdup(cxt, TextDatumGetCString(v[6]));
+	req->event_type = MemoryContextStrdup(cxt, TextDatumGetCString(v[9]));
+	req->aggregate_id = isnull[10] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[10]));
+	req->correlation_id = isnull[11] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[11]));
+}
+
+/*
+ * hub_push_request_event --- the event of a push request (the first one of
+ * a batch), for a transport other than HTTP; false when req is not a push
+ * request
+ */
+bool
+hub_push_request_event(HubRequest *base, HubPushEvent *ev)
+{
+	HubPushRequest *req = (HubPushRequest *) base;
+
+	if (base->ops != &push_ops)
+		return false;
+	ev->event_id = req->event_id;
+	ev->event_type = req->event_type;
+	ev->aggregate_id = req->aggregate_id;
+	ev->correlation_id = req->correlation_id;
+	ev->traceparent = NULL;		/* (to come with the trace context's column) */
+	ev->batch = req->batch;
+	ev->events = req->events;
+	return true;
+}
+
+/*
  * group_request --- the request of a lease group's event k: a delivery of
  * one event as far as sending goes (its own webhook-id, body and
  * signature), recorded through its group.
  */
 static void
-group_request(HubGroup *g, int k, int subscription_id, text *format, Datum event_id, text *body)
+group_request(HubGroup *g, int k, int subscription_id, text *format, Datum *v, bool *isnull, text *body)
 {
 	HubPushRequest *req = push_request_new(g->ep, subscription_id, 1, false);
 
 	req->content_type = body_content_type(format);
-	req->webhook_id = MemoryContextStrdup(req->req.cxt, TextDatumGetCString(event_id));
+	request_event(req, v, isnull);
+	req->webhook_id = req->event_id;
 	appendBinaryStringInfo(&req->req.body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
 	req->delivery_ids[0] = g->delivery_id;
 	req->lease_tokens[0] = g->lease_token;
@@ -489,8 +527,8 @@ hub_push_claim(int max)
 	row = 0;
 	for (int i = 0; i < n; i++)
 	{
-		Datum		v[9];
-		bool		isnull[9];
+		Datum		v[12];
+		bool		isnull[12];
 		int64		delivery_id;
 		int64		token;
 		int			subscription_id;
@@ -536,7 +574,7 @@ hub_push_claim(int max)
 		if (delivery_id == last_delivery && group != NULL)
 		{
 			/* the next event of a lease group */
-			group_request(group, group_filled++, subscription_id, format, v[6], body);
+			group_request(group, group_filled++, subscription_id, format, v, isnull, body);
 			continue;
 		}
 		group_finish(group, group_filled);
@@ -556,7 +594,7 @@ hub_push_claim(int max)
 			group->slots = MemoryContextAllocZero(hub_worker_cxt, sizeof(HubGroupSlot) * batch_size);
 			group_filled = 0;
 			open_batch = NULL;
-			group_request(group, group_filled++, subscription_id, format, v[6], body);
+			group_request(group, group_filled++, subscription_id, format, v, isnull, body);
 			continue;
 		}
 		if (batch && open_batch != NULL && open_batch->subscription_id == subscription_id &&
@@ -568,6 +606,7 @@ hub_push_claim(int max)
 
 			req = push_request_new(ep, subscription_id, batch_max, batch);
 			req->content_type = body_content_type(format);
+			request_event(req, v, isnull);
 			req->webhook_id = MemoryContextStrdup(req->req.cxt, batch ? psprintf("batch_%s", event_id) : event_id);
 			if (batch)
 				appendStringInfoChar(&req->req.body, '[');

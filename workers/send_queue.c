@@ -9,7 +9,10 @@
  *		most half a lease.
  *
  * Push and poll requests share the queues, so an endpoint's limits are one
- * budget for everything sent to it.  A request that cannot go (endpoint not
+ * budget for everything sent to it, whatever its transport: an HTTP
+ * request goes to libcurl (http_client.c, http_loop.c), a request to a
+ * postgresql:// or nats:// endpoint to its transport's start operation
+ * (transport.h), which reports it later with hub_send_complete.  A request that cannot go (endpoint not
  * usable, or waited half its lease) is given back to its maker without an
  * attempt; one whose handle cannot be prepared fails without being sent.
  * Request memory: each request has a memory context of its own, reset and
@@ -27,6 +30,7 @@
 
 #include "http.h"
 #include "hub_workers.h"
+#include "transport.h"
 
 static dlist_head active_endpoints = DLIST_STATIC_INIT(active_endpoints);
 static int	queued_total = 0;
@@ -217,6 +221,30 @@ hub_send_pump(void)
 			}
 			dequeue(ep, req);
 			req->started_at = now;
+			if (ep->transport != HUB_TRANSPORT_HTTP)
+			{
+				const HubTransportOps *ops = hub_transport_ops(ep->transport);
+
+				if (ops == NULL)
+				{
+					finish_without_response(req, pstrdup("this endpoint's transport is not built into the logistics_hub library"),
+											false, 0, false);
+					continue;
+				}
+				hub_endpoint_note_start(ep, now);
+				/* (counted first: start may complete the request at once) */
+				ep->in_flight++;
+				hub_loop_count_in_flight(1);
+				if (!ops->start(req, &error))
+				{
+					ep->in_flight--;
+					hub_loop_count_in_flight(-1);
+					finish_without_response(req, error, false, 0, false);
+				}
+				else
+					sent = true;
+				continue;
+			}
 			if (hub_http_prepare(req, &error) == NULL)
 			{
 				finish_without_response(req, error, false, 0, false);
@@ -246,6 +274,19 @@ hub_send_pump(void)
 		}
 	}
 	return next;
+}
+
+/*
+ * hub_send_complete --- a request started by another transport than HTTP
+ * finished with outcome o (from the loop: its socket or timer): off the
+ * in-flight counts, its outcome to its maker (which frees the request)
+ */
+void
+hub_send_complete(HubRequest *req, const HubOutcome *o)
+{
+	req->ep->in_flight--;
+	hub_loop_count_in_flight(-1);
+	req->ops->finished(req, o);
 }
 
 /*

@@ -214,7 +214,7 @@ CREATE TABLE hub.endpoints (
 	endpoint_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name			text NOT NULL UNIQUE,
 	kind			text NOT NULL DEFAULT 'other' CHECK (kind IN ('erp', 'wms', 'tms', 'carrier', 'portal', 'other')),
-	url				text NOT NULL CHECK (url ~* '^https?://[^/?#[:space:]]+'),
+	url				text NOT NULL CHECK (url ~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+'),
 	enabled			boolean NOT NULL DEFAULT true,
 	paused			boolean NOT NULL DEFAULT false,
 	timeout_ms		integer NOT NULL DEFAULT 10000 CHECK (timeout_ms BETWEEN 100 AND 600000),
@@ -249,7 +249,9 @@ COMMENT ON COLUMN hub.endpoints.throttled_until IS
 'Set by the dispatchers when the endpoint answered 429 or 503 with Retry-After, or any response with X-RateLimit-Remaining: 0 and X-RateLimit-Reset: nothing is sent to it, pushed or polled, by any dispatcher before this time (capped by logistics_hub.retry_after_max). NULL or past: not throttled. Not audited (runtime state, like the circuit breaker''s columns).';
 COMMENT ON COLUMN hub.endpoints.circuit_probe_until IS 'While half_open: the lease end of the one probe delivery handed out; no second probe before it.';
 COMMENT ON TABLE hub.endpoints IS
-'HTTP receivers (ERP, WMS, TMS, carrier, portal) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
+'Receivers (ERP, WMS, TMS, carrier, portal over HTTP; a central hub over postgresql://; NATS JetStream over nats://) with their limits, auth kind and circuit-breaker state. Secrets live in hub._endpoint_secrets.';
+COMMENT ON COLUMN hub.endpoints.url IS
+'Where requests go; its scheme picks the transport: http:// or https:// (libcurl), postgresql:// or postgres:// (a central hub, libpq: README "Deployment beyond one server"), nats:// (NATS JetStream). Never a password.';
 /*
  * The limits' ranges (CHECK constraints, so that hub.create_endpoint and a
  * plain UPDATE get the same): every value inside them keeps the workers'

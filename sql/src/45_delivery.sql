@@ -61,16 +61,20 @@ AS $$
 DECLARE
 	id integer;
 BEGIN
-	-- (before anything that would show the URL, password and all)
-	IF url ~ '^[^/?#]*(//)?[^/?#]*@' OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
+	-- (before anything that would show the URL, password and all; a
+	-- postgresql:// URI may name its user, never a password)
+	IF (url ~* '^postgres(ql)?://' AND (url ~ '^[^/?#]*//[^/?#@]*:[^/?#]*@' OR url ~* '[?&]password='))
+		OR (url !~* '^postgres(ql)?://' AND url ~ '^[^/?#]*(//)?[^/?#]*@')
+		OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
 		RAISE EXCEPTION 'endpoint URL must not contain user information'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A user name or password in the URL would be readable by hub_reader.',
 				  HINT = 'Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret).';
 	END IF;
-	IF url !~* '^https?://[^/?#[:space:]]+' THEN
+	IF url !~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+' THEN
 		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Only http:// and https:// URLs can be delivered to.';
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only http://, https://, postgresql:// (a central hub) and nats:// URLs can be delivered to.';
 	END IF;
 	IF signing_secret IS NOT NULL AND signing_secret !~ '^whsec_[A-Za-z0-9+/=]+$' THEN
 		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
@@ -97,7 +101,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
-'Register an HTTP receiver; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
+'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
 
 -- the endpoint's id, or 42704 naming it
 CREATE FUNCTION hub._endpoint_id(endpoint text) RETURNS integer
