@@ -41,8 +41,10 @@ REGRESS_OPTS = --inputdir=test --outputdir=test/results/installcheck --load-exte
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cflags 2>/dev/null)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
-# libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c)
-SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium
+# libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c);
+# libnats (libnats-dev) is the NATS JetStream client of the nats transport
+# (workers/nats_transport.c)
+SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium -lnats
 
 # JIT bitcode is not needed and Debian builds it with a clang that may be
 # absent.

@@ -4440,4 +4440,117 @@ $$;
 COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
 'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
 
+-- ================================================================ nats
+-- NATS JetStream endpoints (workers/nats_transport.c): the subject template
+-- of a nats:// endpoint, read by the dispatchers with its settings, and
+-- hub.create_endpoint's subject parameter.
+ALTER TABLE hub.endpoints ADD COLUMN subject_template text CHECK (length(subject_template) <= 200 AND subject_template ~
+	'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$');
+COMMENT ON COLUMN hub.endpoints.subject_template IS
+'nats:// endpoints: the NATS subject of an event, dot-separated tokens each a literal ([A-Za-z0-9_-]) or {event_type} (two tokens, domain.action) or {aggregate_id} (escaped: bytes other than [A-Za-z0-9_-] as %XX, "_" for none); lhub.{event_type}.{aggregate_id} when created without one. NULL for other transports.';
+GRANT UPDATE (subject_template) ON hub.endpoints TO hub_admin;
+
+DROP FUNCTION hub._dispatch_endpoints(integer[], integer, integer);
+CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
+RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
+			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
+			   oauth2_token_url text, headers text[], auth_secret bytea, oauth2_client_id bytea,
+			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz,
+			   throttled_until timestamptz, subject_template text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT e.endpoint_id, e.url, e.timeout_ms,
+		   CASE WHEN e.spread THEN hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+				ELSE e.max_concurrency END,
+		   CASE WHEN e.spread
+				THEN e.rate_limit * hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+					 / e.max_concurrency
+				ELSE e.rate_limit END::float8,
+		   e.allow_redirects,
+		   e.auth_kind, e.api_key_header, e.oauth2_token_url,
+		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
+		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
+		   e.enabled AND NOT e.paused AND e.circuit_state <> 'open',
+		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END,
+		   e.throttled_until, e.subject_template
+	FROM hub.endpoints e
+	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
+	WHERE e.endpoint_id = ANY (ids)
+$$;
+COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
+'API: Private. Settings and sealed secrets (opened by the workers in C) of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share); not usable while paused, disabled or its circuit open (usable again at the circuit''s probe time), nor before throttled_until.';
+REVOKE EXECUTE ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) TO hub_worker;
+
+DROP FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb);
+CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
+		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
+		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
+		auth_kind text DEFAULT 'none', auth_secret text DEFAULT NULL,
+		api_key_header text DEFAULT NULL, oauth2_token_url text DEFAULT NULL,
+		oauth2_client_id text DEFAULT NULL, oauth2_client_secret text DEFAULT NULL,
+		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}', subject text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id integer;
+BEGIN
+	-- (before anything that would show the URL, password and all; a
+	-- postgresql:// URI may name its user, never a password)
+	IF (url ~* '^postgres(ql)?://' AND (url ~ '^[^/?#]*//[^/?#@]*:[^/?#]*@' OR url ~* '[?&]password='))
+		OR (url !~* '^postgres(ql)?://' AND url ~ '^[^/?#]*(//)?[^/?#]*@')
+		OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
+		RAISE EXCEPTION 'endpoint URL must not contain user information'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A user name or password in the URL would be readable by hub_reader.',
+				  HINT = 'Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret).';
+	END IF;
+	IF url !~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+' THEN
+		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only http://, https://, postgresql:// (a central hub) and nats:// URLs can be delivered to.';
+	END IF;
+	IF signing_secret IS NOT NULL AND signing_secret !~ '^whsec_[A-Za-z0-9+/=]+$' THEN
+		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
+	END IF;
+	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
+	IF url ~* '^nats://' THEN
+		subject := coalesce(subject, 'lhub.{event_type}.{aggregate_id}');
+		PERFORM hub._check_setting('subject', length(subject) <= 200 AND subject ~
+			'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$',
+			subject, 'at most 200 characters of dot-separated tokens, each letters, digits, _ and - or {event_type} or {aggregate_id}');
+		PERFORM hub._check_setting('auth_kind', auth_kind IN ('none', 'bearer', 'basic'), auth_kind,
+								   'none, bearer (a NATS token) or basic (user:password) for a nats:// endpoint');
+	ELSIF subject IS NOT NULL THEN
+		RAISE EXCEPTION 'only a nats:// endpoint has a subject' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('timeout_ms', timeout_ms BETWEEN 100 AND 600000, timeout_ms::text,
+							   'between 100 and 600000 (milliseconds)');
+	PERFORM hub._check_setting('max_concurrency', max_concurrency BETWEEN 1 AND 1000, max_concurrency::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('rate_limit', rate_limit IS NULL OR rate_limit BETWEEN 0.001 AND 100000,
+							   rate_limit::text, 'NULL (no limit) or between 0.001 and 100000 requests a second');
+	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+							   auth_kind, api_key_header, oauth2_token_url, headers, subject_template)
+	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'), subject)
+	RETURNING endpoint_id INTO id;
+	-- sealed (hub._seal, 55_secrets.sql): only ciphertext reaches the table
+	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
+	VALUES (id, hub._seal(id, 'auth_secret', auth_secret), hub._seal(id, 'oauth2_client_id', oauth2_client_id),
+			hub._seal(id, 'oauth2_client_secret', oauth2_client_secret),
+			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[hub._seal(id, 'signing_secrets', signing_secret)] END);
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) IS
+'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list (NATS JetStream: subject names the subject template, default lhub.{event_type}.{aggregate_id}; auth_kind bearer is a token, basic user:password); everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
+REVOKE EXECUTE ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) TO hub_admin;
+
 -- ================================================================ end

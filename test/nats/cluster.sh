@@ -3,18 +3,22 @@
 # test/harness/lib.sh).
 #
 #   lh_nats_start DIR BASE   nodes n1 n2 n3: client ports BASE, BASE+1,
-#                            BASE+2, cluster (route) ports BASE+10..12, all
-#                            on 127.0.0.1, JetStream stores under DIR;
+#                            BASE+2, cluster (route) ports BASE+10..12,
+#                            monitoring ports BASE+20..22, all on
+#                            127.0.0.1, JetStream stores under DIR;
 #                            returns once every node answers; sets
 #                            LH_NATS_URLS (the three client URLs, comma
 #                            separated) and builds $LH_NATS_TOOL (lhnats.c)
 #   lh_nats_kill I           kill -9 of node I (1..3)
 #   lh_nats_restart I        start node I again on its store
 #   lh_nats_node_of NAME     the index of the node whose server_name is NAME
+#   lh_nats_client_node NAME the index of the node a client named NAME is
+#                            connected to (from the nodes' /connz), or
+#                            nothing
 #   lh_nats_stop             stop every node (in the caller's EXIT trap)
 #
-# The servers run as the calling user, with no monitoring port, listening
-# only on 127.0.0.1.
+# The servers run as the calling user, listening (clients, routes and
+# monitoring) only on 127.0.0.1.
 
 LH_NATS_DIR=
 LH_NATS_BASE=
@@ -27,6 +31,7 @@ lh_nats_conf()
 	cat <<EOF
 server_name: n$i
 listen: 127.0.0.1:$((base + i - 1))
+http: 127.0.0.1:$((base + 19 + i))
 jetstream {
   store_dir: "$LH_NATS_DIR/n$i"
 }
@@ -87,6 +92,18 @@ lh_nats_kill()
 lh_nats_node_of()
 {
 	echo "${1#n}"
+}
+
+lh_nats_client_node()
+{
+	local i
+	for i in 1 2 3; do
+		[ "${LH_NATS_PIDS[$i]}" != 0 ] || continue
+		if curl -s --max-time 2 "http://127.0.0.1:$((LH_NATS_BASE + 19 + i))/connz" | grep -q "\"name\": \"$1\""; then
+			echo "$i"
+			return 0
+		fi
+	done
 }
 
 lh_nats_stop()

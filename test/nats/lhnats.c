@@ -153,8 +153,13 @@ main(int argc, char **argv)
 		so.Ordered = true;
 		if (msgs > 0)
 		{
-			if ((s = js_SubscribeSync(&sub, js, ">", NULL, &so, &jerr)) != NATS_OK)
-				die("subscribe", s);
+			/* (a consumer leader may be being elected after a kill: 30 s) */
+			for (int t = 0; (s = js_SubscribeSync(&sub, js, ">", NULL, &so, &jerr)) != NATS_OK; t++)
+			{
+				if (t >= 30)
+					die("subscribe", s);
+				sleep(1);
+			}
 			while (got < msgs)
 			{
 				natsMsg    *m;
