@@ -14,6 +14,8 @@
  *		print every message of the stream, one line each:
  *		"<seq> <subject> <Nats-Msg-Id>", in stream order, read with an
  *		ordered consumer
+ *	lhnats dump-sizes URLS NAME
+ *		the same with the body's length in bytes as a fourth field
  *	lhnats publish URLS SUBJECT_PREFIX N KEYS [FIRST]
  *		publish N messages synchronously, message i (from FIRST, 1) with
  *		Nats-Msg-Id "m<i>" on subject "<prefix>.k<i % KEYS>" and body
@@ -137,8 +139,9 @@ main(int argc, char **argv)
 		printf("%s\n", si->Cluster->Leader);
 		jsStreamInfo_Destroy(si);
 	}
-	else if (strcmp(argv[1], "dump") == 0 && argc == 4)
+	else if ((strcmp(argv[1], "dump") == 0 || strcmp(argv[1], "dump-sizes") == 0) && argc == 4)
 	{
+		bool		sizes = strcmp(argv[1], "dump-sizes") == 0;
 		jsStreamInfo *si = stream_info(js, argv[3], 150);
 		uint64_t	last = si->State.LastSeq;
 		uint64_t	msgs = si->State.Msgs;
@@ -172,8 +175,12 @@ main(int argc, char **argv)
 					die("metadata", s);
 				if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) != NATS_OK)
 					id = "-";
-				printf("%llu %s %s\n", (unsigned long long) meta->Sequence.Stream,
-					   natsMsg_GetSubject(m), id);
+				if (sizes)
+					printf("%llu %s %s %d\n", (unsigned long long) meta->Sequence.Stream,
+						   natsMsg_GetSubject(m), id, natsMsg_GetDataLength(m));
+				else
+					printf("%llu %s %s\n", (unsigned long long) meta->Sequence.Stream,
+						   natsMsg_GetSubject(m), id);
 				got++;
 				if (meta->Sequence.Stream >= last)
 					got = msgs;
