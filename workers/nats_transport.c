@@ -37,6 +37,10 @@
  * every signal blocked, so that PostgreSQL's handlers only ever run on the
  * worker's thread.
  *
+ * The same connection and hand-over serve a stream as a poller source
+ * (nats_inbound.c, nats.h): a message of its subscription is queued like
+ * an acknowledgement, marked with its poller, and passed on by drain.
+ *
  * Outcomes: an acknowledgement (also a duplicate's) is success, its stream,
  * sequence and duplicate flag the attempt's excerpt; "no responders" (no
  * stream leader: an election) is given back without an attempt for a
@@ -59,8 +63,6 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
-#include <nats/nats.h>
-
 #include "common/hashfn.h"
 #include "lib/ilist.h"
 #include "utils/hsearch.h"
@@ -68,6 +70,7 @@
 
 #include "http.h"
 #include "hub_workers.h"
+#include "nats.h"
 #include "push.h"
 #include "transport.h"
 
@@ -75,18 +78,6 @@
 #define NATS_DEFER_MS 1000
 #define NATS_MAX_SERVERS 16
 
-/* an endpoint's connection (HubEndpoint.transport_state) */
-typedef struct NatsConn
-{
-	dlist_node	node;			/* in the list of connections */
-	HubEndpoint *ep;			/* NULL once retired (settings changed) */
-	char	   *key;			/* URL, auth kind and secret it was made with */
-	natsConnection *nc;
-	jsCtx	   *js;
-	int			in_flight;
-	/* written by libnats threads: times the connection was lost */
-	volatile uint32 disconnects;
-} NatsConn;
 
 /* a request in flight, found by the address of its message */
 typedef struct NatsPending
@@ -101,7 +92,8 @@ typedef struct NatsPending
 typedef struct NatsDone
 {
 	struct NatsDone *next;
-	natsMsg    *msg;			/* the message published (ours to destroy) */
+	natsMsg    *msg;			/* the message published or received (ours) */
+	int			poller_id;		/* >0: a message received for this poller */
 	bool		ok;
 	uint64		seq;
 	bool		duplicate;
@@ -173,6 +165,23 @@ on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 	note_done(d);
 }
 
+/* a message of a poller source's subscription (closure: the poller id) */
+void
+hub_nats_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+	NatsDone   *d = calloc(1, sizeof(NatsDone));
+
+	if (d == NULL)
+	{
+		/* (not acknowledged: delivered again) */
+		natsMsg_Destroy(msg);
+		return;
+	}
+	d->msg = msg;
+	d->poller_id = (int) (intptr_t) closure;
+	note_done(d);
+}
+
 static void
 on_disconnected(natsConnection *nc, void *closure)
 {
@@ -189,8 +198,8 @@ on_disconnected(natsConnection *nc, void *closure)
  */
 static sigset_t saved_mask;
 
-static void
-block_signals(void)
+void
+hub_nats_block_signals(void)
 {
 	sigset_t	all;
 
@@ -198,8 +207,8 @@ block_signals(void)
 	pthread_sigmask(SIG_BLOCK, &all, &saved_mask);
 }
 
-static void
-restore_signals(void)
+void
+hub_nats_restore_signals(void)
 {
 	pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
 }
@@ -268,8 +277,17 @@ drain(int fd, uint32 events, void *arg)
 	while (d != NULL)
 	{
 		NatsDone   *next = d->next;
-		NatsPending *p = hash_search(pending, &d->msg, HASH_FIND, NULL);
+		NatsPending *p;
 
+		if (d->poller_id > 0)
+		{
+			/* (the message is the poller source's now) */
+			hub_nats_inbound_received(d->poller_id, d->msg);
+			free(d);
+			d = next;
+			continue;
+		}
+		p = hash_search(pending, &d->msg, HASH_FIND, NULL);
 		if (p != NULL)
 		{
 			HubRequest *req = p->req;
@@ -302,17 +320,7 @@ drain(int fd, uint32 events, void *arg)
 				o.error = psprintf("NATS JetStream: %s", d->err_text);
 			c->in_flight--;
 			hub_send_complete(req, &o);
-			if (c->ep == NULL && c->in_flight == 0)
-			{
-				/* retired and done */
-				dlist_delete(&c->node);
-				block_signals();
-				jsCtx_Destroy(c->js);
-				natsConnection_Destroy(c->nc);
-				restore_signals();
-				free(c->key);
-				pfree(c);
-			}
+			hub_nats_release(c);
 		}
 		natsMsg_Destroy(d->msg);
 		free(d);
@@ -329,9 +337,9 @@ nats_init(char **error)
 
 	if (nats_opened)
 		return true;
-	block_signals();
+	hub_nats_block_signals();
 	s = nats_Open(-1);
-	restore_signals();
+	hub_nats_restore_signals();
 	if (s != NATS_OK)
 	{
 		*error = nats_error("library", s);
@@ -453,9 +461,12 @@ server_list(const char *url, char **servers, int *n, char **error)
 	return true;
 }
 
-/* connect --- the endpoint's connection, made now if needed; NULL with *error */
-static NatsConn *
-conn_for(HubEndpoint *ep, char **error)
+/*
+ * hub_nats_connection --- the endpoint's connection, made now if needed;
+ * NULL with *error
+ */
+NatsConn *
+hub_nats_connection(HubEndpoint *ep, char **error)
 {
 	NatsConn   *c = (NatsConn *) ep->transport_state;
 	char	   *servers[NATS_MAX_SERVERS];
@@ -477,7 +488,7 @@ conn_for(HubEndpoint *ep, char **error)
 		return NULL;
 
 	c = MemoryContextAllocZero(TopMemoryContext, sizeof(NatsConn));
-	block_signals();
+	hub_nats_block_signals();
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
 		s = natsOptions_SetServers(opts, (const char **) servers, nservers);
@@ -519,15 +530,15 @@ conn_for(HubEndpoint *ep, char **error)
 		s = natsConnection_JetStream(&c->js, c->nc, &jo);
 	}
 	natsOptions_Destroy(opts);
-	restore_signals();
+	hub_nats_restore_signals();
 	if (s != NATS_OK)
 	{
 		*error = nats_error("connect", s);
 		if (c->nc != NULL)
 		{
-			block_signals();
+			hub_nats_block_signals();
 			natsConnection_Destroy(c->nc);
-			restore_signals();
+			hub_nats_restore_signals();
 		}
 		pfree(c);
 		return NULL;
@@ -549,16 +560,25 @@ retire(HubEndpoint *ep)
 		return;
 	ep->transport_state = NULL;
 	c->ep = NULL;
-	if (c->in_flight == 0)
-	{
-		dlist_delete(&c->node);
-		block_signals();
-		jsCtx_Destroy(c->js);
-		natsConnection_Destroy(c->nc);
-		restore_signals();
-		free(c->key);
-		pfree(c);
-	}
+	hub_nats_release(c);
+}
+
+/*
+ * hub_nats_release --- close a retired connection once nothing uses it (no
+ * publish waiting for its answer, no poller source subscribed)
+ */
+void
+hub_nats_release(NatsConn *c)
+{
+	if (c->ep != NULL || c->in_flight > 0 || c->subscriptions > 0)
+		return;
+	dlist_delete(&c->node);
+	hub_nats_block_signals();
+	jsCtx_Destroy(c->js);
+	natsConnection_Destroy(c->nc);
+	hub_nats_restore_signals();
+	free(c->key);
+	pfree(c);
 }
 
 static bool
@@ -583,7 +603,7 @@ nats_start(HubRequest *req, char **error)
 		*error = pstrdup("a nats endpoint takes one event a message: use body_format event or cloudevents");
 		return false;
 	}
-	if ((c = conn_for(req->ep, error)) == NULL)
+	if ((c = hub_nats_connection(req->ep, error)) == NULL)
 		return false;
 	template = req->ep->subject_template ? req->ep->subject_template : "lhub.{event_type}.{aggregate_id}";
 
@@ -593,6 +613,8 @@ nats_start(HubRequest *req, char **error)
 		s = natsMsgHeader_Set(msg, "Lhub-Event-Type", ev.event_type);
 	if (s == NATS_OK && ev.correlation_id != NULL && hub_header_value_ok(ev.correlation_id))
 		s = natsMsgHeader_Set(msg, "Lhub-Correlation-Id", ev.correlation_id);
+	if (s == NATS_OK && ev.aggregate_id != NULL && *ev.aggregate_id && hub_header_value_ok(ev.aggregate_id))
+		s = natsMsgHeader_Set(msg, "Lhub-Aggregate-Id", ev.aggregate_id);
 	if (s != NATS_OK)
 	{
 		natsMsg_Destroy(msg);
@@ -609,9 +631,9 @@ nats_start(HubRequest *req, char **error)
 	p->req = req;
 	p->conn = c;
 	p->disconnects = __atomic_load_n(&c->disconnects, __ATOMIC_SEQ_CST);
-	block_signals();
+	hub_nats_block_signals();
 	s = js_PublishMsgAsync(c->js, &msg, &po);
-	restore_signals();
+	hub_nats_restore_signals();
 	if (s != NATS_OK)
 	{
 		hash_search(pending, &key, HASH_REMOVE, NULL);
@@ -680,7 +702,8 @@ nats_abort_all(void)
 
 	if (!nats_opened)
 		return;
-	block_signals();
+	hub_nats_inbound_abort_all();
+	hub_nats_block_signals();
 	dlist_foreach_modify(it, &conns)
 	{
 		NatsConn   *c = dlist_container(NatsConn, node, it.cur);
@@ -691,7 +714,7 @@ nats_abort_all(void)
 		if (c->ep != NULL)
 			c->ep->transport_state = NULL;
 	}
-	restore_signals();
+	hub_nats_restore_signals();
 }
 
 const HubTransportOps hub_nats_transport_ops = {

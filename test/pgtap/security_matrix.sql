@@ -152,6 +152,8 @@ $q$, $q$ VALUES
 	('hub._inbox_step(bigint,boolean)', 'hub_worker'),
 	('hub._key_types_valid(text[],jsonb)', 'hub_admin'),
 	('hub._pause_by_worker(integer,text,text)', 'hub_worker'),
+	('hub._nats_pollers(integer,integer)', 'hub_worker'),
+	('hub._nats_receive(integer,text[],text[],bytea[],text[],text[])', 'hub_worker'),
 	('hub._poll_claim(text,integer,integer,integer)', 'hub_worker'),
 	('hub._poll_next_due(integer,integer)', 'hub_worker'),
 	('hub._poll_page(integer,bigint,text,integer,text[],bytea,text,integer,bigint)', 'hub_worker'),
