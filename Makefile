@@ -39,12 +39,14 @@ DIST = $(EXTNAME)-$(EXTVERSION).zip
 REGRESS = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
 REGRESS_OPTS = --inputdir=test --outputdir=test/results/installcheck --load-extension=$(EXTNAME)
 
-PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cflags 2>/dev/null)
+PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cflags 2>/dev/null) \
+	-I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
-# libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c);
+# libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c)
+# libpq (libpq-dev) relays events to a central hub (workers/pg_transport.c)
 # libnats (libnats-dev) is the NATS JetStream client of the nats transport
-# (workers/nats_transport.c)
-SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium -lnats
+# (workers/nats_transport.c, workers/nats_inbound.c)
+SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium -L$(shell $(PG_CONFIG) --libdir 2>/dev/null) -lpq -lnats
 
 # JIT bitcode is not needed and Debian builds it with a clang that may be
 # absent.

@@ -31,7 +31,11 @@
  * contract_version): the canonical event's last member "contract_version",
  * the CloudEvents extension attribute "contractversion" (an integer); both
  * left out when it is NULL (an unknown type that was accepted).  The
- * eight-argument form gives the bytes it always gave.
+ * ten-argument form adds the event's W3C traceparent (hub.outbox.
+ * traceparent) as the CloudEvents distributed tracing extension attribute
+ * "traceparent", left out when NULL; the canonical event does not carry it
+ * (the request's traceparent header does).  The eight- and nine-argument
+ * forms give the bytes they always gave.
  *
  * 'cloudevents' and 'cloudevents_batch' (one member of the array a
  * CloudEvents batch is) give the CloudEvents envelope; a NULL body_format,
@@ -67,6 +71,7 @@
 #define ARG_PAYLOAD			6
 #define ARG_SOURCE			7
 #define ARG_CONTRACT_VERSION 8	/* (the nine-argument form only) */
+#define ARG_TRACEPARENT		9	/* (the ten-argument form only) */
 
 /*
  * One member of the body: its key, the argument that gives its value (or
@@ -102,8 +107,9 @@ static const BodyMember canonical_members[] = {
 };
 
 /*
- * id, data, time, type, source, subject, specversion, correlationid,
- * contractversion (an extension attribute, an integer), datacontenttype
+ * id, data, time, type, source, subject, specversion, traceparent (the
+ * distributed tracing extension), correlationid, contractversion (an
+ * extension attribute, an integer), datacontenttype: jsonb's key order
  */
 static const BodyMember cloudevents_members[] = {
 	{"\"id\"", ARG_EVENT_ID, BODY_UUID, NULL},
@@ -113,6 +119,7 @@ static const BodyMember cloudevents_members[] = {
 	{"\"source\"", ARG_SOURCE, BODY_TEXT, NULL},
 	{"\"subject\"", ARG_AGGREGATE_ID, BODY_TEXT, NULL},
 	{"\"specversion\"", -1, BODY_CONSTANT, "\"1.0\""},
+	{"\"traceparent\"", ARG_TRACEPARENT, BODY_TEXT, NULL},
 	{"\"correlationid\"", ARG_CORRELATION_ID, BODY_TEXT, NULL},
 	{"\"contractversion\"", ARG_CONTRACT_VERSION, BODY_INT, NULL},
 	{"\"datacontenttype\"", -1, BODY_CONSTANT, "\"application/json\""},
@@ -180,7 +187,7 @@ append_members(StringInfo buf, const BodyMember *members, int nmembers,
 		const BodyMember *m = &members[i];
 		bool		isnull;
 
-		/* (the contract version: only in the nine-argument form, when known) */
+		/* (the contract version, the traceparent: only in the longer forms) */
 		if (m->arg >= PG_NARGS())
 			continue;
 		isnull = m->arg >= 0 && PG_ARGISNULL(m->arg);
@@ -222,7 +229,7 @@ is_cloudevents(FunctionCallInfo fcinfo)
 /*
  * hub_event_body --- SQL hub.event_body(body_format, event_id, event_type,
  * aggregate_id, occurred_at, correlation_id, payload, source [,
- * contract_version]): the request
+ * contract_version [, traceparent]]): the request
  * body of one event as text.  Not strict: NULL arguments become JSON nulls
  * (see the file header).  Fails only as its argument types' output does
  * (out of memory, a corrupt jsonb).

@@ -69,6 +69,7 @@
 
 #include "hub_workers.h"
 #include "outbox.h"
+#include "traceparent.h"
 
 #define EVENT_TYPE_MAXLEN 127
 
@@ -589,8 +590,10 @@ restored_event(HeapTuple tuple, TupleDesc desc, int att_id, int att_xid, int att
 
 /*
  * hub_outbox_check --- BEFORE INSERT row trigger on hub.outbox: the checks
- * of hub_outbox_check_event, then xid, published_at and the contract
- * version stamped; an event
+ * of hub_outbox_check_event, then xid, published_at, the contract version
+ * and the traceparent (hub_traceparent_for_event: the given one checked,
+ * 22023, or a child of the inbox message in process, or a new trace)
+ * stamped; an event
  * restored from a dump (restored_event) is kept as it is.
  */
 PG_FUNCTION_INFO_V1(hub_outbox_check);
@@ -624,10 +627,11 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 				payload_null,
 				id_null,
 				id_was_null;
+	int			att_trace;
 	int			ncols = 2;
-	int			cols[4];
-	Datum		vals[4];
-	bool		nulls[4] = {false, false, false, false};
+	int			cols[5];
+	Datum		vals[5];
+	bool		nulls[5] = {false, false, false, false, false};
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
@@ -645,6 +649,7 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 	att_published = SPI_fnumber(desc, "published_at");
 	att_occurred = SPI_fnumber(desc, "occurred_at");
 	att_version = SPI_fnumber(desc, "contract_version");	/* (not before 0.3.0) */
+	att_trace = SPI_fnumber(desc, "traceparent");	/* (not before 0.3.0) */
 	if (att_id <= 0 || att_type <= 0 || att_agg <= 0 || att_payload <= 0 || att_corr <= 0 || att_caus <= 0 || att_xid <= 0 || att_published <= 0 || att_occurred <= 0)
 		elog(ERROR, "hub._outbox_check fired on a table that is not hub.outbox");
 	if (restored_event(tuple, desc, att_id, att_xid, att_published))
@@ -678,6 +683,16 @@ hub_outbox_check(PG_FUNCTION_ARGS)
 		cols[ncols] = att_version;
 		vals[ncols] = Int32GetDatum(version);
 		nulls[ncols] = (version == 0);
+		ncols++;
+	}
+	if (att_trace > 0)
+	{
+		bool		trace_null;
+		Datum		trace = heap_getattr(tuple, att_trace, desc, &trace_null);
+
+		hub_traceparent_for_event(&trace, &trace_null);
+		cols[ncols] = att_trace;
+		vals[ncols] = trace;
 		ncols++;
 	}
 	cols[0] = att_xid;

@@ -14,7 +14,7 @@
  * identity default all apply as they do to a plain INSERT, without a plan.
  *
  * That is only the same as a plain INSERT while hub.outbox has the shape
- * this file knows: the twelve columns of 40_outbox.sql (defaults only where
+ * this file knows: the thirteen columns of 40_outbox.sql (defaults only where
  * the values are supplied here or stamped by the contract trigger), no row
  * security, no statement-level INSERT triggers or transition tables, and
  * table-level INSERT privilege for the caller.  Whenever that does not
@@ -66,9 +66,10 @@
 #include "utils/xid8.h"
 
 #include "outbox.h"
+#include "traceparent.h"
 
-#define PUBLISH_NARGS 8			/* columns the publish INSERT names */
-#define OUTBOX_NATTS 12
+#define PUBLISH_NARGS 9			/* columns the publish INSERT names */
+#define OUTBOX_NATTS 13
 
 /* hub.outbox as 40_outbox.sql makes it, in column order */
 static const struct
@@ -89,7 +90,8 @@ static const struct
 	{"occurred_at", TIMESTAMPTZOID, true},
 	{"published_at", TIMESTAMPTZOID, false},	/* stamped by the trigger */
 	{"xid", XID8OID, false},	/* stamped by the trigger */
-	{"contract_version", INT4OID, false}	/* stamped by the trigger */
+	{"contract_version", INT4OID, false},	/* stamped by the trigger */
+	{"traceparent", TEXTOID, true}	/* given, or stamped by the trigger */
 };
 
 /* what this backend knows of hub.outbox; valid until a relcache invalidation */
@@ -259,16 +261,21 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 		slot->tts_values[i] = (Datum) 0;
 		slot->tts_isnull[i] = true;
 	}
-	/* event_id, then (seq) event_type .. occurred_at; published_at, xid by the trigger */
+	/*
+	 * event_id, then (seq) event_type .. occurred_at, and traceparent;
+	 * published_at, xid, contract_version by the trigger
+	 */
 	slot->tts_values[0] = values[0];
 	slot->tts_isnull[0] = false;
 	slot->tts_values[1] = Int64GetDatum(nextval_internal(outbox_seqid, false));
 	slot->tts_isnull[1] = false;
-	for (i = 1; i < PUBLISH_NARGS; i++)
+	for (i = 1; i < PUBLISH_NARGS - 1; i++)
 	{
 		slot->tts_values[i + 1] = values[i];
 		slot->tts_isnull[i + 1] = (nulls[i] == 'n');
 	}
+	slot->tts_values[12] = values[8];
+	slot->tts_isnull[12] = (nulls[8] == 'n');
 	if (outbox_check_only && SessionReplicationRole == SESSION_REPLICATION_ROLE_ORIGIN)
 	{
 		/* the contract trigger's work, without the trigger call */
@@ -288,6 +295,7 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 			slot->tts_isnull[10] = false;
 			slot->tts_values[11] = Int32GetDatum(version);
 			slot->tts_isnull[11] = (version == 0);
+			hub_traceparent_for_event(&slot->tts_values[12], &slot->tts_isnull[12]);
 		}
 		rri->ri_TrigDesc = NULL;
 	}
@@ -304,32 +312,41 @@ insert_direct(Relation rel, Datum *values, char *nulls)
 }
 
 /*
- * insert_spi --- the same row through a plain INSERT (plan kept per
+ * insert_spi --- the same row through a plain INSERT (plans kept per
  * backend): the fallback for every case the direct insert does not cover.
+ * Without a traceparent the INSERT does not name the column (the contract
+ * trigger stamps it), so that publishing also works while the library is
+ * newer than the extension's tables (before ALTER EXTENSION UPDATE).
  */
 static void
 insert_spi(Datum *values, char *nulls)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	bool		traced = (nulls[PUBLISH_NARGS - 1] != 'n');
+	int			nargs = traced ? PUBLISH_NARGS : PUBLISH_NARGS - 1;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (plan == NULL)
+	if (plans[traced] == NULL)
 	{
 		Oid			types[PUBLISH_NARGS] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID,
-		TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
-		SPIPlanPtr	p = SPI_prepare("INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
+		TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID};
+		SPIPlanPtr	p = SPI_prepare(traced ?
+									"INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
+									" correlation_id, causation_id, headers, occurred_at, traceparent)"
+									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)" :
+									"INSERT INTO hub.outbox (event_id, event_type, aggregate_id, payload,"
 									" correlation_id, causation_id, headers, occurred_at)"
 									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-									PUBLISH_NARGS, types);
+									nargs, types);
 
 		if (p == NULL)
 			elog(ERROR, "could not prepare the hub.publish insert: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
-		plan = p;
+		plans[traced] = p;
 	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(plans[traced], values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "hub.publish insert failed");
 	SPI_finish();
 }
@@ -354,10 +371,10 @@ context_default(const char *setting, Datum *value, char *null)
 
 /*
  * hub_publish --- SQL hub.publish(event_type, aggregate_id, payload,
- * correlation_id, causation_id, headers, occurred_at): returns the new
- * event id.  Errors are those of the INSERT (the contract trigger's 22023,
- * 23502 for a missing event type, aggregate id or payload, 42501 without
- * INSERT privilege).
+ * correlation_id, causation_id, headers, occurred_at, traceparent): returns
+ * the new event id.  Errors are those of the INSERT (the contract trigger's
+ * 22023, an invalid traceparent among them, 23502 for a missing event type,
+ * aggregate id or payload, 42501 without INSERT privilege).
  */
 PG_FUNCTION_INFO_V1(hub_publish);
 Datum
@@ -403,6 +420,18 @@ hub_publish(PG_FUNCTION_ARGS)
 		: PG_GETARG_DATUM(6);
 	/* (the direct insert does not run the trigger, which checks it too) */
 	hub_check_occurred_at(values[7]);
+	/* traceparent: the publisher's, or NULL for the trigger's (trace_context.c) */
+	/* (the seven-argument hub.publish of 0.2.0, before ALTER EXTENSION UPDATE) */
+	if (PG_NARGS() > 7 && !PG_ARGISNULL(7))
+	{
+		nulls[8] = ' ';
+		values[8] = PG_GETARG_DATUM(7);
+	}
+	else
+	{
+		nulls[8] = 'n';
+		values[8] = (Datum) 0;
+	}
 
 	rel = open_outbox();
 	if (direct_allowed(rel))

@@ -4372,6 +4372,3309 @@ $$;
 COMMENT ON FUNCTION hub.process_inbox(integer) IS
 'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
 
+-- ================================================================ trace
+-- W3C Trace Context (issue 21): a traceparent on every event and inbox
+-- message, hub.publish(..., traceparent) and hub.receive(..., traceparent),
+-- child spans for what processing a message publishes, the traceparent
+-- column of hub.trace (extension/trace_context.c, sql/src/67_trace.sql).
+-- Existing rows keep a NULL traceparent.
+ALTER TABLE hub.outbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.outbox.traceparent IS 'W3C Trace Context traceparent of the event (version 00 form), sent as the traceparent header of its push requests: the publisher''s, else a child span of the inbox message whose processing published it, else a new trace; NULL for events published before 0.3.0.';
+CREATE FUNCTION hub.traceparent_valid(traceparent text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_traceparent_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.traceparent_valid(text) IS
+'Whether a value is a W3C Trace Context traceparent that hub.publish accepts: version-traceid-parentid-flags in lower-case hex, version not ff, ids not all zeros; version 00 exactly 55 characters, a later version read by its first four fields.';
+CREATE FUNCTION hub._traceparent_or_new(inbound text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_or_new' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_or_new(text) IS
+'API: Private. An inbound traceparent in its version 00 form when valid, else a new trace (random trace and parent ids, flags 01); never an error.';
+CREATE FUNCTION hub._traceparent_child(parent text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_child' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_child(text) IS
+'API: Private. A child span of parent: its trace id and flags with a new random parent id; a new trace when parent is NULL or invalid; never an error.';
+REVOKE EXECUTE ON FUNCTION hub._traceparent_or_new(text), hub._traceparent_child(text) FROM PUBLIC;
+DROP FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz);
+CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
+							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
+							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now(),
+							traceparent text DEFAULT NULL)
+RETURNS uuid
+	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) IS
+'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types. traceparent: the W3C Trace Context of the publisher (22023 when invalid); none: a child span of the inbox message being processed, else a new trace.';
+REVOKE EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) TO hub_writer;
+
+ALTER TABLE hub.inbox ADD COLUMN traceparent text;
+COMMENT ON COLUMN hub.inbox.traceparent IS
+'W3C Trace Context traceparent of the message (version 00 form): the sender''s (hub.receive''s argument, else the payload''s traceparent key), the poll request''s for a polled record, else a new trace; invalid inbound values are ignored. The events its processing publishes are child spans of it. NULL for messages received before 0.3.0.';
+
+ALTER TABLE hub.pollers ADD COLUMN run_traceparent text;
+COMMENT ON COLUMN hub.pollers.run_traceparent IS
+'W3C Trace Context traceparent of the run in progress (a new trace for each run): sent as the traceparent header of every page request of the run, and kept on the inbox messages of its records.';
+
+DROP FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text);
+CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
+		traceparent text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	corr text := coalesce(receive.correlation_id,
+						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
+							   THEN receive.payload ->> 'correlation_id' END);
+	agg text := receive.aggregate_id;
+	-- (outside data: an invalid traceparent starts a new trace, it never
+	-- refuses the message; extension/trace_context.c)
+	tp text := hub._traceparent_or_new(coalesce(receive.traceparent,
+								CASE WHEN jsonb_typeof(receive.payload) = 'object'
+									 THEN receive.payload ->> 'traceparent' END));
+	mapped_key jsonb;
+BEGIN
+	-- the limits on inputs (22001, 54000), before anything is written
+	PERFORM hub._check_key_length('source', receive.source);
+	PERFORM hub._check_key_length('message id', receive.message_id);
+	PERFORM hub._check_key_length('message type', receive.message_type);
+	PERFORM hub._check_key_length('correlation id', corr);
+	PERFORM hub._check_key_length('aggregate id', agg);
+	-- a message of a declared mapping (hub.map_inbox) received without its
+	-- business key gets the key its mapping reads, so that it is processed
+	-- in order among the key's messages; a key that is no value or is too
+	-- long is left for the processing to refuse
+	IF agg IS NULL AND jsonb_typeof(receive.payload) = 'object' THEN
+		SELECT pg_catalog.jsonb_path_query_first(receive.payload, m.key_path) INTO mapped_key
+		FROM hub._inbox_mapping(receive.message_type) m WHERE m.key_path IS NOT NULL;
+		IF jsonb_typeof(mapped_key) IN ('string', 'number') AND octet_length(mapped_key #>> '{}') <= 256 THEN
+			agg := mapped_key #>> '{}';
+		END IF;
+	END IF;
+	PERFORM hub._check_payload_size(pg_catalog.format('message "%s" of "%s"', left(receive.message_id, 64),
+													  left(receive.source, 64)),
+									receive.payload);
+	-- the loop only repeats if a concurrent receiver's row vanished between
+	-- our INSERT and UPDATE (it rolled back or was deleted)
+	LOOP
+		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
+									correlation_id, aggregate_id, traceparent)
+		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
+				coalesce(receive.received_at, now()), now(), corr, agg, tp)
+		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+		IF FOUND THEN
+			RETURN true;
+		END IF;
+		UPDATE hub.inbox AS i
+		SET duplicate_count = i.duplicate_count + 1, last_duplicate_at = now()
+		WHERE i.source = receive.source AND i.message_id = receive.message_id;
+		IF FOUND THEN
+			RETURN false;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order. traceparent (default: the payload''s traceparent key) is the sender''s W3C Trace Context, kept in its version 00 form; absent or invalid (outside data, never refused): a new trace. What processing the message publishes is a child span of it.';
+REVOKE EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO hub_writer;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state, x.traceparent
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now()
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._poll_claim(worker text, shard integer, nshards integer, max integer)
+RETURNS TABLE (poller_id integer, endpoint_id integer, lease bigint, url text, headers text[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	p hub.pollers;
+	e_url text;
+	b text;
+	f text;
+	tok bigint;
+	lease_for interval := hub._poll_lease();
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	IF max IS NULL OR max < 1 OR max > 10000 THEN
+		RAISE EXCEPTION 'invalid max: %', coalesce(max::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim between 1 and 10000 pollers.';
+	END IF;
+	FOR r IN
+		SELECT x AS p, e.url AS e_url
+		FROM hub.pollers x
+		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+			AND (x.lease IS NULL OR x.lease_until < now())
+			AND (e.spread OR e.endpoint_id % nshards = shard)
+		ORDER BY x.next_run_at, x.poller_id
+		LIMIT max
+		FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		p := r.p;
+		e_url := r.e_url;
+		tok := nextval('hub._lease_token_seq');
+		IF p.next_url IS NULL THEN
+			SELECT u.base, u.first INTO b, f FROM hub._poll_first_url(p, e_url) u;
+			UPDATE hub.pollers x
+			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
+				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
+				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
+			WHERE x.poller_id = p.poller_id
+			RETURNING * INTO p;
+		END IF;
+		UPDATE hub.pollers x
+		SET lease = tok, lease_worker = _poll_claim.worker, lease_until = now() + lease_for, segment_pages = 0
+		WHERE x.poller_id = p.poller_id;
+		poller_id := p.poller_id;
+		endpoint_id := p.endpoint_id;
+		lease := tok;
+		url := p.next_url;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			IF p.etag IS NOT NULL THEN
+				headers := headers || ('If-None-Match: ' || p.etag);
+			END IF;
+			IF p.last_modified IS NOT NULL THEN
+				headers := headers || ('If-Modified-Since: ' || p.last_modified);
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
+
+CREATE OR REPLACE FUNCTION hub._poll_store(p hub.pollers, items jsonb, request_id bigint,
+								OUT records integer, OUT new_records integer, OUT duplicates integer,
+								OUT rejected integer, OUT rejected_ids text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src text := 'poll:' || p.name;
+	id_key text := CASE WHEN left(p.id_field, 1) <> '$' THEN p.id_field END;
+	ver_key text := CASE WHEN left(p.version_field, 1) <> '$' THEN p.version_field END;
+	max_size bigint := pg_size_bytes(nullif(current_setting('logistics_hub.max_payload_size', true), ''));
+	-- (no record of a page smaller than the limit can be larger than it)
+	check_size boolean := max_size IS NOT NULL AND hub._payload_size(items) > max_size;
+BEGIN
+	records := jsonb_array_length(items);
+	rejected := 0;
+	IF check_size THEN
+		-- records larger than logistics_hub.max_payload_size are refused as
+		-- hub.receive refuses them: not stored, counted, their ids named
+		SELECT count(*), string_agg(left(coalesce(CASE WHEN id_key IS NOT NULL THEN e.value -> id_key
+														  ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) END #>> '{}',
+													 '(no id)'), 64), ', ')
+		INTO rejected, rejected_ids
+		FROM jsonb_array_elements(items) e
+		WHERE hub._payload_size(e.value) > max_size;
+	END IF;
+	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id, traceparent)
+	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
+					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
+		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id,
+		   p.run_traceparent
+	FROM (SELECT x.rec, x.rid,
+				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+		  FROM (SELECT e.value AS rec,
+					   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+							ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+					   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+							WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+					   END AS ver
+				FROM jsonb_array_elements(items) e
+				WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+	ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
+	GET DIAGNOSTICS new_records = ROW_COUNT;
+	duplicates := records - new_records - rejected;
+	IF duplicates > 0 THEN
+		WITH k AS (
+			SELECT CASE WHEN octet_length(y.key) <= 256 THEN y.key
+						ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END AS mid, count(*) AS n
+			FROM (SELECT replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
+						 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
+				  FROM (SELECT e.value AS rec,
+							   CASE WHEN id_key IS NOT NULL THEN e.value ->> id_key
+									ELSE jsonb_path_query_first(e.value, p.id_path, '{}', true) #>> '{}' END AS rid,
+							   CASE WHEN ver_key IS NOT NULL THEN e.value ->> ver_key
+									WHEN p.version_path IS NOT NULL THEN jsonb_path_query_first(e.value, p.version_path, '{}', true) #>> '{}'
+							   END AS ver
+						FROM jsonb_array_elements(items) e
+						WHERE NOT check_size OR hub._payload_size(e.value) <= max_size) x) y
+			GROUP BY 1
+		)
+		-- (by index: = ANY of an array; a join alone would read every
+		-- message of the source)
+		UPDATE hub.inbox i
+		SET duplicate_count = i.duplicate_count + CASE WHEN i.poll_request_id = request_id THEN k.n - 1 ELSE k.n END,
+			last_duplicate_at = now()
+		FROM k
+		WHERE i.source = src AND i.message_id = k.mid
+			AND i.message_id = ANY (ARRAY(SELECT k.mid FROM k))
+			AND (i.poll_request_id IS DISTINCT FROM request_id OR k.n > 1);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), with the run''s traceparent, counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
+
+CREATE OR REPLACE FUNCTION hub._poll_page(poller_id integer, lease bigint, page_url text, status integer,
+		response_headers text[], body bytea, error text, latency_ms integer, bytes bigint)
+RETURNS TABLE (url text, headers text[], next_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p hub.pollers;
+	e_url text;
+	req bigint;
+	fail text;
+	outcome text;
+	doc jsonb;
+	items jsonb;
+	ctype text;
+	st hub.pollers;
+	n_rec integer := 0;
+	n_new integer := 0;
+	n_dup integer := 0;
+	page_max timestamptz;
+	nxt text;
+	v jsonb;
+	has_more boolean;
+	wait interval;
+	backoff float8;
+	run_end text;			-- NULL: go on; else why the run ends
+	due timestamptz;
+	page_no integer;
+	excerpt text;
+	n_rej integer := 0;
+	rej_ids text;
+BEGIN
+	SELECT x.* INTO p FROM hub.pollers x
+	WHERE x.poller_id = _poll_page.poller_id AND x.lease = _poll_page.lease
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		INSERT INTO hub.poll_requests (poller_id, lease, url, http_status, outcome, bytes, latency_ms, error)
+		VALUES (_poll_page.poller_id, _poll_page.lease, hub._poll_redact(page_url), status, 'stale', bytes, latency_ms,
+				'the lease was taken over: ' || coalesce(hub._poll_redact(error), 'response dropped'));
+		RETURN;
+	END IF;
+	SELECT e.url INTO e_url FROM hub.endpoints e WHERE e.endpoint_id = p.endpoint_id;
+	page_no := p.run_pages + 1;
+	req := nextval(pg_get_serial_sequence('hub.poll_requests', 'request_id'));
+
+	-- ---- is it the page that was asked for?
+	IF error IS NOT NULL OR coalesce(status, 0) = 0 THEN
+		fail := coalesce(hub._poll_redact(error), 'no response');
+	ELSIF status = 304 THEN
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			outcome := 'not_modified';
+		ELSE
+			fail := 'HTTP 304 to a request that was not conditional';
+		END IF;
+	ELSIF status NOT BETWEEN 200 AND 299 THEN
+		fail := 'HTTP ' || status;
+	ELSIF status = 204 THEN
+		-- No Content: the API says there is nothing (a last, empty page)
+		doc := '{}';
+		items := '[]';
+	ELSE
+		ctype := (hub._poll_header(response_headers, 'content-type'))[1];
+		IF ctype ~* '(html|xml)' THEN
+			fail := pg_catalog.format('HTTP %s that is not JSON (Content-Type %s)', status, ctype);
+		ELSE
+			BEGIN
+				doc := convert_from(coalesce(body, ''::bytea), 'UTF8')::jsonb;
+			EXCEPTION WHEN OTHERS THEN
+				fail := pg_catalog.format('HTTP %s that is not JSON: %s', status, SQLERRM);
+			END;
+			IF fail IS NULL THEN
+				items := CASE WHEN p.items_path::text = '$' THEN doc
+							  ELSE jsonb_path_query_first(doc, p.items_path, '{}', true) END;
+				IF items IS NULL THEN
+					fail := pg_catalog.format('no items at %s', p.items_path);
+				ELSIF jsonb_typeof(items) <> 'array' THEN
+					fail := pg_catalog.format('the items at %s are a JSON %s, not an array', p.items_path, jsonb_typeof(items));
+				END IF;
+			END IF;
+		END IF;
+	END IF;
+
+	-- ---- a failed page: record, keep the position, back off
+	IF fail IS NOT NULL THEN
+		backoff := least(extract(epoch FROM p.retry_max)::float8,
+						 extract(epoch FROM p.retry_base)::float8 * power(2, least(p.failures, 30)))
+				   * (0.5 + random() / 2);
+		wait := hub._poll_wait(response_headers);
+		-- the excerpt: the body's start as UTF-8 (a character cut at the
+		-- end dropped), else as escaped bytes; the endpoint's secrets and
+		-- whatever looks like a credential redacted
+		IF body IS NOT NULL THEN
+			BEGIN
+				excerpt := convert_from(substring(body FROM 1 FOR 4096), 'UTF8');
+			EXCEPTION WHEN OTHERS THEN
+				BEGIN
+					excerpt := convert_from(substring(body FROM 1 FOR greatest(least(length(body), 4096) - 3, 0)), 'UTF8');
+				EXCEPTION WHEN OTHERS THEN
+					excerpt := encode(substring(body FROM 1 FOR 1024), 'escape');
+				END;
+			END;
+			excerpt := left(hub._poll_redact(hub._poll_redact_secrets(p.endpoint_id, excerpt)), 1024);
+		END IF;
+		due := now() + greatest(make_interval(secs => backoff), coalesce(wait, interval '0'));
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms, error, excerpt)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'failed',
+				bytes, latency_ms, fail, excerpt);
+		UPDATE hub.pollers x
+		SET failures = x.failures + 1, last_status = status, last_error = fail,
+			lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- 304 on the run's first page: nothing changed, nothing moves
+	IF outcome = 'not_modified' THEN
+		INSERT INTO hub.poll_requests
+			(request_id, poller_id, worker, lease, page, url, http_status, outcome, bytes, latency_ms)
+		OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status, 'not_modified',
+				bytes, latency_ms);
+		UPDATE hub.pollers x SET last_status = status, run_max_version = NULL WHERE x.poller_id = p.poller_id;
+		SELECT x.* INTO p FROM hub.pollers x WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(p, true, NULL);
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	-- ---- the records
+	SELECT s.records, s.new_records, s.duplicates, s.rejected, s.rejected_ids
+	INTO n_rec, n_new, n_dup, n_rej, rej_ids
+	FROM hub._poll_store(p, items, req) s;
+	IF p.since_param IS NOT NULL AND n_rec > 0 THEN
+		page_max := hub._poll_page_max(p, items);
+	END IF;
+
+	-- ---- where the run goes next
+	IF p.pagination IN ('cursor', 'offset', 'page') AND p.has_more_path IS NOT NULL THEN
+		v := jsonb_path_query_first(doc, p.has_more_path, '{}', true);
+		has_more := v = 'true'::jsonb OR v = '"true"'::jsonb;
+	END IF;
+	CASE p.pagination
+	WHEN 'none' THEN
+		run_end := 'end';
+	WHEN 'link_header' THEN
+		nxt := hub._poll_link_next(response_headers);
+		IF nxt IS NULL THEN
+			run_end := 'end';
+		ELSE
+			nxt := hub._url_resolve(page_url, nxt);
+		END IF;
+	WHEN 'next_link' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) <> 'string' THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the next link at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_resolve(page_url, v #>> '{}');
+		END IF;
+	WHEN 'cursor' THEN
+		v := jsonb_path_query_first(doc, p.next_path, '{}', true);
+		IF v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb OR has_more IS FALSE THEN
+			run_end := 'end';
+		ELSIF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+			run_end := 'bad_next';
+			fail := pg_catalog.format('the cursor at %s is a JSON %s, not a string', p.next_path, jsonb_typeof(v));
+		ELSE
+			nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.cursor_param, v #>> '{}')),
+								 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+		END IF;
+	ELSE	-- offset, page
+		IF coalesce(has_more, n_rec >= p.page_size) THEN
+			IF p.pagination = 'offset' THEN
+				-- by the records received (a server capping the page size
+				-- then costs a re-read, never a gap); by a page when an
+				-- empty page announces more
+				p.run_offset := p.run_offset + CASE WHEN n_rec > 0 THEN n_rec ELSE p.page_size END;
+				nxt := hub._url_with(p.run_base_url, jsonb_build_object(p.offset_param, p.run_offset, p.limit_param, p.page_size));
+			ELSE
+				p.run_offset := p.run_offset + 1;
+				nxt := hub._url_with(hub._url_with(p.run_base_url, jsonb_build_object(p.page_param, p.run_offset)),
+									 CASE WHEN p.limit_param IS NOT NULL THEN jsonb_build_object(p.limit_param, p.page_size) END);
+			END IF;
+		ELSE
+			run_end := 'end';
+		END IF;
+	END CASE;
+
+	IF nxt IS NOT NULL THEN
+		IF hub._url_origin(nxt) IS DISTINCT FROM hub._url_origin(e_url) THEN
+			run_end := 'refused';
+			fail := pg_catalog.format('next link to another origin refused: %s', left(hub._poll_redact(nxt), 300));
+		ELSIF hashtextextended(nxt, 0) = ANY (p.run_seen) THEN
+			run_end := 'cycle';
+			fail := pg_catalog.format('next link or token seen before in this run (a cycle), run ended after %s pages: %s',
+									  page_no, left(hub._poll_redact(nxt), 300));
+		ELSIF p.segment_pages + 1 >= p.max_pages THEN
+			run_end := 'max_pages';
+		ELSE
+			wait := CASE WHEN '0' = ANY (hub._poll_header(response_headers, 'x-ratelimit-remaining'))
+						 THEN hub._poll_wait(response_headers) END;
+			IF wait > interval '0' THEN
+				run_end := 'throttled';
+			END IF;
+		END IF;
+	END IF;
+
+	INSERT INTO hub.poll_requests
+		(request_id, poller_id, worker, lease, page, url, http_status, outcome, records, new_records, duplicates,
+		 rejected, bytes, latency_ms, error)
+	OVERRIDING SYSTEM VALUE VALUES (req, p.poller_id, p.lease_worker, p.lease, page_no, hub._poll_redact(page_url), status,
+			coalesce(run_end, 'more'), n_rec, n_new, n_dup, n_rej, bytes, latency_ms,
+			nullif(concat_ws('; ', fail, CASE WHEN n_rej > 0 THEN
+				pg_catalog.format('%s records larger than logistics_hub.max_payload_size (%s) not stored: %s',
+								  n_rej, current_setting('logistics_hub.max_payload_size', true), left(rej_ids, 500)) END), ''));
+	-- one UPDATE of the poller a page: the counts, the first page's
+	-- validators, and the position when the run goes on (now or later)
+	UPDATE hub.pollers x
+	SET run_pages = page_no, segment_pages = x.segment_pages + 1,
+		run_new = x.run_new + n_new, run_duplicates = x.run_duplicates + n_dup,
+		total_new = x.total_new + n_new, total_duplicates = x.total_duplicates + n_dup,
+		run_max_version = greatest(x.run_max_version, page_max),
+		run_etag = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'etag'))[1] ELSE x.run_etag END,
+		run_last_modified = CASE WHEN page_no = 1 THEN (hub._poll_header(response_headers, 'last-modified'))[1]
+								 ELSE x.run_last_modified END,
+		-- (the first page's URL from here on: hub._poll_finish keeps it with
+		-- the validators, or forgets it without them)
+		etag_url = CASE WHEN page_no = 1 THEN page_url ELSE x.etag_url END,
+		failures = 0, last_status = status, lease_until = now() + hub._poll_lease(),
+		next_url = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN nxt ELSE x.next_url END,
+		run_offset = p.run_offset,
+		run_seen = CASE WHEN nxt IS NOT NULL AND run_end IS DISTINCT FROM 'cycle' AND run_end IS DISTINCT FROM 'refused'
+						THEN (x.run_seen || hashtextextended(nxt, 0))[greatest(cardinality(x.run_seen) - 254, 1):]
+						ELSE x.run_seen END
+	WHERE x.poller_id = p.poller_id
+	RETURNING * INTO st;
+
+	IF run_end IN ('end', 'cycle', 'refused', 'bad_next') THEN
+		url := NULL;
+		headers := NULL;
+		next_at := hub._poll_finish(st, run_end = 'end', fail);
+	ELSIF run_end IS NULL THEN
+		url := nxt;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		next_at := NULL;
+	ELSE
+		-- max_pages or throttled: the run resumes at nxt when due
+		due := CASE WHEN run_end = 'throttled' THEN now() + wait
+					ELSE greatest(coalesce(p.run_started_at, now()) + p.every, now()) END;
+		UPDATE hub.pollers x
+		SET lease = NULL, lease_worker = NULL, lease_until = NULL, next_run_at = due,
+			last_error = CASE WHEN run_end = 'throttled'
+							  THEN 'throttled by the API (X-RateLimit-Remaining: 0) until ' || due END
+		WHERE x.poller_id = p.poller_id;
+		url := NULL;
+		headers := NULL;
+		next_at := due;
+	END IF;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_page(integer, bigint, text, integer, text[], bytea, text, integer, bigint) IS
+'API: Private. Record one fetched page of a leased poller in one transaction (audit row, records into hub.inbox once per id and version, position, watermark, validators, failure and backoff) and return the run''s next request, or url NULL with next_at when the run is over or paused; zero rows when the lease was taken over.';
+
+CREATE OR REPLACE FUNCTION hub._endpoint_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	h record;
+	-- framing and hop-by-hop headers, then those the hub sets on every request
+	reserved constant text[] := ARRAY['content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive',
+		'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
+		'content-type', 'content-encoding', 'webhook-id', 'webhook-timestamp', 'webhook-signature',
+		'idempotency-key', 'traceparent', 'tracestate'];
+BEGIN
+	PERFORM hub._egress_check(NEW.url);
+	IF NEW.oauth2_token_url IS NOT NULL THEN
+		PERFORM hub._egress_check(NEW.oauth2_token_url);
+	END IF;
+	IF jsonb_typeof(NEW.headers) <> 'object' THEN
+		RAISE EXCEPTION 'endpoint headers must be a JSON object of names and string values'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR h IN SELECT key, value FROM jsonb_each(NEW.headers) LOOP
+		IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+			RAISE EXCEPTION 'invalid header name "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header names are HTTP tokens (letters, digits, - and a few symbols).';
+		END IF;
+		IF jsonb_typeof(h.value) <> 'string' OR h.value #>> '{}' ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]' THEN
+			RAISE EXCEPTION 'invalid value for header "%"', h.key
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Header values are strings without CR, LF or other control characters.';
+		END IF;
+		IF lower(h.key) = ANY (reserved) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature, Idempotency-Key, traceparent and tracestate are set by the hub.',
+					  HINT = 'Remove the header from headers.';
+		END IF;
+		IF lower(h.key) IN ('authorization', 'proxy-authorization') OR lower(h.key) = lower(NEW.api_key_header) THEN
+			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Fixed headers are readable by hub_reader; credentials are not.',
+					  HINT = 'Pass credentials as auth_kind and auth_secret (with api_key_header for an API key).';
+		END IF;
+	END LOOP;
+	IF NEW.api_key_header IS NOT NULL AND NEW.api_key_header !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'invalid API key header name "%"', NEW.api_key_header USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF lower(NEW.api_key_header) = ANY (reserved) THEN
+		RAISE EXCEPTION 'header "%" cannot be the API key header', NEW.api_key_header
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Framing headers and the headers the hub sets itself are reserved; use a name such as X-API-Key.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
+REVOKE EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
+TO hub_reader, hub_writer, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests: one a batch, one an event of a lease group
+			   CASE WHEN d.batch_events IS NULL THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	err text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source, p_max_bytes);
+		RETURN;
+	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
+		END;
+	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source,
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
+									(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
+	ORDER BY c.ordinality;
+END
+$$;
+
+DROP FUNCTION hub.trace(text, text);
+CREATE FUNCTION hub.trace(correlation_id text DEFAULT NULL, aggregate text DEFAULT NULL)
+RETURNS TABLE (at timestamptz, what text, event_id uuid, event_type text, aggregate_id text,
+			   endpoint text, source text, message_id text, detail text, traceparent text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF trace.correlation_id IS NULL AND trace.aggregate IS NULL THEN
+		RAISE EXCEPTION 'a trace needs a correlation id or an aggregate id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Call hub.trace(''<correlation id>'') or hub.trace(aggregate => ''<business key>'').';
+	END IF;
+	RETURN QUERY
+	WITH ev AS (
+		SELECT o.event_id FROM hub.outbox o WHERE o.correlation_id = trace.correlation_id
+		UNION
+		SELECT o.event_id FROM hub.outbox o WHERE o.aggregate_id = trace.aggregate
+	), o AS (
+		SELECT o.* FROM hub.outbox o WHERE o.event_id IN (SELECT ev.event_id FROM ev)
+	), inb AS (
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.correlation_id = trace.correlation_id
+		UNION
+		SELECT i.inbox_id FROM hub.inbox i WHERE i.aggregate_id = trace.aggregate
+		UNION
+		-- the messages that caused these events (a mapped record received
+		-- without its business key: hub.process_inbox's causation id)
+		SELECT substr(o.causation_id, 7)::bigint FROM o
+		WHERE o.causation_id ~ '^inbox:[0-9]{1,18}$'
+		UNION
+		-- and those that opened the key's business exceptions
+		SELECT m.id FROM hub.exceptions x, LATERAL (VALUES (x.message), (x.last_message)) m(id)
+		WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND m.id IS NOT NULL
+	), i AS (
+		SELECT i.* FROM hub.inbox i WHERE i.inbox_id IN (SELECT inb.inbox_id FROM inb)
+	), dl AS (
+		-- the deliveries of these events: their own, and the batches they
+		-- are in (a scan of the batch deliveries: they have no index by event)
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.event_id = o.event_id
+		UNION ALL
+		SELECT o.event_id, d.delivery_id, d.endpoint_id, d.state, d.updated_at, d.last_error
+		FROM o JOIN hub.deliveries d ON d.batch_events IS NOT NULL AND o.event_id = ANY (d.batch_events)
+			AND d.event_id <> o.event_id
+	)
+	SELECT t.at, t.what, t.event_id, t.event_type, t.aggregate_id, t.endpoint, t.source, t.message_id, t.detail,
+		   t.traceparent
+	FROM (
+	SELECT o.published_at AS at, 'published' AS what, o.event_id, o.event_type, o.aggregate_id,
+		   NULL::text AS endpoint, NULL::text AS source, NULL::text AS message_id, o.payload::text AS detail,
+		   o.seq AS ord, o.traceparent
+	FROM o
+	UNION ALL
+	SELECT a.at, 'attempt ' || a.attempt || ': ' || a.outcome, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, concat_ws(' ', a.http_status, a.error, a.latency_ms || ' ms'), o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	-- (an attempt of a lease group sent one of its events: that one's)
+	JOIN hub.attempts a ON a.delivery_id = d.delivery_id AND (a.group_event_id IS NULL OR a.group_event_id = o.event_id)
+	UNION ALL
+	SELECT d.updated_at, 'delivery ' || d.state, o.event_id, o.event_type, o.aggregate_id, e.name,
+		   NULL, NULL, d.last_error, o.seq, o.traceparent
+	FROM o
+	JOIN dl d ON d.event_id = o.event_id
+	JOIN hub.endpoints e ON e.endpoint_id = d.endpoint_id
+	UNION ALL
+	-- a polled record: the request that brought it (hub.poll_requests)
+	SELECT r.at, 'polled', NULL::uuid, i.message_type, i.aggregate_id, e.name, i.source, i.message_id,
+		   concat_ws(' ', 'GET', r.url, '->', coalesce(r.http_status::text, r.error),
+					 '(page ' || r.page || ': ' || r.records || ' records, ' || r.new_records || ' new)'),
+		   i.inbox_id, i.traceparent
+	FROM i
+	JOIN hub.poll_requests r ON r.request_id = i.poll_request_id
+	LEFT JOIN hub.pollers p ON p.poller_id = r.poller_id
+	LEFT JOIN hub.endpoints e ON e.endpoint_id = p.endpoint_id
+	UNION ALL
+	SELECT i.received_at, 'received', NULL::uuid, i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   i.payload::text || CASE WHEN i.duplicate_count > 0 THEN ' (' || i.duplicate_count || ' duplicates)' ELSE '' END,
+		   i.inbox_id, i.traceparent
+	FROM i
+	UNION ALL
+	SELECT coalesce(i.processed_at, i.last_duplicate_at, i.received_at), 'inbox ' || i.state, NULL::uuid,
+		   i.message_type, i.aggregate_id, NULL, i.source, i.message_id,
+		   concat_ws(' ', CASE WHEN i.attempts > 0 THEN i.attempts || ' failed attempts:' END, i.last_error),
+		   i.inbox_id, i.traceparent
+	FROM i
+	WHERE i.state <> 'new'
+	UNION ALL
+	-- the parent and child keys inbound records named for the aggregate
+	SELECT l.linked_at, CASE WHEN l.child_key = trace.aggregate THEN 'linked to parent' ELSE 'linked to child' END,
+		   NULL::uuid, NULL, CASE WHEN l.child_key = trace.aggregate THEN l.parent_key ELSE l.child_key END,
+		   NULL, l.system, NULL,
+		   l.parent_lifecycle || ' ' || l.parent_key || ' -> ' || l.child_lifecycle || ' ' || l.child_key, 0, NULL
+	FROM hub.entity_links l
+	WHERE trace.aggregate IS NOT NULL AND (l.parent_key = trace.aggregate OR l.child_key = trace.aggregate)
+	UNION ALL
+	-- its business exceptions, opened and resolved
+	SELECT x.opened_at, 'exception ' || x.kind, NULL::uuid, NULL, x.business_key, NULL, x.system, NULL,
+		   concat_ws(' ', x.code, x.detail, CASE WHEN x.reports > 1 THEN '(' || x.reports || ' reports)' END), 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate
+	UNION ALL
+	SELECT x.resolved_at, 'exception ' || x.kind || ' resolved', NULL::uuid, NULL, x.business_key, NULL, x.system,
+		   NULL, x.resolution, 0, NULL
+	FROM hub.exceptions x
+	WHERE trace.aggregate IS NOT NULL AND x.business_key = trace.aggregate AND x.resolved_at IS NOT NULL
+	) t
+	ORDER BY t.at, t.ord, t.what;
+END
+$$;
+COMMENT ON FUNCTION hub.trace(text, text) IS
+'Timeline of one correlation id or one business key (aggregate => ...) across the outbox, its deliveries and every attempt, and the inbox (messages received with that correlation id or aggregate id, a polled record''s poll request, and their processing), the messages that caused these events (causation id inbox:<id>), and for a business key its parent and child links (hub.entity_links), business exceptions (hub.exceptions) and the messages that opened them, in time order and, at the same time, in publishing order (the events of one transaction share their time). Rows of an event or an inbound message show its W3C traceparent (characters 4 to 35: the trace id, to follow in an OpenTelemetry backend). 22023 when neither is given.';
+REVOKE EXECUTE ON FUNCTION hub.trace(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.trace(text, text) TO hub_reader;
+
+-- ================================================================ metrics
+-- (issue 21 a: the site dimension, thresholds, business views, a cheaper
+-- hub.sync_status and hub.drift, hub.metrics())
+
+-- the site dimension: hub.entity_state.site, read by a mapping's site_path
+ALTER TABLE hub.entity_state ADD COLUMN site text CHECK (octet_length(site) <= 256);
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from its records by their mapping''s site_path (hub.map_inbox): the latest record processed that names one wins; NULL while none has. The site dimension of hub.backlog_by_site and the release views.';
+ALTER TABLE hub.inbox_mappings ADD COLUMN site_path jsonpath;
+COMMENT ON COLUMN hub.inbox_mappings.site_path IS 'jsonpath of the warehouse or site the record names (a string or number, at most 256 bytes), kept in hub.entity_state.site for the key (the latest record naming one wins). Optional in each record.';
+DROP FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval);
+CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text, key_path text, code_path text,
+		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
+		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
+		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second', site_path text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF message_pattern IS NULL OR message_pattern !~ '^[^*]*\*?$' OR message_pattern = '' THEN
+		RAISE EXCEPTION 'invalid message pattern: "%"', message_pattern
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an exact message type, or a prefix followed by one trailing * (wms.shipment.*).';
+	END IF;
+	IF lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return')
+	   OR child_lifecycle IS NULL OR child_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN
+		RAISE EXCEPTION 'unknown lifecycle: "%"',
+			CASE WHEN lifecycle IS NULL OR lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN lifecycle
+				 WHEN parent_lifecycle IS NULL OR parent_lifecycle NOT IN ('order', 'shipment', 'movement', 'return') THEN parent_lifecycle
+				 ELSE child_lifecycle END
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The lifecycles are order, shipment, movement and return.';
+	END IF;
+	IF system IS NULL OR NOT EXISTS (SELECT FROM hub.systems s WHERE s.system = map_inbox.system) THEN
+		RAISE EXCEPTION 'unknown system: "%"', system
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every reporting system needs a role (erp, wms, tms, carrier or portal).',
+				  HINT = format('Add it with INSERT INTO hub.systems (system, role) VALUES (%L, ''wms'').', system);
+	END IF;
+	IF key_path IS NULL OR code_path IS NULL THEN
+		RAISE EXCEPTION 'a mapping needs key_path and code_path'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN '0'::interval AND '1 day'::interval,
+							   retry_base::text, 'between 0 and 1 day');
+	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
+		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
+		child_lifecycle, max_attempts, retry_base, site_path)
+	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
+			hub._jsonpath_arg('key_path', map_inbox.key_path),
+			hub._jsonpath_arg('code_path', map_inbox.code_path),
+			hub._jsonpath_arg('occurred_at_path', map_inbox.occurred_at_path),
+			hub._jsonpath_arg('qualifier_path', map_inbox.qualifier_path),
+			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
+			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
+			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
+			map_inbox.max_attempts, map_inbox.retry_base, hub._jsonpath_arg('site_path', map_inbox.site_path))
+	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
+	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
+		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
+		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
+		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
+		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base, site_path = EXCLUDED.site_path;
+	-- messages that found neither handler nor mapping before are processed again
+	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
+	WHERE i.state = 'unhandled'
+	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
+END
+$$;
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key, children keys and site (warehouse) read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+REVOKE EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) TO hub_admin;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_site		text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
+'API: Private. Within hub.process_inbox''s subtransaction of one message (which must be new or retry_wait, 55000 otherwise; its payload is read from hub.inbox): find its declared mapping (NULL when there is neither mapping nor handler: unhandled), set the message''s correlation and causation ids for hub.publish, apply the mapping (read the fields: 22023/22007 for a malformed message, retried, then dead; link parent and children; map and apply the code with its canonical events; open the business exceptions unknown_code, terminal, conflict, not_owner), and return the context a handler gets (inbox_id, source, message_id, message_type, correlation_id, aggregate_id, received_at, attempts), or {} without a handler.';
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload, a_site
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
+
+/*
+ * 68_thresholds.sql --- the thresholds and windows of the business views
+ * (75_business_views.sql), of hub.sync_status and of hub.metrics(), as
+ * configuration: hub.thresholds shows each with its default and meaning,
+ * hub.set_threshold changes one (audited in hub.operator_audit).
+ */
+
+/*
+ * The defaults live in the view hub.thresholds; an operator's value is a
+ * row of hub.threshold_settings, the only table a dump carries (so a
+ * restore into a newer version keeps the operator's values and the new
+ * defaults).
+ */
+CREATE TABLE hub.threshold_settings (
+	name		text PRIMARY KEY,
+	value		interval NOT NULL CHECK (value > interval '0' AND value <= interval '366 days'),
+	set_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	set_by		text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE hub.threshold_settings IS
+'Operator values of the thresholds of the business views and of hub.metrics() (hub.thresholds shows them with their defaults); written by hub.set_threshold only, each change audited in hub.operator_audit.';
+SELECT pg_catalog.pg_extension_config_dump('hub.threshold_settings', '');
+
+CREATE VIEW hub.thresholds AS
+SELECT d.name, coalesce(s.value, d.default_value) AS value, d.default_value, d.description,
+	   s.set_at, s.set_by
+FROM (VALUES
+	('order_release', interval '4 hours',
+	 'An order created (or draft) and not released to a warehouse for longer is listed by hub.orders_awaiting_release.'),
+	('carrier_scan', interval '24 hours',
+	 'A shipment with a label and no carrier scan for longer is listed by hub.missing_tracking.'),
+	('erp_posting', interval '1 hour',
+	 'An inventory adjustment or shipment confirmation not delivered to an ERP endpoint for longer is overdue in hub.erp_postings_pending.'),
+	('return_reconciliation', interval '72 hours',
+	 'A return received or inspected and not resolved by the ERP for longer is overdue in hub.returns_awaiting_reconciliation.'),
+	('portal_freshness', interval '15 minutes',
+	 'A portal showing another state than the canonical one for longer is overdue in hub.portal_freshness.'),
+	('cycle_time_window', interval '1 day',
+	 'The window of hub.cycle_times (orders shipped, confirmations delivered within it).'),
+	('sync_status_lookback', interval '1 day',
+	 'How far back hub.sync_status looks for the last success of a subscription (older: NULL).'),
+	('metrics_window', interval '5 minutes',
+	 'The window of hub.metrics()''s recent attempts, poll requests and delivery latency histogram.')
+) d (name, default_value, description)
+LEFT JOIN hub.threshold_settings s ON s.name = d.name;
+COMMENT ON VIEW hub.thresholds IS
+'Thresholds and windows of the business views and of hub.metrics(): their value (the operator''s, else the default), default and meaning. Change one with hub.set_threshold(name, value, reason).';
+
+CREATE FUNCTION hub.set_threshold(name text, value interval, reason text DEFAULT NULL)
+RETURNS interval
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_old interval;
+BEGIN
+	IF NOT EXISTS (SELECT FROM hub.thresholds t WHERE t.name = set_threshold.name) THEN
+		RAISE EXCEPTION 'unknown threshold: "%"', set_threshold.name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'SELECT name FROM hub.thresholds lists them.';
+	END IF;
+	IF value IS NOT NULL THEN
+		PERFORM hub._check_setting(set_threshold.name, value > interval '0' AND value <= interval '366 days',
+								   value::text, 'above 0 and at most 366 days');
+	END IF;
+	SELECT t.value INTO v_old FROM hub.thresholds t WHERE t.name = set_threshold.name;
+	IF value IS NULL THEN
+		DELETE FROM hub.threshold_settings s WHERE s.name = set_threshold.name;
+	ELSE
+		INSERT INTO hub.threshold_settings AS s (name, value) VALUES (set_threshold.name, set_threshold.value)
+		ON CONFLICT ON CONSTRAINT threshold_settings_pkey
+		DO UPDATE SET value = excluded.value, set_at = pg_catalog.now(), set_by = session_user;
+	END IF;
+	PERFORM hub._audit('set_threshold', set_threshold.name, reason,
+					   pg_catalog.jsonb_build_object('old', v_old, 'new', set_threshold.value));
+	RETURN (SELECT t.value FROM hub.thresholds t WHERE t.name = set_threshold.name);
+END
+$$;
+COMMENT ON FUNCTION hub.set_threshold(text, interval, text) IS
+'Set a threshold of hub.thresholds (above 0, at most 366 days; NULL: back to its default), audited in hub.operator_audit with the old and new value; returns the value now in force. 22023 for an unknown name or a value out of range.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.set_threshold(text, interval, text) TO hub_admin;
+GRANT SELECT ON hub.thresholds, hub.threshold_settings TO hub_reader;
+
+/*
+ * sync_status reads the open deliveries (deliveries_open_key_idx) and the
+ * attempts of the lookback sync_status_lookback only (hub.thresholds, one
+ * day by default), through attempts_at_idx: the lookback's bound is known
+ * when the executor starts, so the attempts of the other days (their
+ * partitions) are not read at all.  A subscription without a success in the
+ * lookback shows last_success NULL.
+ */
+-- the attempts of a time window (sync_status, cycle times, hub.metrics())
+CREATE INDEX attempts_at_idx ON hub.attempts (at);
+
+CREATE OR REPLACE VIEW hub.sync_status AS
+WITH recent AS (
+	SELECT x.subscription_id,
+		   max(a.at) FILTER (WHERE a.outcome = 'delivered') AS last_success,
+		   round(avg((a.outcome = 'delivered')::int) FILTER (WHERE a.at > now() - interval '1 hour'
+			   AND a.outcome IN ('delivered', 'retry', 'dead')), 3) AS success_rate_1h
+	FROM hub.attempts a
+	JOIN hub.deliveries x USING (delivery_id)
+	WHERE a.at > now() - greatest((SELECT t.value FROM hub.thresholds t WHERE t.name = 'sync_status_lookback'),
+								  interval '1 hour')
+	GROUP BY x.subscription_id
+)
+SELECT e.name AS endpoint, e.kind, s.subscription_id, s.event_pattern,
+	   e.enabled, e.paused, e.circuit_state,
+	   -- (events: a batch or a lease group counts each of its events)
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'pending'), 0) AS pending,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'in_flight'), 0) AS in_flight,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'retry_wait'), 0) AS retrying,
+	   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+	   -- (the publication time of the open deliveries only, a lookup each: a
+	   -- join with the outbox was planned as a scan of all of it)
+	   now() - min((SELECT o.published_at FROM hub.outbox o WHERE o.event_id = d.event_id))
+		   FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest_pending_age,
+	   min(r.last_success) AS last_success,
+	   min(r.success_rate_1h) AS success_rate_1h
+FROM hub.subscriptions s
+JOIN hub.endpoints e USING (endpoint_id)
+LEFT JOIN recent r ON r.subscription_id = s.subscription_id
+LEFT JOIN hub.deliveries d ON d.subscription_id = s.subscription_id
+	AND d.state NOT IN ('delivered', 'skipped')
+GROUP BY e.endpoint_id, s.subscription_id;
+COMMENT ON VIEW hub.sync_status IS
+'Per endpoint and subscription: pending, in flight, retrying and dead events (a batch or lease group counts each of its events), the age of the oldest undelivered event, the last success within the lookback sync_status_lookback (hub.thresholds; NULL: none in it), the success rate of attempts over the last hour, and the circuit state. Reads the open deliveries and the lookback''s attempts only.';
+
+
+CREATE OR REPLACE VIEW hub.drift AS
+SELECT e.lifecycle, e.business_key, e.state AS canonical_state, s.system, s.role,
+	   s.code AS system_code, s.state AS system_state,
+	   greatest(e.state_occurred_at, s.state_since) AS disagreeing_since,
+	   now() - greatest(e.state_occurred_at, s.state_since) AS disagreeing_for,
+	   t.tolerance, pl.parent_lifecycle, pl.parent_key
+FROM hub.entity_state e
+JOIN hub.entity_system_state s USING (lifecycle, business_key)
+JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+LEFT JOIN LATERAL (
+	SELECT l.parent_lifecycle, l.parent_key FROM hub.entity_links l
+	WHERE l.child_lifecycle = e.lifecycle AND l.child_key = e.business_key
+	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
+WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+  -- a coarser vocabulary agrees when its code is the one the canonical
+  -- state maps to in it (portal "Processing" covers released..packed);
+  -- a join, not a function call a row (issue 21: a plpgsql call with an
+  -- exception block, a subtransaction a row, made the view 35 times a
+  -- count of its tables)
+  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+				  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+					AND u.code = s.code);
+DROP FUNCTION hub._projection_agrees(text, text, text, text);
+
+/*
+ * 75_business_views.sql --- the questions an analyst and a dashboard ask of
+ * the hub (LOGISTICS seeds: "order synchronization lag, inventory update
+ * success rates, shipment event throughput, backlog by warehouse, and
+ * portal status freshness"), one view each, with their thresholds as
+ * configuration (hub.thresholds, 68_thresholds.sql).
+ *
+ * Cost: each view reads what answers it and nothing more.  The views over
+ * entity state read hub.entity_state once (no index on its state: an index
+ * on state would make every advance a non-HOT update, paid by the flow);
+ * those over deliveries read only the open ones (deliveries_open_key_idx);
+ * those over attempts read only their window, through attempts_at_idx
+ * (70_operations.sql; the window's bound is known at executor start, so
+ * partition pruning leaves the other days untouched);
+ * order-to-ship reads the shipped reports of its window through a partial
+ * index of hub.status_history that only those reports enter.
+ * test/bench/views.sh measures them at a million entities and attempts.
+ */
+
+-- ---------------------------------------------------------------- entity views
+
+CREATE VIEW hub.orders_awaiting_release AS
+SELECT e.business_key AS order_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.orders_awaiting_release IS
+'Orders created (or draft) and not released to a warehouse within the threshold order_release (hub.thresholds), with their site and how long they have waited.';
+
+CREATE VIEW hub.release_backlog_by_site AS
+SELECT e.site, count(*) AS orders, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_waiting_for,
+	   count(*) FILTER (WHERE e.last_advanced_at < now() - t.value) AS late
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'order_release') t
+WHERE e.lifecycle = 'order' AND e.state IN ('draft', 'created')
+GROUP BY e.site;
+COMMENT ON VIEW hub.release_backlog_by_site IS
+'Orders waiting for warehouse release, by site (NULL: no mapping named one): how many, the oldest, and how many are past the threshold order_release.';
+
+CREATE VIEW hub.missing_tracking AS
+SELECT e.business_key AS shipment_key, e.site, e.state_system AS labelled_by,
+	   e.last_advanced_at AS label_at, now() - e.last_advanced_at AS without_scan_for,
+	   t.value AS threshold, e.exception_reason
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'carrier_scan') t
+WHERE e.lifecycle = 'shipment' AND e.state = 'label_created'
+  AND e.last_advanced_at < now() - t.value;
+COMMENT ON VIEW hub.missing_tracking IS
+'Shipments with a label and no carrier scan since for longer than the threshold carrier_scan (hub.thresholds): missing tracking events.';
+
+CREATE VIEW hub.returns_awaiting_reconciliation AS
+SELECT e.business_key AS return_key, e.state, e.site, e.last_advanced_at AS since,
+	   now() - e.last_advanced_at AS waiting_for, t.value AS threshold,
+	   e.last_advanced_at < now() - t.value AS overdue
+FROM hub.entity_state e
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'return_reconciliation') t
+WHERE e.lifecycle = 'return' AND e.state IN ('received', 'inspected');
+COMMENT ON VIEW hub.returns_awaiting_reconciliation IS
+'Returns received or inspected and not yet resolved (refunded, credited) by the ERP: waiting for financial reconciliation, since when, and overdue past the threshold return_reconciliation.';
+
+CREATE VIEW hub.backlog_by_site AS
+SELECT e.lifecycle, e.site, e.state, count(*) AS keys, min(e.last_advanced_at) AS oldest_since,
+	   now() - min(e.last_advanced_at) AS oldest_age,
+	   count(*) FILTER (WHERE e.on_hold) AS on_hold,
+	   count(*) FILTER (WHERE e.exception_reason IS NOT NULL) AS exceptions
+FROM hub.entity_state e
+JOIN (SELECT l, s.state FROM unnest(ARRAY['order', 'shipment', 'movement', 'return']) l,
+	  LATERAL hub.lifecycle_states(l) s WHERE NOT s.terminal) o ON o.l = e.lifecycle AND o.state = e.state
+GROUP BY e.lifecycle, e.site, e.state;
+COMMENT ON VIEW hub.backlog_by_site IS
+'Open keys (in a state that is not terminal) by lifecycle, site and state: how many, the oldest since its last advance, how many are on hold or in exception.';
+
+/*
+ * (A portal's coarser code agrees with the canonical state when it is the
+ * code the state maps to in the portal's vocabulary, as hub.drift counts
+ * it: a join of hub.status_unmap.)
+ */
+CREATE VIEW hub.portal_freshness AS
+SELECT v.lifecycle, v.business_key, v.canonical_state, v.canonical_since, v.portal, v.portal_code,
+	   v.portal_state, v.portal_told_at, v.in_sync,
+	   CASE WHEN NOT v.in_sync THEN v.since END AS differs_since,
+	   CASE WHEN NOT v.in_sync THEN now() - v.since END AS differs_for,
+	   NOT v.in_sync AND now() - v.since > t.value AS overdue
+FROM (
+	SELECT e.lifecycle, e.business_key, e.state AS canonical_state, e.state_occurred_at AS canonical_since,
+		   s.system AS portal, s.code AS portal_code, s.state AS portal_state, s.received_at AS portal_told_at,
+		   coalesce(s.state = e.state, false) OR coalesce(u.code = s.code, false) AS in_sync,
+		   greatest(e.state_occurred_at, s.state_since) AS since
+	FROM hub.entity_state e
+	JOIN hub.entity_system_state s USING (lifecycle, business_key)
+	LEFT JOIN hub.status_unmap u ON u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+	WHERE s.role = 'portal' AND e.state IS NOT NULL
+) v
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'portal_freshness') t;
+COMMENT ON VIEW hub.portal_freshness IS
+'Per key and portal: what the portal last reported showing (hub.entity_system_state of a system of role portal) against the canonical state, whether they agree, since when and for how long they differ, and overdue past the threshold portal_freshness.';
+
+-- ---------------------------------------------------------------- posting to the ERP
+
+/*
+ * What an ERP is waiting for: inventory adjustments (inventory.adjusted,
+ * movement.done) and shipment confirmations (order.shipped,
+ * shipment.dispatched) not yet delivered to an endpoint of kind erp.
+ */
+CREATE FUNCTION hub._erp_posting_kind(event_type text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN event_type IN ('inventory.adjusted', 'movement.done') THEN 'inventory_adjustment'
+				WHEN event_type IN ('order.shipped', 'shipment.dispatched') THEN 'shipment_confirmation' END
+$$;
+COMMENT ON FUNCTION hub._erp_posting_kind(text) IS
+'API: Private. inventory_adjustment for inventory.adjusted and movement.done, shipment_confirmation for order.shipped and shipment.dispatched, else NULL.';
+
+CREATE VIEW hub.erp_postings_pending AS
+SELECT en.name AS endpoint, hub._erp_posting_kind(o.event_type) AS kind, o.event_id, o.event_type,
+	   o.aggregate_id, o.occurred_at, now() - o.occurred_at AS waiting_for, d.state, d.attempts,
+	   d.last_error, now() - o.occurred_at > t.value AS overdue
+FROM hub.deliveries d
+JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+CROSS JOIN LATERAL unnest(coalesce(d.batch_events, ARRAY[d.event_id])) b(event_id)
+JOIN hub.outbox o ON o.event_id = b.event_id
+CROSS JOIN (SELECT x.value FROM hub.thresholds x WHERE x.name = 'erp_posting') t
+WHERE d.state NOT IN ('delivered', 'skipped') AND en.kind = 'erp'
+  AND hub._erp_posting_kind(o.event_type) IS NOT NULL;
+COMMENT ON VIEW hub.erp_postings_pending IS
+'Inventory adjustments (inventory.adjusted, movement.done) and shipment confirmations (order.shipped, shipment.dispatched) not yet delivered to an endpoint of kind erp: how long since the event occurred, the delivery''s state, attempts and last error, overdue past the threshold erp_posting.';
+
+-- ---------------------------------------------------------------- cycle times
+
+-- only an order's shipped reports that moved it enter this index
+CREATE INDEX status_history_shipped_idx ON hub.status_history (occurred_at)
+	WHERE lifecycle = 'order' AND new_state = 'shipped' AND outcome IN ('created', 'advanced', 'corrected');
+
+CREATE VIEW hub.cycle_times AS
+WITH w AS (SELECT x.value FROM hub.thresholds x WHERE x.name = 'cycle_time_window'),
+ship AS (
+	SELECT pg_catalog.date_part('epoch', h.occurred_at - f.occurred_at) AS s
+	FROM hub.status_history h
+	CROSS JOIN LATERAL (SELECT h0.occurred_at FROM hub.status_history h0
+						WHERE h0.lifecycle = 'order' AND h0.business_key = h.business_key
+						ORDER BY h0.history_id LIMIT 1) f
+	WHERE h.lifecycle = 'order' AND h.new_state = 'shipped' AND h.outcome IN ('created', 'advanced', 'corrected')
+	  AND h.occurred_at > now() - (SELECT w.value FROM w)
+), conf AS (
+	SELECT pg_catalog.date_part('epoch', a.at - o.occurred_at) AS s
+	FROM hub.attempts a
+	JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+	JOIN hub.endpoints en ON en.endpoint_id = d.endpoint_id
+	CROSS JOIN LATERAL unnest(CASE WHEN a.group_event_id IS NOT NULL THEN ARRAY[a.group_event_id]
+								   ELSE coalesce(d.batch_events, ARRAY[d.event_id]) END) b(event_id)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	WHERE a.at > now() - (SELECT w.value FROM w) AND a.outcome = 'delivered' AND en.kind = 'erp'
+	  AND hub._erp_posting_kind(o.event_type) = 'shipment_confirmation'
+)
+SELECT m.measure, (SELECT w.value FROM w) AS "window", m.n AS count,
+	   pg_catalog.make_interval(secs => m.p[1]) AS p50, pg_catalog.make_interval(secs => m.p[2]) AS p90,
+	   pg_catalog.make_interval(secs => m.p[3]) AS p95, pg_catalog.make_interval(secs => m.p[4]) AS p99,
+	   pg_catalog.make_interval(secs => m.mx) AS max
+FROM (
+	SELECT 'order_to_ship' AS measure, count(*) AS n, max(s) AS mx,
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s) AS p
+	FROM ship
+	UNION ALL
+	SELECT 'shipment_confirmation_latency', count(*), max(s),
+		   percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]) WITHIN GROUP (ORDER BY s)
+	FROM conf
+) m;
+COMMENT ON VIEW hub.cycle_times IS
+'Percentiles (50, 90, 95, 99, max) over the window cycle_time_window (hub.thresholds) of order_to_ship (an order''s first report to its shipped report, for orders shipped in the window, by source times) and shipment_confirmation_latency (a shipment confirmation''s occurrence at the warehouse to its delivery to an ERP endpoint, for deliveries in the window). NULL percentiles when the window has none.';
+
+-- ---------------------------------------------------------------- privileges
+
+REVOKE EXECUTE ON FUNCTION hub._erp_posting_kind(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._erp_posting_kind(text) TO hub_reader;
+GRANT SELECT ON hub.orders_awaiting_release, hub.release_backlog_by_site,
+	hub.missing_tracking, hub.returns_awaiting_reconciliation, hub.backlog_by_site, hub.portal_freshness,
+	hub.erp_postings_pending, hub.cycle_times TO hub_reader;
+
+/*
+ * 76_metrics.sql --- hub.metrics(): what an operator scrapes, in the
+ * Prometheus text exposition format 0.0.4 (one # HELP and # TYPE per
+ * family, then its samples; label values escaped: backslash, double quote
+ * and newline), names logistics_hub_*:
+ *   events published (a counter: the outbox's sequence, never reset by
+ *   retention); delivery attempts and poll requests by endpoint or poller
+ *   and outcome, and the delivery latency (publication to the delivered
+ *   attempt) as a histogram, over the window metrics_window (hub.thresholds:
+ *   the attempts are an audit that retention drops by the day, so a total
+ *   over them would fall back at each drop; a window is what attempts_at_idx
+ *   reads cheaply); backlog, dead events and oldest pending age per
+ *   endpoint; backlog, oldest pending age, overdue time and failures per
+ *   poller; circuit states; inbox backlog and failed messages; open
+ *   exceptions by kind; drift and stale keys by lifecycle.
+ * Worker restarts are not here (the workers' view hub.workers exposes them).
+ * Served by SQL (SELECT hub.metrics()) to any collector that can run a
+ * query; sql/postgres_exporter.yml gives prometheus-postgres-exporter the
+ * same figures as queries.
+ */
+
+-- failed inbox messages, for hub.metrics(): only dead and unhandled rows
+-- enter it (rare), and state is in the inbox's partial indexes already, so
+-- no update that was HOT stops being so
+CREATE INDEX inbox_failed_idx ON hub.inbox (inbox_id) WHERE state IN ('dead', 'unhandled');
+
+CREATE FUNCTION hub._prom_label(value text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(value, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')
+$$;
+COMMENT ON FUNCTION hub._prom_label(text) IS
+'API: Private. A label value escaped for the Prometheus text format: backslash, double quote and newline.';
+
+CREATE FUNCTION hub._prom_family(name text, type text, help text, samples text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.format(E'# HELP %s %s\n# TYPE %s %s\n', name,
+							 pg_catalog.replace(pg_catalog.replace(help, E'\\', E'\\\\'), E'\n', E'\\n'),
+							 name, type) || coalesce(samples, '')
+$$;
+COMMENT ON FUNCTION hub._prom_family(text, text, text, text) IS
+'API: Private. One metric family of the Prometheus text format: # HELP (escaped), # TYPE, then its sample lines.';
+
+CREATE FUNCTION hub._prom_seconds(i interval) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(pg_catalog.round(pg_catalog.date_part('epoch', i)::numeric, 3)::text, 'NaN')
+$$;
+COMMENT ON FUNCTION hub._prom_seconds(interval) IS
+'API: Private. An interval as seconds for the Prometheus text format (NaN for NULL).';
+
+CREATE FUNCTION hub.metrics() RETURNS text
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	w interval := (SELECT t.value FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	wtxt text := (SELECT t.value::text FROM hub.thresholds t WHERE t.name = 'metrics_window');
+	r text := '';
+BEGIN
+	r := r || hub._prom_family('logistics_hub_events_published_total', 'counter',
+		'Events published to the outbox since the extension was created (the outbox sequence: a publication rolled back counts too).',
+		format(E'logistics_hub_events_published_total %s\n',
+			   coalesce(pg_catalog.pg_sequence_last_value(
+				   pg_catalog.pg_get_serial_sequence('hub.outbox', 'seq')::regclass), 0)));
+
+	-- ---------------------------------------------------------- deliveries
+	r := r || hub._prom_family('logistics_hub_delivery_attempts', 'gauge',
+		'Delivery attempts in the last ' || wtxt || ' (metrics_window), by endpoint and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_delivery_attempts{endpoint="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(en.name, '#' || c.endpoint_id)), c.outcome, c.n),
+						   '' ORDER BY en.name, c.outcome)
+		 FROM (SELECT d.endpoint_id, a.outcome, count(*) AS n
+			   FROM hub.attempts a JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			   WHERE a.at > now() - w
+			   GROUP BY d.endpoint_id, a.outcome) c
+		 LEFT JOIN hub.endpoints en ON en.endpoint_id = c.endpoint_id));
+
+	r := r || hub._prom_family('logistics_hub_delivery_latency_seconds', 'histogram',
+		'Time from publication to the delivered attempt, for deliveries in the last ' || wtxt || ' (metrics_window), by endpoint.',
+		(WITH l AS (
+			SELECT d.endpoint_id, pg_catalog.date_part('epoch', a.at - o.published_at) AS s
+			FROM hub.attempts a
+			JOIN hub.deliveries d ON d.delivery_id = a.delivery_id
+			JOIN hub.outbox o ON o.event_id = coalesce(a.group_event_id, d.event_id)
+			WHERE a.at > now() - w AND a.outcome = 'delivered'
+		 ), b (ord, le, le_text) AS (VALUES
+			(1, 0.05, '0.05'), (2, 0.1, '0.1'), (3, 0.25, '0.25'), (4, 0.5, '0.5'), (5, 1, '1'),
+			(6, 2.5, '2.5'), (7, 5, '5'), (8, 10, '10'), (9, 30, '30'), (10, 60, '60'),
+			(11, 300, '300'), (12, NULL, '+Inf'))
+		 SELECT string_agg(x.line, '' ORDER BY x.ep, x.ord)
+		 FROM (
+			SELECT en.name AS ep, b.ord,
+				   format(E'logistics_hub_delivery_latency_seconds_bucket{endpoint="%s",le="%s"} %s\n',
+						  hub._prom_label(en.name), b.le_text, count(*) FILTER (WHERE b.le IS NULL OR l.s <= b.le)) AS line
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id CROSS JOIN b
+			GROUP BY en.name, b.ord, b.le_text
+			UNION ALL
+			SELECT en.name, 13, format(E'logistics_hub_delivery_latency_seconds_sum{endpoint="%s"} %s\n'
+									   'logistics_hub_delivery_latency_seconds_count{endpoint="%s"} %s\n',
+									   hub._prom_label(en.name), round(sum(l.s)::numeric, 3),
+									   hub._prom_label(en.name), count(*))
+			FROM l JOIN hub.endpoints en ON en.endpoint_id = l.endpoint_id
+			GROUP BY en.name) x));
+
+	r := r || (WITH o AS (
+			SELECT d.endpoint_id,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')), 0) AS backlog,
+				   coalesce(sum(coalesce(cardinality(d.batch_events), 1)) FILTER (WHERE d.state = 'dead'), 0) AS dead,
+				   now() - min(ob.published_at) FILTER (WHERE d.state IN ('pending', 'retry_wait', 'in_flight')) AS oldest
+			FROM hub.deliveries d
+			JOIN hub.outbox ob ON ob.event_id = d.event_id
+			WHERE d.state NOT IN ('delivered', 'skipped')
+			GROUP BY d.endpoint_id
+		), e AS (
+			SELECT en.name, en.circuit_state, coalesce(o.backlog, 0) AS backlog, coalesce(o.dead, 0) AS dead,
+				   coalesce(o.oldest, interval '0') AS oldest
+			FROM hub.endpoints en LEFT JOIN o ON o.endpoint_id = en.endpoint_id
+		)
+		SELECT hub._prom_family('logistics_hub_endpoint_backlog_events', 'gauge',
+				'Events waiting for delivery (pending, retrying or in flight), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_backlog_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.backlog), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_dead_events', 'gauge',
+				'Events whose delivery gave up (dead letters), by endpoint.',
+				string_agg(format(E'logistics_hub_endpoint_dead_events{endpoint="%s"} %s\n', hub._prom_label(e.name), e.dead), '' ORDER BY e.name))
+			|| hub._prom_family('logistics_hub_endpoint_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest event waiting for delivery, by endpoint (0: none waits).',
+				string_agg(format(E'logistics_hub_endpoint_oldest_pending_age_seconds{endpoint="%s"} %s\n', hub._prom_label(e.name), hub._prom_seconds(e.oldest)), '' ORDER BY e.name))
+		FROM e)
+		|| hub._prom_family('logistics_hub_circuit_state', 'gauge',
+			'Circuit breaker state by endpoint: 1 for the state it is in, 0 for the others.',
+			(SELECT string_agg(format(E'logistics_hub_circuit_state{endpoint="%s",state="%s"} %s\n', hub._prom_label(en.name), s.state,
+									  (en.circuit_state = s.state)::int), '' ORDER BY en.name, s.ord)
+			 FROM hub.endpoints en CROSS JOIN (VALUES (1, 'closed'), (2, 'open'), (3, 'half_open')) s (ord, state)));
+
+	-- ---------------------------------------------------------- pollers
+	r := r || hub._prom_family('logistics_hub_poll_requests', 'gauge',
+		'Poll requests in the last ' || wtxt || ' (metrics_window), by poller and outcome.',
+		(SELECT string_agg(format(E'logistics_hub_poll_requests{poller="%s",outcome="%s"} %s\n',
+								  hub._prom_label(coalesce(p.name, '#' || c.poller_id)), c.outcome, c.n),
+						   '' ORDER BY p.name, c.outcome)
+		 FROM (SELECT q.poller_id, q.outcome, count(*) AS n FROM hub.poll_requests q
+			   WHERE q.at > now() - w GROUP BY q.poller_id, q.outcome) c
+		 LEFT JOIN hub.pollers p ON p.poller_id = c.poller_id));
+
+	r := r || (WITH b AS (
+			SELECT q.poller_id, count(*) AS n, now() - min(i.received_at) AS oldest
+			FROM hub.inbox i JOIN hub.poll_requests q ON q.request_id = i.poll_request_id
+			WHERE i.state IN ('new', 'retry_wait')
+			GROUP BY q.poller_id
+		), p AS (
+			SELECT p.name, p.paused, p.failures, p.last_success_at, p.next_run_at,
+				   coalesce(b.n, 0) AS backlog, coalesce(b.oldest, interval '0') AS oldest
+			FROM hub.pollers p LEFT JOIN b ON b.poller_id = p.poller_id
+		)
+		SELECT hub._prom_family('logistics_hub_poller_backlog_messages', 'gauge',
+				'Polled records waiting in the inbox (new or retrying), by poller.',
+				string_agg(format(E'logistics_hub_poller_backlog_messages{poller="%s"} %s\n', hub._prom_label(p.name), p.backlog), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_oldest_pending_age_seconds', 'gauge',
+				'Age of the oldest polled record waiting in the inbox, by poller (0: none waits).',
+				string_agg(format(E'logistics_hub_poller_oldest_pending_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name), hub._prom_seconds(p.oldest)), '' ORDER BY p.name))
+			|| hub._prom_family('logistics_hub_poller_overdue_seconds', 'gauge',
+				'How long a poller that is not paused is past its next run (0: not due yet).',
+				string_agg(format(E'logistics_hub_poller_overdue_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(greatest(now() - p.next_run_at, interval '0'))), '' ORDER BY p.name) FILTER (WHERE NOT p.paused))
+			|| hub._prom_family('logistics_hub_poller_last_success_age_seconds', 'gauge',
+				'Time since a poller''s last successful page (pollers that had one).',
+				string_agg(format(E'logistics_hub_poller_last_success_age_seconds{poller="%s"} %s\n', hub._prom_label(p.name),
+								  hub._prom_seconds(now() - p.last_success_at)), '' ORDER BY p.name) FILTER (WHERE p.last_success_at IS NOT NULL))
+			|| hub._prom_family('logistics_hub_poller_failures', 'gauge',
+				'Failed pages in a row, by poller.',
+				string_agg(format(E'logistics_hub_poller_failures{poller="%s"} %s\n', hub._prom_label(p.name), p.failures), '' ORDER BY p.name))
+		FROM p);
+
+	-- ---------------------------------------------------------- inbox
+	r := r || hub._prom_family('logistics_hub_inbox_messages', 'gauge',
+		'Inbox messages not done, by state: new and retry_wait (the backlog), dead (failed max_attempts times), unhandled (no mapping or handler).',
+		(SELECT string_agg(format(E'logistics_hub_inbox_messages{state="%s"} %s\n', s.state,
+								  (SELECT count(*) FROM hub.inbox i WHERE i.state = s.state)), '' ORDER BY s.ord)
+		 FROM (VALUES (1, 'new'), (2, 'retry_wait'), (3, 'dead'), (4, 'unhandled')) s (ord, state)))
+		|| hub._prom_family('logistics_hub_inbox_oldest_pending_age_seconds', 'gauge',
+		'Age of the oldest inbox message new or retrying (0: none waits).',
+		(SELECT format(E'logistics_hub_inbox_oldest_pending_age_seconds %s\n',
+					   hub._prom_seconds(coalesce(now() - min(i.received_at), interval '0')))
+		 FROM hub.inbox i WHERE i.state IN ('new', 'retry_wait')));
+
+	-- ---------------------------------------------------------- business
+	r := r || hub._prom_family('logistics_hub_open_exceptions', 'gauge',
+		'Open business exceptions (hub.exceptions), by kind.',
+		(SELECT string_agg(format(E'logistics_hub_open_exceptions{kind="%s"} %s\n', k.kind,
+								  (SELECT count(*) FROM hub.exceptions x WHERE x.resolved_at IS NULL AND x.kind = k.kind)), '' ORDER BY k.kind)
+		 FROM unnest(ARRAY['conflict', 'contract_violation', 'not_owner', 'terminal', 'unknown_code']) k (kind)));
+
+	-- (the conditions of hub.drift and hub.stale_entities, counted without
+	-- the views' lookup of each key's parent: a probe of hub.entity_links a
+	-- key, which made the counts 3 to 5 times slower at a million keys;
+	-- metrics.sql checks that both agree with the views)
+	r := r || (WITH d AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.entity_system_state s USING (lifecycle, business_key)
+				JOIN hub.drift_tolerances t ON t.lifecycle = e.lifecycle AND t.role = s.role
+				WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
+				  AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
+				  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+								  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle
+									AND u.state = e.state AND u.code = s.code)
+				GROUP BY e.lifecycle),
+			   s AS (
+				SELECT e.lifecycle, count(*) AS n
+				FROM hub.entity_state e
+				JOIN hub.stale_thresholds t ON t.lifecycle = e.lifecycle AND t.state = e.state
+				WHERE now() - e.last_advanced_at > t.threshold
+				GROUP BY e.lifecycle)
+		SELECT hub._prom_family('logistics_hub_drift_keys', 'gauge',
+				'Keys where a system disagrees with the canonical state past its tolerance (hub.drift), by lifecycle.',
+				string_agg(format(E'logistics_hub_drift_keys{lifecycle="%s"} %s\n', l.l, coalesce(d.n, 0)), '' ORDER BY l.l))
+			|| hub._prom_family('logistics_hub_stale_keys', 'gauge',
+				'Keys without progress past the threshold of their state (hub.stale_entities), by lifecycle.',
+				string_agg(format(E'logistics_hub_stale_keys{lifecycle="%s"} %s\n', l.l, coalesce(s.n, 0)), '' ORDER BY l.l))
+		FROM unnest(ARRAY['movement', 'order', 'return', 'shipment']) l (l)
+		LEFT JOIN d ON d.lifecycle = l.l LEFT JOIN s ON s.lifecycle = l.l);
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION hub.metrics() IS
+'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
+
+REVOKE EXECUTE ON FUNCTION hub.metrics(), hub._prom_label(text), hub._prom_family(text, text, text, text),
+	hub._prom_seconds(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.metrics() TO hub_reader;
+
+-- ================================================================ merged
+-- (the definitions of sql/src for objects that two branches both redefined above)
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH msg AS (
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			-- (the mapping of each message type once, not once a message)
+			JOIN (SELECT ty.message_type, mm.*
+				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+				  CROSS JOIN LATERAL (
+					SELECT m.* FROM hub.inbox_mappings m
+					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path)
+			SELECT f.*,
+				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN jsonb_typeof(f.tv) = 'string' THEN
+							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
+								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+			FROM f
+			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), r AS MATERIALIZED (
+			-- (materialized: the owner check below is then an index probe a
+			-- row, not a join of the whole table with the mapping's result)
+			SELECT t.*, ms.state AS m_state, ro.role
+			FROM t
+			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
+			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
+			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload), array_agg(r.traceparent),
+			   array_agg(r.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace, a_site
+		FROM r
+		WHERE EXISTS (SELECT FROM hub.state_owners o
+					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		PERFORM FROM hub.entity_state es
+		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
+		ORDER BY es.lifecycle, es.business_key
+		FOR UPDATE OF es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row)
+			SELECT c.*,
+				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+						   THEN jsonb_build_object('carrier',
+								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+													 WHERE sy.system = c.system AND sy.qualifier = ''
+													   AND sy.role = 'carrier')))
+						   ELSE '{}' END AS base
+			FROM c
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), e AS MATERIALIZED (
+			SELECT b.*,
+				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
+									   FROM unnest(b.required_keys) k(k)
+									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+			FROM b
+		), ok AS (
+			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+		), ins AS (
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			ON CONFLICT DO NOTHING
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), w AS (
+			-- (every row of ok; a key another transaction created meanwhile
+			-- is missing from ins: counted below, and all is undone)
+			SELECT ok.* FROM ok
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
+			FROM w
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
+				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
+			FROM w ORDER BY w.inbox_id
+		), ev AS (
+			SELECT w.inbox_id,
+				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
+							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at,
+							   traceparent => hub._traceparent_child(w.trace)) AS event_id
+			FROM w ORDER BY w.inbox_id
+		)
+		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
+		INTO v_done, v_written FROM ev;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._inbox_step(p_inbox_id bigint, p_handled boolean)
+RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	mp			hub.inbox_mappings;
+	i			record;
+	v_key		text;
+	v_code		text;
+	v_at		timestamptz;
+	v_qual		text;
+	v_partner	text;
+	v_parent	text;
+	v_site		text;
+	v_mapped	hub.mapped_status;
+	r			hub.apply_result;
+	v_terminal	boolean;
+	v			jsonb;
+	p_payload	jsonb;
+	p_message_type text;
+BEGIN
+	-- the message as stored, and only one being processed (claimed by the
+	-- caller, FOR UPDATE): the step never applies a payload it is handed
+	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
+		   x.received_at, x.attempts, x.state, x.traceparent
+	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
+	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
+		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	p_payload := i.payload;
+	p_message_type := i.message_type;
+	SELECT * INTO mp FROM hub.inbox_mappings m WHERE m.message_pattern = p_message_type;
+	IF NOT FOUND THEN
+		SELECT * INTO mp FROM hub.inbox_mappings m
+		WHERE right(m.message_pattern, 1) = '*' AND starts_with(p_message_type, left(m.message_pattern, -1))
+		ORDER BY length(m.message_pattern) DESC LIMIT 1;
+		IF NOT FOUND AND NOT p_handled THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
+	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
+
+	IF mp.message_pattern IS NOT NULL THEN
+		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+			RAISE EXCEPTION 'the payload of a % message must be a JSON object', mp.lifecycle
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" reads it with jsonpaths.', mp.message_pattern);
+		END IF;
+		-- (each path read inline: SQL functions would be planned again in
+		-- every message's subtransaction)
+		v := jsonb_path_query_first(p_payload, mp.key_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('key', mp.key_path, v);
+		END IF;
+		v_key := v #>> '{}';
+		v := jsonb_path_query_first(p_payload, mp.code_path);
+		IF jsonb_typeof(v) IN ('object', 'array') THEN
+			PERFORM hub._inbox_not_a_value('code', mp.code_path, v);
+		END IF;
+		v_code := v #>> '{}';
+		IF v_key IS NULL OR v_key = '' OR v_code IS NULL OR v_code = '' THEN
+			RAISE EXCEPTION 'the % path % finds nothing in the message',
+				CASE WHEN v_key IS NULL OR v_key = '' THEN 'key' ELSE 'code' END,
+				CASE WHEN v_key IS NULL OR v_key = '' THEN mp.key_path ELSE mp.code_path END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Mapping "%s" of %s records needs both.', mp.message_pattern, mp.lifecycle);
+		END IF;
+		PERFORM hub._check_key_length('business key', v_key);
+		IF mp.occurred_at_path IS NULL THEN
+			v_at := i.received_at;
+		ELSE
+			v_at := hub._json_time(jsonb_path_query_first(p_payload, mp.occurred_at_path));
+			IF v_at IS NULL THEN
+				RAISE EXCEPTION 'the occurred_at path % finds nothing in the message', mp.occurred_at_path
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END IF;
+		IF mp.qualifier_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.qualifier_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('qualifier', mp.qualifier_path, v);
+			END IF;
+			v_qual := v #>> '{}';
+		END IF;
+		IF mp.partner_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.partner_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('partner', mp.partner_path, v);
+			END IF;
+			v_partner := v #>> '{}';
+		END IF;
+		IF mp.parent_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.parent_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('parent', mp.parent_path, v);
+			END IF;
+			v_parent := nullif(v #>> '{}', '');
+		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
+
+		-- the links the record names (kept once; a key never links to itself)
+		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
+			PERFORM hub._check_key_length('parent key', v_parent);
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			VALUES (mp.parent_lifecycle, v_parent, mp.lifecycle, v_key, mp.system, p_inbox_id)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		IF mp.children_path IS NOT NULL THEN
+			INSERT INTO hub.entity_links (parent_lifecycle, parent_key, child_lifecycle, child_key, system, inbox_id)
+			SELECT DISTINCT mp.lifecycle, v_key, mp.child_lifecycle, c.v #>> '{}', mp.system, p_inbox_id
+			FROM jsonb_path_query(p_payload, mp.children_path) c(v)
+			WHERE jsonb_typeof(c.v) IN ('string', 'number') AND c.v #>> '{}' <> ''
+			  AND octet_length(c.v #>> '{}') <= 256
+			  AND (mp.child_lifecycle, c.v #>> '{}') IS DISTINCT FROM (mp.lifecycle, v_key)
+			ON CONFLICT DO NOTHING;
+		END IF;
+		-- (a message received without its business key keeps none: hub.trace
+		-- by key finds it through the events and exceptions it caused,
+		-- whose causation id and message name it; a second UPDATE of the
+		-- row per message would cost more than the trace saves)
+
+		v_mapped := hub.try_map_status(mp.system, mp.lifecycle, v_code, v_qual, v_partner);
+		IF v_mapped::text IS NULL THEN
+			PERFORM hub._open_exception('unknown_code', mp.lifecycle, v_key, mp.system, v_code,
+				format('%s reported %s code "%s"%s, which hub.status_map does not map', mp.system, mp.lifecycle,
+					   v_code, CASE WHEN v_qual IS NOT NULL THEN format(' (qualifier "%s")', v_qual) ELSE '' END),
+				p_inbox_id);
+		ELSE
+			r := hub._apply_canonical(mp.lifecycle, v_key, mp.system, v_code, v_at, v_mapped.state, v_mapped.overlay,
+									  v_mapped.reason, v_qual, false, p_payload, v_partner,
+									  CASE WHEN v_parent IS NOT NULL THEN mp.parent_lifecycle END, v_parent, p_inbox_id);
+			IF r.outcome IN ('conflict', 'stale') AND r.previous_state IS NOT NULL THEN
+				SELECT s.terminal INTO v_terminal FROM hub.lifecycle_states(mp.lifecycle) s WHERE s.state = r.previous_state;
+				IF v_terminal AND (r.outcome = 'conflict'
+								   OR (SELECT h.regression_suspect FROM hub.status_history h WHERE h.history_id = r.history_id)) THEN
+					r.outcome := 'terminal';
+					PERFORM hub._open_exception('terminal', mp.lifecycle, v_key, mp.system, v_code,
+						format('%s reported %s (%s) after the %s reached its terminal state %s',
+							   mp.system, r.reported_state, v_code, mp.lifecycle, r.previous_state), p_inbox_id);
+				END IF;
+			END IF;
+			IF r.outcome = 'conflict' THEN
+				PERFORM hub._open_exception('conflict', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), incomparable with the canonical state %s',
+						   mp.system, r.reported_state, v_code, r.previous_state), p_inbox_id);
+			ELSIF r.outcome = 'not_owner' THEN
+				PERFORM hub._open_exception('not_owner', mp.lifecycle, v_key, mp.system, v_code,
+					format('%s reported %s (%s), a state its role does not own', mp.system, r.reported_state, v_code),
+					p_inbox_id);
+			END IF;
+		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
+	END IF;
+
+	IF NOT p_handled THEN
+		RETURN '{}';
+	END IF;
+	RETURN jsonb_build_object('inbox_id', p_inbox_id, 'source', i.source, 'message_id', i.message_id,
+							  'message_type', p_message_type, 'correlation_id', i.correlation_id,
+							  'aggregate_id', i.aggregate_id, 'received_at', i.received_at,
+							  'attempts', i.attempts);
+END
+$$;
+
+-- ================================================================ flow performance
+-- (issue 19's throughput: the same behaviour, less CPU a record; sql/src/60_inbox.sql,
+-- 65_flow.sql)
+
+-- the claim returns each message's business key, so hub.process_inbox no
+-- longer reads them again with hub._inbox_keys
+DROP FUNCTION hub._inbox_keys(bigint[]);
+DROP FUNCTION hub._inbox_claim(integer);
+CREATE FUNCTION hub._inbox_claim(max integer)
+RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
+			   handler regproc, max_attempts integer, retry_base interval, aggregate_id text)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- (LIMIT max is a parameter here, which the planner estimates at a tenth
+-- of the backlog: a large backlog would pass jit_above_cost and be
+-- compiled at every call)
+SET jit = off
+AS $$
+	-- in order per business key (aggregate_id, 62_inbox_worker.sql): a
+	-- message is not taken behind an earlier pending message of its key
+	-- that is not due (a retry waiting), nor behind one this claim does not
+	-- lock (another processor's, or beyond max); the messages of a key it
+	-- does take are processed in inbox_id order, the rest of the key's
+	-- skipped after one of them fails (hub.process_inbox)
+	WITH locked AS (
+		SELECT i.inbox_id, i.message_type, i.payload, i.attempts, i.aggregate_id
+		FROM hub.inbox i
+		WHERE i.state IN ('new', 'retry_wait') AND i.next_attempt_at <= now()
+		  AND (i.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = i.aggregate_id AND e.inbox_id < i.inbox_id
+				  AND e.state IN ('new', 'retry_wait') AND e.next_attempt_at > now()))
+		-- (in inbox order, so an earlier due message of a key is never left
+		-- out of a claim that takes a later one: inbox_pending_idx)
+		ORDER BY i.inbox_id
+		LIMIT max
+		FOR UPDATE SKIP LOCKED
+	), claimed AS (
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts, l.aggregate_id
+		FROM locked l
+		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
+				SELECT FROM hub.inbox e
+				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
+				  AND e.state IN ('new', 'retry_wait')
+				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
+	), handlers AS MATERIALIZED (
+		-- (the handler of each message type once, not once a message:
+		-- materialized, or the planner runs it again for every row it joins)
+		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
+		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
+		LEFT JOIN LATERAL (
+			SELECT h.handler, h.max_attempts, h.retry_base
+			FROM hub.inbox_handlers h
+			WHERE hub._inbox_pattern_matches(h.message_pattern, ty.message_type)
+			ORDER BY h.message_pattern = ty.message_type DESC, length(h.message_pattern) DESC
+			LIMIT 1
+		) h ON true
+	)
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base,
+		   c.aggregate_id
+	FROM claimed c
+	JOIN handlers h ON h.message_type = c.message_type
+	ORDER BY c.inbox_id
+$$;
+COMMENT ON FUNCTION hub._inbox_claim(integer) IS
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler and its business key.';
+
+REVOKE EXECUTE ON FUNCTION hub._inbox_claim(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._inbox_claim(integer) TO hub_admin, hub_worker;
+
+CREATE OR REPLACE FUNCTION hub._inbox_apply_batch(p_ids bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a_id		bigint[];
+	a_lc		text[];
+	a_key		text[];
+	a_sys		text[];
+	a_role		text[];
+	a_qual		text[];
+	a_partner	text[];
+	a_code		text[];
+	a_at		timestamptz[];
+	a_state		text[];
+	a_corr		text[];
+	a_payload	jsonb[];
+	a_trace		text[];
+	a_site		text[];
+	v_done		bigint[];
+	v_written	bigint;
+	v_events	bigint;
+BEGIN
+	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
+		RETURN '{}';
+	END IF;
+	BEGIN
+		-- the messages, their mapping and fields (silent: a path that
+		-- raises for a message leaves it to the per-message path, which
+		-- fails it); per key, how many of the batch name it (any message of
+		-- a mapping whose key reads)
+		WITH mp AS MATERIALIZED (
+			-- (the mapping of each message type once, not once a message:
+			-- materialized, here and in g, or the planner runs it again for
+			-- every row it joins)
+			SELECT ty.message_type, mm.*
+			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+			CROSS JOIN LATERAL (
+				SELECT m.* FROM hub.inbox_mappings m
+				WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+				ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+				LIMIT 1) mm
+		), msg AS MATERIALIZED (
+			-- (materialized: each path evaluated once a message, not once
+			-- for every expression that reads its value)
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path IS NULL AS no_time_path,
+				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
+				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
+				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
+				   CASE WHEN mp.occurred_at_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.occurred_at_path, '{}', true) END AS tv,
+				   CASE WHEN mp.qualifier_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
+				   CASE WHEN mp.partner_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
+			FROM hub.inbox i
+			JOIN mp ON mp.message_type = i.message_type
+			-- (by the primary key: a join with the array may scan the backlog)
+			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
+			  AND jsonb_typeof(i.payload) = 'object'
+		), f AS (
+			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
+				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
+				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
+				   nullif(m.sv #>> '{}', '') AS site,
+				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
+				   -- (COLLATE "C": the same partitions, byte-equal keys, and
+				   -- a sort by memcmp rather than strcoll)
+				   count(*) OVER (PARTITION BY m.lifecycle COLLATE "C", (m.kv #>> '{}') COLLATE "C") AS named
+			FROM (SELECT msg.*,
+						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
+						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
+				  FROM msg
+				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
+		), t AS (
+			-- (hub._json_time's forms, without its error: a time it would
+			-- refuse leaves the message to the per-message path; the two
+			-- string forms exclude each other, the one with an offset, the
+			-- more common, is tried first, and before its pattern (2 to 3 us
+			-- a string) the shapes carriers and JSON encoders write most,
+			-- its ASCII digits made 9s (a tenth of that; each of them
+			-- matches the pattern))
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
+				   f.qual, f.partner, f.site,
+				   CASE WHEN f.no_time_path THEN f.received_at
+						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
+						WHEN translate(f.ts, '012345678', '999999999')
+							 IN ('9999-99-99T99:99:99Z', '9999-99-99T99:99:99+99:99', '9999-99-99T99:99:99-99:99',
+								 '9999-99-99T99:99:99.999Z', '9999-99-99T99:99:99.999999Z',
+								 '9999-99-99T99:99:99.999+99:99', '9999-99-99T99:99:99.999999+99:99',
+								 '9999-99-99T99:99:99.999-99:99', '9999-99-99T99:99:99.999999-99:99',
+								 '9999-99-99 99:99:99+99', '9999-99-99 99:99:99.999999+99')
+						  OR f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						THEN f.ts::timestamptz
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
+				   -- (the grouping key of the mapping below: an array, whose
+				   -- equality takes two NULLs as equal, and which hashes)
+				   ARRAY[f.system, f.lifecycle, f.code, f.qual, f.partner] AS mk
+			FROM f
+			WHERE f.named = 1 AND f.flat
+			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
+			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
+			  AND f.qualifier_ok AND f.partner_ok
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), g AS MATERIALIZED (
+			-- the state each (system, lifecycle, code, qualifier, partner)
+			-- maps to and the system's role, once each, kept where no
+			-- overlay comes with it and the role owns the state
+			SELECT d.mk, ms.state AS m_state, ro.role
+			FROM (SELECT DISTINCT t.mk FROM t) d
+			CROSS JOIN LATERAL hub.try_map_status(d.mk[1], d.mk[2], d.mk[3], d.mk[4], d.mk[5]) ms
+			CROSS JOIN LATERAL (
+				SELECT sy.role FROM hub.systems sy
+				WHERE sy.system = d.mk[1] AND sy.qualifier IN ('', coalesce(d.mk[4], ''))
+				ORDER BY sy.qualifier DESC LIMIT 1) ro
+			WHERE ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(d.mk[2], ms.state)
+			  AND EXISTS (SELECT FROM hub.state_owners o
+						  WHERE o.lifecycle = d.mk[2] AND o.state = ms.state AND o.role = ro.role)
+		)
+		-- (the arrays stay aligned, being filled from the same rows in the
+		-- same order; the writes below sort by inbox_id themselves)
+		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
+			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent),
+			   array_agg(t.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace, a_site
+		FROM t JOIN g ON g.mk = t.mk
+		WHERE t.at IS NOT NULL;
+		IF a_id IS NULL THEN
+			RETURN '{}';
+		END IF;
+
+		-- the keys' rows, locked in key order (as hub._apply_canonical does,
+		-- one key at a time)
+		-- one probe of the primary key a key, in key order (a join may
+		-- hash the whole table instead, in every batch; the order bytewise,
+		-- COLLATE "C", the same for every batch, which is what matters)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key)
+					  ORDER BY k.lc COLLATE "C", k.key COLLATE "C") k
+		CROSS JOIN LATERAL (
+			SELECT FROM hub.entity_state es
+			WHERE es.lifecycle = k.lc AND es.business_key = k.key
+			FOR UPDATE) es;
+
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
+		-- processed before is current)
+		PERFORM set_config('hub.inbox_correlation_id', '', true),
+				set_config('hub.inbox_causation_id', '', true);
+		WITH a AS (
+			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
+								 a_corr, a_payload, a_trace, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace, site)
+		), c AS (
+			-- classified against the key's row: created (a new key, or one
+			-- without a state) or advanced; no overlay on it
+			SELECT a.*, es.lifecycle IS NULL AS is_new, es.state AS previous_state,
+				   CASE WHEN es.state IS NOT NULL
+						THEN hub._classify_transition(a.lifecycle, es.state, a.state, false) END AS kind,
+				   CASE WHEN es.state IS NULL THEN 'created' ELSE 'advanced' END AS outcome,
+				   se.event_type, et.required_keys
+			FROM a
+			LEFT JOIN hub.entity_state es ON es.lifecycle = a.lifecycle AND es.business_key = a.key
+			JOIN hub.state_events se ON se.lifecycle = a.lifecycle AND se.state = a.state
+			JOIN hub.event_types et ON et.event_type = se.event_type
+			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
+		), b AS MATERIALIZED (
+			-- the canonical event's payload, as hub._state_event makes it
+			-- (MATERIALIZED, here and below: each expression once a row;
+			-- the partner, the carrier and the record's keys are added only
+			-- when there are any, each || building the object anew)
+			SELECT c.*,
+				   CASE WHEN c.partner IS NULL AND NOT (c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys))
+						THEN x.core
+						ELSE x.core
+							 || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+							 || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+									 THEN jsonb_build_object('carrier',
+										  coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+															   WHERE sy.system = c.system AND sy.qualifier = ''
+																 AND sy.role = 'carrier')))
+									 ELSE '{}' END END AS base
+			FROM c
+			CROSS JOIN LATERAL (
+				SELECT jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
+						'system', c.system,
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
+			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
+		), ok AS MATERIALIZED (
+			-- (the events whose contract the body meets; every row written
+			-- below: a key whose row vanished meanwhile is missing from upd,
+			-- counted at the end, and all is undone)
+			SELECT b.*, y.body
+			FROM b
+			CROSS JOIN LATERAL (
+				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
+				FROM unnest(b.required_keys) k(k)
+				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
+			-- (OFFSET 0: the body built once, not again for the check)
+			CROSS JOIN LATERAL (
+				SELECT CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body OFFSET 0) y
+			WHERE hub.contract_violation(b.event_type, y.body) IS NULL
+		), ins AS (
+			-- (a plain INSERT: a key another transaction created meanwhile
+			-- raises unique_violation, which undoes the batch's apply)
+			INSERT INTO hub.entity_state AS es
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
+			FROM ok WHERE ok.is_new
+			RETURNING es.lifecycle, es.business_key
+		), upd AS (
+			UPDATE hub.entity_state es
+			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
+				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
+			FROM ok
+			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
+			RETURNING es.lifecycle, es.business_key
+		), sys_new AS (
+			-- (a new key has no per-system row yet: a plain INSERT)
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE ok.is_new
+		), sys AS (
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE NOT ok.is_new
+			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
+			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
+				state = coalesce(EXCLUDED.state, s.state),
+				state_since = CASE WHEN EXCLUDED.state IS NULL OR EXCLUDED.state = s.state
+								   THEN s.state_since ELSE EXCLUDED.occurred_at END,
+				overlay_kind = EXCLUDED.overlay_kind, reason = EXCLUDED.reason,
+				occurred_at = EXCLUDED.occurred_at, received_at = now()
+			WHERE s.occurred_at <= EXCLUDED.occurred_at
+		), hist AS (
+			INSERT INTO hub.status_history
+				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
+				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
+				 occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, false, ok.state,
+				   NULL, NULL, ok.previous_state, ok.state, ok.kind, ok.outcome, false, ok.at
+			FROM ok ORDER BY ok.inbox_id
+		), ev AS (
+			-- the events, in inbox_id order, as hub.publish writes them: a
+			-- plain INSERT, whose contract trigger (hub._outbox_check)
+			-- checks and stamps each row as it does for hub.publish, the
+			-- event id and headers their defaults, the correlation id the
+			-- message's (none: NULL, as hub.publish gives it here), a child
+			-- span of its traceparent; one insert for the batch rather than
+			-- one a row
+			INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, occurred_at,
+									traceparent)
+			SELECT ok.event_type, ok.key, ok.body, nullif(ok.corr, ''), 'inbox:' || ok.inbox_id, ok.at,
+				   hub._traceparent_child(ok.trace)
+			FROM ok ORDER BY ok.inbox_id
+			RETURNING 1
+		)
+		SELECT array_agg(ok.inbox_id ORDER BY ok.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd),
+			   (SELECT count(*) FROM ev)
+		INTO v_done, v_written, v_events FROM ok;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint
+		   OR v_events IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'the batch wrote other rows than it applied (a key created or removed meanwhile)'
+				USING ERRCODE = 'serialization_failure';
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		-- (undone: every message goes the per-message way, which reports
+		-- the error of the one at fault)
+		RETURN '{}';
+	END;
+	RETURN coalesce(v_done, '{}');
+END
+$$;
+COMMENT ON FUNCTION hub._inbox_apply_batch(bigint[]) IS
+'API: Private. Apply, set-based and in one subtransaction, the mapped messages of a batch (hub.process_inbox, messages without a handler) whose report creates or advances a key without overlays and publishes a canonical event it satisfies, each key named once in the batch, while no readiness rule exists; writes and publishes what the per-message path (hub._inbox_step) would. Returns the ids applied, for the caller to settle done; the others go the per-message way (all of them when anything fails).';
+
+CREATE OR REPLACE FUNCTION hub.process_inbox(max integer DEFAULT 100)
+RETURNS TABLE (processed integer, failed integer, unhandled integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	ctx jsonb;
+	err text;
+	v_max integer;
+	v_base interval;
+	c_id bigint[];
+	c_type text[];
+	c_payload jsonb[];
+	c_handler regproc[];
+	c_max integer[];
+	c_base interval[];
+	v_prefix integer;
+	v_fast bigint[] := '{}';
+	v_done bigint[] := '{}';
+	v_unhandled bigint[] := '{}';
+	v_failed_keys text[] := '{}';
+	c_key text[];
+	v_left bigint[];
+	v_round bigint[];
+	v_taken bigint[];
+BEGIN
+	IF max IS NULL OR max < 1 THEN
+		RAISE EXCEPTION 'max must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	processed := 0;
+	failed := 0;
+	unhandled := 0;
+	-- (the business keys too: the rounds below, and the keys left after
+	-- one of their messages failed)
+	-- (in inbox_id order: the aggregates read the sorted subquery in its
+	-- order, one sort for all seven)
+	SELECT array_agg(c.inbox_id), array_agg(c.message_type), array_agg(c.payload), array_agg(c.handler),
+		   array_agg(c.max_attempts), array_agg(c.retry_base), array_agg(c.aggregate_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
+	FROM (SELECT * FROM hub._inbox_claim(max) x ORDER BY x.inbox_id) c;
+	IF c_id IS NULL THEN
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	-- the mapped messages before the first one with a handler, applied
+	-- together where their outcome is the plain one (65_flow.sql); those
+	-- come first, the rest one by one in inbox_id order, so a handler never
+	-- sees a later message applied before its own
+	v_prefix := cardinality(c_id);
+	FOR k IN 1 .. cardinality(c_id) LOOP
+		IF c_handler[k] IS NOT NULL THEN
+			v_prefix := k - 1;
+			EXIT;
+		END IF;
+	END LOOP;
+	-- (in rounds: a key's first message of the claim, then its next, each
+	-- round set-based; a key whose message a round leaves keeps the rest of
+	-- its messages for the loop below, in order)
+	IF v_prefix > 0 THEN
+		v_left := c_id[1:v_prefix];
+		LOOP
+			-- (unnest, not subscripts: c_key[n] walks the array from its
+			-- start; and the first round takes from every message)
+			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
+			-- (COLLATE "C": the same keys apart, sorted by memcmp)
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n) COLLATE "C") u.id, u.n
+				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
+				  WHERE v_round IS NULL OR u.id = ANY (v_left)
+				  ORDER BY coalesce(u.key, '#' || u.n) COLLATE "C", u.n) x;
+			EXIT WHEN v_round IS NULL;
+			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
+			v_fast := v_fast || v_taken;
+			EXIT WHEN cardinality(v_taken) = 0 OR cardinality(v_round) = cardinality(v_left);
+			SELECT coalesce(array_agg(c_id[n] ORDER BY n), '{}') INTO v_left
+			FROM generate_subscripts(c_id, 1) n
+			WHERE n <= v_prefix AND c_id[n] = ANY (v_left) AND c_id[n] <> ALL (v_round)
+			  AND (c_key[n] IS NULL OR NOT EXISTS (
+					SELECT FROM generate_subscripts(c_id, 1) r
+					WHERE c_id[r] = ANY (v_round) AND c_id[r] <> ALL (v_taken) AND c_key[r] = c_key[n]));
+		END LOOP;
+		v_done := v_fast;
+		processed := cardinality(v_fast);
+	END IF;
+	-- (when the set took them all, there is nothing left)
+	FOR m IN
+		SELECT x.inbox_id, x.message_type, x.payload, x.handler, x.max_attempts, x.retry_base
+		FROM unnest(c_id, c_type, c_payload, c_handler, c_max, c_base) WITH ORDINALITY
+			 x(inbox_id, message_type, payload, handler, max_attempts, retry_base, n)
+		WHERE cardinality(v_fast) < cardinality(c_id) AND x.inbox_id <> ALL (v_fast)
+		ORDER BY x.n
+	LOOP
+		-- after a message of a key failed, the key's later messages wait
+		-- (unclaimed at commit, behind it in the next claim)
+		IF cardinality(v_failed_keys) > 0
+		   AND c_key[array_position(c_id, m.inbox_id)] = ANY (v_failed_keys) THEN
+			CONTINUE;
+		END IF;
+		err := NULL;
+		BEGIN
+			-- its own subtransaction: the declared mapping's (65_flow.sql) and
+			-- the handler's writes are rolled back together if either fails.
+			-- The mapping first (the state, links, events and exceptions of
+			-- the record), then the handler, as its owner, within the time
+			-- limit, with the message's context; both publish with the
+			-- message's correlation id unless they name one.  NULL: neither
+			-- a mapping nor a handler.  (The step sets the message's context
+			-- before anything that can publish; it is cleared once, after
+			-- the loop.)
+			ctx := hub._inbox_step(m.inbox_id, m.handler IS NOT NULL);
+			IF ctx IS NOT NULL AND m.handler IS NOT NULL THEN
+				PERFORM hub._run_handler(m.handler, m.payload, m.message_type, ctx);
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			err := SQLSTATE || ': ' || SQLERRM;
+		END;
+		IF err IS NULL AND ctx IS NULL THEN
+			v_unhandled := v_unhandled || m.inbox_id;
+			unhandled := unhandled + 1;
+		ELSIF err IS NULL THEN
+			v_done := v_done || m.inbox_id;
+			processed := processed + 1;
+		ELSE
+			v_max := m.max_attempts;
+			v_base := m.retry_base;
+			IF m.handler IS NULL THEN
+				-- (a mapped message: the mapping's retry settings)
+				SELECT x.max_attempts, x.retry_base INTO v_max, v_base FROM hub._inbox_mapping(m.message_type) x;
+			END IF;
+			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
+			failed := failed + 1;
+			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
+		END IF;
+	END LOOP;
+	PERFORM set_config('hub.inbox_correlation_id', '', true),
+			set_config('hub.inbox_causation_id', '', true);
+	-- done and unhandled messages settled with one UPDATE each
+	PERFORM hub._inbox_settle_many(v_done, 'done');
+	PERFORM hub._inbox_settle_many(v_unhandled, 'unhandled');
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION hub.process_inbox(integer) IS
+'Process up to max ready inbox messages, each in its own subtransaction (mapped messages without a handler whose report simply creates or advances a key are applied together, set-based, by hub._inbox_apply_batch, with the same result): a message with a declared mapping (hub.map_inbox) is applied to the canonical state with its canonical events, links and business exceptions; then its handler, if any, runs as the handler function''s owner within logistics_hub.user_code_timeout, with the message''s context; whatever either publishes carries the message''s correlation id unless it names one. Success (a business exception included) -> done; an error (a malformed message, a failing handler) -> retry_wait with exponential backoff, or dead after max_attempts, the error kept in last_error; neither mapping nor handler -> unhandled. Handlers run with search_path pg_catalog, pg_temp: qualify names or SET search_path on the handler. Returns the counts.';
+
 -- ================================================================ sites (transports)
 -- the transport follows the endpoint URL's scheme: postgresql:// (a central
 -- hub over libpq) and nats:// (NATS JetStream) beside http(s)://
@@ -4598,7 +7901,9 @@ BEGIN
 			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
 				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
 				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
-				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
 			WHERE x.poller_id = p.poller_id
 			RETURNING * INTO p;
 		END IF;
@@ -4610,6 +7915,9 @@ BEGIN
 		lease := tok;
 		url := p.next_url;
 		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
 		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
 			IF p.etag IS NOT NULL THEN
 				headers := headers || ('If-None-Match: ' || p.etag);
@@ -4623,7 +7931,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
-'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible) or the committed position of a run in progress.';
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
 
 CREATE OR REPLACE FUNCTION hub._poll_next_due(shard integer, nshards integer) RETURNS timestamptz
 LANGUAGE plpgsql STABLE

@@ -401,12 +401,17 @@ hub_endpoints_reload(Datum *ids, int nids, TimestampTz now)
 
 /*
  * hub_endpoint_stale --- are the endpoint's settings older than a second
- * (or never read)?  Then it is marked for the next read.
+ * (or never read), or read as unusable until a time now past (an open
+ * circuit whose cool-off is over: the claim that half-opened it leased its
+ * probe, which must not be given back as if the circuit were still open,
+ * and claimed again at once, many times a second, until the next read)?
+ * Then it is marked for the next read.
  */
 bool
 hub_endpoint_stale(HubEndpoint *ep, TimestampTz now)
 {
-	if (ep->loaded && now - ep->loaded_at <= USECS_PER_SEC)
+	if (ep->loaded && now - ep->loaded_at <= USECS_PER_SEC &&
+		(ep->usable || ep->usable_again > now))
 		return false;
 	ep->loaded = false;
 	ep->loaded_at = now;

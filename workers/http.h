@@ -26,6 +26,9 @@
  *   http_oauth2.c  OAuth2 token requests and the token cache
  *   send_queue.c   request memory, per-endpoint queues, pump (limits)
  *   http_loop.c    the multi handle, its epoll set, timers, collection
+ *                  (and other transports' sockets: hub_loop_watch)
+ *   transport.c    the transports besides HTTP (transport.h), by URL scheme
+ *   pg_transport.c postgresql:// endpoints: relaying to a central hub
  *   step_guard.c   a piece of a step in a subtransaction
  *
  * workers/http.h

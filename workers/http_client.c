@@ -305,7 +305,7 @@ static const char *const reserved_headers[] = {
 	"content-length", "transfer-encoding", "host", "connection", "keep-alive",
 	"proxy-connection", "te", "trailer", "upgrade", "expect",
 	"content-type", "content-encoding", "webhook-id", "webhook-timestamp",
-	"webhook-signature", "idempotency-key",
+	"webhook-signature", "idempotency-key", "traceparent", "tracestate",
 	"authorization", "proxy-authorization"	/* (last two: fixed headers only) */
 };
 

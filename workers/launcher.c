@@ -50,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "hub_workers.h"
+#include "transport.h"
 
 char	   *hub_database = NULL;
 char	   *hub_worker_role = NULL;
@@ -146,6 +147,7 @@ hub_workers_define_gucs(void)
 {
 	hub_egress_define_guc();
 	hub_inbox_define_gucs();
+	hub_pg_transport_define_gucs();
 	/* a server-start setting can only be defined while preloading */
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("logistics_hub.database",

@@ -33,6 +33,7 @@ typedef struct HubPushRequest
 	int64	   *lease_tokens;
 	char	   *webhook_id;
 	const char *content_type;
+	char	   *traceparent;	/* of its (first) event; NULL: no header */
 	struct HubGroup *group;		/* NULL: not of a lease group */
 	int			group_slot;		/* its event's place in the group */
 	/* the (first) event's, for other transports (hub_push_request_event) */
@@ -53,8 +54,7 @@ typedef struct HubPushEvent
 	const char *event_type;
 	const char *aggregate_id;	/* NULL: none */
 	const char *correlation_id; /* NULL: none */
-	const char *traceparent;	/* W3C trace context; NULL: none (not carried
-								 * by the claim yet: the trace work adds it) */
+	const char *traceparent;	/* W3C trace context (a valid one); NULL: none */
 	bool		batch;			/* the body is a batch (JSON array) of events */
 	int			events;			/* events in the body */
 } HubPushEvent;

@@ -15,8 +15,8 @@
  * second (endpoints.c).  A claim that fails because of one event or
  * endpoint is done again piece by piece (claim_isolated), so that only that
  * one stops.  A push request's own headers (content type, webhook-id and
- * timestamp, Idempotency-Key, Standard Webhooks signatures) are added by
- * its prepare operation, just before it is sent.
+ * timestamp, Idempotency-Key, W3C traceparent, Standard Webhooks
+ * signatures) are added by its prepare operation, just before it is sent.
  *
  * workers/push_claim.c
  *
@@ -36,6 +36,7 @@
 
 #include "hub_workers.h"
 #include "push.h"
+#include "traceparent.h"
 
 /*
  * A claim takes from each endpoint no more than makes this dispatcher hold
@@ -75,19 +76,26 @@ prepare_plans(void)
 	 */
 	route_plan = hub_prepare_plan("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL) "
 						 "FROM hub._route_events()", 0, NULL);
-#define CLAIMED_COLUMNS "delivery_id, lease_token, endpoint_id, subscription_id, body_format, batch_max, " \
-		"event_id::pg_catalog.text, body, batch_size, event_type, aggregate_id, correlation_id"
+	/*
+	 * (the event's traceparent, for the request's header, by its primary
+	 * key: hub._claimed, which other callers read too, does not carry it;
+	 * then its type, aggregate and correlation ids, for other transports)
+	 */
+#define CLAIMED_COLUMNS "c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, " \
+		"c.batch_max, c.event_id::pg_catalog.text, c.body, c.batch_size, " \
+		"(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id OPERATOR(pg_catalog.=) c.event_id), " \
+		"c.event_type, c.aggregate_id, c.correlation_id"
 	claim_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
-						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11)", 11, claim_types);
+						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11) c", 11, claim_types);
 	claim_transformed_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
-									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6, $11)",
+									 "pg_catalog.make_interval(secs => $3), $4, $5, NULL, $7, $8, $9, $10, $6, $11) c",
 									 11, claim_types);
 	/* (claim_types has room for $12, the endpoint) */
 	claim_one_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
-							 "pg_catalog.make_interval(secs => $3), $4, $5, $12, $7, $8, $9, $10, $6, $11)",
+							 "pg_catalog.make_interval(secs => $3), $4, $5, $12, $7, $8, $9, $10, $6, $11) c",
 							 12, claim_types);
 	probes_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_probes($1, $2, $3, "
-						  "pg_catalog.make_interval(secs => $4), $5, $6, $7)", 7, probe_types);
+						  "pg_catalog.make_interval(secs => $4), $5, $6, $7) c", 7, probe_types);
 }
 
 /*
@@ -133,9 +141,9 @@ request_event(HubPushRequest *req, Datum *v, bool *isnull)
 	MemoryContext cxt = req->req.cxt;
 
 	req->event_id = MemoryContextStrdup(cxt, TextDatumGetCString(v[6]));
-	req->event_type = MemoryContextStrdup(cxt, TextDatumGetCString(v[9]));
-	req->aggregate_id = isnull[10] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[10]));
-	req->correlation_id = isnull[11] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[11]));
+	req->event_type = MemoryContextStrdup(cxt, TextDatumGetCString(v[10]));
+	req->aggregate_id = isnull[11] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[11]));
+	req->correlation_id = isnull[12] ? NULL : MemoryContextStrdup(cxt, TextDatumGetCString(v[12]));
 }
 
 /*
@@ -154,10 +162,29 @@ hub_push_request_event(HubRequest *base, HubPushEvent *ev)
 	ev->event_type = req->event_type;
 	ev->aggregate_id = req->aggregate_id;
 	ev->correlation_id = req->correlation_id;
-	ev->traceparent = NULL;		/* (to come with the trace context's column) */
+	ev->traceparent = req->traceparent;
 	ev->batch = req->batch;
 	ev->events = req->events;
 	return true;
+}
+
+/*
+ * push_request_trace --- the traceparent header value of a request: its
+ * (first) event's traceparent, when it is a valid one (the contract
+ * trigger stamps every event since 0.3.0; older events have none, and a
+ * request without one carries no header)
+ */
+static void
+push_request_trace(HubPushRequest *req, Datum traceparent, bool isnull)
+{
+	char		tp[HUB_TRACEPARENT_LEN + 1];
+	text	   *t;
+
+	if (isnull)
+		return;
+	t = DatumGetTextPP(traceparent);
+	if (hub_traceparent_parse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), tp, NULL))
+		req->traceparent = MemoryContextStrdup(req->req.cxt, tp);
 }
 
 /*
@@ -172,6 +199,7 @@ group_request(HubGroup *g, int k, int subscription_id, text *format, Datum *v, b
 
 	req->content_type = body_content_type(format);
 	request_event(req, v, isnull);
+	push_request_trace(req, v[9], isnull[9]);
 	req->webhook_id = req->event_id;
 	appendBinaryStringInfo(&req->req.body, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
 	req->delivery_ids[0] = g->delivery_id;
@@ -217,7 +245,8 @@ batch_close(HubPushRequest *req)
 /*
  * push_prepare --- a push request's own headers, once its handle is set
  * up: Content-Type, "Expect:" for a large body, webhook-id and
- * webhook-timestamp, Idempotency-Key and, with signing secrets, one
+ * webhook-timestamp, Idempotency-Key, the traceparent of its (first)
+ * event when it has one and, with signing secrets, one
  * Standard Webhooks signature per secret; a batch's JSON array is closed
  * and named first.  False with *error when a signing secret is not valid.
  */
@@ -247,6 +276,8 @@ push_prepare(HubRequest *base, char **error)
 	ok &= hub_http_append_header(base, psprintf("webhook-timestamp: " INT64_FORMAT, now_s));
 	/* a structured-field string, as draft-ietf-httpapi-idempotency-key-header has it */
 	ok &= hub_http_append_header(base, psprintf("Idempotency-Key: \"%s\"", req->webhook_id));
+	if (req->traceparent != NULL)
+		ok &= hub_http_append_header(base, psprintf("traceparent: %s", req->traceparent));
 	if (ep->nsecrets > 0)
 	{
 		initStringInfo(&sig);
@@ -527,8 +558,8 @@ hub_push_claim(int max)
 	row = 0;
 	for (int i = 0; i < n; i++)
 	{
-		Datum		v[12];
-		bool		isnull[12];
+		Datum		v[13];
+		bool		isnull[13];
 		int64		delivery_id;
 		int64		token;
 		int			subscription_id;
@@ -608,6 +639,8 @@ hub_push_claim(int max)
 			req->content_type = body_content_type(format);
 			request_event(req, v, isnull);
 			req->webhook_id = MemoryContextStrdup(req->req.cxt, batch ? psprintf("batch_%s", event_id) : event_id);
+			/* (a batch: its first event's, README "Trace context") */
+			push_request_trace(req, v[9], isnull[9]);
 			if (batch)
 				appendStringInfoChar(&req->req.body, '[');
 			hub_send_enqueue(&req->req);

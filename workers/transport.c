@@ -35,7 +35,7 @@ hub_transport_of_url(const char *url)
  */
 static const HubTransportOps *const transports[] = {
 	[HUB_TRANSPORT_HTTP] = NULL,
-	[HUB_TRANSPORT_PG] = NULL,
+	[HUB_TRANSPORT_PG] = &hub_pg_transport_ops,
 	[HUB_TRANSPORT_NATS] = &hub_nats_transport_ops,
 };
 

@@ -183,6 +183,8 @@ CREATE TABLE hub.entity_state (
 	exception_since		timestamptz,
 	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	-- (0.3.0: read by a mapping's site_path, hub.map_inbox)
+	site				text CHECK (octet_length(site) <= 256),
 	PRIMARY KEY (lifecycle, business_key)
 );
 COMMENT ON TABLE hub.entity_state IS
@@ -194,6 +196,8 @@ COMMENT ON COLUMN hub.entity_state.last_advanced_at IS 'Source time (occurred_at
 COMMENT ON COLUMN hub.entity_state.on_hold IS 'Overlay on_hold (not a state): set by a mapping with overlay on_hold, cleared by an advance.';
 COMMENT ON COLUMN hub.entity_state.exception_reason IS 'Overlay exception (not a state): its reason (delayed, attempt_failed, ..., state_conflict), NULL when clear.';
 COMMENT ON COLUMN hub.entity_state.exception_since IS 'occurred_at of the report that raised the exception.';
+COMMENT ON COLUMN hub.entity_state.site IS
+'The warehouse or site of the key, read from its records by their mapping''s site_path (hub.map_inbox): the latest record processed that names one wins; NULL while none has. The site dimension of hub.backlog_by_site and the release views.';
 
 CREATE TABLE hub.entity_system_state (
 	lifecycle		text NOT NULL,
@@ -671,22 +675,6 @@ COMMENT ON COLUMN hub.entity_links.inbox_id IS 'The hub.inbox message that named
 
 -- ---------------------------------------------------------------- views
 
-CREATE FUNCTION hub._projection_agrees(p_system text, p_lifecycle text, p_state text, p_code text)
-RETURNS boolean
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RETURN hub.unmap_status(p_system, p_lifecycle, p_state) = p_code;
-EXCEPTION
-	WHEN invalid_parameter_value OR no_data_found OR undefined_object OR undefined_function THEN
-		RETURN false;
-END
-$$;
-COMMENT ON FUNCTION hub._projection_agrees(text, text, text, text) IS
-'API: Private. true when the code a system last reported is the code the canonical state maps to in that system''s vocabulary (e.g. portal "Processing" covers released..packed), so coarser vocabularies do not count as drift.';
-
 CREATE VIEW hub.drift AS
 SELECT e.lifecycle, e.business_key, e.state AS canonical_state, s.system, s.role,
 	   s.code AS system_code, s.state AS system_state,
@@ -702,7 +690,14 @@ LEFT JOIN LATERAL (
 	ORDER BY l.linked_at, l.parent_lifecycle, l.parent_key LIMIT 1) pl ON true
 WHERE e.state IS NOT NULL AND s.state IS NOT NULL AND s.state <> e.state
   AND now() - greatest(e.state_occurred_at, s.state_since) > t.tolerance
-  AND NOT hub._projection_agrees(s.system, e.lifecycle, e.state, s.code);
+  -- a coarser vocabulary agrees when its code is the one the canonical
+  -- state maps to in it (portal "Processing" covers released..packed);
+  -- a join, not a function call a row (issue 21: a plpgsql call with an
+  -- exception block, a subtransaction a row, made the view 35 times a
+  -- count of its tables)
+  AND NOT EXISTS (SELECT FROM hub.status_unmap u
+				  WHERE u.system = lower(s.system) AND u.lifecycle = e.lifecycle AND u.state = e.state
+					AND u.code = s.code);
 COMMENT ON VIEW hub.drift IS
 'Keys where a system''s last reported state differs from the canonical state for longer than its role''s tolerance (hub.drift_tolerances), with since when and for how long (measured from the later of the canonical state''s time and the system''s first report of its own state), and the key''s parent (hub.entity_links: its first) where known.';
 
@@ -726,7 +721,6 @@ REVOKE EXECUTE ON FUNCTION
 	hub.apply_status(text, text, text, text, timestamptz, text, boolean, text),
 	hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean),
 	hub._system_role(text, text),
-	hub._projection_agrees(text, text, text, text),
 	hub._refuse_history_change(),
 	hub.resolve_conflict(bigint, text),
 	hub._apply_canonical(text, text, text, text, timestamptz, text, text, text, text, boolean, jsonb, text, text, text, bigint)
@@ -735,7 +729,6 @@ GRANT EXECUTE ON FUNCTION hub.resolve_conflict(bigint, text) TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.apply_status(text, text, text, text, timestamptz, text, boolean, text),
 	hub.apply_canonical_status(text, text, text, text, timestamptz, text, text, text, text, boolean)
 	TO hub_writer;
-GRANT EXECUTE ON FUNCTION hub._projection_agrees(text, text, text, text) TO hub_reader;
 GRANT SELECT ON hub.drift, hub.stale_entities, hub.entity_state, hub.entity_system_state,
 	hub.status_history, hub.status_conflicts, hub.systems, hub.state_owners,
 	hub.stale_thresholds, hub.drift_tolerances, hub.entity_links TO hub_reader;

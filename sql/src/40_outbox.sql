@@ -115,7 +115,8 @@ CREATE TABLE hub.outbox (
 	occurred_at		timestamptz NOT NULL DEFAULT now(),
 	published_at	timestamptz NOT NULL,	-- set by the contract trigger
 	xid				xid8 NOT NULL,			-- set by the contract trigger
-	contract_version integer				-- set by the contract trigger (0.3.0)
+	contract_version integer,				-- set by the contract trigger (0.3.0)
+	traceparent		text					-- set by the contract trigger (0.3.0)
 );
 CREATE INDEX outbox_correlation_idx ON hub.outbox (correlation_id) WHERE correlation_id IS NOT NULL;
 COMMENT ON TABLE hub.outbox IS
@@ -123,6 +124,7 @@ COMMENT ON TABLE hub.outbox IS
 COMMENT ON COLUMN hub.outbox.event_id IS 'The event''s id and the receivers'' idempotency key, kept by every replay: a UUID (version 8) leading with the publishing transaction''s xid8, assigned by the hub.';
 COMMENT ON COLUMN hub.outbox.seq IS 'Publication order (commits may come out of this order; routing does not rely on it).';
 COMMENT ON COLUMN hub.outbox.xid IS 'Transaction that published the event, for the routing watermark.';
+COMMENT ON COLUMN hub.outbox.traceparent IS 'W3C Trace Context traceparent of the event (version 00 form), sent as the traceparent header of its push requests: the publisher''s, else a child span of the inbox message whose processing published it, else a new trace; NULL for events published before 0.3.0.';
 COMMENT ON COLUMN hub.outbox.contract_version IS 'The version of the event type''s contract (hub.event_types) the event was checked against, stamped by the contract check and sent in every body (canonical contract_version, CloudEvents contractversion); NULL for an unknown type that was accepted.';
 
 /*
@@ -195,6 +197,26 @@ CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
 	FOR EACH STATEMENT EXECUTE FUNCTION hub._immutable();
 
 /*
+ * Trace context (W3C Trace Context, extension/trace_context.c): the contract
+ * trigger gives every event a traceparent; these give inbox messages theirs
+ * (an inbound value is outside data: invalid means a new trace, never an
+ * error) and the events hub.process_inbox publishes a child span of it.
+ */
+CREATE FUNCTION hub.traceparent_valid(traceparent text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'hub_traceparent_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION hub.traceparent_valid(text) IS
+'Whether a value is a W3C Trace Context traceparent that hub.publish accepts: version-traceid-parentid-flags in lower-case hex, version not ff, ids not all zeros; version 00 exactly 55 characters, a later version read by its first four fields.';
+CREATE FUNCTION hub._traceparent_or_new(inbound text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_or_new' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_or_new(text) IS
+'API: Private. An inbound traceparent in its version 00 form when valid, else a new trace (random trace and parent ids, flags 01); never an error.';
+CREATE FUNCTION hub._traceparent_child(parent text) RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_traceparent_child' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION hub._traceparent_child(text) IS
+'API: Private. A child span of parent: its trace id and flags with a new random parent id; a new trace when parent is NULL or invalid; never an error.';
+REVOKE EXECUTE ON FUNCTION hub._traceparent_or_new(text), hub._traceparent_child(text) FROM PUBLIC;
+
+/*
  * publish --- in C (extension/outbox_publish.c): one INSERT through a plan
  * prepared once per backend, SECURITY INVOKER (the publisher needs INSERT on
  * hub.outbox, which hub_writer has), so the contract trigger and every
@@ -202,11 +224,12 @@ CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON hub.outbox
  */
 CREATE FUNCTION hub.publish(event_type text, aggregate_id text, payload jsonb,
 							correlation_id text DEFAULT NULL, causation_id text DEFAULT NULL,
-							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now())
+							headers jsonb DEFAULT NULL, occurred_at timestamptz DEFAULT now(),
+							traceparent text DEFAULT NULL)
 RETURNS uuid
 	AS 'MODULE_PATHNAME', 'hub_publish' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) IS
-'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types.';
+COMMENT ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) IS
+'Publish an event in the caller''s transaction and return its id (the receivers'' idempotency key). The payload must satisfy the event type''s contract in hub.event_types. traceparent: the W3C Trace Context of the publisher (22023 when invalid); none: a child span of the inbox message being processed, else a new trace.';
 
 -- ---------------------------------------------------------------- endpoints
 

@@ -505,7 +505,7 @@ BEGIN
 		   c.n_events, s.batch_max,
 		   CASE WHEN p_source IS NOT NULL
 				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
-									o.correlation_id, o.payload, p_source, o.contract_version) END
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END
 	FROM claimed c
 	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
 	JOIN hub.outbox o ON o.event_id = b.event_id
@@ -595,7 +595,8 @@ BEGIN
 		   CASE WHEN p_source IS NOT NULL
 				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 									c.correlation_id, c.payload, p_source,
-									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
+									(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id = c.event_id)) END
 	FROM unnest(rows) WITH ORDINALITY AS c
 	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
 	ORDER BY c.ordinality;
@@ -1105,7 +1106,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz) TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text) TO hub_writer;
 GRANT INSERT ON hub.outbox TO hub_writer;
 -- INSERT ... RETURNING event_id (what ORMs send) needs SELECT on the
 -- returned column.  Only that column: a writer can then list event ids,

@@ -33,7 +33,7 @@ DECLARE
 	reserved constant text[] := ARRAY['content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive',
 		'proxy-connection', 'te', 'trailer', 'upgrade', 'expect',
 		'content-type', 'content-encoding', 'webhook-id', 'webhook-timestamp', 'webhook-signature',
-		'idempotency-key'];
+		'idempotency-key', 'traceparent', 'tracestate'];
 BEGIN
 	PERFORM hub._egress_check(NEW.url);
 	IF NEW.oauth2_token_url IS NOT NULL THEN
@@ -55,7 +55,7 @@ BEGIN
 		IF lower(h.key) = ANY (reserved) THEN
 			RAISE EXCEPTION 'header "%" cannot be a fixed endpoint header', h.key
 				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature and Idempotency-Key are set by the hub.',
+					  DETAIL = 'Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade and Expect frame the message and are set by libcurl; Content-Type, Content-Encoding, webhook-id, webhook-timestamp, webhook-signature, Idempotency-Key, traceparent and tracestate are set by the hub.',
 					  HINT = 'Remove the header from headers.';
 		END IF;
 		IF lower(h.key) IN ('authorization', 'proxy-authorization') OR lower(h.key) = lower(NEW.api_key_header) THEN

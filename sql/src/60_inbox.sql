@@ -107,7 +107,8 @@ COMMENT ON FUNCTION hub._inbox_pattern_matches(text, text) IS
 -- ---------------------------------------------------------------- receive
 
 CREATE FUNCTION hub.receive(source text, message_id text, message_type text, payload jsonb,
-		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL)
+		received_at timestamptz DEFAULT now(), correlation_id text DEFAULT NULL, aggregate_id text DEFAULT NULL,
+		traceparent text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -118,6 +119,11 @@ DECLARE
 						  CASE WHEN jsonb_typeof(receive.payload) = 'object'
 							   THEN receive.payload ->> 'correlation_id' END);
 	agg text := receive.aggregate_id;
+	-- (outside data: an invalid traceparent starts a new trace, it never
+	-- refuses the message; extension/trace_context.c)
+	tp text := hub._traceparent_or_new(coalesce(receive.traceparent,
+								CASE WHEN jsonb_typeof(receive.payload) = 'object'
+									 THEN receive.payload ->> 'traceparent' END));
 	mapped_key jsonb;
 BEGIN
 	-- the limits on inputs (22001, 54000), before anything is written
@@ -144,9 +150,9 @@ BEGIN
 	-- our INSERT and UPDATE (it rolled back or was deleted)
 	LOOP
 		INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, received_at, next_attempt_at,
-									correlation_id, aggregate_id)
+									correlation_id, aggregate_id, traceparent)
 		VALUES (receive.source, receive.message_id, receive.message_type, receive.payload,
-				coalesce(receive.received_at, now()), now(), corr, agg)
+				coalesce(receive.received_at, now()), now(), corr, agg, tp)
 		ON CONFLICT ON CONSTRAINT inbox_source_message_id_key DO NOTHING;
 		IF FOUND THEN
 			RETURN true;
@@ -160,8 +166,8 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) IS
-'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order.';
+COMMENT ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) IS
+'Store an inbound message in hub.inbox: true for a new message, false for a duplicate (same source and message_id), which only counts it. Concurrent receivers of one message produce one row. correlation_id (default: the payload''s correlation_id key) and aggregate_id (the business key; default: the key its declared mapping, hub.map_inbox, reads from the payload) make the message part of hub.trace(); the messages of one aggregate_id are processed in inbox order. traceparent (default: the payload''s traceparent key) is the sender''s W3C Trace Context, kept in its version 00 form; absent or invalid (outside data, never refused): a new trace. What processing the message publishes is a child span of it.';
 
 -- ---------------------------------------------------------------- handlers API
 
@@ -203,7 +209,7 @@ COMMENT ON FUNCTION hub.register_handler(text, regproc, integer, interval) IS
 
 CREATE FUNCTION hub._inbox_claim(max integer)
 RETURNS TABLE (inbox_id bigint, message_type text, payload jsonb, attempts integer,
-			   handler regproc, max_attempts integer, retry_base interval)
+			   handler regproc, max_attempts integer, retry_base interval, aggregate_id text)
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -232,27 +238,34 @@ AS $$
 		LIMIT max
 		FOR UPDATE SKIP LOCKED
 	), claimed AS (
-		SELECT l.inbox_id, l.message_type, l.payload, l.attempts
+		SELECT l.inbox_id, l.message_type, l.payload, l.attempts, l.aggregate_id
 		FROM locked l
 		WHERE l.aggregate_id IS NULL OR NOT EXISTS (
 				SELECT FROM hub.inbox e
 				WHERE e.aggregate_id = l.aggregate_id AND e.inbox_id < l.inbox_id
 				  AND e.state IN ('new', 'retry_wait')
 				  AND NOT EXISTS (SELECT FROM locked o WHERE o.inbox_id = e.inbox_id))
+	), handlers AS MATERIALIZED (
+		-- (the handler of each message type once, not once a message:
+		-- materialized, or the planner runs it again for every row it joins)
+		SELECT ty.message_type, h.handler, h.max_attempts, h.retry_base
+		FROM (SELECT DISTINCT c.message_type FROM claimed c) ty
+		LEFT JOIN LATERAL (
+			SELECT h.handler, h.max_attempts, h.retry_base
+			FROM hub.inbox_handlers h
+			WHERE hub._inbox_pattern_matches(h.message_pattern, ty.message_type)
+			ORDER BY h.message_pattern = ty.message_type DESC, length(h.message_pattern) DESC
+			LIMIT 1
+		) h ON true
 	)
-	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base
+	SELECT c.inbox_id, c.message_type, c.payload, c.attempts, h.handler, h.max_attempts, h.retry_base,
+		   c.aggregate_id
 	FROM claimed c
-	LEFT JOIN LATERAL (
-		SELECT h.handler, h.max_attempts, h.retry_base
-		FROM hub.inbox_handlers h
-		WHERE hub._inbox_pattern_matches(h.message_pattern, c.message_type)
-		ORDER BY h.message_pattern = c.message_type DESC, length(h.message_pattern) DESC
-		LIMIT 1
-	) h ON true
+	JOIN handlers h ON h.message_type = c.message_type
 	ORDER BY c.inbox_id
 $$;
 COMMENT ON FUNCTION hub._inbox_claim(integer) IS
-'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler.';
+'API: Private. Lock up to max ready inbox messages (skipping locked ones), in order per business key (a message of an aggregate_id only when every earlier message of it that is new or retry_wait is due and locked by the same claim), and return each with its best-matching handler and its business key.';
 
 CREATE FUNCTION hub._inbox_settle(inbox_id bigint, outcome text, error text DEFAULT NULL,
 		max_attempts integer DEFAULT NULL, retry_base interval DEFAULT NULL)
@@ -316,24 +329,6 @@ $$;
 COMMENT ON FUNCTION hub._inbox_settle_many(bigint[], text) IS
 'API: Private. Record the outcome done or unhandled of many inbox messages at once (hub.process_inbox settles a batch with one UPDATE); returns how many rows it settled.';
 
-/*
- * _inbox_keys --- the business keys (aggregate_id) of inbox messages, in
- * the order of the ids given, NULL for a message without one: for
- * hub.process_inbox, which runs with its caller's rights (the inbox
- * workers have no grant on hub.inbox)
- */
-CREATE FUNCTION hub._inbox_keys(inbox_ids bigint[]) RETURNS text[]
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pg_catalog.array_agg(i.aggregate_id ORDER BY x.n)
-	FROM pg_catalog.unnest($1) WITH ORDINALITY x(id, n)
-	LEFT JOIN hub.inbox i ON i.inbox_id OPERATOR(pg_catalog.=) x.id
-$$;
-COMMENT ON FUNCTION hub._inbox_keys(bigint[]) IS
-'API: Private. The business keys (aggregate_id) of inbox messages, in the order given (NULL for none): hub.process_inbox applies a claim''s mapped messages in rounds, a key''s first message, then its next, and leaves the rest of a key''s messages once one fails.';
-
 CREATE FUNCTION hub.process_inbox(max integer DEFAULT 100)
 RETURNS TABLE (processed integer, failed integer, unhandled integer)
 LANGUAGE plpgsql
@@ -367,11 +362,14 @@ BEGIN
 	processed := 0;
 	failed := 0;
 	unhandled := 0;
-	SELECT array_agg(c.inbox_id ORDER BY c.inbox_id), array_agg(c.message_type ORDER BY c.inbox_id),
-		   array_agg(c.payload ORDER BY c.inbox_id), array_agg(c.handler ORDER BY c.inbox_id),
-		   array_agg(c.max_attempts ORDER BY c.inbox_id), array_agg(c.retry_base ORDER BY c.inbox_id)
-	INTO c_id, c_type, c_payload, c_handler, c_max, c_base
-	FROM hub._inbox_claim(max) c;
+	-- (the business keys too: the rounds below, and the keys left after
+	-- one of their messages failed)
+	-- (in inbox_id order: the aggregates read the sorted subquery in its
+	-- order, one sort for all seven)
+	SELECT array_agg(c.inbox_id), array_agg(c.message_type), array_agg(c.payload), array_agg(c.handler),
+		   array_agg(c.max_attempts), array_agg(c.retry_base), array_agg(c.aggregate_id)
+	INTO c_id, c_type, c_payload, c_handler, c_max, c_base, c_key
+	FROM (SELECT * FROM hub._inbox_claim(max) x ORDER BY x.inbox_id) c;
 	IF c_id IS NULL THEN
 		RETURN NEXT;
 		RETURN;
@@ -391,14 +389,16 @@ BEGIN
 	-- round set-based; a key whose message a round leaves keeps the rest of
 	-- its messages for the loop below, in order)
 	IF v_prefix > 0 THEN
-		c_key := hub._inbox_keys(c_id);
 		v_left := c_id[1:v_prefix];
 		LOOP
+			-- (unnest, not subscripts: c_key[n] walks the array from its
+			-- start; and the first round takes from every message)
 			SELECT array_agg(x.id ORDER BY x.n) INTO v_round
-			FROM (SELECT DISTINCT ON (coalesce(c_key[n], '#' || n)) c_id[n] AS id, n
-				  FROM generate_subscripts(c_id, 1) n
-				  WHERE n <= v_prefix AND c_id[n] = ANY (v_left)
-				  ORDER BY coalesce(c_key[n], '#' || n), n) x;
+			-- (COLLATE "C": the same keys apart, sorted by memcmp)
+			FROM (SELECT DISTINCT ON (coalesce(u.key, '#' || u.n) COLLATE "C") u.id, u.n
+				  FROM unnest(c_id[1:v_prefix], c_key[1:v_prefix]) WITH ORDINALITY u(id, key, n)
+				  WHERE v_round IS NULL OR u.id = ANY (v_left)
+				  ORDER BY coalesce(u.key, '#' || u.n) COLLATE "C", u.n) x;
 			EXIT WHEN v_round IS NULL;
 			v_taken := coalesce(hub._inbox_apply_batch(v_round), '{}');
 			v_fast := v_fast || v_taken;
@@ -460,9 +460,6 @@ BEGIN
 			END IF;
 			PERFORM hub._inbox_settle(m.inbox_id, 'failed', err, v_max, v_base);
 			failed := failed + 1;
-			IF c_key IS NULL THEN
-				c_key := hub._inbox_keys(c_id);
-			END IF;
 			v_failed_keys := pg_catalog.array_remove(v_failed_keys || c_key[array_position(c_id, m.inbox_id)], NULL);
 		END IF;
 	END LOOP;
@@ -481,21 +478,19 @@ COMMENT ON FUNCTION hub.process_inbox(integer) IS
 
 REVOKE EXECUTE ON FUNCTION
 	hub._inbox_pattern_matches(text, text),
-	hub.receive(text, text, text, jsonb, timestamptz, text, text),
+	hub.receive(text, text, text, jsonb, timestamptz, text, text, text),
 	hub.register_handler(text, regproc, integer, interval),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_settle_many(bigint[], text),
-	hub._inbox_keys(bigint[]),
 	hub.process_inbox(integer)
 	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text) TO hub_writer;
+GRANT EXECUTE ON FUNCTION hub.receive(text, text, text, jsonb, timestamptz, text, text, text) TO hub_writer;
 GRANT EXECUTE ON FUNCTION
 	hub.register_handler(text, regproc, integer, interval),
 	hub.process_inbox(integer),
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
-	hub._inbox_settle_many(bigint[], text),
-	hub._inbox_keys(bigint[])
+	hub._inbox_settle_many(bigint[], text)
 	TO hub_admin;
 GRANT SELECT ON hub.inbox, hub.inbox_handlers TO hub_reader;

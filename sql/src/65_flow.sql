@@ -223,6 +223,19 @@ RETURNS text
 	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer) IS
 'The JSON a receiver gets for one event, with the version of its contract: the canonical event (id, type, aggregate_id, occurred_at, correlation_id, data, contract_version) or, for body_format cloudevents or cloudevents_batch, a CloudEvents 1.0 structured-mode event with the extension attribute contractversion; a NULL version is left out. The time is in UTC whatever the session''s TimeZone.';
+/*
+ * event_body with the traceparent too (what the claim renders since 0.3.0,
+ * README "Trace context"): the CloudEvents envelope gets the distributed
+ * tracing extension attribute traceparent (left out when NULL); the
+ * canonical event is the nine-argument form's.
+ */
+CREATE FUNCTION hub.event_body(body_format text, event_id uuid, event_type text, aggregate_id text,
+		occurred_at timestamptz, correlation_id text, payload jsonb, source text, contract_version integer,
+		traceparent text)
+RETURNS text
+	AS 'MODULE_PATHNAME', 'hub_event_body' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text) IS
+'The JSON a receiver gets for one event, with its contract version and W3C traceparent: the canonical event as the nine-argument form gives it, or, for body_format cloudevents or cloudevents_batch, the CloudEvents 1.0 structured-mode event with the extension attributes contractversion and traceparent (the distributed tracing extension); NULLs are left out.';
 
 -- ---------------------------------------------------------------- canonical events
 
@@ -632,7 +645,8 @@ CREATE TABLE hub.inbox_mappings (
 	max_attempts		integer NOT NULL DEFAULT 5 CHECK (max_attempts BETWEEN 1 AND 1000),
 	retry_base			interval NOT NULL DEFAULT '1 second'
 						CHECK (retry_base BETWEEN '0'::interval AND '1 day'::interval),
-	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	site_path			jsonpath
 );
 COMMENT ON TABLE hub.inbox_mappings IS
 'Declared mappings of inbound messages (hub.map_inbox): messages whose type matches message_pattern (exact, or a prefix ending in *; the longest wins) are applied by hub.process_inbox to lifecycle as reports of system, the business key, status code, time, qualifier, partner, parent and children read from the payload with jsonpaths. A message whose pattern also has a handler is mapped first, then handled, in one subtransaction.';
@@ -641,6 +655,7 @@ COMMENT ON COLUMN hub.inbox_mappings.code_path IS 'jsonpath of the system''s sta
 COMMENT ON COLUMN hub.inbox_mappings.occurred_at_path IS 'jsonpath of the time of the report (ISO 8601 with or without offset, naive = UTC, or Unix seconds); NULL: the message''s received_at. When set and not resolving, the message fails.';
 COMMENT ON COLUMN hub.inbox_mappings.parent_path IS 'jsonpath of the parent''s key (a tracker names its order), of parent_lifecycle; linked in hub.entity_links. Optional in each record.';
 COMMENT ON COLUMN hub.inbox_mappings.children_path IS 'jsonpath of the children''s keys (a pack record lists its packages: $.packages[*].id), of child_lifecycle; linked in hub.entity_links. Optional in each record.';
+COMMENT ON COLUMN hub.inbox_mappings.site_path IS 'jsonpath of the warehouse or site the record names (a string or number, at most 256 bytes), kept in hub.entity_state.site for the key (the latest record naming one wins). Optional in each record.';
 COMMENT ON COLUMN hub.inbox_mappings.max_attempts IS 'Failed runs (malformed messages) before a message without a handler is dead, 1 to 1000; with a handler, the handler''s setting counts.';
 COMMENT ON COLUMN hub.inbox_mappings.retry_base IS 'Backoff after the first failure of a message without a handler, doubled after each further one up to a day; 0 to 1 day.';
 SELECT pg_catalog.pg_extension_config_dump('hub.inbox_mappings', '');
@@ -669,7 +684,7 @@ CREATE FUNCTION hub.map_inbox(message_pattern text, lifecycle text, system text,
 		occurred_at_path text DEFAULT NULL, qualifier_path text DEFAULT NULL, partner_path text DEFAULT NULL,
 		parent_path text DEFAULT NULL, children_path text DEFAULT NULL,
 		parent_lifecycle text DEFAULT 'order', child_lifecycle text DEFAULT 'shipment',
-		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second')
+		max_attempts integer DEFAULT 5, retry_base interval DEFAULT '1 second', site_path text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -707,7 +722,7 @@ BEGIN
 							   retry_base::text, 'between 0 and 1 day');
 	INSERT INTO hub.inbox_mappings AS m (message_pattern, lifecycle, system, key_path, code_path,
 		occurred_at_path, qualifier_path, partner_path, parent_path, parent_lifecycle, children_path,
-		child_lifecycle, max_attempts, retry_base)
+		child_lifecycle, max_attempts, retry_base, site_path)
 	VALUES (map_inbox.message_pattern, map_inbox.lifecycle, map_inbox.system,
 			hub._jsonpath_arg('key_path', map_inbox.key_path),
 			hub._jsonpath_arg('code_path', map_inbox.code_path),
@@ -716,22 +731,22 @@ BEGIN
 			hub._jsonpath_arg('partner_path', map_inbox.partner_path),
 			hub._jsonpath_arg('parent_path', map_inbox.parent_path), map_inbox.parent_lifecycle,
 			hub._jsonpath_arg('children_path', map_inbox.children_path), map_inbox.child_lifecycle,
-			map_inbox.max_attempts, map_inbox.retry_base)
+			map_inbox.max_attempts, map_inbox.retry_base, hub._jsonpath_arg('site_path', map_inbox.site_path))
 	ON CONFLICT ON CONSTRAINT inbox_mappings_pkey DO UPDATE
 	SET lifecycle = EXCLUDED.lifecycle, system = EXCLUDED.system, key_path = EXCLUDED.key_path,
 		code_path = EXCLUDED.code_path, occurred_at_path = EXCLUDED.occurred_at_path,
 		qualifier_path = EXCLUDED.qualifier_path, partner_path = EXCLUDED.partner_path,
 		parent_path = EXCLUDED.parent_path, parent_lifecycle = EXCLUDED.parent_lifecycle,
 		children_path = EXCLUDED.children_path, child_lifecycle = EXCLUDED.child_lifecycle,
-		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base;
+		max_attempts = EXCLUDED.max_attempts, retry_base = EXCLUDED.retry_base, site_path = EXCLUDED.site_path;
 	-- messages that found neither handler nor mapping before are processed again
 	UPDATE hub.inbox AS i SET state = 'new', next_attempt_at = now(), processed_at = NULL
 	WHERE i.state = 'unhandled'
 	  AND hub._inbox_pattern_matches(map_inbox.message_pattern, i.message_type);
 END
 $$;
-COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval) IS
-'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key and children keys read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
+COMMENT ON FUNCTION hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text) IS
+'Declare (or replace) how messages of a type pattern (exact, or a prefix ending in *) are applied: as reports of system for lifecycle, the business key, status code and, optionally, time (ISO 8601 with or without offset, naive = UTC, or Unix seconds; default: received_at), qualifier, partner, parent key, children keys and site (warehouse) read from the payload with jsonpaths (checked here: 22023 for a bad one). hub.process_inbox then maps the code (hub.status_map), applies it to the canonical state, publishes the canonical events and links parent and children (hub.entity_links); an unknown code, a conflict, a non-owner report or a report on a terminal key opens a hub.exceptions row and the message is done. Unhandled messages the pattern matches become new again.';
 
 /*
  * _inbox_mapping --- the mapping of a message type: the longest matching
@@ -773,8 +788,9 @@ COMMENT ON FUNCTION hub._inbox_not_a_value(text, jsonpath, jsonb) IS
  * hub.process_inbox's subtransaction for it.  Finds the message's mapping
  * (an exact pattern by its key, else the longest matching prefix); with
  * neither mapping nor handler returns NULL (unhandled).  Otherwise makes
- * the message's context the transaction's (hub.inbox_correlation_id and
- * hub.inbox_causation_id, which hub.publish takes when it is given none)
+ * the message's context the transaction's (hub.inbox_correlation_id,
+ * hub.inbox_causation_id and hub.inbox_traceparent, which hub.publish
+ * takes when it is given none)
  * and, with a mapping, applies the message: reads key, code, time,
  * qualifier, partner, parent and children (a payload that is not an
  * object, or a key, code or configured time that does not resolve,
@@ -801,6 +817,7 @@ DECLARE
 	v_qual		text;
 	v_partner	text;
 	v_parent	text;
+	v_site		text;
 	v_mapped	hub.mapped_status;
 	r			hub.apply_result;
 	v_terminal	boolean;
@@ -811,7 +828,7 @@ BEGIN
 	-- the message as stored, and only one being processed (claimed by the
 	-- caller, FOR UPDATE): the step never applies a payload it is handed
 	SELECT x.source, x.message_id, x.message_type, x.payload, x.correlation_id, x.aggregate_id,
-		   x.received_at, x.attempts, x.state
+		   x.received_at, x.attempts, x.state, x.traceparent
 	INTO i FROM hub.inbox x WHERE x.inbox_id = p_inbox_id;
 	IF NOT FOUND OR i.state NOT IN ('new', 'retry_wait') THEN
 		RAISE EXCEPTION 'inbox message % is not waiting to be processed', p_inbox_id
@@ -828,8 +845,11 @@ BEGIN
 			RETURN NULL;
 		END IF;
 	END IF;
+	-- (the traceparent counts while the causation id is set: what is
+	-- published gets a child span of the message's, trace_context.c)
 	PERFORM set_config('hub.inbox_correlation_id', coalesce(i.correlation_id, ''), true),
-			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true);
+			set_config('hub.inbox_causation_id', 'inbox:' || p_inbox_id, true),
+			set_config('hub.inbox_traceparent', coalesce(i.traceparent, ''), true);
 
 	IF mp.message_pattern IS NOT NULL THEN
 		IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
@@ -887,6 +907,14 @@ BEGIN
 			END IF;
 			v_parent := nullif(v #>> '{}', '');
 		END IF;
+		IF mp.site_path IS NOT NULL THEN
+			v := jsonb_path_query_first(p_payload, mp.site_path);
+			IF jsonb_typeof(v) IN ('object', 'array') THEN
+				PERFORM hub._inbox_not_a_value('site', mp.site_path, v);
+			END IF;
+			v_site := nullif(v #>> '{}', '');
+			PERFORM hub._check_key_length('site', v_site);
+		END IF;
 
 		-- the links the record names (kept once; a key never links to itself)
 		IF v_parent IS NOT NULL AND (mp.parent_lifecycle, v_parent) IS DISTINCT FROM (mp.lifecycle, v_key) THEN
@@ -939,6 +967,11 @@ BEGIN
 					p_inbox_id);
 			END IF;
 		END IF;
+		-- the site the record names, on the key's row (issue 21)
+		IF v_site IS NOT NULL THEN
+			UPDATE hub.entity_state es SET site = v_site
+			WHERE es.lifecycle = mp.lifecycle AND es.business_key = v_key AND es.site IS DISTINCT FROM v_site;
+		END IF;
 	END IF;
 
 	IF NOT p_handled THEN
@@ -970,7 +1003,8 @@ COMMENT ON FUNCTION hub._inbox_step(bigint, boolean) IS
  * the batch names; and only while no readiness rule exists.  For those it
  * writes what hub._apply_canonical writes (entity_state, the per-system
  * row, the history row) and publishes the canonical event with the
- * message's correlation and causation ids, in inbox_id order.  A key
+ * message's correlation and causation ids and a child span of its
+ * traceparent, in inbox_id order.  A key
  * another transaction created meanwhile undoes the whole batch's apply
  * (it was classified as new): the per-message path then sees that row.
  * Everything runs in one subtransaction: any error undoes it all and every
@@ -996,8 +1030,11 @@ DECLARE
 	a_state		text[];
 	a_corr		text[];
 	a_payload	jsonb[];
+	a_trace		text[];
+	a_site		text[];
 	v_done		bigint[];
 	v_written	bigint;
+	v_events	bigint;
 BEGIN
 	IF p_ids IS NULL OR cardinality(p_ids) = 0 OR EXISTS (SELECT FROM hub.readiness_rules) THEN
 		RETURN '{}';
@@ -1007,9 +1044,23 @@ BEGIN
 		-- raises for a message leaves it to the per-message path, which
 		-- fails it); per key, how many of the batch name it (any message of
 		-- a mapping whose key reads)
-		WITH msg AS (
-			SELECT i.inbox_id, i.payload, i.correlation_id, i.received_at, mp.lifecycle, mp.system,
-				   mp.occurred_at_path, mp.parent_path, mp.children_path,
+		WITH mp AS MATERIALIZED (
+			-- (the mapping of each message type once, not once a message:
+			-- materialized, here and in g, or the planner runs it again for
+			-- every row it joins)
+			SELECT ty.message_type, mm.*
+			FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
+			CROSS JOIN LATERAL (
+				SELECT m.* FROM hub.inbox_mappings m
+				WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
+				ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
+				LIMIT 1) mm
+		), msg AS MATERIALIZED (
+			-- (materialized: each path evaluated once a message, not once
+			-- for every expression that reads its value)
+			SELECT i.inbox_id, i.payload, i.correlation_id, i.traceparent, i.received_at, mp.lifecycle, mp.system,
+				   mp.occurred_at_path IS NULL AS no_time_path,
+				   mp.parent_path IS NULL AND mp.children_path IS NULL AS flat,
 				   jsonb_path_query_first(i.payload, mp.key_path, '{}', true) AS kv,
 				   jsonb_path_query_first(i.payload, mp.code_path, '{}', true) AS cv,
 				   CASE WHEN mp.occurred_at_path IS NOT NULL
@@ -1017,16 +1068,11 @@ BEGIN
 				   CASE WHEN mp.qualifier_path IS NOT NULL
 						THEN jsonb_path_query_first(i.payload, mp.qualifier_path, '{}', true) END AS qv,
 				   CASE WHEN mp.partner_path IS NOT NULL
-						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv
+						THEN jsonb_path_query_first(i.payload, mp.partner_path, '{}', true) END AS pv,
+				   CASE WHEN mp.site_path IS NOT NULL
+						THEN jsonb_path_query_first(i.payload, mp.site_path, '{}', true) END AS sv
 			FROM hub.inbox i
-			-- (the mapping of each message type once, not once a message)
-			JOIN (SELECT ty.message_type, mm.*
-				  FROM (SELECT DISTINCT x.message_type FROM hub.inbox x WHERE x.inbox_id = ANY (p_ids)) ty
-				  CROSS JOIN LATERAL (
-					SELECT m.* FROM hub.inbox_mappings m
-					WHERE hub._inbox_pattern_matches(m.message_pattern, ty.message_type)
-					ORDER BY m.message_pattern = ty.message_type DESC, length(m.message_pattern) DESC
-					LIMIT 1) mm) mp ON mp.message_type = i.message_type
+			JOIN mp ON mp.message_type = i.message_type
 			-- (by the primary key: a join with the array may scan the backlog)
 			WHERE i.inbox_id = ANY (p_ids) AND i.state IN ('new', 'retry_wait')
 			  AND jsonb_typeof(i.payload) = 'object'
@@ -1034,7 +1080,11 @@ BEGIN
 			SELECT m.*, m.kv #>> '{}' AS key, m.cv #>> '{}' AS code,
 				   CASE WHEN m.qualifier_ok THEN m.qv #>> '{}' END AS qual,
 				   CASE WHEN m.partner_ok THEN m.pv #>> '{}' END AS partner,
-				   count(*) OVER (PARTITION BY m.lifecycle, m.kv #>> '{}') AS named
+				   nullif(m.sv #>> '{}', '') AS site,
+				   CASE WHEN jsonb_typeof(m.tv) = 'string' THEN btrim(m.tv #>> '{}') END AS ts,
+				   -- (COLLATE "C": the same partitions, byte-equal keys, and
+				   -- a sort by memcmp rather than strcoll)
+				   count(*) OVER (PARTITION BY m.lifecycle COLLATE "C", (m.kv #>> '{}') COLLATE "C") AS named
 			FROM (SELECT msg.*,
 						 jsonb_typeof(msg.qv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.qv) IS DISTINCT FROM 'array' AS qualifier_ok,
 						 jsonb_typeof(msg.pv) IS DISTINCT FROM 'object' AND jsonb_typeof(msg.pv) IS DISTINCT FROM 'array' AS partner_ok
@@ -1042,61 +1092,89 @@ BEGIN
 				  WHERE jsonb_typeof(msg.kv) IN ('string', 'number', 'boolean') AND msg.kv #>> '{}' <> '') m
 		), t AS (
 			-- (hub._json_time's forms, without its error: a time it would
-			-- refuse leaves the message to the per-message path)
-			SELECT f.*,
-				   CASE WHEN f.occurred_at_path IS NULL THEN f.received_at
+			-- refuse leaves the message to the per-message path; the two
+			-- string forms exclude each other, the one with an offset, the
+			-- more common, is tried first, and before its pattern (2 to 3 us
+			-- a string) the shapes carriers and JSON encoders write most,
+			-- its ASCII digits made 9s (a tenth of that; each of them
+			-- matches the pattern))
+			SELECT f.inbox_id, f.payload, f.correlation_id, f.traceparent, f.lifecycle, f.system, f.key, f.code,
+				   f.qual, f.partner, f.site,
+				   CASE WHEN f.no_time_path THEN f.received_at
 						WHEN jsonb_typeof(f.tv) = 'number' THEN to_timestamp((f.tv #>> '{}')::float8)
-						WHEN jsonb_typeof(f.tv) = 'string' THEN
-							CASE WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
-								 THEN btrim(f.tv #>> '{}')::timestamp AT TIME ZONE 'UTC'
-								 WHEN btrim(f.tv #>> '{}') ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
-								 THEN btrim(f.tv #>> '{}')::timestamptz END END AS at
+						WHEN translate(f.ts, '012345678', '999999999')
+							 IN ('9999-99-99T99:99:99Z', '9999-99-99T99:99:99+99:99', '9999-99-99T99:99:99-99:99',
+								 '9999-99-99T99:99:99.999Z', '9999-99-99T99:99:99.999999Z',
+								 '9999-99-99T99:99:99.999+99:99', '9999-99-99T99:99:99.999999+99:99',
+								 '9999-99-99T99:99:99.999-99:99', '9999-99-99T99:99:99.999999-99:99',
+								 '9999-99-99 99:99:99+99', '9999-99-99 99:99:99.999999+99')
+						  OR f.ts ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)? ?([Zz]|[+-]\d\d(:?\d\d)?)$'
+						THEN f.ts::timestamptz
+						WHEN f.ts ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+						THEN f.ts::timestamp AT TIME ZONE 'UTC' END AS at,
+				   -- (the grouping key of the mapping below: an array, whose
+				   -- equality takes two NULLs as equal, and which hashes)
+				   ARRAY[f.system, f.lifecycle, f.code, f.qual, f.partner] AS mk
 			FROM f
-			WHERE f.named = 1 AND f.parent_path IS NULL AND f.children_path IS NULL
+			WHERE f.named = 1 AND f.flat
 			  AND jsonb_typeof(f.kv) IN ('string', 'number') AND octet_length(f.key) <= 256
 			  AND jsonb_typeof(f.cv) IN ('string', 'number') AND f.code <> ''
 			  AND f.qualifier_ok AND f.partner_ok
-		), r AS MATERIALIZED (
-			-- (materialized: the owner check below is then an index probe a
-			-- row, not a join of the whole table with the mapping's result)
-			SELECT t.*, ms.state AS m_state, ro.role
-			FROM t
-			CROSS JOIN LATERAL hub.try_map_status(t.system, t.lifecycle, t.code, t.qual, t.partner) ms
+			  -- (a site that is no value or too long: the per-message path fails it)
+			  AND jsonb_typeof(f.sv) IS DISTINCT FROM 'object' AND jsonb_typeof(f.sv) IS DISTINCT FROM 'array'
+			  AND coalesce(octet_length(f.site), 0) <= 256
+		), g AS MATERIALIZED (
+			-- the state each (system, lifecycle, code, qualifier, partner)
+			-- maps to and the system's role, once each, kept where no
+			-- overlay comes with it and the role owns the state
+			SELECT d.mk, ms.state AS m_state, ro.role
+			FROM (SELECT DISTINCT t.mk FROM t) d
+			CROSS JOIN LATERAL hub.try_map_status(d.mk[1], d.mk[2], d.mk[3], d.mk[4], d.mk[5]) ms
 			CROSS JOIN LATERAL (
 				SELECT sy.role FROM hub.systems sy
-				WHERE sy.system = t.system AND sy.qualifier IN ('', coalesce(t.qual, ''))
+				WHERE sy.system = d.mk[1] AND sy.qualifier IN ('', coalesce(d.mk[4], ''))
 				ORDER BY sy.qualifier DESC LIMIT 1) ro
-			WHERE t.at IS NOT NULL AND ms.state IS NOT NULL AND ms.overlay IS NULL
-			  AND hub.lifecycle_state_valid(t.lifecycle, ms.state)
+			WHERE ms.state IS NOT NULL AND ms.overlay IS NULL
+			  AND hub.lifecycle_state_valid(d.mk[2], ms.state)
+			  AND EXISTS (SELECT FROM hub.state_owners o
+						  WHERE o.lifecycle = d.mk[2] AND o.state = ms.state AND o.role = ro.role)
 		)
 		-- (the arrays stay aligned, being filled from the same rows in the
 		-- same order; the writes below sort by inbox_id themselves)
-		SELECT array_agg(r.inbox_id), array_agg(r.lifecycle), array_agg(r.key), array_agg(r.system),
-			   array_agg(r.role), array_agg(r.qual), array_agg(r.partner), array_agg(r.code), array_agg(r.at),
-			   array_agg(r.m_state), array_agg(r.correlation_id), array_agg(r.payload)
-		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload
-		FROM r
-		WHERE EXISTS (SELECT FROM hub.state_owners o
-					  WHERE o.lifecycle = r.lifecycle AND o.state = r.m_state AND o.role = r.role);
+		SELECT array_agg(t.inbox_id), array_agg(t.lifecycle), array_agg(t.key), array_agg(t.system),
+			   array_agg(g.role), array_agg(t.qual), array_agg(t.partner), array_agg(t.code), array_agg(t.at),
+			   array_agg(g.m_state), array_agg(t.correlation_id), array_agg(t.payload), array_agg(t.traceparent),
+			   array_agg(t.site)
+		INTO a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state, a_corr, a_payload,
+			 a_trace, a_site
+		FROM t JOIN g ON g.mk = t.mk
+		WHERE t.at IS NOT NULL;
 		IF a_id IS NULL THEN
 			RETURN '{}';
 		END IF;
 
 		-- the keys' rows, locked in key order (as hub._apply_canonical does,
 		-- one key at a time)
-		PERFORM FROM hub.entity_state es
-		JOIN unnest(a_lc, a_key) k(lc, key) ON es.lifecycle = k.lc AND es.business_key = k.key
-		ORDER BY es.lifecycle, es.business_key
-		FOR UPDATE OF es;
+		-- one probe of the primary key a key, in key order (a join may
+		-- hash the whole table instead, in every batch; the order bytewise,
+		-- COLLATE "C", the same for every batch, which is what matters)
+		PERFORM FROM (SELECT k.lc, k.key FROM unnest(a_lc, a_key) k(lc, key)
+					  ORDER BY k.lc COLLATE "C", k.key COLLATE "C") k
+		CROSS JOIN LATERAL (
+			SELECT FROM hub.entity_state es
+			WHERE es.lifecycle = k.lc AND es.business_key = k.key
+			FOR UPDATE) es;
 
-		-- (the correlation and causation ids are passed: none of a message
+		-- (the correlation and causation ids and a child span of the
+		-- message's traceparent are passed: none of a message
 		-- processed before is current)
 		PERFORM set_config('hub.inbox_correlation_id', '', true),
 				set_config('hub.inbox_causation_id', '', true);
 		WITH a AS (
 			SELECT * FROM unnest(a_id, a_lc, a_key, a_sys, a_role, a_qual, a_partner, a_code, a_at, a_state,
-								 a_corr, a_payload)
-				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload)
+								 a_corr, a_payload, a_trace, a_site)
+				AS a(inbox_id, lifecycle, key, system, role, qual, partner, code, at, state, corr, payload,
+					 trace, site)
 		), c AS (
 			-- classified against the key's row: created (a new key, or one
 			-- without a state) or advanced; no overlay on it
@@ -1112,54 +1190,70 @@ BEGIN
 			WHERE es.lifecycle IS NULL OR (NOT es.on_hold AND es.exception_reason IS NULL)
 		), b AS MATERIALIZED (
 			-- the canonical event's payload, as hub._state_event makes it
-			-- (MATERIALIZED, here and below: each expression once a row)
+			-- (MATERIALIZED, here and below: each expression once a row;
+			-- the partner, the carrier and the record's keys are added only
+			-- when there are any, each || building the object anew)
 			SELECT c.*,
-				   jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
+				   CASE WHEN c.partner IS NULL AND NOT (c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys))
+						THEN x.core
+						ELSE x.core
+							 || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
+							 || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
+									 THEN jsonb_build_object('carrier',
+										  coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
+															   WHERE sy.system = c.system AND sy.qualifier = ''
+																 AND sy.role = 'carrier')))
+									 ELSE '{}' END END AS base
+			FROM c
+			CROSS JOIN LATERAL (
+				SELECT jsonb_build_object(c.lifecycle || '_id', c.key, 'business_key', c.key, 'lifecycle', c.lifecycle,
 						'state', c.state, 'previous_state', c.previous_state, 'change', c.outcome,
 						'system', c.system,
-						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-				   || CASE WHEN c.partner IS NOT NULL THEN jsonb_build_object('partner', c.partner) ELSE '{}' END
-				   || CASE WHEN c.lifecycle = 'shipment' AND 'carrier' = ANY (c.required_keys)
-						   THEN jsonb_build_object('carrier',
-								coalesce(c.partner, (SELECT sy.system FROM hub.systems sy
-													 WHERE sy.system = c.system AND sy.qualifier = ''
-													   AND sy.role = 'carrier')))
-						   ELSE '{}' END AS base
-			FROM c
+						'occurred_at', to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) AS core) x
 			WHERE c.previous_state IS NULL OR c.kind IN ('advance', 'advance_with_gap')
-		), e AS MATERIALIZED (
-			SELECT b.*,
-				   b.base || coalesce((SELECT jsonb_object_agg(k.k, b.payload -> k.k)
-									   FROM unnest(b.required_keys) k(k)
-									   WHERE NOT b.base ? k.k AND b.payload ? k.k), '{}') AS body
+		), ok AS MATERIALIZED (
+			-- (the events whose contract the body meets; every row written
+			-- below: a key whose row vanished meanwhile is missing from upd,
+			-- counted at the end, and all is undone)
+			SELECT b.*, y.body
 			FROM b
-		), ok AS (
-			SELECT e.* FROM e WHERE hub.contract_violation(e.event_type, e.body) IS NULL
+			CROSS JOIN LATERAL (
+				SELECT jsonb_object_agg(k.k, b.payload -> k.k) AS extra
+				FROM unnest(b.required_keys) k(k)
+				WHERE NOT b.base ? k.k AND b.payload ? k.k) x
+			-- (OFFSET 0: the body built once, not again for the check)
+			CROSS JOIN LATERAL (
+				SELECT CASE WHEN x.extra IS NULL THEN b.base ELSE b.base || x.extra END AS body OFFSET 0) y
+			WHERE hub.contract_violation(b.event_type, y.body) IS NULL
 		), ins AS (
+			-- (a plain INSERT: a key another transaction created meanwhile
+			-- raises unique_violation, which undoes the batch's apply)
 			INSERT INTO hub.entity_state AS es
-				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold)
-			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false
+				(lifecycle, business_key, state, state_system, state_occurred_at, last_advanced_at, on_hold, site)
+			SELECT ok.lifecycle, ok.key, ok.state, ok.system, ok.at, ok.at, false, ok.site
 			FROM ok WHERE ok.is_new
-			ON CONFLICT DO NOTHING
 			RETURNING es.lifecycle, es.business_key
 		), upd AS (
 			UPDATE hub.entity_state es
 			SET state = ok.state, state_system = ok.system, state_occurred_at = ok.at, last_advanced_at = ok.at,
 				on_hold = false, on_hold_reason = NULL, on_hold_since = NULL, exception_reason = NULL,
-				exception_since = NULL, updated_at = now()
+				exception_since = NULL, updated_at = now(), site = coalesce(ok.site, es.site)
 			FROM ok
 			WHERE NOT ok.is_new AND es.lifecycle = ok.lifecycle AND es.business_key = ok.key
 			RETURNING es.lifecycle, es.business_key
-		), w AS (
-			-- (every row of ok; a key another transaction created meanwhile
-			-- is missing from ins: counted below, and all is undone)
-			SELECT ok.* FROM ok
+		), sys_new AS (
+			-- (a new key has no per-system row yet: a plain INSERT)
+			INSERT INTO hub.entity_system_state AS s
+				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
+				 overlay_kind, reason, occurred_at)
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE ok.is_new
 		), sys AS (
 			INSERT INTO hub.entity_system_state AS s
 				(lifecycle, business_key, system, role, qualifier, code, state, state_since,
 				 overlay_kind, reason, occurred_at)
-			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, w.state, w.at, NULL, NULL, w.at
-			FROM w
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, ok.state, ok.at, NULL, NULL, ok.at
+			FROM ok WHERE NOT ok.is_new
 			ON CONFLICT ON CONSTRAINT entity_system_state_pkey DO UPDATE
 			SET role = EXCLUDED.role, qualifier = EXCLUDED.qualifier, code = EXCLUDED.code,
 				state = coalesce(EXCLUDED.state, s.state),
@@ -1173,19 +1267,30 @@ BEGIN
 				(lifecycle, business_key, system, role, qualifier, code, correction, mapped_state,
 				 overlay_kind, reason, previous_state, new_state, kind, outcome, regression_suspect,
 				 occurred_at)
-			SELECT w.lifecycle, w.key, w.system, w.role, w.qual, w.code, false, w.state,
-				   NULL, NULL, w.previous_state, w.state, w.kind, w.outcome, false, w.at
-			FROM w ORDER BY w.inbox_id
+			SELECT ok.lifecycle, ok.key, ok.system, ok.role, ok.qual, ok.code, false, ok.state,
+				   NULL, NULL, ok.previous_state, ok.state, ok.kind, ok.outcome, false, ok.at
+			FROM ok ORDER BY ok.inbox_id
 		), ev AS (
-			SELECT w.inbox_id,
-				   hub.publish(w.event_type, w.key, w.body, correlation_id => nullif(w.corr, ''),
-							   causation_id => 'inbox:' || w.inbox_id, occurred_at => w.at) AS event_id
-			FROM w ORDER BY w.inbox_id
+			-- the events, in inbox_id order, as hub.publish writes them: a
+			-- plain INSERT, whose contract trigger (hub._outbox_check)
+			-- checks and stamps each row as it does for hub.publish, the
+			-- event id and headers their defaults, the correlation id the
+			-- message's (none: NULL, as hub.publish gives it here), a child
+			-- span of its traceparent; one insert for the batch rather than
+			-- one a row
+			INSERT INTO hub.outbox (event_type, aggregate_id, payload, correlation_id, causation_id, occurred_at,
+									traceparent)
+			SELECT ok.event_type, ok.key, ok.body, nullif(ok.corr, ''), 'inbox:' || ok.inbox_id, ok.at,
+				   hub._traceparent_child(ok.trace)
+			FROM ok ORDER BY ok.inbox_id
+			RETURNING 1
 		)
-		SELECT array_agg(ev.inbox_id ORDER BY ev.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
-		INTO v_done, v_written FROM ev;
-		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint THEN
-			RAISE EXCEPTION 'a key of the batch was created by another transaction meanwhile'
+		SELECT array_agg(ok.inbox_id ORDER BY ok.inbox_id), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd),
+			   (SELECT count(*) FROM ev)
+		INTO v_done, v_written, v_events FROM ok;
+		IF v_written IS DISTINCT FROM cardinality(v_done)::bigint
+		   OR v_events IS DISTINCT FROM cardinality(v_done)::bigint THEN
+			RAISE EXCEPTION 'the batch wrote other rows than it applied (a key created or removed meanwhile)'
 				USING ERRCODE = 'serialization_failure';
 		END IF;
 	EXCEPTION WHEN OTHERS THEN
@@ -1218,15 +1323,17 @@ REVOKE EXECUTE ON FUNCTION
 	hub.create_readiness_rule(text, text, text, text, text, text),
 	hub.resolve_exception(bigint, text),
 	hub._jsonpath_arg(text, text),
-	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval),
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text),
 	hub._inbox_mapping(text),
 	hub._inbox_not_a_value(text, jsonpath, jsonb),
 	hub._inbox_step(bigint, boolean),
 	hub._inbox_apply_batch(bigint[]),
 	hub._run_handler(regproc, jsonb, text, jsonb),
-	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer)
+GRANT EXECUTE ON FUNCTION hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer),
+	hub.event_body(text, uuid, text, text, timestamptz, text, jsonb, text, integer, text)
 TO hub_reader, hub_writer, hub_worker;
 -- (the CHECK of hub.event_types.key_types: whoever writes the catalogue)
 REVOKE EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) FROM PUBLIC;
@@ -1234,7 +1341,7 @@ GRANT EXECUTE ON FUNCTION hub._key_types_valid(text[], jsonb) TO hub_admin;
 GRANT EXECUTE ON FUNCTION
 	hub.create_readiness_rule(text, text, text, text, text, text),
 	hub.resolve_exception(bigint, text),
-	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval)
+	hub.map_inbox(text, text, text, text, text, text, text, text, text, text, text, text, integer, interval, text)
 TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub.contract_violation(text, jsonb) TO hub_reader, hub_writer;
 -- (hub.process_inbox runs with its caller's rights: these are what it calls)

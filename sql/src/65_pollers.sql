@@ -574,7 +574,9 @@ BEGIN
 			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
 				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
 				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
-				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
 			WHERE x.poller_id = p.poller_id
 			RETURNING * INTO p;
 		END IF;
@@ -586,6 +588,9 @@ BEGIN
 		lease := tok;
 		url := p.next_url;
 		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
 		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
 			IF p.etag IS NOT NULL THEN
 				headers := headers || ('If-None-Match: ' || p.etag);
@@ -599,7 +604,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
-'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible) or the committed position of a run in progress.';
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
 
 /*
  * _poll_finish --- end the run of poller p (locked, leased): success
@@ -674,10 +679,11 @@ BEGIN
 		FROM jsonb_array_elements(items) e
 		WHERE hub._payload_size(e.value) > max_size;
 	END IF;
-	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id)
+	INSERT INTO hub.inbox AS i (source, message_id, message_type, payload, aggregate_id, poll_request_id, traceparent)
 	SELECT src, CASE WHEN octet_length(y.key) <= 256 THEN y.key
 					 ELSE 'sha256:' || encode(sha256(convert_to(y.key, 'UTF8')), 'hex') END,
-		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id
+		   p.message_type, y.rec, CASE WHEN octet_length(y.rid) <= 256 THEN y.rid END, request_id,
+		   p.run_traceparent
 	FROM (SELECT x.rec, x.rid,
 				 replace(replace(coalesce(x.rid, ''), '\', '\\'), '@', '\@') || '@'
 				 || CASE WHEN x.rid IS NULL OR x.ver IS NULL THEN 'md5:' || md5(x.rec::text) ELSE x.ver END AS key
@@ -720,7 +726,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
+COMMENT ON FUNCTION hub._poll_store(hub.pollers, jsonb, bigint) IS 'API: Private. Store a page''s records in hub.inbox, one message per (id, version), with the run''s traceparent, counting duplicates and refusing records larger than logistics_hub.max_payload_size; returns records, new, duplicates, rejected and the rejected ids.';
 
 -- the largest version time among a page's records (NULL: none)
 CREATE FUNCTION hub._poll_page_max(p hub.pollers, items jsonb) RETURNS timestamptz
@@ -1008,6 +1014,9 @@ BEGIN
 	ELSIF run_end IS NULL THEN
 		url := nxt;
 		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
 		next_at := NULL;
 	ELSE
 		-- max_pages or throttled: the run resumes at nxt when due

@@ -84,7 +84,6 @@ GRANT EXECUTE ON FUNCTION
 	hub._inbox_claim(integer),
 	hub._inbox_settle(bigint, text, text, integer, interval),
 	hub._inbox_settle_many(bigint[], text),
-	hub._inbox_keys(bigint[]),
 	hub._inbox_mapping(text),
 	hub._inbox_step(bigint, boolean),
 	hub._inbox_apply_batch(bigint[]),

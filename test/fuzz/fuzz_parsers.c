@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * fuzz_parsers.c
- *		libFuzzer target for the identifier parsers, built with
- *		AddressSanitizer and UndefinedBehaviorSanitizer.
+ *		libFuzzer target for the identifier parsers and the W3C
+ *		traceparent parser, built with AddressSanitizer and
+ *		UndefinedBehaviorSanitizer.
  *
  * The parsers (GS1 keys, ISO 6346 container numbers, GS1 element strings)
  * are compiled into this program from their own source files, outside the
@@ -17,6 +18,9 @@
  * a UTF-8 database) is sent through each parser twice, with error_ok true
  * and false, and the two must agree: the non-throwing path accepts exactly
  * what the throwing one accepts (the is_valid functions rely on it).
+ * Every input, any bytes, also goes through the traceparent parser (which
+ * never throws) in a buffer of exactly its size: what it accepts must come
+ * out as a version 00 traceparent that parses again to itself.
  *
  * test/fuzz/fuzz_parsers.c
  *
@@ -34,6 +38,7 @@
 #include "../../extension/gs1_keys.c"
 #include "../../extension/container_no.c"
 #include "../../extension/gs1_parse.c"
+#include "../../extension/traceparent_parse.c"
 
 static sigjmp_buf *fuzz_catch = NULL;
 static char fuzz_message[1024];
@@ -329,6 +334,32 @@ fuzz_throwing(FuzzParser parse, const char *s)
 	return ok;
 }
 
+/*
+ * fuzz_traceparent --- the traceparent parser on size bytes (no NUL after
+ * them, so that ASan sees a read past the end): an accepted value must be
+ * 55 characters of version 00 that parse again to the same.
+ */
+static void
+fuzz_traceparent(const uint8_t *data, size_t size)
+{
+	char	   *buf = malloc(size ? size : 1);
+	char		out[HUB_TRACEPARENT_LEN + 1];
+	char		again[HUB_TRACEPARENT_LEN + 1];
+	const char *why = NULL;
+
+	memcpy(buf, data, size);
+	if (hub_traceparent_parse(buf, size, out, &why))
+	{
+		if (strlen(out) != HUB_TRACEPARENT_LEN || out[0] != '0' || out[1] != '0' ||
+			!hub_traceparent_parse(out, HUB_TRACEPARENT_LEN, again, NULL) ||
+			strcmp(out, again) != 0 || memcmp(out + 2, buf + 2, HUB_TRACEPARENT_LEN - 2) != 0)
+			abort();
+	}
+	else if (why == NULL)
+		abort();				/* a refusal always says why */
+	free(buf);
+}
+
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
@@ -337,6 +368,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static const FuzzParser parsers[] = {fuzz_gtin, fuzz_sscc, fuzz_gln, fuzz_container, fuzz_gs1};
 	char	   *s;
 
+	fuzz_traceparent(data, size);
 	if (memchr(data, 0, size) != NULL ||
 		pg_encoding_verifymbstr(PG_UTF8, (const char *) data, (int) size) != (int) size)
 		return -1;				/* not something a text value can hold */

@@ -46,6 +46,8 @@ LH_PACKAGES=(
 	libipc-run-perl
 	libcurl4-openssl-dev
 	libsodium-dev
+	# libpq: the postgresql:// transport relays events to a central hub (workers/pg_transport.c)
+	libpq-dev
 	python3
 	clang-14
 	libclang-rt-14-dev
@@ -55,6 +57,11 @@ LH_PACKAGES=(
 	openssl
 	nats-server
 	libnats-dev
+	# test/scripts/metrics_exporter.sh: promtool checks hub.metrics(), and
+	# the exporter scrapes the hub through sql/postgres_exporter.yml (their
+	# services are kept from starting and from starting at boot: below)
+	prometheus
+	prometheus-postgres-exporter
 )
 
 lh_log() { printf '== %s\n' "$*" >&2; }
@@ -87,6 +94,30 @@ lh_install_packages()
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
 		systemctl disable --now nats-server >/dev/null 2>&1 || true
 	fi
+	# prometheus and prometheus-postgres-exporter come with services that
+	# would listen on every address (:9090, :9187); the tests run their own
+	# exporter on 127.0.0.1 only.  A policy-rc.d refusing every start keeps
+	# the package scripts from starting them (a container may have one
+	# already: then it is left as it is), and their boot links are removed.
+	local policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\n# logistics_hub test harness: no service starts during its installs\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		policy=ours
+	fi
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d; return 1; }
+	[ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+	local svc
+	for svc in prometheus prometheus-postgres-exporter; do
+		# (only a package this call installed: never an operator's own service)
+		[[ " ${missing[*]} " == *" $svc "* ]] || continue
+		if command -v systemctl >/dev/null; then
+			# (works without a running systemd too: it edits the unit links)
+			systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+		else
+			rm -f "/etc/systemd/system/multi-user.target.wants/$svc.service"
+		fi
+	done
 }
 
 # lh_build_install --- build with -Werror and install into the PostgreSQL 15

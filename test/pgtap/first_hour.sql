@@ -70,7 +70,7 @@ SELECT count(hub.publish('order.created', 'SO-T' || lpad(g::text, 2, '0'),
 FROM generate_series(1, 40) g;
 SELECT is((SELECT count(DISTINCT published_at) FROM hub.outbox WHERE correlation_id = 'C-T')::int, 1,
 	'the events of one transaction have one published_at');
-SELECT is((SELECT array_agg(aggregate_id ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, n)
+SELECT is((SELECT array_agg(aggregate_id ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, traceparent, n)
 		   WHERE what = 'published'),
 	(SELECT array_agg('SO-T' || lpad(g::text, 2, '0') ORDER BY g) FROM generate_series(1, 40) g),
 	'hub.trace lists the events of one transaction in publishing order');
@@ -79,7 +79,7 @@ SELECT is((SELECT array_agg(aggregate_id ORDER BY n) FROM hub.trace('C-T') WITH 
 SET enable_hashjoin = off;
 SET enable_mergejoin = off;
 SET enable_seqscan = off;
-SELECT is((SELECT array_agg(aggregate_id ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, n)
+SELECT is((SELECT array_agg(aggregate_id ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, traceparent, n)
 		   WHERE what = 'published'),
 	(SELECT array_agg('SO-T' || lpad(g::text, 2, '0') ORDER BY g) FROM generate_series(1, 40) g),
 	'in publishing order whatever the plan (nested loops)');
@@ -87,7 +87,7 @@ RESET enable_hashjoin;
 RESET enable_mergejoin;
 RESET enable_seqscan;
 SELECT hub._route_events();
-SELECT is((SELECT array_agg(what ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, n)
+SELECT is((SELECT array_agg(what ORDER BY n) FROM hub.trace('C-T') WITH ORDINALITY t(at, what, event_id, event_type, aggregate_id, endpoint, source, message_id, detail, traceparent, n)
 		   WHERE aggregate_id = 'SO-T01'),
 	ARRAY['published', 'delivery pending'],
 	'each event''s own rows follow in time order');

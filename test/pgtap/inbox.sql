@@ -98,7 +98,7 @@ SELECT results_eq($$SELECT * FROM hub.process_inbox(10)$$, $$VALUES (1, 0, 0)$$,
 SELECT throws_ok($$SELECT * FROM hub.process_inbox(0)$$, '22023', 'max must be at least 1', 'max must be positive');
 
 -- privileges and properties
-SELECT ok(has_function_privilege('hub_writer', 'hub.receive(text, text, text, jsonb, timestamptz, text, text)', 'EXECUTE')
+SELECT ok(has_function_privilege('hub_writer', 'hub.receive(text, text, text, jsonb, timestamptz, text, text, text)', 'EXECUTE')
 	AND NOT has_function_privilege('hub_writer', 'hub.process_inbox(integer)', 'EXECUTE')
 	AND NOT has_function_privilege('hub_writer', 'hub.register_handler(text, regproc, integer, interval)', 'EXECUTE'),
 	'hub_writer can receive, not process or register');

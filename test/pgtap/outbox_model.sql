@@ -33,7 +33,7 @@ SELECT is_empty($$
 						   'skip_delivery', 'replay') OR p.proname ~ '^_(route|claim|fenced|audit|immutable|outbox|event_types|retention)')
 		AND has_function_privilege('public', p.oid, 'EXECUTE')
 $$, 'no outbox function keeps EXECUTE for PUBLIC');
-SELECT ok(has_function_privilege('hub_writer', 'hub.publish(text, text, jsonb, text, text, jsonb, timestamptz)', 'EXECUTE')
+SELECT ok(has_function_privilege('hub_writer', 'hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text)', 'EXECUTE')
 	AND has_table_privilege('hub_writer', 'hub.outbox', 'INSERT')
 	AND NOT has_table_privilege('hub_writer', 'hub.outbox', 'UPDATE')
 	AND NOT has_function_privilege('hub_writer', 'hub.replay(bigint, text)', 'EXECUTE'),

@@ -54,7 +54,7 @@ DROP TRIGGER seen_before ON hub.outbox;
 DROP TRIGGER seen_after ON hub.outbox;
 CREATE ROLE publish_cols LOGIN;
 GRANT USAGE ON SCHEMA hub TO publish_cols;
-GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz), hub._event_id() TO publish_cols;
+GRANT EXECUTE ON FUNCTION hub.publish(text, text, jsonb, text, text, jsonb, timestamptz, text), hub._event_id() TO publish_cols;
 GRANT INSERT (event_id, event_type, aggregate_id, payload, correlation_id, causation_id, headers, occurred_at) ON hub.outbox TO publish_cols;
 SET ROLE publish_cols;
 SELECT lives_ok($$SELECT hub.publish('order.created', 'SO-6', '{"order_id": "SO-6"}')$$, 'INSERT privilege on the columns is enough');

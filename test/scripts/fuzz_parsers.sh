@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test/scripts/fuzz_parsers.sh --- the identifier parsers under libFuzzer with
+# test/scripts/fuzz_parsers.sh --- the identifier and traceparent parsers under libFuzzer with
 # AddressSanitizer and UndefinedBehaviorSanitizer (test/fuzz/fuzz_parsers.c
 # explains why outside the server): LH_FUZZ_SECONDS (20) of coverage-guided
 # inputs, seeded with the published test vectors.  Fails on any sanitizer
@@ -20,7 +20,9 @@ i=0
 for v in '(01)09521234543213(10)ABC123(17)251231' $']C1010952123454321310ABC123\x1d17251231' \
 	'(00)376104250021234569' '(01)38425876095074(17)181119(37)1' '(3103)000189(15)000100' \
 	'(420)12345(400)PO\(1)' 6291041500213 96385074 7300011000017 376104250021234569 \
-	8904000210037 CSQU3054383 'tasu 117000 0' APZU3789870; do
+	8904000210037 CSQU3054383 'tasu 117000 0' APZU3789870 \
+	00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \
+	cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-the-future-holds; do
 	printf '%s' "$v" >"$work/corpus/seed$((i++))"
 done
 cd "$work"
@@ -38,4 +40,4 @@ if [ "$rc" -ne 0 ]; then
 	echo "FAIL: the fuzzer found a problem (exit $rc)"
 	exit 1
 fi
-echo "ok: $(grep -oE 'Done [0-9]+ runs' fuzz.log) through gtin, sscc, gln, container_no and gs1 parsers with ASan+UBSan, no report"
+echo "ok: $(grep -oE 'Done [0-9]+ runs' fuzz.log) through gtin, sscc, gln, container_no, gs1 and traceparent parsers with ASan+UBSan, no report"
