@@ -44,7 +44,9 @@ PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/workers $(shell curl-config --cf
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
 # libsodium (libsodium-dev) seals endpoint secrets (extension/sealed.c)
 # libpq (libpq-dev) relays events to a central hub (workers/pg_transport.c)
-SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium -L$(shell $(PG_CONFIG) --libdir 2>/dev/null) -lpq
+# libnats (libnats-dev) is the NATS JetStream client of the nats transport
+# (workers/nats_transport.c, workers/nats_inbound.c)
+SHLIB_LINK = $(shell curl-config --libs 2>/dev/null) -lsodium -L$(shell $(PG_CONFIG) --libdir 2>/dev/null) -lpq -lnats
 
 # JIT bitcode is not needed and Debian builds it with a clang that may be
 # absent.

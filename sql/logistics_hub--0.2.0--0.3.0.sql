@@ -7985,4 +7985,428 @@ $$;
 COMMENT ON FUNCTION hub.metrics() IS
 'The hub''s metrics in the Prometheus text exposition format 0.0.4 (names logistics_hub_*): events published (counter); delivery attempts and poll requests by endpoint or poller and outcome, and the delivery latency histogram, over the window metrics_window (hub.thresholds); backlog, dead events, oldest pending age and circuit state per endpoint; backlog, oldest pending age, overdue time, last success age and failures per poller; inbox messages by state and the oldest pending age; worker up and restarts by database, kind and number (hub.workers); open exceptions by kind; drift and stale keys by lifecycle. Serve it from any scraper that can run SELECT hub.metrics().';
 
+-- ================================================================ nats
+-- NATS JetStream endpoints (workers/nats_transport.c): the subject template
+-- of a nats:// endpoint, read by the dispatchers with its settings, and
+-- hub.create_endpoint's subject parameter.
+ALTER TABLE hub.endpoints ADD COLUMN subject_template text CHECK (length(subject_template) <= 200 AND subject_template ~
+	'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$');
+COMMENT ON COLUMN hub.endpoints.subject_template IS
+'nats:// endpoints: the NATS subject of an event, dot-separated tokens each a literal ([A-Za-z0-9_-]) or {event_type} (two tokens, domain.action) or {aggregate_id} (escaped: bytes other than [A-Za-z0-9_-] as %XX, "_" for none); lhub.{event_type}.{aggregate_id} when created without one. NULL for other transports.';
+GRANT UPDATE (subject_template) ON hub.endpoints TO hub_admin;
+
+DROP FUNCTION hub._dispatch_endpoints(integer[], integer, integer);
+CREATE FUNCTION hub._dispatch_endpoints(ids integer[], shard integer, nshards integer)
+RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrency integer,
+			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
+			   oauth2_token_url text, headers text[], auth_secret bytea, oauth2_client_id bytea,
+			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz,
+			   throttled_until timestamptz, subject_template text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT e.endpoint_id, e.url, e.timeout_ms,
+		   CASE WHEN e.spread THEN hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+				ELSE e.max_concurrency END,
+		   CASE WHEN e.spread
+				THEN e.rate_limit * hub._serves_share(shard, nshards, e.endpoint_id, e.max_concurrency)
+					 / e.max_concurrency
+				ELSE e.rate_limit END::float8,
+		   e.allow_redirects,
+		   e.auth_kind, e.api_key_header, e.oauth2_token_url,
+		   ARRAY(SELECT h.key || ': ' || h.value FROM jsonb_each_text(e.headers) h ORDER BY h.key),
+		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
+		   e.enabled AND NOT e.paused AND e.circuit_state <> 'open',
+		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END,
+		   e.throttled_until, e.subject_template
+	FROM hub.endpoints e
+	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
+	WHERE e.endpoint_id = ANY (ids)
+$$;
+COMMENT ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) IS
+'API: Private. Settings and sealed secrets (opened by the workers in C) of endpoints for the dispatcher workers (never granted to anyone), with the concurrency and rate limit cut to the share of shard of nshards (hub._serves_share); not usable while paused, disabled or its circuit open (usable again at the circuit''s probe time), nor before throttled_until.';
+REVOKE EXECUTE ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._dispatch_endpoints(integer[], integer, integer) TO hub_worker;
+
+DROP FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb);
+CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'other',
+		timeout_ms integer DEFAULT 10000, max_concurrency integer DEFAULT 16,
+		rate_limit numeric DEFAULT NULL, allow_redirects boolean DEFAULT false,
+		auth_kind text DEFAULT 'none', auth_secret text DEFAULT NULL,
+		api_key_header text DEFAULT NULL, oauth2_token_url text DEFAULT NULL,
+		oauth2_client_id text DEFAULT NULL, oauth2_client_secret text DEFAULT NULL,
+		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}', subject text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id integer;
+BEGIN
+	-- (before anything that would show the URL, password and all; a
+	-- postgresql:// URI may name its user, never a password)
+	IF (url ~* '^postgres(ql)?://' AND (url ~ '^[^/?#]*//[^/?#@]*:[^/?#]*@' OR url ~* '[?&]password='))
+		OR (url !~* '^postgres(ql)?://' AND url ~ '^[^/?#]*(//)?[^/?#]*@')
+		OR oauth2_token_url ~ '^[^/?#]*(//)?[^/?#]*@' THEN
+		RAISE EXCEPTION 'endpoint URL must not contain user information'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A user name or password in the URL would be readable by hub_reader.',
+				  HINT = 'Pass credentials as auth_kind and auth_secret (or oauth2_client_id and oauth2_client_secret).';
+	END IF;
+	IF url !~* '^(https?|postgres(ql)?|nats)://[^/?#[:space:]]+' THEN
+		RAISE EXCEPTION 'invalid endpoint URL: "%"', url
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only http://, https://, postgresql:// (a central hub) and nats:// URLs can be delivered to.';
+	END IF;
+	IF signing_secret IS NOT NULL AND signing_secret !~ '^whsec_[A-Za-z0-9+/=]+$' THEN
+		RAISE EXCEPTION 'invalid signing secret' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
+	END IF;
+	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
+	IF url ~* '^nats://' THEN
+		subject := coalesce(subject, 'lhub.{event_type}.{aggregate_id}');
+		PERFORM hub._check_setting('subject', length(subject) <= 200 AND subject ~
+			'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$',
+			subject, 'at most 200 characters of dot-separated tokens, each letters, digits, _ and - or {event_type} or {aggregate_id}');
+		PERFORM hub._check_setting('auth_kind', auth_kind IN ('none', 'bearer', 'basic'), auth_kind,
+								   'none, bearer (a NATS token) or basic (user:password) for a nats:// endpoint');
+	ELSIF subject IS NOT NULL THEN
+		RAISE EXCEPTION 'only a nats:// endpoint has a subject' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM hub._check_setting('timeout_ms', timeout_ms BETWEEN 100 AND 600000, timeout_ms::text,
+							   'between 100 and 600000 (milliseconds)');
+	PERFORM hub._check_setting('max_concurrency', max_concurrency BETWEEN 1 AND 1000, max_concurrency::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('rate_limit', rate_limit IS NULL OR rate_limit BETWEEN 0.001 AND 100000,
+							   rate_limit::text, 'NULL (no limit) or between 0.001 and 100000 requests a second');
+	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+							   auth_kind, api_key_header, oauth2_token_url, headers, subject_template)
+	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
+			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'), subject)
+	RETURNING endpoint_id INTO id;
+	-- sealed (hub._seal, 55_secrets.sql): only ciphertext reaches the table
+	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
+	VALUES (id, hub._seal(id, 'auth_secret', auth_secret), hub._seal(id, 'oauth2_client_id', oauth2_client_id),
+			hub._seal(id, 'oauth2_client_secret', oauth2_client_secret),
+			CASE WHEN signing_secret IS NULL THEN '{}' ELSE ARRAY[hub._seal(id, 'signing_secrets', signing_secret)] END);
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) IS
+'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list (NATS JetStream: subject names the subject template, default lhub.{event_type}.{aggregate_id}; auth_kind bearer is a token, basic user:password); everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
+REVOKE EXECUTE ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) TO hub_admin;
+
+-- (a NATS JetStream stream as a poller source: sql/src/66_nats_pollers.sql;
+-- HTTP pollers' claim and wake-up leave nats:// endpoints out, and
+-- create_poller checks a nats poller's STREAM/DURABLE path)
+CREATE OR REPLACE FUNCTION hub._poll_claim(worker text, shard integer, nshards integer, max integer)
+RETURNS TABLE (poller_id integer, endpoint_id integer, lease bigint, url text, headers text[])
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	p hub.pollers;
+	e_url text;
+	b text;
+	f text;
+	tok bigint;
+	lease_for interval := hub._poll_lease();
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	IF max IS NULL OR max < 1 OR max > 10000 THEN
+		RAISE EXCEPTION 'invalid max: %', coalesce(max::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Claim between 1 and 10000 pollers.';
+	END IF;
+	FOR r IN
+		SELECT x AS p, e.url AS e_url
+		FROM hub.pollers x
+		JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+		WHERE NOT x.paused AND x.next_run_at <= now() AND e.enabled AND NOT e.paused
+			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+			AND (x.lease IS NULL OR x.lease_until < now())
+			AND (e.spread OR e.endpoint_id % nshards = shard)
+			AND e.url !~* '^nats://'	-- (a nats source: subscribed, hub._nats_pollers)
+		ORDER BY x.next_run_at, x.poller_id
+		LIMIT max
+		FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		p := r.p;
+		e_url := r.e_url;
+		tok := nextval('hub._lease_token_seq');
+		IF p.next_url IS NULL THEN
+			SELECT u.base, u.first INTO b, f FROM hub._poll_first_url(p, e_url) u;
+			UPDATE hub.pollers x
+			SET next_url = f, run_base_url = b, run_started_at = now(), last_run_at = now(), run_pages = 0,
+				run_offset = CASE x.pagination WHEN 'offset' THEN 0 WHEN 'page' THEN x.first_page END,
+				run_seen = ARRAY[hashtextextended(f, 0)], run_new = 0, run_duplicates = 0,
+				run_max_version = NULL, run_etag = NULL, run_last_modified = NULL,
+				-- (a new trace for each run: README "Trace context")
+				run_traceparent = hub._traceparent_child(NULL)
+			WHERE x.poller_id = p.poller_id
+			RETURNING * INTO p;
+		END IF;
+		UPDATE hub.pollers x
+		SET lease = tok, lease_worker = _poll_claim.worker, lease_until = now() + lease_for, segment_pages = 0
+		WHERE x.poller_id = p.poller_id;
+		poller_id := p.poller_id;
+		endpoint_id := p.endpoint_id;
+		lease := tok;
+		url := p.next_url;
+		headers := ARRAY['Accept: application/json'];
+		IF p.run_traceparent IS NOT NULL THEN
+			headers := headers || ('traceparent: ' || p.run_traceparent);
+		END IF;
+		IF p.run_pages = 0 AND p.etag_url = p.next_url THEN
+			IF p.etag IS NOT NULL THEN
+				headers := headers || ('If-None-Match: ' || p.etag);
+			END IF;
+			IF p.last_modified IS NOT NULL THEN
+				headers := headers || ('If-Modified-Since: ' || p.last_modified);
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION hub._poll_claim(text, integer, integer, integer) IS
+'API: Private. Lease up to max due pollers of the endpoints this shard serves (one run of a poller at a time) and return the request to send for each: a new run''s first page (conditional when possible; a new trace for the run, sent as the traceparent header of each of its pages) or the committed position of a run in progress.';
+
+CREATE OR REPLACE FUNCTION hub._poll_next_due(shard integer, nshards integer) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	RETURN (SELECT min(greatest(CASE WHEN x.lease IS NOT NULL AND x.lease_until >= now()
+									 THEN greatest(x.next_run_at, x.lease_until) ELSE x.next_run_at END,
+								e.throttled_until))
+			FROM hub.pollers x
+			JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+			WHERE NOT x.paused AND e.enabled AND NOT e.paused
+				AND (e.spread OR e.endpoint_id % nshards = shard) AND e.url !~* '^nats://');
+END
+$$;
+COMMENT ON FUNCTION hub._poll_next_due(integer, integer) IS
+'API: Private. The earliest time a runnable poller of this shard is due (its next_run_at, or the end of its live lease, not before its endpoint''s throttled_until); NULL when there is none. Read-only.';
+
+CREATE OR REPLACE FUNCTION hub.create_poller(endpoint text, path text, message_type text,
+		name text DEFAULT NULL, every interval DEFAULT '1 minute', retry_base interval DEFAULT '5 seconds',
+		retry_max interval DEFAULT '1 hour', max_pages integer DEFAULT 1000,
+		items_path text DEFAULT '$', id_field text DEFAULT 'id', version_field text DEFAULT NULL,
+		pagination text DEFAULT 'none', next_path text DEFAULT NULL, cursor_param text DEFAULT 'cursor',
+		offset_param text DEFAULT 'offset', limit_param text DEFAULT NULL, page_size integer DEFAULT NULL,
+		has_more_path text DEFAULT NULL, page_param text DEFAULT 'page', first_page integer DEFAULT 1,
+		since_param text DEFAULT NULL, lookback interval DEFAULT '0', since_format text DEFAULT 'iso8601',
+		since_zone text DEFAULT 'UTC', query jsonb DEFAULT '{}', paused boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	eid integer := hub._endpoint_id(endpoint);
+	pname text := coalesce(create_poller.name, endpoint || ':' || message_type);
+	kind text := lower(pagination);
+	id integer;
+	ip jsonpath := hub._poll_path('items_path', items_path);
+	idp jsonpath := hub._poll_path('id_field', id_field);
+	vp jsonpath := hub._poll_path('version_field', version_field);
+	np jsonpath := hub._poll_path('next_path', next_path);
+	hp jsonpath := hub._poll_path('has_more_path', has_more_path);
+BEGIN
+	PERFORM hub._check_setting('name', pname <> '' AND octet_length(pname) <= 200 AND pname !~ '[[:cntrl:]]',
+							   pname, '1 to 200 bytes without control characters');
+	PERFORM hub._check_setting('path', path IS NOT NULL AND octet_length(path) <= 2000 AND path !~ '[[:space:][:cntrl:]#]',
+							   path, 'a URL path (and query) of at most 2000 bytes without spaces or #');
+	PERFORM hub._check_setting('message_type', message_type <> '' AND octet_length(message_type) <= 256,
+							   message_type, '1 to 256 bytes');
+	-- a nats:// endpoint: path names a JetStream stream and durable consumer
+	IF (SELECT e.url ~* '^nats://' FROM hub.endpoints e WHERE e.endpoint_id = eid) THEN
+		PERFORM hub._check_setting('path', path ~ '^[A-Za-z0-9_-]{1,100}/[A-Za-z0-9_-]{1,100}$', path,
+								   'STREAM/DURABLE for a nats:// endpoint: a JetStream stream and durable consumer name, each 1 to 100 letters, digits, _ or -');
+	END IF;
+	PERFORM hub._check_setting('every', every BETWEEN interval '1 second' AND interval '7 days', every::text,
+							   'between 1 second and 7 days');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN interval '10 milliseconds' AND interval '1 day',
+							   retry_base::text, 'between 10 milliseconds and 1 day');
+	PERFORM hub._check_setting('retry_max', retry_max BETWEEN retry_base AND interval '7 days', retry_max::text,
+							   'between retry_base and 7 days');
+	PERFORM hub._check_setting('max_pages', max_pages BETWEEN 1 AND 1000000, max_pages::text, 'between 1 and 1000000');
+	PERFORM hub._check_setting('id_field', id_field IS NOT NULL, id_field, 'a key name or a jsonpath');
+	PERFORM hub._check_setting('pagination', kind IN ('none', 'link_header', 'next_link', 'cursor', 'offset', 'page'),
+							   pagination, 'none, link_header, next_link, cursor, offset or page');
+	PERFORM hub._check_setting('next_path', (next_path IS NOT NULL) = (kind IN ('next_link', 'cursor')), next_path,
+							   'given for next_link and cursor pagination (where the next link or token is), and only then');
+	PERFORM hub._check_setting('has_more_path', has_more_path IS NULL OR kind IN ('cursor', 'offset', 'page'),
+							   has_more_path, 'NULL unless pagination is cursor, offset or page');
+	PERFORM hub._poll_check_param('cursor_param', cursor_param);
+	PERFORM hub._poll_check_param('offset_param', offset_param);
+	PERFORM hub._poll_check_param('limit_param', limit_param);
+	PERFORM hub._poll_check_param('page_param', page_param);
+	PERFORM hub._poll_check_param('since_param', since_param);
+	PERFORM hub._check_setting('cursor_param', kind <> 'cursor' OR cursor_param IS NOT NULL, cursor_param, 'a parameter name');
+	PERFORM hub._check_setting('offset_param', kind <> 'offset' OR offset_param IS NOT NULL, offset_param, 'a parameter name');
+	PERFORM hub._check_setting('page_param', kind <> 'page' OR page_param IS NOT NULL, page_param, 'a parameter name');
+	PERFORM hub._check_setting('page_size',
+							   CASE WHEN kind IN ('offset', 'page') THEN coalesce(page_size, 100) BETWEEN 1 AND 100000
+									ELSE page_size IS NULL OR (page_size BETWEEN 1 AND 100000 AND limit_param IS NOT NULL) END,
+							   page_size::text,
+							   'between 1 and 100000 (for link_header, next_link and cursor only with limit_param)');
+	PERFORM hub._check_setting('first_page', first_page IN (0, 1), first_page::text, '0 or 1');
+	PERFORM hub._check_setting('since_param', since_param IS NULL OR version_field IS NOT NULL, since_param,
+							   'NULL unless version_field names the records'' update time');
+	PERFORM hub._check_setting('lookback', lookback BETWEEN interval '0' AND interval '30 days', lookback::text,
+							   'between 0 and 30 days');
+	PERFORM hub._check_setting('since_format', since_format IN ('iso8601', 'epoch_seconds', 'epoch_millis', 'local'),
+							   since_format, 'iso8601, epoch_seconds, epoch_millis or local');
+	PERFORM hub._check_setting('since_zone', since_zone IS NOT NULL AND since_zone IN (SELECT z.name FROM pg_timezone_names z),
+							   since_zone, 'a time zone name of pg_timezone_names, such as UTC or Europe/Berlin');
+	PERFORM hub._check_setting('query',
+							   jsonb_typeof(query) = 'object'
+							   AND NOT EXISTS (SELECT 1 FROM jsonb_each(query) q
+											   WHERE jsonb_typeof(q.value) NOT IN ('string', 'number', 'boolean')),
+							   left(query::text, 100), 'a JSON object of parameter names and string, number or boolean values');
+	-- (path and query are readable by hub_reader: no credential in them)
+	IF EXISTS (SELECT 1 FROM regexp_matches(path, '[?&;]([^=&#]*)=', 'g') m
+			   WHERE m[1] ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session')
+		OR EXISTS (SELECT 1 FROM jsonb_object_keys(query) k
+				   WHERE k ~* '^(key|sig)$|api[_-]?key|access[_-]?key|secret|token|passw|pwd|signature|auth|credential|session') THEN
+		RAISE EXCEPTION 'a poller''s path and query must not carry credentials'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A query parameter named like a key, token, secret, password, signature or session would be readable by hub_reader.',
+				  HINT = 'Give the endpoint auth_kind and auth_secret (bearer, basic, api_key with api_key_header, oauth2).';
+	END IF;
+	IF EXISTS (SELECT 1 FROM hub.pollers x WHERE x.name = pname) THEN
+		RAISE EXCEPTION 'poller "%" already exists', pname
+			USING ERRCODE = 'duplicate_object', HINT = 'Pass another name, or drop it first with hub.drop_poller().';
+	END IF;
+	INSERT INTO hub.pollers (name, endpoint_id, path, message_type, every, retry_base, retry_max, max_pages,
+							 items_path, id_field, id_path, version_field, version_path, pagination, next_path,
+							 cursor_param, offset_param, limit_param, page_size, has_more_path, page_param, first_page,
+							 since_param, lookback, since_format, since_zone, query, paused, next_run_at)
+	VALUES (pname, eid, path, message_type, every, retry_base, retry_max, max_pages,
+			ip, id_field, idp, version_field, vp, kind, np,
+			CASE WHEN kind = 'cursor' THEN cursor_param END,
+			CASE WHEN kind = 'offset' THEN offset_param END,
+			CASE WHEN kind = 'offset' THEN coalesce(limit_param, 'limit') ELSE limit_param END,
+			CASE WHEN kind IN ('offset', 'page') THEN coalesce(page_size, 100) ELSE page_size END,
+			hp,
+			CASE WHEN kind = 'page' THEN page_param END,
+			CASE WHEN kind = 'page' THEN first_page END,
+			since_param, lookback, since_format, since_zone, query, paused, now())
+	RETURNING poller_id INTO id;
+	PERFORM hub._audit('create_poller', 'poller:' || pname, NULL,
+					   (SELECT jsonb_strip_nulls(jsonb_build_object(
+								'endpoint', endpoint, 'path', x.path, 'message_type', x.message_type,
+								'every', x.every, 'retry_base', x.retry_base, 'retry_max', x.retry_max,
+								'max_pages', x.max_pages, 'items_path', x.items_path, 'id_field', x.id_field,
+								'version_field', x.version_field, 'pagination', x.pagination, 'next_path', x.next_path,
+								'cursor_param', x.cursor_param, 'offset_param', x.offset_param,
+								'limit_param', x.limit_param, 'page_size', x.page_size,
+								'has_more_path', x.has_more_path, 'page_param', x.page_param,
+								'first_page', x.first_page, 'since_param', x.since_param, 'lookback', x.lookback,
+								'since_format', x.since_format, 'since_zone', x.since_zone, 'query', x.query,
+								'paused', x.paused))
+						FROM hub.pollers x WHERE x.poller_id = id));
+	PERFORM hub._wake_at_commit();
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION hub.create_poller(text, text, text, text, interval, interval, interval, integer, text, text, text,
+	text, text, text, text, text, integer, text, text, integer, text, interval, text, text, jsonb, boolean) IS
+'Create a poller reading endpoint URL + path into hub.inbox as message_type, one message per record id and version; every option after message_type by name (README, "Pollers"). It runs at once (at commit) and then every interval. 42704 for an unknown endpoint, 42710 for a name in use, 22023 for an option out of range. Audited. Returns the poller id.';
+
+CREATE FUNCTION hub._nats_pollers(shard integer, nshards integer)
+RETURNS TABLE (poller_id integer, endpoint_id integer, name text, stream text, durable text, message_type text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM hub._poll_check_shard(shard, nshards);
+	RETURN QUERY
+	SELECT x.poller_id, x.endpoint_id, x.name, split_part(x.path, '/', 1), split_part(x.path, '/', 2), x.message_type
+	FROM hub.pollers x
+	JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
+	WHERE NOT x.paused AND e.enabled AND NOT e.paused AND e.url ~* '^nats://'
+		AND e.endpoint_id % nshards = shard
+	ORDER BY x.poller_id;
+END
+$$;
+COMMENT ON FUNCTION hub._nats_pollers(integer, integer) IS
+'API: Private. The pollers reading a NATS JetStream stream (nats:// endpoint, path STREAM/DURABLE) that dispatcher shard of nshards subscribes to: not paused, endpoint enabled and not paused, endpoint_id % nshards = shard (a durable consumer has one subscriber). Read-only.';
+
+/*
+ * _nats_receive --- the messages of one batch of a nats poller into
+ * hub.inbox through hub.receive, each under source 'poll:' || name, as
+ * its message id (Nats-Msg-Id, or stream:sequence), message type (the
+ * Lhub-Event-Type header, or the poller's), correlation and aggregate ids
+ * (Lhub-* headers).  A body that is not UTF-8 JSON is kept as
+ * {"nats_data_base64": ...}.  A message that hub.receive refuses for its
+ * data (22xxx, 54xxx: an id too long, a payload too large) is not stored;
+ * its status says why, and the caller terminates it at the stream (it is
+ * not delivered again) rather than acknowledging it.  Returns one status a
+ * message: new, duplicate, or refused: <message>; the poller's totals and
+ * last run are updated.
+ */
+CREATE FUNCTION hub._nats_receive(poller_id integer, message_ids text[], message_types text[], payloads bytea[],
+		correlation_ids text[], aggregate_ids text[])
+RETURNS text[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p hub.pollers;
+	st text[] := '{}';
+	body jsonb;
+	n_new bigint := 0;
+	n_dup bigint := 0;
+	refused text;
+BEGIN
+	SELECT * INTO p FROM hub.pollers x WHERE x.poller_id = _nats_receive.poller_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'poller % does not exist', _nats_receive.poller_id USING ERRCODE = 'undefined_object';
+	END IF;
+	FOR i IN 1 .. coalesce(cardinality(message_ids), 0) LOOP
+		BEGIN
+			body := convert_from(payloads[i], 'UTF8')::jsonb;
+		EXCEPTION WHEN data_exception OR character_not_in_repertoire OR untranslatable_character THEN
+			body := jsonb_build_object('nats_data_base64', encode(payloads[i], 'base64'));
+		END;
+		BEGIN
+			IF hub.receive('poll:' || p.name, message_ids[i], coalesce(message_types[i], p.message_type), body,
+						   now(), correlation_ids[i], aggregate_ids[i]) THEN
+				st := st || 'new'::text;
+				n_new := n_new + 1;
+			ELSE
+				st := st || 'duplicate'::text;
+				n_dup := n_dup + 1;
+			END IF;
+		EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+			refused := 'refused: ' || SQLERRM;
+			st := st || refused;
+		END;
+	END LOOP;
+	UPDATE hub.pollers x
+	SET total_new = x.total_new + n_new, total_duplicates = x.total_duplicates + n_dup,
+		last_run_at = now(), last_success_at = now(), last_run_new = n_new, last_run_duplicates = n_dup,
+		last_error = refused
+	WHERE x.poller_id = p.poller_id;
+	RETURN st;
+END
+$$;
+COMMENT ON FUNCTION hub._nats_receive(integer, text[], text[], bytea[], text[], text[]) IS
+'API: Private. Store one batch of a nats poller''s messages into hub.inbox (hub.receive, source poll:<name>; a body that is not UTF-8 JSON kept as {"nats_data_base64": ...}); one status a message: new, duplicate, or "refused: <why>" for one hub.receive refuses for its data (22xxx, 54xxx). Updates the poller''s totals and last run.';
+
+REVOKE EXECUTE ON FUNCTION hub._nats_pollers(integer, integer),
+	hub._nats_receive(integer, text[], text[], bytea[], text[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hub._nats_pollers(integer, integer),
+	hub._nats_receive(integer, text[], text[], bytea[], text[], text[]) TO hub_worker;
+
 -- ================================================================ end

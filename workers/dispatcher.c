@@ -93,6 +93,7 @@
 #include "utils/memutils.h"
 
 #include "hub_workers.h"
+#include "nats.h"
 #include "poll.h"
 #include "push.h"
 
@@ -224,6 +225,13 @@ hub_dispatcher_main(Datum arg)
 			hub_poll_record();
 			hub_status_recorded();
 		}
+		/* a NATS stream as a poller source: record, then acknowledge */
+		if (hub_nats_inbound_pending())
+		{
+			hub_nats_inbound_record();
+			hub_status_recorded();
+		}
+		hub_nats_inbound_refresh(false);
 		if (hub_endpoints_throttles_pending())
 			record_throttles();
 
@@ -309,6 +317,7 @@ hub_dispatcher_main(Datum arg)
 				ResetLatch(MyLatch);
 				next_claim = 0; /* woken: a commit published events */
 				hub_poll_wake();	/* or created, resumed or woke a poller */
+				hub_nats_inbound_wake();
 			}
 			else if (events[i].events & WL_SOCKET_READABLE)
 				hub_loop_socket_ready();

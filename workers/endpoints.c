@@ -285,6 +285,7 @@ endpoint_load(HeapTuple tup, TupleDesc desc)
 		if (!isnull && DatumGetTimestampTz(t) > ep->throttled_until)
 			ep->throttled_until = DatumGetTimestampTz(t);
 	}
+	ep->subject_template = hub_spi_text(tup, desc, 18);
 
 	/* the rate window: at most rate_n starts in rate_n / rate seconds */
 	if (ep->rate_limit > 0)

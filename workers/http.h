@@ -104,6 +104,7 @@ typedef struct HubEndpoint
 	HubTransport transport;		/* from the URL's scheme, set at each load */
 	void	   *transport_state;	/* a non-HTTP transport's own (its connection...),
 									 * kept across loads; NULL: none */
+	char	   *subject_template;	/* nats: the subject of an event, NULL: none */
 	int			timeout_ms;
 	int			max_concurrency;	/* this dispatcher's share (0: none) */
 	double		rate_limit;		/* requests per second of that share, 0: none */

@@ -36,7 +36,7 @@ hub_transport_of_url(const char *url)
 static const HubTransportOps *const transports[] = {
 	[HUB_TRANSPORT_HTTP] = NULL,
 	[HUB_TRANSPORT_PG] = &hub_pg_transport_ops,
-	[HUB_TRANSPORT_NATS] = NULL,
+	[HUB_TRANSPORT_NATS] = &hub_nats_transport_ops,
 };
 
 /* hub_transport_ops --- the operations of a transport, NULL for HTTP (or one not built) */

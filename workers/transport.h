@@ -92,5 +92,7 @@ extern void hub_loop_unwatch(int fd);
 /* (each transport declares its ops here; transport.c lists them) */
 extern const HubTransportOps hub_pg_transport_ops;	/* pg_transport.c */
 extern void hub_pg_transport_define_gucs(void);
+extern const HubTransportOps hub_nats_transport_ops;	/* nats_transport.c */
+extern char *hub_nats_subject(const char *template, const char *event_type, const char *aggregate_id);
 
 #endif							/* HUB_TRANSPORT_H */

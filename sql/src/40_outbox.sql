@@ -259,8 +259,12 @@ CREATE TABLE hub.endpoints (
 	circuit_failed_keys bigint[] NOT NULL DEFAULT '{}',
 	circuit_probe_until timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT now(),
-	throttled_until	timestamptz
+	throttled_until	timestamptz,
+	subject_template text CHECK (length(subject_template) <= 200 AND subject_template ~
+		'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$')
 );
+COMMENT ON COLUMN hub.endpoints.subject_template IS
+'nats:// endpoints: the NATS subject of an event, dot-separated tokens each a literal ([A-Za-z0-9_-]) or {event_type} (two tokens, domain.action) or {aggregate_id} (escaped: bytes other than [A-Za-z0-9_-] as %XX, "_" for none); lhub.{event_type}.{aggregate_id} when created without one. NULL for other transports.';
 COMMENT ON COLUMN hub.endpoints.spread IS
 'Shared by every dispatcher (up to max_concurrency of them), each with its share of max_concurrency and rate_limit, so that one high-volume endpoint uses every core; false (the default): one dispatcher, endpoint_id % logistics_hub.dispatchers, with the full limits.';
 COMMENT ON COLUMN hub.endpoints.headers IS 'Fixed extra request headers {"Name": "value"}; readable by hub_reader, so never credentials (auth_kind api_key with api_key_header keeps a key header among the secrets).';

@@ -52,7 +52,7 @@ CREATE FUNCTION hub.create_endpoint(name text, url text, kind text DEFAULT 'othe
 		auth_kind text DEFAULT 'none', auth_secret text DEFAULT NULL,
 		api_key_header text DEFAULT NULL, oauth2_token_url text DEFAULT NULL,
 		oauth2_client_id text DEFAULT NULL, oauth2_client_secret text DEFAULT NULL,
-		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}')
+		signing_secret text DEFAULT NULL, headers jsonb DEFAULT '{}', subject text DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -81,6 +81,16 @@ BEGIN
 			HINT = 'A Standard Webhooks secret is whsec_ followed by base64.';
 	END IF;
 	PERFORM hub._check_credentials(name, auth_secret, oauth2_client_id, oauth2_client_secret);
+	IF url ~* '^nats://' THEN
+		subject := coalesce(subject, 'lhub.{event_type}.{aggregate_id}');
+		PERFORM hub._check_setting('subject', length(subject) <= 200 AND subject ~
+			'^([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\})(\.([A-Za-z0-9_-]+|\{event_type\}|\{aggregate_id\}))*$',
+			subject, 'at most 200 characters of dot-separated tokens, each letters, digits, _ and - or {event_type} or {aggregate_id}');
+		PERFORM hub._check_setting('auth_kind', auth_kind IN ('none', 'bearer', 'basic'), auth_kind,
+								   'none, bearer (a NATS token) or basic (user:password) for a nats:// endpoint');
+	ELSIF subject IS NOT NULL THEN
+		RAISE EXCEPTION 'only a nats:// endpoint has a subject' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	PERFORM hub._check_setting('timeout_ms', timeout_ms BETWEEN 100 AND 600000, timeout_ms::text,
 							   'between 100 and 600000 (milliseconds)');
 	PERFORM hub._check_setting('max_concurrency', max_concurrency BETWEEN 1 AND 1000, max_concurrency::text,
@@ -88,9 +98,9 @@ BEGIN
 	PERFORM hub._check_setting('rate_limit', rate_limit IS NULL OR rate_limit BETWEEN 0.001 AND 100000,
 							   rate_limit::text, 'NULL (no limit) or between 0.001 and 100000 requests a second');
 	INSERT INTO hub.endpoints (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
-							   auth_kind, api_key_header, oauth2_token_url, headers)
+							   auth_kind, api_key_header, oauth2_token_url, headers, subject_template)
 	VALUES (name, url, kind, timeout_ms, max_concurrency, rate_limit, allow_redirects,
-			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'))
+			auth_kind, api_key_header, oauth2_token_url, coalesce(headers, '{}'), subject)
 	RETURNING endpoint_id INTO id;
 	-- sealed (hub._seal, 55_secrets.sql): only ciphertext reaches the table
 	INSERT INTO hub._endpoint_secrets (endpoint_id, auth_secret, oauth2_client_id, oauth2_client_secret, signing_secrets)
@@ -100,8 +110,8 @@ BEGIN
 	RETURN id;
 END
 $$;
-COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb) IS
-'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list; everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
+COMMENT ON FUNCTION hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text) IS
+'Register a receiver: an http(s):// URL, a postgresql:// URI of a central hub (its password as auth_secret) or a nats:// server list (NATS JetStream: subject names the subject template, default lhub.{event_type}.{aggregate_id}; auth_kind bearer is a token, basic user:password); everything after kind is optional and passed by name. Secrets are sealed (55000 when no secret key is loaded) into a table only hub_admin can read. Returns the endpoint id.';
 
 -- the endpoint's id, or 42704 naming it
 CREATE FUNCTION hub._endpoint_id(endpoint text) RETURNS integer
@@ -1111,7 +1121,7 @@ GRANT SELECT ON hub.outbox, hub.event_types, hub.endpoints, hub.subscriptions, h
 GRANT SELECT, INSERT, UPDATE, DELETE ON hub.event_types TO hub_admin;
 GRANT SELECT ON hub._endpoint_secrets TO hub_admin;
 GRANT EXECUTE ON FUNCTION
-	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb),
+	hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text),
 	hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer),
 	hub.pause_endpoint(text, text), hub.resume_endpoint(text, text), hub.skip_delivery(bigint, text),
 	hub.replay(bigint, text), hub.replay_delivery(bigint, text)

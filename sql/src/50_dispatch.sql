@@ -125,7 +125,7 @@ RETURNS TABLE (endpoint_id integer, url text, timeout_ms integer, max_concurrenc
 			   rate_limit float8, allow_redirects boolean, auth_kind text, api_key_header text,
 			   oauth2_token_url text, headers text[], auth_secret bytea, oauth2_client_id bytea,
 			   oauth2_client_secret bytea, signing_secrets bytea[], usable boolean, usable_again timestamptz,
-			   throttled_until timestamptz)
+			   throttled_until timestamptz, subject_template text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -142,7 +142,7 @@ AS $$
 		   x.auth_secret, x.oauth2_client_id, x.oauth2_client_secret, coalesce(x.signing_secrets, '{}'),
 		   e.enabled AND NOT e.paused AND e.circuit_state <> 'open',
 		   CASE WHEN e.circuit_state = 'open' THEN e.circuit_opened_at + e.circuit_cooloff ELSE now() END,
-		   e.throttled_until
+		   e.throttled_until, e.subject_template
 	FROM hub.endpoints e
 	LEFT JOIN hub._endpoint_secrets x ON x.endpoint_id = e.endpoint_id
 	WHERE e.endpoint_id = ANY (ids)

@@ -560,6 +560,7 @@ BEGIN
 			AND (e.throttled_until IS NULL OR e.throttled_until <= now())
 			AND (x.lease IS NULL OR x.lease_until < now())
 			AND (e.spread OR e.endpoint_id % nshards = shard)
+			AND e.url !~* '^nats://'	-- (a nats source: subscribed, hub._nats_pollers)
 		ORDER BY x.next_run_at, x.poller_id
 		LIMIT max
 		FOR UPDATE OF x SKIP LOCKED
@@ -1056,7 +1057,7 @@ BEGIN
 			FROM hub.pollers x
 			JOIN hub.endpoints e ON e.endpoint_id = x.endpoint_id
 			WHERE NOT x.paused AND e.enabled AND NOT e.paused
-				AND (e.spread OR e.endpoint_id % nshards = shard));
+				AND (e.spread OR e.endpoint_id % nshards = shard) AND e.url !~* '^nats://');
 END
 $$;
 COMMENT ON FUNCTION hub._poll_next_due(integer, integer) IS
@@ -1183,6 +1184,11 @@ BEGIN
 							   path, 'a URL path (and query) of at most 2000 bytes without spaces or #');
 	PERFORM hub._check_setting('message_type', message_type <> '' AND octet_length(message_type) <= 256,
 							   message_type, '1 to 256 bytes');
+	-- a nats:// endpoint: path names a JetStream stream and durable consumer
+	IF (SELECT e.url ~* '^nats://' FROM hub.endpoints e WHERE e.endpoint_id = eid) THEN
+		PERFORM hub._check_setting('path', path ~ '^[A-Za-z0-9_-]{1,100}/[A-Za-z0-9_-]{1,100}$', path,
+								   'STREAM/DURABLE for a nats:// endpoint: a JetStream stream and durable consumer name, each 1 to 100 letters, digits, _ or -');
+	END IF;
 	PERFORM hub._check_setting('every', every BETWEEN interval '1 second' AND interval '7 days', every::text,
 							   'between 1 second and 7 days');
 	PERFORM hub._check_setting('retry_base', retry_base BETWEEN interval '10 milliseconds' AND interval '1 day',

@@ -10,7 +10,8 @@
  * readable, not writable, by hub_admin (hub._endpoint_secrets).
  */
 GRANT UPDATE (url, kind, enabled, timeout_ms, max_concurrency, rate_limit, allow_redirects, auth_kind,
-			  api_key_header, oauth2_token_url, headers, circuit_failure_threshold, circuit_cooloff, spread)
+			  api_key_header, oauth2_token_url, headers, circuit_failure_threshold, circuit_cooloff, spread,
+			  subject_template)
 	ON hub.endpoints TO hub_admin;
 GRANT EXECUTE ON FUNCTION hub._egress_check(text) TO hub_admin;
 

@@ -31,7 +31,10 @@ CLUSTER_USER=lhub
 # the benchmark), pgTAP and pg_prove, IPC::Run for TAP crash tests, nginx and
 # wrk for HTTP benchmarks, python3 for the loopback test receiver, clang-14
 # and its sanitizer/libFuzzer runtime for the parser fuzz test, openssl for
-# the HTTPS receiver's test certificate, libsodium for sealed secrets.
+# the HTTPS receiver's test certificate, libsodium for sealed secrets,
+# nats-server (the NATS JetStream broker the nats transport's tests start as
+# three-node clusters on loopback) and libnats-dev (its C client, linked by
+# the extension's nats transport, the test tool and the benchmark).
 LH_PACKAGES=(
 	build-essential
 	postgresql-$PG_MAJOR
@@ -52,6 +55,8 @@ LH_PACKAGES=(
 	wrk
 	util-linux
 	openssl
+	nats-server
+	libnats-dev
 	# test/scripts/metrics_exporter.sh: promtool checks hub.metrics(), and
 	# the exporter scrapes the hub through sql/postgres_exporter.yml (their
 	# services are kept from starting and from starting at boot: below)
@@ -82,6 +87,13 @@ lh_install_packages()
 	mkdir -p /etc/postgresql-common/createcluster.d
 	[ -f /etc/postgresql-common/createcluster.d/50-logistics-hub.conf ] ||
 		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/50-logistics-hub.conf
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# nats-server's package enables a service (127.0.0.1:4222 in its
+	# /etc/nats-server.conf); the tests start their own servers, so none
+	# runs on a machine where systemd would start it.
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now nats-server >/dev/null 2>&1 || true
+	fi
 	# prometheus and prometheus-postgres-exporter come with services that
 	# would listen on every address (:9090, :9187); the tests run their own
 	# exporter on 127.0.0.1 only.  A policy-rc.d refusing every start keeps

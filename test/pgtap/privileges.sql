@@ -157,7 +157,7 @@ SELECT ok(NOT has_table_privilege('hub_worker', 'hub.outbox', 'INSERT')
 		  AND NOT has_column_privilege('hub_worker', 'hub.endpoints', 'paused', 'UPDATE')
 		  AND has_column_privilege('hub_worker', 'hub.endpoints', 'circuit_state', 'UPDATE'),
 	'hub_worker publishes nothing and changes no configuration: of an endpoint, only the circuit');
-SELECT ok(NOT has_function_privilege('hub_worker', 'hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb)', 'EXECUTE')
+SELECT ok(NOT has_function_privilege('hub_worker', 'hub.create_endpoint(text, text, text, integer, integer, numeric, boolean, text, text, text, text, text, text, text, jsonb, text)', 'EXECUTE')
 		  AND NOT has_function_privilege('hub_worker', 'hub.set_endpoint_credentials(text, text, text, text, text)', 'EXECUTE')
 		  AND has_function_privilege('hub_worker', 'hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint)', 'EXECUTE'),
 	'hub_worker runs the queue''s functions, not the operators''');
