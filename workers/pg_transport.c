@@ -416,10 +416,13 @@ conn_open(PgConn *pc, const char *addr, char **error)
 	}
 	/*
 	 * a call is acknowledged only once durable at the central hub: the site
-	 * then marks the event delivered, and a central crash must not lose it
+	 * then marks the event delivered, and a central crash must not lose it;
+	 * and the relay's statement resolves no name through a schema of the
+	 * central role's search_path (every name it uses is qualified anyway)
 	 */
 	keys[n] = "options";
-	vals[n++] = psprintf("-c statement_timeout=%d -c synchronous_commit=on", ep->timeout_ms);
+	vals[n++] = psprintf("-c statement_timeout=%d -c synchronous_commit=on -c search_path=pg_catalog",
+						 ep->timeout_ms);
 	keys[n] = "fallback_application_name";
 	vals[n++] = psprintf("logistics_hub relay %s", hub_worker_name);
 	keys[n] = NULL;

@@ -40,6 +40,8 @@ SELECT throws_ok($$SELECT hub._seal(1, 'url', 'x')$$, '22023', '"url" is not a s
 SELECT is_empty($$
 	SELECT p.oid::regprocedure::text FROM pg_proc p
 	WHERE p.pronamespace = 'hub'::regnamespace AND p.proname <> 'sealed_key_id'
+		-- (its bytea are NATS message bodies, stored as JSON; it returns their statuses)
+		AND p.oid <> 'hub._nats_receive(integer, text[], text[], bytea[], text[], text[])'::regprocedure
 		AND ('bytea'::regtype = ANY (p.proargtypes::regtype[]) OR 'bytea[]'::regtype = ANY (p.proargtypes::regtype[]))
 		AND p.prorettype IN ('text'::regtype, 'text[]'::regtype, 'cstring'::regtype)
 $$, 'no SQL function turns a sealed value into text (nothing opens a secret in SQL)');

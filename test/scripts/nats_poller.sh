@@ -23,7 +23,8 @@
 source test/receiver/push_lib.sh
 source test/nats/cluster.sh
 export PGOPTIONS="-c synchronous_commit=local"
-NATS_BASE=${LH_NATS_TEST_BASE2:-61450}
+# (ports of its own, from the test cluster's port like the other scripts)
+NATS_BASE=${LH_NATS_TEST_BASE2:-$((PGPORT + 330))}
 push_setup nats-poller 122
 NATS_DIR=$LH_CLUSTER_DIR/nats
 trap 'lh_nats_stop; push_cleanup' EXIT
