@@ -46,7 +46,12 @@ now() { date +%s.%N; }
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION logistics_hub" >/dev/null
 
 lh_nats_start "$WORK/nats" "$NATS_BASE"
-"$LH_NATS_TOOL" stream "$LH_NATS_URLS" LHUB 'lhub.>' 3
+# (the cluster may still be electing its meta leader: "no suitable peers")
+for try in $(seq 30); do
+	"$LH_NATS_TOOL" stream "$LH_NATS_URLS" LHUB 'lhub.>' 3 && break
+	[ "$try" = 30 ] && exit 1
+	sleep 1
+done
 cc -O2 -Wall -Werror -o "$WORK/nats_publish" test/bench/nats_publish.c -lnats
 echo "machine: $(nproc) cores, $(uname -r), $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /')," \
 	"nats-server $(nats-server --version | sed 's/^nats-server: v//'), libnats $(dpkg-query -W -f='${Version}' libnats-dev)"
