@@ -376,7 +376,7 @@ connected(NatsConnect *k)
 	foreach(lc, waiting)
 	{
 		HubRequest *req = (HubRequest *) lfirst(lc);
-		char	   *perror = NULL;
+		char	   *why = NULL;
 
 		c->in_flight--;
 		if (error != NULL)
@@ -386,8 +386,8 @@ connected(NatsConnect *k)
 		}
 		else if (c->ep == NULL)
 			not_sent(req, NULL, false); /* (retired: settings changed) */
-		else if (!publish(req, c, &perror))
-			not_sent(req, perror, false);
+		else if (!publish(req, c, &why))
+			not_sent(req, why, false);
 	}
 	list_free(waiting);
 	if (error == NULL)
