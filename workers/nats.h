@@ -18,6 +18,7 @@
 
 #include "http.h"
 #include "lib/ilist.h"
+#include "nodes/pg_list.h"
 
 /* an endpoint's connection (HubEndpoint.transport_state) */
 typedef struct NatsConn
@@ -25,10 +26,14 @@ typedef struct NatsConn
 	dlist_node	node;			/* in the list of connections */
 	HubEndpoint *ep;			/* NULL once retired (settings changed) */
 	char	   *key;			/* URL, auth kind and secret it was made with */
-	natsConnection *nc;
+	natsConnection *nc;			/* NULL while connecting */
 	jsCtx	   *js;
-	int			in_flight;		/* publishes not answered yet */
+	bool		connecting;		/* its connect thread runs (nc, js not set) */
+	List	   *waiting;		/* of HubRequest *: started while connecting */
+	int			in_flight;		/* requests not answered yet (waiting too) */
 	int			subscriptions;	/* poller sources subscribed through it */
+	bool		published;		/* an async publish went through: libnats'
+								 * reply subscription (and its thread) exist */
 	/* written by libnats threads: times the connection was lost */
 	volatile uint32 disconnects;
 } NatsConn;

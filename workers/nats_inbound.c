@@ -155,7 +155,8 @@ unsubscribe(NatsSource *s)
 
 /*
  * subscribe --- bind to the source's durable consumer, created first when
- * missing; false with *error
+ * missing; false with *error, or with *error NULL while the endpoint's
+ * connection is still being made
  */
 static bool
 subscribe(NatsSource *s, HubEndpoint *ep, char **error)
@@ -168,6 +169,12 @@ subscribe(NatsSource *s, HubEndpoint *ep, char **error)
 
 	if (c == NULL)
 		return false;
+	if (c->connecting)
+	{
+		/* (tried again once connected: the loop is woken then) */
+		*error = NULL;
+		return false;
+	}
 	hub_nats_block_signals();
 	st = js_GetConsumerInfo(&ci, c->js, s->stream, s->durable, NULL, &jerr);
 	if (st == NATS_NOT_FOUND)
@@ -342,7 +349,7 @@ hub_nats_inbound_refresh(bool now_asked)
 			unsubscribe(s);		/* (its URL or credentials changed) */
 		if (s->sub != NULL || now < s->retry_at || ep->transport != HUB_TRANSPORT_NATS || !ep->usable)
 			continue;
-		if (!subscribe(s, ep, &error))
+		if (!subscribe(s, ep, &error) && error != NULL)
 		{
 			ereport(WARNING,
 					(errmsg("logistics_hub %s: nats poller \"%s\" could not subscribe: %s",

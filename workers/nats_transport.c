@@ -9,7 +9,10 @@
  * Per dispatcher, one connection per nats endpoint (made at the first
  * request, kept across loads while the URL and credentials stay the same),
  * to the servers of the URL tried in the order given, reconnecting for
- * ever; servers that the cluster advertises are ignored, so only the
+ * ever.  The connect runs in a thread of its own (connect_thread), its
+ * outcome handed to the loop like an acknowledgement; the endpoint's
+ * requests started meanwhile wait for it, in flight, and are published,
+ * or fail with its error (connected).  Servers that the cluster advertises are ignored, so only the
  * listed, egress-checked ones are ever reached.  Host names are resolved
  * here and every address is checked against logistics_hub.egress_allow
  * before the client gets it (as a literal address).  Credentials: auth_kind
@@ -35,7 +38,10 @@
  * list on its own thread (drain) and reports each request with
  * hub_send_complete.  Every libnats call that may start a thread runs with
  * every signal blocked, so that PostgreSQL's handlers only ever run on the
- * worker's thread.
+ * worker's thread (of the publishes, only the first that succeeds on a
+ * connection: it creates the acknowledgements' subscription; the
+ * reconnecting thread is started by libnats' own threads, whose signals
+ * are blocked from the start).
  *
  * The same connection and hand-over serve a stream as a poller source
  * (nats_inbound.c, nats.h): a message of its subscription is queued like
@@ -101,7 +107,28 @@ typedef struct NatsDone
 	natsStatus	err;
 	int			err_code;		/* jsErrCode */
 	char		err_text[256];
+	struct NatsConnect *connect;	/* non-NULL: a connect thread's outcome */
 } NatsDone;
+
+/*
+ * a connection being made by a thread of its own (malloc'd): what the
+ * thread reads (opts, timeout_ms) and writes (nc, js, status); the worker's
+ * thread reads the rest once the outcome came through the list (done,
+ * allocated beforehand so that the outcome cannot be lost)
+ */
+typedef struct NatsConnect
+{
+	NatsConn   *conn;			/* (the worker's: never read by the thread) */
+	natsOptions *opts;
+	int			timeout_ms;
+	natsConnection *nc;
+	jsCtx	   *js;
+	natsStatus	status;
+	char		error_text[256];
+	NatsDone   *done;
+} NatsConnect;
+
+static bool publish(HubRequest *req, NatsConn *c, char **error);
 
 static dlist_head conns = DLIST_STATIC_INIT(conns);
 static HTAB *pending = NULL;
@@ -190,6 +217,40 @@ on_disconnected(natsConnection *nc, void *closure)
 	__atomic_add_fetch(&c->disconnects, 1, __ATOMIC_SEQ_CST);
 }
 
+/*
+ * connect_thread --- connect to the servers, tried in order (each for at
+ * most the connect timeout), and open the JetStream context; the outcome
+ * goes to the worker's loop like an acknowledgement.  Started with every
+ * signal blocked, so libnats' threads it starts inherit that.
+ */
+static void *
+connect_thread(void *arg)
+{
+	NatsConnect *k = (NatsConnect *) arg;
+	jsOptions	jo;
+
+	k->status = natsConnection_Connect(&k->nc, k->opts);
+	if (k->status == NATS_OK)
+	{
+		jsOptions_Init(&jo);
+		jo.Wait = k->timeout_ms;
+		jo.PublishAsync.AckHandler = on_ack;
+		jo.PublishAsync.MaxPending = 0; /* (the engine limits what is in flight) */
+		k->status = natsConnection_JetStream(&k->js, k->nc, &jo);
+	}
+	if (k->status != NATS_OK)
+	{
+		strlcpy(k->error_text, natsStatus_GetText(k->status), sizeof(k->error_text));
+		natsConnection_Destroy(k->nc);
+		k->nc = NULL;
+	}
+	natsOptions_Destroy(k->opts);
+	k->opts = NULL;
+	k->done->connect = k;
+	note_done(k->done);
+	return NULL;
+}
+
 /* ---- on the worker's thread */
 
 /*
@@ -259,6 +320,81 @@ hub_nats_subject(const char *template, const char *event_type, const char *aggre
 	return s.data;
 }
 
+/* a request that was not sent: given back (no attempt), or failed */
+static void
+not_sent(HubRequest *req, char *error, bool counted)
+{
+	HubOutcome	o;
+
+	memset(&o, 0, sizeof(o));
+	o.retry_after_s = -1;
+	o.latency_ms = (int) ((GetCurrentTimestamp() - req->started_at) / 1000);
+	o.error = error;
+	o.given_back = error == NULL;
+	o.back_at = GetCurrentTimestamp();
+	o.counted = counted;
+	hub_send_complete(req, &o);
+}
+
+/*
+ * connected --- a connect thread is done: the requests that waited for it
+ * are published, or each fails with the connect's error (one failure for
+ * the circuit), or, when the endpoint's settings changed meanwhile, are
+ * given back; a failed connection is dropped (the next request makes a new
+ * one)
+ */
+static void
+connected(NatsConnect *k)
+{
+	NatsConn   *c = k->conn;
+	List	   *waiting = c->waiting;
+	char	   *error = NULL;
+	bool		counted = false;
+	ListCell   *lc;
+
+	c->connecting = false;
+	c->waiting = NIL;
+	if (k->status == NATS_OK)
+	{
+		c->nc = k->nc;
+		c->js = k->js;
+	}
+	else
+	{
+		error = psprintf("NATS connect: %s", k->error_text);
+		if (c->ep != NULL)
+		{
+			if (waiting == NIL)
+				ereport(WARNING,
+						(errmsg("logistics_hub %s: could not connect to the NATS servers of endpoint %d: %s",
+								hub_worker_name, c->ep->endpoint_id, k->error_text)));
+			c->ep->transport_state = NULL;
+			c->ep = NULL;
+		}
+	}
+	free(k);
+	foreach(lc, waiting)
+	{
+		HubRequest *req = (HubRequest *) lfirst(lc);
+		char	   *why = NULL;
+
+		c->in_flight--;
+		if (error != NULL)
+		{
+			not_sent(req, pstrdup(error), counted);
+			counted = true;
+		}
+		else if (c->ep == NULL)
+			not_sent(req, NULL, false); /* (retired: settings changed) */
+		else if (!publish(req, c, &why))
+			not_sent(req, why, false);
+	}
+	list_free(waiting);
+	if (error == NULL)
+		hub_nats_inbound_wake();	/* (poller sources may subscribe now) */
+	hub_nats_release(c);
+}
+
 /* the eventfd is readable: every result in, each to its request */
 static void
 drain(int fd, uint32 events, void *arg)
@@ -279,6 +415,13 @@ drain(int fd, uint32 events, void *arg)
 		NatsDone   *next = d->next;
 		NatsPending *p;
 
+		if (d->connect != NULL)
+		{
+			connected(d->connect);
+			free(d);
+			d = next;
+			continue;
+		}
 		if (d->poller_id > 0)
 		{
 			/* (the message is the poller source's now) */
@@ -462,8 +605,9 @@ server_list(const char *url, char **servers, int *n, char **error)
 }
 
 /*
- * hub_nats_connection --- the endpoint's connection, made now if needed;
- * NULL with *error
+ * hub_nats_connection --- the endpoint's connection, started now if needed
+ * (connecting: nc and js are set once its thread is done, see connected);
+ * NULL with *error when it cannot even be started
  */
 NatsConn *
 hub_nats_connection(HubEndpoint *ep, char **error)
@@ -472,8 +616,11 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 	char	   *servers[NATS_MAX_SERVERS];
 	int			nservers;
 	natsOptions *opts = NULL;
-	jsOptions	jo;
+	NatsConnect *k;
+	pthread_attr_t attr;
+	pthread_t	thread;
 	natsStatus	s;
+	int			rc = 0;
 
 	if (c != NULL)
 		return c;
@@ -488,6 +635,14 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 		return NULL;
 
 	c = MemoryContextAllocZero(TopMemoryContext, sizeof(NatsConn));
+	k = calloc(1, sizeof(NatsConnect));
+	if (k == NULL || (k->done = calloc(1, sizeof(NatsDone))) == NULL)
+	{
+		free(k);
+		pfree(c);
+		*error = pstrdup("NATS connect: out of memory");
+		return NULL;
+	}
 	hub_nats_block_signals();
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
@@ -519,30 +674,41 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 		memset(user, 0, strlen(user) + (colon ? strlen(colon + 1) + 1 : 0));
 		pfree(user);
 	}
-	if (s == NATS_OK)
-		s = natsConnection_Connect(&c->nc, opts);
+
+	/*
+	 * The connect (up to the connect timeout per server, more than a second
+	 * each for a server that does not answer) runs in a thread of its own,
+	 * so that the loop goes on serving the other endpoints meanwhile; the
+	 * thread inherits the blocked signals.  (libnats' own retry on a failed
+	 * connect, natsOptions_SetRetryOnFailedConnect, still makes the first
+	 * pass over the servers in the caller's thread.)
+	 */
 	if (s == NATS_OK)
 	{
-		jsOptions_Init(&jo);
-		jo.Wait = ep->timeout_ms;
-		jo.PublishAsync.AckHandler = on_ack;
-		jo.PublishAsync.MaxPending = 0; /* (the engine limits what is in flight) */
-		s = natsConnection_JetStream(&c->js, c->nc, &jo);
-	}
-	natsOptions_Destroy(opts);
-	hub_nats_restore_signals();
-	if (s != NATS_OK)
-	{
-		*error = nats_error("connect", s);
-		if (c->nc != NULL)
+		k->conn = c;
+		k->opts = opts;
+		k->timeout_ms = ep->timeout_ms;
+		rc = pthread_attr_init(&attr);
+		if (rc == 0)
 		{
-			hub_nats_block_signals();
-			natsConnection_Destroy(c->nc);
-			hub_nats_restore_signals();
+			rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+			if (rc == 0)
+				rc = pthread_create(&thread, &attr, connect_thread, k);
+			pthread_attr_destroy(&attr);
 		}
+	}
+	hub_nats_restore_signals();
+	if (s != NATS_OK || rc != 0)
+	{
+		*error = s != NATS_OK ? nats_error("connect", s) :
+			psprintf("NATS connect: could not start a thread: %s", strerror(rc));
+		natsOptions_Destroy(opts);
+		free(k->done);
+		free(k);
 		pfree(c);
 		return NULL;
 	}
+	c->connecting = true;
 	c->ep = ep;
 	c->key = conn_key(ep);
 	dlist_push_tail(&conns, &c->node);
@@ -565,12 +731,13 @@ retire(HubEndpoint *ep)
 
 /*
  * hub_nats_release --- close a retired connection once nothing uses it (no
- * publish waiting for its answer, no poller source subscribed)
+ * publish waiting for its answer, no poller source subscribed, its connect
+ * thread done)
  */
 void
 hub_nats_release(NatsConn *c)
 {
-	if (c->ep != NULL || c->in_flight > 0 || c->subscriptions > 0)
+	if (c->ep != NULL || c->in_flight > 0 || c->subscriptions > 0 || c->connecting)
 		return;
 	dlist_delete(&c->node);
 	hub_nats_block_signals();
@@ -581,11 +748,28 @@ hub_nats_release(NatsConn *c)
 	pfree(c);
 }
 
+/* request_event --- the request's event, when it is one a nats endpoint takes */
 static bool
-nats_start(HubRequest *req, char **error)
+request_event(HubRequest *req, HubPushEvent *ev, char **error)
+{
+	if (!hub_push_request_event(req, ev))
+	{
+		*error = pstrdup("a nats endpoint only receives pushed events (a NATS stream is read by a nats poller source)");
+		return false;
+	}
+	if (ev->batch)
+	{
+		*error = pstrdup("a nats endpoint takes one event a message: use body_format event or cloudevents");
+		return false;
+	}
+	return true;
+}
+
+/* publish --- a request's event into the stream of a connected c */
+static bool
+publish(HubRequest *req, NatsConn *c, char **error)
 {
 	HubPushEvent ev;
-	NatsConn   *c;
 	natsMsg    *msg = NULL;
 	natsMsg    *key;
 	NatsPending *p;
@@ -593,17 +777,7 @@ nats_start(HubRequest *req, char **error)
 	natsStatus	s;
 	const char *template;
 
-	if (!hub_push_request_event(req, &ev))
-	{
-		*error = pstrdup("a nats endpoint only receives pushed events (a NATS stream is read by a nats poller source)");
-		return false;
-	}
-	if (ev.batch)
-	{
-		*error = pstrdup("a nats endpoint takes one event a message: use body_format event or cloudevents");
-		return false;
-	}
-	if ((c = hub_nats_connection(req->ep, error)) == NULL)
+	if (!request_event(req, &ev, error))
 		return false;
 	template = req->ep->subject_template ? req->ep->subject_template : "lhub.{event_type}.{aggregate_id}";
 
@@ -631,9 +805,20 @@ nats_start(HubRequest *req, char **error)
 	p->req = req;
 	p->conn = c;
 	p->disconnects = __atomic_load_n(&c->disconnects, __ATOMIC_SEQ_CST);
-	hub_nats_block_signals();
+
+	/*
+	 * Only the first publish that goes through starts a thread (libnats'
+	 * subscription for the acknowledgements; its timers' thread runs since
+	 * nats_Open): later ones skip the two system calls of the signal mask.
+	 */
+	if (!c->published)
+		hub_nats_block_signals();
 	s = js_PublishMsgAsync(c->js, &msg, &po);
-	hub_nats_restore_signals();
+	if (!c->published)
+	{
+		hub_nats_restore_signals();
+		c->published = s == NATS_OK;
+	}
 	if (s != NATS_OK)
 	{
 		hash_search(pending, &key, HASH_REMOVE, NULL);
@@ -641,6 +826,29 @@ nats_start(HubRequest *req, char **error)
 		*error = nats_error("publish", s);
 		return false;
 	}
+	c->in_flight++;
+	return true;
+}
+
+/*
+ * nats_start --- publish the request, or, while its connection is being
+ * made, keep it until then (in flight meanwhile: it holds its place in the
+ * endpoint's concurrency)
+ */
+static bool
+nats_start(HubRequest *req, char **error)
+{
+	NatsConn   *c;
+	HubPushEvent ev;
+	MemoryContext old;
+
+	if (!request_event(req, &ev, error) || (c = hub_nats_connection(req->ep, error)) == NULL)
+		return false;
+	if (!c->connecting)
+		return publish(req, c, error);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	c->waiting = lappend(c->waiting, req);
+	MemoryContextSwitchTo(old);
 	c->in_flight++;
 	return true;
 }
@@ -691,6 +899,13 @@ nats_endpoint_dropped(HubEndpoint *ep)
 		c->in_flight--;
 		hub_send_complete(req, &o);
 	}
+	foreach(lc, c->waiting)
+	{
+		c->in_flight--;
+		not_sent((HubRequest *) lfirst(lc), NULL, false);
+	}
+	list_free(c->waiting);
+	c->waiting = NIL;
 	retire(ep);
 }
 
@@ -709,8 +924,12 @@ nats_abort_all(void)
 		NatsConn   *c = dlist_container(NatsConn, node, it.cur);
 
 		dlist_delete(&c->node);
-		jsCtx_Destroy(c->js);
-		natsConnection_Destroy(c->nc);
+		/* (one still connecting is its thread's until the process ends) */
+		if (!c->connecting)
+		{
+			jsCtx_Destroy(c->js);
+			natsConnection_Destroy(c->nc);
+		}
 		if (c->ep != NULL)
 			c->ep->transport_state = NULL;
 	}
