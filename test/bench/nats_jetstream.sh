@@ -18,7 +18,7 @@
 # of the ceiling.
 # Sizes: LH_BENCH_EVENTS (50000), LH_BENCH_KEYS (1000), LH_BENCH_CONNS
 # (logistics_hub.max_in_flight and the ceiling's pending limit, 256).
-# NATS nodes on 127.0.0.1 ports LH_BENCH_NATS_BASE (61440) .. +22.
+# NATS nodes on 127.0.0.1 ports LH_BENCH_NATS_BASE (the cluster's port + 400) .. +22.
 # LH_BENCH_VARIANTS: which of "per_key none group" to run (all three);
 # LH_BENCH_PERF=DIR: a perf profile of the dispatcher per variant in DIR.
 source "$(dirname "$0")/../harness/lib.sh"
@@ -28,7 +28,7 @@ PORT=${LH_BENCH_PORT:-54356}
 EVENTS=${LH_BENCH_EVENTS:-50000}
 KEYS=${LH_BENCH_KEYS:-1000}
 CONNS=${LH_BENCH_CONNS:-256}
-NATS_BASE=${LH_BENCH_NATS_BASE:-61440}
+NATS_BASE=${LH_BENCH_NATS_BASE:-$((PORT + 400))}
 WORK=$(mktemp -d)
 cleanup() {
 	lh_nats_stop
