@@ -99,7 +99,12 @@ lh_nats_client_node()
 	local i
 	for i in 1 2 3; do
 		[ "${LH_NATS_PIDS[$i]}" != 0 ] || continue
-		if curl -s --max-time 2 "http://127.0.0.1:$((LH_NATS_BASE + 19 + i))/connz" | grep -q "\"name\": \"$1\""; then
+		# (python3, not curl: a fresh machine has no curl, the harness python3)
+		if python3 -c 'import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())
+except OSError:
+    pass' "http://127.0.0.1:$((LH_NATS_BASE + 19 + i))/connz" | grep -q "\"name\": \"$1\""; then
 			echo "$i"
 			return 0
 		fi

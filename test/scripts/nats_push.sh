@@ -21,7 +21,7 @@ source test/nats/cluster.sh
 # (ports of its own, from the test cluster's port like the other scripts: runs of
 # other checkouts, with another LH_TEST_PORT, never collide)
 NATS_BASE=${LH_NATS_TEST_BASE:-$((PGPORT + 300))}
-push_setup nats-push 121 "logistics_hub.max_in_flight = 256" "logistics_hub.lease_seconds = 30"
+push_setup nats-push 121 "logistics_hub.max_in_flight = 256"
 NATS_DIR=$LH_CLUSTER_DIR/nats
 trap 'lh_nats_stop; push_cleanup' EXIT
 lh_nats_start "$NATS_DIR" "$NATS_BASE"
