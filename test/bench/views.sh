@@ -133,7 +133,7 @@ BEGIN
 		END LOOP;
 	END LOOP;
 END \$\$;
-SELECT format('machine: %s', '$(nproc) cores (shared with other work), PostgreSQL $($PG_BIN/postgres --version | awk '{print $3}'), fsync = on');
+SELECT format('machine: %s', '$(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) before, PostgreSQL $($PG_BIN/postgres --version | awk '{print $3}'), fsync = on');
 SELECT format('%s entities, %s entity_system_state rows, %s history rows, %s deliveries, %s attempts in %s partitions',
 	(SELECT count(*) FROM hub.entity_state), (SELECT count(*) FROM hub.entity_system_state),
 	(SELECT count(*) FROM hub.status_history), (SELECT count(*) FROM hub.deliveries), (SELECT count(*) FROM hub.attempts),

@@ -115,7 +115,9 @@ lh_nats_stop()
 {
 	local i
 	for i in 1 2 3; do
-		[ "${LH_NATS_PIDS[$i]}" != 0 ] && kill "${LH_NATS_PIDS[$i]}" 2>/dev/null
+		# (a node never started has no pid: a start that failed stops too)
+		[ "${LH_NATS_PIDS[$i]:-0}" != 0 ] || continue
+		kill "${LH_NATS_PIDS[$i]}" 2>/dev/null || true
 		wait "${LH_NATS_PIDS[$i]}" 2>/dev/null || true
 		LH_NATS_PIDS[$i]=0
 	done

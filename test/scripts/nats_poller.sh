@@ -27,7 +27,7 @@ export PGOPTIONS="-c synchronous_commit=local"
 NATS_BASE=${LH_NATS_TEST_BASE2:-$((PGPORT + 330))}
 push_setup nats-poller 122
 NATS_DIR=$LH_CLUSTER_DIR/nats
-trap 'lh_nats_stop; push_cleanup' EXIT
+trap 'lh_nats_stop || true; push_cleanup' EXIT
 lh_nats_start "$NATS_DIR" "$NATS_BASE"
 "$LH_NATS_TOOL" stream "$LH_NATS_URLS" SRC 'wms.>' 3
 ok "three-node cluster on 127.0.0.1:$NATS_BASE-$((NATS_BASE + 2)), stream SRC (R3)"

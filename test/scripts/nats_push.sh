@@ -23,7 +23,7 @@ source test/nats/cluster.sh
 NATS_BASE=${LH_NATS_TEST_BASE:-$((PGPORT + 300))}
 push_setup nats-push 121 "logistics_hub.max_in_flight = 256"
 NATS_DIR=$LH_CLUSTER_DIR/nats
-trap 'lh_nats_stop; push_cleanup' EXIT
+trap 'lh_nats_stop || true; push_cleanup' EXIT
 lh_nats_start "$NATS_DIR" "$NATS_BASE"
 "$LH_NATS_TOOL" stream "$LH_NATS_URLS" LHUB 'lhub.>' 3
 ok "three-node cluster on 127.0.0.1:$NATS_BASE-$((NATS_BASE + 2)), stream LHUB (R3), leader $("$LH_NATS_TOOL" leader "$LH_NATS_URLS" LHUB)"
