@@ -8409,4 +8409,592 @@ REVOKE EXECUTE ON FUNCTION hub._nats_pollers(integer, integer),
 GRANT EXECUTE ON FUNCTION hub._nats_pollers(integer, integer),
 	hub._nats_receive(integer, text[], text[], bytea[], text[], text[]) TO hub_worker;
 
+-- ================================================================ per-key lease groups
+-- (a lease group of a per_key subscription: events of one key, sent one
+-- after another; the claim's rows carry the traceparent and that flag)
+
+ALTER TABLE hub.subscriptions DROP CONSTRAINT subscriptions_lease_group_unordered,
+	ADD CONSTRAINT subscriptions_lease_group_format
+		CHECK (lease_group = 1 OR body_format NOT IN ('batch', 'cloudevents_batch'));
+COMMENT ON COLUMN hub.subscriptions.lease_group IS
+'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. With ordering per_key a group holds events of one key, sent one after another, each once the one before got through (the first that does not stops the rest, which stay behind it). Only for one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
+ALTER TYPE hub._claimed ADD ATTRIBUTE traceparent text, ADD ATTRIBUTE sequential boolean;
+COMMENT ON TYPE hub._claimed IS
+'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token); body is the event rendered for its receiver (hub.event_body), when the claim was asked to render; traceparent the event''s; sequential: a lease group of a per_key subscription, whose events go one after another.';
+
+CREATE OR REPLACE FUNCTION hub._route_events() RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+	cur pg_snapshot := pg_current_snapshot();
+	prev pg_snapshot;
+	n bigint;
+BEGIN
+	/*
+	 * Nothing to look at (no event from a transaction in progress at the
+	 * last pass nor from a later one): keep the state as it is, which is
+	 * always safe, and spare every idle claim the planning of the INSERT.
+	 * This look comes before the row lock, which would give every idle
+	 * claim a transaction id and a WAL record: an idle hub writes nothing.
+	 * A pass that finds work locks the state and looks again under the
+	 * lock.  (Each probe is an ORDER BY ... LIMIT 1 outside EXISTS, which
+	 * would drop the LIMIT, so that it is one descent of the primary key
+	 * whatever the statistics say.)
+	 */
+	FOR pass IN 1 .. 2 LOOP
+		IF pass = 1 THEN
+			SELECT r.snapshot INTO prev FROM hub._router_state r;
+		ELSE
+			SELECT r.snapshot INTO prev FROM hub._router_state r FOR UPDATE SKIP LOCKED;
+			IF NOT FOUND THEN
+				RETURN 0;		-- another router is at work
+			END IF;
+		END IF;
+		IF (SELECT o.event_id FROM hub.outbox o WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+			ORDER BY o.event_id LIMIT 1) IS NULL
+			AND NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(prev) x,
+							LATERAL (SELECT 1 FROM hub.outbox o
+									 WHERE o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)
+									 ORDER BY o.event_id LIMIT 1) o) THEN
+			RETURN 0;
+		END IF;
+	END LOOP;
+	/*
+	 * The subscriptions are locked in the inserting statement itself, so
+	 * none read here can be deleted before the deliveries are committed
+	 * (hub.deliveries has no foreign key, see 40_outbox.sql).  Only events
+	 * of transactions that had ended in cur are routed: the statement's own
+	 * snapshot is younger and may see more, which the next pass, starting
+	 * from cur, routes (ON CONFLICT is only a safety net: a batch delivery
+	 * has a key on its smallest event alone).
+	 *
+	 * A batch subscription gets its events in batch deliveries of up to
+	 * batch_max, in seq order: with per_key ordering, per one of 64 buckets
+	 * of the aggregate's hash (the bucket is the batch's aggregate_id, so
+	 * the batches of a bucket go in order, and with them the events of
+	 * each key), with none, in one run.  A subscription with a lease group
+	 * gets its events the same way, in deliveries of up to lease_group
+	 * events, each of which is still sent on its own: with none, in one
+	 * run; with per_key, per aggregate (the group's aggregate_id is the
+	 * key's, so the claim hands out a key's groups one after another, and
+	 * the dispatcher sends a group's events one after another).  Events
+	 * routed in one pass are batched together: under load a pass sees many,
+	 * and an idle hub sends an event as soon as it is routed, in a batch of
+	 * one.
+	 */
+	WITH s AS (SELECT * FROM hub.subscriptions FOR KEY SHARE), ev AS (
+		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority,
+			   s.body_format IN ('batch', 'cloudevents_batch') OR s.lease_group > 1 AS batched,
+			   CASE WHEN s.body_format IN ('batch', 'cloudevents_batch') THEN s.batch_max ELSE s.lease_group END AS batch_max,
+			   -- (what a batch or lease group may span: per_key, a batch one
+			   -- of 64 buckets of keys, a lease group one key; none, all)
+			   CASE WHEN s.ordering <> 'per_key' THEN ''
+					WHEN s.body_format IN ('batch', 'cloudevents_batch')
+					THEN 'batch:' || abs(hashtext(o.aggregate_id) % 64)
+					ELSE o.aggregate_id END AS span
+		FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+			  FROM hub.outbox o
+			  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
+			  UNION ALL
+			  SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
+			  FROM pg_snapshot_xip(prev) x
+			  JOIN hub.outbox o ON o.event_id BETWEEN hub._event_id_floor(x) AND hub._event_id_ceiling(x)) o
+		JOIN s
+			ON (split_part(s.event_pattern, '.', 1) IN ('*', split_part(o.event_type, '.', 1))
+				AND split_part(s.event_pattern, '.', 2) IN ('*', split_part(o.event_type, '.', 2)))
+			AND (s.filter IS NULL OR o.payload @> s.filter)
+			AND s.created_at <= o.published_at
+		WHERE pg_visible_in_snapshot(hub._event_xid(o.event_id), cur)
+	)
+	INSERT INTO hub.deliveries (subscription_id, endpoint_id, event_id, seq, aggregate_id, ordering, priority,
+								batch_events)
+	SELECT ev.subscription_id, ev.endpoint_id, ev.event_id, ev.seq, ev.aggregate_id, ev.ordering, ev.priority, NULL
+	FROM ev
+	WHERE NOT ev.batched
+	UNION ALL
+	SELECT b.subscription_id, b.endpoint_id, (array_agg(b.event_id ORDER BY b.event_id))[1], min(b.seq),
+		   CASE WHEN b.ordering = 'per_key' THEN b.span ELSE min(b.aggregate_id) END,
+		   b.ordering, b.priority, array_agg(b.event_id ORDER BY b.seq)
+	FROM (SELECT ev.*, (row_number() OVER (PARTITION BY ev.subscription_id, ev.span ORDER BY ev.seq) - 1)
+						   / ev.batch_max AS chunk
+		  FROM ev
+		  WHERE ev.batched) b
+	GROUP BY b.subscription_id, b.endpoint_id, b.ordering, b.priority, b.span, b.chunk
+	ORDER BY 3, 1
+	ON CONFLICT (subscription_id, event_id) DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE hub._router_state SET snapshot = cur, watermark = pg_snapshot_xmin(cur);
+	RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION hub._route_events() IS
+'API: Private. Create the deliveries of every committed event not routed yet (follows the transactions of the last routing snapshot, safe against out-of-order commits). Returns the number created.';
+
+CREATE OR REPLACE FUNCTION hub.subscribe(endpoint text, event_pattern text, filter jsonb DEFAULT NULL,
+		transform regproc DEFAULT NULL, ordering text DEFAULT 'per_key', priority integer DEFAULT 0,
+		max_attempts integer DEFAULT 12, retry_base interval DEFAULT '1 second',
+		retry_max interval DEFAULT '1 hour', retry_on_4xx boolean DEFAULT false,
+		body_format text DEFAULT 'event', batch_max integer DEFAULT 100, lease_group integer DEFAULT 1)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	e integer;
+	id integer;
+BEGIN
+	e := hub._endpoint_id(endpoint);
+	PERFORM hub._check_setting('priority', priority BETWEEN -1000 AND 1000, priority::text, 'between -1000 and 1000');
+	PERFORM hub._check_setting('max_attempts', max_attempts BETWEEN 1 AND 1000, max_attempts::text,
+							   'between 1 and 1000');
+	PERFORM hub._check_setting('retry_base', retry_base BETWEEN interval '0' AND interval '1 day',
+							   retry_base::text, 'between 0 and 1 day');
+	PERFORM hub._check_setting('retry_max', retry_max BETWEEN interval '0' AND interval '7 days',
+							   retry_max::text, 'between 0 and 7 days');
+	PERFORM hub._check_setting('retry_base', retry_base <= retry_max, retry_base::text,
+							   pg_catalog.format('at most retry_max (%s)', retry_max));
+	PERFORM hub._check_setting('batch_max', batch_max BETWEEN 1 AND 1000, batch_max::text, 'between 1 and 1000');
+	-- (the table's CHECK constraints hold the same; this names the value)
+	PERFORM hub._check_setting('body_format', body_format IN ('event', 'cloudevents', 'batch', 'cloudevents_batch'),
+							   '"' || body_format || '"',
+							   'event, cloudevents, batch or cloudevents_batch');
+	PERFORM hub._check_setting('ordering', ordering IN ('per_key', 'none'), '"' || ordering || '"',
+							   'per_key or none');
+	IF transform IS NOT NULL THEN
+		PERFORM hub._check_user_function(transform, 'transform function', '3802', 'jsonb');
+	END IF;
+	IF lease_group IS DISTINCT FROM 1 AND (lease_group IS NULL OR lease_group NOT BETWEEN 1 AND 1000
+			OR body_format IN ('batch', 'cloudevents_batch')) THEN
+		RAISE EXCEPTION 'invalid lease_group: %', coalesce(lease_group::text, 'NULL')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A lease group holds 1 to 1000 events, and only a subscription of one event a request (body_format event or cloudevents) can have one.';
+	END IF;
+	INSERT INTO hub.subscriptions (endpoint_id, event_pattern, filter, transform, ordering, priority,
+								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max,
+								   lease_group)
+	VALUES (e, event_pattern, filter, transform, ordering, priority, max_attempts, retry_base,
+			retry_max, retry_on_4xx, body_format, batch_max, lease_group)
+	RETURNING subscription_id INTO id;
+	RETURN id;
+END
+$$;
+
+COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer) IS
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (one event a request) lets up to that many events routed together (with ordering per_key: of one key) share one delivery row, leased and completed at once, each still its own request (with per_key: sent one after another, each once the one before got through). Returns the subscription id; 22023 for a setting out of its range, an unknown body_format (event, cloudevents, batch, cloudevents_batch) or ordering (per_key, none).';
+
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests at once: one a batch, one a per_key lease group
+			   -- (its events go one after another), one an event of another
+			   CASE WHEN d.batch_events IS NULL OR d.ordering = 'per_key' THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			AND (d.ordering = 'none' OR NOT EXISTS (
+				SELECT 1 FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END,
+		   o.traceparent, c.batch_events IS NOT NULL AND c.ordering = 'per_key'
+				AND s.body_format NOT IN ('batch', 'cloudevents_batch')
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+
+COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
+'API: Private. The leasing statement of hub.claim_deliveries (closed circuits of a shard, or one endpoint''s probe): up to p_max deliveries and, unless NULL, p_max_events events and p_max_bytes payload bytes (hub._payload_size; the first delivery always comes whole) and, with what the claimer holds (p_held_ids, p_held), p_rounds times the shard''s share of each endpoint''s max_concurrency; a batch delivery comes as one row per event, in order. With p_source, each event comes rendered (hub.event_body with that source; body, and payload NULL), a subscription''s deliveries together.';
+
+CREATE OR REPLACE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
+									   p_nshards integer, p_endpoint integer, p_max_events integer,
+									   p_rounds integer, p_held_ids integer[], p_held integer[], p_source text,
+									   p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+	rows hub._claimed[];
+	r hub._claimed;
+	failed bigint[] := '{}';
+	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
+	failed_groups bigint[] := '{}';	-- (and the group each left)
+	alone bigint;
+	back bigint;
+	later uuid[];
+	part record;
+	err text;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
+		RETURN QUERY
+		SELECT * FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+								 p_held_ids, p_held, p_source, p_max_bytes);
+		RETURN;
+	END IF;
+	-- (unrendered: the transforms need the payloads; rendered below, in
+	-- claim order rather than a subscription's deliveries together, so a
+	-- replay of single events of a transformed batch subscription may go
+	-- out in more, smaller batches)
+	rows := ARRAY(SELECT c FROM hub._claim(p_max, p_worker, p_lease, p_shard, p_nshards, p_endpoint, p_max_events, p_rounds,
+						 p_held_ids, p_held, NULL, p_max_bytes) c);
+	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
+		r := rows[i];
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed) OR r.event_id = ANY (failed_events);
+		BEGIN
+			r.payload := hub._transform(r.transform, r.payload);
+			rows[i] := r;
+		EXCEPTION WHEN OTHERS THEN
+			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
+			IF r.sequential THEN
+				-- an event of a per_key lease group: it fails alone, and
+				-- the group's later events stay behind it, given back
+				-- together without an attempt; the earlier ones go out
+				later := ARRAY(SELECT l.event_id FROM unnest(rows[i + 1:]) l WHERE l.delivery_id = r.delivery_id);
+				back := NULL;
+				FOR part IN SELECT * FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id], later) LOOP
+					IF part.event_id = r.event_id THEN
+						alone := part.delivery_id;
+					ELSE
+						back := part.delivery_id;
+					END IF;
+				END LOOP;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				IF back IS NOT NULL THEN
+					PERFORM hub.defer_delivery(back, r.lease_token, now());
+				END IF;
+				failed_events := failed_events || r.event_id || later;
+				failed_groups := failed_groups || array_fill(r.delivery_id, ARRAY[1 + cardinality(later)]);
+			ELSIF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
+				-- an event of a lease group, which is its own request: only
+				-- it leaves the group (a delivery of its own, same lease) and
+				-- fails; the rest of the group goes out
+				SELECT x.delivery_id INTO alone
+				FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id]) x
+				WHERE x.event_id = r.event_id;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed_events := failed_events || r.event_id;
+				failed_groups := failed_groups || r.delivery_id;
+			ELSE
+				PERFORM hub.fail_delivery(r.delivery_id, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				failed := failed || r.delivery_id;
+			END IF;
+		END;
+	END LOOP;
+	RETURN QUERY
+	SELECT c.delivery_id, c.lease_token, c.attempt, c.event_id, c.event_type, c.aggregate_id,
+		   c.occurred_at, c.correlation_id, c.payload, c.subscription_id, c.endpoint_id, c.body_format,
+		   c.transform,
+		   c.batch_size - (SELECT count(*) FROM unnest(failed_groups) g WHERE g = c.delivery_id)::integer,
+		   c.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
+									c.correlation_id, c.payload, p_source,
+									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
+									c.traceparent) END,
+		   c.traceparent, c.sequential
+	FROM unnest(rows) WITH ORDINALITY AS c
+	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
+	ORDER BY c.ordinality;
+END
+$$;
+
+COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group (of a per_key group, with the group''s later events given back behind it).';
+
+/*
+ * _claim_probes --- circuits: an open circuit whose cool-off is over turns
+ * half_open, and a half-open endpoint gets one probe at a time.  The
+ * probe's lease is kept on the endpoint row, which is locked and updated
+ * here, so a concurrent claimer skips it or re-checks the updated row: never
+ * two probes.  claimed: the rows the claim before it handed out (no probe
+ * once they reach max).
+ */
+CREATE FUNCTION hub._claim_probes(max integer, claimed integer, worker text, lease interval, shard integer,
+		nshards integer, source text)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+AS $$
+DECLARE
+	n integer := claimed;
+	ep integer;
+BEGIN
+	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
+	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
+		AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+	FOR ep IN
+		SELECT e.endpoint_id FROM hub.endpoints e
+		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
+			AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END)
+			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
+		ORDER BY e.endpoint_id
+		FOR UPDATE SKIP LOCKED
+	LOOP
+		EXIT WHEN n >= max;
+		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL, NULL, NULL, NULL,
+														  source);
+		IF FOUND THEN
+			n := n + 1;
+			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
+		END IF;
+	END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
+						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
+						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
+RETURNS SETOF hub._claimed
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+	cap bigint;
+BEGIN
+	/*
+	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
+	 * than the cap can use in all: each is locked, and a lock is a write.
+	 */
+	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
+		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
+																					  e.max_concurrency)
+										  ELSE e.max_concurrency END
+							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										   WHERE h.id = e.endpoint_id), 0)))
+		INTO cap
+		FROM hub.endpoints e
+		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
+			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
+		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
+	END IF;
+	RETURN QUERY
+	WITH candidates AS (
+		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
+			   d.leased_by AS old_worker, d.attempts AS old_attempt,
+			   coalesce(cardinality(d.batch_events), 1) AS n_events,
+			   -- requests at once: one a batch, one a per_key lease group
+			   -- (its events go one after another), one an event of another
+			   CASE WHEN d.batch_events IS NULL OR d.ordering = 'per_key' THEN 1
+					WHEN (SELECT s.body_format FROM hub.subscriptions s
+						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
+					ELSE cardinality(d.batch_events) END AS n_requests,
+			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
+			   e.endpoint_id AS o_endpoint,
+			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
+					ELSE e.max_concurrency END AS o_share,
+			   -- payload bytes, with a byte budget only (a primary key
+			   -- lookup an event, sizes read from the headers)
+			   CASE WHEN p_max_bytes IS NULL THEN 0
+					WHEN d.batch_events IS NULL
+					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
+					ELSE (SELECT sum(hub._payload_size(o.payload))
+						  FROM unnest(d.batch_events) b(event_id)
+						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
+		FROM hub.deliveries d
+		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
+			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
+		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
+			AND e.enabled AND NOT e.paused
+			AND CASE WHEN p_endpoint IS NULL
+					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
+					 ELSE d.endpoint_id = p_endpoint END
+			-- (per_key: no earlier open delivery of the key, looked for
+			-- nearest first: a blocked successor's is right before it,
+			-- where a forward scan would first read through the dead
+			-- index entries of every delivered event of the key)
+			AND (d.ordering = 'none' OR (
+				SELECT p.seq FROM hub.deliveries p
+				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')
+				ORDER BY p.seq DESC LIMIT 1) IS NULL)
+		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
+		LIMIT p_max
+		FOR UPDATE OF d SKIP LOCKED
+	), capped AS (
+		-- from each endpoint, no more requests than make the claimer hold
+		-- (p_held: the requests it holds already) p_rounds times its share
+		-- of the endpoint's connections; then at most p_max_events events
+		-- and p_max_bytes payload bytes (the first delivery always); the
+		-- rows locked above and left out here are free again at commit
+		SELECT c.* FROM (
+			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
+			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
+													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
+													  ROWS UNBOUNDED PRECEDING) AS requests
+				  FROM candidates c) c
+			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
+				OR c.requests - c.n_requests < p_rounds * c.o_share
+							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
+										 WHERE h.id = c.o_endpoint), 0)
+			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
+		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
+			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
+	), claimed AS (
+		UPDATE hub.deliveries d
+		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
+			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
+			leased_by = p_worker, updated_at = now()
+		FROM capped c
+		WHERE d.delivery_id = c.delivery_id
+		-- (the size apart: batch_events read above the join with the events
+		-- would be read again for every event, the whole array detoasted
+		-- once an event when it is large)
+		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
+	), expired AS (
+		-- a lease that ran out: its attempt never reported; say so in the audit
+		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
+		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
+		FROM capped c
+		WHERE c.old_state = 'in_flight'
+	)
+	-- (rendered: the body instead of the payload, the row carried no
+	-- bigger than it must be through the callers' RETURN QUERY)
+	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
+		   o.occurred_at, o.correlation_id,
+		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
+		   c.n_events, s.batch_max,
+		   CASE WHEN p_source IS NOT NULL
+				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END,
+		   o.traceparent, c.batch_events IS NOT NULL AND c.ordering = 'per_key'
+				AND s.body_format NOT IN ('batch', 'cloudevents_batch')
+	FROM claimed c
+	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
+	JOIN hub.outbox o ON o.event_id = b.event_id
+	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
+	-- (rendering for a dispatcher: a subscription's deliveries together,
+	-- for its batches)
+	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
+		b.ord;
+END
+$$;
+
 -- ================================================================ end

@@ -324,5 +324,14 @@ hub_dispatcher_main(Datum arg)
 		}
 		hub_loop_run_timer();
 		hub_loop_collect();
+
+		/*
+		 * What the finished requests made room for (and the next event of
+		 * each sequential lease group whose last one got through) goes out
+		 * now, before the next turn's record and claim steps: a key's
+		 * events then follow each other at the receiver's pace, not at the
+		 * pace of this loop's transactions.
+		 */
+		(void) hub_send_pump();
 	}
 }

@@ -76,6 +76,9 @@ typedef struct HubResult
  * A lease group (hub.subscriptions.lease_group): one delivery, one lease,
  * one request per event.  Each request's outcome waits in its slot until
  * the last one is in; the group is then recorded at once (see record).
+ * A sequential group (of a per_key subscription: events of one key) sends
+ * its events one after another: request k + 1 waits in the group until k
+ * got through, and the first that does not gives the rest back unsent.
  */
 typedef struct HubGroupSlot
 {
@@ -98,6 +101,8 @@ typedef struct HubGroup
 	int			n;				/* events */
 	int			left;			/* outcomes still to come */
 	HubGroupSlot *slots;
+	bool		sequential;
+	HubPushRequest **waiting;	/* sequential: the requests not sent yet */
 } HubGroup;
 
 /* push_claim.c */

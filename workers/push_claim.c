@@ -77,14 +77,13 @@ prepare_plans(void)
 	route_plan = hub_prepare_plan("SELECT EXISTS (SELECT FROM hub.subscriptions WHERE transform IS NOT NULL), r "
 						 "FROM hub._route_events() r", 0, NULL);
 	/*
-	 * (the event's traceparent, for the request's header, by its primary
-	 * key: hub._claimed, which other callers read too, does not carry it;
-	 * then its type, aggregate and correlation ids, for other transports)
+	 * (the event's traceparent, for the request's header; then its type,
+	 * aggregate and correlation ids, for other transports; sequential: a
+	 * per_key lease group, its events sent one after another)
 	 */
 #define CLAIMED_COLUMNS "c.delivery_id, c.lease_token, c.endpoint_id, c.subscription_id, c.body_format, " \
-		"c.batch_max, c.event_id::pg_catalog.text, c.body, c.batch_size, " \
-		"(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id OPERATOR(pg_catalog.=) c.event_id), " \
-		"c.event_type, c.aggregate_id, c.correlation_id"
+		"c.batch_max, c.event_id::pg_catalog.text, c.body, c.batch_size, c.traceparent, " \
+		"c.event_type, c.aggregate_id, c.correlation_id, c.sequential"
 	claim_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim($1, $2, pg_catalog.make_interval(secs => $3), "
 						 "$4, $5, NULL, $7, $8, $9, $10, $6, $11) c", 11, claim_types);
 	claim_transformed_plan = hub_prepare_plan("SELECT " CLAIMED_COLUMNS " FROM hub._claim_transformed($1, $2, "
@@ -209,7 +208,10 @@ group_request(HubGroup *g, int k, int subscription_id, text *format, Datum *v, b
 	req->group = g;
 	req->group_slot = k;
 	g->slots[k].event_id = MemoryContextStrdup(hub_worker_cxt, req->webhook_id);
-	hub_send_enqueue(&req->req);
+	if (g->sequential && k > 0)
+		g->waiting[k] = req;	/* sent once the one before got through */
+	else
+		hub_send_enqueue(&req->req);
 }
 
 /*
@@ -568,8 +570,8 @@ hub_push_claim(int max)
 	row = 0;
 	for (int i = 0; i < n; i++)
 	{
-		Datum		v[13];
-		bool		isnull[13];
+		Datum		v[14];
+		bool		isnull[14];
 		int64		delivery_id;
 		int64		token;
 		int			subscription_id;
@@ -633,6 +635,9 @@ hub_push_claim(int max)
 			group->ep = ep;
 			group->n = group->left = batch_size;
 			group->slots = MemoryContextAllocZero(hub_worker_cxt, sizeof(HubGroupSlot) * batch_size);
+			group->sequential = !isnull[13] && DatumGetBool(v[13]);
+			if (group->sequential)
+				group->waiting = MemoryContextAllocZero(hub_worker_cxt, sizeof(HubPushRequest *) * batch_size);
 			group_filled = 0;
 			open_batch = NULL;
 			group_request(group, group_filled++, subscription_id, format, v, isnull, body);

@@ -85,6 +85,8 @@ group_free(HubGroup *g)
 {
 	for (int k = 0; k < g->n; k++)
 	{
+		if (g->waiting != NULL && g->waiting[k] != NULL)
+			hub_request_free(&g->waiting[k]->req);
 		if (g->slots[k].event_id)
 			pfree(g->slots[k].event_id);
 		if (g->slots[k].error)
@@ -93,6 +95,8 @@ group_free(HubGroup *g)
 			pfree(g->slots[k].excerpt);
 	}
 	pfree(g->slots);
+	if (g->waiting != NULL)
+		pfree(g->waiting);
 	pfree(g);
 }
 
@@ -118,17 +122,52 @@ add_result(HubPushRequest *req, long status, char *error, int64 retry_after, boo
 }
 
 /*
+ * sequence_next --- request k of a sequential group finished: when it got
+ * through, send the next one; otherwise give back every later one unsent
+ * (their outcomes in their slots at once, deferred to now: they stay
+ * behind the one that did not get through, which the claim keeps ahead of
+ * them as the head of their key)
+ */
+static void
+sequence_next(HubGroup *g, int k, bool through)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int j = k + 1; j < g->n; j++)
+	{
+		HubPushRequest *next = g->waiting[j];
+
+		if (next == NULL)
+			continue;
+		g->waiting[j] = NULL;
+		if (through)
+		{
+			hub_send_enqueue(&next->req);
+			return;
+		}
+		g->slots[j].deferred = true;
+		g->slots[j].defer_until = now;
+		g->left--;
+		hub_request_free(&next->req);
+	}
+}
+
+/*
  * hub_push_finished --- a push request's outcome (its finished operation):
- * kept for the record step
+ * kept for the record step; the next request of a sequential group sent
  */
 void
 hub_push_finished(HubRequest *req, const HubOutcome *o)
 {
-	HubResult  *r = add_result((HubPushRequest *) req, o->http_status, o->error, o->retry_after_s,
+	HubPushRequest *preq = (HubPushRequest *) req;
+	HubGroup   *g = preq->group;
+	HubResult  *r = add_result(preq, o->http_status, o->error, o->retry_after_s,
 							   o->given_back, o->back_at);
 
 	r->latency_ms = o->latency_ms;
 	r->counted = o->counted;
+	if (g != NULL && g->sequential)
+		sequence_next(g, preq->group_slot, o->error == NULL && !o->given_back);
 }
 
 /*

@@ -325,8 +325,8 @@ CREATE TABLE hub.subscriptions (
 	lease_group		integer NOT NULL DEFAULT 1 CHECK (lease_group BETWEEN 1 AND 1000),
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	UNIQUE (endpoint_id, event_pattern),
-	CONSTRAINT subscriptions_lease_group_unordered
-		CHECK (lease_group = 1 OR (ordering = 'none' AND body_format NOT IN ('batch', 'cloudevents_batch'))),
+	CONSTRAINT subscriptions_lease_group_format
+		CHECK (lease_group = 1 OR body_format NOT IN ('batch', 'cloudevents_batch')),
 	CONSTRAINT subscriptions_retry_base_max CHECK (retry_base <= retry_max)
 );
 COMMENT ON TABLE hub.subscriptions IS
@@ -338,7 +338,7 @@ COMMENT ON COLUMN hub.subscriptions.retry_max IS 'Longest backoff between attemp
 COMMENT ON COLUMN hub.subscriptions.body_format IS 'What a request carries: event (the canonical event, application/json), cloudevents (a CloudEvents 1.0 structured-mode event, application/cloudevents+json), batch (a JSON array of canonical events, application/json) or cloudevents_batch (a JSON array of CloudEvents, application/cloudevents-batch+json).';
 COMMENT ON COLUMN hub.subscriptions.batch_max IS 'Most events in one batch delivery (body_format batch or cloudevents_batch), 1 to 1000.';
 COMMENT ON COLUMN hub.subscriptions.lease_group IS
-'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. Only for ordering none and one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
+'Up to this many events routed together share one delivery row (one lease, one completion), each still sent as its own request with its own attempt rows; events that fail leave the group as single deliveries. With ordering per_key a group holds events of one key, sent one after another, each once the one before got through (the first that does not stops the rest, which stay behind it). Only for one event a request (formats event and cloudevents); 1 (the default): a delivery per event.';
 
 SELECT pg_catalog.pg_extension_config_dump('hub.endpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('hub._endpoint_secrets', '');

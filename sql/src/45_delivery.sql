@@ -167,10 +167,10 @@ BEGIN
 		PERFORM hub._check_user_function(transform, 'transform function', '3802', 'jsonb');
 	END IF;
 	IF lease_group IS DISTINCT FROM 1 AND (lease_group IS NULL OR lease_group NOT BETWEEN 1 AND 1000
-			OR ordering IS DISTINCT FROM 'none' OR body_format IN ('batch', 'cloudevents_batch')) THEN
+			OR body_format IN ('batch', 'cloudevents_batch')) THEN
 		RAISE EXCEPTION 'invalid lease_group: %', coalesce(lease_group::text, 'NULL')
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'A lease group holds 1 to 1000 events, and only a subscription with ordering => ''none'' and one event a request (body_format event or cloudevents) can have one.';
+				  HINT = 'A lease group holds 1 to 1000 events, and only a subscription of one event a request (body_format event or cloudevents) can have one.';
 	END IF;
 	INSERT INTO hub.subscriptions (endpoint_id, event_pattern, filter, transform, ordering, priority,
 								   max_attempts, retry_base, retry_max, retry_on_4xx, body_format, batch_max,
@@ -182,7 +182,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION hub.subscribe(text, text, jsonb, regproc, text, integer, integer, interval, interval, boolean, text, integer, integer) IS
-'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (ordering none, one event a request) lets up to that many events routed together share one delivery row, leased and completed at once, each still its own request. Returns the subscription id; 22023 for a setting out of its range, an unknown body_format (event, cloudevents, batch, cloudevents_batch) or ordering (per_key, none).';
+'Subscribe an endpoint to events matching a pattern (order.*, *.delivered, shipment.dispatched). Applies to events published from now on; use hub.replay_subscription to backfill. lease_group > 1 (one event a request) lets up to that many events routed together (with ordering per_key: of one key) share one delivery row, leased and completed at once, each still its own request (with per_key: sent one after another, each once the one before got through). Returns the subscription id; 22023 for a setting out of its range, an unknown body_format (event, cloudevents, batch, cloudevents_batch) or ordering (per_key, none).';
 
 /*
  * _route_events --- fan out every committed event that is not routed yet.
@@ -257,8 +257,11 @@ BEGIN
 	 * of the aggregate's hash (the bucket is the batch's aggregate_id, so
 	 * the batches of a bucket go in order, and with them the events of
 	 * each key), with none, in one run.  A subscription with a lease group
-	 * (ordering none) gets its events the same way, in deliveries of up to
-	 * lease_group events, each of which is still sent on its own.  Events
+	 * gets its events the same way, in deliveries of up to lease_group
+	 * events, each of which is still sent on its own: with none, in one
+	 * run; with per_key, per aggregate (the group's aggregate_id is the
+	 * key's, so the claim hands out a key's groups one after another, and
+	 * the dispatcher sends a group's events one after another).  Events
 	 * routed in one pass are batched together: under load a pass sees many,
 	 * and an idle hub sends an event as soon as it is routed, in a batch of
 	 * one.
@@ -267,7 +270,12 @@ BEGIN
 		SELECT s.subscription_id, s.endpoint_id, o.event_id, o.seq, o.aggregate_id, s.ordering, s.priority,
 			   s.body_format IN ('batch', 'cloudevents_batch') OR s.lease_group > 1 AS batched,
 			   CASE WHEN s.body_format IN ('batch', 'cloudevents_batch') THEN s.batch_max ELSE s.lease_group END AS batch_max,
-			   CASE WHEN s.ordering = 'per_key' THEN abs(hashtext(o.aggregate_id) % 64) ELSE 0 END AS bucket
+			   -- (what a batch or lease group may span: per_key, a batch one
+			   -- of 64 buckets of keys, a lease group one key; none, all)
+			   CASE WHEN s.ordering <> 'per_key' THEN ''
+					WHEN s.body_format IN ('batch', 'cloudevents_batch')
+					THEN 'batch:' || abs(hashtext(o.aggregate_id) % 64)
+					ELSE o.aggregate_id END AS span
 		FROM (SELECT o.event_id, o.seq, o.event_type, o.aggregate_id, o.payload, o.published_at
 			  FROM hub.outbox o
 			  WHERE o.event_id >= hub._event_id_floor(pg_snapshot_xmax(prev))
@@ -289,13 +297,13 @@ BEGIN
 	WHERE NOT ev.batched
 	UNION ALL
 	SELECT b.subscription_id, b.endpoint_id, (array_agg(b.event_id ORDER BY b.event_id))[1], min(b.seq),
-		   CASE WHEN b.ordering = 'per_key' THEN 'batch:' || b.bucket ELSE min(b.aggregate_id) END,
+		   CASE WHEN b.ordering = 'per_key' THEN b.span ELSE min(b.aggregate_id) END,
 		   b.ordering, b.priority, array_agg(b.event_id ORDER BY b.seq)
-	FROM (SELECT ev.*, (row_number() OVER (PARTITION BY ev.subscription_id, ev.bucket ORDER BY ev.seq) - 1)
+	FROM (SELECT ev.*, (row_number() OVER (PARTITION BY ev.subscription_id, ev.span ORDER BY ev.seq) - 1)
 						   / ev.batch_max AS chunk
 		  FROM ev
 		  WHERE ev.batched) b
-	GROUP BY b.subscription_id, b.endpoint_id, b.ordering, b.priority, b.bucket, b.chunk
+	GROUP BY b.subscription_id, b.endpoint_id, b.ordering, b.priority, b.span, b.chunk
 	ORDER BY 3, 1
 	ON CONFLICT (subscription_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
@@ -386,9 +394,9 @@ COMMENT ON FUNCTION hub._serves_share(integer, integer, integer, integer) IS
 CREATE TYPE hub._claimed AS (delivery_id bigint, lease_token bigint, attempt integer, event_id uuid,
 	event_type text, aggregate_id text, occurred_at timestamptz, correlation_id text, payload jsonb,
 	subscription_id integer, endpoint_id integer, body_format text, transform regproc, batch_size integer,
-	batch_max integer, body text);
+	batch_max integer, body text, traceparent text, sequential boolean);
 COMMENT ON TYPE hub._claimed IS
-'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token); body is the event rendered for its receiver (hub.event_body), when the claim was asked to render.';
+'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token); body is the event rendered for its receiver (hub.event_body), when the claim was asked to render; traceparent the event''s; sequential: a lease group of a per_key subscription, whose events go one after another.';
 
 CREATE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
 						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
@@ -428,8 +436,9 @@ BEGIN
 		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
 			   d.leased_by AS old_worker, d.attempts AS old_attempt,
 			   coalesce(cardinality(d.batch_events), 1) AS n_events,
-			   -- requests: one a batch, one an event of a lease group
-			   CASE WHEN d.batch_events IS NULL THEN 1
+			   -- requests at once: one a batch, one a per_key lease group
+			   -- (its events go one after another), one an event of another
+			   CASE WHEN d.batch_events IS NULL OR d.ordering = 'per_key' THEN 1
 					WHEN (SELECT s.body_format FROM hub.subscriptions s
 						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
 					ELSE cardinality(d.batch_events) END AS n_requests,
@@ -453,10 +462,15 @@ BEGIN
 			AND CASE WHEN p_endpoint IS NULL
 					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
 					 ELSE d.endpoint_id = p_endpoint END
-			AND (d.ordering = 'none' OR NOT EXISTS (
-				SELECT 1 FROM hub.deliveries p
+			-- (per_key: no earlier open delivery of the key, looked for
+			-- nearest first: a blocked successor's is right before it,
+			-- where a forward scan would first read through the dead
+			-- index entries of every delivered event of the key)
+			AND (d.ordering = 'none' OR (
+				SELECT p.seq FROM hub.deliveries p
 				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
-					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')
+				ORDER BY p.seq DESC LIMIT 1) IS NULL)
 		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
 		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
@@ -505,7 +519,9 @@ BEGIN
 		   c.n_events, s.batch_max,
 		   CASE WHEN p_source IS NOT NULL
 				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
-									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END
+									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END,
+		   o.traceparent, c.batch_events IS NOT NULL AND c.ordering = 'per_key'
+				AND s.body_format NOT IN ('batch', 'cloudevents_batch')
 	FROM claimed c
 	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
 	JOIN hub.outbox o ON o.event_id = b.event_id
@@ -528,7 +544,9 @@ COMMENT ON FUNCTION hub._claim(integer, text, interval, integer, integer, intege
  * endpoint; none of its events is handed out (a batch goes whole or not at
  * all).  An event of a lease group, though, is a request of its own: it
  * alone leaves the group (hub._split_group) and fails, and the rest of the
- * group goes out.  Each transform runs in a subtransaction of its own; with
+ * group goes out; in a per_key group only the events before it go out, the
+ * ones after it leave the group too, given back together behind it.  Each
+ * transform runs in a subtransaction of its own; with
  * no transform configured the rows go through untouched.
  */
 CREATE FUNCTION hub._claim_transformed(p_max integer, p_worker text, p_lease interval, p_shard integer,
@@ -547,6 +565,9 @@ DECLARE
 	failed_events uuid[] := '{}';	-- events of lease groups that failed alone
 	failed_groups bigint[] := '{}';	-- (and the group each left)
 	alone bigint;
+	back bigint;
+	later uuid[];
+	part record;
 	err text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM hub.subscriptions s WHERE s.transform IS NOT NULL) THEN
@@ -563,13 +584,32 @@ BEGIN
 						 p_held_ids, p_held, NULL, p_max_bytes) c);
 	FOR i IN 1 .. coalesce(array_length(rows, 1), 0) LOOP
 		r := rows[i];
-		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed);
+		CONTINUE WHEN r.transform IS NULL OR r.delivery_id = ANY (failed) OR r.event_id = ANY (failed_events);
 		BEGIN
 			r.payload := hub._transform(r.transform, r.payload);
 			rows[i] := r;
 		EXCEPTION WHEN OTHERS THEN
 			err := format('transform %s failed: %s (SQLSTATE %s)', r.transform, SQLERRM, SQLSTATE);
-			IF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
+			IF r.sequential THEN
+				-- an event of a per_key lease group: it fails alone, and
+				-- the group's later events stay behind it, given back
+				-- together without an attempt; the earlier ones go out
+				later := ARRAY(SELECT l.event_id FROM unnest(rows[i + 1:]) l WHERE l.delivery_id = r.delivery_id);
+				back := NULL;
+				FOR part IN SELECT * FROM hub._split_group(r.delivery_id, r.lease_token, ARRAY[r.event_id], later) LOOP
+					IF part.event_id = r.event_id THEN
+						alone := part.delivery_id;
+					ELSE
+						back := part.delivery_id;
+					END IF;
+				END LOOP;
+				PERFORM hub.fail_delivery(alone, r.lease_token, NULL, err, 0, NULL, NULL, p_worker, false);
+				IF back IS NOT NULL THEN
+					PERFORM hub.defer_delivery(back, r.lease_token, now());
+				END IF;
+				failed_events := failed_events || r.event_id || later;
+				failed_groups := failed_groups || array_fill(r.delivery_id, ARRAY[1 + cardinality(later)]);
+			ELSIF r.batch_size > 1 AND r.body_format IS DISTINCT FROM 'batch'
 			   AND r.body_format IS DISTINCT FROM 'cloudevents_batch' THEN
 				-- an event of a lease group, which is its own request: only
 				-- it leaves the group (a delivery of its own, same lease) and
@@ -596,14 +636,15 @@ BEGIN
 				THEN hub.event_body(c.body_format, c.event_id, c.event_type, c.aggregate_id, c.occurred_at,
 									c.correlation_id, c.payload, p_source,
 									(SELECT o.contract_version FROM hub.outbox o WHERE o.event_id = c.event_id),
-									(SELECT o.traceparent FROM hub.outbox o WHERE o.event_id = c.event_id)) END
+									c.traceparent) END,
+		   c.traceparent, c.sequential
 	FROM unnest(rows) WITH ORDINALITY AS c
 	WHERE c.delivery_id <> ALL (failed) AND c.event_id <> ALL (failed_events)
 	ORDER BY c.ordinality;
 END
 $$;
 COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
-'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group.';
+'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group (of a per_key group, with the group''s later events given back behind it).';
 
 /*
  * _claim_probes --- circuits: an open circuit whose cool-off is over turns

@@ -6,10 +6,13 @@
  *		size), published asynchronously into the same stream through the
  *		same client library (libnats), with no database.
  *
- *	nats_publish URLS SUBJECT_PREFIX N KEYS BODY_BYTES MAX_PENDING [FIRST]
+ *	nats_publish URLS EVENT_TYPE N KEYS BODY_BYTES MAX_PENDING
  *
- * Publishes N messages (ids "b<i>", i from FIRST, 1) with at most
- * MAX_PENDING unacknowledged, waits for every acknowledgement, and prints
+ * Publishes N messages shaped as the hub's for events of EVENT_TYPE over
+ * KEYS aggregates "SO-<k>": subject lhub.<EVENT_TYPE>.SO-<k> (the default
+ * subject template), a Nats-Msg-Id of a UUID's length, the headers
+ * Lhub-Event-Type and Lhub-Aggregate-Id, a body of BODY_BYTES, with at most
+ * MAX_PENDING unacknowledged; waits for every acknowledgement, and prints
  * "<acked> <errors> <seconds> <msgs/s>".
  *
  * test/bench/nats_publish.c
@@ -56,16 +59,15 @@ main(int argc, char **argv)
 	int			nservers = 0;
 	long		n,
 				keys,
-				size,
-				first;
+				size;
 	char	   *body;
 	struct timespec t0,
 				t1;
 	double		secs;
 
-	if (argc != 7 && argc != 8)
+	if (argc != 7)
 	{
-		fprintf(stderr, "usage: nats_publish URLS SUBJECT_PREFIX N KEYS BODY_BYTES MAX_PENDING [FIRST]\n");
+		fprintf(stderr, "usage: nats_publish URLS EVENT_TYPE N KEYS BODY_BYTES MAX_PENDING\n");
 		return 1;
 	}
 	for (char *tok = strtok(argv[1], ","); tok != NULL && nservers < 16; tok = strtok(NULL, ","))
@@ -73,7 +75,6 @@ main(int argc, char **argv)
 	n = atol(argv[3]);
 	keys = atol(argv[4]);
 	size = atol(argv[5]);
-	first = argc == 8 ? atol(argv[7]) : 1;
 	body = malloc(size + 1);
 	memset(body, 'x', size);
 	body[size] = '\0';
@@ -91,16 +92,20 @@ main(int argc, char **argv)
 		die("jetstream", s);
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (long i = first; i < first + n; i++)
+	for (long i = 1; i <= n; i++)
 	{
 		natsMsg    *m;
 		jsPubOptions po;
-		char		subject[128],
-					id[32];
+		char		subject[256],
+					key[32],
+					id[48];
 
-		snprintf(subject, sizeof(subject), "%s.k%ld", argv[2], keys > 0 ? i % keys : 0);
-		snprintf(id, sizeof(id), "b%ld", i);
-		if ((s = natsMsg_Create(&m, subject, NULL, body, (int) size)) != NATS_OK)
+		snprintf(key, sizeof(key), "SO-%ld", keys > 0 ? i % keys : 0);
+		snprintf(subject, sizeof(subject), "lhub.%s.%s", argv[2], key);
+		snprintf(id, sizeof(id), "00000000-0000-7000-8000-%012lx", i);
+		if ((s = natsMsg_Create(&m, subject, NULL, body, (int) size)) != NATS_OK ||
+			(s = natsMsgHeader_Set(m, "Lhub-Event-Type", argv[2])) != NATS_OK ||
+			(s = natsMsgHeader_Set(m, "Lhub-Aggregate-Id", key)) != NATS_OK)
 			die("message", s);
 		jsPubOptions_Init(&po);
 		po.MsgId = id;

@@ -10,9 +10,9 @@ SELECT plan(46);
 
 SELECT hub.create_endpoint('erp', 'http://127.0.0.1:9/erp', 'erp', max_concurrency => 4) AS ep \gset
 
--- only unordered subscriptions of one event a request
-SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', lease_group => 8)$$, '22023', 'invalid lease_group: 8',
-	'a per_key subscription cannot have a lease group');
+-- only subscriptions of one event a request (per_key ones: lease_groups_per_key.sql)
+SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', body_format => 'cloudevents_batch', lease_group => 8)$$,
+	'22023', 'invalid lease_group: 8', 'a per_key batch subscription cannot have a lease group');
 SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', body_format => 'batch', lease_group => 8)$$,
 	'22023', 'invalid lease_group: 8', 'nor a batch subscription');
 SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => 0)$$,
@@ -24,8 +24,8 @@ SELECT throws_ok($$SELECT hub.subscribe('erp', 'order.*', ordering => 'none', le
 
 SELECT hub.subscribe('erp', 'order.*', ordering => 'none', lease_group => 5) AS s \gset
 SELECT hub.subscribe('erp', 'shipment.*', ordering => 'none') AS s_one \gset
-SELECT throws_ok($$UPDATE hub.subscriptions SET ordering = 'per_key' WHERE lease_group > 1$$, '23514', NULL,
-	'the table holds the same rule (a grouped subscription made per_key)');
+SELECT throws_ok($$UPDATE hub.subscriptions SET body_format = 'batch' WHERE lease_group > 1$$, '23514', NULL,
+	'the table holds the same rule (a grouped subscription made a batch one)');
 \o /dev/null
 SELECT hub.publish('order.created', 'SO-' || g, jsonb_build_object('order_id', 'SO-' || g, 'n', g), correlation_id => 'c-' || g)
 FROM generate_series(1, 12) g;

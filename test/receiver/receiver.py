@@ -25,6 +25,10 @@ Paths (a query string is allowed after each):
                              other events; set fail_KEY to 0 to heal
   /fail-prefix/P             the same for every aggregate_id starting with P
                              (several keys failing), control value "fail_P"
+  /fail-marked[?delay=MS]    500 for an event whose data has "refuse": true
+                             while the control value "fail_marked" is "1",
+                             its default; 200 for the others; every answer
+                             after MS milliseconds
   /throttle-first/N[/NAME]   429 for the first N requests to this path (its
                              query string aside), then 204; ?retry_after=V
                              adds Retry-After: V, ?reset_in=S adds
@@ -199,6 +203,18 @@ class Handler(BaseHTTPRequestHandler):
                 isinstance(agg, str) and agg.startswith(parts[1])
             if hit and CONTROL.get("fail_" + parts[1], "1") == "1":
                 return self.answer(500, b"this key is failing")
+            return self.answer(200, b"ok")
+        if head == "fail-marked":
+            # refuse (500) an event whose data says "refuse": true while the
+            # control fail_marked is on (the default); answer every request
+            # after delay ms
+            try:
+                data = json.loads(body).get("data")
+            except (ValueError, AttributeError):
+                data = None
+            time.sleep(int(q.get("delay", "0")) / 1000.0)
+            if isinstance(data, dict) and data.get("refuse") is True and CONTROL.get("fail_marked", "1") == "1":
+                return self.answer(500, b"this event is refused")
             return self.answer(200, b"ok")
         if head == "delay" and len(parts) > 1:
             time.sleep(int(parts[1]) / 1000.0)
