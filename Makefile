@@ -61,6 +61,13 @@ PGXS := $(wildcard $(shell $(PG_CONFIG) --pgxs 2>/dev/null))
 
 ifneq ($(PGXS),)
 include $(PGXS)
+
+# (pg_regress makes its output directory but not the one above it, which a
+# checkout whose tests never ran has not got)
+installcheck: installcheck-outputdir
+installcheck-outputdir:
+	@mkdir -p test/results/installcheck
+.PHONY: installcheck-outputdir
 # (PGXS tracks no header dependencies unless PostgreSQL was configured with
 # --enable-depend; a struct changed in a header must rebuild every user)
 $(OBJS): $(wildcard extension/*.h workers/*.h)

@@ -8421,7 +8421,6 @@ COMMENT ON COLUMN hub.subscriptions.lease_group IS
 ALTER TYPE hub._claimed ADD ATTRIBUTE traceparent text, ADD ATTRIBUTE sequential boolean;
 COMMENT ON TYPE hub._claimed IS
 'API: Private. One event of a claimed delivery (a batch delivery gives one row per event, batch_size of them, with the same delivery_id and lease_token); body is the event rendered for its receiver (hub.event_body), when the claim was asked to render; traceparent the event''s; sequential: a lease group of a per_key subscription, whose events go one after another.';
-
 CREATE OR REPLACE FUNCTION hub._route_events() RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -8653,10 +8652,15 @@ BEGIN
 			AND CASE WHEN p_endpoint IS NULL
 					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
 					 ELSE d.endpoint_id = p_endpoint END
-			AND (d.ordering = 'none' OR NOT EXISTS (
-				SELECT 1 FROM hub.deliveries p
+			-- (per_key: no earlier open delivery of the key, looked for
+			-- nearest first: a blocked successor's is right before it,
+			-- where a forward scan would first read through the dead
+			-- index entries of every delivered event of the key)
+			AND (d.ordering = 'none' OR (
+				SELECT p.seq FROM hub.deliveries p
 				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
-					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')))
+					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')
+				ORDER BY p.seq DESC LIMIT 1) IS NULL)
 		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
 		LIMIT p_max
 		FOR UPDATE OF d SKIP LOCKED
@@ -8819,182 +8823,5 @@ $$;
 
 COMMENT ON FUNCTION hub._claim_transformed(integer, text, interval, integer, integer, integer, integer, integer, integer[], integer[], text, bigint) IS
 'API: Private. hub._claim with subscription transforms applied; a transform that raises fails only its delivery (recorded, retried, never counted against the endpoint) and none of its events is handed out; for an event of a lease group, only that event, split out of its group (of a per_key group, with the group''s later events given back behind it).';
-
-/*
- * _claim_probes --- circuits: an open circuit whose cool-off is over turns
- * half_open, and a half-open endpoint gets one probe at a time.  The
- * probe's lease is kept on the endpoint row, which is locked and updated
- * here, so a concurrent claimer skips it or re-checks the updated row: never
- * two probes.  claimed: the rows the claim before it handed out (no probe
- * once they reach max).
- */
-CREATE FUNCTION hub._claim_probes(max integer, claimed integer, worker text, lease interval, shard integer,
-		nshards integer, source text)
-RETURNS SETOF hub._claimed
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-SET jit = off
-AS $$
-DECLARE
-	n integer := claimed;
-	ep integer;
-BEGIN
-	UPDATE hub.endpoints e SET circuit_state = 'half_open', circuit_probe_until = NULL
-	WHERE e.circuit_state = 'open' AND e.circuit_opened_at + e.circuit_cooloff <= now()
-		AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
-	FOR ep IN
-		SELECT e.endpoint_id FROM hub.endpoints e
-		WHERE e.circuit_state = 'half_open' AND e.enabled AND NOT e.paused
-			AND hub._serves(shard, nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END)
-			AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
-		ORDER BY e.endpoint_id
-		FOR UPDATE SKIP LOCKED
-	LOOP
-		EXIT WHEN n >= max;
-		RETURN QUERY SELECT * FROM hub._claim_transformed(1, worker, lease, shard, nshards, ep, NULL, NULL, NULL, NULL,
-														  source);
-		IF FOUND THEN
-			n := n + 1;
-			UPDATE hub.endpoints e SET circuit_probe_until = now() + lease WHERE e.endpoint_id = ep;
-		END IF;
-	END LOOP;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION hub._claim(p_max integer, p_worker text, p_lease interval, p_shard integer,
-						   p_nshards integer, p_endpoint integer, p_max_events integer, p_rounds integer,
-						   p_held_ids integer[], p_held integer[], p_source text, p_max_bytes bigint DEFAULT NULL)
-RETURNS SETOF hub._claimed
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET jit = off
-SET plan_cache_mode = force_generic_plan
-SET enable_hashjoin = off
-SET enable_mergejoin = off
-SET enable_seqscan = off
-SET enable_bitmapscan = off
-SET enable_sort = off
-AS $$
-DECLARE
-	cap bigint;
-BEGIN
-	/*
-	 * With the claimer's per-endpoint cap (p_rounds), no more candidates
-	 * than the cap can use in all: each is locked, and a lock is a write.
-	 */
-	IF p_rounds IS NOT NULL AND p_endpoint IS NULL THEN
-		SELECT sum(greatest(0, p_rounds * CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id,
-																					  e.max_concurrency)
-										  ELSE e.max_concurrency END
-							   - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
-										   WHERE h.id = e.endpoint_id), 0)))
-		INTO cap
-		FROM hub.endpoints e
-		WHERE e.enabled AND NOT e.paused AND e.circuit_state = 'closed'
-			AND hub._serves(p_shard, p_nshards, e.endpoint_id, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END);
-		p_max := least(p_max, greatest(coalesce(cap, 0), 1));
-	END IF;
-	RETURN QUERY
-	WITH candidates AS (
-		SELECT d.delivery_id, d.state AS old_state, d.lease_token AS old_token,
-			   d.leased_by AS old_worker, d.attempts AS old_attempt,
-			   coalesce(cardinality(d.batch_events), 1) AS n_events,
-			   -- requests at once: one a batch, one a per_key lease group
-			   -- (its events go one after another), one an event of another
-			   CASE WHEN d.batch_events IS NULL OR d.ordering = 'per_key' THEN 1
-					WHEN (SELECT s.body_format FROM hub.subscriptions s
-						  WHERE s.subscription_id = d.subscription_id) IN ('batch', 'cloudevents_batch') THEN 1
-					ELSE cardinality(d.batch_events) END AS n_requests,
-			   d.priority AS o_priority, d.next_attempt_at AS o_next, d.seq AS o_seq,
-			   e.endpoint_id AS o_endpoint,
-			   CASE WHEN e.spread THEN hub._serves_share(p_shard, p_nshards, e.endpoint_id, e.max_concurrency)
-					ELSE e.max_concurrency END AS o_share,
-			   -- payload bytes, with a byte budget only (a primary key
-			   -- lookup an event, sizes read from the headers)
-			   CASE WHEN p_max_bytes IS NULL THEN 0
-					WHEN d.batch_events IS NULL
-					THEN (SELECT hub._payload_size(o.payload) FROM hub.outbox o WHERE o.event_id = d.event_id)
-					ELSE (SELECT sum(hub._payload_size(o.payload))
-						  FROM unnest(d.batch_events) b(event_id)
-						  JOIN hub.outbox o ON o.event_id = b.event_id) END AS n_bytes
-		FROM hub.deliveries d
-		JOIN (SELECT e.*, CASE WHEN e.spread THEN e.max_concurrency ELSE 1 END AS spread_width
-			  FROM hub.endpoints e) e ON e.endpoint_id = d.endpoint_id
-		WHERE d.state IN ('pending', 'retry_wait', 'in_flight') AND d.next_attempt_at <= now()
-			AND e.enabled AND NOT e.paused
-			AND CASE WHEN p_endpoint IS NULL
-					 THEN e.circuit_state = 'closed' AND hub._serves(p_shard, p_nshards, e.endpoint_id, e.spread_width)
-					 ELSE d.endpoint_id = p_endpoint END
-			-- (per_key: no earlier open delivery of the key, looked for
-			-- nearest first: a blocked successor's is right before it,
-			-- where a forward scan would first read through the dead
-			-- index entries of every delivered event of the key)
-			AND (d.ordering = 'none' OR (
-				SELECT p.seq FROM hub.deliveries p
-				WHERE p.subscription_id = d.subscription_id AND p.aggregate_id = d.aggregate_id
-					AND p.seq < d.seq AND p.state NOT IN ('delivered', 'skipped')
-				ORDER BY p.seq DESC LIMIT 1) IS NULL)
-		ORDER BY d.priority DESC, d.next_attempt_at, d.seq
-		LIMIT p_max
-		FOR UPDATE OF d SKIP LOCKED
-	), capped AS (
-		-- from each endpoint, no more requests than make the claimer hold
-		-- (p_held: the requests it holds already) p_rounds times its share
-		-- of the endpoint's connections; then at most p_max_events events
-		-- and p_max_bytes payload bytes (the first delivery always); the
-		-- rows locked above and left out here are free again at commit
-		SELECT c.* FROM (
-			SELECT c.*, sum(c.n_events) OVER w AS upto, sum(c.n_bytes) OVER w AS upto_bytes
-			FROM (SELECT c.*, sum(c.n_requests) OVER (PARTITION BY c.o_endpoint
-													  ORDER BY c.o_priority DESC, c.o_next, c.o_seq
-													  ROWS UNBOUNDED PRECEDING) AS requests
-				  FROM candidates c) c
-			WHERE p_rounds IS NULL OR p_endpoint IS NOT NULL
-				OR c.requests - c.n_requests < p_rounds * c.o_share
-							 - coalesce((SELECT h.n FROM unnest(p_held_ids, p_held) h(id, n)
-										 WHERE h.id = c.o_endpoint), 0)
-			WINDOW w AS (ORDER BY c.o_priority DESC, c.o_next, c.o_seq ROWS UNBOUNDED PRECEDING)) c
-		WHERE (p_max_events IS NULL OR c.upto - c.n_events < p_max_events)
-			AND (p_max_bytes IS NULL OR c.upto_bytes - c.n_bytes < p_max_bytes)
-	), claimed AS (
-		UPDATE hub.deliveries d
-		SET state = 'in_flight', lease_until = now() + p_lease, next_attempt_at = now() + p_lease,
-			lease_token = nextval('hub._lease_token_seq'), attempts = d.attempts + 1,
-			leased_by = p_worker, updated_at = now()
-		FROM capped c
-		WHERE d.delivery_id = c.delivery_id
-		-- (the size apart: batch_events read above the join with the events
-		-- would be read again for every event, the whole array detoasted
-		-- once an event when it is large)
-		RETURNING d.*, coalesce(cardinality(d.batch_events), 1) AS n_events
-	), expired AS (
-		-- a lease that ran out: its attempt never reported; say so in the audit
-		INSERT INTO hub.attempts (delivery_id, attempt, worker, lease_token, error, outcome)
-		SELECT c.delivery_id, c.old_attempt, c.old_worker, c.old_token, 'lease expired without a result', 'expired'
-		FROM capped c
-		WHERE c.old_state = 'in_flight'
-	)
-	-- (rendered: the body instead of the payload, the row carried no
-	-- bigger than it must be through the callers' RETURN QUERY)
-	SELECT c.delivery_id, c.lease_token, c.attempts, o.event_id, o.event_type, o.aggregate_id,
-		   o.occurred_at, o.correlation_id,
-		   CASE WHEN p_source IS NULL THEN o.payload END, c.subscription_id, c.endpoint_id, s.body_format, s.transform,
-		   c.n_events, s.batch_max,
-		   CASE WHEN p_source IS NOT NULL
-				THEN hub.event_body(s.body_format, o.event_id, o.event_type, o.aggregate_id, o.occurred_at,
-									o.correlation_id, o.payload, p_source, o.contract_version, o.traceparent) END,
-		   o.traceparent, c.batch_events IS NOT NULL AND c.ordering = 'per_key'
-				AND s.body_format NOT IN ('batch', 'cloudevents_batch')
-	FROM claimed c
-	CROSS JOIN LATERAL unnest(coalesce(c.batch_events, ARRAY[c.event_id])) WITH ORDINALITY AS b(event_id, ord)
-	JOIN hub.outbox o ON o.event_id = b.event_id
-	JOIN hub.subscriptions s ON s.subscription_id = c.subscription_id
-	-- (rendering for a dispatcher: a subscription's deliveries together,
-	-- for its batches)
-	ORDER BY c.priority DESC, CASE WHEN p_source IS NOT NULL THEN c.subscription_id END, c.seq, c.delivery_id,
-		b.ord;
-END
-$$;
 
 -- ================================================================ end

@@ -337,10 +337,37 @@ hub_address_is_public(const struct sockaddr *addr)
 	return false;
 }
 
+/*
+ * hub_egress_policy_copy --- the policy in force, copied with malloc (not
+ * palloc), for a thread that checks addresses while a reload may replace
+ * the setting (hub_egress_copy_allows); the caller free()s it.  NULL when
+ * there is none (nothing allowed) or no memory.
+ */
+void *
+hub_egress_policy_copy(void)
+{
+	EgressPolicy *copy;
+
+	if (egress_policy == NULL || (copy = malloc(sizeof(EgressPolicy))) == NULL)
+		return NULL;
+	memcpy(copy, egress_policy, sizeof(EgressPolicy));
+	return copy;
+}
+
 bool
 hub_egress_address_allowed(const struct sockaddr *addr)
 {
-	const EgressPolicy *p = egress_policy;
+	return hub_egress_copy_allows(egress_policy, addr);
+}
+
+/*
+ * hub_egress_copy_allows --- does this policy (the one in force, or a copy
+ * of it) admit the address?  Touches nothing else: safe on any thread.
+ */
+bool
+hub_egress_copy_allows(const void *policy, const struct sockaddr *addr)
+{
+	const EgressPolicy *p = policy;
 	const uint8 *a;
 
 	if (p == NULL)

@@ -115,6 +115,8 @@ extern void hub_note_inbox_insert(void);
 
 /* egress policy (workers/egress.c) */
 extern bool hub_egress_address_allowed(const struct sockaddr *addr);
+extern void *hub_egress_policy_copy(void);
+extern bool hub_egress_copy_allows(const void *policy, const struct sockaddr *addr);
 extern bool hub_egress_url_allowed(const char *url, char **why);
 extern bool hub_url_has_userinfo(const char *url);
 extern bool hub_url_has_password(const char *url);

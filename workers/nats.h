@@ -44,6 +44,9 @@ extern void hub_nats_release(NatsConn *c);
 extern void hub_nats_block_signals(void);
 extern void hub_nats_restore_signals(void);
 extern void hub_nats_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+extern int	hub_nats_thread(void *(*fn) (void *), void *arg);
+extern void *hub_nats_handoff_new(void);
+extern void hub_nats_handoff(void *handoff, void (*fn) (void *), void *arg);
 
 /* nats_inbound.c */
 extern void hub_nats_inbound_received(int poller_id, natsMsg *msg);

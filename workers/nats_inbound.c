@@ -61,12 +61,35 @@ typedef struct NatsSource
 	char	   *durable;
 	NatsConn   *conn;			/* NULL: not subscribed */
 	natsSubscription *sub;
+	struct NatsSubscribe *subscribing;	/* its subscribe thread runs */
 	bool		listed;			/* in the last read of hub._nats_pollers */
 	TimestampTz retry_at;		/* a failed subscribe is tried again then */
 	int			n;				/* messages waiting to be recorded */
 	int			cap;
 	natsMsg   **msgs;			/* (in TopMemoryContext) */
 } NatsSource;
+
+/*
+ * A subscribe (look up the durable consumer, create it when missing, bind
+ * to it: three JetStream API requests, each waiting up to the endpoint's
+ * timeout for a cluster that is electing a leader) runs in a thread of its
+ * own, so that the loop goes on meanwhile.  The thread reads and writes
+ * only this struct (malloc'd); its outcome comes back through the
+ * connection's hand-off list (subscribed, on the worker's thread).
+ */
+typedef struct NatsSubscribe
+{
+	NatsSource *source;			/* NULL once the source is gone (worker's) */
+	NatsConn   *conn;			/* (worker's: the thread reads only js) */
+	jsCtx	   *js;
+	int			poller_id;
+	char		stream[256];
+	char		durable[256];
+	natsSubscription *sub;
+	natsStatus	status;
+	jsErrCode	jerr;
+	void	   *handoff;
+} NatsSubscribe;
 
 static dlist_head sources = DLIST_STATIC_INIT(sources);
 static int	waiting = 0;		/* messages of every source */
@@ -93,7 +116,7 @@ hub_nats_inbound_received(int poller_id, natsMsg *msg)
 {
 	NatsSource *s = source_of(poller_id);
 
-	if (s == NULL || s->sub == NULL)
+	if (s == NULL || (s->sub == NULL && s->subscribing == NULL))
 	{
 		/* (gone meanwhile: not acknowledged, delivered again to whoever) */
 		natsMsg_Destroy(msg);
@@ -136,6 +159,12 @@ drop_waiting(NatsSource *s)
 static void
 unsubscribe(NatsSource *s)
 {
+	if (s->subscribing != NULL)
+	{
+		/* (its thread's outcome lets the subscription and connection go) */
+		s->subscribing->source = NULL;
+		s->subscribing = NULL;
+	}
 	if (s->sub != NULL)
 	{
 		hub_nats_block_signals();
@@ -153,19 +182,106 @@ unsubscribe(NatsSource *s)
 	}
 }
 
+/* ---- on the subscribe thread: nothing of PostgreSQL's until the next line */
+
+static void subscribed(void *arg);
+
+static void *
+subscribe_thread(void *arg)
+{
+	NatsSubscribe *k = arg;
+	jsConsumerInfo *ci = NULL;
+	jsSubOptions so;
+	natsStatus	st;
+
+	st = js_GetConsumerInfo(&ci, k->js, k->stream, k->durable, NULL, &k->jerr);
+	if (st == NATS_NOT_FOUND)
+	{
+		jsConsumerConfig cfg;
+		char		deliver[600];
+
+		snprintf(deliver, sizeof(deliver), "_LHUB_DELIVER.%s.%s", k->stream, k->durable);
+		jsConsumerConfig_Init(&cfg);
+		cfg.Durable = k->durable;
+		cfg.DeliverSubject = deliver;
+		cfg.DeliverPolicy = js_DeliverAll;
+		cfg.AckPolicy = js_AckExplicit;
+		cfg.AckWait = (int64) NATS_ACK_WAIT_S * 1000 * 1000 * 1000;
+		cfg.MaxAckPending = NATS_MAX_ACK_PENDING;
+		k->jerr = 0;
+		st = js_AddConsumer(NULL, k->js, k->stream, &cfg, NULL, &k->jerr);
+	}
+	jsConsumerInfo_Destroy(ci);
+	if (st == NATS_OK)
+	{
+		jsSubOptions_Init(&so);
+		so.Stream = k->stream;
+		so.Consumer = k->durable;
+		so.ManualAck = true;
+		k->jerr = 0;
+		st = js_Subscribe(&k->sub, k->js, NULL, hub_nats_on_msg, (void *) (intptr_t) k->poller_id,
+						  NULL, &so, &k->jerr);
+	}
+	k->status = st;
+	hub_nats_handoff(k->handoff, subscribed, k);
+	return NULL;
+}
+
+/* ---- on the worker's thread */
+
 /*
- * subscribe --- bind to the source's durable consumer, created first when
- * missing; false with *error, or with *error NULL while the endpoint's
- * connection is still being made
+ * subscribed --- a subscribe thread is done: the source is subscribed, or
+ * tried again in 5 seconds; a source gone meanwhile lets the subscription
+ * go (the durable consumer stays)
+ */
+static void
+subscribed(void *arg)
+{
+	NatsSubscribe *k = arg;
+	NatsSource *s = k->source;
+	NatsConn   *c = k->conn;
+
+	if (s != NULL)
+		s->subscribing = NULL;
+	if (k->status == NATS_OK && s != NULL)
+	{
+		s->sub = k->sub;
+		s->conn = c;			/* (counted in c->subscriptions since the start) */
+		free(k);
+		return;
+	}
+	if (k->status == NATS_OK)
+	{
+		hub_nats_block_signals();
+		natsSubscription_Destroy(k->sub);
+		hub_nats_restore_signals();
+	}
+	else if (s != NULL)
+	{
+		drop_waiting(s);
+		ereport(WARNING,
+				(errmsg("logistics_hub %s: nats poller \"%s\" could not subscribe: NATS JetStream: consumer %s of stream %s: %s%s",
+						hub_worker_name, s->name, k->durable, k->stream, natsStatus_GetText(k->status),
+						k->jerr != 0 ? psprintf(" (error code %d)", (int) k->jerr) : ""),
+				 errdetail("Tried again in 5 seconds.")));
+		s->retry_at = GetCurrentTimestamp() + 5 * USECS_PER_SEC;
+	}
+	c->subscriptions--;
+	hub_nats_release(c);
+	free(k);
+}
+
+/*
+ * subscribe --- start binding to the source's durable consumer (created
+ * first when missing) in a thread of its own; false with *error, or with
+ * *error NULL while the endpoint's connection is still being made
  */
 static bool
 subscribe(NatsSource *s, HubEndpoint *ep, char **error)
 {
 	NatsConn   *c = hub_nats_connection(ep, error);
-	jsConsumerInfo *ci = NULL;
-	jsErrCode	jerr = 0;
-	jsSubOptions so;
-	natsStatus	st;
+	NatsSubscribe *k;
+	int			rc;
 
 	if (c == NULL)
 		return false;
@@ -175,46 +291,39 @@ subscribe(NatsSource *s, HubEndpoint *ep, char **error)
 		*error = NULL;
 		return false;
 	}
-	hub_nats_block_signals();
-	st = js_GetConsumerInfo(&ci, c->js, s->stream, s->durable, NULL, &jerr);
-	if (st == NATS_NOT_FOUND)
+	if (strlen(s->stream) >= sizeof(k->stream) || strlen(s->durable) >= sizeof(k->durable))
 	{
-		jsConsumerConfig cfg;
-		char	   *deliver = psprintf("_LHUB_DELIVER.%s.%s", s->stream, s->durable);
-
-		jsConsumerConfig_Init(&cfg);
-		cfg.Durable = s->durable;
-		cfg.DeliverSubject = deliver;
-		cfg.DeliverPolicy = js_DeliverAll;
-		cfg.AckPolicy = js_AckExplicit;
-		cfg.AckWait = (int64) NATS_ACK_WAIT_S * 1000 * 1000 * 1000;
-		cfg.MaxAckPending = NATS_MAX_ACK_PENDING;
-		jerr = 0;
-		st = js_AddConsumer(NULL, c->js, s->stream, &cfg, NULL, &jerr);
-	}
-	jsConsumerInfo_Destroy(ci);
-	if (st == NATS_OK)
-	{
-		jsSubOptions_Init(&so);
-		so.Stream = s->stream;
-		so.Consumer = s->durable;
-		so.ManualAck = true;
-		jerr = 0;
-		st = js_Subscribe(&s->sub, c->js, NULL, hub_nats_on_msg, (void *) (intptr_t) s->poller_id,
-						  NULL, &so, &jerr);
-	}
-	hub_nats_restore_signals();
-	if (st != NATS_OK)
-	{
-		s->sub = NULL;
-		*error = psprintf("NATS JetStream: consumer %s of stream %s: %s%s", s->durable, s->stream,
-						  natsStatus_GetText(st),
-						  jerr != 0 ? psprintf(" (error code %d)", (int) jerr) : "");
+		*error = pstrdup("NATS JetStream: stream or consumer name too long");
 		hub_nats_release(c);
 		return false;
 	}
-	s->conn = c;
+	k = calloc(1, sizeof(NatsSubscribe));
+	if (k == NULL || (k->handoff = hub_nats_handoff_new()) == NULL)
+	{
+		free(k);
+		*error = pstrdup("NATS JetStream: out of memory");
+		hub_nats_release(c);
+		return false;
+	}
+	k->source = s;
+	k->conn = c;
+	k->js = c->js;
+	k->poller_id = s->poller_id;
+	strlcpy(k->stream, s->stream, sizeof(k->stream));
+	strlcpy(k->durable, s->durable, sizeof(k->durable));
+	/* (the connection stays while the thread uses it) */
 	c->subscriptions++;
+	rc = hub_nats_thread(subscribe_thread, k);
+	if (rc != 0)
+	{
+		*error = psprintf("NATS JetStream: could not start a thread: %s", strerror(rc));
+		free(k->handoff);
+		free(k);
+		c->subscriptions--;
+		hub_nats_release(c);
+		return false;
+	}
+	s->subscribing = k;
 	return true;
 }
 
@@ -347,7 +456,8 @@ hub_nats_inbound_refresh(bool now_asked)
 		}
 		if (s->conn != NULL && (NatsConn *) ep->transport_state != s->conn)
 			unsubscribe(s);		/* (its URL or credentials changed) */
-		if (s->sub != NULL || now < s->retry_at || ep->transport != HUB_TRANSPORT_NATS || !ep->usable)
+		if (s->sub != NULL || s->subscribing != NULL || now < s->retry_at || ep->transport != HUB_TRANSPORT_NATS ||
+			!ep->usable)
 			continue;
 		if (!subscribe(s, ep, &error) && error != NULL)
 		{

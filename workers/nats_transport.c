@@ -13,9 +13,11 @@
  * outcome handed to the loop like an acknowledgement; the endpoint's
  * requests started meanwhile wait for it, in flight, and are published,
  * or fail with its error (connected).  Servers that the cluster advertises are ignored, so only the
- * listed, egress-checked ones are ever reached.  Host names are resolved
- * here and every address is checked against logistics_hub.egress_allow
- * before the client gets it (as a literal address).  Credentials: auth_kind
+ * listed, egress-checked ones are ever reached.  A literal address is
+ * checked against logistics_hub.egress_allow here; a host name is resolved
+ * by the connect thread (a DNS that does not answer holds up that thread
+ * only), which checks every address against a copy of the policy taken
+ * with the connect and gives the client the addresses as literals.  Credentials: auth_kind
  * bearer is a NATS token, basic a "user:password"; both come sealed like
  * any endpoint secret (endpoints.c opens them).
  *
@@ -108,6 +110,8 @@ typedef struct NatsDone
 	int			err_code;		/* jsErrCode */
 	char		err_text[256];
 	struct NatsConnect *connect;	/* non-NULL: a connect thread's outcome */
+	void		(*handler) (void *);	/* non-NULL: another thread's outcome */
+	void	   *handler_arg;
 } NatsDone;
 
 /*
@@ -116,11 +120,25 @@ typedef struct NatsDone
  * thread reads the rest once the outcome came through the list (done,
  * allocated beforehand so that the outcome cannot be lost)
  */
+/*
+ * a server of an endpoint's URL: a literal address, checked by the worker,
+ * or a host name the connect thread resolves and checks (host, port)
+ */
+typedef struct NatsServer
+{
+	char		url[INET6_ADDRSTRLEN + 32];	/* nats://address:port; "" to resolve */
+	char		host[256];
+	char		port[16];
+} NatsServer;
+
 typedef struct NatsConnect
 {
 	NatsConn   *conn;			/* (the worker's: never read by the thread) */
 	natsOptions *opts;
 	int			timeout_ms;
+	int			nservers;
+	NatsServer	servers[NATS_MAX_SERVERS];
+	void	   *egress;			/* a copy of the egress policy (malloc'd) */
 	natsConnection *nc;
 	jsCtx	   *js;
 	natsStatus	status;
@@ -160,6 +178,20 @@ note_done(NatsDone *d)
 	/* (a failed write: the eventfd's counter is full, so readable anyway) */
 	if (was_empty && eventfd_write(event_fd, 1) != 0)
 		return;
+}
+
+/*
+ * hub_nats_handoff --- from any thread: have the worker's loop call
+ * fn(arg) (handoff from hub_nats_handoff_new, consumed)
+ */
+void
+hub_nats_handoff(void *handoff, void (*fn) (void *), void *arg)
+{
+	NatsDone   *d = handoff;
+
+	d->handler = fn;
+	d->handler_arg = arg;
+	note_done(d);
 }
 
 static void
@@ -223,26 +255,100 @@ on_disconnected(natsConnection *nc, void *closure)
  * goes to the worker's loop like an acknowledgement.  Started with every
  * signal blocked, so libnats' threads it starts inherit that.
  */
+/*
+ * resolve_servers --- the servers as libnats gets them: literal addresses
+ * as they are, host names resolved here (a DNS that does not answer holds
+ * up this thread only) and every address of them checked against the copy
+ * of the egress policy; false with error_text set
+ */
+static bool
+resolve_servers(NatsConnect *k)
+{
+	char	   *list[NATS_MAX_SERVERS];
+	char		urls[NATS_MAX_SERVERS][INET6_ADDRSTRLEN + 32];
+	int			n = 0;
+
+	for (int i = 0; i < k->nservers; i++)
+	{
+		NatsServer *sv = &k->servers[i];
+		struct addrinfo hints,
+				   *res = NULL,
+				   *ai;
+		int			rc;
+
+		if (sv->url[0] != '\0')
+		{
+			if (n < NATS_MAX_SERVERS)
+				list[n++] = sv->url;
+			continue;
+		}
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_socktype = SOCK_STREAM;
+		rc = getaddrinfo(sv->host, sv->port, &hints, &res);
+		if (rc != 0)
+		{
+			snprintf(k->error_text, sizeof(k->error_text), "server %s:%s: %s", sv->host, sv->port, gai_strerror(rc));
+			return false;
+		}
+		for (ai = res; ai != NULL; ai = ai->ai_next)
+		{
+			char		addr[INET6_ADDRSTRLEN];
+			const void *a;
+
+			if (!hub_egress_copy_allows(k->egress, ai->ai_addr))
+			{
+				freeaddrinfo(res);
+				snprintf(k->error_text, sizeof(k->error_text),
+						 "server %s:%s: an address of it is not allowed by logistics_hub.egress_allow", sv->host, sv->port);
+				return false;
+			}
+			if (n >= NATS_MAX_SERVERS)
+				continue;
+			a = ai->ai_family == AF_INET6 ? (const void *) &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr :
+				(const void *) &((struct sockaddr_in *) ai->ai_addr)->sin_addr;
+			if (inet_ntop(ai->ai_family, a, addr, sizeof(addr)) == NULL)
+				continue;
+			snprintf(urls[n], sizeof(urls[n]), ai->ai_family == AF_INET6 ? "nats://[%s]:%s" : "nats://%s:%s",
+					 addr, sv->port);
+			list[n] = urls[n];
+			n++;
+		}
+		freeaddrinfo(res);
+	}
+	k->status = natsOptions_SetServers(k->opts, (const char **) list, n);
+	if (k->status != NATS_OK)
+	{
+		strlcpy(k->error_text, natsStatus_GetText(k->status), sizeof(k->error_text));
+		return false;
+	}
+	return true;
+}
+
 static void *
 connect_thread(void *arg)
 {
 	NatsConnect *k = (NatsConnect *) arg;
 	jsOptions	jo;
 
-	k->status = natsConnection_Connect(&k->nc, k->opts);
-	if (k->status == NATS_OK)
+	if (!resolve_servers(k))
+		k->status = NATS_ERR;	/* (error_text says why) */
+	else
 	{
-		jsOptions_Init(&jo);
-		jo.Wait = k->timeout_ms;
-		jo.PublishAsync.AckHandler = on_ack;
-		jo.PublishAsync.MaxPending = 0; /* (the engine limits what is in flight) */
-		k->status = natsConnection_JetStream(&k->js, k->nc, &jo);
-	}
-	if (k->status != NATS_OK)
-	{
-		strlcpy(k->error_text, natsStatus_GetText(k->status), sizeof(k->error_text));
-		natsConnection_Destroy(k->nc);
-		k->nc = NULL;
+		k->status = natsConnection_Connect(&k->nc, k->opts);
+		if (k->status == NATS_OK)
+		{
+			jsOptions_Init(&jo);
+			jo.Wait = k->timeout_ms;
+			jo.PublishAsync.AckHandler = on_ack;
+			jo.PublishAsync.MaxPending = 0; /* (the engine limits what is in flight) */
+			k->status = natsConnection_JetStream(&k->js, k->nc, &jo);
+		}
+		if (k->status != NATS_OK)
+		{
+			strlcpy(k->error_text, natsStatus_GetText(k->status), sizeof(k->error_text));
+			natsConnection_Destroy(k->nc);
+			k->nc = NULL;
+		}
 	}
 	natsOptions_Destroy(k->opts);
 	k->opts = NULL;
@@ -272,6 +378,42 @@ void
 hub_nats_restore_signals(void)
 {
 	pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+}
+
+/*
+ * hub_nats_handoff_new --- (on the worker's thread) room for one outcome of
+ * another thread, allocated before that thread starts so that its outcome
+ * cannot be lost; NULL when out of memory
+ */
+void *
+hub_nats_handoff_new(void)
+{
+	return calloc(1, sizeof(NatsDone));
+}
+
+/*
+ * hub_nats_thread --- start fn(arg) on a detached thread of its own, with
+ * every signal blocked (so that it and the threads libnats starts from it
+ * never take the worker's signals); 0 or the error number
+ */
+int
+hub_nats_thread(void *(*fn) (void *), void *arg)
+{
+	pthread_attr_t attr;
+	pthread_t	thread;
+	int			rc;
+
+	hub_nats_block_signals();
+	rc = pthread_attr_init(&attr);
+	if (rc == 0)
+	{
+		rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (rc == 0)
+			rc = pthread_create(&thread, &attr, fn, arg);
+		pthread_attr_destroy(&attr);
+	}
+	hub_nats_restore_signals();
+	return rc;
 }
 
 static char *
@@ -372,6 +514,7 @@ connected(NatsConnect *k)
 			c->ep = NULL;
 		}
 	}
+	free(k->egress);
 	free(k);
 	foreach(lc, waiting)
 	{
@@ -418,6 +561,13 @@ drain(int fd, uint32 events, void *arg)
 		if (d->connect != NULL)
 		{
 			connected(d->connect);
+			free(d);
+			d = next;
+			continue;
+		}
+		if (d->handler != NULL)
+		{
+			d->handler(d->handler_arg);
 			free(d);
 			d = next;
 			continue;
@@ -516,11 +666,13 @@ conn_key(HubEndpoint *ep)
 }
 
 /*
- * server_list --- the URL's servers as nats://address:port with every
- * address resolved and allowed by the egress policy; false with *error
+ * server_list --- the URL's servers: each allowed by name by the egress
+ * policy; a literal address checked now and kept as nats://address:port, a
+ * host name kept for the connect thread to resolve and check (so that a DNS
+ * that does not answer never holds up the loop); false with *error
  */
 static bool
-server_list(const char *url, char **servers, int *n, char **error)
+server_list(const char *url, NatsServer *servers, int *n, char **error)
 {
 	char	   *list = pstrdup(url);
 	char	   *save = NULL;
@@ -532,9 +684,9 @@ server_list(const char *url, char **servers, int *n, char **error)
 		char	   *host,
 				   *port,
 				   *why;
+		NatsServer *sv;
 		struct addrinfo hints,
-				   *res = NULL,
-				   *ai;
+				   *res = NULL;
 		int			rc;
 
 		while (*hostport == ' ')
@@ -566,34 +718,36 @@ server_list(const char *url, char **servers, int *n, char **error)
 			port = "4222";
 		if ((port = pstrdup(port)) && strchr(port, '/'))
 			*strchr(port, '/') = '\0';
+		if (*n >= NATS_MAX_SERVERS)
+			break;
+		if (strlen(host) >= sizeof(servers->host) || strlen(port) >= sizeof(servers->port))
+		{
+			*error = psprintf("NATS server %s: name too long", hostport);
+			return false;
+		}
+		sv = &servers[(*n)++];
+		memset(sv, 0, sizeof(*sv));
+		strlcpy(sv->host, host, sizeof(sv->host));
+		strlcpy(sv->port, port, sizeof(sv->port));
 		memset(&hints, 0, sizeof(hints));
 		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_flags = AI_NUMERICHOST;
 		rc = getaddrinfo(host, port, &hints, &res);
+		if (rc == EAI_NONAME)
+			continue;			/* a host name: the connect thread resolves it */
 		if (rc != 0)
 		{
 			*error = psprintf("NATS server %s: %s", hostport, gai_strerror(rc));
 			return false;
 		}
-		for (ai = res; ai != NULL; ai = ai->ai_next)
+		if (!hub_egress_address_allowed(res->ai_addr))
 		{
-			char		addr[INET6_ADDRSTRLEN];
-			const void *a;
-
-			if (!hub_egress_address_allowed(ai->ai_addr))
-			{
-				freeaddrinfo(res);
-				*error = psprintf("NATS server %s: an address of it is not allowed by logistics_hub.egress_allow", hostport);
-				return false;
-			}
-			if (*n >= NATS_MAX_SERVERS)
-				continue;
-			a = ai->ai_family == AF_INET6 ? (const void *) &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr :
-				(const void *) &((struct sockaddr_in *) ai->ai_addr)->sin_addr;
-			if (inet_ntop(ai->ai_family, a, addr, sizeof(addr)) == NULL)
-				continue;
-			servers[(*n)++] = ai->ai_family == AF_INET6 ? psprintf("nats://[%s]:%s", addr, port) :
-				psprintf("nats://%s:%s", addr, port);
+			freeaddrinfo(res);
+			*error = psprintf("NATS server %s: an address of it is not allowed by logistics_hub.egress_allow", hostport);
+			return false;
 		}
+		snprintf(sv->url, sizeof(sv->url), res->ai_family == AF_INET6 ? "nats://[%s]:%s" : "nats://%s:%s",
+				 host, port);
 		freeaddrinfo(res);
 	}
 	if (*n == 0)
@@ -613,12 +767,10 @@ NatsConn *
 hub_nats_connection(HubEndpoint *ep, char **error)
 {
 	NatsConn   *c = (NatsConn *) ep->transport_state;
-	char	   *servers[NATS_MAX_SERVERS];
+	NatsServer	servers[NATS_MAX_SERVERS];
 	int			nservers;
 	natsOptions *opts = NULL;
 	NatsConnect *k;
-	pthread_attr_t attr;
-	pthread_t	thread;
 	natsStatus	s;
 	int			rc = 0;
 
@@ -646,8 +798,6 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 	hub_nats_block_signals();
 	s = natsOptions_Create(&opts);
 	if (s == NATS_OK)
-		s = natsOptions_SetServers(opts, (const char **) servers, nservers);
-	if (s == NATS_OK)
 		s = natsOptions_SetNoRandomize(opts, true);
 	if (s == NATS_OK)
 		s = natsOptions_SetIgnoreDiscoveredServers(opts, true);
@@ -674,12 +824,13 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 		memset(user, 0, strlen(user) + (colon ? strlen(colon + 1) + 1 : 0));
 		pfree(user);
 	}
+	hub_nats_restore_signals();
 
 	/*
 	 * The connect (up to the connect timeout per server, more than a second
-	 * each for a server that does not answer) runs in a thread of its own,
-	 * so that the loop goes on serving the other endpoints meanwhile; the
-	 * thread inherits the blocked signals.  (libnats' own retry on a failed
+	 * each for a server that does not answer, and the resolution of host
+	 * names) runs in a thread of its own, so that the loop goes on serving
+	 * the other endpoints meanwhile.  (libnats' own retry on a failed
 	 * connect, natsOptions_SetRetryOnFailedConnect, still makes the first
 	 * pass over the servers in the caller's thread.)
 	 */
@@ -688,21 +839,17 @@ hub_nats_connection(HubEndpoint *ep, char **error)
 		k->conn = c;
 		k->opts = opts;
 		k->timeout_ms = ep->timeout_ms;
-		rc = pthread_attr_init(&attr);
-		if (rc == 0)
-		{
-			rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-			if (rc == 0)
-				rc = pthread_create(&thread, &attr, connect_thread, k);
-			pthread_attr_destroy(&attr);
-		}
+		k->nservers = nservers;
+		memcpy(k->servers, servers, sizeof(NatsServer) * nservers);
+		k->egress = hub_egress_policy_copy();
+		rc = hub_nats_thread(connect_thread, k);
 	}
-	hub_nats_restore_signals();
 	if (s != NATS_OK || rc != 0)
 	{
 		*error = s != NATS_OK ? nats_error("connect", s) :
 			psprintf("NATS connect: could not start a thread: %s", strerror(rc));
 		natsOptions_Destroy(opts);
+		free(k->egress);
 		free(k->done);
 		free(k);
 		pfree(c);

@@ -2,8 +2,9 @@
 # test/scripts/nats_connect.sh --- the connect to a nats endpoint's servers
 # does not hold up the dispatcher (workers/nats_transport.c: it runs in a
 # thread of its own, the endpoint's requests waiting for it):
-#   - endpoint "hang" lists five servers on loopback that accept the TCP
-#     connection and never say a word (no NATS INFO), timeout_ms 2000: its
+#   - endpoint "hang" lists five servers on loopback, by name (localhost:
+#     the connect thread resolves it), that accept the TCP connection and
+#     never say a word (no NATS INFO), timeout_ms 2000: its
 #     connect takes five connect timeouts before it fails; endpoint "web"
 #     is the HTTP test receiver; events for both, published in one
 #     transaction (one claim)
@@ -12,7 +13,14 @@
 #     on the dispatcher's own thread, the receiver's answers would only be
 #     recorded after that connect gave up, with "hang"'s failures
 #   - then each event of "hang" fails with one attempt naming the connect
-#     ("NATS connect: ..."), none sent; the dispatcher never died
+#     ("NATS connect: ..."), none sent
+#   - a nats poller source on "mute", a server that speaks the NATS protocol
+#     but never answers a JetStream API request (timeout_ms 3000): once its
+#     consumer lookup has reached the server, more events for web are all
+#     delivered while that lookup still waits (no "could not subscribe"
+#     yet); with the lookup on the dispatcher's own thread they could only
+#     be after it gave up; then the poller's failure is reported
+#   - the dispatcher never died
 source test/receiver/push_lib.sh
 push_setup nats-connect 127
 N=20
@@ -35,7 +43,8 @@ def serve(s):
 for s in ls:
     threading.Thread(target=serve, args=(s,), daemon=True).start()
 with open(sys.argv[1] + ".tmp", "w") as f:
-    f.write(",".join("nats://127.0.0.1:%d" % s.getsockname()[1] for s in ls))
+    # (by name: the connect thread resolves it)
+    f.write(",".join("nats://localhost:%d" % s.getsockname()[1] for s in ls))
 import os
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 time.sleep(600)
@@ -77,4 +86,62 @@ web = [e for e in E if re.search(r'\"t\"\\s*:\\s*\"web\"', e['body'])]
 assert not hang, hang[:1]
 assert len(web) >= $N, len(web)
 " || fail "the receiver's log does not match"
+
+# a server that speaks NATS (INFO, PONG) and answers no request
+MUTE_LOG=$LH_CLUSTER_DIR/mute.log
+python3 - "$MUTE_LOG" <<'PY' &
+import socket, sys, threading, time
+log = sys.argv[1]
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+def serve(c):
+    c.sendall(b'INFO {"server_id":"mute","version":"2.9.10","go":"go","host":"127.0.0.1","port":%d,'
+              b'"headers":true,"max_payload":1048576,"proto":1,"jetstream":true}\r\n' % srv.getsockname()[1])
+    buf = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            return
+        buf += d
+        while b"\r\n" in buf:
+            line, rest = buf.split(b"\r\n", 1)
+            words = line.split()
+            op = words[0].upper() if words else b""
+            if op in (b"PUB", b"HPUB"):
+                size = int(words[-1])
+                if len(rest) < size + 2:
+                    break
+                with open(log, "a") as f:
+                    f.write(words[1].decode() + "\n")
+                rest = rest[size + 2:]
+            elif op == b"PING":
+                c.sendall(b"PONG\r\n")
+            buf = rest
+with open(log + ".port.tmp", "w") as f:
+    f.write(str(srv.getsockname()[1]))
+import os
+os.rename(log + ".port.tmp", log + ".port")
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+MUTE_PID=$!
+trap 'kill $HANG_PID $MUTE_PID 2>/dev/null; push_cleanup' EXIT
+for _ in $(seq 100); do [ -s "$MUTE_LOG.port" ] && break; sleep 0.1; done
+[ -s "$MUTE_LOG.port" ] || fail "the mute server did not start"
+q "SELECT hub.create_endpoint('mute', 'nats://127.0.0.1:$(cat "$MUTE_LOG.port")', 'other', timeout_ms => 3000)" \
+  "SELECT hub.create_poller('mute', 'MUTE/hub', 'mute.x', name => 'mute_src')" >/dev/null
+for _ in $(seq 200); do grep -q '^\$JS\.API\.CONSUMER\.INFO\.MUTE\.hub$' "$MUTE_LOG" 2>/dev/null && break; sleep 0.05; done
+grep -q '^\$JS\.API\.CONSUMER\.INFO\.MUTE\.hub$' "$MUTE_LOG" || fail "the poller's consumer lookup never reached the mute server"
+q "SELECT count(hub.publish('order.created', 'V-' || i, jsonb_build_object('order_id', 'V-' || i, 't', 'web'))) FROM generate_series(1, $N) i" >/dev/null
+must_wait "SELECT count(*) = 2 * $N FROM hub.deliveries d JOIN hub.endpoints e USING (endpoint_id) WHERE e.name = 'web' AND d.state = 'delivered'" 60 \
+	"the later events of web were not delivered"
+! grep -q 'nats poller "mute_src" could not subscribe' "$LH_CLUSTER_DIR/server.log" ||
+	fail "the poller's subscribe had given up before web's events were delivered: it held up the dispatcher"
+ok "web: $N more delivered while the nats poller's consumer lookup waited for a server that never answers"
+for _ in $(seq 200); do grep -q 'nats poller "mute_src" could not subscribe' "$LH_CLUSTER_DIR/server.log" && break; sleep 0.1; done
+err=$(grep -m1 'nats poller "mute_src" could not subscribe' "$LH_CLUSTER_DIR/server.log") ||
+	fail "the poller's failed subscribe was never reported"
+ok "mute_src: the failed subscribe is reported (${err#*WARNING:  })"
 push_finish

@@ -6,7 +6,8 @@
 #     accepted, a bad template, a subject on an http endpoint, an auth kind
 #     NATS has no use for and a server the egress policy refuses are not
 #     (22023)
-#   - subjects: {event_type} and {aggregate_id} filled in, an aggregate id
+#   - subjects (endpoint js2 names its server by name, localhost, which the
+#     connect thread resolves): {event_type} and {aggregate_id} filled in, an aggregate id
 #     with ".", " ", "*", ">" escaped as %XX (read back from the stream)
 #   - a burst of events over many keys, into two per_key subscriptions
 #     (one without lease groups, one with lease groups of 16: a key's events
@@ -49,7 +50,7 @@ sq() { q "SELECT public.sqlstate_of(\$s\$$1\$s\$)"; }
 	fail "a nats server list with a private address passed the egress policy (127.0.0.1, public)"
 [ "$(q "SELECT count(*) FROM hub.endpoints WHERE name LIKE 'bad%'")" = 0 ] || fail "a refused endpoint was created"
 q "SELECT hub.create_endpoint('js', '$LH_NATS_URLS', 'other', timeout_ms => 3000, max_concurrency => 256)" \
-  "SELECT hub.create_endpoint('js2', 'nats://127.0.0.1:$NATS_BASE', 'other', subject => 'lhub.t2.{aggregate_id}.{event_type}')" \
+  "SELECT hub.create_endpoint('js2', 'nats://localhost:$NATS_BASE', 'other', subject => 'lhub.t2.{aggregate_id}.{event_type}')" \
   "SELECT hub.create_endpoint('jsg', '$LH_NATS_URLS', 'other', timeout_ms => 3000, max_concurrency => 256,
 								subject => 'lhub.g.{event_type}.{aggregate_id}')" >/dev/null
 [ "$(q "SELECT string_agg(subject_template, ' ' ORDER BY name) FROM hub.endpoints WHERE name IN ('js', 'js2')")" = \
