@@ -179,6 +179,42 @@ handle_signals(void)
 	}
 }
 
+/*
+ * between_steps --- after one of the loop's transactions: what came in
+ * meanwhile (answers, acknowledgements) is taken, and the next event of
+ * each sequential lease group whose last one got through goes out at once,
+ * so that a key's events follow each other at the receiver's pace, not at
+ * the pace of the loop's steps.  (The pump only then: one after every wait
+ * cost HTTP pushes a fifth more CPU an event, their requests started one by
+ * one instead of together.)
+ */
+static void
+between_steps(void)
+{
+	hub_loop_socket_ready();
+	hub_loop_collect();
+	if (hub_push_take_followups())
+		(void) hub_send_pump();
+}
+
+/*
+ * claim_room --- is there room for a claim?  Fewer requests wait than may
+ * be in flight, and, of logistics_hub.max_in_flight, a quarter is free (not
+ * queued, not in flight): a dispatcher that is nearly full waits for its
+ * completions rather than claiming the handful each record step makes room
+ * for, so that a claim's fixed cost (routing; for per_key subscriptions,
+ * reading past the events queued behind the heads of their keys) is paid
+ * for many events.  (A finished request wakes the loop.)
+ */
+static bool
+claim_room(void)
+{
+	int			queued = hub_send_queued();
+
+	return queued < hub_max_in_flight &&
+		queued + hub_loop_in_flight() <= hub_max_in_flight - Max(1, hub_max_in_flight / 4);
+}
+
 /* record_throttles --- a step of its own for throttles noted and not recorded */
 static void
 record_throttles(void)
@@ -219,6 +255,7 @@ hub_dispatcher_main(Datum arg)
 		{
 			hub_push_record();
 			hub_status_recorded();
+			between_steps();
 		}
 		if (hub_poll_pages_pending())
 		{
@@ -239,13 +276,15 @@ hub_dispatcher_main(Datum arg)
 		 * Claim while fewer requests wait than may be in flight: a claim of
 		 * logistics_hub.claim_batch events then keeps every connection
 		 * busy until the next one, whether a request carries one delivery
-		 * or a batch of them.
+		 * or a batch of them (see claim_room).
 		 */
 		now = GetCurrentTimestamp();
-		if ((now >= next_claim || claim_full) && hub_send_queued() < hub_max_in_flight)
+		if ((now >= next_claim || claim_full) && claim_room())
 		{
 			int			want = hub_claim_batch;
 			int			got = hub_push_claim(want);
+
+			between_steps();
 
 			claim_full = got >= want;
 			if (got > 0)
@@ -286,7 +325,7 @@ hub_dispatcher_main(Datum arg)
 
 		/* sleep until the latch, a socket, libcurl's timer or the next claim */
 		now = GetCurrentTimestamp();
-		if (hub_push_record_due(now) || (claim_full && hub_send_queued() < hub_max_in_flight))
+		if (hub_push_record_due(now) || (claim_full && claim_room()))
 			timeout = 0;
 		else
 		{
@@ -295,7 +334,7 @@ hub_dispatcher_main(Datum arg)
 			 * in flight, which a transfer ending wakes this loop for; until
 			 * then a due claim must not make the wait a busy loop)
 			 */
-			TimestampTz until = hub_send_queued() < hub_max_in_flight ? next_claim : Max(next_claim, next_refresh);
+			TimestampTz until = claim_room() ? next_claim : Max(next_claim, next_refresh);
 			TimestampTz t;
 
 			if ((t = hub_push_record_deadline()) != 0 && t < until)
@@ -324,14 +363,7 @@ hub_dispatcher_main(Datum arg)
 		}
 		hub_loop_run_timer();
 		hub_loop_collect();
-
-		/*
-		 * What the finished requests made room for (and the next event of
-		 * each sequential lease group whose last one got through) goes out
-		 * now, before the next turn's record and claim steps: a key's
-		 * events then follow each other at the receiver's pace, not at the
-		 * pace of this loop's transactions.
-		 */
-		(void) hub_send_pump();
+		if (hub_push_take_followups())
+			(void) hub_send_pump();
 	}
 }

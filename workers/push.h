@@ -117,6 +117,7 @@ extern bool hub_push_record_due(TimestampTz now);
 extern bool hub_push_results_pending(void);
 extern TimestampTz hub_push_record_deadline(void);
 extern TimestampTz hub_push_take_due(void);
+extern bool hub_push_take_followups(void);
 
 /* maintenance.c (dispatcher 0, and every dispatcher at start) */
 extern void hub_release_old_leases(void);

@@ -121,6 +121,22 @@ add_result(HubPushRequest *req, long status, char *error, int64 retry_after, boo
 	return r;
 }
 
+/* a sequential group's next request was queued since the last look */
+static bool followups = false;
+
+/*
+ * hub_push_take_followups --- was a sequential group's next request queued
+ * since the last call?  (The loop then pumps at once: see dispatcher.c.)
+ */
+bool
+hub_push_take_followups(void)
+{
+	bool		was = followups;
+
+	followups = false;
+	return was;
+}
+
 /*
  * sequence_next --- request k of a sequential group finished: when it got
  * through, send the next one; otherwise give back every later one unsent
@@ -143,6 +159,7 @@ sequence_next(HubGroup *g, int k, bool through)
 		if (through)
 		{
 			hub_send_enqueue(&next->req);
+			followups = true;
 			return;
 		}
 		g->slots[j].deferred = true;
