@@ -22,7 +22,10 @@
 #     be after it gave up; then the poller's failure is reported
 #   - the dispatcher never died
 source test/receiver/push_lib.sh
-push_setup nats-connect 127
+# (localhost may resolve to ::1 as well as 127.0.0.1, as on a fresh Debian: a
+# name is refused unless every address of it is allowed, so the policy here
+# admits both)
+push_setup nats-connect 127 "logistics_hub.egress_allow = '127.0.0.1, ::1, public'"
 N=20
 
 # five listeners that accept and stay silent until the test ends

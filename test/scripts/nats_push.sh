@@ -24,7 +24,10 @@ source test/nats/cluster.sh
 # (ports of its own, from the test cluster's port like the other scripts: runs of
 # other checkouts, with another LH_TEST_PORT, never collide)
 NATS_BASE=${LH_NATS_TEST_BASE:-$((PGPORT + 300))}
-push_setup nats-push 121 "logistics_hub.max_in_flight = 256"
+# (localhost, js2's server, may resolve to ::1 as well as 127.0.0.1, as on a
+# fresh Debian: a name is refused unless every address of it is allowed, so
+# the policy here admits both)
+push_setup nats-push 121 "logistics_hub.max_in_flight = 256" "logistics_hub.egress_allow = '127.0.0.1, ::1, public'"
 NATS_DIR=$LH_CLUSTER_DIR/nats
 trap 'lh_nats_stop || true; push_cleanup' EXIT
 lh_nats_start "$NATS_DIR" "$NATS_BASE"
